@@ -1,0 +1,79 @@
+"""The agent's MQTT connection (paho-mqtt 2.x, threaded network loop).
+
+paho's background thread reconnects by itself; on every (re)connect this link publishes
+the retained birth and subscribes again, so the broker hands it the retained model and
+task each time. Incoming messages go to a queue that the agent's work loop drains, so
+training never blocks the network thread and vice versa.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Callable, Sequence
+
+import paho.mqtt.client as mqtt
+
+from broker.settings import NodeSettings
+
+log = logging.getLogger("alchimia.agent.mqtt")
+
+
+class MqttLink:
+    def __init__(self, settings: NodeSettings, client_id: str, *, will: tuple[str, bytes],
+                 birth: Callable[[], tuple[str, bytes]], subscriptions: Sequence[str]) -> None:
+        self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._birth = birth
+        self._subscriptions = list(subscriptions)
+        self.host, self.port, tls = settings.host_port_tls
+        self.keepalive = settings.keepalive
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv311, clean_session=True)
+        if settings.username:
+            self.client.username_pw_set(settings.username, settings.password)
+        if tls:
+            self.client.tls_set()
+        self.client.will_set(will[0], will[1], qos=1, retain=True)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.connected = False
+
+    def start(self) -> None:
+        self.client.connect_async(self.host, self.port, self.keepalive)
+        self.client.loop_start()
+
+    def stop(self, last: tuple[str, bytes] | None = None) -> None:
+        """Publish ``last`` (e.g. a retained offline status) if connected, then disconnect."""
+        if last is not None and self.connected:
+            info = self.client.publish(last[0], last[1], qos=1, retain=True)
+            info.wait_for_publish(timeout=5)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Queue a message; paho sends it now or after the next reconnect."""
+        self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def _on_connect(self, client: mqtt.Client, _userdata: object, _flags: object,
+                    reason: mqtt.ReasonCode, _props: object) -> None:
+        if reason.is_failure:
+            log.error("broker %s:%d refused the connection: %s", self.host, self.port, reason)
+            return
+        self.connected = True
+        log.info("connected to %s:%d", self.host, self.port)
+        topic, payload = self._birth()
+        client.publish(topic, payload, qos=1, retain=True)
+        client.subscribe([(t, 1) for t in self._subscriptions])
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object,
+                       reason: mqtt.ReasonCode, _props: object) -> None:
+        if self.connected:
+            log.warning("disconnected from %s:%d (%s); reconnecting", self.host, self.port,
+                        reason)
+        self.connected = False
+
+    def _on_message(self, _client: mqtt.Client, _userdata: object,
+                    msg: mqtt.MQTTMessage) -> None:
+        self.inbox.put((msg.topic, msg.payload))

@@ -1,0 +1,172 @@
+"""The agent's work loop: heats in, predictions and weight deltas out.
+
+All state changes happen on the thread that calls ``run``; paho's network thread only
+fills the inbox. A bad message is logged with its reason and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+import numpy as np
+import torch
+
+from agent.dataset import HeatTable
+from agent.evaluation import mae_by_target
+from agent.mqtt_link import MqttLink
+from agent.settings import AgentSettings
+from agent.sim import Heat
+from agent.sources import HeatSource
+from agent.trainer import TrainConfig, train_delta
+from broker.codec import DecodeError, Limits
+from broker.schemas import (
+    Envelope,
+    MetricsBody,
+    ModelBody,
+    PredictionBody,
+    StatusBody,
+    TaskBody,
+    UpdateBody,
+    decode,
+    message,
+)
+from broker.topics import Topics
+from models.onnx_runtime import OnnxPredictor
+from models.spec import ModelSpec
+
+log = logging.getLogger("alchimia.agent")
+SOFTWARE = "alchimia-agent/0.1"
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, source: HeatSource) -> None:
+        self.settings = settings
+        self.id = settings.agent_id
+        self.topics = Topics(settings.federation)
+        self.source = source
+        self.limits = Limits(max_message_bytes=settings.max_model_bytes)
+        self.table: HeatTable | None = None
+        self.spec: ModelSpec | None = None
+        self.predictor: OnnxPredictor | None = None
+        self.base_weights: dict[str, np.ndarray] | None = None
+        self.model_version: int | None = None
+        self.task: TaskBody | None = None
+        self.rounds_done: set[int] = set()
+        self.updates_sent = 0
+        self._waiting: list[Heat] = []
+        self._reported_version: int | None = None
+        self.link = MqttLink(
+            settings, f"{settings.federation}-{self.id}",
+            will=(self.topics.agent_status(self.id), self._status("offline")),
+            birth=lambda: (self.topics.agent_status(self.id), self._status("online")),
+            subscriptions=[self.topics.model_current, self.topics.round_current],
+        )
+
+    def _status(self, state: str) -> bytes:
+        samples = self.table.n_train if self.table else 0
+        return message(self.id, StatusBody(role="agent", state=state, software=SOFTWARE,
+                                           samples=samples, capabilities=["train", "predict"],
+                                           model_version=self.model_version))
+
+    def run(self, stop: threading.Event) -> None:
+        torch.set_num_threads(self.settings.torch_threads)
+        self.link.start()
+        log.info("agent %s started (federation %s)", self.id, self.settings.federation)
+        try:
+            while not stop.is_set():
+                try:
+                    topic, payload = self.link.inbox.get(timeout=0.2)
+                    self.handle(topic, payload)
+                except queue.Empty:
+                    pass
+                self._ingest()
+                self._maybe_train()
+        finally:
+            self.link.stop(last=(self.topics.agent_status(self.id), self._status("offline")))
+
+    # -- inbound
+    def handle(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained message
+        try:
+            if topic == self.topics.model_current:
+                self._on_model(decode(payload, ModelBody, self.limits))
+            elif topic == self.topics.round_current:
+                env = decode(payload, TaskBody, self.limits)
+                self.task = env.body  # type: ignore[assignment]
+            else:
+                log.warning("message on unexpected topic %s ignored", topic)
+        except (DecodeError, ValueError) as exc:
+            log.warning("rejected message on %s: %s", topic, exc)
+
+    def _on_model(self, env: Envelope) -> None:
+        body: ModelBody = env.body  # type: ignore[assignment]
+        if self.model_version is not None and body.version == self.model_version:
+            return
+        spec = ModelSpec.model_validate(body.spec)
+        predictor = OnnxPredictor(body.onnx, spec.features, spec.targets)
+        shapes = {k: v.shape for k, v in body.weights.items()}
+        if shapes != spec.parameter_shapes():
+            raise ValueError("model weights do not match its spec")
+        # Swap only after everything above succeeded: a bad model never replaces a good one.
+        self.spec, self.predictor = spec, predictor
+        self.base_weights, self.model_version = body.weights, body.version
+        if self.table is None or self.table.features != spec.features:
+            self.table = HeatTable(spec.features, spec.targets)
+        log.info("agent %s now serves model version %d", self.id, body.version)
+        self._report_validation()
+        self.link.publish(self.topics.agent_status(self.id), self._status("online"), retain=True)
+
+    # -- data
+    def _ingest(self) -> None:
+        self._waiting += self.source.poll()
+        if not self._waiting or self.table is None:
+            return  # heats wait for the first model, which brings the column layout
+        heats, self._waiting = self._waiting, []
+        if self.predictor is not None and self.model_version is not None:
+            preds = self.predictor.predict(np.stack([self.table.row(h.inputs) for h in heats]))
+            for heat, pred in zip(heats, preds, strict=True):
+                body = PredictionBody(heat_id=heat.heat_id, model_version=self.model_version,
+                                      outputs=dict(zip(self.table.targets, map(float, pred),
+                                                       strict=True)))
+                self.link.publish(self.topics.agent_predictions(self.id), message(self.id, body))
+        for heat in heats:
+            self.table.add(heat.inputs, heat.outcome)
+        if self._reported_version != self.model_version:
+            self._report_validation()
+
+    def _report_validation(self) -> None:
+        if self.table is None or self.predictor is None:
+            return
+        x, y = self.table.validation()
+        if len(x) == 0:
+            return
+        self._reported_version = self.model_version
+        values = mae_by_target(self.predictor.predict(x), y, self.table.targets)
+        values["n"] = float(len(x))
+        body = MetricsBody(model_version=self.model_version, scope="validation", values=values)
+        self.link.publish(self.topics.agent_metrics(self.id), message(self.id, body))
+
+    # -- training
+    def _maybe_train(self) -> None:
+        task = self.task
+        if (
+            task is None or task.state != "open" or self.id not in task.selected
+            or task.round_id in self.rounds_done or self.model_version != task.base_version
+            or self.table is None or self.table.n_train == 0 or self.spec is None
+            or self.base_weights is None
+        ):
+            return
+        x, y = self.table.train()
+        cfg = TrainConfig(epochs=task.epochs, lr=task.lr, batch_size=task.batch_size,
+                          proximal_mu=task.hyper.get("proximal_mu", 0.0), seed=task.round_id)
+        delta, metrics = train_delta(self.spec, self.base_weights, x, y, cfg)
+        body = UpdateBody(round_id=task.round_id, base_version=task.base_version,
+                          num_samples=len(x), delta=delta, metrics=metrics)
+        self.link.publish(self.topics.agent_update(self.id), message(self.id, body))
+        self.rounds_done.add(task.round_id)
+        self.updates_sent += 1
+        log.info("agent %s sent update for round %d (%d heats, loss %.4f)", self.id,
+                 task.round_id, len(x), metrics["train_loss"])

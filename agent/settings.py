@@ -1,0 +1,26 @@
+"""Agent configuration (flags > ``ALCHIMIA_AGENT_*`` env > TOML file > defaults)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from broker.settings import NodeSettings
+from broker.topics import check_id
+
+
+class AgentSettings(NodeSettings):
+    model_config = SettingsConfigDict(env_prefix="ALCHIMIA_AGENT_", extra="forbid")
+
+    agent_id: str = "plant-1"
+    plant: int = Field(default=1, ge=1, description="simulated plant profile number")
+    seed: int = Field(default=0, description="base seed of the simulated plants")
+    history_heats: int = Field(default=150, ge=0, description="heats known at start")
+    heat_interval_s: float = Field(default=5.0, ge=0, description="0: no new heats")
+    torch_threads: int = Field(default=1, ge=1)
+    max_model_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+    @field_validator("agent_id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return check_id(v, "agent id")

@@ -1,0 +1,3 @@
+from alchimia.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""The ``alchimia`` console command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (flags and env override it)")
+    p.add_argument("--broker", help="mqtt://HOST:PORT")
+    p.add_argument("--federation", help="federation name (topic prefix alchimia/v1/NAME)")
+    p.add_argument("--username")
+    p.add_argument("--password")
+    p.add_argument("--log-level", default="INFO")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alchimia", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run a local federation on simulated plants")
+    demo.add_argument("--broker", help="external broker mqtt://HOST:PORT (default: embedded)")
+    demo.add_argument("--agents", type=int, default=3)
+    demo.add_argument("--rounds", type=int, default=5)
+    demo.add_argument("--federation", help="default: demo-<random>")
+    demo.add_argument("--strategy", default="fedavg")
+    demo.add_argument("--out", type=Path, default=Path("runs"), help="where models are written")
+    demo.add_argument("--log-level", default="WARNING")
+
+    coord = sub.add_parser("coordinator", help="run the coordinator service")
+    _common(coord)
+    coord.add_argument("--coordinator-id")
+    coord.add_argument("--state-dir", type=Path)
+    coord.add_argument("--strategy")
+    coord.add_argument("--rounds", type=int, help="stop after N rounds (0: never)")
+    coord.add_argument("--min-agents", type=int, help="quorum per round")
+    coord.add_argument("--fraction", type=float, help="fraction of online agents selected")
+    coord.add_argument("--max-agents", type=int)
+    coord.add_argument("--round-timeout", dest="round_timeout_s", type=float)
+    coord.add_argument("--epochs", type=int)
+    coord.add_argument("--lr", type=float)
+    coord.add_argument("--batch-size", type=int)
+
+    agent = sub.add_parser("agent", help="run an edge agent")
+    _common(agent)
+    agent.add_argument("--agent-id")
+    agent.add_argument("--plant", type=int, help="simulated plant profile number")
+    agent.add_argument("--seed", type=int)
+    agent.add_argument("--history-heats", type=int)
+    agent.add_argument("--heat-interval", dest="heat_interval_s", type=float)
+    return parser
+
+
+def _settings_overrides(args: argparse.Namespace) -> dict:
+    skip = {"command", "config", "log_level"}
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+def run_coordinator(args: argparse.Namespace) -> int:
+    from coordinator.service import Coordinator
+    from coordinator.settings import CoordinatorSettings
+
+    settings = CoordinatorSettings.load(args.config, **_settings_overrides(args))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        coordinator = Coordinator(settings)
+        try:
+            await coordinator.run(stop)
+        finally:
+            coordinator.db.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    from agent.service import Agent
+    from agent.settings import AgentSettings
+    from agent.sources import SimulatedHeats
+
+    s = AgentSettings.load(args.config, **_settings_overrides(args))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    Agent(s, SimulatedHeats(s.plant, s.seed, s.history_heats, s.heat_interval_s)).run(stop)
+    return 0
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from alchimia.demo import run_demo
+
+    run_demo(broker=args.broker, agents=args.agents, rounds=args.rounds,
+             federation=args.federation, strategy=args.strategy, out_dir=args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    commands = {"demo": run_demo_command, "coordinator": run_coordinator, "agent": run_agent}
+    try:
+        return commands[args.command](args)
+    except (ValueError, FileNotFoundError) as exc:  # settings errors: say what to fix
+        print(f"alchimia {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""``alchimia demo``: a local federation on simulated plants, start to finish."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from agent.sim import SimulatedPlant, default_plants
+from alchimia.local import LocalFederation
+from alchimia.monitor import Monitor
+from broker.embedded import EmbeddedBroker
+from models.onnx_runtime import OnnxPredictor
+
+# Targets shown per plant in the round table (the model predicts all of models.schema.TARGETS).
+SHOWN = (("energy_kwh_t", "kWh/t", "{:6.1f}"), ("cu_pct", "Cu %", "{:6.4f}"))
+
+
+@dataclass
+class DemoResult:
+    federation: str
+    broker: str
+    onnx_path: Path
+    final_version: int
+    # version -> agent -> validation MAE per target
+    validation: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    prediction: dict[str, float] = field(default_factory=dict)
+    actual: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def run_demo(*, broker: str | None = None, agents: int = 3, rounds: int = 5,
+             federation: str | None = None, strategy: str = "fedavg",
+             out_dir: Path = Path("runs"), console: Console | None = None,
+             round_timeout_s: float = 120.0) -> DemoResult:
+    console = console or Console()
+    started = time.perf_counter()
+    federation = federation or f"demo-{uuid.uuid4().hex[:6]}"
+    run_dir = out_dir / federation
+    shutil.rmtree(run_dir, ignore_errors=True)
+    embedded = None if broker else EmbeddedBroker().start()
+    url = broker or embedded.url  # type: ignore[union-attr]
+    console.print(f"[bold]federation[/] {federation}  [bold]broker[/] {url}"
+                  f"{' (embedded)' if embedded else ''}  [bold]agents[/] {agents}  "
+                  f"[bold]rounds[/] {rounds}  [bold]strategy[/] {strategy}")
+    fed = LocalFederation(
+        url, federation, agents, run_dir / "coordinator",
+        coordinator={"rounds": rounds, "min_agents": agents, "strategy": strategy,
+                     "round_timeout_s": round_timeout_s, "epochs": 5, "lr": 5e-3},
+        agent={"history_heats": 300, "heat_interval_s": 1.0},
+    )
+    monitor = Monitor(url, federation, f"{federation}-monitor").start()
+    ids = [s.agent_id for s in fed.agent_settings]
+    try:
+        fed.start_coordinator()
+        for a in fed.start_agents():
+            console.print(f"  {a.agent.id}: simulated plant {a.plant_name}")
+        result = DemoResult(federation, url, run_dir / "model.onnx", rounds)
+        _follow_rounds(console, monitor, fed, ids, rounds, round_timeout_s, result)
+        model = monitor.model
+        if model is None or model.version != rounds:
+            raise RuntimeError(f"the federation did not reach version {rounds}")
+        result.onnx_path.write_bytes(model.onnx)
+        predictor = OnnxPredictor(model.onnx, model.spec["features"], model.spec["targets"])
+        profile, seed = default_plants(1)[0]
+        heat = SimulatedPlant(profile, seed + 1000).next_heat()
+        result.prediction = predictor.predict_one(heat.inputs)
+        result.actual = heat.outcome
+    finally:
+        fed.stop()
+        monitor.stop()
+        if embedded is not None:
+            embedded.stop()
+    result.wall_s = time.perf_counter() - started
+    console.print(f"\nglobal model v{rounds}: [bold]{result.onnx_path.resolve()}[/]")
+    console.print(f"one prediction by ONNX Runtime for a new heat of {profile.name}:")
+    for name, value in result.prediction.items():
+        console.print(f"  {name:14s} predicted {value:10.4f}   actual {result.actual[name]:10.4f}")
+    console.print(f"demo finished in {result.wall_s:.1f} s")
+    return result
+
+
+def _follow_rounds(console: Console, monitor: Monitor, fed: LocalFederation, ids: list[str],
+                   rounds: int, timeout: float, result: DemoResult) -> None:
+    head = "round version  " + "  ".join(
+        f"{a:>10s} " + " ".join(f"{unit:>6s}" for _, unit, _ in SHOWN) for a in ids)
+    console.print("\nvalidation MAE of the global model on each plant's held-out heats")
+    console.print(head)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        bar = progress.add_task("rounds", total=rounds)
+        for version in range(rounds + 1):
+            if not monitor.wait_validation(version, set(ids), timeout):
+                err = fed.coordinator.error if fed.coordinator else None
+                raise RuntimeError(f"no validation figures for version {version} in {timeout} s"
+                                   + (f": coordinator failed: {err}" if err else ""))
+            figures = monitor.validation[version]
+            result.validation[version] = {a: dict(figures[a]) for a in ids}
+            cells = "  ".join(
+                f"{'':>10s} " + " ".join(fmt.format(figures[a][f"mae_{t}"]) for t, _, fmt in SHOWN)
+                for a in ids)
+            console.print(f"{version:5d} {version:7d}  {cells}")
+            progress.update(bar, completed=version)
+
+

@@ -1,0 +1,196 @@
+"""Envelope and message bodies, validated with pydantic.
+
+One msgpack map per message: ``{"v", "kind", "sender", "ts", "msg_id", "body"}``. The body
+schema is chosen by ``kind``. Tensor fields hold numpy arrays after validation (decoded
+zero-copy by ``broker.codec``) and are written back to their wire form on dump.
+docs/PROTOCOL.md is the normative description; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    ValidationInfo,
+    WrapValidator,
+    field_validator,
+)
+
+from broker.codec import DEFAULT_LIMITS, DecodeError, Limits, decode_tensors, encode_tensors
+from broker.codec import pack as _pack
+from broker.codec import unpack as _unpack
+from broker.topics import ID_PATTERN
+
+PROTOCOL_VERSION = 1
+
+Identifier = Annotated[str, Field(pattern=rf"^{ID_PATTERN}$")]
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    return (info.context or {}).get("limits", DEFAULT_LIMITS)
+
+
+def _validate_tensors(value: Any, handler: Any, info: ValidationInfo) -> dict[str, np.ndarray]:
+    if isinstance(value, dict) and all(isinstance(v, np.ndarray) for v in value.values()):
+        return value  # built in process, not from the wire
+    try:
+        return decode_tensors(value, _limits(info))
+    except DecodeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Tensors = Annotated[
+    dict[str, np.ndarray],
+    WrapValidator(_validate_tensors),
+    PlainSerializer(encode_tensors, return_type=dict),
+]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
+    kind: ClassVar[str]
+
+
+class StatusBody(Body):
+    """Birth and last will of agents and the coordinator (retained)."""
+
+    kind: ClassVar[str] = "status"
+    role: Literal["agent", "coordinator", "consumer"]
+    state: Literal["online", "offline"]
+    software: Annotated[str, Field(max_length=64)] = ""
+    samples: Annotated[int, Field(ge=0)] = 0
+    capabilities: Annotated[list[Name], Field(max_length=64)] = []
+    model_version: Annotated[int, Field(ge=0)] | None = None
+
+
+class TaskBody(Body):
+    """The open training task on ``round/current`` (retained)."""
+
+    kind: ClassVar[str] = "task"
+    round_id: Annotated[int, Field(ge=0)]
+    state: Literal["open", "closed"]
+    mode: Literal["sync", "async"] = "sync"
+    base_version: Annotated[int, Field(ge=0)]
+    deadline_ts: FiniteFloat
+    selected: Annotated[list[Identifier], Field(max_length=100_000)]
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 1
+    lr: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)] = 1e-3
+    batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = 32
+    hyper: Annotated[dict[Name, FiniteFloat], Field(max_length=64)] = {}
+
+
+class UpdateBody(Body):
+    """One agent's weight delta against ``base_version``."""
+
+    kind: ClassVar[str] = "update"
+    round_id: Annotated[int, Field(ge=0)]
+    base_version: Annotated[int, Field(ge=0)]
+    num_samples: Annotated[int, Field(ge=1, le=10**9)]
+    delta: Tensors
+    metrics: Annotated[dict[Name, FiniteFloat], Field(max_length=256)] = {}
+
+
+class ModelBody(Body):
+    """A global model version on ``model/current`` (retained)."""
+
+    kind: ClassVar[str] = "model"
+    version: Annotated[int, Field(ge=0)]
+    parent_version: Annotated[int, Field(ge=0)] | None = None
+    round_id: Annotated[int, Field(ge=0)] | None = None
+    spec: dict[str, Any]
+    onnx: bytes
+    weights: Tensors
+    metadata: dict[str, Any] = {}
+    signature: bytes | None = None
+
+
+class PredictionBody(Body):
+    """One prediction per heat, made before the outcome is known."""
+
+    kind: ClassVar[str] = "prediction"
+    heat_id: Name
+    model_version: Annotated[int, Field(ge=0)]
+    outputs: Annotated[dict[Name, FiniteFloat], Field(max_length=256)]
+
+
+class MetricsBody(Body):
+    """Evaluation figures of an agent, e.g. validation error of a model version."""
+
+    kind: ClassVar[str] = "metrics"
+    model_version: Annotated[int, Field(ge=0)] | None = None
+    scope: Name = "validation"
+    values: Annotated[dict[Name, FiniteFloat], Field(max_length=256)]
+
+
+BODIES: dict[str, type[Body]] = {
+    b.kind: b
+    for b in (StatusBody, TaskBody, UpdateBody, ModelBody, PredictionBody, MetricsBody)
+}
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    v: Literal[1] = PROTOCOL_VERSION
+    kind: str
+    sender: Identifier
+    ts: FiniteFloat
+    msg_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    body: Body
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in BODIES:
+            raise ValueError(f"unknown kind {value!r}")
+        return value
+
+    @classmethod
+    def wrap(cls, sender: str, body: Body) -> Envelope:
+        """A new envelope with a fresh message id and the current time."""
+        return cls(kind=body.kind, sender=sender, ts=time.time(), msg_id=uuid.uuid4().hex,
+                   body=body)
+
+
+def encode(env: Envelope) -> bytes:
+    """msgpack bytes of an envelope."""
+    wire = env.model_dump(mode="python", exclude={"body"})
+    wire["body"] = env.body.model_dump(mode="python")
+    return _pack(wire)
+
+
+def message(sender: str, body: Body) -> bytes:
+    """Encode ``body`` in a fresh envelope: what senders call."""
+    return encode(Envelope.wrap(sender, body))
+
+
+def decode(payload: bytes, expect: type[Body] | None = None,
+           limits: Limits = DEFAULT_LIMITS) -> Envelope:
+    """A validated envelope; raises DecodeError with a one-line reason otherwise."""
+    raw = _unpack(payload, limits)
+    kind = raw.get("kind")
+    body_cls = BODIES.get(kind) if isinstance(kind, str) else None
+    if body_cls is None:
+        raise DecodeError(f"unknown message kind {kind!r}")
+    if expect is not None and body_cls is not expect:
+        raise DecodeError(f"expected a {expect.kind} message, got {kind!r}")
+    ctx = {"limits": limits}
+    try:
+        body = body_cls.model_validate(raw.get("body"), context=ctx)
+        return Envelope.model_validate({**raw, "body": body}, context=ctx)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "message"
+        raise DecodeError(f"{kind} message invalid at {where}: {first['msg']}") from None
+
+

@@ -1,0 +1,82 @@
+"""Settings shared by every MQTT participant, and the precedence rule for all settings.
+
+Precedence, highest first: command-line flags, environment variables, the TOML config
+file given with ``--config``, built-in defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from broker.topics import check_id
+
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    """``(host, port, tls)`` of ``mqtt://host[:port]`` or ``mqtts://host[:port]``."""
+    parts = urlsplit(url)
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"broker URL {url!r} must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
+    return parts.hostname, parts.port or DEFAULT_PORTS[parts.scheme], parts.scheme == "mqtts"
+
+
+class NodeSettings(BaseSettings):
+    """Connection settings common to the coordinator and agents."""
+
+    config_file: ClassVar[Path | None] = None
+
+    broker: str = "mqtt://127.0.0.1:1883"
+    federation: str = "demo"
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = Field(default=30, ge=5, le=3600)
+
+    @field_validator("broker")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parse_broker_url(v)
+        return v
+
+    @field_validator("federation")
+    @classmethod
+    def _federation(cls, v: str) -> str:
+        return check_id(v, "federation name")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.config_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Any:
+        """Settings from flags (``overrides``, None meaning "not given"), env and file."""
+        if config_file is not None and not Path(config_file).is_file():
+            raise FileNotFoundError(f"config file {config_file} does not exist")
+        bound = type(cls.__name__, (cls,), {"config_file": config_file})
+        return bound(**{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def host_port_tls(self) -> tuple[str, int, bool]:
+        return parse_broker_url(self.broker)
+
+    model_config = SettingsConfigDict(extra="forbid")

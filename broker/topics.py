@@ -1,0 +1,82 @@
+"""The MQTT topic tree of one federation (DESIGN.md, "The bus").
+
+Every topic hangs under ``alchimia/v1/{federation}`` so several federations can share a
+broker and a later protocol version can live beside this one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+PROTOCOL_PREFIX = "alchimia/v1"
+# Identifiers become topic levels: no wildcards, no separators, bounded length.
+ID_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
+_ID_RE = re.compile(rf"^{ID_PATTERN}$")
+
+AGENT_LEAVES = ("status", "update", "metrics", "predictions")
+
+
+def check_id(value: str, what: str = "identifier") -> str:
+    """Return ``value`` if it is safe as a topic level, else raise ValueError saying why."""
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise ValueError(
+            f"invalid {what} {value!r}: use 1-64 characters from A-Z a-z 0-9 _ . -"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names for one federation; the only place topic strings are built."""
+
+    federation: str
+
+    def __post_init__(self) -> None:
+        check_id(self.federation, "federation name")
+
+    @property
+    def root(self) -> str:
+        return f"{PROTOCOL_PREFIX}/{self.federation}"
+
+    @property
+    def coordinator_status(self) -> str:
+        return f"{self.root}/coordinator/status"
+
+    @property
+    def model_current(self) -> str:
+        return f"{self.root}/model/current"
+
+    @property
+    def round_current(self) -> str:
+        return f"{self.root}/round/current"
+
+    def agent(self, agent_id: str, leaf: str) -> str:
+        check_id(agent_id, "agent id")
+        return f"{self.root}/agents/{agent_id}/{leaf}"
+
+    def agent_status(self, agent_id: str) -> str:
+        return self.agent(agent_id, "status")
+
+    def agent_update(self, agent_id: str) -> str:
+        return self.agent(agent_id, "update")
+
+    def agent_metrics(self, agent_id: str) -> str:
+        return self.agent(agent_id, "metrics")
+
+    def agent_predictions(self, agent_id: str) -> str:
+        return self.agent(agent_id, "predictions")
+
+    def all_agents(self, leaf: str) -> str:
+        """Subscription filter for one leaf of every agent, e.g. ``agents/+/update``."""
+        return f"{self.root}/agents/+/{leaf}"
+
+    def parse_agent_topic(self, topic: str) -> tuple[str, str] | None:
+        """``(agent_id, leaf)`` for a topic under ``agents/``, None for anything else."""
+        head = f"{self.root}/agents/"
+        if not topic.startswith(head):
+            return None
+        parts = topic[len(head) :].split("/")
+        if len(parts) != 2 or not _ID_RE.match(parts[0]) or parts[1] not in AGENT_LEAVES:
+            return None
+        return parts[0], parts[1]

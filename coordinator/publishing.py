@@ -1,0 +1,42 @@
+"""Turn aggregated weights into the ``model/current`` message (the torch side of the
+coordinator: ONNX export and the torch/ONNX Runtime parity check)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from broker.schemas import ModelBody, message
+from models.onnx_export import check_parity, export_onnx
+from models.params import Weights, get_weights, set_weights
+from models.regressor import build_model
+from models.spec import ModelSpec
+
+
+def reference_inputs(spec: ModelSpec, n: int = 64, seed: int = 0) -> np.ndarray:
+    """Plausible raw inputs around the spec's reference values, for the parity check."""
+    rng = np.random.default_rng(seed)
+    centre = np.asarray(spec.x_center, np.float32)
+    scale = np.asarray(spec.x_scale, np.float32)
+    return (centre + scale * rng.standard_normal((n, len(centre)))).astype(np.float32)
+
+
+def initial_weights(spec: ModelSpec, seed: int) -> Weights:
+    return get_weights(build_model(spec, seed))
+
+
+def model_message(sender: str, spec: ModelSpec, weights: Weights, *, version: int,
+                  parent: int | None, round_id: int | None,
+                  metadata: dict[str, Any]) -> bytes:
+    """The encoded model message; raises if ONNX Runtime disagrees with torch."""
+    model = build_model(spec)
+    set_weights(model, weights)
+    onnx_bytes = export_onnx(model)
+    check_parity(model, onnx_bytes, reference_inputs(spec))
+    body = ModelBody(
+        version=version, parent_version=parent, round_id=round_id,
+        spec=spec.model_dump(mode="json"), onnx=onnx_bytes, weights=weights,
+        metadata=metadata,
+    )
+    return message(sender, body)

@@ -1,0 +1,97 @@
+"""Synchronous round state machine, without I/O.
+
+The service feeds it events (updates, the clock) and acts on its answers; tests drive it
+with a fake clock. An update is accepted at most once per agent and round, only while
+the round is open, only from a selected agent and only against the round's base version.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class RoundState(Enum):
+    OPEN = "open"
+    READY = "ready"  # may be aggregated now
+    FAILED = "failed"  # deadline passed below quorum
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which online agents take part in a round."""
+
+    fraction: float = 1.0
+    min_agents: int = 1
+    max_agents: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ValueError("selection fraction must be in (0, 1]")
+        if self.min_agents < 1:
+            raise ValueError("min_agents must be at least 1")
+        if self.max_agents is not None and self.max_agents < self.min_agents:
+            raise ValueError("max_agents must be at least min_agents")
+
+    def choose(self, online: Iterable[str], rng: random.Random) -> list[str] | None:
+        """Sorted selected ids, or None while fewer than ``min_agents`` are online."""
+        pool = sorted(online)
+        if len(pool) < self.min_agents:
+            return None
+        n = max(self.min_agents, round(self.fraction * len(pool)))
+        if self.max_agents is not None:
+            n = min(n, self.max_agents)
+        return sorted(rng.sample(pool, n)) if n < len(pool) else pool
+
+
+@dataclass
+class SyncRound:
+    round_id: int
+    base_version: int
+    selected: frozenset[str]
+    quorum: int
+    deadline_ts: float
+    accepted: dict[str, str] = field(default_factory=dict)  # agent id -> message id
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.quorum <= len(self.selected):
+            raise ValueError(f"quorum {self.quorum} must be in 1..{len(self.selected)}")
+
+    def check(self, sender: str, round_id: int, base_version: int) -> str | None:
+        """Why an update must be rejected, or None if it may be accepted."""
+        if round_id != self.round_id:
+            return f"update for round {round_id}, open round is {self.round_id}"
+        if self.closed:
+            return f"round {round_id} is closed"
+        if sender not in self.selected:
+            return f"{sender} is not selected for round {round_id}"
+        if base_version != self.base_version:
+            return f"update against version {base_version}, round base is {self.base_version}"
+        if sender in self.accepted:
+            return f"{sender} already sent an update for round {round_id}"
+        return None
+
+    def accept(self, sender: str, msg_id: str) -> None:
+        """Record an update that passed ``check`` and the payload checks."""
+        self.accepted[sender] = msg_id
+
+    def state(self, now: float) -> RoundState:
+        if self.closed:
+            return RoundState.CLOSED
+        if len(self.accepted) == len(self.selected):
+            return RoundState.READY
+        if now >= self.deadline_ts:
+            return RoundState.READY if len(self.accepted) >= self.quorum else RoundState.FAILED
+        return RoundState.OPEN
+
+    def close(self) -> None:
+        self.closed = True
+
+    @property
+    def missing(self) -> list[str]:
+        """Selected agents that have not answered: the stragglers once the round closes."""
+        return sorted(self.selected - set(self.accepted))

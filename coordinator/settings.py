@@ -1,0 +1,35 @@
+"""Coordinator configuration (flags > ``ALCHIMIA_COORDINATOR_*`` env > TOML file > defaults)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from broker.settings import NodeSettings
+from broker.topics import check_id
+
+
+class CoordinatorSettings(NodeSettings):
+    model_config = SettingsConfigDict(env_prefix="ALCHIMIA_COORDINATOR_", extra="forbid")
+
+    coordinator_id: str = "coordinator"
+    state_dir: Path = Path("coordinator-state")
+    strategy: str = "fedavg"
+    rounds: int = Field(default=0, ge=0, description="stop after this many rounds; 0 = never")
+    min_agents: int = Field(default=2, ge=1, description="quorum: fewest updates a round needs")
+    fraction: float = Field(default=1.0, gt=0, le=1)
+    max_agents: int | None = Field(default=None, ge=1)
+    round_timeout_s: float = Field(default=120.0, gt=0)
+    epochs: int = Field(default=2, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    batch_size: int = Field(default=32, ge=1)
+    hidden: tuple[int, ...] = (64, 32)
+    seed: int = 0
+    max_update_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+    @field_validator("coordinator_id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return check_id(v, "coordinator id")

@@ -1,0 +1,51 @@
+"""The torch heat-outcome regressor (agent training and coordinator export only)."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from models.spec import ModelSpec
+
+
+class HeatRegressor(nn.Module):
+    """MLP from raw engineering units to raw engineering units.
+
+    Normalisation constants are buffers, so the exported ONNX graph takes and returns
+    physical values and a consumer needs no preprocessing code.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.register_buffer("x_center", torch.tensor(spec.x_center, dtype=torch.float32))
+        self.register_buffer("x_scale", torch.tensor(spec.x_scale, dtype=torch.float32))
+        self.register_buffer("y_center", torch.tensor(spec.y_center, dtype=torch.float32))
+        self.register_buffer("y_scale", torch.tensor(spec.y_scale, dtype=torch.float32))
+        sizes = (len(spec.features), *spec.hidden, len(spec.targets))
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in itertools.pairwise(sizes):
+            layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+        self.layers = nn.Sequential(*layers[:-1])
+
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """Output in normalised target units: what the training loss compares."""
+        return self.layers((x - self.x_center) / self.x_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalized(x) * self.y_scale + self.y_center
+
+    def normalize_targets(self, y: torch.Tensor) -> torch.Tensor:
+        return (y - self.y_center) / self.y_scale
+
+
+def build_model(spec: ModelSpec, seed: int = 0) -> HeatRegressor:
+    """A freshly initialised model; the same seed gives the same weights everywhere."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return HeatRegressor(spec)
+    finally:
+        torch.random.set_rng_state(gen_state)
