@@ -55,6 +55,7 @@ class Agent:
         self.task: TaskBody | None = None
         self.rounds_done: set[int] = set()
         self.updates_sent = 0
+        self._history: list[Heat] = source.history()
         self._waiting: list[Heat] = []
         self._reported_version: int | None = None
         self.link = MqttLink(
@@ -115,6 +116,8 @@ class Agent:
         self.base_weights, self.model_version = body.weights, body.version
         if self.table is None or self.table.features != spec.features:
             self.table = HeatTable(spec.features, spec.targets)
+            for heat in self._history:
+                self.table.add(heat.inputs, heat.outcome)
         log.info("agent %s now serves model version %d", self.id, body.version)
         self._report_validation()
         self.link.publish(self.topics.agent_status(self.id), self._status("online"), retain=True)

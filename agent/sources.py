@@ -9,6 +9,10 @@ from agent.sim import Heat, SimulatedPlant, default_plants
 
 
 class HeatSource(Protocol):
+    def history(self) -> list[Heat]:
+        """Heats finished before the agent started: learned from, never predicted."""
+        ...
+
     def poll(self) -> list[Heat]:
         """Heats finished since the last call (possibly none)."""
         ...
@@ -21,15 +25,18 @@ class SimulatedHeats:
         profile, plant_seed = default_plants(plant, base_seed=seed)[plant - 1]
         self.plant = SimulatedPlant(profile, plant_seed)
         self.name = profile.name
-        self._pending_history = history
+        self.n_history = history
         self.interval_s = interval_s
         self._next_ts = time.monotonic() + interval_s
 
+    def history(self) -> list[Heat]:
+        return self.plant.heats(self.n_history)
+
     def poll(self) -> list[Heat]:
-        n, self._pending_history = self._pending_history, 0
-        if self.interval_s > 0:
-            now = time.monotonic()
-            while now >= self._next_ts:
-                n += 1
-                self._next_ts += self.interval_s
+        if self.interval_s <= 0:
+            return []
+        n, now = 0, time.monotonic()
+        while now >= self._next_ts:
+            n += 1
+            self._next_ts += self.interval_s
         return self.plant.heats(n) if n else []

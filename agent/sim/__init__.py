@@ -1,0 +1,39 @@
+"""EAF heat simulator: the project's stand-in for plant data that cannot be downloaded.
+
+Physics first (mass balance for yield and chemistry, a Köhle-type energy form), with
+plants that differ in scrap mix, size, efficiency and suppliers, and drift scenarios that
+make a learned model go stale. See /work/shared/domain/EAF.md for the figures used.
+"""
+
+from agent.sim.drift import (
+    Drift,
+    HbiShareChange,
+    HeatEffects,
+    RefractoryWear,
+    SeasonalMoisture,
+    SupplierChange,
+    parse_drift,
+)
+from agent.sim.grades import ELEMENTS, GRADE_TABLE, Grade
+from agent.sim.plant import Heat, HeatTruth, PlantProfile, SimulatedPlant, default_plants
+from agent.sim.signals import SIGNAL_FIELDS, SignalSpec
+
+__all__ = [
+    "ELEMENTS",
+    "GRADE_TABLE",
+    "SIGNAL_FIELDS",
+    "Drift",
+    "Grade",
+    "HbiShareChange",
+    "Heat",
+    "HeatEffects",
+    "HeatTruth",
+    "PlantProfile",
+    "RefractoryWear",
+    "SeasonalMoisture",
+    "SignalSpec",
+    "SimulatedPlant",
+    "SupplierChange",
+    "default_plants",
+    "parse_drift",
+]
