@@ -49,6 +49,7 @@ class MqttLink:
         if last is not None and self.connected:
             info = self.client.publish(last[0], last[1], qos=1, retain=True)
             info.wait_for_publish(timeout=5)
+        self.connected = False  # a requested disconnect is not worth a warning
         self.client.disconnect()
         self.client.loop_stop()
 

@@ -49,6 +49,6 @@ def train_delta(spec: ModelSpec, base: Mapping[str, np.ndarray], x: np.ndarray,
                 loss = loss + 0.5 * cfg.proximal_mu * prox
             loss.backward()
             opt.step()
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
             batches += 1
     return subtract(get_weights(model), base), {"train_loss": loss_sum / max(batches, 1)}

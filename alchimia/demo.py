@@ -18,7 +18,7 @@ from broker.embedded import EmbeddedBroker
 from models.onnx_runtime import OnnxPredictor
 
 # Targets shown per plant in the round table (the model predicts all of models.schema.TARGETS).
-SHOWN = (("energy_kwh_t", "kWh/t", "{:6.1f}"), ("cu_pct", "Cu %", "{:6.4f}"))
+SHOWN = (("energy_kwh_t", "kWh/t", "{:6.1f}"), ("cu_pct", "Cu%", "{:6.4f}"))
 
 
 @dataclass
@@ -87,10 +87,13 @@ def run_demo(*, broker: str | None = None, agents: int = 3, rounds: int = 5,
 
 def _follow_rounds(console: Console, monitor: Monitor, fed: LocalFederation, ids: list[str],
                    rounds: int, timeout: float, result: DemoResult) -> None:
-    head = "round version  " + "  ".join(
-        f"{a:>10s} " + " ".join(f"{unit:>6s}" for _, unit, _ in SHOWN) for a in ids)
+    width = 1 + sum(len(unit) + 2 for _, unit, _ in SHOWN)
+    head = "version " + "".join(f"{a:>{width}s}" for a in ids)
+    units = " " * 8 + "".join(
+        f"{' '.join(f'{unit:>{len(unit) + 1}s}' for _, unit, _ in SHOWN):>{width}s}" for _ in ids)
     console.print("\nvalidation MAE of the global model on each plant's held-out heats")
     console.print(head)
+    console.print(units)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         bar = progress.add_task("rounds", total=rounds)
@@ -101,10 +104,10 @@ def _follow_rounds(console: Console, monitor: Monitor, fed: LocalFederation, ids
                                    + (f": coordinator failed: {err}" if err else ""))
             figures = monitor.validation[version]
             result.validation[version] = {a: dict(figures[a]) for a in ids}
-            cells = "  ".join(
-                f"{'':>10s} " + " ".join(fmt.format(figures[a][f"mae_{t}"]) for t, _, fmt in SHOWN)
+            cells = "".join(
+                f"{' '.join(fmt.format(figures[a][f'mae_{t}']) for t, _, fmt in SHOWN):>{width}s}"
                 for a in ids)
-            console.print(f"{version:5d} {version:7d}  {cells}")
+            console.print(f"{version:7d} {cells}")
             progress.update(bar, completed=version)
 
 
