@@ -10,8 +10,8 @@ import torch
 from alchimia.local import CoordinatorThread, LocalFederation
 from alchimia.monitor import Monitor
 from broker.schemas import ModelBody, decode
-from coordinator.persistence import CoordinatorDB
 from broker.topics import Topics
+from coordinator.persistence import CoordinatorDB
 from models.onnx_runtime import OnnxPredictor
 from models.params import set_weights
 from models.regressor import build_model
