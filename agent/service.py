@@ -98,7 +98,9 @@ class Agent:
                 env = decode(payload, TaskBody, self.limits)
                 self.task = env.body  # type: ignore[assignment]
             else:
-                log.warning("message on unexpected topic %s ignored", topic)
+                # amqtt (the embedded broker) hands a new session the retained messages of
+                # every other client's subscriptions; Mosquitto never sends these.
+                log.debug("message on unexpected topic %s ignored", topic)
         except (DecodeError, ValueError) as exc:
             log.warning("rejected message on %s: %s", topic, exc)
 

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rounds", type=int, default=5)
     demo.add_argument("--federation", help="default: demo-<random>")
     demo.add_argument("--strategy", default="fedavg")
+    demo.add_argument("--mode", choices=["sync", "async"], default="sync")
     demo.add_argument("--out", type=Path, default=Path("runs"), help="where models are written")
     demo.add_argument("--log-level", default="WARNING")
 
@@ -39,7 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(coord)
     coord.add_argument("--coordinator-id")
     coord.add_argument("--state-dir", type=Path)
-    coord.add_argument("--strategy")
+    coord.add_argument("--strategy", help="fedavg, fedavgm, fedprox, fedadam, fedyogi, "
+                       "fedadagrad, median, trimmed_mean, krum, multikrum")
+    coord.add_argument("--strategy-param", dest="strategy_params", action="append",
+                       metavar="NAME=VALUE", type=_param, help="strategy parameter, repeatable")
+    coord.add_argument("--clip-norm", type=float, help="bound each delta's L2 norm first")
+    coord.add_argument("--mode", choices=["sync", "async"])
+    coord.add_argument("--buffer-k", type=int, help="async: updates per new version")
+    coord.add_argument("--max-staleness", type=int, help="async: oldest base version accepted")
+    coord.add_argument("--staleness", help="async weighting: constant, polynomial, hinge")
     coord.add_argument("--rounds", type=int, help="stop after N rounds (0: never)")
     coord.add_argument("--min-agents", type=int, help="quorum per round")
     coord.add_argument("--fraction", type=float, help="fraction of online agents selected")
@@ -59,9 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _param(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, got {text!r}") from None
+
+
 def _settings_overrides(args: argparse.Namespace) -> dict:
     skip = {"command", "config", "log_level"}
-    return {k: v for k, v in vars(args).items() if k not in skip}
+    out = {k: v for k, v in vars(args).items() if k not in skip}
+    if out.get("strategy_params"):
+        out["strategy_params"] = dict(out["strategy_params"])
+    return out
 
 
 def run_coordinator(args: argparse.Namespace) -> int:
@@ -102,7 +122,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
     from alchimia.demo import run_demo
 
     run_demo(broker=args.broker, agents=args.agents, rounds=args.rounds,
-             federation=args.federation, strategy=args.strategy, out_dir=args.out)
+             federation=args.federation, strategy=args.strategy, mode=args.mode,
+             out_dir=args.out)
     return 0
 
 

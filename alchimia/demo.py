@@ -35,7 +35,7 @@ class DemoResult:
 
 
 def run_demo(*, broker: str | None = None, agents: int = 3, rounds: int = 5,
-             federation: str | None = None, strategy: str = "fedavg",
+             federation: str | None = None, strategy: str = "fedavg", mode: str = "sync",
              out_dir: Path = Path("runs"), console: Console | None = None,
              round_timeout_s: float = 120.0) -> DemoResult:
     console = console or Console()
@@ -47,10 +47,11 @@ def run_demo(*, broker: str | None = None, agents: int = 3, rounds: int = 5,
     url = broker or embedded.url  # type: ignore[union-attr]
     console.print(f"[bold]federation[/] {federation}  [bold]broker[/] {url}"
                   f"{' (embedded)' if embedded else ''}  [bold]agents[/] {agents}  "
-                  f"[bold]rounds[/] {rounds}  [bold]strategy[/] {strategy}")
+                  f"[bold]rounds[/] {rounds}  [bold]strategy[/] {strategy} ({mode})")
     fed = LocalFederation(
         url, federation, agents, run_dir / "coordinator",
         coordinator={"rounds": rounds, "min_agents": agents, "strategy": strategy,
+                     "mode": mode, "buffer_k": agents,
                      "round_timeout_s": round_timeout_s, "epochs": 5, "lr": 5e-3},
         agent={"history_heats": 300, "heat_interval_s": 1.0},
     )

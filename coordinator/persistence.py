@@ -1,4 +1,5 @@
-"""Durable coordinator state: model versions, rounds, agents and seen message ids.
+"""Durable coordinator state: model versions, rounds, agents, seen message ids, and the
+accepted updates of the open round (so a restart loses none and counts none twice).
 
 Model versions are files holding the exact payload published on ``model/current``,
 written atomically (temp file, fsync, rename, fsync of the directory) *before* their row
@@ -21,13 +22,17 @@ CREATE TABLE IF NOT EXISTS versions (
     version INTEGER PRIMARY KEY, round_id INTEGER, parent INTEGER,
     created_ts REAL NOT NULL, file TEXT NOT NULL, metadata TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rounds (
-    round_id INTEGER PRIMARY KEY, base_version INTEGER NOT NULL, state TEXT NOT NULL,
-    opened_ts REAL NOT NULL, closed_ts REAL, selected TEXT NOT NULL, accepted TEXT NOT NULL);
+    round_id INTEGER PRIMARY KEY, mode TEXT NOT NULL, base_version INTEGER NOT NULL,
+    state TEXT NOT NULL, opened_ts REAL NOT NULL, deadline_ts REAL NOT NULL, closed_ts REAL,
+    selected TEXT NOT NULL, accepted TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS agents (
     agent_id TEXT PRIMARY KEY, online INTEGER NOT NULL, samples INTEGER NOT NULL,
     software TEXT NOT NULL, last_seen REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS seen_messages (
     msg_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, round_id INTEGER, received_ts REAL);
+CREATE TABLE IF NOT EXISTS pending_updates (
+    msg_id TEXT PRIMARY KEY, round_id INTEGER NOT NULL, agent_id TEXT NOT NULL,
+    base_version INTEGER NOT NULL, weight REAL NOT NULL, file TEXT NOT NULL);
 """
 
 
@@ -51,6 +56,8 @@ class CoordinatorDB:
         self.state_dir = Path(state_dir)
         self.models_dir = self.state_dir / "models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.updates_dir = self.state_dir / "updates"
+        self.updates_dir.mkdir(exist_ok=True)
         self.db = sqlite3.connect(self.state_dir / "coordinator.sqlite", check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -63,16 +70,35 @@ class CoordinatorDB:
     def model_path(self, version: int) -> Path:
         return self.models_dir / f"v{version:06d}.msgpack"
 
+    def state_path(self, version: int) -> Path:
+        return self.models_dir / f"v{version:06d}.strategy.msgpack"
+
     def save_version(self, version: int, payload: bytes, *, round_id: int | None,
-                     parent: int | None, metadata: dict) -> Path:
+                     parent: int | None, metadata: dict,
+                     strategy_state: bytes | None = None) -> Path:
+        """Commit a new version; the updates of ``round_id`` are consumed in the same step."""
         path = self.model_path(version)
         atomic_write(path, payload)
+        if strategy_state is not None:
+            atomic_write(self.state_path(version), strategy_state)
         with self.db:
             self.db.execute(
                 "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?)",
                 (version, round_id, parent, time.time(), path.name, json.dumps(metadata)),
             )
+            files = self._consume_pending(round_id)
+        for name in files:
+            (self.updates_dir / name).unlink(missing_ok=True)
         return path
+
+    def load_strategy_state(self, version: int) -> bytes | None:
+        path = self.state_path(version)
+        return path.read_bytes() if path.exists() else None
+
+    def version_of_round(self, round_id: int) -> int | None:
+        row = self.db.execute("SELECT version FROM versions WHERE round_id = ?",
+                              (round_id,)).fetchone()
+        return row[0] if row else None
 
     def latest_version(self) -> int | None:
         row = self.db.execute("SELECT MAX(version) FROM versions").fetchone()
@@ -88,21 +114,33 @@ class CoordinatorDB:
         return self.model_path(version).read_bytes()
 
     # -- rounds
-    def save_round(self, round_id: int, base_version: int, state: str, selected: list[str],
-                   accepted: dict[str, str], opened_ts: float,
-                   closed_ts: float | None = None) -> None:
+    def save_round(self, round_id: int, mode: str, base_version: int, state: str,
+                   selected: list[str], opened_ts: float, deadline_ts: float,
+                   closed_ts: float | None = None, accepted: list[str] | None = None) -> None:
         with self.db:
             self.db.execute(
-                "INSERT OR REPLACE INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (round_id, base_version, state, opened_ts, closed_ts, json.dumps(selected),
-                 json.dumps(accepted)),
+                "INSERT OR REPLACE INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (round_id, mode, base_version, state, opened_ts, deadline_ts, closed_ts,
+                 json.dumps(selected), json.dumps(accepted or [])),
             )
 
     def last_round_id(self) -> int | None:
         return self.db.execute("SELECT MAX(round_id) FROM rounds").fetchone()[0]
 
-    def round_states(self) -> list[tuple[int, str]]:
-        return list(self.db.execute("SELECT round_id, state FROM rounds ORDER BY round_id"))
+    def open_round(self) -> tuple[int, str, int, list[str], float, float] | None:
+        """``(round_id, mode, base_version, selected, opened_ts, deadline_ts)`` left open."""
+        row = self.db.execute(
+            "SELECT round_id, mode, base_version, selected, opened_ts, deadline_ts FROM rounds "
+            "WHERE state = 'open' ORDER BY round_id DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        return row[0], row[1], row[2], json.loads(row[3]), row[4], row[5]
+
+    def rounds(self) -> list[tuple[int, str, str, list[str]]]:
+        """``(round_id, mode, state, accepted agents)`` of every round, oldest first."""
+        rows = self.db.execute("SELECT round_id, mode, state, accepted FROM rounds "
+                               "ORDER BY round_id")
+        return [(r, m, st, json.loads(a)) for r, m, st, a in rows]
 
     # -- agents
     def save_agent(self, info: AgentInfo) -> None:
@@ -118,12 +156,37 @@ class CoordinatorDB:
 
     # -- replay protection
     def seen(self, msg_id: str) -> bool:
+        """Whether an update with this message id was ever accepted."""
         q = "SELECT 1 FROM seen_messages WHERE msg_id = ?"
         return self.db.execute(q, (msg_id,)).fetchone() is not None
 
-    def mark_seen(self, msg_id: str, agent_id: str, round_id: int | None) -> None:
+    def accept_update(self, msg_id: str, agent_id: str, round_id: int, base_version: int,
+                      weight: float, payload: bytes) -> None:
+        """Persist an accepted update (its exact payload) before it counts."""
+        name = f"{msg_id}.msgpack"
+        atomic_write(self.updates_dir / name, payload)
         with self.db:
-            self.db.execute(
-                "INSERT OR IGNORE INTO seen_messages VALUES (?, ?, ?, ?)",
-                (msg_id, agent_id, round_id, time.time()),
-            )
+            self.db.execute("INSERT INTO seen_messages VALUES (?, ?, ?, ?)",
+                            (msg_id, agent_id, round_id, time.time()))
+            self.db.execute("INSERT INTO pending_updates VALUES (?, ?, ?, ?, ?, ?)",
+                            (msg_id, round_id, agent_id, base_version, weight, name))
+
+    def pending_updates(self, round_id: int) -> list[tuple[str, str, int, float, bytes]]:
+        """``(msg_id, agent, base_version, weight, payload)`` accepted for an open round."""
+        rows = self.db.execute(
+            "SELECT msg_id, agent_id, base_version, weight, file FROM pending_updates "
+            "WHERE round_id = ? ORDER BY rowid", (round_id,)).fetchall()
+        return [(m, a, b, w, (self.updates_dir / f).read_bytes()) for m, a, b, w, f in rows]
+
+    def drop_pending(self, round_id: int) -> None:
+        """Forget the updates of a round that will never be aggregated (failed, abandoned)."""
+        with self.db:
+            files = self._consume_pending(round_id)
+        for name in files:
+            (self.updates_dir / name).unlink(missing_ok=True)
+
+    def _consume_pending(self, round_id: int | None) -> list[str]:
+        rows = self.db.execute("SELECT file FROM pending_updates WHERE round_id = ?",
+                               (round_id,)).fetchall()
+        self.db.execute("DELETE FROM pending_updates WHERE round_id = ?", (round_id,))
+        return [r[0] for r in rows]

@@ -49,7 +49,7 @@ class Selection:
 
 @dataclass
 class SyncRound:
-    round_id: int
+    window_id: int
     base_version: int
     selected: frozenset[str]
     quorum: int
@@ -63,8 +63,8 @@ class SyncRound:
 
     def check(self, sender: str, round_id: int, base_version: int) -> str | None:
         """Why an update must be rejected, or None if it may be accepted."""
-        if round_id != self.round_id:
-            return f"update for round {round_id}, open round is {self.round_id}"
+        if round_id != self.window_id:
+            return f"update for round {round_id}, open round is {self.window_id}"
         if self.closed:
             return f"round {round_id} is closed"
         if sender not in self.selected:
@@ -75,9 +75,16 @@ class SyncRound:
             return f"{sender} already sent an update for round {round_id}"
         return None
 
-    def accept(self, sender: str, msg_id: str) -> None:
+    def weight(self, base_version: int, num_samples: int) -> float:
+        return float(num_samples)
+
+    def accept(self, sender: str, msg_id: str, base_version: int) -> None:
         """Record an update that passed ``check`` and the payload checks."""
         self.accepted[sender] = msg_id
+
+    @property
+    def contributors(self) -> list[str]:
+        return sorted(self.accepted)
 
     def state(self, now: float) -> RoundState:
         if self.closed:

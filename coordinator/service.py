@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -27,17 +28,21 @@ from broker.schemas import (
     message,
 )
 from broker.topics import Topics
+from coordinator.fedbuff import AsyncWindow
 from coordinator.persistence import CoordinatorDB
 from coordinator.publishing import initial_weights, model_message
 from coordinator.registry import AgentInfo, Registry
 from coordinator.rounds import RoundState, Selection, SyncRound
 from coordinator.settings import CoordinatorSettings
-from coordinator.strategies import make_strategy
+from coordinator.staleness import make_staleness
+from coordinator.strategies import Accumulator, make_strategy
+from coordinator.strategy_state import pack_state, unpack_state
 from models.params import Weights
 from models.spec import ModelSpec
 
 log = logging.getLogger("alchimia.coordinator")
 SOFTWARE = "alchimia-coordinator/0.1"
+Window = SyncRound | AsyncWindow
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,11 @@ class Coordinator:
         self.settings = settings
         self.topics = Topics(settings.federation)
         self.db = CoordinatorDB(settings.state_dir)
-        self.strategy = make_strategy(settings.strategy)
+        params = dict(settings.strategy_params)
+        if settings.clip_norm is not None:
+            params["clip_norm"] = settings.clip_norm
+        self.strategy = make_strategy(settings.strategy, **params)
+        self.staleness = make_staleness(settings.staleness, **settings.staleness_params)
         self.selection = Selection(
             fraction=settings.fraction, min_agents=settings.min_agents,
             max_agents=settings.max_agents,
@@ -66,8 +75,8 @@ class Coordinator:
         self.changed = asyncio.Event()
         self.rejections: list[Rejection] = []
         self.rounds_completed = 0
-        self.round: SyncRound | None = None
-        self._accumulator = None
+        self.window: Window | None = None
+        self._accumulator: Accumulator | None = None
         self._client: aiomqtt.Client | None = None
         self._restore_or_initialise()
 
@@ -88,11 +97,11 @@ class Coordinator:
             self.spec = ModelSpec.model_validate(body.spec)
             self.weights = {k: v.copy() for k, v in body.weights.items()}
             self.version = latest
+            state = self.db.load_strategy_state(latest)
+            if state is not None:
+                self.strategy.load_state_dict(unpack_state(state))
             log.info("resumed at model version %d from %s", latest, self.settings.state_dir)
         self.next_round_id = (self.db.last_round_id() or 0) + 1
-        for round_id, state in self.db.round_states():
-            if state == "open":  # interrupted by a crash: its updates were never aggregated
-                log.warning("round %d was open at shutdown; abandoned", round_id)
         self.model_payload = self.db.load_payload(self.version)
 
     def _model_payload(self, weights: Weights, version: int, parent: int | None,
@@ -148,8 +157,8 @@ class Coordinator:
         await client.publish(self.topics.model_current, self.model_payload, qos=1, retain=True)
         await client.subscribe([(self.topics.all_agents("status"), 1),
                                 (self.topics.all_agents("update"), 1)])
-        if self.round is not None and not self.round.closed:
-            await self._publish_task(self.round, "open")
+        if self.window is not None and not self.window.closed:
+            await self._publish_task(self.window, "open")
         log.info("coordinator %s online, federation %s, model version %d",
                  self.settings.coordinator_id, self.settings.federation, self.version)
 
@@ -174,6 +183,8 @@ class Coordinator:
             topic = msg.topic.value
             try:
                 self.handle(topic, bytes(msg.payload))  # type: ignore[arg-type]
+            except (OSError, sqlite3.Error):
+                raise  # the state on disk is the truth: stop rather than count unsaved updates
             except Exception:  # a bug must not stop the federation; log it loudly
                 log.exception("unexpected error handling a message on %s", topic)
 
@@ -198,7 +209,7 @@ class Coordinator:
         if leaf == "status":
             self._on_status(env)
         else:
-            self._on_update(env, topic)
+            self._on_update(env, topic, payload)
 
     def _on_status(self, env: Envelope) -> None:
         body: StatusBody = env.body  # type: ignore[assignment]
@@ -211,27 +222,30 @@ class Coordinator:
         self.db.save_agent(info)
         self.changed.set()
 
-    def _on_update(self, env: Envelope, topic: str) -> None:
+    def _on_update(self, env: Envelope, topic: str, payload: bytes) -> None:
         body: UpdateBody = env.body  # type: ignore[assignment]
         if self.db.seen(env.msg_id):
             self._reject(env.sender, topic, f"message {env.msg_id} replayed")
             return
-        if self.round is None or self._accumulator is None:
+        window, acc = self.window, self._accumulator
+        if window is None or acc is None:
             self._reject(env.sender, topic, "no round is open")
             return
-        reason = self.round.check(env.sender, body.round_id, body.base_version)
+        reason = window.check(env.sender, body.round_id, body.base_version)
+        weight = window.weight(body.base_version, body.num_samples)
         if reason is None:
             try:
-                self._accumulator.add(body.delta, float(body.num_samples))
+                acc.add(body.delta, weight)
             except ValueError as exc:
                 reason = str(exc)
         if reason is not None:
             self._reject(env.sender, topic, reason)
             return
-        self.round.accept(env.sender, env.msg_id)
-        self.db.mark_seen(env.msg_id, env.sender, body.round_id)
-        log.debug("accepted update from %s for round %d (%d samples)", env.sender,
-                  body.round_id, body.num_samples)
+        self.db.accept_update(env.msg_id, env.sender, window.window_id, body.base_version,
+                              weight, payload)
+        window.accept(env.sender, env.msg_id, body.base_version)
+        log.debug("accepted update from %s for round %d (weight %.1f)", env.sender,
+                  window.window_id, weight)
         self.changed.set()
 
     def _reject(self, sender: str, topic: str, reason: str) -> None:
@@ -246,67 +260,141 @@ class Coordinator:
             await asyncio.wait_for(self.changed.wait(), timeout)
 
     async def _drive_rounds(self, stop: asyncio.Event) -> None:
-        s = self.settings
+        resumed = self._resume_window()
         while not stop.is_set():
-            if s.rounds and self.rounds_completed >= s.rounds:
+            if self.settings.rounds and self.rounds_completed >= self.settings.rounds:
                 log.info("completed %d rounds; stopping", self.rounds_completed)
                 stop.set()
                 return
-            selected = self.selection.choose(self.registry.online(), self.rng)
-            if selected is None:
+            window, resumed = resumed or self._new_window(), None
+            if window is None:
                 await self._wait_changed(5.0)
                 continue
-            rnd = SyncRound(
-                round_id=self.next_round_id, base_version=self.version,
-                selected=frozenset(selected), quorum=min(s.min_agents, len(selected)),
-                deadline_ts=time.time() + s.round_timeout_s,
-            )
-            self.next_round_id += 1
-            await self._run_round(rnd)
+            await self._run_window(window)
 
-    async def _run_round(self, rnd: SyncRound) -> None:
+    def _new_window(self) -> Window | None:
+        """The next round (sync) or buffer window (async), once enough agents are online."""
+        s = self.settings
+        selected = self.selection.choose(self.registry.online(), self.rng)
+        if selected is None:
+            return None
+        window_id, self.next_round_id = self.next_round_id, self.next_round_id + 1
+        window: Window
+        if s.mode == "async":
+            window = AsyncWindow(window_id, self.version, s.buffer_k, s.max_staleness,
+                                 self.staleness, frozenset(selected))
+        else:
+            window = SyncRound(window_id, self.version, frozenset(selected),
+                               min(s.min_agents, len(selected)), time.time() + s.round_timeout_s)
+        self.db.save_round(window_id, s.mode, self.version, "open", selected, time.time(),
+                           self._deadline(window))
+        return window
+
+    def _resume_window(self) -> Window | None:
+        """Reopen the round a restart interrupted, with the updates it had accepted."""
+        left = self.db.open_round()
+        if left is None:
+            return None
+        window_id, mode, base, selected, opened, deadline = left
+        if self.db.version_of_round(window_id) is not None:  # aggregated, not yet marked
+            self.db.save_round(window_id, mode, base, "closed", selected, opened, deadline,
+                               time.time())
+            return None
+        if mode != self.settings.mode or (mode == "sync" and base != self.version):
+            log.warning("round %d cannot be resumed (mode %s, base %d); abandoned",
+                        window_id, mode, base)
+            self.db.drop_pending(window_id)
+            self.db.save_round(window_id, mode, base, "abandoned", selected, opened, deadline,
+                               time.time())
+            return None
+        s = self.settings
+        window: Window
+        if mode == "async":
+            window = AsyncWindow(window_id, base, s.buffer_k, s.max_staleness, self.staleness,
+                                 frozenset(selected))
+        else:
+            window = SyncRound(window_id, base, frozenset(selected),
+                               min(s.min_agents, len(selected)), deadline)
+        acc = self.strategy.open_round(self.weights)
+        pending = self.db.pending_updates(window_id)
+        for msg_id, agent, base_version, weight, payload in pending:
+            acc.add(decode(payload, UpdateBody).body.delta, weight)  # type: ignore[attr-defined]
+            window.accept(agent, msg_id, base_version)
+        self.window, self._accumulator = window, acc
+        log.info("resumed round %d with %d accepted updates", window_id, len(pending))
+        return window
+
+    @staticmethod
+    def _deadline(window: Window) -> float:
+        return window.deadline_ts if isinstance(window, SyncRound) else 0.0
+
+    async def _run_window(self, window: Window) -> None:
         opened = time.time()
-        self.round, self._accumulator = rnd, self.strategy.open_round(self.weights)
-        self.db.save_round(rnd.round_id, rnd.base_version, "open", sorted(rnd.selected), {},
-                           opened)
-        await self._publish_task(rnd, "open")
-        while (state := rnd.state(time.time())) is RoundState.OPEN:
-            await self._wait_changed(max(0.0, rnd.deadline_ts - time.time()))
-        rnd.close()
+        if self.window is not window or self._accumulator is None:
+            self._accumulator = self.strategy.open_round(self.weights)
+        self.window = window
+        await self._publish_task(window, "open")
+        while (state := window.state(time.time())) is RoundState.OPEN:
+            if isinstance(window, SyncRound):
+                await self._wait_changed(max(0.0, window.deadline_ts - time.time()))
+            else:
+                await self._wait_changed(5.0)
+                await self._refresh_async_selection(window)
+        window.close()
+        mode, selected = self.settings.mode, sorted(window.selected)
         if state is RoundState.FAILED:
+            assert isinstance(window, SyncRound)
             log.warning("round %d failed: %d of quorum %d updates by the deadline; missing %s",
-                        rnd.round_id, len(rnd.accepted), rnd.quorum, rnd.missing)
-            self.db.save_round(rnd.round_id, rnd.base_version, "failed", sorted(rnd.selected),
-                               rnd.accepted, opened, time.time())
-            await self._publish_task(rnd, "closed")
+                        window.window_id, len(window.accepted), window.quorum, window.missing)
+            self.db.drop_pending(window.window_id)
+            self.db.save_round(window.window_id, mode, window.base_version, "failed", selected,
+                               opened, self._deadline(window), time.time(),
+                               window.contributors)
+            await self._publish_task(window, "closed")
             return
+        await self._aggregate(window, opened)
+
+    async def _refresh_async_selection(self, window: AsyncWindow) -> None:
+        """Async windows invite every online agent, including those that joined late."""
+        online = frozenset(self.registry.online())
+        if online and online != window.selected:
+            window.selected = online
+            await self._publish_task(window, "open")
+
+    async def _aggregate(self, window: Window, opened: float) -> None:
         started = time.perf_counter()
+        assert self._accumulator is not None
         new_weights = self._accumulator.finish()
         version = self.version + 1
-        metadata = {"strategy": self.strategy.name, "contributors": sorted(rnd.accepted),
-                    "stragglers": rnd.missing}
+        metadata = {"strategy": self.strategy.name, "mode": self.settings.mode,
+                    "contributors": window.contributors,
+                    "stragglers": window.missing if isinstance(window, SyncRound) else []}
         payload = await asyncio.to_thread(self._model_payload, new_weights, version,
-                                          self.version, rnd.round_id, metadata)
-        self.db.save_version(version, payload, round_id=rnd.round_id, parent=self.version,
-                             metadata=metadata)
+                                          self.version, window.window_id, metadata)
+        self.db.save_version(version, payload, round_id=window.window_id, parent=self.version,
+                             metadata=metadata,
+                             strategy_state=pack_state(self.strategy.state_dict()))
         self.weights, self.version, self.model_payload = new_weights, version, payload
-        self.db.save_round(rnd.round_id, rnd.base_version, "closed", sorted(rnd.selected),
-                           rnd.accepted, opened, time.time())
+        self.db.save_round(window.window_id, self.settings.mode, window.base_version, "closed",
+                           sorted(window.selected), opened, self._deadline(window), time.time(),
+                           window.contributors)
         await self._publish(self.topics.model_current, payload, retain=True)
-        await self._publish_task(rnd, "closed")
+        if isinstance(window, SyncRound):
+            await self._publish_task(window, "closed")
         self.rounds_completed += 1
         log.info(
-            "round %d closed: %d/%d updates, version %d -> %d, %.1f s open, %.3f s to "
-            "aggregate and publish, %d bytes", rnd.round_id, len(rnd.accepted),
-            len(rnd.selected), version - 1, version, time.time() - opened,
+            "round %d closed: %d updates from %s, version %d -> %d, %.1f s open, %.3f s to "
+            "aggregate and publish, %d bytes", window.window_id, len(window.accepted),
+            ",".join(window.contributors), version - 1, version, time.time() - opened,
             time.perf_counter() - started, len(payload))
 
-    async def _publish_task(self, rnd: SyncRound, state: str) -> None:
+    async def _publish_task(self, window: Window, state: str) -> None:
         s = self.settings
         body = TaskBody(
-            round_id=rnd.round_id, state=state, base_version=rnd.base_version,  # type: ignore[arg-type]
-            deadline_ts=rnd.deadline_ts, selected=sorted(rnd.selected), epochs=s.epochs,
-            lr=s.lr, batch_size=s.batch_size, hyper=self.strategy.task_params(),
+            round_id=window.window_id, state=state, mode=s.mode,  # type: ignore[arg-type]
+            base_version=window.base_version, deadline_ts=self._deadline(window),
+            selected=sorted(window.selected), epochs=s.epochs, lr=s.lr,
+            batch_size=s.batch_size, hyper=self.strategy.task_params(),
         )
         await self._publish(self.topics.round_current, message(s.coordinator_id, body),
                             retain=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -17,6 +18,15 @@ class CoordinatorSettings(NodeSettings):
     coordinator_id: str = "coordinator"
     state_dir: Path = Path("coordinator-state")
     strategy: str = "fedavg"
+    strategy_params: dict[str, float] = Field(default_factory=dict,
+                                              description="e.g. server_lr, beta, mu")
+    clip_norm: float | None = Field(default=None, gt=0,
+                                    description="bound each delta's L2 norm first")
+    mode: Literal["sync", "async"] = "sync"
+    buffer_k: int = Field(default=3, ge=1, description="async: updates per new version")
+    max_staleness: int = Field(default=5, ge=0, description="async: oldest base accepted")
+    staleness: str = "polynomial"
+    staleness_params: dict[str, float] = Field(default_factory=dict)
     rounds: int = Field(default=0, ge=0, description="stop after this many rounds; 0 = never")
     min_agents: int = Field(default=2, ge=1, description="quorum: fewest updates a round needs")
     fraction: float = Field(default=1.0, gt=0, le=1)

@@ -9,7 +9,7 @@ import torch
 
 from alchimia.local import CoordinatorThread, LocalFederation
 from alchimia.monitor import Monitor
-from broker.schemas import ModelBody, decode
+from broker.schemas import ModelBody, PredictionBody, decode
 from broker.topics import Topics
 from coordinator.persistence import CoordinatorDB
 from models.onnx_runtime import OnnxPredictor
@@ -29,19 +29,32 @@ def _mean_energy_mae(monitor: Monitor, version: int) -> float:
 def test_three_rounds_improve_the_model_and_the_retained_onnx_matches_torch(
         mosquitto, tmp_path: Path) -> None:
     fed = LocalFederation(mosquitto.url, "e2e", 3, tmp_path / "coord",
-                          coordinator={**FAST_COORDINATOR, "rounds": 3}, agent=FAST_AGENT)
+                          coordinator={**FAST_COORDINATOR, "rounds": 3},
+                          agent={**FAST_AGENT, "heat_interval_s": 0.2})
     monitor = Monitor(mosquitto.url, "e2e", "e2e-monitor").start()
+    consumer = RawClient(mosquitto.host, mosquitto.port, "e2e-consumer")
+    consumer.subscribe(Topics("e2e").all_agents("predictions"))
     ids = {s.agent_id for s in fed.agent_settings}
     try:
         fed.start_coordinator()
         fed.start_agents()
         for version in range(4):
             assert monitor.wait_validation(version, ids, 120), f"no figures for v{version}"
+        wait_for(lambda: consumer.received(Topics("e2e").agent_predictions("plant-1")), 30,
+                 "a prediction")
     finally:
         fed.stop()
         monitor.stop()
+        consumer.close()
     assert _mean_energy_mae(monitor, 3) < _mean_energy_mae(monitor, 1)
     assert all(a.agent.updates_sent == 3 for a in fed.agents)
+    # One prediction per new heat (history heats are learned from, never predicted).
+    preds = [decode(p, PredictionBody) for p in
+             consumer.received(Topics("e2e").agent_predictions("plant-1"))]
+    heat_ids = [p.body.heat_id for p in preds]
+    assert len(heat_ids) == len(set(heat_ids)) and all(p.sender == "plant-1" for p in preds)
+    assert int(heat_ids[0].split("-")[1]) >= FAST_AGENT["history_heats"]
+    assert set(preds[0].body.outputs) == set(ModelSpec().targets)
 
     # A newcomer gets the retained model, and ONNX Runtime agrees with torch on it.
     late = RawClient(mosquitto.host, mosquitto.port, "late-consumer")

@@ -10,7 +10,7 @@ from coordinator.rounds import RoundState, Selection, SyncRound
 
 
 def _round(quorum: int = 2, deadline: float = 100.0) -> SyncRound:
-    return SyncRound(round_id=7, base_version=3, selected=frozenset({"a", "b", "c"}),
+    return SyncRound(window_id=7, base_version=3, selected=frozenset({"a", "b", "c"}),
                      quorum=quorum, deadline_ts=deadline)
 
 
@@ -19,14 +19,14 @@ def test_round_is_ready_when_all_selected_answered_before_the_deadline() -> None
     for i, agent in enumerate("abc"):
         assert r.state(10.0) is RoundState.OPEN
         assert r.check(agent, 7, 3) is None
-        r.accept(agent, f"m{i}")
+        r.accept(agent, f"m{i}", 3)
     assert r.state(10.0) is RoundState.READY
 
 
 def test_deadline_with_quorum_is_ready_and_reports_stragglers() -> None:
     r = _round(quorum=2)
-    r.accept("a", "m1")
-    r.accept("c", "m2")
+    r.accept("a", "m1", 3)
+    r.accept("c", "m2", 3)
     assert r.state(99.9) is RoundState.OPEN
     assert r.state(100.0) is RoundState.READY
     assert r.missing == ["b"]
@@ -34,13 +34,13 @@ def test_deadline_with_quorum_is_ready_and_reports_stragglers() -> None:
 
 def test_deadline_below_quorum_fails() -> None:
     r = _round(quorum=2)
-    r.accept("a", "m1")
+    r.accept("a", "m1", 3)
     assert r.state(100.0) is RoundState.FAILED
 
 
 def test_late_update_after_close_is_rejected() -> None:
     r = _round()
-    r.accept("a", "m1")
+    r.accept("a", "m1", 3)
     r.close()
     assert r.state(0.0) is RoundState.CLOSED
     assert r.check("b", 7, 3) == "round 7 is closed"
@@ -61,7 +61,7 @@ def test_wrong_round_sender_or_base_rejected(sender: str, round_id: int, base: i
 
 def test_duplicate_update_from_the_same_agent_rejected() -> None:
     r = _round()
-    r.accept("a", "m1")
+    r.accept("a", "m1", 3)
     assert "already sent" in (r.check("a", 7, 3) or "")
     assert r.accepted == {"a": "m1"}
 

@@ -1,0 +1,63 @@
+"""Asynchronous aggregation window (FedBuff, Nguyen et al. 2022), without I/O.
+
+Updates are accepted at any time against any recent version; each is weighted by its
+sample count times a staleness factor of (current version - base version); the window is
+ready to publish a new version once it holds K updates. Updates staler than the maximum
+are rejected with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from coordinator.rounds import RoundState
+
+
+@dataclass
+class AsyncWindow:
+    window_id: int
+    base_version: int  # the global version this window aggregates onto
+    k: int
+    max_staleness: int
+    staleness: Callable[[int], float]
+    selected: frozenset[str] = frozenset()  # invited agents: every online agent
+    accepted: dict[str, str] = field(default_factory=dict)  # msg id -> agent id
+    _keys: set[tuple[str, int]] = field(default_factory=set)  # (agent, base version)
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.max_staleness < 0:
+            raise ValueError("buffer size K must be >= 1 and max staleness >= 0")
+
+    def check(self, sender: str, round_id: int, base_version: int) -> str | None:
+        """Why an update must be rejected, or None. ``round_id`` does not matter here."""
+        if self.closed:
+            return f"window {self.window_id} is closed"
+        s = self.base_version - base_version
+        if s < 0:
+            return f"update against version {base_version}, newer than {self.base_version}"
+        if s > self.max_staleness:
+            return f"staleness {s} exceeds the maximum of {self.max_staleness}"
+        if (sender, base_version) in self._keys:
+            return f"{sender} already sent an update against version {base_version}"
+        return None
+
+    def weight(self, base_version: int, num_samples: int) -> float:
+        return num_samples * self.staleness(self.base_version - base_version)
+
+    def accept(self, sender: str, msg_id: str, base_version: int) -> None:
+        self.accepted[msg_id] = sender
+        self._keys.add((sender, base_version))
+
+    @property
+    def contributors(self) -> list[str]:
+        return sorted(set(self.accepted.values()))
+
+    def state(self, now: float) -> RoundState:
+        if self.closed:
+            return RoundState.CLOSED
+        return RoundState.READY if len(self.accepted) >= self.k else RoundState.OPEN
+
+    def close(self) -> None:
+        self.closed = True

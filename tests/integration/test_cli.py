@@ -1,0 +1,60 @@
+"""``alchimia coordinator`` and ``alchimia agent`` as separate processes, configured the
+three documented ways (TOML file, environment, flags), against a real Mosquitto."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from coordinator.persistence import CoordinatorDB
+
+
+def _alchimia(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "alchimia", *args],
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_processes_federate_with_file_env_and_flag_settings(mosquitto, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = tmp_path / "coordinator.toml"
+    # The file says 9 rounds and another federation; env and flags must win over it.
+    config.write_text(f'federation = "wrong"\nrounds = 9\nmin_agents = 2\n'
+                      f'state_dir = "{state}"\nepochs = 1\n')
+    coordinator = _alchimia("coordinator", "--config", str(config), "--broker", mosquitto.url,
+                            "--rounds", "2",
+                            env={"ALCHIMIA_COORDINATOR_FEDERATION": "cli"})
+    agents = [
+        _alchimia("agent", "--broker", mosquitto.url, "--plant", str(i),
+                  "--history-heats", "50", "--heat-interval", "0",
+                  env={"ALCHIMIA_AGENT_FEDERATION": "cli", "ALCHIMIA_AGENT_AGENT_ID": f"p{i}"})
+        for i in (1, 2)
+    ]
+    try:
+        out, _ = coordinator.communicate(timeout=180)
+    finally:
+        for a in agents:
+            a.terminate()
+        agent_logs = [a.communicate(timeout=30)[0] for a in agents]
+    assert coordinator.returncode == 0, out
+    assert "federation cli" in out and "round 2 closed" in out, out
+    db = CoordinatorDB(state)
+    try:
+        assert db.latest_version() == 2
+        assert sorted(db.versions()[-1][3]["contributors"]) == ["p1", "p2"]
+    finally:
+        db.close()
+    for log in agent_logs:
+        assert "sent update for round 2" in log, log
+
+
+def test_bad_settings_fail_with_a_clear_message(tmp_path: Path) -> None:
+    proc = _alchimia("agent", "--broker", "http://nope", "--agent-id", "a")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "mqtt://HOST:PORT" in out
+    proc = _alchimia("coordinator", "--config", str(tmp_path / "missing.toml"))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "does not exist" in out
