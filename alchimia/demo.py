@@ -88,10 +88,10 @@ def run_demo(*, broker: str | None = None, agents: int = 3, rounds: int = 5,
 
 def _follow_rounds(console: Console, monitor: Monitor, fed: LocalFederation, ids: list[str],
                    rounds: int, timeout: float, result: DemoResult) -> None:
-    width = 1 + sum(len(unit) + 2 for _, unit, _ in SHOWN)
+    width = 7 * len(SHOWN)  # each figure is 6 wide plus a space
     head = "version " + "".join(f"{a:>{width}s}" for a in ids)
-    units = " " * 8 + "".join(
-        f"{' '.join(f'{unit:>{len(unit) + 1}s}' for _, unit, _ in SHOWN):>{width}s}" for _ in ids)
+    units = " " * 8 + "".join(" ".join(f"{unit:>6s}" for _, unit, _ in SHOWN).rjust(width)
+                              for _ in ids)
     console.print("\nvalidation MAE of the global model on each plant's held-out heats")
     console.print(head)
     console.print(units)
