@@ -32,6 +32,7 @@ from broker.schemas import (
     decode,
     message,
 )
+from broker.signing import SignatureError, load_public_key, verify_model
 from broker.topics import Topics
 from models.onnx_runtime import OnnxPredictor
 from models.spec import ModelSpec
@@ -47,6 +48,9 @@ class Agent:
         self.topics = Topics(settings.federation)
         self.source = source
         self.limits = Limits(max_message_bytes=settings.max_model_bytes)
+        self.model_key = (load_public_key(settings.model_public_key)
+                          if settings.model_public_key else None)
+        self.models_rejected = 0
         self.table: HeatTable | None = None
         self.spec: ModelSpec | None = None
         self.predictor: OnnxPredictor | None = None
@@ -108,6 +112,12 @@ class Agent:
         body: ModelBody = env.body  # type: ignore[assignment]
         if self.model_version is not None and body.version == self.model_version:
             return
+        if self.model_key is not None:
+            try:
+                verify_model(body, self.model_key)
+            except SignatureError as exc:
+                self._report_rejected_model(body.version, str(exc))
+                return
         spec = ModelSpec.model_validate(body.spec)
         predictor = OnnxPredictor(body.onnx, spec.features, spec.targets)
         shapes = {k: v.shape for k, v in body.weights.items()}
@@ -123,6 +133,15 @@ class Agent:
         log.info("agent %s now serves model version %d", self.id, body.version)
         self._report_validation()
         self.link.publish(self.topics.agent_status(self.id), self._status("online"), retain=True)
+
+    def _report_rejected_model(self, version: int, reason: str) -> None:
+        """Keep serving the current model and tell the coordinator's admins why."""
+        self.models_rejected += 1
+        log.error("agent %s rejected model version %d: %s; still serving version %s",
+                  self.id, version, reason, self.model_version)
+        body = MetricsBody(model_version=version, scope="model_rejected",
+                           values={"rejected_version": float(version)})
+        self.link.publish(self.topics.agent_metrics(self.id), message(self.id, body))
 
     # -- data
     def _ingest(self) -> None:

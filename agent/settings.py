@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -18,6 +20,8 @@ class AgentSettings(NodeSettings):
     history_heats: int = Field(default=150, ge=0, description="heats known at start")
     heat_interval_s: float = Field(default=5.0, ge=0, description="0: no new heats")
     torch_threads: int = Field(default=1, ge=1)
+    model_public_key: Path | None = Field(
+        default=None, description="Ed25519 public key (PEM); if set, only signed models run")
     max_model_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
     @field_validator("agent_id")

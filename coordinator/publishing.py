@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.schemas import ModelBody, message
+from broker.signing import sign_model
 from models.onnx_export import check_parity, export_onnx
 from models.params import Weights, get_weights, set_weights
 from models.regressor import build_model
@@ -27,9 +29,10 @@ def initial_weights(spec: ModelSpec, seed: int) -> Weights:
 
 
 def model_message(sender: str, spec: ModelSpec, weights: Weights, *, version: int,
-                  parent: int | None, round_id: int | None,
-                  metadata: dict[str, Any]) -> bytes:
-    """The encoded model message; raises if ONNX Runtime disagrees with torch."""
+                  parent: int | None, round_id: int | None, metadata: dict[str, Any],
+                  signing_key: Ed25519PrivateKey | None = None) -> bytes:
+    """The encoded (and, given a key, signed) model message; raises if ONNX Runtime
+    disagrees with torch."""
     model = build_model(spec)
     set_weights(model, weights)
     onnx_bytes = export_onnx(model)
@@ -39,4 +42,6 @@ def model_message(sender: str, spec: ModelSpec, weights: Weights, *, version: in
         spec=spec.model_dump(mode="json"), onnx=onnx_bytes, weights=weights,
         metadata=metadata,
     )
+    if signing_key is not None:
+        body = sign_model(body, signing_key)
     return message(sender, body)

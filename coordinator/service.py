@@ -27,6 +27,7 @@ from broker.schemas import (
     decode,
     message,
 )
+from broker.signing import load_private_key
 from broker.topics import Topics
 from coordinator.fedbuff import AsyncWindow
 from coordinator.persistence import CoordinatorDB
@@ -67,6 +68,8 @@ class Coordinator:
             max_agents=settings.max_agents,
         )
         self.limits = Limits(max_message_bytes=settings.max_update_bytes)
+        self.signing_key = (load_private_key(settings.model_signing_key)
+                            if settings.model_signing_key else None)
         self.registry = Registry()
         for info in self.db.agents():
             info.online = False  # retained births re-announce who is online
@@ -107,7 +110,8 @@ class Coordinator:
     def _model_payload(self, weights: Weights, version: int, parent: int | None,
                        round_id: int | None, metadata: dict) -> bytes:
         return model_message(self.settings.coordinator_id, self.spec, weights, version=version,
-                             parent=parent, round_id=round_id, metadata=metadata)
+                             parent=parent, round_id=round_id, metadata=metadata,
+                             signing_key=self.signing_key)
 
     def _status(self, state: str) -> bytes:
         return message(self.settings.coordinator_id, StatusBody(

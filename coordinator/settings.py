@@ -37,6 +37,8 @@ class CoordinatorSettings(NodeSettings):
     batch_size: int = Field(default=32, ge=1)
     hidden: tuple[int, ...] = (64, 32)
     seed: int = 0
+    model_signing_key: Path | None = Field(
+        default=None, description="Ed25519 private key (PEM) that signs every model")
     max_update_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
     @field_validator("coordinator_id")

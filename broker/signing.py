@@ -1,0 +1,81 @@
+"""Ed25519 signatures of model messages.
+
+The signature covers a digest of every field of the model body except the signature
+itself, computed from the decoded values in a fixed layout (not from msgpack bytes), so
+any implementation can recompute it: see docs/PROTOCOL.md, "Model signature".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from broker.codec import encode_tensor
+from broker.schemas import ModelBody
+
+DOMAIN = b"alchimia/v1/model\x00"
+
+
+class SignatureError(ValueError):
+    """A model whose signature is missing or does not verify."""
+
+
+def _canonical_json(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _chunk(h: hashlib._Hash, data: bytes) -> None:
+    h.update(struct.pack("<Q", len(data)))
+    h.update(data)
+
+
+def model_digest(body: ModelBody) -> bytes:
+    """SHA-256 over the model's fields in the documented order."""
+    h = hashlib.sha256(DOMAIN)
+    for value in (body.version, body.parent_version, body.round_id):
+        h.update(struct.pack("<q", -1 if value is None else value))
+    _chunk(h, _canonical_json(body.spec))
+    _chunk(h, _canonical_json(body.metadata))
+    _chunk(h, hashlib.sha256(body.onnx).digest())
+    h.update(struct.pack("<Q", len(body.weights)))
+    for name, arr in body.weights.items():
+        wire = encode_tensor(arr)
+        _chunk(h, name.encode())
+        _chunk(h, wire["dtype"].encode())
+        _chunk(h, struct.pack(f"<{len(wire['shape'])}Q", *wire["shape"]))
+        _chunk(h, wire["data"])
+    return h.digest()
+
+
+def sign_model(body: ModelBody, key: Ed25519PrivateKey) -> ModelBody:
+    """The same body with its ``signature`` set."""
+    return body.model_copy(update={"signature": key.sign(model_digest(body))})
+
+
+def verify_model(body: ModelBody, key: Ed25519PublicKey) -> None:
+    if body.signature is None:
+        raise SignatureError(f"model version {body.version} is not signed")
+    try:
+        key.verify(body.signature, model_digest(body))
+    except InvalidSignature:
+        raise SignatureError(f"model version {body.version} has an invalid signature") from None
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    key = serialization.load_pem_public_key(Path(path).read_bytes())
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{path} is not an Ed25519 public key")
+    return key

@@ -1,0 +1,63 @@
+"""Signed models over a real Mosquitto: a forged model never replaces the serving one,
+and the federation goes on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from alchimia.local import LocalFederation
+from alchimia.monitor import Monitor
+from broker.schemas import ModelBody, message
+from broker.signing import sign_model
+from broker.topics import Topics
+from tests.integration.helpers import RawClient, wait_for
+
+
+def _write_keys(tmp: Path) -> tuple[Path, Path]:
+    key = Ed25519PrivateKey.generate()
+    private, public = tmp / "signing.key", tmp / "signing.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def test_forged_models_are_rejected_and_rounds_continue(mosquitto, tmp_path: Path) -> None:
+    private, public = _write_keys(tmp_path)
+    fed = LocalFederation(
+        mosquitto.url, "signed", 2, tmp_path / "coord",
+        coordinator={"min_agents": 2, "rounds": 3, "epochs": 1, "model_signing_key": private},
+        agent={"history_heats": 60, "heat_interval_s": 0, "model_public_key": public})
+    monitor = Monitor(mosquitto.url, "signed", "signed-monitor").start()
+    attacker = RawClient(mosquitto.host, mosquitto.port, "signed-attacker")
+    topics = Topics("signed")
+    try:
+        fed.start_coordinator()
+        fed.start_agents()
+        assert monitor.wait_validation(1, {"plant-1", "plant-2"}, 60)
+        genuine = monitor.model
+        assert genuine is not None and genuine.signature is not None
+        evil_weights = {k: np.zeros_like(v) for k, v in genuine.weights.items()}
+        unsigned = genuine.model_copy(update={"version": 50, "weights": evil_weights,
+                                              "signature": None})
+        foreign = sign_model(unsigned.model_copy(update={"version": 51}),
+                             Ed25519PrivateKey.generate())
+        for forged in (unsigned, foreign):
+            attacker.publish(topics.model_current, message("coordinator", forged), retain=True)
+        wait_for(lambda: all(a.agent.models_rejected >= 2 for a in fed.agents), 30,
+                 "both agents to reject both forgeries")
+        assert all(a.agent.model_version is not None and a.agent.model_version < 50
+                   for a in fed.agents)
+        assert monitor.wait_validation(3, {"plant-1", "plant-2"}, 120)
+        assert all(a.agent.model_version == 3 for a in fed.agents)
+    finally:
+        fed.stop()
+        monitor.stop()
+        attacker.close()
+    assert isinstance(monitor.model, ModelBody) and monitor.model.version == 3

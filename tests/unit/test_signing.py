@@ -1,0 +1,45 @@
+"""Model signatures: any change to a signed field breaks verification."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker.schemas import ModelBody, decode, message
+from broker.signing import SignatureError, sign_model, verify_model
+
+
+def _body() -> ModelBody:
+    return ModelBody(version=4, parent_version=3, round_id=7, spec={"hidden": [2]},
+                     onnx=b"onnx-bytes", weights={"w": np.arange(4, dtype=np.float32)},
+                     metadata={"contributors": ["a", "b"]})
+
+
+def test_signed_model_verifies_after_a_trip_over_the_wire() -> None:
+    key = Ed25519PrivateKey.generate()
+    signed = sign_model(_body(), key)
+    received = decode(message("coordinator", signed), ModelBody).body
+    verify_model(received, key.public_key())
+
+
+@pytest.mark.parametrize("change", [
+    {"version": 5}, {"parent_version": None}, {"round_id": 8}, {"spec": {"hidden": [3]}},
+    {"onnx": b"onnx-bytez"}, {"metadata": {"contributors": ["a"]}},
+    {"weights": {"w": np.array([0, 1, 2, 3.5], np.float32)}},
+    {"weights": {"v": np.arange(4, dtype=np.float32)}},
+])
+def test_any_tampering_is_detected(change: dict) -> None:
+    key = Ed25519PrivateKey.generate()
+    forged = sign_model(_body(), key).model_copy(update=change)
+    with pytest.raises(SignatureError, match="invalid signature"):
+        verify_model(forged, key.public_key())
+
+
+def test_unsigned_and_foreign_signatures_rejected() -> None:
+    key = Ed25519PrivateKey.generate()
+    with pytest.raises(SignatureError, match="not signed"):
+        verify_model(_body(), key.public_key())
+    foreign = sign_model(_body(), Ed25519PrivateKey.generate())
+    with pytest.raises(SignatureError, match="invalid signature"):
+        verify_model(foreign, key.public_key())
