@@ -32,6 +32,7 @@ from broker.topics import Topics
 from coordinator.fedbuff import AsyncWindow
 from coordinator.persistence import CoordinatorDB
 from coordinator.publishing import initial_weights, model_message
+from coordinator.ratelimit import RateLimiter
 from coordinator.registry import AgentInfo, Registry
 from coordinator.rounds import RoundState, Selection, SyncRound
 from coordinator.settings import CoordinatorSettings
@@ -71,12 +72,14 @@ class Coordinator:
         self.signing_key = (load_private_key(settings.model_signing_key)
                             if settings.model_signing_key else None)
         self.registry = Registry()
+        self.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         for info in self.db.agents():
             info.online = False  # retained births re-announce who is online
             self.registry.update(info)
         self.rng = random.Random(settings.seed)
         self.changed = asyncio.Event()
         self.rejections: list[Rejection] = []
+        self._rejected_by_sender: dict[str, int] = {}
         self.rounds_completed = 0
         self.window: Window | None = None
         self._accumulator: Accumulator | None = None
@@ -199,6 +202,9 @@ class Coordinator:
             self._reject("?", topic, "not an agent topic")
             return
         agent_id, leaf = parsed
+        if not self.rate_limiter.allow(agent_id, time.monotonic()):
+            self._reject(agent_id, topic, "rate limit exceeded")
+            return
         if not payload and leaf == "status":
             return  # a cleared retained status
         expect = StatusBody if leaf == "status" else UpdateBody
@@ -253,9 +259,15 @@ class Coordinator:
         self.changed.set()
 
     def _reject(self, sender: str, topic: str, reason: str) -> None:
-        log.warning("rejected message from %s on %s: %s", sender, topic, reason)
+        """Log why a message was dropped; a flooding sender gets a few lines, not thousands."""
+        count = self._rejected_by_sender[sender] = self._rejected_by_sender.get(sender, 0) + 1
+        if count <= 10 or count % 1000 == 0:
+            log.warning("rejected message from %s on %s: %s (%d from this sender)", sender,
+                        topic, reason, count)
         self.rejections.append(Rejection(sender, topic, reason))
         del self.rejections[:-1000]  # keep the recent ones for admins and tests
+        if len(self._rejected_by_sender) > 100_000:
+            self._rejected_by_sender.clear()
 
     # -- rounds
     async def _wait_changed(self, timeout: float | None = None) -> None:

@@ -39,6 +39,8 @@ class CoordinatorSettings(NodeSettings):
     seed: int = 0
     model_signing_key: Path | None = Field(
         default=None, description="Ed25519 private key (PEM) that signs every model")
+    rate_limit_per_s: float = Field(default=5.0, gt=0, description="messages per agent")
+    rate_limit_burst: int = Field(default=50, ge=1)
     max_update_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
     @field_validator("coordinator_id")

@@ -1,0 +1,45 @@
+"""Per-sender token buckets, without I/O: one flooding agent cannot starve the others.
+
+Checked before decoding, so a flood costs the coordinator a dictionary look-up per message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+class RateLimiter:
+    def __init__(self, rate_per_s: float, burst: int, max_senders: int = 100_000) -> None:
+        if rate_per_s <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self.rate, self.burst, self.max_senders = rate_per_s, float(burst), max_senders
+        self._buckets: dict[str, _Bucket] = {}
+
+    def allow(self, sender: str, now: float) -> bool:
+        bucket = self._buckets.get(sender)
+        if bucket is None:
+            if len(self._buckets) >= self.max_senders:
+                self._forget_full(now)
+            bucket = self._buckets[sender] = _Bucket(self.burst, now)
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
+        bucket.stamp = now
+        if bucket.tokens < 1.0:
+            return False
+        bucket.tokens -= 1.0
+        return True
+
+    def _forget_full(self, now: float) -> None:
+        """Drop buckets that have refilled: they hold no information any more."""
+        full = [k for k, b in self._buckets.items()
+                if b.tokens + (now - b.stamp) * self.rate >= self.burst]
+        for k in full:
+            del self._buckets[k]
+        if len(self._buckets) >= self.max_senders:  # all busy: forget the oldest
+            oldest = min(self._buckets, key=lambda k: self._buckets[k].stamp)
+            del self._buckets[oldest]
