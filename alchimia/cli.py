@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     coord.add_argument("--buffer-k", type=int, help="async: updates per new version")
     coord.add_argument("--max-staleness", type=int, help="async: oldest base version accepted")
     coord.add_argument("--staleness", help="async weighting: constant, polynomial, hinge")
+    actions = coord.add_subparsers(dest="action", metavar="{rollback}")
+    rollback = actions.add_parser("rollback", help="roll the federation back to VERSION")
+    rollback.add_argument("version", type=int)
+    rollback.add_argument("--admin-id", default="admin")
+    rollback.add_argument("--timeout", type=float, default=60.0)
     coord.add_argument("--rounds", type=int, help="stop after N rounds (0: never)")
     coord.add_argument("--min-agents", type=int, help="quorum per round")
     coord.add_argument("--fraction", type=float, help="fraction of online agents selected")
@@ -77,7 +82,7 @@ def _param(text: str) -> tuple[str, float]:
 
 
 def _settings_overrides(args: argparse.Namespace) -> dict:
-    skip = {"command", "config", "log_level"}
+    skip = {"command", "config", "log_level", "action", "version", "admin_id", "timeout"}
     out = {k: v for k, v in vars(args).items() if k not in skip}
     if out.get("strategy_params"):
         out["strategy_params"] = dict(out["strategy_params"])
@@ -88,6 +93,8 @@ def run_coordinator(args: argparse.Namespace) -> int:
     from coordinator.service import Coordinator
     from coordinator.settings import CoordinatorSettings
 
+    if args.action == "rollback":
+        return run_rollback(args)
     settings = CoordinatorSettings.load(args.config, **_settings_overrides(args))
 
     async def main() -> None:
@@ -102,6 +109,24 @@ def run_coordinator(args: argparse.Namespace) -> int:
             coordinator.db.close()
 
     asyncio.run(main())
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    from coordinator.admin import request_rollback
+    from coordinator.settings import CoordinatorSettings
+
+    overrides = {k: v for k, v in _settings_overrides(args).items()
+                 if k in ("broker", "federation", "username", "password")}
+    settings = CoordinatorSettings.load(args.config, **overrides)
+    try:
+        new = asyncio.run(request_rollback(settings, args.version, args.admin_id, args.timeout))
+    except TimeoutError:
+        print(f"no confirmation within {args.timeout:.0f} s: is the coordinator running and "
+              f"does version {args.version} exist?", file=sys.stderr)
+        return 1
+    print(f"federation {settings.federation} rolled back to version {args.version}, "
+          f"published as version {new}")
     return 0
 
 

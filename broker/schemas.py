@@ -132,9 +132,18 @@ class MetricsBody(Body):
     values: Annotated[dict[Name, FiniteFloat], Field(max_length=256)]
 
 
+class AdminBody(Body):
+    """An admin's command to the coordinator on ``coordinator/admin``."""
+
+    kind: ClassVar[str] = "admin"
+    action: Literal["rollback"]
+    version: Annotated[int, Field(ge=0)]
+
+
 BODIES: dict[str, type[Body]] = {
     b.kind: b
-    for b in (StatusBody, TaskBody, UpdateBody, ModelBody, PredictionBody, MetricsBody)
+    for b in (StatusBody, TaskBody, UpdateBody, ModelBody, PredictionBody, MetricsBody,
+              AdminBody)
 }
 
 

@@ -44,6 +44,11 @@ class Topics:
         return f"{self.root}/coordinator/status"
 
     @property
+    def coordinator_admin(self) -> str:
+        """Admin commands to the coordinator (the broker's ACL lets only admins write)."""
+        return f"{self.root}/coordinator/admin"
+
+    @property
     def model_current(self) -> str:
         return f"{self.root}/model/current"
 

@@ -19,6 +19,7 @@ import aiomqtt
 
 from broker.codec import DecodeError, Limits
 from broker.schemas import (
+    AdminBody,
     Envelope,
     ModelBody,
     StatusBody,
@@ -37,7 +38,7 @@ from coordinator.registry import AgentInfo, Registry
 from coordinator.rounds import RoundState, Selection, SyncRound
 from coordinator.settings import CoordinatorSettings
 from coordinator.staleness import make_staleness
-from coordinator.strategies import Accumulator, make_strategy
+from coordinator.strategies import Accumulator, Strategy, make_strategy
 from coordinator.strategy_state import pack_state, unpack_state
 from models.params import Weights
 from models.spec import ModelSpec
@@ -59,10 +60,7 @@ class Coordinator:
         self.settings = settings
         self.topics = Topics(settings.federation)
         self.db = CoordinatorDB(settings.state_dir)
-        params = dict(settings.strategy_params)
-        if settings.clip_norm is not None:
-            params["clip_norm"] = settings.clip_norm
-        self.strategy = make_strategy(settings.strategy, **params)
+        self.strategy = self._make_strategy()
         self.staleness = make_staleness(settings.staleness, **settings.staleness_params)
         self.selection = Selection(
             fraction=settings.fraction, min_agents=settings.min_agents,
@@ -83,10 +81,17 @@ class Coordinator:
         self.rounds_completed = 0
         self.window: Window | None = None
         self._accumulator: Accumulator | None = None
+        self._rollback_to: int | None = None
         self._client: aiomqtt.Client | None = None
         self._restore_or_initialise()
 
     # -- state
+    def _make_strategy(self) -> Strategy:
+        params = dict(self.settings.strategy_params)
+        if self.settings.clip_norm is not None:
+            params["clip_norm"] = self.settings.clip_norm
+        return make_strategy(self.settings.strategy, **params)
+
     def _restore_or_initialise(self) -> None:
         latest = self.db.latest_version()
         if latest is None:
@@ -163,7 +168,8 @@ class Coordinator:
                              retain=True)
         await client.publish(self.topics.model_current, self.model_payload, qos=1, retain=True)
         await client.subscribe([(self.topics.all_agents("status"), 1),
-                                (self.topics.all_agents("update"), 1)])
+                                (self.topics.all_agents("update"), 1),
+                                (self.topics.coordinator_admin, 1)])
         if self.window is not None and not self.window.closed:
             await self._publish_task(self.window, "open")
         log.info("coordinator %s online, federation %s, model version %d",
@@ -197,6 +203,9 @@ class Coordinator:
 
     # -- message handling (no awaits: runs to completion between network reads)
     def handle(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics.coordinator_admin:
+            self._on_admin(topic, payload)
+            return
         parsed = self.topics.parse_agent_topic(topic)
         if parsed is None:
             self._reject("?", topic, "not an agent topic")
@@ -220,6 +229,20 @@ class Coordinator:
             self._on_status(env)
         else:
             self._on_update(env, topic, payload)
+
+    def _on_admin(self, topic: str, payload: bytes) -> None:
+        try:
+            env = decode(payload, AdminBody, self.limits)
+        except DecodeError as exc:
+            self._reject("admin", topic, str(exc))
+            return
+        body: AdminBody = env.body  # type: ignore[assignment]
+        if self.db.latest_version() is None or not self.db.model_path(body.version).exists():
+            self._reject(env.sender, topic, f"no model version {body.version} to roll back to")
+            return
+        log.warning("admin %s asked to roll back to version %d", env.sender, body.version)
+        self._rollback_to = body.version
+        self.changed.set()
 
     def _on_status(self, env: Envelope) -> None:
         body: StatusBody = env.body  # type: ignore[assignment]
@@ -278,6 +301,9 @@ class Coordinator:
     async def _drive_rounds(self, stop: asyncio.Event) -> None:
         resumed = self._resume_window()
         while not stop.is_set():
+            if self._rollback_to is not None:
+                await self._rollback(self._rollback_to)
+                continue
             if self.settings.rounds and self.rounds_completed >= self.settings.rounds:
                 log.info("completed %d rounds; stopping", self.rounds_completed)
                 stop.set()
@@ -351,6 +377,9 @@ class Coordinator:
         self.window = window
         await self._publish_task(window, "open")
         while (state := window.state(time.time())) is RoundState.OPEN:
+            if self._rollback_to is not None:
+                await self._abandon(window, opened, "a rollback was requested")
+                return
             if isinstance(window, SyncRound):
                 await self._wait_changed(max(0.0, window.deadline_ts - time.time()))
             else:
@@ -369,6 +398,40 @@ class Coordinator:
             await self._publish_task(window, "closed")
             return
         await self._aggregate(window, opened)
+
+    async def _abandon(self, window: Window, opened: float, why: str) -> None:
+        """Close a window without aggregating; its accepted updates are forgotten."""
+        window.close()
+        log.warning("round %d abandoned: %s", window.window_id, why)
+        self.db.drop_pending(window.window_id)
+        self.db.save_round(window.window_id, self.settings.mode, window.base_version,
+                           "abandoned", sorted(window.selected), opened,
+                           self._deadline(window), time.time(), window.contributors)
+        await self._publish_task(window, "closed")
+
+    async def _rollback(self, target: int) -> None:
+        """Publish version ``target``'s weights as a new version, so every agent follows.
+
+        Versions only ever increase: agents and consumers need no special case, and the
+        history keeps both the bad version and the rollback.
+        """
+        self._rollback_to = None
+        body: ModelBody = decode(self.db.load_payload(target), ModelBody).body  # type: ignore[assignment]
+        weights = {k: v.copy() for k, v in body.weights.items()}
+        strategy = self._make_strategy()
+        state = self.db.load_strategy_state(target)
+        if state is not None:
+            strategy.load_state_dict(unpack_state(state))
+        version = self.version + 1
+        metadata = {"strategy": strategy.name, "rollback_of": target}
+        payload = await asyncio.to_thread(self._model_payload, weights, version, self.version,
+                                          None, metadata)
+        self.db.save_version(version, payload, round_id=None, parent=self.version,
+                             metadata=metadata, strategy_state=pack_state(strategy.state_dict()))
+        self.strategy, self.weights, self.version = strategy, weights, version
+        self.model_payload = payload
+        await self._publish(self.topics.model_current, payload, retain=True)
+        log.warning("rolled back to version %d, published as version %d", target, version)
 
     async def _refresh_async_selection(self, window: AsyncWindow) -> None:
         """Async windows invite every online agent, including those that joined late."""
