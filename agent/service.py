@@ -59,7 +59,7 @@ class Agent:
         self.task: TaskBody | None = None
         self.rounds_done: set[int] = set()
         self.updates_sent = 0
-        self._history: list[Heat] = source.history()
+        self._history: list[Heat] = []
         self._waiting: list[Heat] = []
         self._reported_version: int | None = None
         self.link = MqttLink(
@@ -77,8 +77,10 @@ class Agent:
 
     def run(self, stop: threading.Event) -> None:
         torch.set_num_threads(self.settings.torch_threads)
+        self._history = self.source.history()
         self.link.start()
-        log.info("agent %s started (federation %s)", self.id, self.settings.federation)
+        log.info("agent %s started (federation %s, %d heats of history)", self.id,
+                 self.settings.federation, len(self._history))
         try:
             while not stop.is_set():
                 try:
@@ -90,6 +92,7 @@ class Agent:
                 self._maybe_train()
         finally:
             self.link.stop(last=(self.topics.agent_status(self.id), self._status("offline")))
+            self.source.close()
 
     # -- inbound
     def handle(self, topic: str, payload: bytes) -> None:

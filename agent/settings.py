@@ -19,6 +19,14 @@ class AgentSettings(NodeSettings):
     seed: int = Field(default=0, description="base seed of the simulated plants")
     history_heats: int = Field(default=150, ge=0, description="heats known at start")
     heat_interval_s: float = Field(default=5.0, ge=0, description="0: no new heats")
+    store_sensors: bool = Field(
+        default=True, description="sensor points go through the store; off: heats directly")
+    influx: str | None = Field(default=None, description="InfluxDB URL; default: SQLite")
+    database: str = Field(default="alchimia", description="InfluxDB database name")
+    state_dir: Path = Field(default=Path("agent-state"),
+                            description="embedded SQLite store and InfluxDB spool")
+    signal_period_s: float = Field(default=5.0, gt=0, le=60,
+                                   description="simulated sensor sample period")
     torch_threads: int = Field(default=1, ge=1)
     model_public_key: Path | None = Field(
         default=None, description="Ed25519 public key (PEM); if set, only signed models run")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Protocol
 
+from agent.settings import AgentSettings
 from agent.sim import Heat, SimulatedPlant, default_plants
+
+log = logging.getLogger("alchimia.agent")
 
 
 class HeatSource(Protocol):
@@ -15,6 +19,10 @@ class HeatSource(Protocol):
 
     def poll(self) -> list[Heat]:
         """Heats finished since the last call (possibly none)."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release whatever the source holds (a store, a connection)."""
         ...
 
 
@@ -40,3 +48,27 @@ class SimulatedHeats:
             n += 1
             self._next_ts += self.interval_s
         return self.plant.heats(n) if n else []
+
+    def close(self) -> None:
+        """Nothing to release: the heats live in memory."""
+
+
+def build_heat_source(settings: AgentSettings) -> HeatSource:
+    """The agent's data path from its settings: simulator -> store -> heat assembly, or,
+    with ``store_sensors`` off, finished heats straight from the simulator."""
+    if not settings.store_sensors:
+        return SimulatedHeats(settings.plant, settings.seed, settings.history_heats,
+                              settings.heat_interval_s)
+    from agent.pipeline import simulated_pipeline
+    from agent.store import open_store
+
+    state = settings.state_dir / settings.agent_id
+    state.mkdir(parents=True, exist_ok=True)
+    store = open_store(settings.influx, settings.database, spool_dir=state / "spool",
+                       sqlite_path=state / "sensors.sqlite3")
+    where = (f"InfluxDB {settings.influx} database {settings.database!r}" if settings.influx
+             else f"SQLite {state / 'sensors.sqlite3'}")
+    log.info("agent %s stores sensor data in %s", settings.agent_id, where)
+    return simulated_pipeline(settings.plant, settings.seed, settings.history_heats,
+                              settings.heat_interval_s, store,
+                              period_s=settings.signal_period_s)

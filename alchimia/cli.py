@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--federation", help="default: demo-<random>")
     demo.add_argument("--strategy", default="fedavg")
     demo.add_argument("--mode", choices=["sync", "async"], default="sync")
+    demo.add_argument("--influx", help="store sensor data in this InfluxDB (default: SQLite)")
     demo.add_argument("--out", type=Path, default=Path("runs"), help="where models are written")
     demo.add_argument("--log-level", default="WARNING")
 
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--seed", type=int)
     agent.add_argument("--history-heats", type=int)
     agent.add_argument("--heat-interval", dest="heat_interval_s", type=float)
+    agent.add_argument("--influx", help="InfluxDB URL (1.x HTTP API); default: embedded SQLite")
+    agent.add_argument("--database", help="InfluxDB database (default alchimia)")
+    agent.add_argument("--state-dir", type=Path, help="SQLite store and InfluxDB spool")
+    agent.add_argument("--signal-period", dest="signal_period_s", type=float,
+                       help="simulated sensor sample period in seconds")
     return parser
 
 
@@ -133,13 +139,13 @@ def run_rollback(args: argparse.Namespace) -> int:
 def run_agent(args: argparse.Namespace) -> int:
     from agent.service import Agent
     from agent.settings import AgentSettings
-    from agent.sources import SimulatedHeats
+    from agent.sources import build_heat_source
 
     s = AgentSettings.load(args.config, **_settings_overrides(args))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    Agent(s, SimulatedHeats(s.plant, s.seed, s.history_heats, s.heat_interval_s)).run(stop)
+    Agent(s, build_heat_source(s)).run(stop)
     return 0
 
 
@@ -148,7 +154,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     run_demo(broker=args.broker, agents=args.agents, rounds=args.rounds,
              federation=args.federation, strategy=args.strategy, mode=args.mode,
-             out_dir=args.out)
+             influx=args.influx, out_dir=args.out)
     return 0
 
 

@@ -36,6 +36,7 @@ class DemoResult:
 
 def run_demo(*, broker: str | None = None, agents: int = 3, rounds: int = 5,
              federation: str | None = None, strategy: str = "fedavg", mode: str = "sync",
+             influx: str | None = None,
              out_dir: Path = Path("runs"), console: Console | None = None,
              round_timeout_s: float = 120.0) -> DemoResult:
     console = console or Console()
@@ -53,14 +54,16 @@ def run_demo(*, broker: str | None = None, agents: int = 3, rounds: int = 5,
         coordinator={"rounds": rounds, "min_agents": agents, "strategy": strategy,
                      "mode": mode, "buffer_k": agents,
                      "round_timeout_s": round_timeout_s, "epochs": 5, "lr": 5e-3},
-        agent={"history_heats": 300, "heat_interval_s": 1.0},
+        agent={"history_heats": 300, "heat_interval_s": 1.0, "influx": influx},
     )
+    where = f"InfluxDB {influx}, database 'alchimia'" if influx else "SQLite files"
+    console.print(f"sensor data: {where} under {run_dir / 'agents'} (spool and stores)")
     monitor = Monitor(url, federation, f"{federation}-monitor").start()
     ids = [s.agent_id for s in fed.agent_settings]
     try:
         fed.start_coordinator()
         for a in fed.start_agents():
-            console.print(f"  {a.agent.id}: simulated plant {a.plant_name}")
+            console.print(f"  {a.agent.id}: simulated plant {a.agent.settings.plant}")
         result = DemoResult(federation, url, run_dir / "model.onnx", rounds)
         _follow_rounds(console, monitor, fed, ids, rounds, round_timeout_s, result)
         model = monitor.model

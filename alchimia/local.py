@@ -13,7 +13,7 @@ from typing import Any
 
 from agent.service import Agent
 from agent.settings import AgentSettings
-from agent.sources import SimulatedHeats
+from agent.sources import build_heat_source
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
 
@@ -67,10 +67,7 @@ class CoordinatorThread:
 
 class AgentThread:
     def __init__(self, settings: AgentSettings) -> None:
-        source = SimulatedHeats(settings.plant, settings.seed, settings.history_heats,
-                                settings.heat_interval_s)
-        self.agent = Agent(settings, source)
-        self.plant_name = source.name
+        self.agent = Agent(settings, build_heat_source(settings))
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self.agent.run, args=(self._stop,),
                                        name=settings.agent_id, daemon=True)
@@ -93,7 +90,8 @@ class LocalFederation:
             **(coordinator or {}))
         self.agent_settings = [
             AgentSettings.load(None, broker=broker_url, federation=federation,
-                               agent_id=f"plant-{i}", plant=i, **(agent or {}))
+                               agent_id=f"plant-{i}", plant=i, state_dir=state_dir / "agents",
+                               **(agent or {}))
             for i in range(1, n_agents + 1)
         ]
         self.coordinator: CoordinatorThread | None = None

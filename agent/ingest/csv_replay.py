@@ -1,0 +1,234 @@
+"""Replay a plant's recorded heats from two CSV files (schema in docs/SENSORS.md).
+
+``heats.csv`` has one row per heat (ids, charge and tap times, charge and tap values);
+``signals.csv`` one row per sensor sample (``ts``, ``heat``, one column per signal field).
+A wrong header is the file's fault and raises at once; a bad row is counted under its
+reason and skipped, and the replay goes on.
+
+Order of emission: every heat's charge point, then the samples as the file lists them,
+then the tap points. A tap closes a heat, so no heat is assembled before its last sample
+is in the store, even when the caller assembles between two polls.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import TextIO
+
+from agent.ingest.base import (
+    CHARGE_FIELDS,
+    CHARGE_MEASUREMENT,
+    CHARGE_REQUIRED,
+    SIGNAL_FIELDS,
+    SIGNAL_MEASUREMENT,
+    TAP_FIELDS,
+    TAP_MEASUREMENT,
+    IngestStats,
+    RateLimitedLog,
+    Reason,
+    Rejected,
+    check_id,
+    parse_number,
+    parse_ts,
+)
+from agent.store import Point
+
+log = logging.getLogger(__name__)
+
+HEAT_ID_COLUMNS: tuple[str, ...] = ("heat", "plant", "furnace", "charge_ts", "tap_ts")
+#: Columns heats.csv must have; the charge_<grade>_t columns are optional.
+HEAT_REQUIRED: tuple[str, ...] = (*HEAT_ID_COLUMNS, *CHARGE_REQUIRED, *TAP_FIELDS)
+HEAT_OPTIONAL: tuple[str, ...] = tuple(f for f in CHARGE_FIELDS if f not in CHARGE_REQUIRED)
+SIGNAL_ID_COLUMNS: tuple[str, ...] = ("ts", "heat")
+
+
+def _check_header(path: Path, header: list[str] | None, required: tuple[str, ...],
+                  optional: tuple[str, ...], at_least_one: bool = False) -> list[str]:
+    if not header:
+        raise ValueError(f"{path}: empty file, expected a header row")
+    header = [h.strip() for h in header]
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    missing = [c for c in required if c not in header]
+    unknown = [h for h in header if h not in required and h not in optional]
+    problems = []
+    if dupes:
+        problems.append(f"duplicate columns {dupes}")
+    if missing:
+        problems.append(f"missing columns {missing}")
+    if unknown:
+        problems.append(f"unknown columns {unknown}")
+    if at_least_one and not any(h in optional for h in header):
+        problems.append(f"no data column (any of {list(optional)})")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    return header
+
+
+class _Heat:
+    __slots__ = ("charge", "tags", "tap")
+
+    def __init__(self, tags: dict[str, str], charge: Point, tap: Point) -> None:
+        self.tags, self.charge, self.tap = tags, charge, tap
+
+
+def parse_heat_row(header: list[str], row: list[str]) -> _Heat | Rejected:
+    """One heats.csv row -> its charge and tap points; pure, never raises."""
+    if len(row) != len(header):
+        return Rejected(Reason.BAD_ROW, f"{len(row)} cells, header has {len(header)}")
+    cells = dict(zip(header, (c.strip() for c in row), strict=True))
+    if not cells["heat"]:
+        return Rejected(Reason.MISSING_HEAT)
+    heat = check_id(cells["heat"])
+    if heat is None:
+        return Rejected(Reason.BAD_HEAT, f"{cells['heat'][:80]!r}")
+    plant, furnace = check_id(cells["plant"]), check_id(cells["furnace"])
+    if plant is None or furnace is None:
+        return Rejected(Reason.BAD_ID, f"plant {cells['plant'][:40]!r}, "
+                                       f"furnace {cells['furnace'][:40]!r}")
+    times: list[int] = []
+    for col in ("charge_ts", "tap_ts"):
+        if not cells[col]:
+            return Rejected(Reason.MISSING_TS, col)
+        ts = parse_ts(cells[col])
+        if isinstance(ts, Rejected):
+            return Rejected(ts.reason, f"{col}: {ts.detail}")
+        times.append(ts)
+    if times[1] <= times[0]:
+        return Rejected(Reason.BAD_TS, "tap_ts is not after charge_ts")
+    values: dict[str, float] = {}
+    for col in (*CHARGE_FIELDS, *TAP_FIELDS):
+        text = cells.get(col, "")
+        if not text:
+            if col in HEAT_OPTIONAL:
+                continue  # a grade not charged
+            return Rejected(Reason.MISSING_VALUE, col)
+        number = parse_number(text)
+        if isinstance(number, Rejected):
+            return Rejected(number.reason, f"{col}: {number.detail}")
+        values[col] = number
+    tags = {"plant": plant, "furnace": furnace, "heat": heat}
+    charge = {k: v for k, v in values.items() if k in CHARGE_FIELDS}
+    tap = {k: values[k] for k in TAP_FIELDS}
+    return _Heat(tags, Point(CHARGE_MEASUREMENT, tags, charge, times[0]),
+                 Point(TAP_MEASUREMENT, tags, tap, times[1]))
+
+
+def parse_signal_row(header: list[str], row: list[str],
+                     heats: dict[str, dict[str, str]]) -> Point | Rejected:
+    """One signals.csv row -> a sample point (tags from the heat table); never raises."""
+    if len(row) != len(header):
+        return Rejected(Reason.BAD_ROW, f"{len(row)} cells, header has {len(header)}")
+    cells = dict(zip(header, (c.strip() for c in row), strict=True))
+    if not cells["heat"]:
+        return Rejected(Reason.MISSING_HEAT)
+    tags = heats.get(cells["heat"])
+    if tags is None:
+        return Rejected(Reason.UNKNOWN_HEAT, f"{cells['heat'][:80]!r} not in the heat table")
+    if not cells["ts"]:
+        return Rejected(Reason.MISSING_TS)
+    ts = parse_ts(cells["ts"])
+    if isinstance(ts, Rejected):
+        return ts
+    values: dict[str, float] = {}
+    for col, text in cells.items():
+        if col in SIGNAL_ID_COLUMNS or not text:
+            continue  # an empty cell: that sensor had no value in this sample
+        number = parse_number(text)
+        if isinstance(number, Rejected):
+            return Rejected(number.reason, f"{col}: {number.detail}")
+        values[col] = number
+    if not values:
+        return Rejected(Reason.NO_VALUES)
+    return Point(SIGNAL_MEASUREMENT, tags, values, ts)
+
+
+class CsvReplaySource:
+    """A recorded history from ``heats_csv`` and ``signals_csv``, as fast as it is polled."""
+
+    def __init__(self, heats_csv: Path, signals_csv: Path, *,
+                 max_points: int = 50_000) -> None:
+        self.heats_path = Path(heats_csv)
+        self.signals_path = Path(signals_csv)
+        self.max_points = max(1, max_points)
+        self.stats = IngestStats()
+        self._log = RateLimitedLog(log)
+        with self.heats_path.open(newline="", encoding="utf-8-sig") as f:
+            self._heat_header = _check_header(self.heats_path, next(csv.reader(f), None),
+                                              HEAT_REQUIRED, HEAT_OPTIONAL)
+        with self.signals_path.open(newline="", encoding="utf-8-sig") as f:
+            self._signal_header = _check_header(self.signals_path, next(csv.reader(f), None),
+                                                SIGNAL_ID_COLUMNS, SIGNAL_FIELDS, True)
+        self._stream: Generator[Point, None, None] | None = None
+        self._files: list[TextIO] = []
+        self._done = False
+
+    @property
+    def caught_up(self) -> bool:
+        return self._done
+
+    def _reject(self, path: Path, line: int, r: Rejected) -> None:
+        self.stats.reject(r.reason)
+        self._log.warning(r.reason, "%s line %d skipped (%s): %s", path.name, line, r.reason,
+                          r.detail)
+
+    def _rows(self, path: Path) -> Iterator[tuple[int, list[str]]]:
+        f = path.open(newline="", encoding="utf-8-sig", errors="replace")
+        self._files.append(f)
+        reader = csv.reader(f)
+        next(reader, None)  # the header, checked at construction
+        try:
+            for row in reader:
+                if row and any(c.strip() for c in row):  # blank lines are not rows
+                    yield reader.line_num, row
+        except csv.Error as exc:  # e.g. a NUL byte: the rest of the file is unreadable
+            self._reject(path, reader.line_num, Rejected(Reason.BAD_ROW, str(exc)))
+        finally:
+            f.close()
+
+    def _points(self) -> Generator[Point, None, None]:
+        heats: list[_Heat] = []
+        tags_by_id: dict[str, dict[str, str]] = {}
+        for line, row in self._rows(self.heats_path):
+            heat = parse_heat_row(self._heat_header, row)
+            if isinstance(heat, _Heat) and heat.tags["heat"] in tags_by_id:
+                heat = Rejected(Reason.DUPLICATE_HEAT, heat.tags["heat"])
+            if isinstance(heat, Rejected):
+                self._reject(self.heats_path, line, heat)
+                continue
+            heats.append(heat)
+            tags_by_id[heat.tags["heat"]] = heat.tags
+        for heat in heats:
+            yield heat.charge
+        for line, row in self._rows(self.signals_path):
+            point = parse_signal_row(self._signal_header, row, tags_by_id)
+            if isinstance(point, Rejected):
+                self._reject(self.signals_path, line, point)
+            else:
+                yield point
+        for heat in heats:
+            yield heat.tap
+
+    def poll(self) -> list[Point]:
+        if self._done:
+            return []
+        if self._stream is None:
+            self._stream = self._points()
+        out: list[Point] = []
+        for point in self._stream:
+            out.append(point)
+            if len(out) >= self.max_points:
+                break
+        else:
+            self._done = True
+        self.stats.accept(len(out))
+        return out
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        for f in self._files:
+            f.close()
+        self._done = True
