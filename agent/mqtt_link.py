@@ -25,20 +25,24 @@ class MqttLink:
         self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self._birth = birth
         self._subscriptions = list(subscriptions)
-        self.host, self.port, tls = settings.host_port_tls
+        self.settings = settings
+        self.host, self.port, _tls = settings.host_port_tls
         self.keepalive = settings.keepalive
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv311, clean_session=True)
         if settings.username:
             self.client.username_pw_set(settings.username, settings.password)
-        if tls:
-            self.client.tls_set()
+        tls = settings.tls_context()
+        if tls is not None:
+            self.client.tls_set_context(tls)
         self.client.will_set(will[0], will[1], qos=1, retain=True)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_connect_fail = self._on_connect_fail
         self.connected = False
+        self._explained = False
 
     def start(self) -> None:
         self.client.connect_async(self.host, self.port, self.keepalive)
@@ -62,11 +66,19 @@ class MqttLink:
         if reason.is_failure:
             log.error("broker %s:%d refused the connection: %s", self.host, self.port, reason)
             return
+        self._explained = False
         self.connected = True
         log.info("connected to %s:%d", self.host, self.port)
         topic, payload = self._birth()
         client.publish(topic, payload, qos=1, retain=True)
         client.subscribe([(t, 1) for t in self._subscriptions])
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: object) -> None:
+        """paho retries forever; say once, in plain words, what is wrong."""
+        if not self._explained:
+            self._explained = True
+            log.error("cannot connect to %s:%d: %s (retrying)", self.host, self.port,
+                      self.settings.diagnose_connection())
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object,
                        reason: mqtt.ReasonCode, _props: object) -> None:

@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--state-dir", type=Path, help="SQLite store and InfluxDB spool")
     agent.add_argument("--signal-period", dest="signal_period_s", type=float,
                        help="simulated sensor sample period in seconds")
+    from deploy.provision import add_arguments as add_provision_arguments
+
+    provision = sub.add_parser("provision", help="create or update a federation's CA, "
+                               "certificates, passwords, ACLs and mosquitto config")
+    add_provision_arguments(provision)
+    provision.add_argument("--log-level", default="INFO")
     return parser
 
 
@@ -149,6 +155,12 @@ def run_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_provision(args: argparse.Namespace) -> int:
+    from deploy.provision import run
+
+    return run(args)
+
+
 def run_demo_command(args: argparse.Namespace) -> int:
     from alchimia.demo import run_demo
 
@@ -161,7 +173,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
-    commands = {"demo": run_demo_command, "coordinator": run_coordinator, "agent": run_agent}
+    commands = {"demo": run_demo_command, "coordinator": run_coordinator, "agent": run_agent,
+                "provision": run_provision}
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as exc:  # settings errors: say what to fix

@@ -6,6 +6,7 @@ file given with ``--config``, built-in defaults.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from broker.tls import CONNACK_CODES, client_tls_context, explain_tls_error, tls_probe
 from broker.topics import check_id
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
@@ -41,6 +43,9 @@ class NodeSettings(BaseSettings):
     username: str | None = None
     password: str | None = None
     keepalive: int = Field(default=30, ge=5, le=3600)
+    ca_file: Path | None = Field(default=None, description="CA that signed the broker")
+    cert_file: Path | None = Field(default=None, description="this identity's certificate")
+    key_file: Path | None = Field(default=None, description="this identity's private key")
 
     @field_validator("broker")
     @classmethod
@@ -78,5 +83,28 @@ class NodeSettings(BaseSettings):
     @property
     def host_port_tls(self) -> tuple[str, int, bool]:
         return parse_broker_url(self.broker)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """TLS for ``mqtts://`` URLs: the federation CA (and client certificate) if given,
+        else the system's trust store; None for plain ``mqtt://``."""
+        if not self.host_port_tls[2]:
+            return None
+        if self.ca_file is None:
+            return ssl.create_default_context()
+        return client_tls_context(self.ca_file, self.cert_file, self.key_file)
+
+    def diagnose_connection(self) -> str:
+        """Why the broker refuses this node, in words that say what to fix (one probe)."""
+        host, port, _ = self.host_port_tls
+        ctx = self.tls_context()
+        if ctx is None:
+            return "plain connection failed: is the broker running, and is the URL right?"
+        try:
+            code = tls_probe(host, port, ctx, username=self.username, password=self.password)
+        except Exception as exc:  # every failure is something to explain, not to raise
+            return explain_tls_error(exc)
+        if code == 0:
+            return "TLS and login are accepted by the broker; the failure was elsewhere"
+        return f"the broker refused the login: {CONNACK_CODES.get(code, code)}"
 
     model_config = SettingsConfigDict(extra="forbid")

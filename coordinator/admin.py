@@ -23,7 +23,8 @@ async def request_rollback(settings: NodeSettings, version: int, admin_id: str =
     topics = Topics(settings.federation)
     host, port, _tls = settings.host_port_tls
     async with aiomqtt.Client(host, port, identifier=f"{admin_id}-{uuid.uuid4().hex[:8]}",
-                              username=settings.username, password=settings.password) as client:
+                              username=settings.username, password=settings.password,
+                              tls_context=settings.tls_context()) as client:
         await client.subscribe(topics.model_current, qos=1)
         await client.publish(topics.coordinator_admin,
                              message(admin_id, AdminBody(action="rollback", version=version)),

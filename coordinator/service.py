@@ -138,6 +138,7 @@ class Coordinator:
         """
         stop = stop or asyncio.Event()
         host, port, _tls = self.settings.host_port_tls
+        self._client_never_connected = True
         delay = 1.0
         while not stop.is_set():
             will = aiomqtt.Will(self.topics.coordinator_status, self._status("offline"),
@@ -147,8 +148,10 @@ class Coordinator:
                     host, port, identifier=self._client_id,
                     username=self.settings.username, password=self.settings.password,
                     keepalive=self.settings.keepalive, will=will,
+                    tls_context=self.settings.tls_context(),
                 ) as client:
                     self._client = client
+                    self._client_never_connected = False
                     delay = 1.0
                     await self._announce(client)
                     await self._serve(client, stop)
@@ -157,7 +160,9 @@ class Coordinator:
             except aiomqtt.MqttError as exc:
                 if stop.is_set():
                     break
-                log.warning("broker connection lost (%s); retrying in %.0f s", exc, delay)
+                why = (await asyncio.to_thread(self.settings.diagnose_connection)
+                       if self._client_never_connected else str(exc))
+                log.warning("broker connection failed (%s); retrying in %.0f s", why, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
             finally:

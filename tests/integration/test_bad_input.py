@@ -23,7 +23,8 @@ def test_bad_updates_are_rejected_and_the_round_completes(mosquitto, tmp_path: P
         mosquitto.url, FED, 2, tmp_path / "coord",
         coordinator={"min_agents": 3, "rounds": 1, "round_timeout_s": 120, "epochs": 1,
                      "max_update_bytes": 1024 * 1024},
-        agent={"history_heats": 60, "heat_interval_s": 0},
+        agent={"history_heats": 60, "heat_interval_s": 0,
+               "signal_period_s": 10.0},
     )
     # The attacker registers as a third agent, so the round waits for it.
     evil = RawClient(mosquitto.host, mosquitto.port, f"{FED}-plant-3")

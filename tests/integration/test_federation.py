@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agent.sim import SimulatedPlant, default_plants
 from alchimia.local import CoordinatorThread, LocalFederation
 from alchimia.monitor import Monitor
 from broker.schemas import ModelBody, PredictionBody, decode
@@ -19,7 +20,7 @@ from models.spec import ModelSpec
 from tests.integration.helpers import RawClient, wait_for
 
 FAST_COORDINATOR = {"min_agents": 3, "epochs": 5, "lr": 5e-3, "round_timeout_s": 60}
-FAST_AGENT = {"history_heats": 200, "heat_interval_s": 0}
+FAST_AGENT = {"history_heats": 200, "heat_interval_s": 0, "signal_period_s": 10.0}
 
 
 def _mean_energy_mae(monitor: Monitor, version: int) -> float:
@@ -67,8 +68,9 @@ def test_three_rounds_improve_the_model_and_the_retained_onnx_matches_torch(
     assert body.version == 3 and body.parent_version == 2
     assert sorted(body.metadata["contributors"]) == sorted(ids)
     spec = ModelSpec.model_validate(body.spec)
+    profile, seed = default_plants(1)[0]
     x = np.stack([fed.agents[0].agent.table.row(h.inputs)
-                  for h in fed.agents[0].agent.source.plant.heats(16)])
+                  for h in SimulatedPlant(profile, seed + 1).heats(16)])
     torch_model = build_model(spec)
     set_weights(torch_model, body.weights)
     with torch.no_grad():

@@ -50,7 +50,8 @@ def test_fuzzed_updates_do_not_disturb_honest_aggregation(mosquitto, tmp_path: P
     fed = LocalFederation(mosquitto.url, FED, 2, tmp_path / "coord",
                           coordinator={"min_agents": 2, "rounds": 1, "epochs": 1,
                                        "rate_limit_per_s": 1000, "rate_limit_burst": 1000},
-                          agent={"history_heats": 60, "heat_interval_s": 0})
+                          agent={"history_heats": 60, "heat_interval_s": 0,
+               "signal_period_s": 10.0})
     spy = RawClient(mosquitto.host, mosquitto.port, f"{FED}-spy")
     spy.subscribe(topics.all_agents("update"))
     spy.subscribe(topics.model_current)

@@ -1,0 +1,1 @@
+"""Deployment: provisioning of a secured federation (certificates, passwords, ACLs)."""

@@ -1,0 +1,450 @@
+"""``alchimia provision``: certificates, passwords, ACLs and configs for a secured federation.
+
+Provisioning is re-runnable: the federation file is the source of truth and ``DIR``
+accumulates state. A re-run issues what is new and revokes what is marked revoked, and
+never touches existing keys and certificates, because they are already installed on
+plant gateways that an admin cannot reach in a hurry. Output layout: docs/SECURITY.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import pwd
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker.mosquitto_conf import acl_text, secure_config
+from deploy import pki
+from deploy.federation import FederationFile, FederationFileError, Role, load_federation
+from deploy.passwords import generate_password, hash_password, password_file
+
+STATE_FORMAT = 1
+CONFIG_NAMES: dict[Role, str] = {
+    "agent": "agent.toml", "coordinator": "coordinator.toml", "consumer": "consumer.toml",
+}
+ID_KEYS: dict[Role, str] = {
+    "agent": "agent_id", "coordinator": "coordinator_id", "consumer": "consumer_id",
+}
+
+
+class ProvisionError(RuntimeError):
+    """Provisioning cannot go on without the admin deciding something; says what."""
+
+
+@dataclass
+class ProvisionReport:
+    """What one run did, for the admin to act on (e.g. ship new bundles, restart mosquitto)."""
+
+    out_dir: Path
+    federation: str
+    issued: list[str] = field(default_factory=list)  # new identities: ship their bundles
+    reissued: list[str] = field(default_factory=list)  # revoked before, now with a new cert
+    revoked: list[str] = field(default_factory=list)  # revoked by this run
+    unchanged: list[str] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)  # files created or changed
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def broker_config(self) -> Path:
+        return self.out_dir / "mosquitto" / "mosquitto.conf"
+
+    @property
+    def broker_changed(self) -> bool:
+        """True when mosquitto must be restarted to apply this run (CRL, ACL, passwords)."""
+        broker_dir = self.out_dir / "mosquitto"
+        return any(broker_dir in p.parents for p in self.written)
+
+    def summary(self) -> str:
+        lines = [f"federation {self.federation}: provisioned in {self.out_dir}"]
+        for label, names in (("issued", self.issued), ("re-issued", self.reissued),
+                             ("revoked", self.revoked), ("unchanged", self.unchanged)):
+            if names:
+                lines.append(f"  {label}: {', '.join(names)}")
+        lines.append(f"  {len(self.written)} file(s) written")
+        if self.broker_changed:
+            lines.append(f"  broker files changed: restart mosquitto -c {self.broker_config}")
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+# -- the state file -------------------------------------------------------------------
+
+
+@dataclass
+class _Identity:
+    role: Role
+    serial: int | None = None  # current certificate; None if revoked before being issued
+    revoked: bool = False
+    password_hash: str | None = None
+
+
+@dataclass
+class _State:
+    federation: str
+    server_names: list[str] = field(default_factory=list)
+    identities: dict[str, _Identity] = field(default_factory=dict)
+    # (serial, identity, revocation time): every certificate ever revoked, for the CRL.
+    revocations: list[tuple[int, str, dt.datetime]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> _State | None:
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        if raw.get("format") != STATE_FORMAT:
+            raise ProvisionError(f"{path} has an unknown format {raw.get('format')!r}")
+        return cls(
+            federation=raw["federation"],
+            server_names=list(raw["server_names"]),
+            identities={
+                name: _Identity(role=v["role"],
+                                serial=None if v["serial"] is None else int(v["serial"], 16),
+                                revoked=v["revoked"], password_hash=v.get("password_hash"))
+                for name, v in raw["identities"].items()
+            },
+            revocations=[(int(r["serial"], 16), r["identity"],
+                          dt.datetime.fromisoformat(r["revoked_at"]))
+                         for r in raw["revocations"]],
+        )
+
+    def dump(self) -> bytes:
+        # Serials as hex strings: they are 159-bit integers, beyond what many JSON readers keep.
+        raw: dict[str, Any] = {
+            "format": STATE_FORMAT,
+            "federation": self.federation,
+            "server_names": self.server_names,
+            "identities": {
+                name: {"role": i.role,
+                       "serial": None if i.serial is None else f"{i.serial:x}",
+                       "revoked": i.revoked, "password_hash": i.password_hash}
+                for name, i in sorted(self.identities.items())
+            },
+            "revocations": [{"serial": f"{s:x}", "identity": n, "revoked_at": t.isoformat()}
+                            for s, n, t in self.revocations],
+        }
+        return (json.dumps(raw, indent=2) + "\n").encode()
+
+
+# -- writing files --------------------------------------------------------------------
+
+
+class _Writer:
+    """Writes a file only when its bytes change, so re-runs leave installed files alone."""
+
+    def __init__(self, report: ProvisionReport) -> None:
+        self.report = report
+
+    def put(self, path: Path, data: bytes, *, private: bool) -> None:
+        mode = 0o600 if private else 0o644
+        if path.exists() and path.read_bytes() == data:
+            if path.stat().st_mode & 0o777 != mode:
+                os.chmod(path, mode)
+            return
+        (pki.write_private if private else pki.write_public)(path, data)
+        if path not in self.report.written:
+            self.report.written.append(path)
+
+    def mkdir(self, path: Path, mode: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, mode)
+
+
+def _toml_value(value: str | Path) -> str:
+    # A JSON string without ASCII escaping is a valid TOML basic string.
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _broker_url(host: str, port: int) -> str:
+    return f"mqtts://[{host}]:{port}" if ":" in host else f"mqtts://{host}:{port}"
+
+
+# -- the run --------------------------------------------------------------------------
+
+
+def provision(config_path: Path, out_dir: Path) -> ProvisionReport:
+    """Create or update the federation's PKI, broker config and identity bundles in ``out_dir``.
+
+    Raises FederationFileError for a bad federation file and ProvisionError when the
+    federation file contradicts what ``out_dir`` already holds (another federation, an
+    identity that vanished without being revoked, a role change). Restart mosquitto when
+    ``report.broker_changed``: it reads the CRL only at start.
+    """
+    cfg = load_federation(config_path)
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    report = ProvisionReport(out_dir=out, federation=cfg.federation)
+    w = _Writer(report)
+    state_path = out / "state.json"
+    state = _State.load(state_path)
+    if state is None:
+        if (out / "ca" / "ca.key").exists():
+            raise ProvisionError(f"{out} holds a CA but no state.json: restore state.json "
+                                 "or provision into an empty directory")
+        state = _State(federation=cfg.federation)
+    elif state.federation != cfg.federation:
+        raise ProvisionError(f"{out} belongs to federation {state.federation!r}, not "
+                             f"{cfg.federation!r}: use another output directory")
+    wanted = cfg.identities()
+    for name in cfg.unlisted_revoked():
+        if name not in state.identities:
+            # Not a silent no-op: a typo here would leave the real identity trusted.
+            raise ProvisionError(f"revoked identity {name!r} is neither listed nor was it "
+                                 "ever provisioned here: check the spelling")
+        wanted[name] = (state.identities[name].role, True)
+    _check_identities(wanted, state)
+
+    for sub, mode in (("ca", 0o700), ("signing", 0o700), ("identities", 0o755),
+                      ("mosquitto", 0o755), ("mosquitto/data", 0o755)):
+        w.mkdir(out / sub, mode)
+
+    ca = _certificate_authority(cfg, out, w)
+    w.put(state_path, state.dump(), private=True)  # a CA never exists without its state
+    signing_key = _signing_key(out, w)
+    _server_certificate(cfg, state, ca, out, w)
+
+    needs_passwords = cfg.auth == "passwords" or cfg.broker.plain_port is not None
+    now = pki.utcnow().replace(microsecond=0)
+    for name, (role, revoked) in sorted(wanted.items()):
+        entry = state.identities.get(name)
+        if revoked:
+            if entry is None:
+                state.identities[name] = _Identity(role=role, revoked=True)
+                report.revoked.append(name)
+            elif not entry.revoked:
+                if entry.serial is not None:
+                    state.revocations.append((entry.serial, name, now))
+                entry.revoked, entry.password_hash = True, None
+                report.revoked.append(name)
+            else:
+                report.unchanged.append(name)
+            continue
+        if entry is None or entry.revoked:
+            entry = _issue(name, role, ca, cfg, out, w)
+            (report.issued if name not in state.identities else report.reissued).append(name)
+            state.identities[name] = entry
+        else:
+            report.unchanged.append(name)
+        _identity_files(name, entry, cfg, out, w, signing_key, needs_passwords, report)
+
+    _crl(cfg, state, ca, out, w)
+    _broker_files(cfg, state, out, w, needs_passwords)
+    w.put(state_path, state.dump(), private=True)
+    _chown_broker_files(cfg, out, report)
+    return report
+
+
+def _check_identities(wanted: dict[str, tuple[Role, bool]], state: _State) -> None:
+    for name, known in state.identities.items():
+        if name not in wanted:
+            if known.revoked:
+                continue
+            raise ProvisionError(
+                f"identity {name!r} was provisioned before and is missing from the "
+                f"federation file: list it in `revoked` to retire it")
+        if wanted[name][0] != known.role:
+            raise ProvisionError(
+                f"identity {name!r} was provisioned as {known.role}, now listed as "
+                f"{wanted[name][0]}: revoke it and give the new role another id")
+
+
+def _certificate_authority(cfg: FederationFile, out: Path, w: _Writer) -> pki.CertificateAuthority:
+    key_file, cert_file = out / "ca" / "ca.key", out / "ca" / "ca.pem"
+    if key_file.exists() and cert_file.exists():
+        return pki.CertificateAuthority.load(key_file, cert_file)
+    if key_file.exists() or cert_file.exists():
+        raise ProvisionError(f"only one of {key_file} and {cert_file} exists: restore the "
+                             "other (re-creating the CA would invalidate every identity)")
+    ca = pki.CertificateAuthority.create(cfg.federation, cfg.pki.ca_days)
+    w.put(key_file, pki.key_pem(ca.key), private=True)
+    w.put(cert_file, pki.cert_pem(ca.cert), private=False)
+    return ca
+
+
+def _signing_key(out: Path, w: _Writer) -> bytes:
+    key_file, pub_file = out / "signing/model_signing.key", out / "signing/model_signing.pub"
+    if key_file.exists():
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ProvisionError(f"{key_file} is not an Ed25519 private key")
+    else:
+        key = pki.new_signing_key()
+        w.put(key_file, pki.key_pem(key), private=True)
+    w.put(pub_file, pki.public_pem(key), private=False)
+    return key_file.read_bytes()
+
+
+def _server_certificate(cfg: FederationFile, state: _State, ca: pki.CertificateAuthority,
+                        out: Path, w: _Writer) -> None:
+    key_file, cert_file = out / "mosquitto" / "server.key", out / "mosquitto" / "server.pem"
+    names = list(cfg.broker.hosts)
+    if key_file.exists():
+        key = pki.load_key(key_file)
+    else:
+        key = pki.new_key()
+        w.put(key_file, pki.key_pem(key), private=True)
+    current = pki.load_cert(cert_file) if cert_file.exists() else None
+    # Re-issue only when the broker's names change; the key stays, so nothing else moves.
+    if current is None or pki.certificate_sans(current) != names:
+        cert = ca.issue("alchimia broker", key, days=cfg.pki.cert_days, server_names=names)
+        w.put(cert_file, pki.cert_pem(cert), private=False)
+    state.server_names = names
+    w.put(out / "mosquitto" / "ca.pem", pki.cert_pem(ca.cert), private=False)
+
+
+def _issue(name: str, role: Role, ca: pki.CertificateAuthority, cfg: FederationFile, out: Path,
+           w: _Writer) -> _Identity:
+    bundle = out / "identities" / name
+    w.mkdir(bundle, 0o700)
+    key = pki.new_key()
+    cert = ca.issue(name, key, days=cfg.pki.cert_days)
+    w.put(bundle / f"{name}.key", pki.key_pem(key), private=True)
+    w.put(bundle / f"{name}.pem", pki.cert_pem(cert), private=False)
+    # A new password too: a re-issued identity must not keep the revoked one's login.
+    (bundle / "password").unlink(missing_ok=True)
+    return _Identity(role=role, serial=cert.serial_number)
+
+
+def _identity_files(name: str, entry: _Identity, cfg: FederationFile, out: Path, w: _Writer,
+                    signing_key: bytes, needs_passwords: bool, report: ProvisionReport) -> None:
+    bundle = out / "identities" / name
+    w.mkdir(bundle, 0o700)
+    w.put(bundle / "ca.pem", (out / "ca" / "ca.pem").read_bytes(), private=False)
+    signing_pub = (out / "signing" / "model_signing.pub").read_bytes()
+    if entry.role == "coordinator":
+        w.put(bundle / "model_signing.key", signing_key, private=True)
+    else:
+        w.put(bundle / "model_signing.pub", signing_pub, private=False)
+    for suffix in (".key", ".pem"):
+        if not (bundle / f"{name}{suffix}").exists():
+            report.warnings.append(
+                f"{bundle / (name + suffix)} is missing; it is never re-created (that would "
+                f"leave two valid certificates): restore it, or revoke {name} and re-issue")
+
+    password: str | None = None
+    password_path = bundle / "password"
+    if needs_passwords:
+        if password_path.exists():
+            password = password_path.read_text().strip()
+        elif entry.password_hash is None:
+            password = generate_password()
+            w.put(password_path, (password + "\n").encode(), private=True)
+        else:
+            report.warnings.append(f"{password_path} is missing; its hash stays in the broker's "
+                                   f"password file, but {name}'s config cannot be rendered")
+        if password is not None and entry.password_hash is None:
+            entry.password_hash = hash_password(password)
+
+    root = (cfg.identities_install_dir or out / "identities") / name
+    values: list[tuple[str, str | Path]] = [
+        ("broker", _broker_url(cfg.broker.hosts[0], cfg.broker.tls_port)),
+        ("federation", cfg.federation),
+        (ID_KEYS[entry.role], name),
+    ]
+    if cfg.auth == "passwords":
+        if password is None:
+            return
+        values += [("username", name), ("password", password)]
+    values += [("ca_file", root / "ca.pem"), ("cert_file", root / f"{name}.pem"),
+               ("key_file", root / f"{name}.key")]
+    if entry.role == "coordinator":
+        values.append(("model_signing_key", root / "model_signing.key"))
+    else:
+        values.append(("model_public_key", root / "model_signing.pub"))
+    text = (f"# {entry.role} {name} of federation {cfg.federation}; written by "
+            "`alchimia provision`.\n")
+    text += "".join(f"{k} = {_toml_value(v)}\n" for k, v in values)
+    # Private in password mode (it holds the password); kept private always, for one rule.
+    w.put(bundle / CONFIG_NAMES[entry.role], text.encode(), private=True)
+
+
+def _crl(cfg: FederationFile, state: _State, ca: pki.CertificateAuthority, out: Path,
+         w: _Writer) -> None:
+    crl_file = out / "ca" / "crl.pem"
+    serials = {s for s, _, _ in state.revocations}
+    # ECDSA signatures differ on every signing: re-sign only when the list changes.
+    if not crl_file.exists() or pki.crl_serials(crl_file) != serials:
+        crl = ca.crl([(s, t) for s, _, t in state.revocations], days=cfg.pki.ca_days)
+        w.put(crl_file, crl.public_bytes(serialization.Encoding.PEM), private=False)
+    w.put(out / "mosquitto" / "crl.pem", crl_file.read_bytes(), private=False)
+
+
+def _broker_files(cfg: FederationFile, state: _State, out: Path, w: _Writer,
+                  needs_passwords: bool) -> None:
+    broker = out / "mosquitto"
+    root = cfg.broker.install_dir or broker
+    active: dict[Role, list[str]] = {"coordinator": [], "agent": [], "consumer": []}
+    for name, entry in state.identities.items():
+        if not entry.revoked:
+            active[entry.role].append(name)
+    w.put(broker / "acl", acl_text(cfg.federation, coordinators=active["coordinator"],
+                                   agents=active["agent"], consumers=active["consumer"]).encode(),
+          private=True)
+    if needs_passwords:
+        hashes = {n: e.password_hash for n, e in state.identities.items()
+                  if not e.revoked and e.password_hash is not None}
+        w.put(broker / "passwd", password_file(hashes).encode(), private=True)
+    conf = secure_config(
+        tls_port=cfg.broker.tls_port, tls_bind=cfg.broker.tls_bind,
+        plain_port=cfg.broker.plain_port,
+        ca_file=root / "ca.pem", cert_file=root / "server.pem", key_file=root / "server.key",
+        crl_file=root / "crl.pem", acl_file=root / "acl", data_dir=root / "data",
+        password_file=root / "passwd" if needs_passwords else None,
+        require_certificate=cfg.auth == "certificates",
+        message_size_limit=cfg.message_size_limit, user=cfg.broker.user or None)
+    w.put(broker / "mosquitto.conf", conf.encode(), private=False)
+
+
+def _chown_broker_files(cfg: FederationFile, out: Path, report: ProvisionReport) -> None:
+    """Hand the broker's secrets to its service user: mosquitto drops root before reading them."""
+    if os.geteuid() != 0 or not cfg.broker.user or cfg.broker.user == "root":
+        return
+    try:
+        user = pwd.getpwnam(cfg.broker.user)
+    except KeyError:
+        report.warnings.append(f"user {cfg.broker.user!r} does not exist here: chown "
+                               f"{out / 'mosquitto'} to the broker's user where it runs")
+        return
+    broker = out / "mosquitto"
+    for path in (broker / "data", broker / "server.key", broker / "acl", broker / "passwd"):
+        if path.exists():
+            os.chown(path, user.pw_uid, user.pw_gid)
+
+
+# -- command line ---------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``alchimia provision``."""
+    parser.add_argument("--config", required=True, type=Path, metavar="FEDERATION_FILE",
+                        help="federation file (TOML), see deploy/federation.example.toml")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        help="output directory; re-use it for later runs (it keeps the CA)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Provision and print what changed; exit code 2 when the admin must fix something."""
+    try:
+        report = provision(args.config, args.out)
+    except (FederationFileError, ProvisionError) as exc:
+        print(f"alchimia provision: {exc}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="alchimia provision", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
