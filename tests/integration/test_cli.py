@@ -29,6 +29,7 @@ def test_processes_federate_with_file_env_and_flag_settings(mosquitto, tmp_path:
     agents = [
         _alchimia("agent", "--broker", mosquitto.url, "--plant", str(i),
                   "--history-heats", "50", "--heat-interval", "0",
+                  "--state-dir", str(tmp_path / "agents"),
                   env={"ALCHIMIA_AGENT_FEDERATION": "cli", "ALCHIMIA_AGENT_AGENT_ID": f"p{i}"})
         for i in (1, 2)
     ]
