@@ -27,9 +27,12 @@ class HeatTable:
     def row(self, inputs: Mapping[str, float]) -> np.ndarray:
         return np.array([inputs[f] for f in self.features], np.float32)
 
+    def outcome_row(self, outcome: Mapping[str, float]) -> np.ndarray:
+        return np.array([outcome[t] for t in self.targets], np.float32)
+
     def add(self, inputs: Mapping[str, float], outcome: Mapping[str, float]) -> None:
         x = self.row(inputs)
-        y = np.array([outcome[t] for t in self.targets], np.float32)
+        y = self.outcome_row(outcome)
         self.seen += 1
         if self.seen % self.val_every == 0:
             self._val_x.append(x)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import deque
 
 import numpy as np
 import torch
 
+from agent.champion import judge
 from agent.dataset import HeatTable
 from agent.evaluation import mae_by_target
 from agent.mqtt_link import MqttLink
@@ -53,7 +55,12 @@ class Agent:
         self.models_rejected = 0
         self.table: HeatTable | None = None
         self.spec: ModelSpec | None = None
-        self.predictor: OnnxPredictor | None = None
+        self.predictor: OnnxPredictor | None = None  # the latest global model
+        self.serving: OnnxPredictor | None = None  # the champion: makes the predictions
+        self.serving_version: int | None = None
+        self.recent: deque[tuple[np.ndarray, np.ndarray]] = deque(
+            maxlen=settings.challenger_heats)
+        self.challengers_rejected = 0
         self.base_weights: dict[str, np.ndarray] | None = None
         self.model_version: int | None = None
         self.task: TaskBody | None = None
@@ -126,16 +133,44 @@ class Agent:
         shapes = {k: v.shape for k, v in body.weights.items()}
         if shapes != spec.parameter_shapes():
             raise ValueError("model weights do not match its spec")
-        # Swap only after everything above succeeded: a bad model never replaces a good one.
+        # Adopt only after everything above succeeded: a broken model never gets in.
         self.spec, self.predictor = spec, predictor
         self.base_weights, self.model_version = body.weights, body.version
         if self.table is None or self.table.features != spec.features:
             self.table = HeatTable(spec.features, spec.targets)
             for heat in self._history:
                 self.table.add(heat.inputs, heat.outcome)
-        log.info("agent %s now serves model version %d", self.id, body.version)
+        self._champion_or_challenger(predictor, body)
         self._report_validation()
         self.link.publish(self.topics.agent_status(self.id), self._status("online"), retain=True)
+
+    def _champion_or_challenger(self, challenger: OnnxPredictor, body: ModelBody) -> None:
+        """Serve the new global version unless it is clearly worse on the latest heats.
+
+        An admin rollback always serves: it is a deliberate decision, not a candidate.
+        """
+        assert self.spec is not None
+        if self.serving is not None and self.recent and "rollback_of" not in body.metadata:
+            x = np.stack([r[0] for r in self.recent])
+            y = np.stack([r[1] for r in self.recent])
+            verdict = judge(self.serving.predict(x), challenger.predict(x), y,
+                            np.asarray(self.spec.y_scale), self.settings.challenger_tolerance,
+                            self.settings.challenger_min_heats)
+        else:
+            verdict = judge(None, np.empty(0), np.empty(0), np.empty(0), 0.0, 0)
+        if not verdict.swap:
+            self.challengers_rejected += 1
+            log.warning("agent %s keeps serving version %s, not %d: %s", self.id,
+                        self.serving_version, body.version, verdict.reason)
+            values = {"champion_error": verdict.champion_error or 0.0,
+                      "challenger_error": verdict.challenger_error or 0.0,
+                      "serving_version": float(self.serving_version or 0)}
+            self.link.publish(self.topics.agent_metrics(self.id), message(self.id, MetricsBody(
+                model_version=body.version, scope="challenger_rejected", values=values)))
+            return
+        self.serving, self.serving_version = challenger, body.version
+        log.info("agent %s now serves model version %d (%s)", self.id, body.version,
+                 verdict.reason)
 
     def _report_rejected_model(self, version: int, reason: str) -> None:
         """Keep serving the current model and tell the coordinator's admins why."""
@@ -152,15 +187,16 @@ class Agent:
         if not self._waiting or self.table is None:
             return  # heats wait for the first model, which brings the column layout
         heats, self._waiting = self._waiting, []
-        if self.predictor is not None and self.model_version is not None:
-            preds = self.predictor.predict(np.stack([self.table.row(h.inputs) for h in heats]))
+        if self.serving is not None and self.serving_version is not None:
+            preds = self.serving.predict(np.stack([self.table.row(h.inputs) for h in heats]))
             for heat, pred in zip(heats, preds, strict=True):
-                body = PredictionBody(heat_id=heat.heat_id, model_version=self.model_version,
+                body = PredictionBody(heat_id=heat.heat_id, model_version=self.serving_version,
                                       outputs=dict(zip(self.table.targets, map(float, pred),
                                                        strict=True)))
                 self.link.publish(self.topics.agent_predictions(self.id), message(self.id, body))
         for heat in heats:
             self.table.add(heat.inputs, heat.outcome)
+            self.recent.append((self.table.row(heat.inputs), self.table.outcome_row(heat.outcome)))
         if self._reported_version != self.model_version:
             self._report_validation()
 

@@ -27,6 +27,10 @@ class AgentSettings(NodeSettings):
                             description="embedded SQLite store and InfluxDB spool")
     signal_period_s: float = Field(default=5.0, gt=0, le=60,
                                    description="simulated sensor sample period")
+    challenger_tolerance: float = Field(
+        default=0.1, ge=0, description="a new global model this much worse does not serve")
+    challenger_heats: int = Field(default=50, ge=1, description="recent heats it is judged on")
+    challenger_min_heats: int = Field(default=10, ge=1)
     torch_threads: int = Field(default=1, ge=1)
     model_public_key: Path | None = Field(
         default=None, description="Ed25519 public key (PEM); if set, only signed models run")
