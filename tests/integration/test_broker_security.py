@@ -11,9 +11,7 @@ from __future__ import annotations
 import getpass
 import socket
 import ssl
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from broker.tls import client_tls_context, explain_tls_error, tls_probe
 from broker.topics import Topics
 from deploy import pki
 from deploy.provision import provision
-from tests.fixtures.mosquitto import mosquitto_binary
+from tests.fixtures.mosquitto import Mosquitto
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -62,34 +60,9 @@ def write_federation(path: Path, *, auth: str, tls_port: int, plain_port: int | 
     return path
 
 
-class SecureBroker:
-    def __init__(self, out: Path, port: int) -> None:
-        self.conf = out / "mosquitto" / "mosquitto.conf"
-        self.log = out / "mosquitto.log"
-        self.port = port
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = open(self.log, "ab")  # noqa: SIM115 - owned by the process
-        # cwd elsewhere: the generated config must not depend on the working directory.
-        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)],
-                                     stdout=log, stderr=log, cwd="/")
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not start: {self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
+def secure_broker(out: Path, port: int) -> Mosquitto:
+    """Mosquitto running the config ``alchimia provision`` wrote into ``out``."""
+    return Mosquitto(out, conf=out / "mosquitto" / "mosquitto.conf", port=port)
 
 
 class Refused(Exception):
@@ -186,7 +159,7 @@ class Federation:
         self.config = write_federation(root / "federation.toml", auth=auth,
                                        tls_port=self.tls_port, plain_port=self.plain_port)
         self.report = provision(self.config, self.out)
-        self.broker = SecureBroker(self.out, self.tls_port)
+        self.broker = secure_broker(self.out, self.tls_port)
         self.clients: list[Client] = []
 
     def bundle(self, name: str) -> Path:

@@ -15,7 +15,7 @@ from agent.settings import AgentSettings
 from broker.embedded import free_port
 from coordinator.persistence import CoordinatorDB
 from deploy.provision import provision
-from tests.integration.test_broker_security import SecureBroker, write_federation
+from tests.integration.test_broker_security import secure_broker, write_federation
 
 
 def _alchimia(*args: str) -> subprocess.Popen:
@@ -30,7 +30,7 @@ def secured(tmp_path: Path):
                             message_size_limit=1024 * 1024)
     out = tmp_path / "fed"
     provision(conf, out)
-    broker = SecureBroker(out, port)
+    broker = secure_broker(out, port)
     broker.start()
     try:
         yield out
