@@ -14,13 +14,16 @@ import random
 import sqlite3
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import aiomqtt
 
 from broker.codec import DecodeError, Limits
 from broker.schemas import (
     AdminBody,
+    Body,
     Envelope,
+    MetricsBody,
     ModelBody,
     StatusBody,
     TaskBody,
@@ -82,6 +85,7 @@ class Coordinator:
         self.window: Window | None = None
         self._accumulator: Accumulator | None = None
         self._rollback_to: int | None = None
+        self._early_round_for: str | None = None
         self._client: aiomqtt.Client | None = None
         self._restore_or_initialise()
 
@@ -174,6 +178,7 @@ class Coordinator:
         await client.publish(self.topics.model_current, self.model_payload, qos=1, retain=True)
         await client.subscribe([(self.topics.all_agents("status"), 1),
                                 (self.topics.all_agents("update"), 1),
+                                (self.topics.all_agents("metrics"), 1),
                                 (self.topics.coordinator_admin, 1)])
         if self.window is not None and not self.window.closed:
             await self._publish_task(self.window, "open")
@@ -221,7 +226,10 @@ class Coordinator:
             return
         if not payload and leaf == "status":
             return  # a cleared retained status
-        expect = StatusBody if leaf == "status" else UpdateBody
+        if leaf not in self._EXPECT:
+            self._reject(agent_id, topic, f"the coordinator does not read {leaf} messages")
+            return
+        expect = self._EXPECT[leaf]
         try:
             env = decode(payload, expect, self.limits)
         except DecodeError as exc:
@@ -232,8 +240,21 @@ class Coordinator:
             return
         if leaf == "status":
             self._on_status(env)
+        elif leaf == "metrics":
+            self._on_metrics(env)
         else:
             self._on_update(env, topic, payload)
+
+    _EXPECT: ClassVar[dict[str, type[Body]]] = {
+        "status": StatusBody, "update": UpdateBody, "metrics": MetricsBody}
+
+    def _on_metrics(self, env: Envelope) -> None:
+        """A drift report asks for an early round (sync mode; async windows never pause)."""
+        body: MetricsBody = env.body  # type: ignore[assignment]
+        if body.scope == "drift":
+            log.warning("agent %s reports drift: %s", env.sender, dict(body.values))
+            self._early_round_for = env.sender
+            self.changed.set()
 
     def _on_admin(self, topic: str, payload: bytes) -> None:
         try:
@@ -318,6 +339,19 @@ class Coordinator:
                 await self._wait_changed(5.0)
                 continue
             await self._run_window(window)
+            await self._pause_between_rounds(stop)
+
+    async def _pause_between_rounds(self, stop: asyncio.Event) -> None:
+        if self.settings.mode != "sync":
+            return
+        self._early_round_for = None
+        deadline = time.monotonic() + self.settings.round_interval_s
+        while (not stop.is_set() and self._early_round_for is None
+               and self._rollback_to is None and (left := deadline - time.monotonic()) > 0):
+            await self._wait_changed(left)
+        if self._early_round_for is not None:
+            log.info("opening the next round early: drift reported by %s",
+                     self._early_round_for)
 
     def _new_window(self) -> Window | None:
         """The next round (sync) or buffer window (async), once enough agents are online."""

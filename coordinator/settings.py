@@ -32,6 +32,8 @@ class CoordinatorSettings(NodeSettings):
     fraction: float = Field(default=1.0, gt=0, le=1)
     max_agents: int | None = Field(default=None, ge=1)
     round_timeout_s: float = Field(default=120.0, gt=0)
+    round_interval_s: float = Field(
+        default=0.0, ge=0, description="sync: pause between rounds; a drift report cuts it short")
     epochs: int = Field(default=2, ge=1)
     lr: float = Field(default=3e-3, gt=0)
     batch_size: int = Field(default=32, ge=1)
