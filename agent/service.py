@@ -95,11 +95,18 @@ class Agent:
                     self.handle(topic, payload)
                 except queue.Empty:
                     pass
-                self._ingest()
-                self._maybe_train()
+                self._step()
         finally:
             self.link.stop(last=(self.topics.agent_status(self.id), self._status("offline")))
             self.source.close()
+
+    def _step(self) -> None:
+        """Ingest and train; a failure is logged and retried next time, never fatal."""
+        try:
+            self._ingest()
+            self._maybe_train()
+        except Exception:  # the store or training failed: the plant's gateway keeps running
+            log.exception("agent %s: ingest or training failed; retrying", self.id)
 
     # -- inbound
     def handle(self, topic: str, payload: bytes) -> None:
@@ -117,6 +124,8 @@ class Agent:
                 log.debug("message on unexpected topic %s ignored", topic)
         except (DecodeError, ValueError) as exc:
             log.warning("rejected message on %s: %s", topic, exc)
+        except Exception as exc:  # e.g. ONNX Runtime refusing a model's bytes
+            log.warning("rejected message on %s: %s: %s", topic, type(exc).__name__, exc)
 
     def _on_model(self, env: Envelope) -> None:
         body: ModelBody = env.body  # type: ignore[assignment]
