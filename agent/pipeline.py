@@ -9,11 +9,12 @@ heats back as history). :func:`simulated_pipeline` is the drop-in twin of
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from agent.heats import AssembledHeat, HeatAssembler
 from agent.ingest.base import TAP_MEASUREMENT, PointSource, RateLimitedLog, Reason
 from agent.ingest.simulated import SimulatedSensorSource
-from agent.sim import Heat, SimulatedPlant, default_plants
+from agent.sim import Drift, Heat, SimulatedPlant, default_plants
 from agent.store import Point, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ def simulated_pipeline(
     store: Store,
     *,
     period_s: float = 1.0,
+    drifts: Sequence[Drift] = (),
 ) -> StorePipeline:
     """Simulated plant ``plant`` (1-based) through ``store``; mirrors ``SimulatedHeats``.
 
@@ -130,7 +132,7 @@ def simulated_pipeline(
     History heats already tapped in the store (a restart) are not written again.
     """
     profile, plant_seed = default_plants(plant, base_seed=seed)[plant - 1]
-    sim = SimulatedPlant(profile, plant_seed)
+    sim = SimulatedPlant(profile, plant_seed, drifts)
     live = interval_s > 0
 
     tapped: set[str] | None = None

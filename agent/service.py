@@ -15,11 +15,13 @@ import numpy as np
 import torch
 
 from agent.champion import judge
+from agent.continual import local_finetune
 from agent.dataset import HeatTable
 from agent.evaluation import mae_by_target
 from agent.mqtt_link import MqttLink
 from agent.settings import AgentSettings
 from agent.sim import Heat
+from agent.site_learning import DriftEvent, SiteLearner
 from agent.sources import HeatSource
 from agent.trainer import TrainConfig, train_delta
 from broker.codec import DecodeError, Limits
@@ -36,7 +38,10 @@ from broker.schemas import (
 )
 from broker.signing import SignatureError, load_public_key, verify_model
 from broker.topics import Topics
+from models.onnx_export import export_onnx
 from models.onnx_runtime import OnnxPredictor
+from models.params import set_weights
+from models.regressor import build_model
 from models.spec import ModelSpec
 
 log = logging.getLogger("alchimia.agent")
@@ -61,6 +66,8 @@ class Agent:
         self.recent: deque[tuple[np.ndarray, np.ndarray]] = deque(
             maxlen=settings.challenger_heats)
         self.challengers_rejected = 0
+        self.learner: SiteLearner | None = None
+        self.serving_local = False  # serving a site-specific fine-tune after a drift
         self.base_weights: dict[str, np.ndarray] | None = None
         self.model_version: int | None = None
         self.task: TaskBody | None = None
@@ -147,8 +154,12 @@ class Agent:
         self.base_weights, self.model_version = body.weights, body.version
         if self.table is None or self.table.features != spec.features:
             self.table = HeatTable(spec.features, spec.targets)
+            self.learner = SiteLearner(spec.features, spec.targets, spec.y_scale,
+                                       seed=self.settings.seed)
             for heat in self._history:
                 self.table.add(heat.inputs, heat.outcome)
+                self.learner.observe(self.table.row(heat.inputs),
+                                     self.table.outcome_row(heat.outcome), None)
         self._champion_or_challenger(predictor, body)
         self._report_validation()
         self.link.publish(self.topics.agent_status(self.id), self._status("online"), retain=True)
@@ -177,7 +188,7 @@ class Agent:
             self.link.publish(self.topics.agent_metrics(self.id), message(self.id, MetricsBody(
                 model_version=body.version, scope="challenger_rejected", values=values)))
             return
-        self.serving, self.serving_version = challenger, body.version
+        self.serving, self.serving_version, self.serving_local = challenger, body.version, False
         log.info("agent %s now serves model version %d (%s)", self.id, body.version,
                  verdict.reason)
 
@@ -196,18 +207,57 @@ class Agent:
         if not self._waiting or self.table is None:
             return  # heats wait for the first model, which brings the column layout
         heats, self._waiting = self._waiting, []
+        xs = np.stack([self.table.row(h.inputs) for h in heats])
+        preds: np.ndarray | list[None] = [None] * len(heats)
         if self.serving is not None and self.serving_version is not None:
-            preds = self.serving.predict(np.stack([self.table.row(h.inputs) for h in heats]))
+            # Test first: each prediction goes out before the heat is learned from.
+            preds = self.serving.predict(xs)
             for heat, pred in zip(heats, preds, strict=True):
                 body = PredictionBody(heat_id=heat.heat_id, model_version=self.serving_version,
                                       outputs=dict(zip(self.table.targets, map(float, pred),
                                                        strict=True)))
                 self.link.publish(self.topics.agent_predictions(self.id), message(self.id, body))
-        for heat in heats:
+        drift = None
+        for heat, x, pred in zip(heats, xs, preds, strict=True):
+            y = self.table.outcome_row(heat.outcome)
             self.table.add(heat.inputs, heat.outcome)
-            self.recent.append((self.table.row(heat.inputs), self.table.outcome_row(heat.outcome)))
+            self.recent.append((x, y))
+            if self.learner is not None and self.settings.continual:
+                drift = self.learner.observe(x, y, pred) or drift
+        self._report_prequential()
+        if drift is not None:
+            self._on_drift(drift)
         if self._reported_version != self.model_version:
             self._report_validation()
+
+    def _report_prequential(self) -> None:
+        if self.learner is None or self.learner.prequential.n == 0:
+            return
+        values = {k: v for k, v in self.learner.prequential.snapshot().items()
+                  if np.isfinite(v)}
+        body = MetricsBody(model_version=self.serving_version, scope="prequential",
+                           values=values)
+        self.link.publish(self.topics.agent_metrics(self.id), message(self.id, body))
+
+    def _on_drift(self, event: DriftEvent) -> None:
+        """Adapt on site at once, and ask the federation for an early round."""
+        log.warning("agent %s detected drift: errors %s, inputs %s", self.id,
+                    list(event.error_targets), list(event.input_features))
+        self.link.publish(self.topics.agent_metrics(self.id), message(self.id, MetricsBody(
+            model_version=self.serving_version, scope="drift", values=event.values())))
+        if self.spec is None or self.base_weights is None or len(self.recent) < 5:
+            return
+        x = np.stack([r[0] for r in self.recent])
+        y = np.stack([r[1] for r in self.recent])
+        replay = self.learner.replay_rows(self.settings.replay_rows) if self.learner else None
+        weights = local_finetune(self.spec, self.base_weights, x, y, replay=replay,
+                                 seed=len(self.recent))
+        model = build_model(self.spec)
+        set_weights(model, weights)
+        self.serving = OnnxPredictor(export_onnx(model), self.spec.features, self.spec.targets)
+        self.serving_local = True
+        log.info("agent %s serves a site fine-tune of version %s on %d recent heats",
+                 self.id, self.serving_version, len(x))
 
     def _report_validation(self) -> None:
         if self.table is None or self.predictor is None:
@@ -232,9 +282,13 @@ class Agent:
         ):
             return
         x, y = self.table.train()
+        replay = None
+        if self.settings.continual and self.learner is not None:
+            x, y = x[-self.settings.train_window:], y[-self.settings.train_window:]
+            replay = self.learner.replay_rows(self.settings.replay_rows)
         cfg = TrainConfig(epochs=task.epochs, lr=task.lr, batch_size=task.batch_size,
                           proximal_mu=task.hyper.get("proximal_mu", 0.0), seed=task.round_id)
-        delta, metrics = train_delta(self.spec, self.base_weights, x, y, cfg)
+        delta, metrics = train_delta(self.spec, self.base_weights, x, y, cfg, replay=replay)
         body = UpdateBody(round_id=task.round_id, base_version=task.base_version,
                           num_samples=len(x), delta=delta, metrics=metrics)
         self.link.publish(self.topics.agent_update(self.id), message(self.id, body))

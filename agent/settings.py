@@ -19,6 +19,8 @@ class AgentSettings(NodeSettings):
     seed: int = Field(default=0, description="base seed of the simulated plants")
     history_heats: int = Field(default=150, ge=0, description="heats known at start")
     heat_interval_s: float = Field(default=5.0, ge=0, description="0: no new heats")
+    drift: list[str] = Field(default_factory=list,
+                             description="simulated drift scenarios, e.g. supplier_change@300")
     store_sensors: bool = Field(
         default=True, description="sensor points go through the store; off: heats directly")
     influx: str | None = Field(default=None, description="InfluxDB URL; default: SQLite")
@@ -27,6 +29,11 @@ class AgentSettings(NodeSettings):
                             description="embedded SQLite store and InfluxDB spool")
     signal_period_s: float = Field(default=5.0, gt=0, le=60,
                                    description="simulated sensor sample period")
+    continual: bool = Field(default=True, description="drift detection, replay, adaptation")
+    train_window: int = Field(default=300, ge=1,
+                              description="continual: recent heats each local training uses")
+    replay_rows: int = Field(default=200, ge=0,
+                             description="continual: old heats replayed beside them")
     challenger_tolerance: float = Field(
         default=0.1, ge=0, description="a new global model this much worse does not serve")
     challenger_heats: int = Field(default=50, ge=1, description="recent heats it is judged on")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Protocol
 
 from agent.settings import AgentSettings
-from agent.sim import Heat, SimulatedPlant, default_plants
+from agent.sim import Drift, Heat, SimulatedPlant, default_plants, parse_drift
 
 log = logging.getLogger("alchimia.agent")
 
@@ -29,9 +30,10 @@ class HeatSource(Protocol):
 class SimulatedHeats:
     """A simulated plant whose history is known at start, then one heat per interval."""
 
-    def __init__(self, plant: int, seed: int, history: int, interval_s: float) -> None:
+    def __init__(self, plant: int, seed: int, history: int, interval_s: float,
+                 drifts: Sequence[Drift] = ()) -> None:
         profile, plant_seed = default_plants(plant, base_seed=seed)[plant - 1]
-        self.plant = SimulatedPlant(profile, plant_seed)
+        self.plant = SimulatedPlant(profile, plant_seed, drifts)
         self.name = profile.name
         self.n_history = history
         self.interval_s = interval_s
@@ -56,9 +58,10 @@ class SimulatedHeats:
 def build_heat_source(settings: AgentSettings) -> HeatSource:
     """The agent's data path from its settings: simulator -> store -> heat assembly, or,
     with ``store_sensors`` off, finished heats straight from the simulator."""
+    drifts = [parse_drift(spec) for spec in settings.drift]
     if not settings.store_sensors:
         return SimulatedHeats(settings.plant, settings.seed, settings.history_heats,
-                              settings.heat_interval_s)
+                              settings.heat_interval_s, drifts)
     from agent.pipeline import simulated_pipeline
     from agent.store import open_store
 
@@ -71,4 +74,4 @@ def build_heat_source(settings: AgentSettings) -> HeatSource:
     log.info("agent %s stores sensor data in %s", settings.agent_id, where)
     return simulated_pipeline(settings.plant, settings.seed, settings.history_heats,
                               settings.heat_interval_s, store,
-                              period_s=settings.signal_period_s)
+                              period_s=settings.signal_period_s, drifts=drifts)

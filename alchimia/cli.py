@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--seed", type=int)
     agent.add_argument("--history-heats", type=int)
     agent.add_argument("--heat-interval", dest="heat_interval_s", type=float)
+    agent.add_argument("--drift", action="append", metavar="SCENARIO@HEAT",
+                       help="simulated drift, e.g. supplier_change@300 (repeatable)")
     agent.add_argument("--influx", help="InfluxDB URL (1.x HTTP API); default: embedded SQLite")
     agent.add_argument("--database", help="InfluxDB database (default alchimia)")
     agent.add_argument("--state-dir", type=Path, help="SQLite store and InfluxDB spool")
