@@ -78,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--state-dir", type=Path, help="SQLite store and InfluxDB spool")
     agent.add_argument("--signal-period", dest="signal_period_s", type=float,
                        help="simulated sensor sample period in seconds")
+    experiment = sub.add_parser("experiment", help="offline experiments on simulated plants")
+    kinds = experiment.add_subparsers(dest="experiment", required=True, metavar="{drift}")
+    drift = kinds.add_parser("drift", help="supplier change at one plant: local, static "
+                             "global, federated, federated + continual learning")
+    drift.add_argument("--log-level", default="WARNING")
+    try:  # torch is needed: an inference-only install has no experiments
+        from alchimia.experiment import add_arguments as add_experiment_arguments
+    except ImportError as exc:
+        drift.set_defaults(missing=f"needs the training extra (pip install .[train]): {exc}")
+    else:
+        add_experiment_arguments(drift)
+
     from deploy.provision import add_arguments as add_provision_arguments
 
     provision = sub.add_parser("provision", help="create or update a federation's CA, "
@@ -157,6 +169,15 @@ def run_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_experiment(args: argparse.Namespace) -> int:
+    if getattr(args, "missing", None):
+        print(f"alchimia experiment: {args.missing}", file=sys.stderr)
+        return 2
+    from alchimia.experiment import run
+
+    return run(args)
+
+
 def run_provision(args: argparse.Namespace) -> int:
     from deploy.provision import run
 
@@ -176,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     commands = {"demo": run_demo_command, "coordinator": run_coordinator, "agent": run_agent,
-                "provision": run_provision}
+                "provision": run_provision, "experiment": run_experiment}
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as exc:  # settings errors: say what to fix
