@@ -7,7 +7,7 @@ install:
 demo: install
 	.venv/bin/alchimia demo $(ARGS)
 
-# pytest exits 5 when it collects no test: that is a failure of the suite, not a pass.
+# pytest exits 5 when it collects no test; make reports that as a failure, as it should.
 test: install
 	.venv/bin/pytest -q $(ARGS)
 
