@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -46,3 +49,23 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def alchimia(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The ``alchimia`` command as a separate process, output captured as text."""
+    return subprocess.Popen([sys.executable, "-m", "alchimia", *args],
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def run_until_coordinator_exits(coordinator: subprocess.Popen, agents: list[subprocess.Popen],
+                                timeout: float = 180) -> tuple[int, str, list[str]]:
+    """Wait for a coordinator started with ``--rounds``; stop the agents; return
+    (coordinator exit code, coordinator output, agent outputs)."""
+    try:
+        out, _ = coordinator.communicate(timeout=timeout)
+    finally:
+        for a in agents:
+            a.terminate()
+        logs = [a.communicate(timeout=30)[0] for a in agents]
+    return coordinator.returncode, out, logs

@@ -3,18 +3,10 @@ three documented ways (TOML file, environment, flags), against a real Mosquitto.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from coordinator.persistence import CoordinatorDB
-
-
-def _alchimia(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "alchimia", *args],
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+from tests.integration.helpers import alchimia, run_until_coordinator_exits
 
 
 def test_processes_federate_with_file_env_and_flag_settings(mosquitto, tmp_path: Path) -> None:
@@ -23,23 +15,18 @@ def test_processes_federate_with_file_env_and_flag_settings(mosquitto, tmp_path:
     # The file says 9 rounds and another federation; env and flags must win over it.
     config.write_text(f'federation = "wrong"\nrounds = 9\nmin_agents = 2\n'
                       f'state_dir = "{state}"\nepochs = 1\n')
-    coordinator = _alchimia("coordinator", "--config", str(config), "--broker", mosquitto.url,
+    coordinator = alchimia("coordinator", "--config", str(config), "--broker", mosquitto.url,
                             "--rounds", "2",
                             env={"ALCHIMIA_COORDINATOR_FEDERATION": "cli"})
     agents = [
-        _alchimia("agent", "--broker", mosquitto.url, "--plant", str(i),
+        alchimia("agent", "--broker", mosquitto.url, "--plant", str(i),
                   "--history-heats", "50", "--heat-interval", "0",
                   "--state-dir", str(tmp_path / "agents"),
                   env={"ALCHIMIA_AGENT_FEDERATION": "cli", "ALCHIMIA_AGENT_AGENT_ID": f"p{i}"})
         for i in (1, 2)
     ]
-    try:
-        out, _ = coordinator.communicate(timeout=180)
-    finally:
-        for a in agents:
-            a.terminate()
-        agent_logs = [a.communicate(timeout=30)[0] for a in agents]
-    assert coordinator.returncode == 0, out
+    code, out, agent_logs = run_until_coordinator_exits(coordinator, agents)
+    assert code == 0, out
     assert "federation cli" in out and "round 2 closed" in out, out
     db = CoordinatorDB(state)
     try:
@@ -52,10 +39,10 @@ def test_processes_federate_with_file_env_and_flag_settings(mosquitto, tmp_path:
 
 
 def test_bad_settings_fail_with_a_clear_message(tmp_path: Path) -> None:
-    proc = _alchimia("agent", "--broker", "http://nope", "--agent-id", "a")
+    proc = alchimia("agent", "--broker", "http://nope", "--agent-id", "a")
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "mqtt://HOST:PORT" in out
-    proc = _alchimia("coordinator", "--config", str(tmp_path / "missing.toml"))
+    proc = alchimia("coordinator", "--config", str(tmp_path / "missing.toml"))
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "does not exist" in out

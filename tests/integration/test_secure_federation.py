@@ -4,9 +4,6 @@ identity bundles' config files; models are signed and verified."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,12 +12,8 @@ from agent.settings import AgentSettings
 from broker.embedded import free_port
 from coordinator.persistence import CoordinatorDB
 from deploy.provision import provision
+from tests.integration.helpers import alchimia, run_until_coordinator_exits
 from tests.integration.test_broker_security import secure_broker, write_federation
-
-
-def _alchimia(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "alchimia", *args], env=os.environ.copy(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.fixture
@@ -41,20 +34,15 @@ def secured(tmp_path: Path):
 def test_provisioned_federation_runs_over_mutual_tls_with_signed_models(
         secured: Path, tmp_path: Path) -> None:
     ids = secured / "identities"
-    coordinator = _alchimia("coordinator", "--config", str(ids / "coordinator/coordinator.toml"),
+    coordinator = alchimia("coordinator", "--config", str(ids / "coordinator/coordinator.toml"),
                             "--state-dir", str(tmp_path / "state"), "--rounds", "2",
                             "--min-agents", "2", "--epochs", "1")
-    agents = [_alchimia("agent", "--config", str(ids / f"plant-{i}/agent.toml"),
+    agents = [alchimia("agent", "--config", str(ids / f"plant-{i}/agent.toml"),
                         "--plant", str(i), "--history-heats", "40", "--heat-interval", "0",
                         "--signal-period", "10", "--state-dir", str(tmp_path / "agents"))
               for i in (1, 2)]
-    try:
-        out, _ = coordinator.communicate(timeout=180)
-    finally:
-        for a in agents:
-            a.terminate()
-        logs = [a.communicate(timeout=30)[0] for a in agents]
-    assert coordinator.returncode == 0, out
+    code, out, logs = run_until_coordinator_exits(coordinator, agents)
+    assert code == 0, out
     assert "round 2 closed" in out, out
     for log in logs:
         assert "sent update for round 2" in log and "rejected model" not in log, log
