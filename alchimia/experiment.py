@@ -7,10 +7,15 @@ test-then-train on every heat of that plant:
 (a) ``local``: each plant trains its own model on all its heats, alone;
 (b) ``static``: a global model pre-trained federatedly on the history, then frozen;
 (c) ``fedavg``: FedAvg rounds on each plant's full accumulated heats, no drift handling;
-(d) ``continual``: FedAvg rounds on recent heats plus balanced replay (EWC optional), a
-    Page-Hinkley detector per target on each site's error stream (and a PSI input
-    monitor), and on a detection an immediate plant-only fine-tune that the site serves,
-    refreshed every few heats and after every round; the global model stays federated.
+(d) ``continual``: FedAvg rounds on each plant's recent heats plus regime-balanced replay
+    (EWC available, off by default), a Page-Hinkley detector per target on each site's
+    error stream (and a PSI input monitor), and a plant-only fine-tune of the global model
+    that each site serves; a detection starts a new regime (the fine-tune forgets the
+    rows before the estimated onset) and re-tunes at once and every few heats while the
+    regime is young, without waiting for a round. The global model stays federated.
+
+Two ablation rows take (d) apart: its federated model without the site fine-tune, and
+the site fine-tune refreshed after every round but with no detector.
 
 Every arm starts from the same history and the same initial weights, trains with the same
 epochs and learning rate per round, and sees each heat only after predicting it.
