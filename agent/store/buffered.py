@@ -241,19 +241,20 @@ class BufferedWriter:
                              self.sink.describe(), time.monotonic() - self._outage_since,
                              self.spool.pending_points)
                     self._outage_since = None
-                self.spool.commit(batch)
+                # Stats first: flush() returns as soon as the commit lands.
                 self.stats.sent_points += batch.points
                 self.stats.sent_batches += 1
+                self.spool.commit(batch)
             elif result.outcome is Outcome.REJECT:
                 refused = batch.points if result.rejected is None else result.rejected_points or 0
+                self.stats.rejected_points += refused
+                self.stats.rejected_batches += 1
+                self.stats.sent_points += batch.points - refused
                 path = self.spool.reject(batch, result.reason, result.status,
                                          payload=result.rejected, points=refused)
                 log.error("%s refused %d of a batch of %d points (HTTP %s): %s; moved to %s",
                           self.sink.describe(), refused, batch.points, result.status,
                           result.reason, path)
-                self.stats.rejected_points += refused
-                self.stats.rejected_batches += 1
-                self.stats.sent_points += batch.points - refused
             else:
                 self.stats.last_error = result.reason
                 if self._outage_since is None:
