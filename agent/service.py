@@ -287,7 +287,8 @@ class Agent:
             x, y = x[-self.settings.train_window:], y[-self.settings.train_window:]
             replay = self.learner.replay_rows(self.settings.replay_rows)
         cfg = TrainConfig(epochs=task.epochs, lr=task.lr, batch_size=task.batch_size,
-                          proximal_mu=task.hyper.get("proximal_mu", 0.0), seed=task.round_id)
+                          proximal_mu=task.hyper.get("proximal_mu", 0.0), seed=task.round_id,
+                          ewc_lambda=self.settings.ewc_lambda)
         delta, metrics = train_delta(self.spec, self.base_weights, x, y, cfg, replay=replay)
         body = UpdateBody(round_id=task.round_id, base_version=task.base_version,
                           num_samples=len(x), delta=delta, metrics=metrics)

@@ -34,6 +34,9 @@ class AgentSettings(NodeSettings):
                               description="continual: recent heats each local training uses")
     replay_rows: int = Field(default=200, ge=0,
                              description="continual: old heats replayed beside them")
+    ewc_lambda: float = Field(
+        default=0.0, ge=0, description="EWC strength against forgetting in local training "
+        "(0: off; replay alone did as well in the drift experiment, docs/CONTINUAL.md)")
     challenger_tolerance: float = Field(
         default=0.1, ge=0, description="a new global model this much worse does not serve")
     challenger_heats: int = Field(default=50, ge=1, description="recent heats it is judged on")
