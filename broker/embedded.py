@@ -34,8 +34,9 @@ class EmbeddedBroker:
         return f"mqtt://{self.host}:{self.port}"
 
     def start(self) -> EmbeddedBroker:
-        # amqtt logs every connection at INFO; the demo's own output is what matters.
-        logging.getLogger("amqtt").setLevel(logging.WARNING)
+        # amqtt logs every connection at INFO and benign PUBACK races at WARNING; the
+        # demo's own output is what matters.
+        logging.getLogger("amqtt").setLevel(logging.ERROR)
         self._thread.start()
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
