@@ -26,12 +26,10 @@ def scaled_error(pred: np.ndarray, actual: np.ndarray, y_scale: np.ndarray) -> f
     return float((np.abs(pred - actual).mean(axis=0) / y_scale).mean())
 
 
-def judge(champion: np.ndarray | None, challenger: np.ndarray, actual: np.ndarray,
+def judge(champion: np.ndarray, challenger: np.ndarray, actual: np.ndarray,
           y_scale: np.ndarray, tolerance: float, min_heats: int) -> Verdict:
     """Swap unless the challenger's error exceeds the champion's by more than ``tolerance``
     (a fraction) on at least ``min_heats`` recent heats."""
-    if champion is None:
-        return Verdict(True, "no model is serving yet")
     if len(actual) < min_heats:
         return Verdict(True, f"only {len(actual)} recent heats (< {min_heats}) to judge on")
     old = scaled_error(champion, actual, y_scale)

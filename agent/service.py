@@ -14,7 +14,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from agent.champion import judge
+from agent.champion import Verdict, judge
 from agent.continual import local_finetune
 from agent.dataset import HeatTable
 from agent.evaluation import mae_by_target
@@ -170,14 +170,15 @@ class Agent:
         An admin rollback always serves: it is a deliberate decision, not a candidate.
         """
         assert self.spec is not None
-        if self.serving is not None and self.recent and "rollback_of" not in body.metadata:
-            x = np.stack([r[0] for r in self.recent])
-            y = np.stack([r[1] for r in self.recent])
+        if "rollback_of" in body.metadata:
+            verdict = Verdict(True, f"admin rollback to version {body.metadata['rollback_of']}")
+        elif self.serving is None or not self.recent:
+            verdict = Verdict(True, "no serving model or no recent heats to judge on")
+        else:
+            x, y = self._recent_arrays()
             verdict = judge(self.serving.predict(x), challenger.predict(x), y,
                             np.asarray(self.spec.y_scale), self.settings.challenger_tolerance,
                             self.settings.challenger_min_heats)
-        else:
-            verdict = judge(None, np.empty(0), np.empty(0), np.empty(0), 0.0, 0)
         if not verdict.swap:
             self.challengers_rejected += 1
             log.warning("agent %s keeps serving version %s, not %d: %s", self.id,
@@ -191,6 +192,10 @@ class Agent:
         self.serving, self.serving_version, self.serving_local = challenger, body.version, False
         log.info("agent %s now serves model version %d (%s)", self.id, body.version,
                  verdict.reason)
+
+    def _recent_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The latest heats' features and outcomes, oldest first."""
+        return (np.stack([r[0] for r in self.recent]), np.stack([r[1] for r in self.recent]))
 
     def _report_rejected_model(self, version: int, reason: str) -> None:
         """Keep serving the current model and tell the coordinator's admins why."""
@@ -247,8 +252,7 @@ class Agent:
             model_version=self.serving_version, scope="drift", values=event.values())))
         if self.spec is None or self.base_weights is None or len(self.recent) < 5:
             return
-        x = np.stack([r[0] for r in self.recent])
-        y = np.stack([r[1] for r in self.recent])
+        x, y = self._recent_arrays()
         replay = self.learner.replay_rows(self.settings.replay_rows) if self.learner else None
         weights = local_finetune(self.spec, self.base_weights, x, y, replay=replay,
                                  seed=len(self.recent))

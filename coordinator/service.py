@@ -360,13 +360,8 @@ class Coordinator:
         if selected is None:
             return None
         window_id, self.next_round_id = self.next_round_id, self.next_round_id + 1
-        window: Window
-        if s.mode == "async":
-            window = AsyncWindow(window_id, self.version, s.buffer_k, s.max_staleness,
-                                 self.staleness, frozenset(selected))
-        else:
-            window = SyncRound(window_id, self.version, frozenset(selected),
-                               min(s.min_agents, len(selected)), time.time() + s.round_timeout_s)
+        window = self._make_window(s.mode, window_id, self.version, selected,
+                                   time.time() + s.round_timeout_s)
         self.db.save_round(window_id, s.mode, self.version, "open", selected, time.time(),
                            self._deadline(window))
         return window
@@ -388,14 +383,7 @@ class Coordinator:
             self.db.save_round(window_id, mode, base, "abandoned", selected, opened, deadline,
                                time.time())
             return None
-        s = self.settings
-        window: Window
-        if mode == "async":
-            window = AsyncWindow(window_id, base, s.buffer_k, s.max_staleness, self.staleness,
-                                 frozenset(selected))
-        else:
-            window = SyncRound(window_id, base, frozenset(selected),
-                               min(s.min_agents, len(selected)), deadline)
+        window = self._make_window(mode, window_id, base, selected, deadline)
         acc = self.strategy.open_round(self.weights)
         pending = self.db.pending_updates(window_id)
         for msg_id, agent, base_version, weight, payload in pending:
@@ -404,6 +392,15 @@ class Coordinator:
         self.window, self._accumulator = window, acc
         log.info("resumed round %d with %d accepted updates", window_id, len(pending))
         return window
+
+    def _make_window(self, mode: str, window_id: int, base: int, selected: list[str],
+                     deadline: float) -> Window:
+        s = self.settings
+        if mode == "async":
+            return AsyncWindow(window_id, base, s.buffer_k, s.max_staleness, self.staleness,
+                               frozenset(selected))
+        return SyncRound(window_id, base, frozenset(selected), min(s.min_agents, len(selected)),
+                         deadline)
 
     @staticmethod
     def _deadline(window: Window) -> float:

@@ -27,6 +27,6 @@ def test_similar_or_better_challenger_swaps_in() -> None:
     assert judge(champion, ACTUAL, ACTUAL, SCALE, 0.1, 3).swap
 
 
-def test_first_model_and_too_few_heats_always_swap() -> None:
-    assert judge(None, ACTUAL * 9, ACTUAL, SCALE, 0.1, 3).swap
+def test_too_few_heats_to_judge_on_always_swaps() -> None:
     assert judge(ACTUAL, ACTUAL * 9, ACTUAL, SCALE, 0.1, 4).swap
+    assert not judge(ACTUAL, ACTUAL * 9, ACTUAL, SCALE, 0.1, 3).swap
