@@ -131,10 +131,9 @@ class BufferedWriter:
             raise StoreError("store is closed")
         n = self.batch_size
         with self._write_lock:
-            lines = self._encoder.encode_lines(points)
             records = [
-                ("".join(lines[i : i + n]).encode(), len(lines[i : i + n]))
-                for i in range(0, len(lines), n)
+                (self._encoder.encode(points[i : i + n]), len(points[i : i + n]))
+                for i in range(0, len(points), n)
             ]
             self.spool.append(records)
         if self.spool.pending_points >= n and self._outage_since is None:

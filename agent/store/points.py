@@ -19,17 +19,20 @@ Values InfluxDB would silently drop or mangle (NaN/inf, empty tag values, the ke
 a measurement starting with ``#``, newlines in names) are refused with a ValueError, so
 that what one reads back always equals what one wrote.
 
-The encoder's hot path (one cached ``%``-template per measurement + tag set + field keys, so
-the tag-set prefix is escaped once and the floats are formatted in C) is what keeps the
-agent's CPU per point low.
+The encoder's hot path (:class:`LineEncoder`: a run of points of one shape is checked with
+C-level list operations and formatted with one ``%`` over a cached template, so escaping
+happens once per shape and per-point Python work is nearly gone) is what keeps the agent's
+CPU per point low; :func:`encode_line` stays the reference it must match byte for byte.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain, compress, count
+from operator import and_, attrgetter, eq, not_
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeAlias
 
@@ -53,6 +56,8 @@ _KEY_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
 _MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ "})
 _STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
 _TEMPLATE_CACHE_MAX = 4096
+#: Shorter runs are encoded point by point: the run checks cost a few microseconds each.
+_MIN_RUN = 8
 
 
 class StoreError(Exception):
@@ -204,40 +209,76 @@ def encode_line(point: Point) -> str:
 
 class _Template(NamedTuple):
     tags: dict[str, str]  # snapshot: an id() hit is only trusted if the tags still equal it
-    text: str  # "prefix f1=%r,f2=%di %d\n"
+    text: str  # one line: "prefix f1=%r,f2=%di %d\n"
     types: tuple[type, ...]
-    ints: tuple[int, ...]  # positions of integer fields (range-checked per point)
+    ints: tuple[int, ...]  # positions of integer fields (range-checked)
+    keys: list[str]  # the field keys and their value types as lists: a run's checks
+    type_list: list[type]  # compare them repeated, with one C-level comparison each
+
+
+_MEASUREMENT = attrgetter("measurement")
+_TAGS = attrgetter("tags")
+_FIELDS = attrgetter("fields")
+_TS = attrgetter("ts_ns")
 
 
 class LineEncoder:
-    """Encodes points to line protocol, caching one ``%``-template per point shape.
+    """Encodes points to line protocol with one cached ``%``-template per point shape.
 
-    A shape is measurement + tag set + field keys with their value types. Furnace data
-    repeats one shape for a whole heat, so escaping and sorting happen once per heat and a
-    point costs a type check and one C-level ``%`` formatting. The first-level cache is keyed
-    by the *identity* of the tags mapping (sources reuse one tags dict per heat), confirmed by
-    an equality check, so no per-point tuple of the tag items is built; the second level,
-    keyed by the tag items, serves callers that build a fresh tags dict per point. Points with
-    string or bool fields take the slow path (:func:`encode_line`). Not thread safe.
+    A shape is measurement + tag set + field keys in order + their value types. Furnace
+    data keeps one shape for a whole heat, so a whole batch (or each long run of one shape)
+    is checked column-wise with C-level list operations (equal measurements and tags, the
+    same keys and types, finite floats, integers and timestamps in range) and formatted
+    with a single ``%`` over the template repeated once per point: per-point Python work,
+    which cost as much as the float formatting itself, is nearly gone. Short runs go point
+    by point through the template cache, whose first level is keyed by the *identity* of
+    the tags mapping (sources reuse one tags dict per heat) and confirmed by an equality
+    check, the second by the tag items (for sources that build a tags dict per point).
+    Anything else (strings, bools, NaN, numpy scalars, invalid points) goes to
+    :func:`encode_line`, which also raises the exact error. Not thread safe.
     """
 
     def __init__(self) -> None:
         self._by_id: dict[tuple[Any, ...], _Template] = {}
         self._by_items: dict[tuple[Any, ...], _Template] = {}
 
-    def _lookup(self, point: Point, types: tuple[type, ...]) -> _Template | None:
+    def encode(self, points: Sequence[Point]) -> bytes:
+        """The points as newline-terminated lines; raises on the first invalid point."""
+        out: list[str] = []
+        if len(points) >= _MIN_RUN and self._encode_run(points, out):
+            return out[0].encode()
+        done = 0
+        for lo, hi in _runs(points):
+            if hi - lo >= _MIN_RUN:
+                self._encode_points(points[done:lo], out)
+                run = points[lo:hi]
+                if not self._encode_run(run, out):
+                    self._encode_points(run, out)
+                done = hi
+        self._encode_points(points[done:], out)
+        return "".join(out).encode()
+
+    def _template(self, point: Point, types: tuple[type, ...]) -> _Template | None:
+        """The template for this point's shape; None if only encode_line can encode it."""
+        entry = self._by_id.get((point.measurement, id(point.tags), *point.fields))
+        if entry is not None and entry.types == types and entry.tags == point.tags:
+            return entry
         key = (point.measurement, *point.tags.items(), *point.fields)
         entry = self._by_items.get(key)
         if entry is None or entry.types != types:
             if not all(t is float or t is int for t in types) or not point.fields:
                 return None
-            prefix = series_prefix(point.measurement, point.tags).replace("%", "%%")
-            specs = []
-            for k, t in zip(point.fields, types, strict=True):
-                name = escape_key(_check_name("field key", k)).replace("%", "%%")
-                specs.append(f"{name}=%r" if t is float else f"{name}=%di")
+            try:
+                prefix = series_prefix(point.measurement, point.tags).replace("%", "%%")
+                names = [escape_key(_check_name("field key", k)).replace("%", "%%")
+                         for k in point.fields]
+            except (TypeError, ValueError):
+                return None  # encode_line raises the error it would raise for this point
+            specs = [f"{name}=%r" if t is float else f"{name}=%di"
+                     for name, t in zip(names, types, strict=True)]
             ints = tuple(i for i, t in enumerate(types) if t is int)
-            entry = _Template(dict(point.tags), f"{prefix} {','.join(specs)} %d\n", types, ints)
+            entry = _Template(dict(point.tags), f"{prefix} {','.join(specs)} %d\n", types, ints,
+                              list(point.fields), list(types))
             if len(self._by_items) >= _TEMPLATE_CACHE_MAX:
                 self._by_items.clear()
             self._by_items[key] = entry
@@ -246,9 +287,7 @@ class LineEncoder:
         self._by_id[(point.measurement, id(point.tags), *point.fields)] = entry
         return entry
 
-    def encode_lines(self, points: Iterable[Point]) -> list[str]:
-        """Each point as one newline-terminated line; raises on the first invalid point."""
-        out: list[str] = []
+    def _encode_points(self, points: Sequence[Point], out: list[str]) -> None:
         append = out.append
         by_id = self._by_id
         for p in points:
@@ -258,19 +297,71 @@ class LineEncoder:
             tags = p.tags
             entry = by_id.get((p.measurement, id(tags), *fields))
             if entry is None or entry.types != types or entry.tags != tags:
-                entry = self._lookup(p, types)
+                entry = self._template(p, types)
             ts = p.ts_ns
             if entry is not None and type(ts) is int and TS_MIN <= ts <= TS_MAX:
-                total = sum(values)
                 ints = entry.ints
-                # NaN/inf make the sum non-finite (so may an overflow): the slow path decides.
-                if total - total == 0 and (
-                    not ints or all(INT64_MIN <= values[i] <= INT64_MAX for i in ints)
-                ):
-                    append(entry.text % (*values, ts))
-                    continue
-            append(encode_line(p) + "\n")
-        return out
+                if not ints or all(INT64_MIN <= values[i] <= INT64_MAX for i in ints):
+                    total = sum(values)
+                    if total - total == 0:  # see _encode_run
+                        append(entry.text % (*values, ts))
+                        continue
+            append(encode_line(p) + "\n")  # raises if the point is invalid
 
-    def encode(self, points: Sequence[Point]) -> bytes:
-        return "".join(self.encode_lines(points)).encode()
+    def _encode_run(self, run: Sequence[Point], out: list[str]) -> bool:
+        """Append the whole run if all its points have the first one's shape and are valid."""
+        head = run[0]
+        fields = list(map(_FIELDS, run))
+        if type(head.fields) is not dict or list(map(type, fields)).count(dict) != len(run):
+            return False
+        entry = self._template(head, tuple(map(type, head.fields.values())))
+        if entry is None:
+            return False
+        n = len(run)
+        if (list(map(_MEASUREMENT, run)).count(head.measurement) != n
+                # Equal, not identical: a source may build a new tags dict per point.
+                or list(map(_TAGS, run)).count(entry.tags) != n
+                or list(map(len, fields)).count(len(entry.keys)) != n
+                or list(chain.from_iterable(fields)) != entry.keys * n):
+            return False
+        values = list(chain.from_iterable(map(dict.values, fields)))
+        if list(map(type, values)) != entry.type_list * n:
+            return False
+        k = len(entry.keys)
+        for i in entry.ints:
+            column = values[i::k]
+            if min(column) < INT64_MIN or max(column) > INT64_MAX:
+                return False
+        # NaN or an infinity makes the sum non-finite (so may an overflow of finite values:
+        # those points then go point by point, and to encode_line, which takes them).
+        total = sum(values)
+        if total - total != 0:
+            return False
+        stamps = list(map(_TS, run))
+        if (list(map(type, stamps)).count(int) != n or min(stamps) < TS_MIN
+                or max(stamps) > TS_MAX):
+            return False
+        args: list[object] = [None] * (n * (k + 1))
+        for i in range(k):
+            args[i :: k + 1] = values[i::k]
+        args[k :: k + 1] = stamps
+        out.append((entry.text * n) % tuple(args))
+        return True
+
+
+def _runs(points: Sequence[Point]) -> list[tuple[int, int]]:
+    """``[lo, hi)`` ranges of consecutive points that seem to share one shape.
+
+    Only a hint for where to try :meth:`LineEncoder._encode_run`, which checks everything:
+    comparing numbers of fields instead of field keys is exact enough and far cheaper.
+    """
+    try:
+        sizes = list(map(len, map(_FIELDS, points)))
+    except TypeError:  # fields without a length: encode_line will say what is wrong
+        return [(0, len(points))]
+    measurements = list(map(_MEASUREMENT, points))
+    tags = list(map(_TAGS, points))
+    same = map(and_, map(and_, map(eq, measurements[1:], measurements),
+                         map(eq, tags[1:], tags)), map(eq, sizes[1:], sizes))
+    starts = [0, *compress(count(1), map(not_, same))]
+    return list(zip(starts, [*starts[1:], len(points)], strict=True))
