@@ -352,7 +352,8 @@ class Spool:
             sizes = dict(self._sizes)
             active = self._active
         seg, off = start
-        chunks: list[bytes] = []
+        # Views into the windows read: checksums and the join below copy nothing else.
+        chunks: list[memoryview] = []
         points = nbytes = 0
 
         def batch(at: Position) -> Batch:
@@ -362,7 +363,7 @@ class Spool:
             end = sizes[seg]
             fd = self._read_fd(seg)
             while off < end:
-                window = os.pread(fd, min(end - off, max(max_bytes, _READ_CHUNK)), off)
+                window = memoryview(os.pread(fd, min(end - off, max(max_bytes, _READ_CHUNK)), off))
                 pos = 0
                 while pos < len(window):
                     length = count = 0
@@ -374,7 +375,7 @@ class Spool:
                         if pos > 0:
                             break  # the record continues past the window: read from here
                         if off + HEADER_SIZE + length <= end:  # a record larger than the window
-                            window = os.pread(fd, HEADER_SIZE + length, off)
+                            window = memoryview(os.pread(fd, HEADER_SIZE + length, off))
                     bad = self._check_record(window, pos)
                     if bad:
                         if chunks:
