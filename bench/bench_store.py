@@ -1,10 +1,24 @@
-"""Benchmark of the agent's sensor store: throughput into influxd and agent CPU per point.
+"""Benchmark of the agent's sensor store: agent CPU per point, and throughput into influxd.
+
+The target (the issue's): at most 1 ms of agent CPU per 1,000 points, a point being one
+sensor value, i.e. one field value, so that a furnace sending 1,000 values/s costs the
+gateway under 0.1% of a core. The store writes one line-protocol point per sample time with
+the channels as its fields (InfluxDB's recommended layout), so the figure is given both per
+1,000 field values (the target's unit) and per 1,000 line-protocol points.
 
 Why CPU and not wall time: the agent shares an edge gateway with the furnace's other
 software, so what matters is the CPU it spends per point (encoding, spooling with fsync,
 gzip, HTTP), measured with ``getrusage`` of this process only (influxd is a child and not
-counted) minus the main thread's CPU spent making the synthetic points. Wall-clock
-throughput is printed too, as a figure, never asserted.
+counted) minus the main thread's CPU spent making and dropping the synthetic points.
+Wall-clock throughput is printed too, as a figure, never asserted.
+
+Why medians: this 2-core VM is noisy (its speed drifts by tens of percent within a minute),
+so each run is cut into segments measured on their own, and the median segment is the figure.
+Here influxd also runs on the same two cores, which it would not on a plant (it lives on a
+server there): while it works, our threads get slower too. The run therefore reports how much
+more CPU making the synthetic points (plain Python work, like most of the store's) took than
+on the idle machine, and the breakdown measures each stage alone, with the machine otherwise
+idle, so that the sum of the stages shows what the agent costs without that interference.
 
 Run: ``.venv/bin/python bench/bench_store.py [--points 1000000]``.
 """
@@ -12,21 +26,25 @@ Run: ``.venv/bin/python bench/bench_store.py [--points 1000000]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import random
 import resource
+import statistics
 import sys
 import tempfile
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures
 
 from agent.store import InfluxStore, Point, SQLiteStore, Store
+from agent.store.influx import InfluxHTTP
 from agent.store.points import LineEncoder
 from agent.store.spool import Spool
 from tests.fixtures.influxd import start_influxd
@@ -34,6 +52,9 @@ from tests.fixtures.influxd import start_influxd
 T0 = 1_700_000_000_000_000_000
 CHANNELS = ("power_mw", "current_ka", "voltage_v", "electrode_mm", "temp_c", "o2_nm3h",
             "carbon_kgmin", "pf", "thd", "noise_db")
+#: The issue's target, in ms of agent CPU per 1,000 field values.
+TARGET_MS = 1.0
+BATCH_SIZE = 5000  # InfluxStore's default points per POST
 
 
 def sensor_chunk(start: int, n: int, fields: int, full_precision: bool) -> list[Point]:
@@ -70,16 +91,10 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def chunks(total: int, chunk: int, fields: int, full: bool) -> Iterator[tuple[list[Point], float]]:
-    """Yield chunks of points with the main-thread CPU it took to make them."""
-    for start in range(0, total, chunk):
-        t = time.thread_time()
-        pts = sensor_chunk(start, min(chunk, total - start), fields, full)
-        yield pts, time.thread_time() - t
-
-
-def thread_cpu_seconds(native_id: int) -> float:
+def thread_cpu_seconds(native_id: int | None) -> float:
     """CPU of one of our threads (Linux /proc), to split the caller's from the sender's."""
+    if native_id is None:
+        return 0.0
     with open(f"/proc/self/task/{native_id}/stat") as f:
         stat = f.read().rsplit(")", 1)[1].split()
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
@@ -92,69 +107,136 @@ def sender_native_id() -> int | None:
     return None
 
 
-def run_store(label: str, store: Store, total: int, chunk: int, fields: int, full: bool,
-              flush: Callable[[], None]) -> tuple[float, float]:
-    gen_cpu = 0.0
+def median_ms(samples: list[float], points: int) -> float:
+    """Median of CPU seconds spent on ``points`` points, in ms per 1,000 points."""
+    return statistics.median(samples) / points * 1e6
+
+
+def generation_ms(fields: int, chunk: int, full: bool) -> float:
+    """CPU to make (and drop) 1,000 synthetic points on the machine as it is now."""
+    samples = []
+    for rep in range(5):
+        t = time.thread_time()
+        for start in range(0, 10 * chunk, chunk):
+            sensor_chunk(rep * 10 * chunk + start, chunk, fields, full)
+        samples.append(time.thread_time() - t)
+    return median_ms(samples, 10 * chunk)
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """CPU seconds of one stretch of a run, the synthetic points' own cost taken out."""
+
+    points: int
+    agent: float  # all our threads
+    caller: float  # the thread calling write(): encode + spool + fsync
+    sender: float  # the store's sender thread: read spool + gzip + HTTP
+    making: float  # making and dropping the synthetic points
+
+
+def run_store(store: Store, total: int, chunk: int, fields: int, full: bool,
+              flush: Callable[[], None], segments: int) -> tuple[list[Segment], float]:
+    """Write ``total`` points in ``chunk``-point calls; flush; per-segment CPU and the wall."""
     sender = sender_native_id()
-    sender0 = thread_cpu_seconds(sender) if sender else 0.0
-    main0 = time.thread_time()
-    cpu0, wall0 = cpu_seconds(), time.perf_counter()
-    for pts, made in chunks(total, chunk, fields, full):
-        gen_cpu += made
-        store.write(pts)
-    write_path = time.thread_time() - main0 - gen_cpu
-    flush()
-    wall = time.perf_counter() - wall0
-    cpu = cpu_seconds() - cpu0 - gen_cpu
-    if sender:
-        sent = thread_cpu_seconds(sender) - sender0
-        print(f"  {label.strip()}: write path (encode + spool + fsync, caller's thread) "
-              f"{write_path / total * 1e6:.2f} ms, sender thread (read spool + gzip + HTTP) "
-              f"{sent / total * 1e6:.2f} ms per 1,000 points")
-    rate = total / wall
-    per_k = cpu / total * 1000 * 1000
+    per_segment = max(chunk, total // segments // chunk * chunk)
+    out = []
+    pts: list[Point] | None = None
+    wall0 = time.perf_counter()
+    for first in range(0, total, per_segment):
+        last = min(total, first + per_segment)
+        cpu0, caller0, sender0 = cpu_seconds(), time.thread_time(), thread_cpu_seconds(sender)
+        making = 0.0
+        for start in range(first, last, chunk):
+            t = time.thread_time()
+            pts = None  # dropping the previous chunk is the source's cost, not the store's
+            pts = sensor_chunk(start, min(chunk, last - start), fields, full)
+            making += time.thread_time() - t
+            store.write(pts)
+        if last == total:
+            flush()  # the last segment also pays for sending what is still spooled
+        out.append(Segment(
+            last - first, cpu_seconds() - cpu0 - making,
+            time.thread_time() - caller0 - making, thread_cpu_seconds(sender) - sender0, making,
+        ))
+    return out, time.perf_counter() - wall0
+
+
+def report(label: str, segs: list[Segment], fields: int, wall: float, idle_making: float,
+           threads: bool) -> None:
+    total = sum(s.points for s in segs)
+    per_point = [s.agent / s.points * 1e6 for s in segs]  # ms per 1,000 points
+    med = statistics.median(per_point)
+    value = med / fields
+    whole = sum(s.agent for s in segs) / total * 1e6 / fields
     print(f"{label}: {total:,} points x {fields} fields in {wall:.1f} s wall = "
-          f"{rate:,.0f} points/s sustained; agent CPU {cpu:.2f} s = {per_k:.2f} ms per 1,000 "
-          f"points ({per_k / fields:.2f} ms per 1,000 field values); "
-          f"{cpu / wall * 100:.0f}% of one core at that rate, "
-          f"{per_k / 10:.2f}% of a core at 1,000 points/s")
-    return rate, per_k
+          f"{total / wall:,.0f} points/s ({total * fields / wall:,.0f} field values/s) sustained")
+    print(f"  agent CPU: {value:.3f} ms per 1,000 field values = {med:.2f} ms per 1,000 "
+          f"line-protocol points of {fields} fields (median of {len(segs)} segments of "
+          f"{segs[0].points:,} points: {min(per_point) / fields:.3f}-"
+          f"{max(per_point) / fields:.3f}; whole run {whole:.3f})")
+    print(f"  target <= {TARGET_MS:.1f} ms per 1,000 field values: "
+          f"{'met' if value <= TARGET_MS else 'NOT met'}; 1,000 field values/s cost "
+          f"{value / 10:.3f}% of a core ({med / 10:.3f}% at 1,000 line-protocol points/s)")
+    if threads:
+        caller = statistics.median(s.caller / s.points * 1e6 for s in segs)
+        sender = statistics.median(s.sender / s.points * 1e6 for s in segs)
+        print(f"  of which the caller's thread (encode + spool + fsync) {caller:.2f} ms and the "
+              f"sender thread (read spool + gzip + HTTP) {sender:.2f} ms per 1,000 "
+              f"line-protocol points (medians)")
+    making = statistics.median(s.making / s.points * 1e6 for s in segs)
+    print(f"  interference: making the synthetic points took {making / idle_making:.2f}x their "
+          f"CPU on the idle machine ({making:.2f} vs {idle_making:.2f} ms per 1,000 points)")
 
 
-def breakdown(fields: int, chunk: int) -> None:
-    """Where the agent's CPU goes, per 1,000 points (median of 5 runs: the VM is noisy)."""
+@contextlib.contextmanager
+def timed(samples: dict[str, list[float]], stage: str) -> Iterator[None]:
+    t = time.process_time()
+    yield
+    samples.setdefault(stage, []).append(time.process_time() - t)
+
+
+def breakdown(server_url: str, fields: int, chunk: int, fsync: bool) -> None:
+    """Each stage alone, the machine otherwise idle: where the agent's CPU goes."""
     n = 50_000
-    for full in (False, True):
-        pts = sensor_chunk(0, n, fields, full)
-        enc_t, gz_t, sp_t = [], [], []
-        for _ in range(5):
-            enc = LineEncoder()
-            t = time.process_time()
-            data = enc.encode(pts)
-            enc_t.append(time.process_time() - t)
-            t = time.process_time()
-            for i in range(0, len(data), 1 << 20):
-                c = zlib.compressobj(1, zlib.DEFLATED, 31)
-                c.compress(data[i : i + (1 << 20)])
-                c.flush()
-            gz_t.append(time.process_time() - t)
-            with tempfile.TemporaryDirectory() as d:
-                spool = Spool(Path(d), max_bytes=1 << 32)
-                per = len(data) // (n // chunk)
-                recs = [(data[i : i + per], chunk) for i in range(0, len(data), per)]
-                t = time.process_time()
-                for rec in recs:
-                    spool.append([rec])
-                sp_t.append(time.process_time() - t)
-                spool.close()
-
-        def ms(xs: list[float]) -> float:
-            return sorted(xs)[2] / n * 1e6
-
-        kind = "full-precision floats" if full else "sensor values"
-        print(f"  breakdown, {kind}: encode {ms(enc_t):.2f} ms, gzip-1 {ms(gz_t):.2f} ms, "
-              f"spool append+fsync {ms(sp_t):.2f} ms per 1,000 points "
-              f"({len(data) / n:.0f} bytes of line protocol a point)")
+    http = InfluxHTTP(server_url, "bench_breakdown")
+    http.create_database()
+    try:
+        for full in (False, True):
+            chunks = [sensor_chunk(s, chunk, fields, full) for s in range(0, n, chunk)]
+            samples: dict[str, list[float]] = {}
+            for _ in range(5):
+                enc = LineEncoder()
+                with timed(samples, "encode"):
+                    records = [(enc.encode(c), len(c)) for c in chunks]
+                with tempfile.TemporaryDirectory() as d:
+                    spool = Spool(Path(d), max_bytes=1 << 32, fsync=fsync)
+                    with timed(samples, "spool append+fsync"):
+                        for record in records:
+                            spool.append([record])
+                    batches = []
+                    with timed(samples, "spool read+commit"):
+                        while (batch := spool.read_batch(BATCH_SIZE)) is not None:
+                            batches.append(batch.payload)
+                            spool.commit(batch)
+                    spool.close()
+                with timed(samples, "gzip-1"):
+                    for payload in batches:
+                        c = zlib.compressobj(1, zlib.DEFLATED, 31)
+                        c.compress(payload)
+                        c.flush()
+                with timed(samples, "gzip-1+HTTP"):
+                    for payload in batches:
+                        http.send(payload, BATCH_SIZE)
+            ms = {stage: median_ms(times, n) for stage, times in samples.items()}
+            ms["HTTP"] = ms.pop("gzip-1+HTTP") - ms["gzip-1"]
+            parts = ", ".join(f"{stage} {v:.2f}" for stage, v in ms.items())
+            size = sum(len(b) for b in batches) / n
+            print(f"  breakdown, {'full-precision floats' if full else 'sensor values'}: "
+                  f"{parts}; sum {sum(ms.values()):.2f} ms per 1,000 line-protocol points "
+                  f"= {sum(ms.values()) / fields:.3f} ms per 1,000 field values "
+                  f"({size:.0f} bytes of line protocol a point)")
+    finally:
+        http.close()
 
 
 def main() -> None:
@@ -162,37 +244,44 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=1_000_000)
     ap.add_argument("--fields", type=int, default=10, choices=range(1, len(CHANNELS) + 1))
     ap.add_argument("--chunk", type=int, default=1000, help="points per write() call")
+    ap.add_argument("--segments", type=int, default=5,
+                    help="stretches of each run measured apart (the figure is their median)")
     ap.add_argument("--full-precision", action="store_true",
                     help="random 17-digit floats instead of sensor-like values")
     ap.add_argument("--no-fsync", action="store_true")
     ap.add_argument("--skip-sqlite", action="store_true")
     args = ap.parse_args()
     fsync = not args.no_fsync
+    full = args.full_precision
     print(f"store benchmark: {args.points:,} points, {args.fields} fields each, "
           f"{args.chunk} points per write(), fsync={fsync}, "
-          f"{'full-precision' if args.full_precision else 'sensor'} values")
+          f"{'full-precision' if full else 'sensor'} values; target <= {TARGET_MS:.1f} ms of "
+          f"agent CPU per 1,000 field values")
+    idle_making = generation_ms(args.fields, args.chunk, full)
     with tempfile.TemporaryDirectory(prefix="alchimia-bench-") as tmp:
         root = Path(tmp)
         server = start_influxd(root / "influxd")
         try:
             store = InfluxStore(server.url, "bench", root / "spool", fsync=fsync,
-                                flush_timeout=3600)
-            run_store("InfluxDB store", store, args.points, args.chunk, args.fields,
-                      args.full_precision, store.flush)
+                                batch_size=BATCH_SIZE, flush_timeout=3600)
+            segs, wall = run_store(store, args.points, args.chunk, args.fields, full,
+                                   store.flush, args.segments)
+            report("InfluxDB store", segs, args.fields, wall, idle_making, threads=True)
             check = sum(row[1] for s in store.http.query('SELECT COUNT("power_mw") FROM "eaf"')
                         for row in s["values"])
             print(f"  influxd holds {check:,} points (expected {args.points:,}); "
                   f"stats {store.stats}")
             store.close()
+            breakdown(server.url, args.fields, args.chunk, fsync)
         finally:
             server.stop()
         if not args.skip_sqlite:
             sqlite = SQLiteStore(root / "bench.sqlite3", fsync=fsync)
-            run_store("SQLite store  ", sqlite, args.points, args.chunk, args.fields,
-                      args.full_precision, sqlite.flush)
+            segs, wall = run_store(sqlite, args.points, args.chunk, args.fields, full,
+                                   sqlite.flush, args.segments)
+            report("SQLite store", segs, args.fields, wall, idle_making, threads=False)
             print(f"  SQLite holds {sqlite.count('eaf', {}):,} points")
             sqlite.close()
-    breakdown(args.fields, args.chunk)
 
 
 if __name__ == "__main__":
