@@ -101,6 +101,10 @@ def check_measurement(measurement: object) -> str:
     return name
 
 
+def check_field_key(key: object) -> str:
+    return _check_name("field key", key)
+
+
 def check_tags(tags: Mapping[str, str]) -> None:
     for key, value in tags.items():
         _check_name("tag key", key)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 import struct
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -514,6 +516,34 @@ def test_sqlite_reads_back_exactly_what_was_written(tmp_path: Path) -> None:
     reopened = open_store(None, sqlite_path=tmp_path / "s.db")
     assert reopened.query_points("eaf", {}) == points
     reopened.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.dictionaries(
+    st.one_of(_names, st.sampled_from(["time", "k\\", "a b", "f,=x"])),
+    st.one_of(st.floats(), st.sampled_from([1.7e308, _Real(0.5), 1, True])),
+    max_size=4), min_size=1, max_size=6))
+def test_sqlite_stores_float_fields_as_normalize_point_does(
+    fields: list[dict[str, object]],
+) -> None:
+    """The fast path for plain float fields: same validation, same stored values."""
+    with tempfile.TemporaryDirectory() as d:
+        store = SQLiteStore(Path(d) / "s.db", fsync=False)
+        for _ in range(2):  # the second time with the field keys known
+            for i, f in enumerate(fields):
+                p = Point("m", {"t": "1"}, f, i)  # type: ignore[arg-type]
+                try:
+                    want = normalize_point(p)
+                except (TypeError, ValueError) as exc:
+                    with pytest.raises(type(exc), match=re.escape(str(exc))):
+                        store.write([p])
+                else:
+                    store.write([p])
+                    (got,) = store.query_points("m", {}, i, i + 1)
+                    assert got.fields == want.fields
+                    assert list(map(type, got.fields.values())) == list(
+                        map(type, want.fields.values()))
+        store.close()
 
 
 def test_sqlite_one_day_of_one_furnace(tmp_path: Path) -> None:
