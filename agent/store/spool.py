@@ -10,7 +10,7 @@ Layout of the directory::
 
     LOCK                      flock'ed by the one process that owns the spool
     00000000000000000001.seg  segments: 8-byte magic, then records
-    committed                 "<segment id> <offset>": everything before it was acknowledged
+    committed                 "<segment id> <offset> <crc32>": everything before was acknowledged
     rejected/                 batches InfluxDB refused (4xx) or corrupt bytes, with a reason
 
 A record is ``<u32 payload length><u32 point count><u32 crc32>`` + payload (line protocol,
@@ -18,9 +18,10 @@ one point per line); the crc covers the first 8 header bytes and the payload, so
 zero-filled tail left by a crash is recognised and cut off on open (it was never
 acknowledged to a caller: ``append`` had not returned).
 
-The committed position is written without fsync: losing it only means replaying batches
-that InfluxDB already has, which is harmless because InfluxDB keeps one point per
-measurement + tag set + timestamp (a replayed point overwrites itself with the same values).
+The committed position is rewritten in place after every batch, without fsync: losing it,
+or a torn write that fails its checksum, only means replaying batches that InfluxDB already
+has, which is harmless because InfluxDB keeps one point per measurement + tag set +
+timestamp (a replayed point overwrites itself with the same values).
 Segments are deleted once entirely committed. The limit on pending bytes makes the spool
 refuse new points with :class:`SpoolFullError` (never drop accepted ones) when full.
 """
@@ -47,6 +48,7 @@ MAGIC = b"ALCSPL01"
 _HEADER = struct.Struct("<III")
 HEADER_SIZE = _HEADER.size
 _SEGMENT_SUFFIX = ".seg"
+_MARKER_BYTES = 64  # the committed marker's fixed size, so that a rewrite covers the old one
 #: Bytes read at a time: a default batch (5,000 points, ~1.2 MB) fits in one read, and after an
 #: outage a batch does not read a whole segment to use a fraction of it.
 _READ_CHUNK = 2 << 20
@@ -89,6 +91,10 @@ def frame(payload: bytes, points: int) -> bytes:
     return head + struct.pack("<I", crc) + payload
 
 
+def _marker_crc(seg: int, off: int) -> str:
+    return f"{zlib.crc32(f'{seg} {off}'.encode()):08x}"
+
+
 def _segment_name(seg_id: int) -> str:
     return f"{seg_id:020d}{_SEGMENT_SUFFIX}"
 
@@ -128,6 +134,7 @@ class Spool:
         self.rejected_dir.mkdir(exist_ok=True)
         self._lock = threading.Lock()
         self._lock_fd = self._take_lock()
+        self._marker_fd = -1
         self._sizes: dict[int, int] = {}  # segment id -> bytes of complete records
         self._read_fds: dict[int, int] = {}
         self._write_fd: int | None = None
@@ -138,6 +145,7 @@ class Spool:
         self._refused = 0
         self._closed = False
         try:
+            self._marker_fd = os.open(self.directory / "committed", os.O_RDWR | os.O_CREAT, 0o644)
             self._recover()
         except BaseException:
             self.close()
@@ -233,15 +241,21 @@ class Spool:
 
     def _read_committed(self) -> Position | None:
         try:
-            seg, off = (self.directory / "committed").read_text().split()
-            return int(seg), int(off)
-        except (OSError, ValueError):
+            fields = (self.directory / "committed").read_text().split()
+            seg, off = int(fields[0]), int(fields[1])
+        except (OSError, ValueError, IndexError):
             return None
+        if len(fields) == 2:
+            return seg, off  # written by an older version, with a rename: never torn
+        if len(fields) == 3 and fields[2] == _marker_crc(seg, off):
+            return seg, off
+        return None
 
     def _write_committed(self) -> None:
-        tmp = self.directory / "committed.tmp"
-        tmp.write_text(f"{self._committed[0]} {self._committed[1]}\n")
-        os.replace(tmp, self.directory / "committed")
+        """One ``pwrite`` in place: a temporary file and a rename cost 100 times more CPU."""
+        seg, off = self._committed
+        text = f"{seg} {off} {_marker_crc(seg, off)}".ljust(_MARKER_BYTES - 1) + "\n"
+        os.pwrite(self._marker_fd, text.encode(), 0)
 
     # -- segments ---------------------------------------------------------------------------
 
@@ -514,6 +528,9 @@ class Spool:
             for fd in self._read_fds.values():
                 os.close(fd)
             self._read_fds.clear()
+            if self._marker_fd >= 0:
+                os.close(self._marker_fd)
+                self._marker_fd = -1
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)  # releases the flock
                 self._lock_fd = -1

@@ -379,6 +379,36 @@ def test_lost_commit_marker_replays_from_the_oldest_segment(tmp_path: Path) -> N
     again.close()
 
 
+@pytest.mark.parametrize(
+    ("marker", "replayed"),
+    [
+        (None, 2),  # as written: only the unacknowledged part is sent again
+        (b"1 8", 4),  # torn before its checksum: replay from the oldest segment
+        (b"2 1 00000000" + b" " * 51 + b"\n", 4),  # checksum mismatch
+        ("legacy", 2),  # "<segment> <offset>" of an older version: trusted
+    ],
+)
+def test_commit_marker_is_checked_before_it_is_trusted(
+    tmp_path: Path, marker: bytes | str | None, replayed: int
+) -> None:
+    spool = Spool(tmp_path)
+    spool.append([lines(i, i + 1) for i in range(4)])
+    batch = spool.read_batch(2)
+    assert batch is not None
+    spool.commit(batch)
+    spool.close()
+    path = tmp_path / "committed"
+    assert len(path.read_bytes()) == 64 and path.read_text().endswith("\n")
+    if marker == "legacy":
+        path.write_text(" ".join(path.read_text().split()[:2]) + "\n")
+    elif isinstance(marker, bytes):
+        with path.open("r+b") as f:
+            f.write(marker)
+    again = Spool(tmp_path)
+    assert drain(again) == lines(4 - replayed, 4)[0]
+    again.close()
+
+
 def test_segment_files_start_with_the_format_magic(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     spool.append([lines(0, 1)])
