@@ -75,7 +75,7 @@ class SQLiteStore:
         self._db.execute("PRAGMA foreign_keys=OFF")
         self._db.executescript(_SCHEMA)
         self._series: dict[tuple[Any, ...], int] = {}
-        self._field_keys: set[tuple[str, ...]] = set()  # key tuples that passed _check_name
+        self._field_keys: set[tuple[str, ...]] = set()  # key tuples check_field_key passed
         self._closed = False
 
     # -- writing ----------------------------------------------------------------------------
