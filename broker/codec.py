@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 import numpy as np
+
+from broker.limits import DEFAULT_LIMITS, DecodeError, Limits
+from broker.unpacker import unpack_views
 
 # Wire dtype names -> numpy dtypes. Explicitly little-endian: the wire never depends on
 # the host's byte order.
@@ -29,23 +31,6 @@ RAW = "raw"
 MAX_DIMS = 8
 
 
-class DecodeError(ValueError):
-    """A message that must be rejected; the text is the logged reason."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Upper bounds applied by every decoder before it allocates anything."""
-
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_tensors: int = 4096
-    max_tensor_elements: int = 64 * 1024 * 1024
-    max_total_elements: int = 128 * 1024 * 1024
-    max_str_len: int = 64 * 1024
-    max_container_len: int = 100_000
-
-
-DEFAULT_LIMITS = Limits()
 
 
 def encode_tensor(array: np.ndarray) -> dict[str, Any]:
@@ -58,8 +43,13 @@ def encode_tensor(array: np.ndarray) -> dict[str, Any]:
     return {"codec": RAW, "dtype": name, "shape": list(arr.shape), "data": arr.tobytes()}
 
 
-def decode_tensor(obj: Any, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
-    """Array from its wire form; raises DecodeError for anything malformed or non-finite."""
+def decode_tensor(obj: Any, limits: Limits = DEFAULT_LIMITS, *, check_finite: bool = True,
+                  ) -> np.ndarray:
+    """Array from its wire form; raises DecodeError for anything malformed or non-finite.
+
+    ``check_finite=False`` skips the NaN/inf scan (a full pass over the data) for callers
+    that validate the values anyway, as the coordinator's accumulators do.
+    """
     if not isinstance(obj, Mapping):
         raise DecodeError(f"tensor must be a map, got {type(obj).__name__}")
     if set(obj) != {"codec", "dtype", "shape", "data"}:
@@ -80,7 +70,7 @@ def decode_tensor(obj: Any, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     if count > limits.max_tensor_elements:
         raise DecodeError(f"tensor of {count} elements exceeds {limits.max_tensor_elements}")
     data = obj["data"]
-    if not isinstance(data, bytes):
+    if not isinstance(data, bytes | memoryview):
         raise DecodeError("tensor data must be binary")
     if len(data) != count * dtype.itemsize:
         raise DecodeError(
@@ -88,7 +78,7 @@ def decode_tensor(obj: Any, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
             f"{count * dtype.itemsize}"
         )
     arr = np.frombuffer(data, dtype=dtype).reshape(shape)
-    if dtype.kind == "f" and not np.isfinite(arr).all():
+    if check_finite and dtype.kind == "f" and not np.isfinite(arr).all():
         raise DecodeError("tensor holds NaN or infinity")
     return arr
 
@@ -97,7 +87,8 @@ def encode_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]
     return {name: encode_tensor(a) for name, a in arrays.items()}
 
 
-def decode_tensors(obj: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
+def decode_tensors(obj: Any, limits: Limits = DEFAULT_LIMITS, *, check_finite: bool = True,
+                   ) -> dict[str, np.ndarray]:
     """Named arrays in wire order, with the per-message count and element limits."""
     if not isinstance(obj, Mapping):
         raise DecodeError(f"tensor map must be a map, got {type(obj).__name__}")
@@ -109,7 +100,7 @@ def decode_tensors(obj: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.nd
         if not isinstance(name, str):
             raise DecodeError("tensor names must be strings")
         try:
-            arr = decode_tensor(value, limits)
+            arr = decode_tensor(value, limits, check_finite=check_finite)
         except DecodeError as exc:
             raise DecodeError(f"tensor {name!r}: {exc}") from None
         total += arr.size
@@ -125,23 +116,17 @@ def pack(obj: Any) -> bytes:
 
 
 def unpack(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
-    """The message map of a payload; raises DecodeError before allocating past the limits."""
+    """The message map of a payload, bin values as views into it (see ``broker.unpacker``).
+
+    Raises DecodeError before allocating past the limits.
+    """
     if len(payload) > limits.max_message_bytes:
         raise DecodeError(
             f"message of {len(payload)} bytes exceeds the limit of {limits.max_message_bytes}"
         )
     try:
-        obj = msgpack.unpackb(
-            payload,
-            raw=False,
-            strict_map_key=True,
-            max_bin_len=limits.max_message_bytes,
-            max_str_len=limits.max_str_len,
-            max_array_len=limits.max_container_len,
-            max_map_len=limits.max_container_len,
-            max_ext_len=0,
-        )
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        obj = unpack_views(bytes(payload), limits)  # bytes(): no copy when it already is bytes
+    except DecodeError as exc:
         raise DecodeError(f"not a valid msgpack message: {exc}") from None
     if not isinstance(obj, dict):
         raise DecodeError(f"message must be a map, got {type(obj).__name__}")

@@ -231,7 +231,8 @@ class Coordinator:
             return
         expect = self._EXPECT[leaf]
         try:
-            env = decode(payload, expect, self.limits)
+            # NaN/inf in deltas are caught by the accumulator's norm pass: no second scan.
+            env = decode(payload, expect, self.limits, check_finite=False)
         except DecodeError as exc:
             self._reject(agent_id, topic, str(exc))
             return
@@ -387,7 +388,8 @@ class Coordinator:
         acc = self.strategy.open_round(self.weights)
         pending = self.db.pending_updates(window_id)
         for msg_id, agent, base_version, weight, payload in pending:
-            acc.add(decode(payload, UpdateBody).body.delta, weight)  # type: ignore[attr-defined]
+            delta = decode(payload, UpdateBody, check_finite=False).body.delta  # type: ignore[attr-defined]
+            acc.add(delta, weight)
             window.accept(agent, msg_id, base_version)
         self.window, self._accumulator = window, acc
         log.info("resumed round %d with %d accepted updates", window_id, len(pending))

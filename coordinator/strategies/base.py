@@ -15,13 +15,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from coordinator.strategies import kernels
+
 Weights = dict[str, np.ndarray]
 StateValue = np.ndarray | float | int
 StateDict = dict[str, StateValue]
-
-# Elements per slice when a float64 temporary would otherwise be P-sized.
-_CHUNK = 1 << 16
-
 
 def check_weight(weight: float) -> float:
     """An update's weight must be a finite number >= 0 (sample count times staleness)."""
@@ -44,22 +42,13 @@ def check_global(global_weights: Mapping[str, np.ndarray]) -> None:
 
 
 def sq_norm(arr: np.ndarray) -> float:
-    """Squared L2 norm; fast float32 BLAS dot, exact float64 fallback if that overflows.
+    """Squared L2 norm in float64, one compiled pass (``kernels.sum_squares``).
 
-    A non-finite result means the array holds NaN or inf (float32 values cannot overflow a
-    float64 sum of squares), which is how ``validate_delta`` detects them without a P-byte
-    boolean temporary on the common path.
+    A non-finite result means the array holds NaN or inf, or is a float64 array whose
+    squares overflow (float32 squares cannot overflow float64), which is how
+    ``validate_delta`` detects bad values without a P-byte boolean temporary.
     """
-    flat = arr.reshape(-1)
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow is handled below
-        fast = float(np.dot(flat, flat))
-        if math.isfinite(fast):
-            return fast
-        total = 0.0
-        for lo in range(0, flat.size, _CHUNK):
-            chunk = flat[lo:lo + _CHUNK].astype(np.float64)
-            total += float(np.dot(chunk, chunk))
-    return total
+    return kernels.sum_squares(arr)
 
 
 def validate_delta(global_weights: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray],

@@ -9,10 +9,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from coordinator.strategies import kernels
 from coordinator.strategies.base import Accumulator, Strategy, Weights, check_global
-
-# Elements per slice of the float32 scratch product (fits in L2 with its float64 target).
-_SLICE = 1 << 16
 
 
 class MeanAccumulator(Accumulator):
@@ -21,10 +19,10 @@ class MeanAccumulator(Accumulator):
     Why float64: with thousands of updates weighted by sample counts in the thousands, the
     rounding of the sum stays ~1e-16 relative, so the result does not depend on arrival
     order in practice (a round is reproducible from its inputs) and cannot overflow. Cost:
-    the sums take 8P bytes (2x the float32 model) and adding is ~2x slower than a float32
-    sum would be (measured with bench/bench_aggregation.py); memory is O(P) whatever the
-    number of updates. ``weight * delta`` is formed in float32 (one rounding per term, not
-    accumulated) in a small cache-resident scratch slice, so no P-sized temporary exists.
+    the sums take 8P bytes (2x the float32 model); memory is O(P) whatever the number of
+    updates. Adding is one compiled pass (``kernels.add_scaled``) with no
+    temporary; validation has just read the delta, so at typical model sizes it comes from
+    the cache.
     """
 
     def __init__(self, global_weights: Weights,
@@ -32,8 +30,6 @@ class MeanAccumulator(Accumulator):
         super().__init__(global_weights)
         self._sums = {k: np.zeros(v.shape, np.float64) for k, v in global_weights.items()}
         self._total = 0.0
-        largest = max(v.size for v in global_weights.values())
-        self._scratch = np.empty(min(_SLICE, max(largest, 1)), np.float32)
         self._apply = apply
 
     @property
@@ -43,13 +39,7 @@ class MeanAccumulator(Accumulator):
     def _accept(self, delta: Weights, weight: float, scale: float) -> None:
         factor = weight * scale
         for name, acc in self._sums.items():
-            src = delta[name].reshape(-1)
-            dst = acc.reshape(-1)
-            for lo in range(0, src.size, _SLICE):
-                hi = min(lo + _SLICE, src.size)
-                tmp = self._scratch[:hi - lo]
-                np.multiply(src[lo:hi], factor, out=tmp, casting="same_kind")
-                np.add(dst[lo:hi], tmp, out=dst[lo:hi])
+            kernels.add_scaled(acc, delta[name], factor)
         self._total += weight
 
     def _finish(self) -> Weights:
