@@ -7,6 +7,7 @@ talks to the others only through the broker, exactly as separate processes would
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,10 @@ class CoordinatorThread:
 
     def stop(self, timeout: float = 30) -> None:
         if self._loop is not None and self._stop is not None and self.thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
+            # The loop may close between the check and the call when the coordinator has
+            # just finished its last round on its own; then there is nothing to stop.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stop.set)
         self.thread.join(timeout)
 
 
