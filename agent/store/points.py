@@ -143,7 +143,7 @@ def normalize_value(key: str, value: object) -> FieldValue:
 def normalize_fields(fields: Mapping[str, object]) -> dict[str, FieldValue]:
     if not fields:
         raise ValueError("a point needs at least one field")
-    return {_check_name("field key", k): normalize_value(k, v) for k, v in fields.items()}
+    return {check_field_key(k): normalize_value(k, v) for k, v in fields.items()}
 
 
 def normalize_ts(ts_ns: object) -> int:
@@ -274,7 +274,7 @@ class LineEncoder:
                 return None
             try:
                 prefix = series_prefix(point.measurement, point.tags).replace("%", "%%")
-                names = [escape_key(_check_name("field key", k)).replace("%", "%%")
+                names = [escape_key(check_field_key(k)).replace("%", "%%")
                          for k in point.fields]
             except (TypeError, ValueError):
                 return None  # encode_line raises the error it would raise for this point
@@ -293,15 +293,9 @@ class LineEncoder:
 
     def _encode_points(self, points: Sequence[Point], out: list[str]) -> None:
         append = out.append
-        by_id = self._by_id
         for p in points:
-            fields = p.fields
-            values = tuple(fields.values())
-            types = tuple(map(type, values))
-            tags = p.tags
-            entry = by_id.get((p.measurement, id(tags), *fields))
-            if entry is None or entry.types != types or entry.tags != tags:
-                entry = self._template(p, types)
+            values = tuple(p.fields.values())
+            entry = self._template(p, tuple(map(type, values)))
             ts = p.ts_ns
             if entry is not None and type(ts) is int and TS_MIN <= ts <= TS_MAX:
                 ints = entry.ints

@@ -41,16 +41,6 @@ def check_global(global_weights: Mapping[str, np.ndarray]) -> None:
             raise ValueError(f"global weights[{name!r}] must be a floating numpy array")
 
 
-def sq_norm(arr: np.ndarray) -> float:
-    """Squared L2 norm in float64, one compiled pass (``kernels.sum_squares``).
-
-    A non-finite result means the array holds NaN or inf, or is a float64 array whose
-    squares overflow (float32 squares cannot overflow float64), which is how
-    ``validate_delta`` detects bad values without a P-byte boolean temporary.
-    """
-    return kernels.sum_squares(arr)
-
-
 def validate_delta(global_weights: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray],
                    ) -> float:
     """Reject a malformed delta before it touches any accumulator; return its squared norm.
@@ -77,7 +67,9 @@ def validate_delta(global_weights: Mapping[str, np.ndarray], delta: Mapping[str,
         if arr.shape != ref.shape:
             raise ValueError(f"delta[{name!r}] has shape {arr.shape} but the global weights "
                              f"have {ref.shape}")
-        sq = sq_norm(arr)
+        # Non-finite iff the array holds NaN/inf or float64 squares overflow (float32 ones
+        # cannot): the NaN check rides on the norm pass, no P-byte boolean temporary.
+        sq = kernels.sum_squares(arr)
         if not math.isfinite(sq):
             if not np.isfinite(arr).all():
                 raise ValueError(f"delta[{name!r}] contains NaN or infinite values")
