@@ -12,9 +12,10 @@ Semantics match the numpy expressions they replace: ``sum_squares`` is ``sum(flo
 non-finite sum, which is how validation detects them), and ``add_scaled`` is
 ``acc += factor * float64(x)`` element by element, deterministic whatever the thread count.
 
-Compiled on first use per argument type and cached on disk (``cache=True``); calls are
-serialised by a lock because numba's fallback thread pool (used when OpenMP is missing) must
-not be entered from two threads at once.
+Compiled on first use per argument type and cached on disk (``cache=True``). The thread
+pool is numba's own ``workqueue``, not OpenMP: the demo and the tests run agents (torch, with
+its own OpenMP runtime) in the coordinator's process, and a second OpenMP runtime there is
+a hang risk. workqueue must not be entered from two threads at once, hence the lock.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ _BLOCK = 1 << 14
 # Reassociation lets LLVM vectorise the sum; no nnan/ninf, so NaN and inf still propagate.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 _lock = threading.Lock()
+numba.config.THREADING_LAYER = "workqueue"
 
 
 @numba.njit(parallel=True, nogil=True, cache=True, fastmath=_FASTMATH)
