@@ -39,7 +39,6 @@ import statistics
 import sys
 import tempfile
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures
 
 from agent.store import InfluxStore, Point, SQLiteStore, Store
-from agent.store.influx import InfluxHTTP
+from agent.store.influx import InfluxHTTP, gzip_body
 from agent.store.points import LineEncoder
 from agent.store.spool import Spool
 from tests.fixtures.influxd import start_influxd
@@ -213,9 +212,7 @@ def breakdown(server_url: str, fields: int, chunk: int, fsync: bool) -> None:
                         http.send(payload, BATCH_SIZE)
                 with timed(gzip, "gzip-1"):
                     for payload in batches:
-                        c = zlib.compressobj(1, zlib.DEFLATED, 31)
-                        c.compress(payload)
-                        c.flush()
+                        gzip_body(payload, 1)
             ms = {stage: median_ms(times, n) for stage, times in samples.items()}
             parts = ", ".join(f"{stage} {v:.2f}" for stage, v in ms.items())
             size = sum(len(b) for b in batches) / n
@@ -276,11 +273,17 @@ def main() -> None:
     ap.add_argument("--paced", type=float, metavar="VALUES_PER_S",
                     help="instead: write at this many field values/s, as a furnace does")
     ap.add_argument("--seconds", type=float, default=30.0, help="duration of a --paced run")
+    ap.add_argument("--period", type=float, default=0.2,
+                    help="seconds between write() calls in a --paced run (the agent's loop "
+                         "polls its source and writes about every 0.2 s)")
+    ap.add_argument("--flush-interval", type=float, default=1.0,
+                    help="the InfluxDB store's flush_interval: at most this long between POSTs")
     args = ap.parse_args()
     fsync = not args.no_fsync
     full = args.full_precision
     if args.paced:
-        paced(args.paced, args.seconds, args.fields, full, fsync, args.skip_sqlite)
+        paced(args.paced, args.seconds, args.period, args.flush_interval, args.fields, full,
+              fsync, args.skip_sqlite)
         return
     print(f"store benchmark: {args.points:,} points, {args.fields} fields each, "
           f"{args.chunk} points per write(), fsync={fsync}, "
@@ -313,9 +316,8 @@ def main() -> None:
             sqlite.close()
 
 
-def paced(rate: float, seconds: float, fields: int, full: bool, fsync: bool,
-          skip_sqlite: bool) -> None:
-    period = 0.2  # the agent's loop: it polls its source and writes about this often
+def paced(rate: float, seconds: float, period: float, flush_interval: float, fields: int,
+          full: bool, fsync: bool, skip_sqlite: bool) -> None:
     print(f"store benchmark, paced: {rate:,.0f} field values/s for {seconds:g} s, fsync={fsync}, "
           f"{'full-precision' if full else 'sensor'} values; target <= {TARGET_MS:.1f} ms of "
           f"agent CPU per 1,000 field values, i.e. under {TARGET_MS * rate / 1e4:.2f}% of a "
@@ -325,7 +327,7 @@ def paced(rate: float, seconds: float, fields: int, full: bool, fsync: bool,
         server = start_influxd(root / "influxd")
         try:
             store = InfluxStore(server.url, "bench", root / "spool", fsync=fsync,
-                                batch_size=BATCH_SIZE)
+                                batch_size=BATCH_SIZE, flush_interval=flush_interval)
             run_paced(store, rate, seconds, period, fields, full, threads=True)
             store.close()
         finally:

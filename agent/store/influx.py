@@ -4,6 +4,8 @@ Why the 1.x API: InfluxDB 1.x serves it natively and 2.x/3.x serve it as their
 compatibility API, so one client covers every server a plant may run (DESIGN.md). httpx
 does the HTTP; the retry policy is ours because it is tied to the spool (see
 :mod:`agent.store.buffered`): nothing is retried in memory, everything waits on disk.
+Bodies are gzipped with ISA-L (``isal``): standard gzip that influxd reads, for a quarter of
+the CPU, and gzip was the largest cost after formatting on the agent's write path.
 
 Replays cannot duplicate points: InfluxDB keeps a single point per measurement + tag set +
 timestamp, so a batch sent twice (an acknowledgement lost, a crash before the commit)
@@ -25,12 +27,12 @@ import json
 import logging
 import os
 import re
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+from isal import isal_zlib
 
 from agent.store.buffered import SEND_OK, BufferedWriter, Outcome, SendResult, WriterStats
 from agent.store.points import NO_TAGS, FieldValue, Point, StoreError, tagset_key
@@ -87,6 +89,11 @@ def _identity(value: Any) -> Any:
     return value
 
 
+def gzip_body(payload: bytes, level: int) -> bytes:
+    """A gzip-framed body (``wbits=31``) for ``Content-Encoding: gzip``."""
+    return isal_zlib.compress(payload, level, wbits=31)
+
+
 class InfluxHTTP:
     """The HTTP conversation with one InfluxDB database; also the spool's sink."""
 
@@ -104,6 +111,9 @@ class InfluxHTTP:
         self.url = url.rstrip("/")
         self.database = database
         self.retention_policy = retention_policy
+        if not 0 <= gzip_level <= isal_zlib.ISAL_BEST_COMPRESSION:
+            raise ValueError(f"gzip_level must be 0 (no compression) to "
+                             f"{isal_zlib.ISAL_BEST_COMPRESSION}, not {gzip_level}")
         self.gzip_level = gzip_level
         auth = (username, password or "") if username else None
         limits = httpx.Timeout(timeout, connect=min(timeout, 3.0))
@@ -153,8 +163,7 @@ class InfluxHTTP:
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         body = payload
         if self.gzip_level:  # 0: InfluxDB on the same host, where gzip only costs CPU
-            comp = zlib.compressobj(self.gzip_level, zlib.DEFLATED, 31)  # 31: gzip framing
-            body = comp.compress(payload) + comp.flush()
+            body = gzip_body(payload, self.gzip_level)
             headers["Content-Encoding"] = "gzip"
         for _attempt in range(2):
             try:

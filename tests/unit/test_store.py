@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import math
 import random
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from agent.store import Point, SpoolFullError, SpoolLockedError, SQLiteStore, open_store
 from agent.store.buffered import SEND_OK, BufferedWriter, FlushTimeout, Outcome, SendResult
+from agent.store.influx import InfluxHTTP, gzip_body
 from agent.store.points import (
     INT64_MAX,
     INT64_MIN,
@@ -638,3 +640,11 @@ def test_a_partial_reject_sets_aside_only_the_refused_lines(spool: Spool) -> Non
     assert moved.read_bytes() == refused
     assert (w.stats.rejected_points, w.stats.sent_points) == (1, 9)
     w.close()
+
+
+def test_write_bodies_are_standard_gzip_and_levels_are_checked() -> None:
+    payload = b"".join(b"eaf,plant=p1 power_mw=%d.5 %d\n" % (i, i) for i in range(2000))
+    for level in range(4):
+        assert gzip.decompress(gzip_body(payload, level)) == payload
+    with pytest.raises(ValueError, match="gzip_level"):
+        InfluxHTTP("http://127.0.0.1:1", "db", gzip_level=4)
