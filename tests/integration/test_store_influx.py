@@ -171,12 +171,19 @@ def test_unreachable_at_start_then_delivered(
 
 
 _CRASHER = textwrap.dedent("""
-    import os, signal, sys
+    import os, signal, sys, threading
     sys.path.insert(0, {repo!r})
     from agent.store import InfluxStore
     from tests.integration.test_store_influx import furnace_points
     store = InfluxStore({url!r}, {db!r}, {spool!r}, batch_size=700, flush_interval=0.01,
                         backoff_initial=0.05, backoff_max=0.2)
+    send, stalled = store.http.send, threading.Event()
+    def send_until_half(payload, points):
+        # The network stalls half way, so the crash always leaves points behind.
+        if store.stats.sent_points >= {n} // 2:
+            stalled.wait()
+        return send(payload, points)
+    store.http.send = send_until_half
     points = furnace_points({n})
     for i in range(0, len(points), 500):
         store.write(points[i : i + 500])
