@@ -26,7 +26,7 @@ class MeanAccumulator(Accumulator):
     """
 
     def __init__(self, global_weights: Weights,
-                 apply: Callable[[dict[str, np.ndarray]], Weights]) -> None:
+                 apply: Callable[[dict[str, np.ndarray], float], Weights]) -> None:
         super().__init__(global_weights)
         self._sums = {k: np.zeros(v.shape, np.float64) for k, v in global_weights.items()}
         self._total = 0.0
@@ -45,9 +45,7 @@ class MeanAccumulator(Accumulator):
     def _finish(self) -> Weights:
         if not (self._total > 0.0 and math.isfinite(self._total)):
             raise ValueError(f"total weight of the round is {self._total}; need > 0")
-        for acc in self._sums.values():
-            acc /= self._total  # in place: the sums become the weighted mean delta
-        return self._apply(self._sums)
+        return self._apply(self._sums, self._total)
 
 
 class FedAvg(Strategy):
@@ -63,18 +61,18 @@ class FedAvg(Strategy):
     def open_round(self, global_weights: Weights) -> Accumulator:
         check_global(global_weights)
         self._check_state(global_weights)
-        return MeanAccumulator(global_weights, lambda avg: self._apply(global_weights, avg))
+        return MeanAccumulator(global_weights,
+                               lambda sums, total: self._apply(global_weights, sums, total))
 
     def _check_state(self, global_weights: Weights) -> None:
         """Stateful subclasses verify their state still fits the model (e.g. after a load)."""
 
-    def _apply(self, global_weights: Weights, avg: dict[str, np.ndarray]) -> Weights:
-        """Turn the weighted mean delta into new weights; commits state. May consume ``avg``."""
-        out: Weights = {}
-        for name, g in global_weights.items():
-            mean = avg[name]
-            mean += g
-            out[name] = mean.astype(g.dtype)
+    def _apply(self, global_weights: Weights, sums: dict[str, np.ndarray],
+               total: float) -> Weights:
+        """Turn the weighted sums into new weights (the mean delta is ``sums / total``);
+        commits state. May consume ``sums``."""
+        out = {name: kernels.shift_by_mean(g, sums[name], total)
+               for name, g in global_weights.items()}
         self._commit_round()
         return out
 

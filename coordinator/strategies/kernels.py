@@ -1,63 +1,62 @@
-"""Compiled loops for the per-update passes of aggregation (numba).
+"""Compiled loops for the per-update passes of aggregation (numba), serial.
 
 Why compiled: an update is read twice on the coordinator (a validating norm pass, then the
 weighted add into the float64 running sum), and the issue sets FedAvg within 2x of reading
 every update once from memory. numpy cannot fuse ``acc += w * x`` with the float32 -> float64
-conversion (it makes a temporary per step) and its float32 dot is single threaded; these loops
-run on all cores with no temporaries, so the second read hits the cache the first one filled
-(see bench/bench_aggregation.py for the figures).
+conversion (it makes a temporary per step) and its float32 dot is slower; these loops make
+no temporaries, and the second read hits the cache the first one filled (see
+bench/bench_aggregation.py for the figures).
 
 Semantics match the numpy expressions they replace: ``sum_squares`` is ``sum(float64(x)**2)``
 (order of summation differs, so results agree to rounding, and NaN/inf still yield a
 non-finite sum, which is how validation detects them), and ``add_scaled`` is
-``acc += factor * float64(x)`` element by element, deterministic whatever the thread count.
+``acc += factor * float64(x)`` element by element, and ``shift_by_mean`` is FedAvg's
+``(g + sums / total).astype(g.dtype)`` in one pass instead of three.
 
-Compiled on first use per argument type and cached on disk (``cache=True``). The thread
-pool is numba's own ``workqueue``, not OpenMP: the demo and the tests run agents (torch, with
-its own OpenMP runtime) in the coordinator's process, and a second OpenMP runtime there is
-a hang risk. workqueue must not be entered from two threads at once, hence the lock.
+Why one core: spreading a call over cores lost every time it was measured at these sizes
+(a 4 MB update takes ~0.2 ms a pass). numba's workqueue pool costs tens of microseconds a
+launch; a Python thread pool over these ``nogil`` loops ran at half the serial speed (GIL
+hand-offs); a worker thread doing the adds while the caller decodes gained nothing (the two
+share the last-level cache); and OpenMP, the fast pool, risks a hang next to torch's own
+OpenMP runtime in the demo's and the tests' processes. Compiled on first use per argument
+type and cached on disk (``cache=True``); ``nogil`` so the coordinator's other threads run
+meanwhile.
 """
 
 from __future__ import annotations
 
-import threading
-
 import numba
 import numpy as np
 
-# Elements per parallel task: 64 KiB of float32, so a task's slice stays in L2.
-_BLOCK = 1 << 14
 # Reassociation lets LLVM vectorise the sum; no nnan/ninf, so NaN and inf still propagate.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
-_lock = threading.Lock()
-numba.config.THREADING_LAYER = "workqueue"
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, fastmath=_FASTMATH)
+@numba.njit(nogil=True, cache=True, fastmath=_FASTMATH)
 def _sum_squares(x: np.ndarray) -> float:  # pragma: no cover - compiled
-    n = x.size
-    blocks = (n + _BLOCK - 1) // _BLOCK
     total = 0.0
-    for b in numba.prange(blocks):
-        part = 0.0
-        for i in range(b * _BLOCK, min(n, (b + 1) * _BLOCK)):
-            v = np.float64(x[i])
-            part += v * v
-        total += part
+    for i in range(x.size):
+        v = np.float64(x[i])
+        total += v * v
     return total
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True)
 def _add_scaled(acc: np.ndarray, x: np.ndarray, factor: float) -> None:  # pragma: no cover
-    for i in numba.prange(x.size):
+    for i in range(x.size):
         acc[i] += factor * np.float64(x[i])
+
+
+@numba.njit(nogil=True, cache=True)
+def _shift_by_mean(out: np.ndarray, g: np.ndarray, sums: np.ndarray,
+                   total: float) -> None:  # pragma: no cover - compiled
+    for i in range(out.size):
+        out[i] = g[i] + sums[i] / total
 
 
 def sum_squares(x: np.ndarray) -> float:
     """Sum of squares in float64; non-finite iff ``x`` holds NaN/inf (or float64 overflow)."""
-    flat = x.reshape(-1)
-    with _lock:
-        return float(_sum_squares(flat))
+    return float(_sum_squares(x.reshape(-1)))
 
 
 def add_scaled(acc: np.ndarray, x: np.ndarray, factor: float) -> None:
@@ -68,5 +67,15 @@ def add_scaled(acc: np.ndarray, x: np.ndarray, factor: float) -> None:
     flat = acc.reshape(-1)
     if not np.shares_memory(flat, acc):
         raise ValueError("accumulator must be contiguous")
-    with _lock:
-        _add_scaled(flat, x.reshape(-1), float(factor))
+    _add_scaled(flat, x.reshape(-1), float(factor))
+
+
+def shift_by_mean(g: np.ndarray, sums: np.ndarray, total: float) -> np.ndarray:
+    """``(g + sums / total).astype(g.dtype)`` in one pass and one allocation (bit-identical:
+    the same float64 operations in the same order, then the same rounding to ``g.dtype``)."""
+    if sums.dtype != np.float64 or sums.shape != g.shape:
+        raise ValueError(f"sums must be float64 of shape {g.shape}, got {sums.dtype} of "
+                         f"{sums.shape}")
+    out = np.empty(g.shape, g.dtype)
+    _shift_by_mean(out.reshape(-1), g.reshape(-1), sums.reshape(-1), float(total))
+    return out

@@ -58,7 +58,11 @@ class _StatefulAvg(FedAvg):
         self._state = {slot: {name: arrays[name] for name in global_weights}
                        for slot, arrays in self._state.items()}
 
-    def _apply(self, global_weights: Weights, avg: dict[str, np.ndarray]) -> Weights:
+    def _apply(self, global_weights: Weights, sums: dict[str, np.ndarray],
+               total: float) -> Weights:
+        avg = sums
+        for arr in avg.values():
+            arr /= total  # in place: the sums become the weighted mean delta
         new_state: TensorState = {slot: {} for slot in self.slots}
         out: Weights = {}
         for name, g in global_weights.items():

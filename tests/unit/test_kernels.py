@@ -11,7 +11,7 @@ from coordinator.strategies import kernels
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("size", [0, 1, 7, 16_385, 100_003])
+@pytest.mark.parametrize("size", [0, 1, 7, 16_385, 1_000_003])
 def test_sum_squares_matches_numpy(dtype: type, size: int) -> None:
     x = np.random.default_rng(size).standard_normal(size).astype(dtype)
     want = float(np.sum(x.astype(np.float64) ** 2))
@@ -54,3 +54,17 @@ def test_add_scaled_refuses_a_wrong_accumulator() -> None:
         kernels.add_scaled(np.zeros(9), x, 1.0)
     with pytest.raises(ValueError, match="contiguous"):  # a flat view of it would be a copy
         kernels.add_scaled(np.zeros((2, 10))[:, :5], x, 1.0)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_shift_by_mean_is_bit_identical_to_the_numpy_expression(order: str, dtype: type) -> None:
+    rng = np.random.default_rng(7)
+    g = np.asarray(rng.standard_normal((70, 31)), dtype=dtype, order=order)
+    sums = rng.standard_normal((70, 31)) * 1e3
+    want = ((sums / 3.7) + g).astype(dtype)
+    got = kernels.shift_by_mean(g, sums, 3.7)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="float64"):
+        kernels.shift_by_mean(g, sums.astype(np.float32), 3.7)
