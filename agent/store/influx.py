@@ -2,7 +2,8 @@
 
 Why the 1.x API: InfluxDB 1.x serves it natively and 2.x/3.x serve it as their
 compatibility API, so one client covers every server a plant may run (DESIGN.md). httpx
-does the HTTP; the retry policy is ours because it is tied to the spool (see
+does the HTTP for queries and ``http.client`` for writes (:mod:`agent.store.http_post` says
+why); the retry policy is ours because it is tied to the spool (see
 :mod:`agent.store.buffered`): nothing is retried in memory, everything waits on disk.
 Bodies are gzipped with ISA-L (``isal``): standard gzip that influxd reads, for a quarter of
 the CPU, and gzip was the largest cost after formatting on the agent's write path.
@@ -30,11 +31,13 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from isal import isal_zlib
 
 from agent.store.buffered import SEND_OK, BufferedWriter, Outcome, SendResult, WriterStats
+from agent.store.http_post import PostConnection, PostError
 from agent.store.points import NO_TAGS, FieldValue, Point, StoreError, tagset_key
 from agent.store.spool import Spool
 
@@ -116,10 +119,11 @@ class InfluxHTTP:
                              f"{isal_zlib.ISAL_BEST_COMPRESSION}, not {gzip_level}")
         self.gzip_level = gzip_level
         auth = (username, password or "") if username else None
-        limits = httpx.Timeout(timeout, connect=min(timeout, 3.0))
-        # Two clients: the sender thread and query callers never wait on each other's pool.
-        self._write_client = httpx.Client(base_url=self.url, auth=auth, timeout=limits)
-        self._query_client = httpx.Client(base_url=self.url, auth=auth, timeout=limits)
+        # Two connections: the sender thread and query callers never wait on each other.
+        self._write = PostConnection(self.url, username=username, password=password,
+                                     timeout=timeout, connect_timeout=min(timeout, 3.0))
+        self._query_client = httpx.Client(base_url=self.url, auth=auth, timeout=httpx.Timeout(
+            timeout, connect=min(timeout, 3.0)))
         self._write_params = {"db": database, "precision": "ns"}
         if retention_policy:
             self._write_params["rp"] = retention_policy
@@ -128,30 +132,31 @@ class InfluxHTTP:
     def describe(self) -> str:
         return f"InfluxDB {self.url} db={self.database}"
 
-    def create_database(self, client: httpx.Client | None = None) -> bool:
+    def create_database(self) -> bool:
         """``CREATE DATABASE`` (idempotent); False only if the server cannot be reached.
 
         An HTTP error (no admin rights; InfluxDB 2.x/3.x, whose 1.x API maps databases to
         buckets and has no CREATE) is logged and otherwise ignored: the writes will tell.
         """
-        client = client or self._query_client
+        form = urlencode({"q": f"CREATE DATABASE {quote_ident(self.database)}"}).encode()
         try:
-            r = client.post("/query", data={"q": f"CREATE DATABASE {quote_ident(self.database)}"})
-        except httpx.TransportError as exc:
+            status, body = self._write.post(
+                "/query", {}, form, {"Content-Type": "application/x-www-form-urlencoded"})
+        except PostError as exc:
             log.debug("CREATE DATABASE failed: %s", exc)
             return False
-        error = _error_text(r) if r.status_code >= 300 else ""
-        if not error and r.content:
-            with contextlib.suppress(ValueError, AttributeError, IndexError):
-                error = r.json()["results"][0].get("error", "")
+        error = _error_text(body) if status >= 300 else ""
+        if not error and body:
+            with contextlib.suppress(ValueError, AttributeError, IndexError, TypeError):
+                error = json.loads(body)["results"][0].get("error", "")
         if error:
-            log.warning("CREATE DATABASE %s: HTTP %d %s", self.database, r.status_code, error)
+            log.warning("CREATE DATABASE %s: HTTP %d %s", self.database, status, error)
         self._db_ready = True
         return True
 
     def send(self, payload: bytes, points: int) -> SendResult:
         """POST one batch; a partial write is narrowed down to the points InfluxDB refused."""
-        if not self._db_ready and not self.create_database(self._write_client):
+        if not self._db_ready and not self.create_database():
             return SendResult(Outcome.RETRY, f"cannot reach {self.url}")
         result = self._post(payload)
         if result.outcome is Outcome.REJECT and points > 1 and "partial write" in result.reason:
@@ -167,19 +172,16 @@ class InfluxHTTP:
             headers["Content-Encoding"] = "gzip"
         for _attempt in range(2):
             try:
-                r = self._write_client.post(
-                    "/write", params=self._write_params, content=body, headers=headers
-                )
-            except httpx.TransportError as exc:
-                return SendResult(Outcome.RETRY, f"{type(exc).__name__}: {exc}")
-            status = r.status_code
+                status, answer = self._write.post("/write", self._write_params, body, headers)
+            except PostError as exc:
+                return SendResult(Outcome.RETRY, str(exc))
             if 200 <= status < 300:
                 return SEND_OK
-            reason = _error_text(r)
+            reason = _error_text(answer)
             if status == 404 and "database not found" in reason:
                 # Dropped or never created: create it and send again, once.
                 self._db_ready = False
-                if self.create_database(self._write_client):
+                if self.create_database():
                     continue
                 return SendResult(Outcome.RETRY, reason, status)
             if status in (401, 403):
@@ -243,7 +245,7 @@ class InfluxHTTP:
                 if r.status_code != 200:
                     r.read()
                     raise StoreError(f"InfluxDB query failed (HTTP {r.status_code}): "
-                                     f"{_error_text(r)} [{q}]")
+                                     f"{_error_text(r.content)} [{q}]")
                 for line in r.iter_lines():
                     if not line.strip():
                         continue
@@ -268,15 +270,17 @@ class InfluxHTTP:
         return types
 
     def close(self) -> None:
-        self._write_client.close()
+        self._write.close()
         self._query_client.close()
 
 
-def _error_text(r: httpx.Response) -> str:
+def _error_text(body: bytes) -> str:
+    """InfluxDB's ``{"error": ...}`` message, or the start of whatever else it answered."""
+    text = body.decode("utf-8", "replace")
     try:
-        return str(r.json().get("error", r.text)).strip()
+        return str(json.loads(text).get("error", text)).strip()
     except (ValueError, AttributeError):
-        return r.text.strip()[:500]
+        return text.strip()[:500]
 
 
 class InfluxStore:

@@ -14,6 +14,7 @@ import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from agent.store import FlushTimeout, InfluxStore, Point, SpoolFullError, open_store
@@ -154,6 +155,26 @@ def test_influxd_killed_mid_run_loses_and_duplicates_nothing(
     msgs = [r.getMessage() for r in caplog.records]
     assert sum("unavailable" in m for m in msgs) == 1
     assert sum("reachable again" in m for m in msgs) == 1
+
+
+def test_credentials_are_sent_and_a_refusal_keeps_the_points(
+    influxd_factory: Callable[..., InfluxdServer], db: str,
+    make_store: Callable[..., InfluxStore],
+) -> None:
+    server = influxd_factory(auth=True)
+    admin = "CREATE USER admin WITH PASSWORD 's3cr3t' WITH ALL PRIVILEGES"
+    httpx.post(f"{server.url}/query", data={"q": admin}).raise_for_status()
+    points = furnace_points(500)
+    wrong = make_store(server.url, db, spool="wrong", username="admin", password="nope")
+    wrong.write(points)
+    with pytest.raises(FlushTimeout):
+        wrong.flush(timeout=1.0)
+    assert wrong.spool.pending_points == 500  # kept until the credentials are fixed
+    assert "not authorised (HTTP 401)" in wrong.stats.last_error
+    right = make_store(server.url, db, spool="right", username="admin", password="s3cr3t")
+    right.write(points)
+    right.flush()
+    assert right.query_points("eaf", {}) == points
 
 
 def test_unreachable_at_start_then_delivered(
