@@ -9,7 +9,9 @@ heats back as history). :func:`simulated_pipeline` is the drop-in twin of
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Callable, Sequence
 
 from agent.heats import AssembledHeat, HeatAssembler
 from agent.ingest.base import TAP_MEASUREMENT, PointSource, RateLimitedLog, Reason
@@ -31,17 +33,35 @@ class StorePipeline:
     down) does not stop the agent: ``poll()`` keeps the unwritten points, up to
     ``max_backlog`` (then it stops polling the source, which holds or drops by its own
     rule), and assembles the heats once the store answers again.
+
+    Why points wait up to ``write_interval_s`` before they are written, and heats are
+    assembled only after a tap point was written: the agent polls about five times a second,
+    and each store write (an fsync) and each assembly (a flush of the store and a query)
+    costs a fixed amount of CPU whatever the number of points; at a furnace's rate those
+    fixed costs are most of the gateway's load (bench/bench_store.py --paced). A tap point
+    is written at once, so a finished heat is never held back; ``close()`` writes what waits.
     """
 
     def __init__(self, source: PointSource, store: Store, assembler: HeatAssembler, *,
-                 max_backlog: int = 1_000_000) -> None:
+                 max_backlog: int = 1_000_000, write_interval_s: float = 1.0,
+                 retry_pending_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not write_interval_s >= 0 or not retry_pending_s >= 0:
+            raise ValueError("write_interval_s and retry_pending_s must be >= 0")
         self.source = source
         self.store = store
         self.assembler = assembler
         self.max_backlog = max_backlog
+        self.write_interval_s = write_interval_s
+        self.retry_pending_s = retry_pending_s
+        self._clock = clock
         self.points_written = 0
         self.last_heats: list[AssembledHeat] = []
         self._backlog: list[Point] = []
+        self._tap_waiting = False  # a tap point is in the backlog
+        self._last_write = -math.inf
+        self._assembly_due = True  # a tap point was written since the last assembly
+        self._last_assembly = -math.inf
         self._log = RateLimitedLog(log)
 
     @property
@@ -49,28 +69,46 @@ class StorePipeline:
         """Points polled but not written yet (the store failed)."""
         return len(self._backlog)
 
-    def ingest(self) -> int:
-        """One poll of the source into the store; the number of points written.
+    def ingest(self, *, write_now: bool = False) -> int:
+        """One poll of the source; the number of points written to the store (0 while they
+        wait for ``write_interval_s``, unless ``write_now`` or a tap point arrived).
 
         On a store error the points are kept for the next call, and the error is raised.
         """
         if len(self._backlog) < self.max_backlog:
-            self._backlog += self.source.poll()
+            new = self.source.poll()
+            self._tap_waiting = self._tap_waiting or any(
+                p.measurement == TAP_MEASUREMENT for p in new)
+            self._backlog += new
+        now = self._clock()
+        if not (write_now or self._tap_waiting or len(self._backlog) >= self.max_backlog
+                or now - self._last_write >= self.write_interval_s):
+            return 0
+        return self.write_backlog()
+
+    def write_backlog(self) -> int:
+        """Write every point polled so far; the number written. Raises like ``ingest``."""
         points, self._backlog = self._backlog, []
         if not points:
             return 0
+        tap, self._tap_waiting = self._tap_waiting, False
         try:
             self.store.write(points)
         except (ValueError, TypeError):
             # A point the source let through but the store refuses: keep the others.
             return self._write_one_by_one(points)
         except StoreError as exc:
-            self._backlog = points
+            self._backlog, self._tap_waiting = points, tap
             self._log.warning("write", "store did not take %d points (%s); kept to retry",
                               len(points), exc)
             raise
+        self._written(tap)
         self.points_written += len(points)
         return len(points)
+
+    def _written(self, tap: bool) -> None:
+        self._last_write = self._clock()
+        self._assembly_due = self._assembly_due or tap
 
     def _write_one_by_one(self, points: list[Point]) -> int:
         written = 0
@@ -83,21 +121,33 @@ class StorePipeline:
                                   p.measurement, p.tags.get("heat"), exc)
             except StoreError:
                 self._backlog = points[i:]
+                self._tap_waiting = any(p.measurement == TAP_MEASUREMENT for p in points[i:])
+                self._written(any(p.measurement == TAP_MEASUREMENT for p in points[:i]))
                 self.points_written += written
                 raise
             else:
                 written += 1
+        self._written(any(p.measurement == TAP_MEASUREMENT for p in points))
         self.points_written += written
         return written
 
     def _assemble(self) -> list[Heat]:
+        """New heats, if a tap point was written since the last look (or heats that were
+        incomplete then are due for another try)."""
+        now = self._clock()
+        retry = self.assembler.pending and now - self._last_assembly >= self.retry_pending_s
+        if not (self._assembly_due or retry):
+            self.last_heats = []
+            return []
         self.last_heats = self.assembler.new_heats()
+        self._assembly_due, self._last_assembly = False, now
         return [h.to_heat() for h in self.last_heats]
 
     def history(self) -> list[Heat]:
         """Raises the store's error: an agent should not start on a store it cannot use."""
         while not self.source.caught_up:
-            self.ingest()
+            self.ingest(write_now=True)
+        self.write_backlog()
         return self._assemble()
 
     def poll(self) -> list[Heat]:
@@ -110,7 +160,12 @@ class StorePipeline:
             return []
 
     def close(self) -> None:
-        """Closes the source; the store belongs to the caller."""
+        """Writes the points still waiting, closes the source; the store belongs to the
+        caller."""
+        try:
+            self.write_backlog()
+        except StoreError as exc:
+            log.warning("%d polled points could not be written at close: %s", self.backlog, exc)
         self.source.close()
 
 

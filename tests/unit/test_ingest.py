@@ -599,15 +599,46 @@ def test_pipeline_polls_live_heats_once_they_are_tapped(store: SQLiteStore) -> N
     src = SimulatedSensorSource(sim, 2, heat_interval_s=60.0, period_s=5.0,
                                 clock=lambda: now[0])
     pipe = StorePipeline(src, store, HeatAssembler(store, sim.profile.name,
-                                                   sim.profile.furnace))
+                                                   sim.profile.furnace),
+                         write_interval_s=1.0, clock=lambda: now[0])
     assert len(pipe.history()) == 2
     assert pipe.poll() == []
     now[0] = 30.0
     assert pipe.poll() == []  # half a heat is in the store, not assembled
-    assert store.count(SIGNAL_MEASUREMENT, {"heat": "P1-000002"}) > 0
-    now[0] = 60.0
+    third = {"heat": "P1-000002"}
+    stored = store.count(SIGNAL_MEASUREMENT, third)
+    assert stored > 0
+    now[0] = 30.5  # new samples wait for the write interval
+    assert pipe.poll() == [] and pipe.backlog > 0
+    assert store.count(SIGNAL_MEASUREMENT, third) == stored
+    now[0] = 60.0  # the tap: written and assembled at once
     assert [h.heat_id for h in pipe.poll()] == ["P1-000002"]
     assert pipe.poll() == []
+
+
+def test_pipeline_writes_waiting_points_at_close(store: SQLiteStore) -> None:
+    now = [0.0]
+    sim = plant_sim()
+    src = SimulatedSensorSource(sim, 0, heat_interval_s=60.0, period_s=5.0,
+                                clock=lambda: now[0])
+    pipe = StorePipeline(src, store, HeatAssembler(store, sim.profile.name,
+                                                   sim.profile.furnace),
+                         write_interval_s=10.0, clock=lambda: now[0])
+    pipe.history()
+    now[0] = 20.0
+    pipe.poll()  # written: the interval had passed since the (empty) history
+    now[0] = 25.0
+    pipe.poll()
+    waiting, written = pipe.backlog, pipe.points_written
+    assert waiting > 0 and written > 0
+
+    def stored() -> int:
+        return sum(store.count(m, {}) for m in (SIGNAL_MEASUREMENT, CHARGE_MEASUREMENT))
+
+    assert stored() == written
+    pipe.close()
+    assert pipe.backlog == 0
+    assert stored() == pipe.points_written == written + waiting
 
 
 def test_restarted_pipeline_returns_the_stores_heats_as_history(store: SQLiteStore) -> None:
