@@ -593,14 +593,21 @@ def test_simulated_pipeline_mirrors_simulated_heats(store: SQLiteStore) -> None:
     assert isinstance(got[0], Heat)
 
 
-def test_pipeline_polls_live_heats_once_they_are_tapped(store: SQLiteStore) -> None:
+def live_pipeline(store: SQLiteStore, history: int,
+                  write_interval_s: float) -> tuple[list[float], StorePipeline]:
+    """A live simulated plant (a heat a minute, 5 s samples) on a settable clock."""
     now = [0.0]
     sim = plant_sim()
-    src = SimulatedSensorSource(sim, 2, heat_interval_s=60.0, period_s=5.0,
+    src = SimulatedSensorSource(sim, history, heat_interval_s=60.0, period_s=5.0,
                                 clock=lambda: now[0])
     pipe = StorePipeline(src, store, HeatAssembler(store, sim.profile.name,
                                                    sim.profile.furnace),
-                         write_interval_s=1.0, clock=lambda: now[0])
+                         write_interval_s=write_interval_s, clock=lambda: now[0])
+    return now, pipe
+
+
+def test_pipeline_polls_live_heats_once_they_are_tapped(store: SQLiteStore) -> None:
+    now, pipe = live_pipeline(store, 2, write_interval_s=1.0)
     assert len(pipe.history()) == 2
     assert pipe.poll() == []
     now[0] = 30.0
@@ -617,13 +624,7 @@ def test_pipeline_polls_live_heats_once_they_are_tapped(store: SQLiteStore) -> N
 
 
 def test_pipeline_writes_waiting_points_at_close(store: SQLiteStore) -> None:
-    now = [0.0]
-    sim = plant_sim()
-    src = SimulatedSensorSource(sim, 0, heat_interval_s=60.0, period_s=5.0,
-                                clock=lambda: now[0])
-    pipe = StorePipeline(src, store, HeatAssembler(store, sim.profile.name,
-                                                   sim.profile.furnace),
-                         write_interval_s=10.0, clock=lambda: now[0])
+    now, pipe = live_pipeline(store, 0, write_interval_s=10.0)
     pipe.history()
     now[0] = 20.0
     pipe.poll()  # written: the interval had passed since the (empty) history
