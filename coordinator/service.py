@@ -148,8 +148,11 @@ class Coordinator:
             will = aiomqtt.Will(self.topics.coordinator_status, self._status("offline"),
                                 qos=1, retain=True)
             try:
+                # A persistent session (clean_session=False): while the coordinator is down
+                # or restarting, the broker keeps the updates sent to it (QoS 1); an agent
+                # sends each update once, so otherwise a restart would lose them.
                 async with aiomqtt.Client(
-                    host, port, identifier=self._client_id,
+                    host, port, identifier=self._client_id, clean_session=False,
                     username=self.settings.username, password=self.settings.password,
                     keepalive=self.settings.keepalive, will=will,
                     tls_context=self.settings.tls_context(),
