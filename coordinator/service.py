@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 
 from broker.codec import DecodeError, Limits
 from broker.schemas import (
@@ -56,6 +57,12 @@ class Rejection:
     sender: str
     topic: str
     reason: str
+
+
+def _paho(client: aiomqtt.Client) -> mqtt.Client:
+    """aiomqtt's paho client, for acknowledgements after handling: aiomqtt 2 has no API
+    for them yet (its issue #345 gives this as the workaround; paho >= 2.0 has it)."""
+    return client._client
 
 
 class Coordinator:
@@ -148,15 +155,19 @@ class Coordinator:
             will = aiomqtt.Will(self.topics.coordinator_status, self._status("offline"),
                                 qos=1, retain=True)
             try:
-                # A persistent session (clean_session=False): while the coordinator is down
-                # or restarting, the broker keeps the updates sent to it (QoS 1); an agent
-                # sends each update once, so otherwise a restart would lose them.
-                async with aiomqtt.Client(
+                # A persistent session (clean_session=False) and acknowledgements sent only
+                # after a message is handled: while the coordinator is down or restarting
+                # the broker keeps the updates sent to it, and one it received but had not
+                # handled (and saved) yet is delivered again. An agent sends each update
+                # once, so otherwise a restart would lose it.
+                client = aiomqtt.Client(
                     host, port, identifier=self._client_id, clean_session=False,
                     username=self.settings.username, password=self.settings.password,
                     keepalive=self.settings.keepalive, will=will,
                     tls_context=self.settings.tls_context(),
-                ) as client:
+                )
+                _paho(client).manual_ack_set(True)
+                async with client:
                     self._client = client
                     self._client_never_connected = False
                     delay = 1.0
@@ -210,9 +221,13 @@ class Coordinator:
             try:
                 self.handle(topic, bytes(msg.payload))  # type: ignore[arg-type]
             except (OSError, sqlite3.Error):
-                raise  # the state on disk is the truth: stop rather than count unsaved updates
+                # The state on disk is the truth: stop rather than count unsaved updates.
+                # Not acknowledged, so the broker delivers the message again.
+                raise
             except Exception:  # a bug must not stop the federation; log it loudly
                 log.exception("unexpected error handling a message on %s", topic)
+            if msg.qos > 0:
+                _paho(client).ack(msg.mid, msg.qos)
 
     # -- message handling (no awaits: runs to completion between network reads)
     def handle(self, topic: str, payload: bytes) -> None:

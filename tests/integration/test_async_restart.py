@@ -3,11 +3,13 @@ window loses no update (accepted before, or sent while it was down) and counts n
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from alchimia.local import CoordinatorThread
 from broker.schemas import ModelBody, StatusBody, TaskBody, UpdateBody, decode, message
@@ -130,6 +132,33 @@ def test_updates_sent_while_the_coordinator_is_down_count_when_it_returns(
         second = CoordinatorThread(w.settings).start()
         wait_for(lambda: second.done, 30, "the window to aggregate")
         assert not second.coordinator.rejections
+    finally:
+        w.close()
+        if second is not None:
+            second.stop()
+    w.check_final_model()
+
+
+def test_an_update_the_coordinator_could_not_save_is_delivered_again(
+        mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Acknowledged only once handled: a coordinator that stops on a disk error before
+    saving an update gets it from the broker again when it is back."""
+    w = open_window(mosquitto, tmp_path)
+    second: CoordinatorThread | None = None
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    try:
+        monkeypatch.setattr(w.first.coordinator.db, "accept_update", disk_full)
+        w.send("a1")
+        wait_for(lambda: w.first.done, 30, "the coordinator to stop on the disk error")
+        assert isinstance(w.first.error, sqlite3.OperationalError)
+        second = CoordinatorThread(w.settings).start()
+        wait_for(accepted(second, 1), 30, "the unsaved update, delivered again")
+        w.send("a2")
+        w.send("a3")
+        wait_for(lambda: second.done, 30, "the window to aggregate")
     finally:
         w.close()
         if second is not None:
