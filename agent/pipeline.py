@@ -34,12 +34,15 @@ class StorePipeline:
     ``max_backlog`` (then it stops polling the source, which holds or drops by its own
     rule), and assembles the heats once the store answers again.
 
-    Why points wait up to ``write_interval_s`` before they are written, and heats are
-    assembled only after a tap point was written: the agent polls about five times a second,
-    and each store write (an fsync) and each assembly (a flush of the store and a query)
-    costs a fixed amount of CPU whatever the number of points; at a furnace's rate those
-    fixed costs are most of the gateway's load (bench/bench_store.py --paced). A tap point
-    is written at once, so a finished heat is never held back; ``close()`` writes what waits.
+    Why points of a source that can produce them again (``source.volatile`` false: the
+    simulator, a CSV file) wait up to ``write_interval_s`` before they are written, and
+    heats are assembled only after a tap point was written: the agent polls about five
+    times a second, and each store write (an fsync) and each assembly (a flush of the store
+    and a query) costs a fixed amount of CPU whatever the number of points; at a furnace's
+    rate those fixed costs are most of the gateway's load (bench/bench_store.py --paced).
+    Points of a volatile source (a live MQTT feed, acknowledged on receipt) are written at
+    every poll, so a crash loses as little as possible. A tap point is written at once, so
+    a finished heat is never held back; ``close()`` writes what waits.
     """
 
     def __init__(self, source: PointSource, store: Store, assembler: HeatAssembler, *,
@@ -81,7 +84,8 @@ class StorePipeline:
                 p.measurement == TAP_MEASUREMENT for p in new)
             self._backlog += new
         now = self._clock()
-        if not (write_now or self._tap_waiting or len(self._backlog) >= self.max_backlog
+        if not (write_now or self.source.volatile or self._tap_waiting
+                or len(self._backlog) >= self.max_backlog
                 or now - self._last_write >= self.write_interval_s):
             return 0
         return self.write_backlog()

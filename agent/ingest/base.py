@@ -184,6 +184,10 @@ class PointSource(Protocol):
     """Where sensor points come from: a simulator, a PLC gateway over MQTT, a CSV export."""
 
     stats: IngestStats
+    #: True when a polled point exists nowhere else: a live feed already acknowledged to
+    #: its publisher. The pipeline writes such points at every poll; points a source can
+    #: produce again after a crash (a simulator, a file) may wait to be written in batches.
+    volatile: bool
 
     @property
     def caught_up(self) -> bool:

@@ -154,6 +154,7 @@ class CsvReplaySource:
         self.signals_path = Path(signals_csv)
         self.max_points = max(1, max_points)
         self.stats = IngestStats()
+        self.volatile = False  # a restarted agent reads the files again
         self._log = RateLimitedLog(log)
         with self.heats_path.open(newline="", encoding="utf-8-sig") as f:
             self._heat_header = _check_header(self.heats_path, next(csv.reader(f), None),

@@ -182,6 +182,7 @@ class MqttPlcSource:
         self.max_points = max_points
         self.keepalive = keepalive
         self.stats = IngestStats()
+        self.volatile = True  # paho acknowledged each message on receipt
         self._log = RateLimitedLog(log)
         self._inbox: queue.Queue[tuple[str, bytes, int]] = queue.Queue(maxsize=max_inbox)
         self._subscribed = threading.Event()

@@ -146,6 +146,7 @@ class SimulatedSensorSource:
             raise ValueError(f"heat_interval_s must be > 0, got {heat_interval_s}")
         self.plant = plant
         self.stats = IngestStats()
+        self.volatile = False  # a restarted agent simulates the same heats again
         self.period_ns = period_ns
         self.speed = speed if realtime is not False else None
         self.heat_interval_s = heat_interval_s

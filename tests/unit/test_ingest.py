@@ -642,6 +642,32 @@ def test_pipeline_writes_waiting_points_at_close(store: SQLiteStore) -> None:
     assert stored() == pipe.points_written == written + waiting
 
 
+@pytest.mark.parametrize("volatile", [True, False])
+def test_a_volatile_feed_is_written_at_every_poll(store: SQLiteStore, volatile: bool) -> None:
+    """Points that exist nowhere else (a live MQTT feed) do not wait for the interval."""
+    class Feed:
+        stats = IngestStats()
+        caught_up = True
+
+        def __init__(self) -> None:
+            self.volatile = volatile
+            self.n = 0
+
+        def poll(self) -> list[Point]:
+            self.n += 1
+            return [sample(self.n, active_power_mw=1.0)]
+
+        def close(self) -> None:
+            pass
+
+    now = [0.0]
+    pipe = StorePipeline(Feed(), store, HeatAssembler(store, "P1", "P1-EAF1"),
+                         write_interval_s=60.0, clock=lambda: now[0])
+    written = [pipe.ingest() for _ in range(3)]
+    assert written == ([1, 1, 1] if volatile else [1, 0, 0])
+    assert store.count(SIGNAL_MEASUREMENT, TAGS) == (3 if volatile else 1)
+
+
 def test_restarted_pipeline_returns_the_stores_heats_as_history(store: SQLiteStore) -> None:
     first = simulated_pipeline(1, 0, 3, 0.0, store, period_s=10.0)
     assert len(first.history()) == 3
@@ -656,6 +682,7 @@ def test_restarted_pipeline_returns_the_stores_heats_as_history(store: SQLiteSto
 
     class Idle:
         stats = IngestStats()
+        volatile = False
         caught_up = True
 
         def poll(self) -> list[Point]:
@@ -672,6 +699,7 @@ def test_restarted_pipeline_returns_the_stores_heats_as_history(store: SQLiteSto
 def test_a_point_the_store_refuses_does_not_stop_ingestion(store: SQLiteStore) -> None:
     class Feed:
         stats = IngestStats()
+        volatile = False
         caught_up = True
 
         def poll(self) -> list[Point]:
