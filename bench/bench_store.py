@@ -275,7 +275,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0, help="duration of a --paced run")
     ap.add_argument("--period", type=float, default=1.0,
                     help="seconds between write() calls in a --paced run (the agent writes "
-                         "what it polled once a second: StorePipeline.write_interval_s)")
+                         "simulated and CSV points once a second, StorePipeline."
+                         "write_interval_s; a live MQTT feed at every poll, about 0.2 s)")
     ap.add_argument("--flush-interval", type=float, default=1.0,
                     help="the InfluxDB store's flush_interval: at most this long between POSTs")
     args = ap.parse_args()
