@@ -10,11 +10,23 @@ and no retry policy, since the spool decides what is sent again.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import ssl
 import threading
 from collections.abc import Mapping
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """(the URL without ``user:password@``, user, password): credentials may be given in
+    the URL, but must not reach logs and error messages with it."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None, None
+    host = parts.netloc.rpartition("@")[2]
+    bare = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return bare, unquote(parts.username), unquote(parts.password or "")
 
 
 class PostError(Exception):
@@ -31,7 +43,8 @@ class PostConnection:
             raise ValueError(f"InfluxDB URL must be http(s)://host[:port][/path], got {url!r}")
         self._https = parts.scheme == "https"
         self._host = parts.hostname
-        self._port = parts.port
+        # Explicit: http.client would split an IPv6 literal without a port at its colons.
+        self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path.rstrip("/")
         self._timeout = timeout
         self._connect_timeout = connect_timeout
@@ -52,7 +65,11 @@ class PostConnection:
             while True:
                 conn = self._conn or self._connect()
                 try:
-                    conn.request("POST", target, body=body, headers={**self._headers, **headers})
+                    # InfluxDB answers some errors (401, 404 database not found) before it
+                    # reads a large body, then closes: sending fails, but the answer waits.
+                    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                        conn.request("POST", target, body=body,
+                                     headers={**self._headers, **headers})
                     response = conn.getresponse()
                     data = response.read()
                 except (http.client.RemoteDisconnected, ConnectionResetError,

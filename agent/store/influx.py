@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ import httpx
 from isal import isal_zlib
 
 from agent.store.buffered import SEND_OK, BufferedWriter, Outcome, SendResult, WriterStats
-from agent.store.http_post import PostConnection, PostError
+from agent.store.http_post import PostConnection, PostError, split_credentials
 from agent.store.points import NO_TAGS, FieldValue, Point, StoreError, tagset_key
 from agent.store.spool import Spool
 
@@ -111,7 +112,10 @@ class InfluxHTTP:
         timeout: float = 10.0,
         gzip_level: int = 1,
     ) -> None:
-        self.url = url.rstrip("/")
+        bare, url_user, url_password = split_credentials(url)
+        if url_user is not None and username is None:
+            username, password = url_user, url_password
+        self.url = bare.rstrip("/")  # what logs and errors show: no password
         self.database = database
         self.retention_policy = retention_policy
         if not 0 <= gzip_level <= isal_zlib.ISAL_BEST_COMPRESSION:
@@ -122,8 +126,10 @@ class InfluxHTTP:
         # Two connections: the sender thread and query callers never wait on each other.
         self._write = PostConnection(self.url, username=username, password=password,
                                      timeout=timeout, connect_timeout=min(timeout, 3.0))
-        self._query_client = httpx.Client(base_url=self.url, auth=auth, timeout=httpx.Timeout(
-            timeout, connect=min(timeout, 3.0)))
+        # Like the write connection: the system's CA store, no proxy from the environment.
+        self._query_client = httpx.Client(
+            base_url=self.url, auth=auth, timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
+            verify=ssl.create_default_context(), trust_env=False)
         self._write_params = {"db": database, "precision": "ns"}
         if retention_policy:
             self._write_params["rp"] = retention_policy
@@ -147,7 +153,7 @@ class InfluxHTTP:
             return False
         error = _error_text(body) if status >= 300 else ""
         if not error and body:
-            with contextlib.suppress(ValueError, AttributeError, IndexError, TypeError):
+            with contextlib.suppress(ValueError, AttributeError, LookupError, TypeError):
                 error = json.loads(body)["results"][0].get("error", "")
         if error:
             log.warning("CREATE DATABASE %s: HTTP %d %s", self.database, status, error)

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -175,6 +176,46 @@ def test_credentials_are_sent_and_a_refusal_keeps_the_points(
     right.write(points)
     right.flush()
     assert right.query_points("eaf", {}) == points
+
+
+def test_credentials_in_the_url_are_used_and_never_shown(
+    influxd_factory: Callable[..., InfluxdServer], db: str,
+    make_store: Callable[..., InfluxStore],
+) -> None:
+    server = influxd_factory(auth=True)
+    admin = "CREATE USER admin WITH PASSWORD 's3 cr3t' WITH ALL PRIVILEGES"
+    httpx.post(f"{server.url}/query", data={"q": admin}).raise_for_status()
+    host = server.url.removeprefix("http://")
+    points = furnace_points(300)
+    store = make_store(f"http://admin:s3%20cr3t@{host}/", db)  # percent-encoded space
+    store.write(points)
+    store.flush()
+    assert store.query_points("eaf", {}) == points
+    wrong = make_store(f"http://admin:n0pe@{host}", db, spool="wrong")
+    wrong.write(points)
+    with pytest.raises(FlushTimeout) as info:
+        wrong.flush(timeout=1.0)
+    assert "not authorised" in wrong.stats.last_error
+    shown = f"{info.value} {wrong.stats.last_error} {wrong.http.describe()}"
+    assert "n0pe" not in shown and host in shown
+
+
+def test_a_dropped_database_is_recreated_under_a_large_batch(
+    influxd: InfluxdServer, db: str, make_store: Callable[..., InfluxStore],
+) -> None:
+    """InfluxDB answers 404 before it reads a large body and closes; the answer still
+    counts (the database is created again), not a broken connection retried for ever."""
+    rng = random.Random(5)
+    tags = {"plant": "p", "furnace": "f", "heat": "h"}
+    points = [Point("eaf", tags, {f"v{j}": rng.random() for j in range(10)}, T0 + i)
+              for i in range(50_000)]  # 12 MB of random floats, sent uncompressed
+    store = make_store(influxd.url, db, batch_size=50_000, gzip_level=0)
+    store.write(points[:10])
+    store.flush()
+    httpx.post(f"{influxd.url}/query", data={"q": f'DROP DATABASE "{db}"'}).raise_for_status()
+    store.write(points)
+    store.flush(timeout=30)
+    assert store.count("eaf", tags) == len(points)
 
 
 def test_unreachable_at_start_then_delivered(
