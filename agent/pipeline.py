@@ -58,6 +58,8 @@ class StorePipeline:
         self.write_interval_s = write_interval_s
         self.retry_pending_s = retry_pending_s
         self._clock = clock
+        # A source that does not say is treated as volatile: its points are written at once.
+        self._volatile = bool(getattr(source, "volatile", True))
         self.points_written = 0
         self.last_heats: list[AssembledHeat] = []
         self._backlog: list[Point] = []
@@ -69,22 +71,23 @@ class StorePipeline:
 
     @property
     def backlog(self) -> int:
-        """Points polled but not written yet (the store failed)."""
+        """Points polled but not written yet: waiting for the write interval, or kept
+        after the store failed."""
         return len(self._backlog)
 
     def ingest(self, *, write_now: bool = False) -> int:
-        """One poll of the source; the number of points written to the store (0 while they
-        wait for ``write_interval_s``, unless ``write_now`` or a tap point arrived).
+        """One poll of the source (skipped while ``max_backlog`` points wait); the number of
+        points written to the store. Points wait for ``write_interval_s`` unless
+        ``write_now``, the source is volatile, a tap point arrived or the backlog is full.
 
-        On a store error the points are kept for the next call, and the error is raised.
+        If the store fails the points are kept for the next call, and the error is raised.
         """
         if len(self._backlog) < self.max_backlog:
             new = self.source.poll()
-            self._tap_waiting = self._tap_waiting or any(
-                p.measurement == TAP_MEASUREMENT for p in new)
+            self._tap_waiting = self._tap_waiting or _has_tap(new)
             self._backlog += new
         now = self._clock()
-        if not (write_now or self.source.volatile or self._tap_waiting
+        if not (write_now or self._volatile or self._tap_waiting
                 or len(self._backlog) >= self.max_backlog
                 or now - self._last_write >= self.write_interval_s):
             return 0
@@ -95,27 +98,31 @@ class StorePipeline:
         points, self._backlog = self._backlog, []
         if not points:
             return 0
-        tap, self._tap_waiting = self._tap_waiting, False
         try:
             self.store.write(points)
         except (ValueError, TypeError):
             # A point the source let through but the store refuses: keep the others.
             return self._write_one_by_one(points)
-        except StoreError as exc:
-            self._backlog, self._tap_waiting = points, tap
+        except BaseException as exc:  # a disk error too: nothing polled is dropped
+            self._keep(points)
             self._log.warning("write", "store did not take %d points (%s); kept to retry",
                               len(points), exc)
             raise
-        self._written(tap)
-        self.points_written += len(points)
+        self._written(points)
         return len(points)
 
-    def _written(self, tap: bool) -> None:
+    def _keep(self, points: list[Point]) -> None:
+        self._backlog = points
+        self._tap_waiting = _has_tap(points)
+
+    def _written(self, points: list[Point]) -> None:
+        self.points_written += len(points)
         self._last_write = self._clock()
-        self._assembly_due = self._assembly_due or tap
+        self._tap_waiting = False
+        self._assembly_due = self._assembly_due or _has_tap(points)
 
     def _write_one_by_one(self, points: list[Point]) -> int:
-        written = 0
+        stored: list[Point] = []
         for i, p in enumerate(points):
             try:
                 self.store.write([p])
@@ -123,17 +130,14 @@ class StorePipeline:
                 self.source.stats.reject(Reason.STORE_REFUSED)
                 self._log.warning(Reason.STORE_REFUSED, "store refused %s point of heat %s: %s",
                                   p.measurement, p.tags.get("heat"), exc)
-            except StoreError:
-                self._backlog = points[i:]
-                self._tap_waiting = any(p.measurement == TAP_MEASUREMENT for p in points[i:])
-                self._written(any(p.measurement == TAP_MEASUREMENT for p in points[:i]))
-                self.points_written += written
+            except BaseException:
+                self._written(stored)
+                self._keep(points[i:])
                 raise
             else:
-                written += 1
-        self._written(any(p.measurement == TAP_MEASUREMENT for p in points))
-        self.points_written += written
-        return written
+                stored.append(p)
+        self._written(stored)
+        return len(stored)
 
     def _assemble(self) -> list[Heat]:
         """New heats, if a tap point was written since the last look (or heats that were
@@ -168,9 +172,14 @@ class StorePipeline:
         caller."""
         try:
             self.write_backlog()
-        except StoreError as exc:
-            log.warning("%d polled points could not be written at close: %s", self.backlog, exc)
-        self.source.close()
+        except Exception as exc:
+            log.error("%d polled points could not be written at close: %s", self.backlog, exc)
+        finally:
+            self.source.close()
+
+
+def _has_tap(points: Sequence[Point]) -> bool:
+    return any(p.measurement == TAP_MEASUREMENT for p in points)
 
 
 def simulated_pipeline(

@@ -642,15 +642,18 @@ def test_pipeline_writes_waiting_points_at_close(store: SQLiteStore) -> None:
     assert stored() == pipe.points_written == written + waiting
 
 
-@pytest.mark.parametrize("volatile", [True, False])
-def test_a_volatile_feed_is_written_at_every_poll(store: SQLiteStore, volatile: bool) -> None:
-    """Points that exist nowhere else (a live MQTT feed) do not wait for the interval."""
+@pytest.mark.parametrize("volatile", [True, False, None])
+def test_a_volatile_feed_is_written_at_every_poll(store: SQLiteStore,
+                                                  volatile: bool | None) -> None:
+    """Points that exist nowhere else (a live MQTT feed) do not wait for the interval; a
+    source that does not say is treated as volatile."""
     class Feed:
         stats = IngestStats()
         caught_up = True
 
         def __init__(self) -> None:
-            self.volatile = volatile
+            if volatile is not None:
+                self.volatile = volatile
             self.n = 0
 
         def poll(self) -> list[Point]:
@@ -664,8 +667,8 @@ def test_a_volatile_feed_is_written_at_every_poll(store: SQLiteStore, volatile: 
     pipe = StorePipeline(Feed(), store, HeatAssembler(store, "P1", "P1-EAF1"),
                          write_interval_s=60.0, clock=lambda: now[0])
     written = [pipe.ingest() for _ in range(3)]
-    assert written == ([1, 1, 1] if volatile else [1, 0, 0])
-    assert store.count(SIGNAL_MEASUREMENT, TAGS) == (3 if volatile else 1)
+    assert written == ([1, 0, 0] if volatile is False else [1, 1, 1])
+    assert store.count(SIGNAL_MEASUREMENT, TAGS) == (1 if volatile is False else 3)
 
 
 def test_restarted_pipeline_returns_the_stores_heats_as_history(store: SQLiteStore) -> None:
@@ -766,6 +769,25 @@ def test_pipeline_rides_out_a_store_outage(flaky: FlakyStore) -> None:
     got = [h.heat_id for h in pipe.poll()]
     assert len(got) >= 2 and got == [f"P1-{i:06d}" for i in range(1, len(got) + 1)]
     assert pipe.backlog == 0
+
+
+def test_a_disk_error_keeps_every_polled_point(flaky: FlakyStore,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    src = SimulatedSensorSource(plant_sim(), 1, live=False)
+    pipe = StorePipeline(src, flaky, HeatAssembler(flaky, "P1", "P1-EAF1"))
+    write = flaky.write
+
+    def disk_full(points: Sequence[Point]) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(flaky, "write", disk_full)
+    with pytest.raises(OSError):
+        pipe.ingest(write_now=True)
+    kept = pipe.backlog
+    assert kept > 0 and pipe.points_written == 0
+    monkeypatch.setattr(flaky, "write", write)
+    assert [h.heat_id for h in pipe.history()] == ["P1-000000"]
+    assert pipe.points_written >= kept and pipe.backlog == 0
 
 
 def test_history_refuses_a_store_it_cannot_use(flaky: FlakyStore) -> None:
