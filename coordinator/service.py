@@ -65,6 +65,17 @@ def _paho(client: aiomqtt.Client) -> mqtt.Client:
     return client._client
 
 
+def _qos(granted: int | object) -> int:
+    """Granted QoS from a SUBACK entry (an int in MQTT 3.1.1, a reason code in 5)."""
+    value = getattr(granted, "value", granted)
+    return value if isinstance(value, int) else -1
+
+
+def _machine_fault(exc: BaseException) -> bool:
+    """A disk, file-system or database-file problem, not something a message caused."""
+    return isinstance(exc, OSError | sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
 class Coordinator:
     def __init__(self, settings: CoordinatorSettings) -> None:
         self.settings = settings
@@ -190,10 +201,16 @@ class Coordinator:
         await client.publish(self.topics.coordinator_status, self._status("online"), qos=1,
                              retain=True)
         await client.publish(self.topics.model_current, self.model_payload, qos=1, retain=True)
-        await client.subscribe([(self.topics.all_agents("status"), 1),
-                                (self.topics.all_agents("update"), 1),
-                                (self.topics.all_agents("metrics"), 1),
-                                (self.topics.coordinator_admin, 1)])
+        # QoS 1 only where the broker should keep messages while the coordinator is away
+        # (updates, admin commands): queued statuses and metrics would only crowd the
+        # session's queue, and the retained statuses come again with every subscribe.
+        granted = await client.subscribe([(self.topics.all_agents("update"), 1),
+                                          (self.topics.coordinator_admin, 1),
+                                          (self.topics.all_agents("status"), 0),
+                                          (self.topics.all_agents("metrics"), 0)])
+        if not granted or not 1 <= _qos(granted[0]) <= 2:
+            log.warning("the broker granted QoS %s, not 1, for agents' updates: updates sent "
+                        "while the coordinator is away will be lost", granted[:1])
         if self.window is not None and not self.window.closed:
             await self._publish_task(self.window, "open")
         log.info("coordinator %s online, federation %s, model version %d",
@@ -220,12 +237,14 @@ class Coordinator:
             topic = msg.topic.value
             try:
                 self.handle(topic, bytes(msg.payload))  # type: ignore[arg-type]
-            except (OSError, sqlite3.Error):
-                # The state on disk is the truth: stop rather than count unsaved updates.
-                # Not acknowledged, so the broker delivers the message again.
-                raise
-            except Exception:  # a bug must not stop the federation; log it loudly
-                log.exception("unexpected error handling a message on %s", topic)
+            except Exception as exc:
+                if _machine_fault(exc):
+                    # The state on disk is the truth: stop rather than count unsaved
+                    # updates. Not acknowledged, so the broker delivers it again.
+                    raise
+                # A bug, or a row the database refuses: this message would fail again, and
+                # it must not stop the federation. Logged loudly, acknowledged, dropped.
+                log.exception("unexpected error handling a message on %s; dropped", topic)
             if msg.qos > 0:
                 _paho(client).ack(msg.mid, msg.qos)
 

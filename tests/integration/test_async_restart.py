@@ -164,3 +164,25 @@ def test_an_update_the_coordinator_could_not_save_is_delivered_again(
         if second is not None:
             second.stop()
     w.check_final_model()
+
+
+def test_a_message_the_database_refuses_is_dropped_not_retried_for_ever(
+        mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only machine faults stop the coordinator; a refusal caused by the message does not."""
+    w = open_window(mosquitto, tmp_path)
+    db = w.first.coordinator.db
+    accept = db.accept_update
+
+    def refuse_once(*args: object, **kwargs: object) -> None:
+        monkeypatch.setattr(db, "accept_update", accept)
+        raise sqlite3.IntegrityError("UNIQUE constraint failed")
+
+    try:
+        monkeypatch.setattr(db, "accept_update", refuse_once)
+        w.send("a1")
+        w.send("a2")
+        w.send("a3")
+        wait_for(accepted(w.first, 2), 30, "the two other updates")
+        assert not w.first.done
+    finally:
+        w.close()
