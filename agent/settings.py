@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from broker.settings import NodeSettings
@@ -29,6 +29,16 @@ class AgentSettings(NodeSettings):
                             description="embedded SQLite store and InfluxDB spool")
     signal_period_s: float = Field(default=5.0, gt=0, le=60,
                                    description="simulated sensor sample period")
+    sensor_feed: str | None = Field(
+        default=None, description="MQTT URL of the plant broker carrying the PLC gateway's "
+        "sensor topics (docs/SENSORS.md): the furnace's real data instead of the simulator")
+    sensor_prefix: str = Field(default="", description="site prefix of the sensor topics")
+    replay_heats: Path | None = Field(default=None, description="CSV heat table to replay")
+    replay_signals: Path | None = Field(default=None, description="CSV signal table to replay")
+    plant_id: str | None = Field(
+        default=None, description="plant id in the sensor topics or CSV (real data)")
+    furnace_id: str | None = Field(
+        default=None, description="furnace id in the sensor topics or CSV (real data)")
     continual: bool = Field(default=True, description="drift detection, replay, adaptation")
     train_window: int = Field(default=300, ge=1,
                               description="continual: recent heats each local training uses")
@@ -50,3 +60,22 @@ class AgentSettings(NodeSettings):
     @classmethod
     def _id(cls, v: str) -> str:
         return check_id(v, "agent id")
+
+    @field_validator("plant_id", "furnace_id")
+    @classmethod
+    def _plant_furnace(cls, v: str | None) -> str | None:
+        return None if v is None else check_id(v, "plant or furnace id")
+
+    @model_validator(mode="after")
+    def _real_data(self) -> AgentSettings:
+        replay = self.replay_heats is not None or self.replay_signals is not None
+        if replay and (self.replay_heats is None or self.replay_signals is None):
+            raise ValueError("replay needs both replay_heats and replay_signals")
+        if self.sensor_feed and replay:
+            raise ValueError("choose one data source: sensor_feed or replay_heats/signals")
+        if (self.sensor_feed or replay) and not (self.plant_id and self.furnace_id):
+            raise ValueError("real data (sensor_feed or replay) needs plant_id and furnace_id: "
+                             "the furnace whose heats this agent learns from")
+        if (self.sensor_feed or replay) and not self.store_sensors:
+            raise ValueError("real data goes through the store: store_sensors must be on")
+        return self

@@ -56,8 +56,9 @@ class SimulatedHeats:
 
 
 def build_heat_source(settings: AgentSettings) -> HeatSource:
-    """The agent's data path from its settings: simulator -> store -> heat assembly, or,
-    with ``store_sensors`` off, finished heats straight from the simulator."""
+    """The agent's data path from its settings: sensor points (the PLC gateway's MQTT feed,
+    a CSV replay, or the simulator) -> store -> heat assembly, or, with ``store_sensors``
+    off, finished heats straight from the simulator."""
     drifts = [parse_drift(spec) for spec in settings.drift]
     if not settings.store_sensors:
         return SimulatedHeats(settings.plant, settings.seed, settings.history_heats,
@@ -72,6 +73,23 @@ def build_heat_source(settings: AgentSettings) -> HeatSource:
     where = (f"InfluxDB {settings.influx} database {settings.database!r}" if settings.influx
              else f"SQLite {state / 'sensors.sqlite3'}")
     log.info("agent %s stores sensor data in %s", settings.agent_id, where)
-    return simulated_pipeline(settings.plant, settings.seed, settings.history_heats,
-                              settings.heat_interval_s, store,
-                              period_s=settings.signal_period_s, drifts=drifts)
+    if settings.plant_id is None or settings.furnace_id is None:  # the settings check both
+        return simulated_pipeline(settings.plant, settings.seed, settings.history_heats,
+                                  settings.heat_interval_s, store,
+                                  period_s=settings.signal_period_s, drifts=drifts)
+    from agent.heats import HeatAssembler
+    from agent.ingest import CsvReplaySource, MqttPlcSource, PointSource
+    from agent.pipeline import StorePipeline
+
+    source: PointSource
+    if settings.sensor_feed:
+        source = MqttPlcSource(settings.sensor_feed, plant=settings.plant_id,
+                               furnace=settings.furnace_id, prefix=settings.sensor_prefix,
+                               client_id=f"{settings.agent_id}-sensors")
+        log.info("agent %s reads furnace %s/%s from %s", settings.agent_id, settings.plant_id,
+                 settings.furnace_id, settings.sensor_feed)
+    else:
+        assert settings.replay_heats is not None and settings.replay_signals is not None
+        source = CsvReplaySource(settings.replay_heats, settings.replay_signals)
+    return StorePipeline(source, store,
+                         HeatAssembler(store, settings.plant_id, settings.furnace_id))

@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--state-dir", type=Path, help="SQLite store and InfluxDB spool")
     agent.add_argument("--signal-period", dest="signal_period_s", type=float,
                        help="simulated sensor sample period in seconds")
+    agent.add_argument("--sensor-feed", metavar="MQTT_URL",
+                       help="real data: the plant broker with the PLC gateway's sensor topics")
+    agent.add_argument("--sensor-prefix", help="site prefix of the sensor topics")
+    agent.add_argument("--replay-heats", type=Path, metavar="CSV",
+                       help="real data: replay this heat table (with --replay-signals)")
+    agent.add_argument("--replay-signals", type=Path, metavar="CSV")
+    agent.add_argument("--plant-id", help="with real data: the plant id in topics or CSV")
+    agent.add_argument("--furnace-id", help="with real data: the furnace id in topics or CSV")
     experiment = sub.add_parser("experiment", help="offline experiments on simulated plants")
     kinds = experiment.add_subparsers(dest="experiment", required=True, metavar="{drift}")
     drift = kinds.add_parser("drift", help="supplier change at one plant: local, static "

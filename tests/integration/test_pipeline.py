@@ -22,8 +22,9 @@ from agent.ingest import (
     Reason,
 )
 from agent.pipeline import StorePipeline, simulated_pipeline
+from agent.settings import AgentSettings
 from agent.sim import Heat
-from agent.sources import SimulatedHeats
+from agent.sources import SimulatedHeats, build_heat_source
 from agent.store import InfluxStore, SQLiteStore
 from tests.fixtures.influxd import InfluxdServer
 from tests.fixtures.mosquitto import Mosquitto
@@ -99,6 +100,22 @@ class Gateway:
         body = {"ts": ts, "heat": heat, "values": values}
         self.raw(f"{self.base}/{kind}", json.dumps(body).encode())
 
+    def charge_and_signals(self, heat: str) -> None:
+        """The charge, then 20 min at 60 MW with 1,800 Nm3/h lance O2 and 10 min off, one
+        sample a second."""
+        charge = {"charge_E3_t": 60.0, "charge_E40_t": 45.5, "hot_heel_t": 15.0, "lime_t": 7.2,
+                  "tap_temp_aim_c": 1640}
+        self.send("charge", heat, "2026-01-01T00:00:00Z", charge)
+        for i in range(1800):
+            on = i < 1200
+            self.send("signal", heat, T0 + i * SEC, {
+                "active_power_mw": 60.0 if on else 0.0, "lance_o2_nm3h": 1800.0 if on else 0.0,
+                "voltage_v": 950.0 if on else 0.0})
+
+    def tap(self, heat: str) -> None:
+        tap = dict.fromkeys(TAP_FIELDS, 0.05) | {"tapped_t": 100.0, "tap_temp_c": 1638}
+        self.send("tap", heat, T0 + 1800 * SEC, tap)
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
@@ -113,15 +130,7 @@ def test_mqtt_plc_feed_into_the_store(mosquitto: Mosquitto, sqlite_store: SQLite
         pipe = StorePipeline(source, sqlite_store, HeatAssembler(sqlite_store, "P7", "EAF2"))
         assert pipe.history() == []
         heat = "H-0042"
-        charge = {"charge_E3_t": 60.0, "charge_E40_t": 45.5, "hot_heel_t": 15.0, "lime_t": 7.2,
-                  "tap_temp_aim_c": 1640}
-        gateway.send("charge", heat, "2026-01-01T00:00:00Z", charge)
-        # 20 min at 60 MW with 1,800 Nm3/h lance O2, then 10 min off, 1 sample a second.
-        for i in range(1800):
-            on = i < 1200
-            gateway.send("signal", heat, T0 + i * SEC, {
-                "active_power_mw": 60.0 if on else 0.0, "lance_o2_nm3h": 1800.0 if on else 0.0,
-                "voltage_v": 950.0 if on else 0.0})
+        gateway.charge_and_signals(heat)
         base = gateway.base
         malformed: dict[str, list[tuple[str, bytes]]] = {
             Reason.BAD_JSON: [(f"{base}/signal", b"{oops")],
@@ -144,8 +153,7 @@ def test_mqtt_plc_feed_into_the_store(mosquitto: Mosquitto, sqlite_store: SQLite
                 gateway.raw(topic, payload)
         # Not ours: another plant's furnace (outside the subscription).
         gateway.client.publish("plant/P8/eaf/EAF2/signal", b"{}", qos=1).wait_for_publish(10)
-        tap = dict.fromkeys(TAP_FIELDS, 0.05) | {"tapped_t": 100.0, "tap_temp_c": 1638}
-        gateway.send("tap", heat, T0 + 1800 * SEC, tap)
+        gateway.tap(heat)
 
         heats: list[Heat] = []
         n_good = 1 + 1800 + 1
@@ -161,16 +169,61 @@ def test_mqtt_plc_feed_into_the_store(mosquitto: Mosquitto, sqlite_store: SQLite
         assert sqlite_store.count(SIGNAL_MEASUREMENT, {"heat": heat}) == 1800
         (got,) = heats
         assert got.heat_id == heat
-        assert got.inputs["power_on_min"] == pytest.approx(20.0)
-        assert got.inputs["power_off_min"] == pytest.approx(10.0)
-        assert got.inputs["oxygen_nm3"] == pytest.approx(1800.0 * 1200 / 3600)
-        assert got.inputs["charge_E40_t"] == 45.5 and got.inputs["charge_HBI_t"] == 0.0
-        assert got.outcome["energy_kwh_t"] == pytest.approx(60.0 * 1200 / 3.6 / 100.0)
-        assert got.outcome["tap_temp_c"] == 1638.0
+        check_gateway_heat(got)
         assert pipe.poll() == []
     finally:
         gateway.close()
         source.close()
+
+
+def check_gateway_heat(got: Heat) -> None:
+    """The features and outcome of the heat ``Gateway`` sends."""
+    assert got.inputs["power_on_min"] == pytest.approx(20.0)
+    assert got.inputs["power_off_min"] == pytest.approx(10.0)
+    assert got.inputs["oxygen_nm3"] == pytest.approx(1800.0 * 1200 / 3600)
+    assert got.inputs["charge_E40_t"] == 45.5 and got.inputs["charge_HBI_t"] == 0.0
+    assert got.outcome["energy_kwh_t"] == pytest.approx(60.0 * 1200 / 3.6 / 100.0)
+    assert got.outcome["tap_temp_c"] == 1638.0
+
+
+def test_an_agent_learns_from_its_furnace_on_the_plc_feed(mosquitto: Mosquitto,
+                                                          tmp_path: Path) -> None:
+    """``alchimia agent --sensor-feed URL --plant-id P7 --furnace-id EAF2``: the settings
+    build a pipeline from the feed through the store to assembled heats."""
+    settings = AgentSettings.load(None, broker=mosquitto.url, agent_id="agent-p7",
+                                  sensor_feed=mosquitto.url, plant_id="P7",
+                                  furnace_id="EAF2", state_dir=tmp_path)
+    source = build_heat_source(settings)
+    assert isinstance(source, StorePipeline) and isinstance(source.source, MqttPlcSource)
+    gateway = Gateway(mosquitto)
+    try:
+        assert source.source.wait_subscribed(20)
+        assert source.history() == []
+        gateway.charge_and_signals("H-0043")
+        gateway.tap("H-0043")
+        heats: list[Heat] = []
+        assert wait_for(lambda: bool(heats.extend(source.poll()) or heats))
+        (got,) = heats
+        assert got.heat_id == "H-0043"
+        check_gateway_heat(got)
+    finally:
+        gateway.close()
+        source.close()
+
+
+@pytest.mark.parametrize(("settings", "error"), [
+    ({"sensor_feed": "mqtt://127.0.0.1:1"}, "needs plant_id and furnace_id"),
+    ({"sensor_feed": "mqtt://127.0.0.1:1", "plant_id": "P7"}, "needs plant_id and furnace_id"),
+    ({"replay_heats": "h.csv", "plant_id": "P7", "furnace_id": "EAF2"},
+     "needs both replay_heats and replay_signals"),
+    ({"replay_heats": "h.csv", "replay_signals": "s.csv", "sensor_feed": "mqtt://127.0.0.1:1",
+      "plant_id": "P7", "furnace_id": "EAF2"}, "choose one data source"),
+    ({"sensor_feed": "mqtt://127.0.0.1:1", "plant_id": "P 7", "furnace_id": "EAF2"},
+     "plant or furnace id"),
+])
+def test_real_data_settings_are_checked(settings: dict[str, str], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        AgentSettings.load(None, **settings)
 
 
 def test_mqtt_inbox_overflow_is_counted_not_fatal(mosquitto: Mosquitto) -> None:
