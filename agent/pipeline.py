@@ -104,22 +104,19 @@ class StorePipeline:
             # A point the source let through but the store refuses: keep the others.
             return self._write_one_by_one(points)
         except BaseException as exc:  # a disk error too: nothing polled is dropped
-            self._keep(points)
+            self._backlog = points  # _tap_waiting still describes them
             self._log.warning("write", "store did not take %d points (%s); kept to retry",
                               len(points), exc)
             raise
-        self._written(points)
+        self._written(len(points), self._tap_waiting)
         return len(points)
 
-    def _keep(self, points: list[Point]) -> None:
-        self._backlog = points
-        self._tap_waiting = _has_tap(points)
-
-    def _written(self, points: list[Point]) -> None:
-        self.points_written += len(points)
+    def _written(self, n: int, tap: bool) -> None:
+        """``n`` points stored, a tap point among them if ``tap``; nothing waits now."""
+        self.points_written += n
         self._last_write = self._clock()
         self._tap_waiting = False
-        self._assembly_due = self._assembly_due or _has_tap(points)
+        self._assembly_due = self._assembly_due or tap
 
     def _write_one_by_one(self, points: list[Point]) -> int:
         stored: list[Point] = []
@@ -131,12 +128,13 @@ class StorePipeline:
                 self._log.warning(Reason.STORE_REFUSED, "store refused %s point of heat %s: %s",
                                   p.measurement, p.tags.get("heat"), exc)
             except BaseException:
-                self._written(stored)
-                self._keep(points[i:])
+                self._written(len(stored), _has_tap(stored))
+                self._backlog = points[i:]
+                self._tap_waiting = _has_tap(self._backlog)
                 raise
             else:
                 stored.append(p)
-        self._written(stored)
+        self._written(len(stored), _has_tap(stored))
         return len(stored)
 
     def _assemble(self) -> list[Heat]:
