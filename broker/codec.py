@@ -31,8 +31,6 @@ RAW = "raw"
 MAX_DIMS = 8
 
 
-
-
 def encode_tensor(array: np.ndarray) -> dict[str, Any]:
     """Wire form of one array (copied to contiguous little-endian if needed)."""
     arr = np.asarray(array)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, compress, count
 from operator import and_, attrgetter, eq, not_
@@ -99,6 +99,14 @@ def check_measurement(measurement: object) -> str:
             f"measurement {name!r} starts with '#', which line protocol reads as a comment"
         )
     return name
+
+
+def sum_is_finite(values: Iterable[float]) -> bool:
+    """False if a value is NaN or infinite, in one C-level pass (``sum``), not a check per
+    value. Finite values whose sum overflows also give False: fast paths that use this send
+    them to the exact, slower path, which accepts them."""
+    total = sum(values)
+    return total - total == 0
 
 
 def check_field_key(key: object) -> str:
@@ -299,11 +307,10 @@ class LineEncoder:
             ts = p.ts_ns
             if entry is not None and type(ts) is int and TS_MIN <= ts <= TS_MAX:
                 ints = entry.ints
-                if not ints or all(INT64_MIN <= values[i] <= INT64_MAX for i in ints):
-                    total = sum(values)
-                    if total - total == 0:  # see _encode_run
-                        append(entry.text % (*values, ts))
-                        continue
+                in_range = not ints or all(INT64_MIN <= values[i] <= INT64_MAX for i in ints)
+                if in_range and sum_is_finite(values):
+                    append(entry.text % (*values, ts))
+                    continue
             append(encode_line(p) + "\n")  # raises if the point is invalid
 
     def _encode_run(self, run: Sequence[Point], out: list[str]) -> bool:
@@ -330,10 +337,7 @@ class LineEncoder:
             column = values[i::k]
             if min(column) < INT64_MIN or max(column) > INT64_MAX:
                 return False
-        # NaN or an infinity makes the sum non-finite (so may an overflow of finite values:
-        # those points then go point by point, and to encode_line, which takes them).
-        total = sum(values)
-        if total - total != 0:
+        if not sum_is_finite(values):  # overflowing finite values go point by point
             return False
         stamps = list(map(_TS, run))
         if (list(map(type, stamps)).count(int) != n or min(stamps) < TS_MIN

@@ -34,6 +34,7 @@ from agent.store.points import (
     check_tags,
     normalize_fields,
     normalize_ts,
+    sum_is_finite,
     tagset_key,
 )
 
@@ -117,8 +118,8 @@ class SQLiteStore:
         """
         if type(fields) is dict and set(map(type, fields.values())) == _FLOAT_ONLY:
             keys = tuple(fields)
-            total = sum(fields.values())
-            if total - total == 0 and (keys in self._field_keys or self._remember_keys(keys)):
+            if sum_is_finite(fields.values()) and (
+                    keys in self._field_keys or self._remember_keys(keys)):
                 return fields
         return normalize_fields(fields)
 

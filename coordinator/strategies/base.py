@@ -21,6 +21,7 @@ Weights = dict[str, np.ndarray]
 StateValue = np.ndarray | float | int
 StateDict = dict[str, StateValue]
 
+
 def check_weight(weight: float) -> float:
     """An update's weight must be a finite number >= 0 (sample count times staleness)."""
     try:
