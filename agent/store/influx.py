@@ -123,12 +123,13 @@ class InfluxHTTP:
                              f"{isal_zlib.ISAL_BEST_COMPRESSION}, not {gzip_level}")
         self.gzip_level = gzip_level
         auth = (username, password or "") if username else None
+        connect = min(timeout, 3.0)
         # Two connections: the sender thread and query callers never wait on each other.
         self._write = PostConnection(self.url, username=username, password=password,
-                                     timeout=timeout, connect_timeout=min(timeout, 3.0))
+                                     timeout=timeout, connect_timeout=connect)
         # Like the write connection: the system's CA store, no proxy from the environment.
         self._query_client = httpx.Client(
-            base_url=self.url, auth=auth, timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
+            base_url=self.url, auth=auth, timeout=httpx.Timeout(timeout, connect=connect),
             verify=ssl.create_default_context(), trust_env=False)
         self._write_params = {"db": database, "precision": "ns"}
         if retention_policy:

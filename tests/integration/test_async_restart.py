@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,10 @@ SAMPLES = {"a1": 10, "a2": 30, "a3": 60}
 
 @dataclass
 class AsyncWindow:
-    """Three raw agents in front of an open async window (buffer_k = 3, one version)."""
+    """Three raw agents in front of an open async window (buffer_k = 3, one version).
+
+    A context manager: leaving it stops every coordinator started and closes the clients.
+    """
 
     settings: CoordinatorSettings
     topics: Topics
@@ -34,6 +37,12 @@ class AsyncWindow:
     base: ModelBody
     update: Callable[[str], bytes]
     deltas: dict[str, dict[str, np.ndarray]]
+    restarted: list[CoordinatorThread] = field(default_factory=list)
+
+    def restart(self) -> CoordinatorThread:
+        """A new coordinator on the same settings and state (the first one stopped)."""
+        self.restarted.append(CoordinatorThread(self.settings).start())
+        return self.restarted[-1]
 
     def send(self, name: str, payload: bytes | None = None) -> bytes:
         payload = payload or self.update(name)
@@ -49,8 +58,12 @@ class AsyncWindow:
             expected = w0 + sum(SAMPLES[n] * self.deltas[n][k] for n in SAMPLES) / total
             np.testing.assert_allclose(final.weights[k], expected, rtol=1e-5, atol=1e-6)
 
-    def close(self) -> None:
-        self.first.stop()
+    def __enter__(self) -> AsyncWindow:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for coordinator in [self.first, *self.restarted]:
+            coordinator.stop()
         for client in [*self.agents.values(), self.watcher]:
             client.close()
 
@@ -92,15 +105,13 @@ def accepted(coordinator: CoordinatorThread, n: int) -> Callable[[], bool]:
 
 def test_restart_mid_window_keeps_accepted_updates_exactly_once(mosquitto,
                                                                 tmp_path: Path) -> None:
-    w = open_window(mosquitto, tmp_path)
-    second: CoordinatorThread | None = None
-    try:
+    with open_window(mosquitto, tmp_path) as w:
         sent_a1 = w.send("a1")
         w.send("a2")
         wait_for(accepted(w.first, 2), 30, "two accepted updates")
         w.first.stop()
 
-        second = CoordinatorThread(w.settings).start()
+        second = w.restart()
         wait_for(accepted(second, 2), 30, "resumed window")
         w.send("a1", sent_a1)  # replay of the same message
         w.send("a1")  # same base, new id
@@ -109,10 +120,6 @@ def test_restart_mid_window_keeps_accepted_updates_exactly_once(mosquitto,
         assert any("replayed" in r for r in reasons) and any("already sent" in r for r in reasons)
         w.send("a3")
         wait_for(lambda: second.done, 60, "the window to aggregate")
-    finally:
-        w.close()
-        if second is not None:
-            second.stop()
     w.check_final_model()
 
 
@@ -120,22 +127,16 @@ def test_updates_sent_while_the_coordinator_is_down_count_when_it_returns(
         mosquitto, tmp_path: Path) -> None:
     """The coordinator's MQTT session outlives it, so the broker keeps what agents sent
     meanwhile (an agent does not send an update twice, so that one would be lost)."""
-    w = open_window(mosquitto, tmp_path)
-    second: CoordinatorThread | None = None
-    try:
+    with open_window(mosquitto, tmp_path) as w:
         w.send("a1")
         wait_for(accepted(w.first, 1), 30, "one accepted update")
         w.first.stop()
         assert w.first.done
         w.send("a2")
         w.send("a3")
-        second = CoordinatorThread(w.settings).start()
+        second = w.restart()
         wait_for(lambda: second.done, 30, "the window to aggregate")
         assert not second.coordinator.rejections
-    finally:
-        w.close()
-        if second is not None:
-            second.stop()
     w.check_final_model()
 
 
@@ -143,46 +144,36 @@ def test_an_update_the_coordinator_could_not_save_is_delivered_again(
         mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Acknowledged only once handled: a coordinator that stops on a disk error before
     saving an update gets it from the broker again when it is back."""
-    w = open_window(mosquitto, tmp_path)
-    second: CoordinatorThread | None = None
-
     def disk_full(*args: object, **kwargs: object) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
-    try:
+    with open_window(mosquitto, tmp_path) as w:
         monkeypatch.setattr(w.first.coordinator.db, "accept_update", disk_full)
         w.send("a1")
         wait_for(lambda: w.first.done, 30, "the coordinator to stop on the disk error")
         assert isinstance(w.first.error, sqlite3.OperationalError)
-        second = CoordinatorThread(w.settings).start()
+        second = w.restart()
         wait_for(accepted(second, 1), 30, "the unsaved update, delivered again")
         w.send("a2")
         w.send("a3")
         wait_for(lambda: second.done, 30, "the window to aggregate")
-    finally:
-        w.close()
-        if second is not None:
-            second.stop()
     w.check_final_model()
 
 
 def test_a_message_the_database_refuses_is_dropped_not_retried_for_ever(
         mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Only machine faults stop the coordinator; a refusal caused by the message does not."""
-    w = open_window(mosquitto, tmp_path)
-    db = w.first.coordinator.db
-    accept = db.accept_update
+    with open_window(mosquitto, tmp_path) as w:
+        db = w.first.coordinator.db
+        accept = db.accept_update
 
-    def refuse_once(*args: object, **kwargs: object) -> None:
-        monkeypatch.setattr(db, "accept_update", accept)
-        raise sqlite3.IntegrityError("UNIQUE constraint failed")
+        def refuse_once(*args: object, **kwargs: object) -> None:
+            monkeypatch.setattr(db, "accept_update", accept)
+            raise sqlite3.IntegrityError("UNIQUE constraint failed")
 
-    try:
         monkeypatch.setattr(db, "accept_update", refuse_once)
         w.send("a1")
         w.send("a2")
         w.send("a3")
         wait_for(accepted(w.first, 2), 30, "the two other updates")
         assert not w.first.done
-    finally:
-        w.close()

@@ -14,6 +14,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -158,46 +159,34 @@ def test_influxd_killed_mid_run_loses_and_duplicates_nothing(
     assert sum("reachable again" in m for m in msgs) == 1
 
 
-def test_credentials_are_sent_and_a_refusal_keeps_the_points(
+@pytest.mark.parametrize("in_url", [False, True], ids=["keywords", "in-url"])
+def test_credentials_are_sent_never_shown_and_a_refusal_keeps_the_points(
     influxd_factory: Callable[..., InfluxdServer], db: str,
-    make_store: Callable[..., InfluxStore],
-) -> None:
-    server = influxd_factory(auth=True)
-    admin = "CREATE USER admin WITH PASSWORD 's3cr3t' WITH ALL PRIVILEGES"
-    httpx.post(f"{server.url}/query", data={"q": admin}).raise_for_status()
-    points = furnace_points(500)
-    wrong = make_store(server.url, db, spool="wrong", username="admin", password="nope")
-    wrong.write(points)
-    with pytest.raises(FlushTimeout):
-        wrong.flush(timeout=1.0)
-    assert wrong.spool.pending_points == 500  # kept until the credentials are fixed
-    assert "not authorised (HTTP 401)" in wrong.stats.last_error
-    right = make_store(server.url, db, spool="right", username="admin", password="s3cr3t")
-    right.write(points)
-    right.flush()
-    assert right.query_points("eaf", {}) == points
-
-
-def test_credentials_in_the_url_are_used_and_never_shown(
-    influxd_factory: Callable[..., InfluxdServer], db: str,
-    make_store: Callable[..., InfluxStore],
+    make_store: Callable[..., InfluxStore], in_url: bool,
 ) -> None:
     server = influxd_factory(auth=True)
     admin = "CREATE USER admin WITH PASSWORD 's3 cr3t' WITH ALL PRIVILEGES"
     httpx.post(f"{server.url}/query", data={"q": admin}).raise_for_status()
     host = server.url.removeprefix("http://")
-    points = furnace_points(300)
-    store = make_store(f"http://admin:s3%20cr3t@{host}/", db)  # percent-encoded space
-    store.write(points)
-    store.flush()
-    assert store.query_points("eaf", {}) == points
-    wrong = make_store(f"http://admin:n0pe@{host}", db, spool="wrong")
+
+    def login(password: str, spool: str) -> InfluxStore:
+        if in_url:  # percent-encoded, with a trailing slash
+            return make_store(f"http://admin:{quote(password)}@{host}/", db, spool=spool)
+        return make_store(server.url, db, spool=spool, username="admin", password=password)
+
+    points = furnace_points(500)
+    wrong = login("n0pe", "wrong")
     wrong.write(points)
     with pytest.raises(FlushTimeout) as info:
         wrong.flush(timeout=1.0)
-    assert "not authorised" in wrong.stats.last_error
+    assert wrong.spool.pending_points == 500  # kept until the credentials are fixed
+    assert "not authorised (HTTP 401)" in wrong.stats.last_error
     shown = f"{info.value} {wrong.stats.last_error} {wrong.http.describe()}"
     assert "n0pe" not in shown and host in shown
+    right = login("s3 cr3t", "right")
+    right.write(points)
+    right.flush()
+    assert right.query_points("eaf", {}) == points
 
 
 def test_a_dropped_database_is_recreated_under_a_large_batch(
