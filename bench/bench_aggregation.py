@@ -129,6 +129,11 @@ def last_level_cache_bytes() -> int:
     return max(sizes, default=32 << 20)
 
 
+def dram_pool_size(update_bytes: int) -> int:
+    """Distinct updates to cycle so that each is read from DRAM: twice the cache, >= 8."""
+    return max(8, -(-2 * last_level_cache_bytes() // update_bytes))
+
+
 def read_all_cores(arr: np.ndarray) -> None:
     """Sum of squares of ``arr`` split over one thread per core."""
     parts = np.array_split(arr, os.cpu_count() or 1)
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     params = args.params
     shapes = layout(params)
     model_bytes = 4 * params
-    pool = make_pool(shapes, min(max(ks), max(8, -(-2 * last_level_cache_bytes() // model_bytes))))
+    pool = make_pool(shapes, min(max(ks), dram_pool_size(model_bytes)))
     print(f"P = {params:,} float32 params ({model_bytes / 1e6:.1f} MB) in {len(shapes)} "
           f"tensors; payload pool of {len(pool)} distinct updates, cycled")
     # Other load skews the numbers, BLAS-heavy Krum most (its threads spin on busy cores).

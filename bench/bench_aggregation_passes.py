@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_aggregation import last_level_cache_bytes, layout, make_pool
+from bench.bench_aggregation import dram_pool_size, layout, make_pool
 from broker.schemas import UpdateBody, decode
 from coordinator.strategies import kernels
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     shapes = layout(args.params)
     nbytes = 4 * args.params
-    pool = make_pool(shapes, max(8, -(-2 * last_level_cache_bytes() // nbytes)))
+    pool = make_pool(shapes, dram_pool_size(nbytes))
     deltas = [decode(p, UpdateBody, check_finite=False).body.delta for p in pool]  # type: ignore[union-attr]
 
     def sums() -> Delta:
