@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 
 import numpy as np
 import torch
 
 from models.onnx_runtime import INPUT_NAME, OUTPUT_NAME, OnnxPredictor
-from models.regressor import HeatRegressor
+from models.regressor import HeatModel
 
 OPSET = 17
+# torch.onnx.export keeps global state: two threads exporting at once (agents and the
+# coordinator of a local federation share a process) fail with "in_onnx_export".
+_EXPORT_LOCK = threading.Lock()
 
 
-def export_onnx(model: HeatRegressor) -> bytes:
+def export_onnx(model: HeatModel) -> bytes:
     """Serialized ONNX with a dynamic batch axis: float32 [batch, features] -> [batch, targets].
 
     Uses the TorchScript exporter: it needs no extra packages and handles an MLP exactly;
@@ -23,7 +27,7 @@ def export_onnx(model: HeatRegressor) -> bytes:
     model = model.eval()
     dummy = torch.zeros(1, len(model.spec.features), dtype=torch.float32)
     buf = io.BytesIO()
-    with warnings.catch_warnings():
+    with _EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model,
@@ -34,11 +38,15 @@ def export_onnx(model: HeatRegressor) -> bytes:
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             opset_version=OPSET,
             dynamo=False,
+            # No folding: every trainable tensor stays an initializer under its own name
+            # (yield_shared, yield_site, ...), so the file says what a site learned and a
+            # tool can read a site's scrap characterisation from it.
+            do_constant_folding=False,
         )
     return buf.getvalue()
 
 
-def max_parity_error(model: HeatRegressor, onnx_bytes: bytes, x: np.ndarray) -> float:
+def max_parity_error(model: HeatModel, onnx_bytes: bytes, x: np.ndarray) -> float:
     """Largest relative difference between torch and ONNX Runtime on ``x``."""
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(np.asarray(x, np.float32))).numpy()
@@ -47,7 +55,7 @@ def max_parity_error(model: HeatRegressor, onnx_bytes: bytes, x: np.ndarray) -> 
     return float(np.max(np.abs(got - expected) / scale))
 
 
-def check_parity(model: HeatRegressor, onnx_bytes: bytes, x: np.ndarray,
+def check_parity(model: HeatModel, onnx_bytes: bytes, x: np.ndarray,
                  tolerance: float = 1e-3) -> float:
     """Raise if ONNX Runtime disagrees with torch: a model that fails is never published."""
     err = max_parity_error(model, onnx_bytes, x)

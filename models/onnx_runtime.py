@@ -21,6 +21,7 @@ class OnnxPredictor:
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        self.onnx_bytes = onnx_bytes
         self.features = tuple(features)
         self.targets = tuple(targets)
 

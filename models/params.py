@@ -1,6 +1,8 @@
 """Weights as named numpy arrays in a stable order: the unit of aggregation and transport.
 
-Only trainable parameters travel; normalisation buffers are fixed by the spec.
+Only trainable parameters travel, and of those only the ``shared`` part (the spec says
+which tensors are shared and which stay at the site); normalisation buffers are fixed by
+the spec.
 """
 
 from __future__ import annotations
@@ -10,31 +12,51 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from models.regressor import HeatRegressor
+from models.regressor import HeatModel, build_model
+from models.spec import ModelSpec, Part
 
 Weights = dict[str, np.ndarray]
 
 
-def get_weights(model: HeatRegressor) -> Weights:
-    """Copies of the parameters as float32 arrays, in registration order."""
+def get_weights(model: HeatModel, part: Part = "shared") -> Weights:
+    """Copies of one part's parameters as float32 arrays, in the spec's order."""
+    params = dict(model.named_parameters())
     return {
-        name: p.detach().cpu().numpy().astype(np.float32, copy=True)
-        for name, p in model.named_parameters()
+        name: params[name].detach().cpu().numpy().astype(np.float32, copy=True)
+        for name in model.spec.parameter_shapes(part)
     }
 
 
-def set_weights(model: HeatRegressor, weights: Mapping[str, np.ndarray]) -> None:
-    """Load weights; names and shapes must match the model exactly."""
+def set_weights(model: HeatModel, weights: Mapping[str, np.ndarray],
+                part: Part = "shared") -> None:
+    """Load one part's weights; names and shapes must match the spec exactly."""
+    shapes = model.spec.parameter_shapes(part)
+    if list(weights) != list(shapes):
+        raise ValueError(f"{part} weight names {list(weights)} do not match model "
+                         f"{list(shapes)}")
     params = dict(model.named_parameters())
-    if list(weights) != list(params):
-        raise ValueError(f"weight names {list(weights)} do not match model {list(params)}")
     with torch.no_grad():
-        for name, p in params.items():
+        for name, shape in shapes.items():
             arr = np.asarray(weights[name], dtype=np.float32)
-            if arr.shape != tuple(p.shape):
-                raise ValueError(f"{name}: shape {arr.shape} != {tuple(p.shape)}")
-            p.copy_(torch.from_numpy(arr.copy()))
+            if arr.shape != shape:
+                raise ValueError(f"{name}: shape {arr.shape} != {shape}")
+            params[name].copy_(torch.from_numpy(arr.copy()))
 
 
 def subtract(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> Weights:
     return {k: (a[k] - b[k]).astype(np.float32) for k in a}
+
+
+def add(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> Weights:
+    return {k: (a[k] + b[k]).astype(np.float32) for k in a}
+
+
+def compose(spec: ModelSpec, shared: Mapping[str, np.ndarray],
+            site: Mapping[str, np.ndarray] | None = None) -> HeatModel:
+    """A model of ``spec`` holding the shared weights and, given, a site's own tensors
+    (else the site part's initial zeros: the federation's model as such)."""
+    model = build_model(spec)
+    set_weights(model, shared)
+    if site is not None:
+        set_weights(model, site, "site")
+    return model.eval()

@@ -1,4 +1,5 @@
-"""The torch heat-outcome regressor (agent training and coordinator export only)."""
+"""The torch heat-outcome models (agent training and coordinator export only): the MLP
+``mlp-v1`` here, the physics-structured ``eaf-hybrid-v1`` in ``models.hybrid``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import itertools
 import torch
 from torch import nn
 
+from models.hybrid import EafHybrid
 from models.spec import ModelSpec
 
 
@@ -41,11 +43,15 @@ class HeatRegressor(nn.Module):
         return (y - self.y_center) / self.y_scale
 
 
-def build_model(spec: ModelSpec, seed: int = 0) -> HeatRegressor:
-    """A freshly initialised model; the same seed gives the same weights everywhere."""
+HeatModel = HeatRegressor | EafHybrid
+
+
+def build_model(spec: ModelSpec, seed: int = 0) -> HeatModel:
+    """A freshly initialised model of the spec's architecture; the same seed gives the same
+    weights everywhere. Site tensors start at zero (the federation's physics)."""
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        return HeatRegressor(spec)
+        return EafHybrid(spec) if spec.architecture == "eaf-hybrid-v1" else HeatRegressor(spec)
     finally:
         torch.random.set_rng_state(gen_state)

@@ -29,6 +29,6 @@ def local_finetune(spec: ModelSpec, weights: Mapping[str, np.ndarray], x_recent:
     """
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                       ewc_lambda=ewc_lambda)
-    delta, _ = train_delta(spec, weights, x_recent, y_recent, cfg, replay=replay)
+    delta = train_delta(spec, weights, x_recent, y_recent, cfg, replay=replay).delta
     return {k: (np.asarray(weights[k], np.float32) + delta[k]).astype(np.float32)
             for k in weights}

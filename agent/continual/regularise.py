@@ -15,7 +15,7 @@ import torch
 from torch.func import functional_call, jacrev, vmap
 
 from models.params import Weights, set_weights
-from models.regressor import HeatRegressor, build_model
+from models.regressor import HeatModel, build_model
 from models.spec import ModelSpec
 
 
@@ -32,7 +32,8 @@ def fisher_diagonal(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.nd
         raise ValueError("no rows to estimate the Fisher information from")
     model = build_model(spec)
     set_weights(model, weights)
-    params = {k: p.detach() for k, p in model.named_parameters()}
+    named = dict(model.named_parameters())
+    params = {k: named[k].detach() for k in spec.parameter_shapes()}  # the shared part
     buffers = {k: b.detach() for k, b in model.named_buffers()}
     y_scale = model.y_scale
 
@@ -76,8 +77,9 @@ class EwcPenalty:
                                          strict=True))
         return 0.5 * self.lam * total
 
-    def __call__(self, model: HeatRegressor) -> torch.Tensor:
+    def __call__(self, model: HeatModel) -> torch.Tensor:
         """The penalty of a model's parameters, differentiable."""
-        terms = [(f * (p - a) ** 2).sum() for p, a, f in
-                 zip(model.parameters(), self._t_anchor, self._t_fisher, strict=True)]
+        params = dict(model.named_parameters())
+        terms = [(f * (params[k] - a) ** 2).sum() for k, a, f in
+                 zip(self.anchor, self._t_anchor, self._t_fisher, strict=True)]
         return 0.5 * self.lam * torch.stack(terms).sum()

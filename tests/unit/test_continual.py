@@ -275,7 +275,8 @@ def test_train_delta_with_defaults_is_unchanged(mu: float) -> None:
     base = get_weights(build_model(SPEC, seed=1))
     x, y = _rows(70, seed=2)
     cfg = TrainConfig(epochs=3, lr=3e-3, batch_size=16, proximal_mu=mu, seed=9)
-    delta, metrics = train_delta(SPEC, base, x, y, cfg)
+    result = train_delta(SPEC, base, x, y, cfg)
+    delta, metrics = result.delta, result.metrics
     ref = _reference_train_delta(SPEC, base, x, y, cfg)
     assert list(delta) == list(base) and set(metrics) == {"train_loss"}
     for k in base:
@@ -287,12 +288,12 @@ def test_train_delta_replay_rows_are_trained_on_and_ewc_holds_weights_back() -> 
     x, y = _rows(64, seed=3)
     old = _rows(64, seed=4)
     cfg = TrainConfig(epochs=5, lr=1e-2, batch_size=16)
-    plain, _ = train_delta(SPEC, base, x, y, cfg)
-    with_replay, _ = train_delta(SPEC, base, x, y, cfg, replay=old)
+    plain = train_delta(SPEC, base, x, y, cfg).delta
+    with_replay = train_delta(SPEC, base, x, y, cfg, replay=old).delta
     assert any(not np.array_equal(plain[k], with_replay[k]) for k in base)
-    held, metrics = train_delta(SPEC, base, x, y, TrainConfig(epochs=5, lr=1e-2,
-                                                              batch_size=16, ewc_lambda=1e4),
-                                replay=old)
+    held_result = train_delta(SPEC, base, x, y, TrainConfig(epochs=5, lr=1e-2, batch_size=16,
+                                                            ewc_lambda=1e4), replay=old)
+    held, metrics = held_result.delta, held_result.metrics
     fisher = fisher_diagonal(SPEC, base, old[0])
     moved = {k: base[k] + with_replay[k] for k in base}
     kept = {k: base[k] + held[k] for k in base}
@@ -300,8 +301,8 @@ def test_train_delta_replay_rows_are_trained_on_and_ewc_holds_weights_back() -> 
     assert ewc.value(kept) < 0.1 * ewc.value(moved)
     assert metrics["ewc_penalty"] >= 0.0
     # Without replay rows or a Fisher there is nothing to protect: plain training.
-    alone, _ = train_delta(SPEC, base, x, y, TrainConfig(epochs=5, lr=1e-2, batch_size=16,
-                                                         ewc_lambda=1e4))
+    alone = train_delta(SPEC, base, x, y, TrainConfig(epochs=5, lr=1e-2, batch_size=16,
+                                                      ewc_lambda=1e4)).delta
     for k in base:
         np.testing.assert_array_equal(alone[k], plain[k])
 

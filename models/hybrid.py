@@ -1,0 +1,127 @@
+"""``eaf-hybrid-v1`` in torch: mass and energy balances with learned coefficients.
+
+The structure and the shared/site partition are described in ``models.hybrid_layout``;
+this module only computes it. Raw engineering units in and out, like ``mlp-v1``, so the
+exported ONNX graph has the same contract and consumers need nothing new.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from models import hybrid_layout as hl
+from models.schema import FEATURES, GRADES, TARGET_REFERENCE, TARGETS
+from models.spec import ModelSpec
+
+_COL = {f: i for i, f in enumerate(FEATURES)}
+_OUT = {t: i for i, t in enumerate(TARGETS)}
+
+
+def _content_prior() -> np.ndarray:
+    """Prior effective content (wt% x recovery) per grade and element: half the grade's
+    residual aim, split like the typical tap chemistry."""
+    typical = np.array([TARGET_REFERENCE[t][0] for t in hl.ELEMENT_TARGETS])
+    split = typical / typical.sum()
+    aims = np.array([hl.RESIDUAL_AIM_PCT[g] for g in GRADES])
+    return 0.5 * aims[:, None] * split[None, :]
+
+
+class EafHybrid(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        f = torch.float32
+        self.register_buffer("x_center", torch.tensor(spec.x_center, dtype=f))
+        self.register_buffer("x_scale", torch.tensor(spec.x_scale, dtype=f))
+        self.register_buffer("y_center", torch.tensor(spec.y_center, dtype=f))
+        self.register_buffer("y_scale", torch.tensor(spec.y_scale, dtype=f))
+        self.register_buffer("grade_cols", torch.tensor([_COL[f"charge_{g}_t"] for g in GRADES]))
+        self.register_buffer("yield_prior", torch.tensor([hl.YIELD_PRIOR[g] for g in GRADES],
+                                                         dtype=f))
+        self.register_buffer("log_content_prior", torch.tensor(np.log(_content_prior()),
+                                                               dtype=f))
+        self.register_buffer("log_heel_prior", torch.tensor(
+            np.log([TARGET_REFERENCE[t][0] for t in hl.ELEMENT_TARGETS]), dtype=f))
+        self.register_buffer("term_center", torch.tensor([t[1] for t in hl.TERMS], dtype=f))
+        self.register_buffer("term_scale", torch.tensor([t[2] for t in hl.TERMS], dtype=f))
+        self.n_residual = len(spec.hidden) + 1
+        for name, (shape, _part) in spec.tensor_parts().items():
+            self.register_parameter(name, nn.Parameter(torch.zeros(shape)))
+        # The residual network's hidden layers start random, its output layer at zero:
+        # the model starts as pure physics and learns only what the balances miss.
+        for i in range(self.n_residual - 1):
+            w = getattr(self, f"residual_w{i}")
+            nn.init.kaiming_uniform_(w, a=5 ** 0.5)
+            bound = 1 / w.shape[1] ** 0.5
+            nn.init.uniform_(getattr(self, f"residual_b{i}"), -bound, bound)
+
+    def _col(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        return x[:, _COL[name]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        charges = x[:, self.grade_cols].clamp(min=0.0)  # [B, G] t
+        heel = self._col(x, "hot_heel_t").clamp(min=0.0)
+        yields = self.yield_prior + hl.YIELD_STEP * (self.yield_shared + self.yield_site)
+        metal = (charges * yields).sum(dim=1).clamp(min=1.0)  # M, t
+        charged = charges.sum(dim=1).clamp(min=1.0)  # G_E, t
+
+        terms = torch.cat([
+            charges / charged[:, None],
+            torch.stack([
+                charged / metal - 1.0,
+                1e3 * self._col(x, "lime_t") / metal,
+                self._col(x, "carbon_kg") / metal,
+                self._col(x, "oxygen_nm3") / metal,
+                self._col(x, "gas_nm3") / metal,
+                heel / metal,
+                self._col(x, "power_on_min"),
+                self._col(x, "power_off_min"),
+                self._col(x, "tap_temp_aim_c") - 1600.0,
+                self._col(x, "power_on_min") / metal,
+            ], dim=1),
+        ], dim=1)
+        terms = (terms - self.term_center) / self.term_scale  # [B, K]
+
+        # Energy and temperature: linear balance + residual network (normalised units).
+        h = (x - self.x_center) / self.x_scale
+        for i in range(self.n_residual):
+            h = h @ getattr(self, f"residual_w{i}").T + getattr(self, f"residual_b{i}")
+            if i < self.n_residual - 1:
+                h = torch.relu(h)
+        bias = self.bias_shared + self.bias_site  # [C]: energy, tapped, temperature
+        linear = terms @ (self.linear_shared + self.linear_site).T + h  # [B, 2]
+        e, t = _OUT["energy_kwh_t"], _OUT["tap_temp_c"]
+        energy = self.y_center[e] + self.y_scale[e] * (bias[0] + linear[:, 0])
+        temp = self._col(x, "tap_temp_aim_c") + self.y_scale[t] * (bias[2] + linear[:, 1])
+
+        # Mass balance: tapped steel and tap chemistry.
+        tapped = (metal + self.heel_coef * (heel - hl.HEEL_REFERENCE_T)
+                  + self.y_scale[_OUT["tapped_t"]] * bias[1])
+        oxygen = terms[:, hl.TERM_NAMES.index("oxygen_nm3_t")]
+        recovery = torch.exp(oxygen[:, None] * self.recovery_o2)  # [B, E]
+        content = torch.exp(self.log_content_prior + self.content_shared + self.content_site)
+        heel_pct = torch.exp(self.log_heel_prior + self.heel_pct_shared + self.heel_pct_site)
+        elements = (recovery * (charges @ content) + heel[:, None] * heel_pct) / (
+            metal + heel)[:, None]
+
+        columns = {"energy_kwh_t": energy, "tapped_t": tapped, "tap_temp_c": temp}
+        columns.update({name: elements[:, j] for j, name in enumerate(hl.ELEMENT_TARGETS)})
+        return torch.stack([columns[name] for name in TARGETS], dim=1)
+
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """Output in normalised target units: what the training loss compares."""
+        return self.normalize_targets(self.forward(x))
+
+    def normalize_targets(self, y: torch.Tensor) -> torch.Tensor:
+        return (y - self.y_center) / self.y_scale
+
+    def grade_properties(self) -> dict[str, np.ndarray]:
+        """The learned scrap characterisation of the site's serving model: metallic yield
+        per grade and effective content (wt% x recovery at reference O2) per grade and
+        element, with this site's offsets applied."""
+        with torch.no_grad():
+            yields = self.yield_prior + hl.YIELD_STEP * (self.yield_shared + self.yield_site)
+            content = torch.exp(self.log_content_prior + self.content_shared + self.content_site)
+        return {"yield": yields.numpy().copy(), "content_pct": content.numpy().copy()}

@@ -1,0 +1,96 @@
+"""The physics-structured model ``eaf-hybrid-v1`` as data, without torch: its tensors,
+which of them are shared by the federation and which stay at a site, its energy-balance
+terms and the priors it starts from.
+
+The coordinator and the wire decoders need the names and shapes (they check deltas); the
+torch module (``models.hybrid``) builds its parameters from this same table, in this order.
+
+Structure (../shared/domain/EAF.md):
+
+* metal from the charge  M = sum_g y_g x_g  (learned metallic yield per grade);
+  tapped mass = M + heel coefficient x (heel - reference) + calibration;
+* each tap element e = (sum_g c_ge r_e x_g + heel_t h_e) / (M + heel_t): a mass balance of
+  learned grade contents c_ge, an element recovery r_e that depends on the oxygen blown
+  per tonne (oxidation), and the hot heel's carry-over h_e;
+* electrical energy and tap temperature = a linear form in Köhle-type terms (grade shares,
+  G_E/G_A, slag formers, carbon, O2, burner gas, heel, power-on/off time, superheat) plus
+  a small residual network that starts at zero.
+
+Site tensors are offsets from the shared physics (zero = "this furnace behaves like the
+federation's"): supplier-specific grade yields and contents, the heel's composition, the
+furnace's energy and temperature coefficients (losses, transformer power, efficiency) and
+an output calibration. They never leave the site (docs/PROTOCOL.md, "Personalisation").
+"""
+
+from __future__ import annotations
+
+from models.schema import GRADES
+
+ARCHITECTURE = "eaf-hybrid-v1"
+ELEMENT_TARGETS = ("cu_pct", "sn_pct", "ni_pct", "cr_pct", "mo_pct")
+LINEAR_TARGETS = ("energy_kwh_t", "tap_temp_c")  # linear energy-balance part + residual net
+CALIBRATED_TARGETS = ("energy_kwh_t", "tapped_t", "tap_temp_c")
+
+# Energy-balance terms, each with a reference centre and scale (normalised in the graph).
+# Per-tonne terms divide by the model's own metal estimate M (Köhle's G_A).
+TERMS: tuple[tuple[str, float, float], ...] = (
+    *((f"share_{g}", 0.08, 0.15) for g in GRADES),  # x_g / G_E: scrap quality, DRI, pig
+    ("charge_per_metal", 0.12, 0.05),  # G_E / M - 1 (Köhle: 400 (G_E/G_A - 1))
+    ("lime_kg_t", 70.0, 25.0),  # slag formers (Köhle: 1000 G_Z/G_A)
+    ("carbon_kg_t", 16.0, 5.0),  # foaming and oxidation
+    ("oxygen_nm3_t", 35.0, 8.0),  # chemical energy (Köhle: -4.3 M_O2)
+    ("gas_nm3_t", 7.0, 3.0),  # burners (Köhle: -8 M_gas)
+    ("heel_t_t", 0.15, 0.05),  # hot heel per tonne
+    ("power_on_min", 38.0, 8.0),  # time losses (Köhle: + t_on)
+    ("power_off_min", 14.0, 6.0),  # time losses (Köhle: + t_off)
+    ("superheat_c", 40.0, 20.0),  # aim - 1600 C (Köhle: 0.3 (T - 1600))
+    ("power_on_min_t", 0.38, 0.1),  # t_on / M: arc energy = furnace power x time / mass
+)
+TERM_NAMES = tuple(t[0] for t in TERMS)
+HEEL_REFERENCE_T = 15.0
+
+# Priors (EAF.md; values marked "check" there are plausible, not measured).
+# Metallic yield ~85-95 % by grade, shredded >= 92 %; DRI/HBI ~90 % Fe; pig iron ~94 %
+# (4-4.5 % C, ~0.7 % Si, ~0.75 % Mn burn off).
+YIELD_PRIOR: dict[str, float] = {
+    **dict.fromkeys(GRADES, 0.90), "E40": 0.92, "E2": 0.93, "E8": 0.92, "E6": 0.92,
+    "E46": 0.87, "E5H": 0.87, "DRI": 0.90, "HBI": 0.90, "PIG": 0.94,
+}
+# Residual aims (sum of Cu+Sn+Cr+Ni+Mo, %) of the EU scrap specification; DRI/HBI and pig
+# iron are nearly residual-free (DRI Cu ~0.01 %). A grade starts at half its aim, split
+# over the elements in the proportions of the typical tap chemistry (models.schema).
+RESIDUAL_AIM_PCT: dict[str, float] = {
+    "E3": 0.25, "E1": 0.40, "E2": 0.30, "E8": 0.30, "E6": 0.30, "E40": 0.30, "E46": 0.60,
+    "EHRB": 0.45, "E5H": 0.30, "DRI": 0.02, "HBI": 0.02, "PIG": 0.02,
+}
+YIELD_STEP = 0.1  # one unit of a yield tensor moves the yield by this much
+
+# Name -> (shape builder, part). Order is the wire order of each part.
+G, E, K, L, C = len(GRADES), len(ELEMENT_TARGETS), len(TERMS), len(LINEAR_TARGETS), len(
+    CALIBRATED_TARGETS)
+
+
+def tensor_shapes(n_features: int, hidden: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...],
+                                                                              str]]:
+    """Every tensor of the hybrid: name -> (shape, "shared" | "site"), in order."""
+    shapes: dict[str, tuple[tuple[int, ...], str]] = {
+        "yield_shared": ((G,), "shared"),
+        "content_shared": ((G, E), "shared"),  # log of grade content x recovery, vs prior
+        "recovery_o2": ((E,), "shared"),  # d log(recovery) / d (normalised O2 per t)
+        "heel_pct_shared": ((E,), "shared"),  # log of heel composition vs typical tap
+        "heel_coef": ((1,), "shared"),  # t tapped per t of heel above the reference
+        "bias_shared": ((C,), "shared"),
+        "linear_shared": ((L, K), "shared"),
+    }
+    sizes = (n_features, *hidden, L)
+    for i in range(len(sizes) - 1):
+        shapes[f"residual_w{i}"] = ((sizes[i + 1], sizes[i]), "shared")
+        shapes[f"residual_b{i}"] = ((sizes[i + 1],), "shared")
+    shapes.update({
+        "yield_site": ((G,), "site"),
+        "content_site": ((G, E), "site"),
+        "heel_pct_site": ((E,), "site"),
+        "bias_site": ((C,), "site"),
+        "linear_site": ((L, K), "site"),
+    })
+    return shapes
