@@ -78,6 +78,8 @@ class StatusBody(Body):
     samples: Annotated[int, Field(ge=0)] = 0
     capabilities: Annotated[list[Name], Field(max_length=64)] = []
     model_version: Annotated[int, Field(ge=0)] | None = None
+    # Agents: heats learned of since the last update sent (rounds follow the data).
+    new_heats: Annotated[int, Field(ge=0)] | None = None
 
 
 class TaskBody(Body):

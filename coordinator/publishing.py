@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from broker.schemas import ModelBody, message
 from broker.signing import sign_model
 from models.onnx_export import check_parity, export_onnx
-from models.params import Weights, get_weights, set_weights
+from models.params import Weights, compose, get_weights
 from models.regressor import build_model
 from models.spec import ModelSpec
 
@@ -21,7 +21,8 @@ def reference_inputs(spec: ModelSpec, n: int = 64, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centre = np.asarray(spec.x_center, np.float32)
     scale = np.asarray(spec.x_scale, np.float32)
-    return (centre + scale * rng.standard_normal((n, len(centre)))).astype(np.float32)
+    x = centre + scale * rng.standard_normal((n, len(centre)))
+    return np.maximum(x, 0.0).astype(np.float32)  # tonnes, minutes, Nm3: never negative
 
 
 def initial_weights(spec: ModelSpec, seed: int) -> Weights:
@@ -33,8 +34,7 @@ def model_message(sender: str, spec: ModelSpec, weights: Weights, *, version: in
                   signing_key: Ed25519PrivateKey | None = None) -> bytes:
     """The encoded (and, given a key, signed) model message; raises if ONNX Runtime
     disagrees with torch."""
-    model = build_model(spec)
-    set_weights(model, weights)
+    model = compose(spec, weights)
     onnx_bytes = export_onnx(model)
     check_parity(model, onnx_bytes, reference_inputs(spec))
     body = ModelBody(

@@ -36,15 +36,29 @@ class Selection:
         if self.max_agents is not None and self.max_agents < self.min_agents:
             raise ValueError("max_agents must be at least min_agents")
 
-    def choose(self, online: Iterable[str], rng: random.Random) -> list[str] | None:
-        """Sorted selected ids, or None while fewer than ``min_agents`` are online."""
+    def choose(self, online: Iterable[str], rng: random.Random,
+               prefer: Iterable[str] = ()) -> list[str] | None:
+        """Sorted selected ids, or None while fewer than ``min_agents`` are online.
+
+        When not every online agent is taken, those in ``prefer`` (the agents with new
+        data) are taken first, at random among themselves; the rest fill up at random.
+        """
         pool = sorted(online)
         if len(pool) < self.min_agents:
             return None
         n = max(self.min_agents, round(self.fraction * len(pool)))
         if self.max_agents is not None:
             n = min(n, self.max_agents)
-        return sorted(rng.sample(pool, n)) if n < len(pool) else pool
+        if n >= len(pool):
+            return pool
+        wanted = set(prefer)
+        first = [a for a in pool if a in wanted]
+        if not first or len(first) == len(pool):
+            return sorted(rng.sample(pool, n))
+        if len(first) >= n:
+            return sorted(rng.sample(first, n))
+        rest = [a for a in pool if a not in wanted]
+        return sorted(first + rng.sample(rest, n - len(first)))
 
 
 @dataclass

@@ -44,11 +44,16 @@ from coordinator.settings import CoordinatorSettings
 from coordinator.staleness import make_staleness
 from coordinator.strategies import Accumulator, Strategy, make_strategy
 from coordinator.strategy_state import pack_state, unpack_state
+from coordinator.trigger import RoundTrigger, ValidationProgress
 from models.params import Weights
 from models.spec import ModelSpec
 
 log = logging.getLogger("alchimia.coordinator")
 SOFTWARE = "alchimia-coordinator/0.1"
+# Messages an agent may send in answer to one task or model the coordinator publishes (an
+# update, statuses, validation and champion/challenger figures, the prequential report of
+# the agent's next step), credited on top of its rate limit: they come as fast as rounds.
+ANSWER_CREDIT = 5
 Window = SyncRound | AsyncWindow
 
 
@@ -87,6 +92,7 @@ class Coordinator:
             fraction=settings.fraction, min_agents=settings.min_agents,
             max_agents=settings.max_agents,
         )
+        self.trigger = RoundTrigger(settings.min_new_heats, settings.round_schedule_s)
         self.limits = Limits(max_message_bytes=settings.max_update_bytes)
         self.signing_key = (load_private_key(settings.model_signing_key)
                             if settings.model_signing_key else None)
@@ -104,8 +110,13 @@ class Coordinator:
         self._accumulator: Accumulator | None = None
         self._rollback_to: int | None = None
         self._early_round_for: str | None = None
+        self._last_opened = time.time()  # the schedule counts from here, then each round
+        self._wait_s: float | None = None  # until the schedule is due, while waiting
+        self._waiting_why = ""
         self._client: aiomqtt.Client | None = None
         self._restore_or_initialise()
+        self.progress = ValidationProgress(self.spec.targets, self.spec.y_scale,
+                                           settings.min_improvement)
 
     # -- state
     def _make_strategy(self) -> Strategy:
@@ -117,7 +128,8 @@ class Coordinator:
     def _restore_or_initialise(self) -> None:
         latest = self.db.latest_version()
         if latest is None:
-            self.spec = ModelSpec(hidden=self.settings.hidden)
+            self.spec = ModelSpec(architecture=self.settings.architecture,
+                                  hidden=self.settings.hidden)
             self.weights: Weights = initial_weights(self.spec, self.settings.seed)
             self.version = 0
             payload = self._model_payload(self.weights, 0, None, None, {"initial": True})
@@ -289,6 +301,9 @@ class Coordinator:
     def _on_metrics(self, env: Envelope) -> None:
         """A drift report asks for an early round (sync mode; async windows never pause)."""
         body: MetricsBody = env.body  # type: ignore[assignment]
+        if body.scope == "validation" and body.model_version is not None:
+            self.progress.report(body.model_version, env.sender, body.values)
+            self.changed.set()  # may decide the next round (trigger.py)
         if body.scope == "drift":
             log.warning("agent %s reports drift: %s", env.sender, dict(body.values))
             self._early_round_for = env.sender
@@ -313,7 +328,7 @@ class Coordinator:
         if body.role != "agent":
             return
         info = AgentInfo(env.sender, body.state == "online", body.samples, body.software,
-                         time.time())
+                         time.time(), body.new_heats, env.ts)
         if self.registry.update(info):
             log.info("agent %s is %s", env.sender, body.state)
         self.db.save_agent(info)
@@ -324,6 +339,8 @@ class Coordinator:
         if self.db.seen(env.msg_id):
             self._reject(env.sender, topic, f"message {env.msg_id} replayed")
             return
+        # Sent means learned, accepted or not: the agent counts its new heats from here.
+        self.registry.update_sent(env.sender, env.ts)
         window, acc = self.window, self._accumulator
         if window is None or acc is None:
             self._reject(env.sender, topic, "no round is open")
@@ -374,7 +391,9 @@ class Coordinator:
                 return
             window, resumed = resumed or self._new_window(), None
             if window is None:
-                await self._wait_changed(5.0)
+                # Statuses (births, new heats), drift reports and rollbacks set the event;
+                # the timeout is the schedule, so nothing here polls in a loop.
+                await self._wait_changed(min(self._wait_s or 60.0, 60.0))
                 continue
             await self._run_window(window)
             await self._pause_between_rounds(stop)
@@ -382,7 +401,8 @@ class Coordinator:
     async def _pause_between_rounds(self, stop: asyncio.Event) -> None:
         if self.settings.mode != "sync":
             return
-        self._early_round_for = None
+        # A drift reported during the round just closed still cuts the pause short; the
+        # next round clears the request when it opens (_new_window).
         deadline = time.monotonic() + self.settings.round_interval_s
         while (not stop.is_set() and self._early_round_for is None
                and self._rollback_to is None and (left := deadline - time.monotonic()) > 0):
@@ -392,12 +412,28 @@ class Coordinator:
                      self._early_round_for)
 
     def _new_window(self) -> Window | None:
-        """The next round (sync) or buffer window (async), once enough agents are online."""
+        """The next round (sync) or buffer window (async), once enough agents are online
+        and have new heats (or the schedule or a drift report says so); see trigger.py."""
         s = self.settings
-        selected = self.selection.choose(self.registry.online(), self.rng)
+        now = time.time()
+        online = self.registry.new_heats()
+        decision = self.trigger.decide(
+            online, min_agents=s.min_agents, now=now, last_opened=self._last_opened,
+            early=self._early_round_for if s.mode == "sync" else None,
+            improving=self.progress.improving(self.version, self.version - 1))
+        selected = (self.selection.choose(online, self.rng, prefer=decision.fresh)
+                    if decision.open else None)
         if selected is None:
+            self._wait_s = decision.wait_s
+            if decision.reason != self._waiting_why:
+                log.info("next round waits: %s", decision.reason)
+                self._waiting_why = decision.reason
             return None
+        self._waiting_why, self._wait_s = "", None
+        self._last_opened, self._early_round_for = now, None
         window_id, self.next_round_id = self.next_round_id, self.next_round_id + 1
+        log.info("opening round %d: %s; selected %s", window_id, decision.reason,
+                 ",".join(selected))
         window = self._make_window(s.mode, window_id, self.version, selected,
                                    time.time() + s.round_timeout_s)
         self.db.save_round(window_id, s.mode, self.version, "open", selected, time.time(),
@@ -556,4 +592,8 @@ class Coordinator:
     async def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         if self._client is None:
             raise aiomqtt.MqttError("not connected")
+        if topic in (self.topics.model_current, self.topics.round_current):
+            now = time.monotonic()
+            for agent_id in self.registry.online():
+                self.rate_limiter.credit(agent_id, ANSWER_CREDIT, now)
         await self._client.publish(topic, payload, qos=1, retain=retain)

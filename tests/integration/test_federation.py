@@ -82,7 +82,9 @@ def test_three_rounds_improve_the_model_and_the_retained_onnx_matches_torch(
 def test_coordinator_restart_resumes_at_the_persisted_version(mosquitto, tmp_path: Path) -> None:
     fed = LocalFederation(mosquitto.url, "restart", 2, tmp_path / "coord",
                           coordinator={**FAST_COORDINATOR, "min_agents": 2, "rounds": 0},
-                          agent=FAST_AGENT)
+                          # New heats keep coming, so rounds go on after the history is
+                          # learned (they wait for new data once its error levels off).
+                          agent={**FAST_AGENT, "heat_interval_s": 0.2})
     monitor = Monitor(mosquitto.url, "restart", "restart-monitor").start()
     try:
         first = fed.start_coordinator()

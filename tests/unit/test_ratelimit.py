@@ -25,3 +25,15 @@ def test_sender_table_is_bounded() -> None:
 def test_invalid_parameters() -> None:
     with pytest.raises(ValueError):
         RateLimiter(0, 1)
+
+
+def test_credit_allows_answers_on_top_of_a_full_bucket_without_piling_up() -> None:
+    rl = RateLimiter(rate_per_s=1.0, burst=2)
+    rl.credit("a", 3, 0.0)  # a new sender: full bucket plus the credit
+    assert [rl.allow("a", 0.0) for _ in range(6)] == [True] * 5 + [False]
+    rl.credit("b", 3, 0.0)
+    rl.credit("b", 3, 0.0)  # unused credit does not add up beyond one credit
+    assert sum(rl.allow("b", 0.0) for _ in range(10)) == 5
+    rl.credit("c", 3, 0.0)
+    assert sum(rl.allow("c", 100.0) for _ in range(10)) == 5  # credit kept while unspent
+    assert rl.allow("b", 1.0) and not rl.allow("b", 1.0)  # then the steady rate again
