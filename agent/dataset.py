@@ -30,7 +30,8 @@ class HeatTable:
     def outcome_row(self, outcome: Mapping[str, float]) -> np.ndarray:
         return np.array([outcome[t] for t in self.targets], np.float32)
 
-    def add(self, inputs: Mapping[str, float], outcome: Mapping[str, float]) -> None:
+    def add(self, inputs: Mapping[str, float], outcome: Mapping[str, float]) -> bool:
+        """File one heat; True if it became a training row, False if a validation row."""
         x = self.row(inputs)
         y = self.outcome_row(outcome)
         self.seen += 1
@@ -38,9 +39,10 @@ class HeatTable:
             self._val_x.append(x)
             self._val_y.append(y)
             del self._val_x[: -self.max_val], self._val_y[: -self.max_val]
-        else:
-            self._train_x.append(x)
-            self._train_y.append(y)
+            return False
+        self._train_x.append(x)
+        self._train_y.append(y)
+        return True
 
     @staticmethod
     def _stack(rows: list[np.ndarray], width: int) -> np.ndarray:

@@ -9,16 +9,17 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 
 import numpy as np
 import torch
 
 from agent.champion import Verdict, judge
-from agent.continual import local_finetune
 from agent.dataset import HeatTable
 from agent.evaluation import mae_by_target
 from agent.mqtt_link import MqttLink
+from agent.serving import ServingFiles
 from agent.settings import AgentSettings
 from agent.sim import Heat
 from agent.site_learning import DriftEvent, SiteLearner
@@ -40,8 +41,7 @@ from broker.signing import SignatureError, load_public_key, verify_model
 from broker.topics import Topics
 from models.onnx_export import export_onnx
 from models.onnx_runtime import OnnxPredictor
-from models.params import set_weights
-from models.regressor import build_model
+from models.params import Weights, compose
 from models.spec import ModelSpec
 
 log = logging.getLogger("alchimia.agent")
@@ -60,14 +60,19 @@ class Agent:
         self.models_rejected = 0
         self.table: HeatTable | None = None
         self.spec: ModelSpec | None = None
-        self.predictor: OnnxPredictor | None = None  # the latest global model
+        # The latest global version with this site's part: validated, judged as challenger.
+        self.predictor: OnnxPredictor | None = None
         self.serving: OnnxPredictor | None = None  # the champion: makes the predictions
         self.serving_version: int | None = None
+        self.serving_shared: Weights | None = None  # the champion's shared part
+        self.site_weights: Weights | None = None  # this site's own tensors: never sent
+        self.files = ServingFiles(settings.state_dir / self.id / "serving")
+        self.new_heats = 0  # heats learned of since the last update sent
+        self._status_sent_at = 0.0
         self.recent: deque[tuple[np.ndarray, np.ndarray]] = deque(
             maxlen=settings.challenger_heats)
         self.challengers_rejected = 0
         self.learner: SiteLearner | None = None
-        self.serving_local = False  # serving a site-specific fine-tune after a drift
         self.base_weights: dict[str, np.ndarray] | None = None
         self.model_version: int | None = None
         self.task: TaskBody | None = None
@@ -87,7 +92,12 @@ class Agent:
         samples = self.table.n_train if self.table else 0
         return message(self.id, StatusBody(role="agent", state=state, software=SOFTWARE,
                                            samples=samples, capabilities=["train", "predict"],
-                                           model_version=self.model_version))
+                                           model_version=self.model_version,
+                                           new_heats=self.new_heats))
+
+    def _publish_status(self) -> None:
+        self._status_sent_at = time.monotonic()
+        self.link.publish(self.topics.agent_status(self.id), self._status("online"), retain=True)
 
     def run(self, stop: threading.Event) -> None:
         torch.set_num_threads(self.settings.torch_threads)
@@ -150,19 +160,38 @@ class Agent:
         if shapes != spec.parameter_shapes():
             raise ValueError("model weights do not match its spec")
         # Adopt only after everything above succeeded: a broken model never gets in.
-        self.spec, self.predictor = spec, predictor
+        if self.spec != spec:
+            self.site_weights = self.files.load_site(spec)  # None: start from zeros
+        self.spec = spec
         self.base_weights, self.model_version = body.weights, body.version
         if self.table is None or self.table.features != spec.features:
             self.table = HeatTable(spec.features, spec.targets)
             self.learner = SiteLearner(spec.features, spec.targets, spec.y_scale,
                                        seed=self.settings.seed)
             for heat in self._history:
-                self.table.add(heat.inputs, heat.outcome)
-                self.learner.observe(self.table.row(heat.inputs),
-                                     self.table.outcome_row(heat.outcome), None)
-        self._champion_or_challenger(predictor, body)
+                self._remember(heat, None)
+            self.new_heats = len(self._history)
+        # What this site would serve: the new shared part with its own site part.
+        self.predictor = self._site_predictor(body.weights, predictor)
+        self._champion_or_challenger(self.predictor, body)
         self._report_validation()
-        self.link.publish(self.topics.agent_status(self.id), self._status("online"), retain=True)
+        self._publish_status()
+
+    def _site_predictor(self, shared: Weights, global_model: OnnxPredictor | None = None,
+                        ) -> OnnxPredictor:
+        """ONNX Runtime over the shared weights with this site's tensors; an architecture
+        without site tensors serves the global model as it came."""
+        assert self.spec is not None
+        if not self.spec.parameter_shapes("site") and global_model is not None:
+            return global_model
+        model = compose(self.spec, shared, self.site_weights)
+        return OnnxPredictor(export_onnx(model), self.spec.features, self.spec.targets)
+
+    def _serve(self, predictor: OnnxPredictor, version: int, shared: Weights) -> None:
+        """Swap the serving model and write it where the plant's tools find it."""
+        assert self.spec is not None
+        self.serving, self.serving_version, self.serving_shared = predictor, version, shared
+        self.files.save_model(version, self.spec, predictor.onnx_bytes)
 
     def _champion_or_challenger(self, challenger: OnnxPredictor, body: ModelBody) -> None:
         """Serve the new global version unless it is clearly worse on the latest heats.
@@ -189,7 +218,7 @@ class Agent:
             self.link.publish(self.topics.agent_metrics(self.id), message(self.id, MetricsBody(
                 model_version=body.version, scope="challenger_rejected", values=values)))
             return
-        self.serving, self.serving_version, self.serving_local = challenger, body.version, False
+        self._serve(challenger, body.version, body.weights)
         log.info("agent %s now serves model version %d (%s)", self.id, body.version,
                  verdict.reason)
 
@@ -224,16 +253,27 @@ class Agent:
                 self.link.publish(self.topics.agent_predictions(self.id), message(self.id, body))
         drift = None
         for heat, x, pred in zip(heats, xs, preds, strict=True):
-            y = self.table.outcome_row(heat.outcome)
-            self.table.add(heat.inputs, heat.outcome)
-            self.recent.append((x, y))
-            if self.learner is not None and self.settings.continual:
-                drift = self.learner.observe(x, y, pred) or drift
+            self.recent.append((x, self.table.outcome_row(heat.outcome)))
+            drift = self._remember(heat, pred) or drift
+        self.new_heats += len(heats)
         self._report_prequential()
         if drift is not None:
             self._on_drift(drift)
         if self._reported_version != self.model_version:
             self._report_validation()
+        if time.monotonic() - self._status_sent_at >= self.settings.status_interval_s:
+            self._publish_status()  # tells the coordinator there is new data to learn
+
+    def _remember(self, heat: Heat, pred: np.ndarray | None) -> DriftEvent | None:
+        """File a finished heat as a training or a validation row and show it to the site
+        learner (prequential score, drift detectors). Validation heats never enter
+        training, replay or site adaptation."""
+        assert self.table is not None
+        x, y = self.table.row(heat.inputs), self.table.outcome_row(heat.outcome)
+        learn = self.table.add(heat.inputs, heat.outcome)
+        if self.learner is None or not self.settings.continual:
+            return None
+        return self.learner.observe(x, y, pred, learn=learn)
 
     def _report_prequential(self) -> None:
         if self.learner is None or self.learner.prequential.n == 0:
@@ -250,18 +290,27 @@ class Agent:
                     list(event.error_targets), list(event.input_features))
         self.link.publish(self.topics.agent_metrics(self.id), message(self.id, MetricsBody(
             model_version=self.serving_version, scope="drift", values=event.values())))
-        if self.spec is None or self.base_weights is None or len(self.recent) < 5:
+        if (self.spec is None or self.serving_shared is None or self.table is None
+                or not self.spec.parameter_shapes("site")):
             return
-        x, y = self._recent_arrays()
+        x, y = self.table.train()
+        x, y = x[-self.settings.adapt_heats:], y[-self.settings.adapt_heats:]
+        if len(x) < 5:
+            return
         replay = self.learner.replay_rows(self.settings.replay_rows) if self.learner else None
-        weights = local_finetune(self.spec, self.base_weights, x, y, replay=replay,
-                                 seed=len(self.recent))
-        model = build_model(self.spec)
-        set_weights(model, weights)
-        self.serving = OnnxPredictor(export_onnx(model), self.spec.features, self.spec.targets)
-        self.serving_local = True
-        log.info("agent %s serves a site fine-tune of version %s on %d recent heats",
-                 self.id, self.serving_version, len(x))
+        # Adaptation is an update of the site part only (epochs=0 leaves the shared part
+        # alone), on the recent heats of the new regime: the served global version and
+        # every later one keep applying, with this site's new offsets.
+        cfg = TrainConfig(epochs=0, lr=self.settings.adapt_lr, seed=self.table.seen,
+                          site_epochs=self.settings.adapt_epochs)
+        self.site_weights = train_delta(self.spec, self.serving_shared, x, y, cfg,
+                                        site=self.site_weights, replay=replay).site
+        self.files.save_site(self.site_weights)
+        assert self.serving_version is not None
+        self._serve(self._site_predictor(self.serving_shared), self.serving_version,
+                    self.serving_shared)
+        log.info("agent %s adapted its site part on %d recent heats; serves version %s",
+                 self.id, len(x), self.serving_version)
 
     def _report_validation(self) -> None:
         if self.table is None or self.predictor is None:
@@ -293,11 +342,22 @@ class Agent:
         cfg = TrainConfig(epochs=task.epochs, lr=task.lr, batch_size=task.batch_size,
                           proximal_mu=task.hyper.get("proximal_mu", 0.0), seed=task.round_id,
                           ewc_lambda=self.settings.ewc_lambda)
-        delta, metrics = train_delta(self.spec, self.base_weights, x, y, cfg, replay=replay)
+        result = train_delta(self.spec, self.base_weights, x, y, cfg, site=self.site_weights,
+                             replay=replay)
+        heats = len(x) + (len(replay[0]) if replay is not None else 0)
+        # Only the shared delta leaves the site; the site part is kept (and served).
         body = UpdateBody(round_id=task.round_id, base_version=task.base_version,
-                          num_samples=len(x), delta=delta, metrics=metrics)
+                          num_samples=heats, delta=result.delta, metrics=result.metrics)
         self.link.publish(self.topics.agent_update(self.id), message(self.id, body))
         self.rounds_done.add(task.round_id)
         self.updates_sent += 1
+        self.new_heats = 0
+        if self.spec.parameter_shapes("site"):
+            self.site_weights = result.site
+            self.files.save_site(result.site)
+            if self.serving_version == task.base_version and self.serving_shared is not None:
+                self._serve(self._site_predictor(self.serving_shared), self.serving_version,
+                            self.serving_shared)
+        self._publish_status()
         log.info("agent %s sent update for round %d (%d heats, loss %.4f)", self.id,
-                 task.round_id, len(x), metrics["train_loss"])
+                 task.round_id, heats, result.metrics["train_loss"])

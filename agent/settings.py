@@ -40,13 +40,23 @@ class AgentSettings(NodeSettings):
     furnace_id: str | None = Field(
         default=None, description="furnace id in the sensor topics or CSV (real data)")
     continual: bool = Field(default=True, description="drift detection, replay, adaptation")
-    train_window: int = Field(default=300, ge=1,
+    train_window: int = Field(default=2000, ge=1,
                               description="continual: recent heats each local training uses")
     replay_rows: int = Field(default=200, ge=0,
                              description="continual: old heats replayed beside them")
     ewc_lambda: float = Field(
         default=0.0, ge=0, description="EWC strength against forgetting in local training "
         "(0: off; replay alone did as well in the drift experiment, docs/CONTINUAL.md)")
+    adapt_heats: int = Field(default=50, ge=5,
+                             description="after a drift: the latest training heats the site "
+                             "part is re-fitted on")
+    adapt_epochs: int = Field(default=30, ge=1,
+                              description="after a drift: epochs over the site part on the "
+                              "recent heats (models with site tensors)")
+    adapt_lr: float = Field(default=3e-3, gt=0, description="learning rate of that adaptation")
+    status_interval_s: float = Field(
+        default=5.0, gt=0, description="at most one status (with new_heats) this often while "
+        "heats arrive; also one after every update and model swap")
     challenger_tolerance: float = Field(
         default=0.1, ge=0, description="a new global model this much worse does not serve")
     challenger_heats: int = Field(default=50, ge=1, description="recent heats it is judged on")

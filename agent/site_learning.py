@@ -38,15 +38,18 @@ class SiteLearner:
         self.observed = 0
         self.drift_at: list[int] = []  # heat counts (1-based) at which drift was detected
 
-    def observe(self, x: np.ndarray, y: np.ndarray, pred: np.ndarray | None) -> DriftEvent | None:
-        """Score the prediction made before the outcome, then remember the heat."""
+    def observe(self, x: np.ndarray, y: np.ndarray, pred: np.ndarray | None, *,
+                learn: bool = True) -> DriftEvent | None:
+        """Score the prediction made before the outcome, then remember the heat for replay
+        unless ``learn`` is False (a validation heat: scored, watched, never trained on)."""
         self.observed += 1
         fired_errors = None
         if pred is not None:
             self.prequential.update(pred, y)
             fired_errors = self.errors.update(pred, y)
         fired_inputs = self.inputs.update(x)
-        self.replay.add(x, y)
+        if learn:
+            self.replay.add(x, y)
         if not fired_errors and not fired_inputs:
             return None
         self.drift_at.append(self.observed)

@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--federation", help="default: demo-<random>")
     demo.add_argument("--strategy", default="fedavg")
     demo.add_argument("--mode", choices=["sync", "async"], default="sync")
+    demo.add_argument("--architecture", choices=["eaf-hybrid-v1", "mlp-v1"],
+                      default="eaf-hybrid-v1")
     demo.add_argument("--influx", help="store sensor data in this InfluxDB (default: SQLite)")
     demo.add_argument("--out", type=Path, default=Path("runs"), help="where models are written")
     demo.add_argument("--log-level", default="WARNING")
@@ -44,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     coord.add_argument("--strategy", help="fedavg, fedavgm, fedprox, fedadam, fedyogi, "
                        "fedadagrad, median, trimmed_mean, krum, multikrum")
     coord.add_argument("--strategy-param", dest="strategy_params", action="append",
-                       metavar="NAME=VALUE", type=_param, help="strategy parameter, repeatable")
+                       metavar="NAME=VALUE", type=strategy_param,
+                       help="strategy parameter, repeatable")
     coord.add_argument("--clip-norm", type=float, help="bound each delta's L2 norm first")
     coord.add_argument("--mode", choices=["sync", "async"])
     coord.add_argument("--buffer-k", type=int, help="async: updates per new version")
@@ -60,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     coord.add_argument("--fraction", type=float, help="fraction of online agents selected")
     coord.add_argument("--max-agents", type=int)
     coord.add_argument("--round-timeout", dest="round_timeout_s", type=float)
+    coord.add_argument("--architecture", choices=["eaf-hybrid-v1", "mlp-v1"],
+                       help="model of a new federation (default eaf-hybrid-v1)")
     coord.add_argument("--epochs", type=int)
     coord.add_argument("--lr", type=float)
     coord.add_argument("--batch-size", type=int)
@@ -87,16 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--plant-id", help="with real data: the plant id in topics or CSV")
     agent.add_argument("--furnace-id", help="with real data: the furnace id in topics or CSV")
     experiment = sub.add_parser("experiment", help="offline experiments on simulated plants")
-    kinds = experiment.add_subparsers(dest="experiment", required=True, metavar="{drift}")
+    kinds = experiment.add_subparsers(dest="experiment", required=True,
+                                      metavar="{drift,federation}")
     drift = kinds.add_parser("drift", help="supplier change at one plant: local, static "
                              "global, federated, federated + continual learning")
-    drift.add_argument("--log-level", default="WARNING")
+    federation = kinds.add_parser("federation", help="five unequal plants: local, pooled "
+                                  "and federated models, MLP, ridge and the hybrid")
+    for kind in (drift, federation):
+        kind.add_argument("--log-level", default="WARNING")
     try:  # torch is needed: an inference-only install has no experiments
-        from alchimia.experiment import add_arguments as add_experiment_arguments
+        from alchimia.experiment import add_arguments as add_drift_arguments
+        from alchimia.experiment_federation import add_arguments as add_federation_arguments
     except ImportError as exc:
-        drift.set_defaults(missing=f"needs the training extra (pip install .[train]): {exc}")
+        for kind in (drift, federation):
+            kind.set_defaults(
+                missing=f"needs the training extra (pip install .[train]): {exc}")
     else:
-        add_experiment_arguments(drift)
+        add_drift_arguments(drift)
+        add_federation_arguments(federation)
 
     from deploy.provision import add_arguments as add_provision_arguments
 
@@ -107,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _param(text: str) -> tuple[str, float]:
+def strategy_param(text: str) -> tuple[str, float]:
     name, _, value = text.partition("=")
     try:
         return name.strip(), float(value)
@@ -181,8 +194,10 @@ def run_experiment(args: argparse.Namespace) -> int:
     if getattr(args, "missing", None):
         print(f"alchimia experiment: {args.missing}", file=sys.stderr)
         return 2
-    from alchimia.experiment import run
-
+    if args.experiment == "federation":
+        from alchimia.experiment_federation import run
+    else:
+        from alchimia.experiment import run
     return run(args)
 
 
@@ -197,7 +212,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     run_demo(broker=args.broker, agents=args.agents, rounds=args.rounds,
              federation=args.federation, strategy=args.strategy, mode=args.mode,
-             influx=args.influx, out_dir=args.out)
+             architecture=args.architecture, influx=args.influx, out_dir=args.out)
     return 0
 
 

@@ -27,6 +27,7 @@ class DemoResult:
     broker: str
     onnx_path: Path
     final_version: int
+    served_path: Path = Path()
     # version -> agent -> validation MAE per target
     validation: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
     prediction: dict[str, float] = field(default_factory=dict)
@@ -36,7 +37,7 @@ class DemoResult:
 
 def run_demo(*, broker: str | None = None, agents: int = 3, rounds: int = 5,
              federation: str | None = None, strategy: str = "fedavg", mode: str = "sync",
-             influx: str | None = None,
+             architecture: str = "eaf-hybrid-v1", influx: str | None = None,
              out_dir: Path = Path("runs"), console: Console | None = None,
              round_timeout_s: float = 120.0) -> DemoResult:
     console = console or Console()
@@ -48,12 +49,14 @@ def run_demo(*, broker: str | None = None, agents: int = 3, rounds: int = 5,
     url = broker or embedded.url  # type: ignore[union-attr]
     console.print(f"[bold]federation[/] {federation}  [bold]broker[/] {url}"
                   f"{' (embedded)' if embedded else ''}  [bold]agents[/] {agents}  "
-                  f"[bold]rounds[/] {rounds}  [bold]strategy[/] {strategy} ({mode})")
+                  f"[bold]rounds[/] {rounds}  [bold]strategy[/] {strategy} ({mode})  "
+                  f"[bold]model[/] {architecture}")
     fed = LocalFederation(
         url, federation, agents, run_dir / "coordinator",
         coordinator={"rounds": rounds, "min_agents": agents, "strategy": strategy,
+                     "architecture": architecture,
                      "mode": mode, "buffer_k": agents,
-                     "round_timeout_s": round_timeout_s, "epochs": 5, "lr": 5e-3},
+                     "round_timeout_s": round_timeout_s},
         agent={"history_heats": 300, "heat_interval_s": 1.0, "influx": influx},
     )
     where = f"InfluxDB {influx}, database 'alchimia'" if influx else "SQLite files"
@@ -70,7 +73,10 @@ def run_demo(*, broker: str | None = None, agents: int = 3, rounds: int = 5,
         if model is None or model.version != rounds:
             raise RuntimeError(f"the federation did not reach version {rounds}")
         result.onnx_path.write_bytes(model.onnx)
-        predictor = OnnxPredictor(model.onnx, model.spec["features"], model.spec["targets"])
+        served = fed.agents[0].agent.files  # plant-1's served model: shared + its site part
+        result.served_path = served.onnx_path
+        predictor = OnnxPredictor(served.onnx_path.read_bytes(), model.spec["features"],
+                                  model.spec["targets"])
         profile, seed = default_plants(1)[0]
         heat = SimulatedPlant(profile, seed + 1000).next_heat()
         result.prediction = predictor.predict_one(heat.inputs)
@@ -82,7 +88,9 @@ def run_demo(*, broker: str | None = None, agents: int = 3, rounds: int = 5,
             embedded.stop()
     result.wall_s = time.perf_counter() - started
     console.print(f"\nglobal model v{rounds}: [bold]{result.onnx_path.resolve()}[/]")
-    console.print(f"one prediction by ONNX Runtime for a new heat of {profile.name}:")
+    console.print(f"plant-1 serves: [bold]{result.served_path.resolve()}[/] (global shared "
+                  "part + its site part)")
+    console.print(f"one prediction by ONNX Runtime with it for a new heat of {profile.name}:")
     for name, value in result.prediction.items():
         console.print(f"  {name:14s} predicted {value:10.4f}   actual {result.actual[name]:10.4f}")
     console.print(f"demo finished in {result.wall_s:.1f} s")
@@ -95,7 +103,8 @@ def _follow_rounds(console: Console, monitor: Monitor, fed: LocalFederation, ids
     head = "version " + "".join(f"{a:>{width}s}" for a in ids)
     units = " " * 8 + "".join(" ".join(f"{unit:>6s}" for _, unit, _ in SHOWN).rjust(width)
                               for _ in ids)
-    console.print("\nvalidation MAE of the global model on each plant's held-out heats")
+    console.print("\nvalidation MAE on each plant's held-out heats of the model it would serve "
+                  "(the global version with the plant's own site part)")
     console.print(head)
     console.print(units)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),

@@ -44,7 +44,7 @@ from agent.sim import SimulatedPlant, default_plants, parse_drift
 from agent.trainer import TrainConfig, train_delta
 from coordinator.strategies import make_strategy
 from models.params import Weights, get_weights, set_weights
-from models.regressor import HeatRegressor, build_model
+from models.regressor import HeatModel, build_model
 from models.schema import FEATURES, TARGETS
 from models.spec import ModelSpec
 
@@ -143,7 +143,7 @@ class _Served:
     """A model kept loaded for per-heat predictions; reloaded only when weights change."""
 
     def __init__(self, spec: ModelSpec, weights: Weights) -> None:
-        self.model: HeatRegressor = build_model(spec)
+        self.model: HeatModel = build_model(spec)
         self.model.eval()
         self.weights = weights
         set_weights(self.model, weights)
@@ -327,7 +327,7 @@ class _Run:
                ) -> Weights:
         cfg = replace(self.train, seed=round_id, ewc_lambda=ewc)
         return train_delta(self.spec, base, self.X[k, lo:hi], self.Y[k, lo:hi], cfg,
-                           replay=replay)[0]
+                           replay=replay).delta
 
     def weights(self, arm: str, k: int) -> Weights:
         """What ``arm`` serves at plant ``k`` now."""

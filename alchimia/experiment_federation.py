@@ -1,0 +1,346 @@
+"""``alchimia experiment federation``: is a plant better off in the federation than alone?
+
+Offline, in one process: five simulated plants of very unequal size (two large, one
+middling, two small) that differ in suppliers, furnace size and efficiency, DRI/HBI share
+and practice. Each plant's heats are split in time: the first 80 % train, the last 20 %
+test. Arms, each scored on every plant's test heats:
+
+* ``local_mlp``: each plant trains ``mlp-v1`` alone;
+* ``local_ridge``: each plant fits a ridge regression alone (scikit-learn, alpha by CV);
+* ``pooled_mlp``: one ``mlp-v1`` on all plants' heats in one place;
+* ``pooled_hybrid``: ``eaf-hybrid-v1`` on all heats in one place, site tensors per plant
+  (the upper bound: what the federation could reach if data could be pooled);
+* ``fedavg_mlp``: FedAvg rounds of ``mlp-v1`` (the federation as it was);
+* ``fed_hybrid``: FedAvg rounds of ``eaf-hybrid-v1`` with FedRep personalisation: the
+  shared part aggregated, each plant's site part kept and served at that plant.
+
+The federated arms run the product's code: ``agent.trainer.train_delta`` at each plant,
+``coordinator.strategies`` on the coordinator, ``num_samples`` = heats trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent.sim import SimulatedPlant, default_plants
+from agent.trainer import TrainConfig, train_delta
+from alchimia.cli import strategy_param
+from coordinator.strategies import make_strategy
+from models.params import Weights, add, compose, get_weights
+from models.regressor import HeatModel, build_model
+from models.schema import FEATURES, TARGETS
+from models.spec import ModelSpec
+
+ARMS = ("local_mlp", "local_ridge", "pooled_mlp", "pooled_hybrid", "fedavg_mlp", "fed_hybrid")
+ARM_LABELS = {
+    "local_mlp": "local MLP", "local_ridge": "local ridge", "pooled_mlp": "pooled MLP",
+    "pooled_hybrid": "pooled hybrid", "fedavg_mlp": "FedAvg MLP",
+    "fed_hybrid": "federated hybrid (personalised)",
+}
+SHOWN = (("energy_kwh_t", "energy kWh/t", "{:.2f}"), ("tapped_t", "tapped t", "{:.2f}"),
+         ("tap_temp_c", "tap temp C", "{:.2f}"), ("cu_pct", "Cu %", "{:.4f}"))
+DEFAULT_SIZES = (1500, 1500, 400, 120, 80)
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    seed: int = 0
+    test_fraction: float = 0.2
+    rounds: int = 40
+    epochs: int = 2  # shared-part epochs per round (the coordinator's default task)
+    lr: float = 3e-3
+    batch_size: int = 32
+    site_epochs: int = TrainConfig.site_epochs
+    site_l2: float = TrainConfig.site_l2
+    strategy: str = "fedavg"  # of the federated arms, with its parameters
+    strategy_params: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass
+class PlantData:
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@dataclass
+class FederationResult:
+    config: FederationConfig
+    plants: list[str]
+    mae: dict[str, dict[str, dict[str, float]]]  # arm -> plant -> target -> test MAE
+    wall_s: float = 0.0
+    png: Path | None = None
+    criteria: list[tuple[str, bool, str]] = field(default_factory=list)
+
+    def table(self) -> str:
+        """Markdown: one row per arm and plant, test MAE of the shown targets."""
+        head = ["arm", "plant", "train heats", *(unit for _, unit, _ in SHOWN)]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        sizes = dict(zip(self.plants, self.config.sizes, strict=True))
+        for arm in self.mae:
+            for plant in self.plants:
+                n = round(sizes[plant] * (1 - self.config.test_fraction))
+                cells = [ARM_LABELS[arm], plant, str(n)]
+                cells += [fmt.format(self.mae[arm][plant][t]) for t, _, fmt in SHOWN]
+                lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def simulate(cfg: FederationConfig) -> list[PlantData]:
+    """Each plant's heats, split in time (the last ``test_fraction`` for test)."""
+    out = []
+    for (profile, plant_seed), n in zip(default_plants(len(cfg.sizes), base_seed=cfg.seed),
+                                        cfg.sizes, strict=True):
+        heats = SimulatedPlant(profile, plant_seed).heats(n)
+        x = np.array([[h.inputs[f] for f in FEATURES] for h in heats], np.float32)
+        y = np.array([[h.outcome[t] for t in TARGETS] for h in heats], np.float32)
+        cut = round(n * (1 - cfg.test_fraction))
+        out.append(PlantData(profile.name, x[:cut], y[:cut], x[cut:], y[cut:]))
+    return out
+
+
+def _predict(spec: ModelSpec, shared: Weights, site: Weights | None, x: np.ndarray,
+             ) -> np.ndarray:
+    with torch.no_grad():
+        return compose(spec, shared, site)(torch.from_numpy(x)).numpy()
+
+
+def _mae(pred: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    err = np.abs(pred.astype(np.float64) - actual).mean(axis=0)
+    return dict(zip(TARGETS, map(float, err), strict=True))
+
+
+def _train_cfg(cfg: FederationConfig, round_id: int, proximal_mu: float = 0.0) -> TrainConfig:
+    return TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=round_id,
+                       site_epochs=cfg.site_epochs, site_l2=cfg.site_l2,
+                       proximal_mu=proximal_mu)
+
+
+def _alone(spec: ModelSpec, cfg: FederationConfig, x: np.ndarray, y: np.ndarray,
+           ) -> tuple[Weights, Weights]:
+    """Rounds of local training with nobody to average with (same budget as federated)."""
+    shared = get_weights(build_model(spec, seed=cfg.seed))
+    site = None
+    for r in range(cfg.rounds):
+        res = train_delta(spec, shared, x, y, _train_cfg(cfg, r), site=site)
+        shared, site = add(shared, res.delta), res.site
+    return shared, site or {}
+
+
+def _federated(spec: ModelSpec, cfg: FederationConfig, plants: list[PlantData],
+               ) -> tuple[Weights, list[Weights]]:
+    strategy = make_strategy(cfg.strategy, **dict(cfg.strategy_params))
+    mu = strategy.task_params().get("proximal_mu", 0.0)  # what the task carries to agents
+    shared = get_weights(build_model(spec, seed=cfg.seed))
+    sites: list[Weights | None] = [None] * len(plants)
+    for r in range(cfg.rounds):
+        updates = []
+        for k, p in enumerate(plants):
+            res = train_delta(spec, shared, p.x_train, p.y_train, _train_cfg(cfg, r, mu),
+                              site=sites[k])
+            sites[k] = res.site
+            updates.append((res.delta, float(len(p.x_train))))
+        shared = strategy.aggregate(shared, updates)
+    return shared, [s or {} for s in sites]
+
+
+def _pooled_hybrid(spec: ModelSpec, cfg: FederationConfig, plants: list[PlantData],
+                   ) -> tuple[Weights, list[Weights]]:
+    """All heats in one place: one model per plant, the shared tensors tied, every batch
+    drawn from the pooled rows, the same site prior as the federated arm."""
+    models: list[HeatModel] = [build_model(spec, seed=cfg.seed) for _ in plants]
+    shared_names = list(spec.parameter_shapes("shared"))
+    for m in models[1:]:
+        for name in shared_names:
+            setattr(m, name, getattr(models[0], name))
+    params = {id(p): p for m in models for p in m.parameters()}
+    opt = torch.optim.Adam(list(params.values()), lr=cfg.lr)
+    xs = [torch.from_numpy(p.x_train) for p in plants]
+    ys = [m.normalize_targets(torch.from_numpy(p.y_train)) for m, p in
+          zip(models, plants, strict=True)]
+    owner = torch.cat([torch.full((len(p.x_train),), k) for k, p in enumerate(plants)])
+    row = torch.cat([torch.arange(len(p.x_train)) for p in plants])
+    gen = torch.Generator().manual_seed(cfg.seed)
+    epochs = cfg.rounds * cfg.epochs
+    for _ in range(epochs):
+        for idx in torch.randperm(len(owner), generator=gen).split(cfg.batch_size):
+            opt.zero_grad()
+            loss = torch.zeros(())
+            for k, m in enumerate(models):
+                rows = row[idx[owner[idx] == k]]
+                if len(rows):
+                    err = (m.normalized(xs[k][rows]) - ys[k][rows]) ** 2
+                    loss = loss + err.mean(dim=1).sum()
+            loss = loss / len(idx)
+            for m in models:
+                site = [getattr(m, n) for n in spec.parameter_shapes("site")]
+                loss = loss + cfg.site_l2 / len(owner) * sum((p ** 2).sum() for p in site)
+            loss.backward()
+            opt.step()
+    return get_weights(models[0]), [get_weights(m, "site") for m in models]
+
+
+def _ridge(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13),
+                                                    alpha_per_target=True))
+    model.fit(x_train.astype(np.float64), y_train.astype(np.float64))
+    return model.predict(x_test.astype(np.float64))
+
+
+def run_federation_experiment(cfg: FederationConfig, arms: tuple[str, ...] = ARMS,
+                              out_png: Path | None = None) -> FederationResult:
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: threads cost more than they give
+    try:
+        plants = simulate(cfg)
+        mlp, hybrid = ModelSpec(), ModelSpec(architecture="eaf-hybrid-v1")
+        mae: dict[str, dict[str, dict[str, float]]] = {}
+        for arm in arms:
+            preds = _arm(arm, cfg, plants, mlp, hybrid)
+            mae[arm] = {p.name: _mae(pred, p.y_test) for p, pred in
+                        zip(plants, preds, strict=True)}
+    finally:
+        torch.set_num_threads(threads)
+    result = FederationResult(cfg, [p.name for p in plants], mae)
+    result.criteria = acceptance(result)
+    result.wall_s = time.perf_counter() - started
+    if out_png is not None:
+        result.png = plot(result, out_png)
+    return result
+
+
+def _arm(arm: str, cfg: FederationConfig, plants: list[PlantData], mlp: ModelSpec,
+         hybrid: ModelSpec) -> list[np.ndarray]:
+    """Test-set predictions of one arm, per plant."""
+    if arm == "local_ridge":
+        return [_ridge(p.x_train, p.y_train, p.x_test) for p in plants]
+    if arm == "local_mlp":
+        return [_predict(mlp, _alone(mlp, cfg, p.x_train, p.y_train)[0], None, p.x_test)
+                for p in plants]
+    if arm == "pooled_mlp":
+        x = np.concatenate([p.x_train for p in plants])
+        y = np.concatenate([p.y_train for p in plants])
+        shared, _ = _alone(mlp, cfg, x, y)
+        return [_predict(mlp, shared, None, p.x_test) for p in plants]
+    if arm in ("pooled_hybrid", "fed_hybrid", "fedavg_mlp"):
+        spec = mlp if arm == "fedavg_mlp" else hybrid
+        train = _pooled_hybrid if arm == "pooled_hybrid" else _federated
+        shared, sites = train(spec, cfg, plants)
+        return [_predict(spec, shared, site or None, p.x_test)
+                for p, site in zip(plants, sites, strict=True)]
+    raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+
+
+def acceptance(result: FederationResult) -> list[tuple[str, bool, str]]:
+    """The issue's three criteria, each with the figures that decide it."""
+    m, out = result.mae, []
+    needed = {"fed_hybrid", "pooled_hybrid", "local_mlp", "local_ridge"}
+    if not needed <= set(m):
+        return out
+    targets = [t for t, _, _ in SHOWN]
+    worst = max((m["fed_hybrid"][p][t] / m["pooled_hybrid"][p][t] - 1, p, t)
+                 for p in result.plants for t in targets)
+    out.append(("federated within 5 % of pooled hybrid everywhere", worst[0] <= 0.05,
+                f"worst {worst[0]:+.1%} ({worst[1]} {worst[2]})"))
+    order = sorted(result.plants, key=lambda p: result.config.sizes[result.plants.index(p)])
+    gains = []
+    for p in order[:2]:
+        for t in ("energy_kwh_t", "cu_pct"):
+            best = min(m["local_mlp"][p][t], m["local_ridge"][p][t])
+            gains.append((1 - m["fed_hybrid"][p][t] / best, p, t))
+    least = min(gains)
+    out.append(("small plants >= 20 % better than best local (energy, Cu)", least[0] >= 0.2,
+                f"least gain {least[0]:.1%} ({least[1]} {least[2]})"))
+    worst_r = max((m["fed_hybrid"][p][t] / m["local_ridge"][p][t] - 1, p, t)
+                   for p in result.plants for t in targets)
+    out.append(("no plant > 5 % worse than its local ridge", worst_r[0] <= 0.05,
+                f"worst {worst_r[0]:+.1%} ({worst_r[1]} {worst_r[2]})"))
+    return out
+
+
+def plot(result: FederationResult, out_png: Path) -> Path:
+    """Test MAE per plant, one panel per shown target, one bar per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SHOWN), figsize=(16, 4.2))
+    arms = list(result.mae)
+    width = 0.8 / len(arms)
+    pos = np.arange(len(result.plants))
+    for ax, (target, unit, _) in zip(axes, SHOWN, strict=True):
+        for i, arm in enumerate(arms):
+            ax.bar(pos + i * width, [result.mae[arm][p][target] for p in result.plants],
+                   width, label=ARM_LABELS[arm])
+        ax.set_xticks(pos + 0.4 - width / 2,
+                      [f"{p}\n{n}" for p, n in zip(result.plants, result.config.sizes,
+                                                   strict=True)])
+        ax.set_title(f"test MAE, {unit}")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Federation experiment, seed {result.config.seed}: plants and their heats")
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+# -- command line ----------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = FederationConfig()
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="simulator seeds; each gets its own table")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(d.sizes),
+                        help="heats per plant")
+    parser.add_argument("--rounds", type=int, default=d.rounds)
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--site-epochs", type=int, default=d.site_epochs)
+    parser.add_argument("--site-l2", type=float, default=d.site_l2)
+    parser.add_argument("--strategy", default=d.strategy, help="of the federated arms")
+    parser.add_argument("--strategy-param", dest="strategy_params", action="append",
+                        default=[], metavar="NAME=VALUE", type=strategy_param)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--out", type=Path, default=Path("runs/federation-experiment.png"),
+                        help="PNG of the test errors (one per seed: -seedN is appended)")
+    parser.add_argument("--no-plot", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    for seed in args.seeds:
+        cfg = FederationConfig(sizes=tuple(args.sizes), seed=seed, rounds=args.rounds,
+                               epochs=args.epochs, lr=args.lr, site_epochs=args.site_epochs,
+                               site_l2=args.site_l2, strategy=args.strategy,
+                               strategy_params=tuple(args.strategy_params))
+        png = None if args.no_plot else args.out.with_name(
+            f"{args.out.stem}-seed{seed}{args.out.suffix}")
+        result = run_federation_experiment(cfg, tuple(args.arms), png)
+        print(f"seed {seed}: plants {', '.join(result.plants)} with "
+              f"{', '.join(map(str, cfg.sizes))} heats (last {cfg.test_fraction:.0%} test); "
+              f"{cfg.rounds} rounds x {cfg.epochs} epochs, lr {cfg.lr}, site part "
+              f"{cfg.site_epochs} epochs with prior {cfg.site_l2}, strategy {cfg.strategy}"
+              f"{dict(cfg.strategy_params) or ''}; test MAE")
+        print(result.table())
+        for name, ok, why in result.criteria:
+            print(f"{'MET ' if ok else 'MISSED'} {name}: {why}")
+        if result.png is not None:
+            print(f"plot: {result.png}")
+        print(f"wall time: {result.wall_s:.1f} s")
+    return 0
