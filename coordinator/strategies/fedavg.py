@@ -16,6 +16,16 @@ from coordinator.strategies.base import Accumulator, Strategy, Weights, check_gl
 class MeanAccumulator(Accumulator):
     """Running sum of ``weight * delta`` per tensor in float64, plus the total weight.
 
+    Submodel averaging (FedSubAvg: Ding et al. 2022, "Federated Submodel Optimization for
+    Hot and Cold Data Features"): a coordinate an update leaves at exactly 0.0 is one that
+    site did not train (e.g. the content of a scrap grade it never charges: its gradient is
+    0 and Adam's step is exactly 0), so it does not count in that coordinate's mean. The
+    accumulator keeps the weight behind each coordinate and, at the end, rescales each sum
+    so that ``sums / total`` is that coordinate's mean over the updates that touched it;
+    every rule built on the mean (FedAvg, FedProx, FedAvgM, FedAdam, ...) then uses it.
+    Without such zeros the rescale factor is exactly 1 and results are bit-identical to
+    plain FedAvg. A coordinate no update touched keeps its value.
+
     Why float64: with thousands of updates weighted by sample counts in the thousands, the
     rounding of the sum stays ~1e-16 relative, so the result does not depend on arrival
     order in practice (a round is reproducible from its inputs) and cannot overflow. Cost:
@@ -29,6 +39,7 @@ class MeanAccumulator(Accumulator):
                  apply: Callable[[dict[str, np.ndarray], float], Weights]) -> None:
         super().__init__(global_weights)
         self._sums = {k: np.zeros(v.shape, np.float64) for k, v in global_weights.items()}
+        self._touched = {k: np.zeros(v.shape, np.float64) for k, v in global_weights.items()}
         self._total = 0.0
         self._apply = apply
 
@@ -39,12 +50,17 @@ class MeanAccumulator(Accumulator):
     def _accept(self, delta: Weights, weight: float, scale: float) -> None:
         factor = weight * scale
         for name, acc in self._sums.items():
-            kernels.add_scaled(acc, delta[name], factor)
+            kernels.add_scaled_touched(acc, self._touched[name], delta[name], factor, weight)
         self._total += weight
 
     def _finish(self) -> Weights:
         if not (self._total > 0.0 and math.isfinite(self._total)):
             raise ValueError(f"total weight of the round is {self._total}; need > 0")
+        for name, acc in self._sums.items():
+            touched = self._touched[name]
+            partial = (touched > 0.0) & (touched != self._total)
+            if partial.any():
+                acc[partial] *= self._total / touched[partial]
         return self._apply(self._sums, self._total)
 
 

@@ -48,6 +48,16 @@ def _add_scaled(acc: np.ndarray, x: np.ndarray, factor: float) -> None:  # pragm
 
 
 @numba.njit(nogil=True, cache=True)
+def _add_scaled_touched(acc: np.ndarray, touched: np.ndarray, x: np.ndarray, factor: float,
+                        weight: float) -> None:  # pragma: no cover - compiled
+    for i in range(x.size):
+        v = np.float64(x[i])
+        acc[i] += factor * v
+        if v != 0.0:
+            touched[i] += weight
+
+
+@numba.njit(nogil=True, cache=True)
 def _shift_by_mean(out: np.ndarray, g: np.ndarray, sums: np.ndarray,
                    total: float) -> None:  # pragma: no cover - compiled
     for i in range(out.size):
@@ -68,6 +78,20 @@ def add_scaled(acc: np.ndarray, x: np.ndarray, factor: float) -> None:
     if not np.shares_memory(flat, acc):
         raise ValueError("accumulator must be contiguous")
     _add_scaled(flat, x.reshape(-1), float(factor))
+
+
+def add_scaled_touched(acc: np.ndarray, touched: np.ndarray, x: np.ndarray, factor: float,
+                       weight: float) -> None:
+    """``add_scaled`` plus ``touched += weight`` where ``x != 0``, in the same pass: the
+    weight behind each coordinate's sum, for submodel averaging (``MeanAccumulator``)."""
+    for arr in (acc, touched):
+        if arr.dtype != np.float64 or arr.size != x.size:
+            raise ValueError(f"accumulators must be float64 of {x.size} elements, "
+                             f"got {arr.dtype} of {arr.size}")
+        if not np.shares_memory(arr.reshape(-1), arr):
+            raise ValueError("accumulators must be contiguous")
+    _add_scaled_touched(acc.reshape(-1), touched.reshape(-1), x.reshape(-1), float(factor),
+                        float(weight))
 
 
 def shift_by_mean(g: np.ndarray, sums: np.ndarray, total: float) -> np.ndarray:

@@ -61,13 +61,27 @@ def g0() -> Weights:
 
 def test_fedavg_hand_computed() -> None:
     g = W(w=[1.0, 2.0, 3.0], b=[[0.5]])
-    new = FedAvg().aggregate(g, [(W(w=[1, 0, -1], b=[[2]]), 1.0),
+    new = FedAvg().aggregate(g, [(W(w=[1, 1, -1], b=[[2]]), 1.0),
                                  (W(w=[3, 3, 3], b=[[-2]]), 3.0)])
     # (1*d1 + 3*d2) / 4
-    np.testing.assert_allclose(new["w"], [3.5, 4.25, 5.0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(new["w"], [3.5, 4.5, 5.0], rtol=0, atol=1e-6)
     np.testing.assert_allclose(new["b"], [[0.5 - 1.0]], rtol=0, atol=1e-6)
     assert list(new) == ["w", "b"]
     assert all(v.dtype == np.float32 for v in new.values())
+
+
+def test_a_coordinate_an_update_left_at_zero_is_averaged_over_the_others_only() -> None:
+    """Submodel averaging: a site that never charges a grade sends 0.0 for its tensors;
+    that must not dilute what the sites that do charge it learned."""
+    g = W(w=[1.0, 2.0, 3.0])
+    ups = [(W(w=[1, 0, 0]), 1.0), (W(w=[3, 3, 0]), 3.0)]
+    for strategy in (FedAvg(), make_strategy("fedprox", mu=0.1)):
+        new = strategy.aggregate(g, ups)
+        # w0: (1*1 + 3*3) / 4; w1: only the second update touched it: 3; w2: untouched.
+        np.testing.assert_allclose(new["w"], [1 + 2.5, 2 + 3.0, 3.0], rtol=0, atol=1e-6)
+    # Server optimisers see the same per-coordinate mean as their pseudo-gradient.
+    momentum = make_strategy("fedavgm", server_lr=1.0, beta=0.0).aggregate(g, ups)
+    np.testing.assert_allclose(momentum["w"], [3.5, 5.0, 3.0], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -117,13 +131,13 @@ def test_fedprox_task_params_and_server_side_is_fedavg() -> None:
 
 def test_fedavgm_two_rounds_hand_computed() -> None:
     s = FedAvgM(server_lr=0.5, beta=0.9)
-    x1 = s.aggregate(W(p=[0, 0]), [(W(p=[2, 4]), 1.0), (W(p=[4, 0]), 1.0)])
-    # v1 = mean delta = [3, 2]; x1 = 0 + 0.5 * v1
-    np.testing.assert_allclose(x1["p"], [1.5, 1.0], atol=1e-6)
+    x1 = s.aggregate(W(p=[0, 0]), [(W(p=[2, 4]), 1.0), (W(p=[4, 2]), 1.0)])
+    # v1 = mean delta = [3, 3]; x1 = 0 + 0.5 * v1
+    np.testing.assert_allclose(x1["p"], [1.5, 1.5], atol=1e-6)
     x2 = s.aggregate(x1, [(W(p=[1, -1]), 2.0), (W(p=[-2, 2]), 1.0)])
     # mean delta of round 2 is 0, momentum still moves: v2 = 0.9 v1; x2 = x1 + 0.5 v2
-    np.testing.assert_allclose(x2["p"], [2.85, 1.9], atol=1e-6)
-    np.testing.assert_allclose(s.state_dict()["momentum/p"], [2.7, 1.8], atol=1e-12)
+    np.testing.assert_allclose(x2["p"], [2.85, 2.85], atol=1e-6)
+    np.testing.assert_allclose(s.state_dict()["momentum/p"], [2.7, 2.7], atol=1e-12)
     assert s.state_dict()["rounds"] == 2
 
 
@@ -167,7 +181,7 @@ def test_fedopt_two_rounds_match_algorithm_2(variant: str, cls: type[Strategy],
     x0 = np.array([0.5, -1.0, 2.0], np.float64)
     # round 1 mean delta [1, 1, -2] (weights 1 and 3); round 2 mean delta [1/16, 1, 3]: for
     # Yogi, v1 - delta2**2 then has both signs, so both branches of the sign are exercised
-    r1 = [(W(p=[4, 1, -2]), 1.0), (W(p=[0, 1, -2]), 3.0)]
+    r1 = [(W(p=[2.5, 1, -2]), 1.0), (W(p=[0.5, 1, -2]), 3.0)]
     r2 = [(W(p=[0.0625, 1, 3]), 2.0)]
     d1, d2 = np.array([1.0, 1.0, -2.0]), np.array([0.0625, 1.0, 3.0])
     s = cls(**params)
@@ -346,8 +360,8 @@ def test_huge_finite_deltas_are_accepted_and_clipped() -> None:
     huge = W(a=[1e30, -1e30], b=[1e30])
     out = NormBound(FedAvg(), max_norm=1.0).aggregate(g, [(huge, 1.0)])
     np.testing.assert_allclose(flat(out), np.array([1, -1, 1]) / np.sqrt(3), rtol=1e-6)
-    plain = FedAvg().aggregate(g, [(huge, 1.0), (W(a=[0, 0], b=[0]), 1.0)])
-    np.testing.assert_allclose(flat(plain), [5e29, -5e29, 5e29], rtol=1e-6)
+    plain = FedAvg().aggregate(g, [(huge, 1.0), (W(a=[2e30, -2e30], b=[2e30]), 1.0)])
+    np.testing.assert_allclose(flat(plain), [1.5e30, -1.5e30, 1.5e30], rtol=1e-6)
     too_big = {"a": np.array([1e200, 0.0]), "b": np.array([0.0])}  # float64 beyond float32
     with pytest.raises(ValueError, match="too large"):
         FedAvg().open_round(g).add(too_big, 1.0)
@@ -496,8 +510,9 @@ def test_norm_bound_clips_global_norm() -> None:
     small = NormBound(FedAvg(), max_norm=1.0).aggregate(g, [(W(a=[0.3], b=[0.4]), 1.0)])
     np.testing.assert_allclose([small["a"][0], small["b"][0]], [0.3, 0.4], rtol=1e-6)
     mixed = NormBound(FedAvg(), max_norm=1.0).aggregate(
-        g, [(W(a=[3], b=[4]), 1.0), (W(a=[0.2], b=[0]), 3.0)])
-    np.testing.assert_allclose([mixed["a"][0], mixed["b"][0]], [0.3, 0.2], rtol=1e-6)
+        g, [(W(a=[3], b=[4]), 1.0), (W(a=[0.2], b=[0.4]), 3.0)])
+    # (0.6 + 3 * 0.2) / 4, (0.8 + 3 * 0.4) / 4
+    np.testing.assert_allclose([mixed["a"][0], mixed["b"][0]], [0.3, 0.5], rtol=1e-6)
 
 
 def test_make_strategy_clip_norm_wraps_any_strategy() -> None:
