@@ -65,21 +65,25 @@ class EafHybrid(nn.Module):
         heel = self._col(x, "hot_heel_t").clamp(min=0.0)
         yields = self.yield_prior + hl.YIELD_STEP * (self.yield_shared + self.yield_site)
         metal = (charges * yields).sum(dim=1).clamp(min=1.0)  # M, t
+        # Yields are identified by the weighed tapped mass alone: the per-tonne terms and
+        # the chemistry's denominator use M without passing gradients back into the
+        # yields, or the (far more numerous) chemistry errors would bend them.
+        per_t = metal.detach()
         charged = charges.sum(dim=1).clamp(min=1.0)  # G_E, t
 
         terms = torch.cat([
             charges / charged[:, None],
             torch.stack([
-                charged / metal - 1.0,
-                1e3 * self._col(x, "lime_t") / metal,
-                self._col(x, "carbon_kg") / metal,
-                self._col(x, "oxygen_nm3") / metal,
-                self._col(x, "gas_nm3") / metal,
-                heel / metal,
+                charged / per_t - 1.0,
+                1e3 * self._col(x, "lime_t") / per_t,
+                self._col(x, "carbon_kg") / per_t,
+                self._col(x, "oxygen_nm3") / per_t,
+                self._col(x, "gas_nm3") / per_t,
+                heel / per_t,
                 self._col(x, "power_on_min"),
                 self._col(x, "power_off_min"),
                 self._col(x, "tap_temp_aim_c") - 1600.0,
-                self._col(x, "power_on_min") / metal,
+                self._col(x, "power_on_min") / per_t,
             ], dim=1),
         ], dim=1)
         terms = (terms - self.term_center) / self.term_scale  # [B, K]
@@ -104,7 +108,7 @@ class EafHybrid(nn.Module):
         content = torch.exp(self.log_content_prior + self.content_shared + self.content_site)
         heel_pct = torch.exp(self.log_heel_prior + self.heel_pct_shared + self.heel_pct_site)
         elements = (recovery * (charges @ content) + heel[:, None] * heel_pct) / (
-            metal + heel)[:, None]
+            per_t + heel)[:, None]
 
         columns = {"energy_kwh_t": energy, "tapped_t": tapped, "tap_temp_c": temp}
         columns.update({name: elements[:, j] for j, name in enumerate(hl.ELEMENT_TARGETS)})
