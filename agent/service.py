@@ -15,16 +15,16 @@ from collections import deque
 import numpy as np
 import torch
 
-from agent.champion import Verdict, judge
-from agent.dataset import HeatTable
-from agent.evaluation import mae_by_target
+from agent.ingest.sources import HeatSource
+from agent.learn.champion import Verdict, judge
+from agent.learn.dataset import HeatTable
+from agent.learn.evaluation import mae_by_target
+from agent.learn.serving import ServingFiles
+from agent.learn.site_learning import DriftEvent, SiteLearner, SitePolicy
+from agent.learn.trainer import TrainConfig, train_delta
 from agent.mqtt_link import MqttLink
-from agent.serving import ServingFiles
+from agent.records import Heat
 from agent.settings import AgentSettings
-from agent.sim import Heat
-from agent.site_learning import DriftEvent, SiteLearner
-from agent.sources import HeatSource
-from agent.trainer import TrainConfig, train_delta
 from broker.codec import DecodeError, Limits
 from broker.schemas import (
     Envelope,
@@ -167,7 +167,7 @@ class Agent:
         if self.table is None or self.table.features != spec.features:
             self.table = HeatTable(spec.features, spec.targets)
             self.learner = SiteLearner(spec.features, spec.targets, spec.y_scale,
-                                       seed=self.settings.seed)
+                                       self.policy(), seed=self.settings.seed)
             for heat in self._history:
                 self._remember(heat, None)
             self.new_heats = len(self._history)
@@ -259,6 +259,8 @@ class Agent:
         self._report_prequential()
         if drift is not None:
             self._on_drift(drift)
+        if self.learner is not None and self.learner.refit_due():
+            self._adapt()
         if self._reported_version != self.model_version:
             self._report_validation()
         if time.monotonic() - self._status_sent_at >= self.settings.status_interval_s:
@@ -284,33 +286,41 @@ class Agent:
                            values=values)
         self.link.publish(self.topics.agent_metrics(self.id), message(self.id, body))
 
+    def policy(self) -> SitePolicy:
+        """The site's continual-learning policy from the settings."""
+        st = self.settings
+        return SitePolicy(train_window=st.train_window, replay_rows=st.replay_rows,
+                          adapt_heats=st.adapt_heats, adapt_epochs=st.adapt_epochs,
+                          adapt_lr=st.adapt_lr, adapt_prior=st.adapt_prior,
+                          adapt_every=st.adapt_every)
+
     def _on_drift(self, event: DriftEvent) -> None:
-        """Adapt on site at once, and ask the federation for an early round."""
-        log.warning("agent %s detected drift: errors %s, inputs %s", self.id,
-                    list(event.error_targets), list(event.input_features))
+        """Report it: the coordinator may open an early round. The site learner has started
+        a new regime; ``_adapt`` re-fits the site part on it."""
+        log.warning("agent %s detected drift: errors %s, inputs %s (onset at heat %d)",
+                    self.id, list(event.error_targets), list(event.input_features),
+                    event.onset)
         self.link.publish(self.topics.agent_metrics(self.id), message(self.id, MetricsBody(
             model_version=self.serving_version, scope="drift", values=event.values())))
-        if (self.spec is None or self.serving_shared is None or self.table is None
-                or not self.spec.parameter_shapes("site")):
-            return
-        x, y = self.table.train()
-        x, y = x[-self.settings.adapt_heats:], y[-self.settings.adapt_heats:]
-        if len(x) < 5:
-            return
-        replay = self.learner.replay_rows(self.settings.replay_rows) if self.learner else None
-        # Adaptation is an update of the site part only (epochs=0 leaves the shared part
-        # alone), on the recent heats of the new regime: the served global version and
-        # every later one keep applying, with this site's new offsets.
-        cfg = TrainConfig(epochs=0, lr=self.settings.adapt_lr, seed=self.table.seen,
-                          site_epochs=self.settings.adapt_epochs)
-        self.site_weights = train_delta(self.spec, self.serving_shared, x, y, cfg,
-                                        site=self.site_weights, replay=replay).site
-        self.files.save_site(self.site_weights)
-        assert self.serving_version is not None
+
+    def _adapt(self) -> None:
+        """The site learner asks for a re-fit (at a detection, then every few heats while
+        the new regime is young): an update of the site part only, on the regime's recent
+        training heats; the served global version keeps applying, with the new offsets."""
+        assert self.learner is not None
+        if self.spec is None or self.serving_shared is None or self.serving_version is None:
+            return  # nothing served yet: the first model brings this site's part
+        site = self.learner.refit(self.spec, self.serving_shared, self.site_weights)
+        if site is None:
+            return  # no site tensors in this architecture, or too few heats yet
+        self.site_weights = site
+        self.files.save_site(site)
         self._serve(self._site_predictor(self.serving_shared), self.serving_version,
                     self.serving_shared)
-        log.info("agent %s adapted its site part on %d recent heats; serves version %s",
-                 self.id, len(x), self.serving_version)
+        log.info("agent %s re-fitted its site part on the new regime's %d latest heats; "
+                 "serves version %s", self.id,
+                 min(self.learner.regime_heats, self.learner.policy.adapt_heats),
+                 self.serving_version)
 
     def _report_validation(self) -> None:
         if self.table is None or self.predictor is None:
@@ -334,11 +344,12 @@ class Agent:
             or self.base_weights is None
         ):
             return
-        x, y = self.table.train()
         replay = None
         if self.settings.continual and self.learner is not None:
-            x, y = x[-self.settings.train_window:], y[-self.settings.train_window:]
-            replay = self.learner.replay_rows(self.settings.replay_rows)
+            # The current regime's newest heats and regime-balanced replay (SiteLearner).
+            x, y, replay = self.learner.round_rows()
+        else:
+            x, y = self.table.train()
         cfg = TrainConfig(epochs=task.epochs, lr=task.lr, batch_size=task.batch_size,
                           proximal_mu=task.hyper.get("proximal_mu", 0.0), seed=task.round_id,
                           ewc_lambda=self.settings.ewc_lambda)

@@ -17,7 +17,9 @@ class AgentSettings(NodeSettings):
     agent_id: str = "plant-1"
     plant: int = Field(default=1, ge=1, description="simulated plant profile number")
     seed: int = Field(default=0, description="base seed of the simulated plants")
-    history_heats: int = Field(default=150, ge=0, description="heats known at start")
+    history_heats: int = Field(
+        default=150, ge=0, description="heats known at start (the simulated plant; a CSV "
+        "replay with replay_pace)")
     heat_interval_s: float = Field(default=5.0, ge=0, description="0: no new heats")
     drift: list[str] = Field(default_factory=list,
                              description="simulated drift scenarios, e.g. supplier_change@300")
@@ -35,25 +37,38 @@ class AgentSettings(NodeSettings):
     sensor_prefix: str = Field(default="", description="site prefix of the sensor topics")
     replay_heats: Path | None = Field(default=None, description="CSV heat table to replay")
     replay_signals: Path | None = Field(default=None, description="CSV signal table to replay")
+    replay_pace: float | None = Field(
+        default=None, gt=0, description="CSV replay: release the recorded heats like a live "
+        "feed, this many per second after the first history_heats, each predicted before "
+        "it is learned (None: the whole file at once, as history)")
     plant_id: str | None = Field(
         default=None, description="plant id in the sensor topics or CSV (real data)")
     furnace_id: str | None = Field(
         default=None, description="furnace id in the sensor topics or CSV (real data)")
     continual: bool = Field(default=True, description="drift detection, replay, adaptation")
-    train_window: int = Field(default=2000, ge=1,
-                              description="continual: recent heats each local training uses")
+    # The site's continual-learning policy (agent.learn.site_learning.SitePolicy, whose
+    # defaults these are; docs/CONTINUAL.md measures them).
+    train_window: int = Field(
+        default=2000, ge=1,
+        description="continual: newest heats of the current regime a local training uses")
     replay_rows: int = Field(default=200, ge=0,
                              description="continual: old heats replayed beside them")
     ewc_lambda: float = Field(
         default=0.0, ge=0, description="EWC strength against forgetting in local training "
         "(0: off; replay alone did as well in the drift experiment, docs/CONTINUAL.md)")
     adapt_heats: int = Field(default=50, ge=5,
-                             description="after a drift: the latest training heats the site "
-                             "part is re-fitted on")
+                             description="after a drift: the new regime's latest training "
+                             "heats the site part is re-fitted on")
+    adapt_every: int = Field(default=5, ge=1,
+                             description="after a drift: heats between site re-fits until one "
+                             "had adapt_heats heats of the new regime")
     adapt_epochs: int = Field(default=30, ge=1,
                               description="after a drift: epochs over the site part on the "
                               "recent heats (models with site tensors)")
     adapt_lr: float = Field(default=3e-3, gt=0, description="learning rate of that adaptation")
+    adapt_prior: float = Field(
+        default=10.0, ge=0, description="after a drift: weight, in heats, of the site part "
+        "as it was when re-fitting it (keeps what the few new heats do not show)")
     status_interval_s: float = Field(
         default=5.0, gt=0, description="at most one status (with new_heats) this often while "
         "heats arrive; also one after every update and model swap")
@@ -81,6 +96,8 @@ class AgentSettings(NodeSettings):
         replay = self.replay_heats is not None or self.replay_signals is not None
         if replay and (self.replay_heats is None or self.replay_signals is None):
             raise ValueError("replay needs both replay_heats and replay_signals")
+        if self.replay_pace is not None and not replay:
+            raise ValueError("replay_pace paces a CSV replay: it needs replay_heats/signals")
         if self.sensor_feed and replay:
             raise ValueError("choose one data source: sensor_feed or replay_heats/signals")
         if (self.sensor_feed or replay) and not (self.plant_id and self.furnace_id):

@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--replay-heats", type=Path, metavar="CSV",
                        help="real data: replay this heat table (with --replay-signals)")
     agent.add_argument("--replay-signals", type=Path, metavar="CSV")
+    agent.add_argument("--replay-pace", type=float, metavar="HEATS_PER_S",
+                       help="replay like a live feed: after the first --history-heats, this "
+                       "many heats per second, each predicted before it is learned "
+                       "(default: the whole file at once, as history)")
     agent.add_argument("--plant-id", help="with real data: the plant id in topics or CSV")
     agent.add_argument("--furnace-id", help="with real data: the furnace id in topics or CSV")
     experiment = sub.add_parser("experiment", help="offline experiments on simulated plants")
@@ -178,9 +182,9 @@ def run_rollback(args: argparse.Namespace) -> int:
 
 
 def run_agent(args: argparse.Namespace) -> int:
+    from agent.ingest.sources import build_heat_source
     from agent.service import Agent
     from agent.settings import AgentSettings
-    from agent.sources import build_heat_source
 
     s = AgentSettings.load(args.config, **_settings_overrides(args))
     stop = threading.Event()

@@ -1,24 +1,32 @@
 """``alchimia experiment drift``: does continual learning pay after a supplier change?
 
 Offline and in one process (no broker): a few simulated plants stream heats in step, one
-of them gets a new scrap supplier mid-way, and four ways of keeping a model are scored
-test-then-train on every heat of that plant:
+of them gets a new scrap supplier mid-way, and ways of keeping a model are scored
+test-then-train on every heat of that plant. Every arm uses the agent's model,
+``eaf-hybrid-v1`` (shared tensors federated, site tensors kept at each plant), and the
+agent's training code (``agent.learn.trainer.train_delta``: FedRep, the site part first):
 
-(a) ``local``: each plant trains its own model on all its heats, alone;
-(b) ``static``: a global model pre-trained federatedly on the history, then frozen;
-(c) ``fedavg``: FedAvg rounds on each plant's full accumulated heats, no drift handling;
-(d) ``continual``: FedAvg rounds on each plant's recent heats plus regime-balanced replay
-    (EWC available, off by default), a Page-Hinkley detector per target on each site's
-    error stream (and a PSI input monitor), and a plant-only fine-tune of the global model
-    that each site serves; a detection starts a new regime (the fine-tune forgets the
-    rows before the estimated onset) and re-tunes at once and every few heats while the
-    regime is young, without waiting for a round. The global model stays federated.
+(a) ``local``: the drifting plant alone: the same rounds on all its heats, nobody to
+    average with;
+(b) ``static``: the model pre-trained federatedly on the history (shared part and each
+    plant's site part), then frozen;
+(c) ``fedavg``: FedAvg rounds of the shared part on every plant's full accumulated heats,
+    each plant's site part from its rounds; no drift handling;
+(d) ``continual``: the agent's continual learning: at each plant the agent's own
+    ``agent.learn.site_learning.SiteLearner`` (with the agent's default ``SitePolicy``)
+    scores each heat, watches for drift, picks the rows of each round (the current
+    regime's newest heats plus regime-balanced replay) and re-fits the site part after a
+    detection, without waiting for a round. The same object, the same defaults, as
+    ``Agent`` runs.
 
-Two ablation rows take (d) apart: its federated model without the site fine-tune, and
-the site fine-tune refreshed after every round but with no detector.
+Three ablation rows take (d) apart at the drifting plant, on (d)'s federated shared part:
+without its detector (rounds on the newest heats, site part from rounds only), without
+its re-fits between rounds (the detector sets the regime, the next round adapts), and
+without its site part (the shared part alone).
 
 Every arm starts from the same history and the same initial weights, trains with the same
-epochs and learning rate per round, and sees each heat only after predicting it.
+epochs and learning rate per round (the coordinator's defaults), and sees each heat only
+after predicting it. Aggregation is the coordinator's ``fedavg`` strategy.
 """
 
 from __future__ import annotations
@@ -26,58 +34,35 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from agent.continual import (
-    ErrorDriftMonitor,
-    InputDriftMonitor,
-    PageHinkley,
-    Prequential,
-    RegimeReplayBuffer,
-    local_finetune,
-)
+from agent.learn.continual import Prequential
+from agent.learn.site_learning import SiteLearner, SitePolicy
+from agent.learn.trainer import TrainConfig, TrainResult, train_delta
 from agent.sim import SimulatedPlant, default_plants, parse_drift
-from agent.trainer import TrainConfig, train_delta
 from coordinator.strategies import make_strategy
-from models.params import Weights, get_weights, set_weights
+from models.params import Weights, add, get_weights, set_weights
 from models.regressor import HeatModel, build_model
 from models.schema import FEATURES, TARGETS
 from models.spec import ModelSpec
 
 ARMS = ("local", "static", "fedavg", "continual")
-ABLATIONS = ("cl_global", "finetune_rounds")
+ABLATIONS = ("no_detector", "no_refit", "no_site")
 ARM_LABELS = {
-    "local": "(a) local only",
-    "static": "(b) static global",
-    "fedavg": "(c) FedAvg, no CL",
-    "continual": "(d) FedAvg + CL",
-    "cl_global": "(d) without its site fine-tune",
-    "finetune_rounds": "(d) without its detector",
+    "local": "(a) local only, hybrid",
+    "static": "(b) static global, hybrid",
+    "fedavg": "(c) FedAvg hybrid, no CL",
+    "continual": "(d) FedAvg hybrid + CL (the agent)",
+    "no_detector": "(d) without its detector",
+    "no_refit": "(d) without re-fits between rounds",
+    "no_site": "(d) without its site part",
 }
 SHOWN = (("energy_kwh_t", "kWh/t", "{:.2f}"), ("cu_pct", "Cu %", "{:.4f}"))
-
-
-@dataclass(frozen=True)
-class ContinualConfig:
-    """Knobs of arm (d); defaults are what docs/CONTINUAL.md measured."""
-
-    recent_rows: int = 300  # newest rows of the current regime a round trains on
-    replay_capacity: int = 400  # per plant, split over regimes
-    replay_rows: int = 100  # replayed next to the recent rows in a round
-    ewc_lambda: float = 0.0  # EWC in the federated rounds (Fisher on the replay rows)
-    finetune_epochs: int = 20
-    finetune_lr: float = 1e-3
-    finetune_rows: int = 200  # newest rows of the current regime a site fine-tune uses
-    finetune_replay: int = 0  # rows from past regimes mixed into the site fine-tune
-    finetune_ewc: float = 0.0
-    finetune_always: bool = True  # serve a site fine-tune from the start, not only after drift
-    adapt_every: int = 5  # heats between site fine-tunes while a new regime is young
-    min_regime_rows: int = 5  # rows of a new regime before the first site fine-tune
-    ph_threshold: float = 20.0
+SPEC = ModelSpec(architecture="eaf-hybrid-v1")
 
 
 @dataclass
@@ -109,6 +94,8 @@ class ExperimentResult:
     wall_s: float
     png: Path | None
     config: dict[str, object]
+    onsets: list[int] = field(default_factory=list)  # (d): estimated onsets, drift plant
+    refits: int = 0  # (d): site re-fits between rounds, all plants
 
     def numbers(self) -> dict[str, dict[str, float]]:
         """Flat figures per arm: ``{phase}_{target}`` for the shown targets."""
@@ -140,30 +127,23 @@ class ExperimentResult:
 
 
 class _Served:
-    """A model kept loaded for per-heat predictions; reloaded only when weights change."""
+    """A model kept loaded for per-heat predictions; reloaded only when its weights
+    (shared part, site part) are other objects than last time."""
 
-    def __init__(self, spec: ModelSpec, weights: Weights) -> None:
+    def __init__(self, spec: ModelSpec) -> None:
         self.model: HeatModel = build_model(spec)
         self.model.eval()
-        self.weights = weights
-        set_weights(self.model, weights)
+        self.loaded: tuple[Weights, Weights] | None = None  # kept: compared by identity
 
-    def load(self, weights: Weights) -> None:
-        if weights is not self.weights:
-            set_weights(self.model, weights)
-            self.weights = weights
+    def load(self, shared: Weights, site: Weights) -> None:
+        if self.loaded is None or self.loaded[0] is not shared or self.loaded[1] is not site:
+            set_weights(self.model, shared)
+            set_weights(self.model, site, "site")
+            self.loaded = (shared, site)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return self.model(torch.from_numpy(np.asarray(x, np.float32))).numpy()
-
-
-def _apply(weights: Weights, delta: Weights) -> Weights:
-    return {k: (weights[k] + delta[k]).astype(np.float32) for k in weights}
-
-
-def _fedavg(global_w: Weights, updates: Sequence[tuple[Weights, float]]) -> Weights:
-    return make_strategy("fedavg").aggregate(global_w, list(updates))
 
 
 def _simulate(plants: int, heats: int, drift_plant: int, drift: str, drift_at: int,
@@ -194,61 +174,21 @@ def _drift_spec(drift: str, drift_at: int) -> str:
     return f"{name}@{drift_at}" + (f":{params}" if params else "")
 
 
-class _Site:
-    """Arm (d) at one plant: detectors, replay, where the current regime began, and the
-    site fine-tune it serves once a drift was detected there."""
-
-    def __init__(self, spec: ModelSpec, cc: ContinualConfig, seed: int) -> None:
-        self.errors = ErrorDriftMonitor(spec.targets, spec.y_scale,
-                                        lambda: PageHinkley(threshold=cc.ph_threshold))
-        self.inputs = InputDriftMonitor(spec.features)
-        self.replay = RegimeReplayBuffer(cc.replay_capacity, seed=seed)
-        self.regime_start = 0  # heat index where the current regime began
-        self.personal: Weights | None = None  # the site fine-tune, once adapted
-        self.adapted = False
-        self.last_tune = -1
-
-    def observe(self, i: int, pred: np.ndarray, x: np.ndarray, y: np.ndarray,
-                ) -> tuple[str, ...] | None:
-        """One heat's outcome; returns what fired (a new regime starts here) or None."""
-        fired = self.errors.update(pred, y)
-        onset = i
-        if fired:
-            lags = [det.change_lag or 0 for det in self.errors.detectors
-                    if isinstance(det, PageHinkley)]
-            onset = i - max(lags, default=0)
-        moved = self.inputs.update(x)
-        if moved:
-            fired = [*(fired or []), *(f"input:{f}" for f in moved)]
-        if fired:
-            self.replay.new_regime()
-            self.regime_start = max(onset, self.regime_start)
-            self.adapted, self.last_tune = True, -1
-        self.replay.add(x, y)
-        return tuple(fired) if fired else None
-
-    def tune_due(self, i: int, every: int, young: int) -> bool:
-        """Re-tune at once after a detection, then every ``every`` heats while the regime
-        has fewer than ``young`` rows (later, the refresh after each round suffices)."""
-        return self.adapted and (self.last_tune < 0 or (
-            i - self.last_tune >= every and i - self.regime_start < young))
-
-
 def run_drift_experiment(plants: int = 4, heats: int = 1000, drift_plant: int = 1,
                          drift_at: int = 500, seed: int = 0, out_png: Path | None = None, *,
                          history: int = 200, round_every: int = 25, window: int = 50,
                          pretrain_rounds: int = 20, epochs: int = 2, lr: float = 3e-3,
                          batch_size: int = 32, holdout: int = 200,
                          drift: str = "supplier_change",
-                         continual: ContinualConfig | None = None,
+                         policy: SitePolicy | None = None, ewc_lambda: float = 0.0,
                          ablations: bool = True) -> ExperimentResult:
-    """Run the four arms on the same simulated heats; ``drift_plant`` counts from 1.
+    """Run the arms on the same simulated heats; ``drift_plant`` counts from 1.
 
     Heats ``0..history-1`` of every plant are known at the start and pre-train every arm;
-    heats from ``history`` on stream in rounds of ``round_every``. ``ablations`` adds two
-    rows that take arm (d) apart (its federated model alone; a site fine-tune after every
-    round without any detector). Epochs, learning rate and batch size are the
-    coordinator's defaults.
+    heats from ``history`` on stream in rounds of ``round_every``. ``policy`` is arm (d)'s
+    site policy (default: the agent's), ``ewc_lambda`` the EWC strength of its rounds.
+    ``ablations`` adds the rows that take arm (d) apart. Epochs, learning rate and batch
+    size are the coordinator's defaults.
     """
     if not 1 <= drift_plant <= plants:
         raise ValueError(f"drift_plant must be in 1..{plants}, got {drift_plant}")
@@ -258,11 +198,12 @@ def run_drift_experiment(plants: int = 4, heats: int = 1000, drift_plant: int = 
         raise ValueError("history, round_every, window, epochs, batch_size, holdout >= 1")
     started = time.perf_counter()
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 20-64-32-8 MLP: threads cost more than they give
+    torch.set_num_threads(1)  # small models: threads cost more than they give
     try:
         run = _Run(plants, heats, drift_plant, drift_at, seed, history, round_every, window,
-                   pretrain_rounds, TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size),
-                   holdout, drift, continual or ContinualConfig(), ablations)
+                   pretrain_rounds, TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size,
+                                                ewc_lambda=ewc_lambda),
+                   holdout, drift, policy or SitePolicy(), ablations)
         result = run.result()
     finally:
         torch.set_num_threads(threads)
@@ -273,146 +214,174 @@ def run_drift_experiment(plants: int = 4, heats: int = 1000, drift_plant: int = 
 
 
 class _Run:
-    """One experiment: state of every arm, advanced round by round."""
+    """One experiment: the state of every arm, advanced heat by heat and round by round.
+
+    A model is a (shared part, site part) pair. (d) keeps one ``SiteLearner`` and one site
+    part per plant; the ablations keep their own at the drifting plant only and use (d)'s
+    shared part.
+    """
 
     def __init__(self, plants: int, heats: int, drift_plant: int, drift_at: int, seed: int,
                  history: int, round_every: int, window: int, pretrain_rounds: int,
-                 train: TrainConfig, holdout: int, drift: str, cc: ContinualConfig,
+                 train: TrainConfig, holdout: int, drift: str, policy: SitePolicy,
                  ablations: bool) -> None:
-        self.spec = spec = ModelSpec()
+        self.spec = spec = SPEC
         self.names, self.X, self.Y, self.hx, self.hy = _simulate(
             plants, heats, drift_plant, drift, drift_at, seed, holdout)
         self.plants, self.heats, self.d, self.drift_at = plants, heats, drift_plant - 1, drift_at
         self.seed, self.history, self.round_every, self.window = seed, history, round_every, window
-        self.train, self.cc = train, cc
+        self.train, self.policy = train, policy
         self.arms = ARMS + (ABLATIONS if ablations else ())
+        self.strategy = make_strategy("fedavg")
         self.config: dict[str, object] = dict(
-            plants=plants, heats=heats, drift_plant=drift_plant, drift_at=drift_at, seed=seed,
-            history=history, round_every=round_every, window=window,
-            pretrain_rounds=pretrain_rounds, epochs=train.epochs, lr=train.lr,
-            batch_size=train.batch_size, holdout=holdout, drift=drift, continual=cc)
+            architecture=spec.architecture, plants=plants, heats=heats,
+            drift_plant=drift_plant, drift_at=drift_at, seed=seed, history=history,
+            round_every=round_every, window=window, pretrain_rounds=pretrain_rounds,
+            epochs=train.epochs, lr=train.lr, batch_size=train.batch_size,
+            site_epochs=train.site_epochs, ewc_lambda=train.ewc_lambda, holdout=holdout,
+            drift=drift, policy=asdict(policy))
 
-        # Pre-training on the history: federated for (b)-(d), each plant alone for (a).
+        # Pre-training on the history: federated for (b)-(d), the drifting plant alone for
+        # (a). Plain FedRep rounds on every history heat.
         init = get_weights(build_model(spec, seed=seed))
-        global_w = init
+        self.zero_site = get_weights(build_model(spec), "site")  # the site part's zeros
+        shared, sites = init, [self.zero_site] * plants
         for r in range(pretrain_rounds):
-            global_w = _fedavg(global_w, [(self._delta(global_w, k, 0, history, r),
-                                           float(history)) for k in range(plants)])
-        self.local_w = []
-        for k in range(plants):
-            w = init
-            for r in range(pretrain_rounds):
-                w = _apply(w, self._delta(w, k, 0, history, r))
-            self.local_w.append(w)
-        self.static_w = self.fed_w = self.cl_w = self.ft_w = global_w
-        self.sites = [_Site(spec, cc, seed * 1000 + k) for k in range(plants)]
-        for k, site in enumerate(self.sites):
+            results = [self._train(shared, sites[k], self.X[k, :history],
+                                   self.Y[k, :history], r) for k in range(plants)]
+            sites = [res.site for res in results]
+            shared = self._aggregate(shared, [(res.delta, float(history)) for res in results])
+        self.local = (init, self.zero_site)
+        for r in range(pretrain_rounds):
+            res = self._train(*self.local, self.X[self.d, :history], self.Y[self.d, :history],
+                              r)
+            self.local = (add(self.local[0], res.delta), res.site)
+        self.static = (shared, sites[self.d])
+        self.fed_shared, self.fed_sites = shared, list(sites)
+        self.cl_shared, self.cl_sites = shared, list(sites)
+        # (d): the agent's site learner at every plant; ablations at the drifting plant.
+        self.learners = [SiteLearner(spec.features, spec.targets, spec.y_scale, policy,
+                                     seed=seed * 1000 + k) for k in range(plants)]
+        self.abl_learners = {
+            "no_detector": SiteLearner(spec.features, spec.targets, spec.y_scale,
+                                       replace(policy, detect=False),
+                                       seed=seed * 1000 + self.d),
+            "no_refit": SiteLearner(spec.features, spec.targets, spec.y_scale, policy,
+                                    seed=seed * 1000 + self.d),
+        } if ablations else {}
+        self.abl_sites = dict.fromkeys(self.abl_learners, sites[self.d])
+        for k, learner in enumerate(self.learners):
+            for i in range(history):  # history heats: learned from, never predicted
+                learner.observe(self.X[k, i], self.Y[k, i], None)
+        for learner in self.abl_learners.values():
             for i in range(history):
-                site.replay.add(self.X[k, i], self.Y[k, i])
-                site.inputs.update(self.X[k, i])
+                learner.observe(self.X[self.d, i], self.Y[self.d, i], None)
         self.round_id = pretrain_rounds
-        if cc.finetune_always:
-            for k, site in enumerate(self.sites):
-                site.adapted = True
-                self._site_tune(k, history - 1)
-        self.served = {arm: _Served(spec, init) for arm in self.arms}
+        self.served = {arm: _Served(spec) for arm in self.arms}
+        self.cl_served = [_Served(spec) for _ in range(plants)]
         self.preq = {arm: Prequential(spec.targets, window) for arm in self.arms}
         self.phase: dict[str, dict[str, dict[str, float]]] = {a: {} for a in self.arms}
         self.held: dict[str, dict[str, dict[str, float]]] = {a: {} for a in self.arms}
         self.errors = {a: np.zeros((heats - history, len(spec.targets))) for a in self.arms}
         self.detections: list[tuple[str, int, tuple[str, ...]]] = []
+        self.onsets: list[int] = []
 
-    def _delta(self, base: Weights, k: int, lo: int, hi: int, round_id: int,
-               ewc: float = 0.0, replay: tuple[np.ndarray, np.ndarray] | None = None,
-               ) -> Weights:
-        cfg = replace(self.train, seed=round_id, ewc_lambda=ewc)
-        return train_delta(self.spec, base, self.X[k, lo:hi], self.Y[k, lo:hi], cfg,
-                           replay=replay).delta
+    def _train(self, shared: Weights, site: Weights, x: np.ndarray, y: np.ndarray,
+               round_id: int, replay: tuple[np.ndarray, np.ndarray] | None = None,
+               epochs: int | None = None) -> TrainResult:
+        cfg = replace(self.train, seed=round_id,
+                      epochs=self.train.epochs if epochs is None else epochs)
+        return train_delta(self.spec, shared, x, y, cfg, site=site, replay=replay)
 
-    def weights(self, arm: str, k: int) -> Weights:
-        """What ``arm`` serves at plant ``k`` now."""
+    def _aggregate(self, shared: Weights, updates: Sequence[tuple[Weights, float]]) -> Weights:
+        return self.strategy.aggregate(shared, list(updates))
+
+    def model(self, arm: str, k: int) -> tuple[Weights, Weights]:
+        """What ``arm`` serves at plant ``k`` now: (shared part, site part)."""
         if arm == "local":
-            return self.local_w[k]
+            return self.local
         if arm == "static":
-            return self.static_w
+            return self.static
         if arm == "fedavg":
-            return self.fed_w
+            return self.fed_shared, self.fed_sites[k]
         if arm == "continual":
-            site = self.sites[k]
-            return site.personal if site.adapted and site.personal is not None else self.cl_w
-        if arm == "cl_global":
-            return self.cl_w
-        return self.ft_w  # finetune_rounds, scored at the drift plant only
-
-    def _finetune(self, k: int, lo: int, hi: int, replay_rows: int = 0) -> Weights:
-        site, cc = self.sites[k], self.cc
-        replay = site.replay.sample(replay_rows, past_only=True)
-        return local_finetune(self.spec, self.cl_w, self.X[k, lo:hi], self.Y[k, lo:hi],
-                              replay=replay if len(replay[0]) else None,
-                              epochs=cc.finetune_epochs, lr=cc.finetune_lr,
-                              batch_size=self.train.batch_size, ewc_lambda=cc.finetune_ewc,
-                              seed=self.seed + hi)
-
-    def _site_tune(self, k: int, i: int) -> None:
-        """Site fine-tune of (d)'s federated model on the current regime's newest rows."""
-        site = self.sites[k]
-        lo = max(site.regime_start, i + 1 - self.cc.finetune_rows)
-        if i + 1 - lo >= self.cc.min_regime_rows:
-            site.personal = self._finetune(k, lo, i + 1, self.cc.finetune_replay)
-            site.last_tune = i
+            return self.cl_shared, self.cl_sites[k]
+        if arm == "no_site":
+            return self.cl_shared, self.zero_site
+        return self.cl_shared, self.abl_sites[arm]
 
     def _held_out(self, arm: str) -> dict[str, float]:
-        self.served[arm].load(self.weights(arm, self.d))
+        self.served[arm].load(*self.model(arm, self.d))
         err = np.abs(self.served[arm].predict(self.hx) - self.hy).mean(axis=0)
         return dict(zip(self.spec.targets, map(float, err), strict=True))
 
     def _test(self, i: int) -> None:
-        """Every arm predicts heat ``i`` before learning from it."""
+        """Every arm predicts heat ``i`` before learning from it; (d) at every plant."""
         if i == self.drift_at:  # the models in place when the new supplier's first heat comes
             for arm in self.arms:
                 self.held[arm]["before"] = self._held_out(arm)
         for k in range(self.plants):
             x, y = self.X[k, i:i + 1], self.Y[k, i]
-            for arm in self.arms:
-                if k != self.d and arm != "continual":
-                    continue  # only the drift plant is scored; (d) acts at every site
-                self.served[arm].load(self.weights(arm, k))
-                pred = self.served[arm].predict(x)[0]
+            served = self.cl_served[k]
+            served.load(self.cl_shared, self.cl_sites[k])
+            pred = served.predict(x)[0]
+            if k == self.d:
+                self._score("continual", i, pred)
+            learner = self.learners[k]
+            event = learner.observe(x[0], y, pred)
+            if event is not None:
+                fired = (*event.error_targets, *(f"input:{f}" for f in event.input_features))
+                self.detections.append((self.names[k], i, fired))
                 if k == self.d:
-                    self.preq[arm].update(pred, y)
-                    self.errors[arm][i - self.history] = np.abs(pred - y)
-                if arm == "continual":
-                    fired = self.sites[k].observe(i, pred, self.X[k, i], y)
-                    if fired:
-                        self.detections.append((self.names[k], i, fired))
-                    if self.sites[k].tune_due(i, self.cc.adapt_every, self.cc.finetune_rows):
-                        self._site_tune(k, i)  # the early update: no waiting for a round
+                    self.onsets.append(event.onset - 1)  # heat count -> heat index
+            if learner.refit_due():  # the agent's re-fit: no waiting for a round
+                site = learner.refit(self.spec, self.cl_shared, self.cl_sites[k])
+                if site is not None:
+                    self.cl_sites[k] = site
+        x, y = self.X[self.d, i:i + 1], self.Y[self.d, i]
+        for arm in self.arms:
+            if arm == "continual":
+                continue
+            self.served[arm].load(*self.model(arm, self.d))
+            pred = self.served[arm].predict(x)[0]
+            self._score(arm, i, pred)
+            if arm in self.abl_learners:
+                self.abl_learners[arm].observe(x[0], y, pred)
         for arm in self.arms:
             if i == self.drift_at - 1:
                 self.phase[arm]["before"] = self.preq[arm].snapshot()
             if i == self.drift_at + self.window - 1:
                 self.phase[arm]["after"] = self.preq[arm].snapshot()
 
+    def _score(self, arm: str, i: int, pred: np.ndarray) -> None:
+        y = self.Y[self.d, i]
+        self.preq[arm].update(pred, y)
+        self.errors[arm][i - self.history] = np.abs(pred - y)
+
     def _round(self, n: int) -> None:
         """One round per arm, after heat ``n - 1``."""
-        r, cc = self.round_id, self.cc
-        self.local_w = [_apply(w, self._delta(w, k, 0, n, r))
-                        for k, w in enumerate(self.local_w)]
-        self.fed_w = _fedavg(self.fed_w, [(self._delta(self.fed_w, k, 0, n, r), float(n))
-                                          for k in range(self.plants)])
-        ups = []
-        for k, site in enumerate(self.sites):
-            lo = max(site.regime_start, n - cc.recent_rows)
-            replay = site.replay.sample(cc.replay_rows)
-            delta = self._delta(self.cl_w, k, lo, n, r, cc.ewc_lambda,
-                                replay if len(replay[0]) else None)
-            ups.append((delta, float(n - lo + len(replay[0]))))
-        self.cl_w = _fedavg(self.cl_w, ups)
-        for k, site in enumerate(self.sites):
-            if site.adapted:
-                self._site_tune(k, n - 1)
-        if "finetune_rounds" in self.arms:
-            self.ft_w = self._finetune(self.d, max(n - cc.finetune_rows, 0), n)
+        r, d = self.round_id, self.d
+        res = self._train(*self.local, self.X[d, :n], self.Y[d, :n], r)
+        self.local = (add(self.local[0], res.delta), res.site)
+        results = [self._train(self.fed_shared, self.fed_sites[k], self.X[k, :n],
+                               self.Y[k, :n], r) for k in range(self.plants)]
+        self.fed_sites = [res.site for res in results]
+        self.fed_shared = self._aggregate(self.fed_shared,
+                                          [(res.delta, float(n)) for res in results])
+        # (d): what the agent does in a round (Agent._maybe_train).
+        base, updates = self.cl_shared, []
+        for k, learner in enumerate(self.learners):
+            x, y, replay = learner.round_rows()
+            res = self._train(base, self.cl_sites[k], x, y, r, replay)
+            self.cl_sites[k] = res.site
+            updates.append((res.delta, float(len(x) + (len(replay[0]) if replay else 0))))
+        # The ablations' site parts from their own rows, on the same base (FedRep fits the
+        # site part first, with the shared part frozen: epochs=0 gives the same site part).
+        for arm, learner in self.abl_learners.items():
+            x, y, _ = learner.round_rows()  # replay trains the shared part only
+            self.abl_sites[arm] = self._train(base, self.abl_sites[arm], x, y, r,
+                                              epochs=0).site
+        self.cl_shared = self._aggregate(base, updates)
         self.round_id += 1
 
     def result(self) -> ExperimentResult:
@@ -432,9 +401,10 @@ class _Run:
                              pick(self.phase[a]["after"]), pick(self.phase[a]["end"]),
                              self.held[a]["before"], self.held[a]["end"], self.errors[a])
                 for a in self.arms}
+        refits = sum(learner.refits for learner in self.learners)
         return ExperimentResult(arms, self.spec.targets, self.history, self.names[self.d],
                                 self.drift_at, self.window, self.detections, 0.0, None,
-                                self.config)
+                                self.config, onsets=self.onsets, refits=refits)
 
 
 def plot(result: ExperimentResult, out_png: Path) -> Path:
@@ -486,8 +456,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--history", type=int, default=200, help="heats known at start")
     parser.add_argument("--round-every", type=int, default=25, help="heats per round")
     parser.add_argument("--window", type=int, default=50, help="heats per error window")
-    parser.add_argument("--ewc-lambda", type=float, default=ContinualConfig.ewc_lambda,
-                        help="EWC strength in arm (d)'s rounds")
+    parser.add_argument("--ewc-lambda", type=float, default=0.0,
+                        help="EWC strength in arm (d)'s rounds (the agent's ewc_lambda)")
     parser.add_argument("--out", type=Path, default=Path("runs/drift-experiment.png"),
                         help="PNG of the rolling error")
     parser.add_argument("--no-plot", action="store_true")
@@ -500,7 +470,7 @@ def run(args: argparse.Namespace) -> int:
             drift_at=args.drift_at, seed=args.seed,
             out_png=None if args.no_plot else args.out, history=args.history,
             round_every=args.round_every, window=args.window, drift=args.drift,
-            continual=ContinualConfig(ewc_lambda=args.ewc_lambda))
+            ewc_lambda=args.ewc_lambda)
     except ValueError as exc:
         print(f"error: {exc}")
         return 2
@@ -510,6 +480,10 @@ def run(args: argparse.Namespace) -> int:
     print(result.table())
     found = [f"{p}@{h} ({', '.join(t)})" for p, h, t in result.detections]
     print(f"detections in (d): {', '.join(found) if found else 'none'}")
+    if result.onsets:
+        print(f"estimated onsets at {result.drift_plant}: "
+              f"{', '.join(f'heat {h}' for h in result.onsets)}")
+    print(f"site re-fits between rounds in (d): {result.refits}")
     if result.png is not None:
         print(f"plot: {result.png}")
     print(f"wall time: {result.wall_s:.1f} s")
@@ -522,5 +496,5 @@ if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(run(p.parse_args()))
 
 
-__all__ = ["ABLATIONS", "ARMS", "ArmResult", "ContinualConfig", "ExperimentResult",
+__all__ = ["ABLATIONS", "ARMS", "ArmResult", "ExperimentResult",
            "add_arguments", "plot", "run", "run_drift_experiment"]

@@ -14,7 +14,7 @@ test. Arms, each scored on every plant's test heats:
 * ``fed_hybrid``: FedAvg rounds of ``eaf-hybrid-v1`` with FedRep personalisation: the
   shared part aggregated, each plant's site part kept and served at that plant.
 
-The federated arms run the product's code: ``agent.trainer.train_delta`` at each plant,
+The federated arms run the product's code: ``agent.learn.trainer.train_delta`` at each plant,
 ``coordinator.strategies`` on the coordinator, ``num_samples`` = heats trained on.
 """
 
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agent.learn.trainer import TrainConfig, train_delta
 from agent.sim import SimulatedPlant, default_plants
-from agent.trainer import TrainConfig, train_delta
 from alchimia.cli import strategy_param
 from coordinator.strategies import make_strategy
 from models.params import Weights, add, compose, get_weights

@@ -12,9 +12,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from agent.ingest.sources import build_heat_source
 from agent.service import Agent
 from agent.settings import AgentSettings
-from agent.sources import build_heat_source
 from coordinator.service import Coordinator
 from coordinator.settings import CoordinatorSettings
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures
 
-from agent.pipeline import simulated_pipeline
+from agent.ingest.simulated import simulated_pipeline
 from agent.store import InfluxStore, SQLiteStore
 from tests.fixtures.influxd import start_influxd
 

@@ -1,7 +1,15 @@
-"""Sensor sources of the edge data path: simulator, PLC gateway over MQTT, CSV replay.
+"""The agent's data path in: sensor sources -> store -> heat assembly -> finished heats.
 
-Each source turns its input into store points under one contract (measurements
-``eaf_signal``, ``eaf_charge``, ``eaf_tap``; docs/SENSORS.md) and counts what it rejects.
+* ``base``: the point contract (measurements ``eaf_signal``, ``eaf_charge``, ``eaf_tap``;
+  docs/SENSORS.md) and what sources share (reasons, counts, rate-limited logs);
+* ``mqtt_plc`` (the PLC gateway's MQTT feed) and ``csv_replay`` (a recorded history): the
+  real sources; ``simulated``: the simulator as a source, the only module here that
+  imports the simulator (not re-exported below, so the real path never loads it);
+* ``pipeline``: source -> durable store -> ``heats`` (assembly) as one heat source;
+* ``sources``: the agent's heat source built from its settings.
+
+Each source turns its input into store points under one contract and counts what it
+rejects.
 """
 
 from agent.ingest.base import (
@@ -19,7 +27,6 @@ from agent.ingest.base import (
 )
 from agent.ingest.csv_replay import CsvReplaySource
 from agent.ingest.mqtt_plc import MqttPlcSource, parse_message
-from agent.ingest.simulated import SimulatedSensorSource, heat_points
 
 __all__ = [
     "CHARGE_FIELDS",
@@ -35,7 +42,5 @@ __all__ = [
     "PointSource",
     "Reason",
     "Rejected",
-    "SimulatedSensorSource",
-    "heat_points",
     "parse_message",
 ]

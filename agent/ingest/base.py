@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
-from agent.sim.signals import SIGNAL_FIELDS
+from agent.records import SIGNAL_FIELDS
 from agent.store import FURNACE_TAGS, Point
 from models.schema import FEATURES, GRADES, TARGETS
 

@@ -5,16 +5,20 @@
 A wrong header is the file's fault and raises at once; a bad row is counted under its
 reason and skipped, and the replay goes on.
 
-Order of emission: every heat's charge point, then the samples as the file lists them,
-then the tap points. A tap closes a heat, so no heat is assembled before its last sample
-is in the store, even when the caller assembles between two polls.
+Order of emission, unpaced: every heat's charge point, then the samples as the file lists
+them, then the tap points. A tap closes a heat, so no heat is assembled before its last
+sample is in the store, even when the caller assembles between two polls. Paced
+(``pace`` heats per second, the agent's ``--replay-pace``), heats come one at a time like
+a live feed, each heat's tap after its samples (:class:`CsvReplaySource`).
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Generator, Iterator
+import math
+import time
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -146,13 +150,35 @@ def parse_signal_row(header: list[str], row: list[str],
 
 
 class CsvReplaySource:
-    """A recorded history from ``heats_csv`` and ``signals_csv``, as fast as it is polled."""
+    """A recorded history from ``heats_csv`` and ``signals_csv``.
+
+    Unpaced (``pace`` None), every point as fast as it is polled: the whole file is the
+    agent's history, learned from and never predicted.
+
+    Paced (``pace`` heats per second), the file plays like a live feed: heats in order of
+    charge time, each whole (charge, its samples, tap). The first ``history_heats`` are
+    the history, emitted as fast as polled; from the first poll after them, one more heat
+    is released every ``1 / pace`` seconds of ``clock``, so the agent predicts each of
+    them before it learns from it. A heat is released only once the signal file has been
+    read past its last sample (a first pass notes where each heat's samples end), so a
+    tap never closes a heat before its samples are in; samples of later heats read on the
+    way wait for their heat, which costs memory only if the file is not in time order.
+    """
 
     def __init__(self, heats_csv: Path, signals_csv: Path, *,
-                 max_points: int = 50_000) -> None:
+                 max_points: int = 50_000, pace: float | None = None,
+                 history_heats: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if pace is not None and not (math.isfinite(pace) and pace > 0):
+            raise ValueError(f"pace must be a positive number of heats per second, got {pace}")
+        if history_heats < 0:
+            raise ValueError(f"history_heats must be >= 0, got {history_heats}")
         self.heats_path = Path(heats_csv)
         self.signals_path = Path(signals_csv)
         self.max_points = max(1, max_points)
+        self.pace = pace
+        self.history_heats = history_heats
+        self._clock = clock
         self.stats = IngestStats()
         self.volatile = False  # a restarted agent reads the files again
         self._log = RateLimitedLog(log)
@@ -163,19 +189,26 @@ class CsvReplaySource:
             self._signal_header = _check_header(self.signals_path, next(csv.reader(f), None),
                                                 SIGNAL_ID_COLUMNS, SIGNAL_FIELDS, True)
         self._stream: Generator[Point, None, None] | None = None
+        self._groups: Generator[list[Point], None, None] | None = None
+        self._next_group: list[Point] | None = None
         self._files: list[TextIO] = []
         self._done = False
+        self.heats_released = 0
+        self._live_start: float | None = None  # clock at the first poll after the history
 
     @property
     def caught_up(self) -> bool:
-        return self._done
+        """Unpaced: the whole file was polled; paced: the history heats were."""
+        if self.pace is None:
+            return self._done
+        return self._done or self.heats_released >= self.history_heats
 
     def _reject(self, path: Path, line: int, r: Rejected) -> None:
         self.stats.reject(r.reason)
         self._log.warning(r.reason, "%s line %d skipped (%s): %s", path.name, line, r.reason,
                           r.detail)
 
-    def _rows(self, path: Path) -> Iterator[tuple[int, list[str]]]:
+    def _rows(self, path: Path, count_errors: bool = True) -> Iterator[tuple[int, list[str]]]:
         f = path.open(newline="", encoding="utf-8-sig", errors="replace")
         self._files.append(f)
         reader = csv.reader(f)
@@ -185,11 +218,12 @@ class CsvReplaySource:
                 if row and any(c.strip() for c in row):  # blank lines are not rows
                     yield reader.line_num, row
         except csv.Error as exc:  # e.g. a NUL byte: the rest of the file is unreadable
-            self._reject(path, reader.line_num, Rejected(Reason.BAD_ROW, str(exc)))
+            if count_errors:
+                self._reject(path, reader.line_num, Rejected(Reason.BAD_ROW, str(exc)))
         finally:
             f.close()
 
-    def _points(self) -> Generator[Point, None, None]:
+    def _heats(self) -> tuple[list[_Heat], dict[str, dict[str, str]]]:
         heats: list[_Heat] = []
         tags_by_id: dict[str, dict[str, str]] = {}
         for line, row in self._rows(self.heats_path):
@@ -201,6 +235,10 @@ class CsvReplaySource:
                 continue
             heats.append(heat)
             tags_by_id[heat.tags["heat"]] = heat.tags
+        return heats, tags_by_id
+
+    def _points(self) -> Generator[Point, None, None]:
+        heats, tags_by_id = self._heats()
         for heat in heats:
             yield heat.charge
         for line, row in self._rows(self.signals_path):
@@ -212,9 +250,49 @@ class CsvReplaySource:
         for heat in heats:
             yield heat.tap
 
+    def _last_lines(self) -> dict[str, int]:
+        """First pass over the signal file: the line of each heat's last sample row."""
+        col = self._signal_header.index("heat")
+        last: dict[str, int] = {}
+        for line, row in self._rows(self.signals_path, count_errors=False):
+            if len(row) == len(self._signal_header):
+                last[row[col].strip()] = line
+        return last
+
+    def _heat_groups(self) -> Generator[list[Point], None, None]:
+        """Paced order: one list per heat (charge, samples, tap), by charge time."""
+        heats, tags_by_id = self._heats()
+        heats.sort(key=lambda h: h.charge.ts_ns)  # stable: file order among equal times
+        last = self._last_lines()
+        rows = self._rows(self.signals_path)
+        held: dict[str, list[Point]] = {}
+        read = 0  # line number of the last signal row read
+        for heat in heats:
+            need = last.get(heat.tags["heat"], 0)
+            while read < need:
+                try:
+                    read, row = next(rows)
+                except StopIteration:
+                    break
+                point = parse_signal_row(self._signal_header, row, tags_by_id)
+                if isinstance(point, Rejected):
+                    self._reject(self.signals_path, read, point)
+                else:
+                    held.setdefault(point.tags["heat"], []).append(point)
+            yield [heat.charge, *held.pop(heat.tags["heat"], []), heat.tap]
+        for line, row in rows:  # rows after every heat's last sample: count what is wrong
+            point = parse_signal_row(self._signal_header, row, tags_by_id)
+            if isinstance(point, Rejected):
+                self._reject(self.signals_path, line, point)
+
     def poll(self) -> list[Point]:
         if self._done:
             return []
+        out = self._poll_paced() if self.pace is not None else self._poll_all()
+        self.stats.accept(len(out))
+        return out
+
+    def _poll_all(self) -> list[Point]:
         if self._stream is None:
             self._stream = self._points()
         out: list[Point] = []
@@ -224,12 +302,35 @@ class CsvReplaySource:
                 break
         else:
             self._done = True
-        self.stats.accept(len(out))
+        return out
+
+    def _poll_paced(self) -> list[Point]:
+        assert self.pace is not None
+        if self._groups is None:
+            self._groups = self._heat_groups()
+        if self.heats_released < self.history_heats:
+            allowed = self.history_heats  # the history: as fast as polled
+        else:
+            now = self._clock()
+            if self._live_start is None:
+                self._live_start = now  # live time starts at the first poll after history
+            allowed = self.history_heats + math.floor((now - self._live_start) * self.pace)
+        out: list[Point] = []
+        while self.heats_released < allowed and len(out) < self.max_points:
+            if self._next_group is None:
+                self._next_group = next(self._groups, None)
+                if self._next_group is None:
+                    self._done = True
+                    break
+            out += self._next_group
+            self._next_group = None
+            self.heats_released += 1
         return out
 
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
+        for gen in (self._stream, self._groups):
+            if gen is not None:
+                gen.close()
         for f in self._files:
             f.close()
         self._done = True

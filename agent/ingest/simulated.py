@@ -1,8 +1,10 @@
 """The simulator as a sensor feed: what a PLC gateway would deliver, point by point.
 
-Unlike :class:`agent.sources.SimulatedHeats`, which hands finished heats to the agent, this
-source goes through the same store and heat assembly as a real plant, so the simulated
-demo exercises the real data path. Per heat it emits the ``eaf_charge`` point at the
+Unlike :class:`SimulatedHeats`, which hands finished heats to the agent, this source goes
+through the same store and heat assembly as a real plant, so the simulated demo exercises
+the real data path. This is the one module of ``agent.ingest`` that uses the simulator:
+:func:`simulated_heat_source` is what the agent's settings build when no real data is
+configured. Per heat it emits the ``eaf_charge`` point at the
 heat's start, the ``eaf_signal`` samples, and the ``eaf_tap`` point that closes the heat.
 
 Timestamps are exact integers, ``start_ns + i * period_ns``: never ``float * 1e9``, which
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,8 +30,14 @@ from agent.ingest.base import (
     TAP_MEASUREMENT,
     IngestStats,
 )
-from agent.sim import Heat, SimulatedPlant
-from agent.store import Point
+from agent.ingest.heats import HeatAssembler
+from agent.ingest.pipeline import StorePipeline
+from agent.records import Heat
+from agent.sim import Drift, SimulatedHeat, SimulatedPlant, default_plants, parse_drift
+from agent.store import Point, Store
+
+if TYPE_CHECKING:
+    from agent.settings import AgentSettings
 
 DEFAULT_MAX_POINTS = 50_000
 
@@ -41,7 +50,7 @@ def heat_start_ns(heat: Heat) -> int:
 class _HeatFeed:
     """One heat's points in time order, emitted in pieces as its simulated time passes."""
 
-    def __init__(self, heat: Heat, period_ns: int) -> None:
+    def __init__(self, heat: SimulatedHeat, period_ns: int) -> None:
         spec = heat.signal_spec
         if spec is None:
             raise ValueError(f"heat {heat.heat_id} has no signals (not simulated)")
@@ -93,7 +102,7 @@ class _HeatFeed:
                 for t, row in zip(ts, rows, strict=True)]
 
 
-def heat_points(heat: Heat, period_s: float = 1.0) -> list[Point]:
+def heat_points(heat: SimulatedHeat, period_s: float = 1.0) -> list[Point]:
     """All points of one simulated heat: charge, samples every ``period_s``, tap."""
     return _HeatFeed(heat, _period_ns(period_s)).points_until(None)
 
@@ -115,7 +124,7 @@ class SimulatedSensorSource:
     * ``realtime=True`` or a speed factor ``s``: paced on ``clock`` so that simulated time
       runs ``s`` times faster than wall time, each heat trickling in sample by sample;
     * ``heat_interval_s``: paced so that each heat's whole cycle takes that many wall
-      seconds (what :class:`agent.sources.SimulatedHeats` does with finished heats).
+      seconds (what :class:`SimulatedHeats` does with finished heats).
 
     ``live=False`` stops after the history. ``period_s`` is the sample period: 1 s is what
     a gateway delivers; a longer one cuts the points of a long history proportionally.
@@ -188,7 +197,7 @@ class SimulatedSensorSource:
         self.stats.accept(len(out))
         return out
 
-    def _emit_whole(self, heat: Heat) -> list[Point]:
+    def _emit_whole(self, heat: SimulatedHeat) -> list[Point]:
         self.heats_emitted += 1
         return _HeatFeed(heat, self.period_ns).points_until(None)
 
@@ -226,3 +235,82 @@ class SimulatedSensorSource:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+class SimulatedHeats:
+    """A simulated plant whose history is known at start, then one heat per interval:
+    finished heats straight to the agent, without store or assembly (``store_sensors``
+    off)."""
+
+    def __init__(self, plant: int, seed: int, history: int, interval_s: float,
+                 drifts: Sequence[Drift] = ()) -> None:
+        profile, plant_seed = default_plants(plant, base_seed=seed)[plant - 1]
+        self.plant = SimulatedPlant(profile, plant_seed, drifts)
+        self.name = profile.name
+        self.n_history = history
+        self.interval_s = interval_s
+        self._next_ts = time.monotonic() + interval_s
+
+    def history(self) -> list[Heat]:
+        return list(self.plant.heats(self.n_history))
+
+    def poll(self) -> list[Heat]:
+        if self.interval_s <= 0:
+            return []
+        n, now = 0, time.monotonic()
+        while now >= self._next_ts:
+            n += 1
+            self._next_ts += self.interval_s
+        return list(self.plant.heats(n)) if n else []
+
+    def close(self) -> None:
+        """Nothing to release: the heats live in memory."""
+
+
+def simulated_pipeline(
+    plant: int,
+    seed: int,
+    history: int,
+    interval_s: float,
+    store: Store,
+    *,
+    period_s: float = 1.0,
+    drifts: Sequence[Drift] = (),
+) -> StorePipeline:
+    """Simulated plant ``plant`` (1-based) through ``store``; mirrors ``SimulatedHeats``.
+
+    The same heats as ``SimulatedHeats(plant, seed, history, interval_s)``: the first
+    ``history`` at once, then one heat per ``interval_s`` wall seconds (none if <= 0),
+    each trickling in sample by sample. ``period_s`` is the signal sample period.
+    History heats already tapped in the store (a restart) are not written again.
+    """
+    profile, plant_seed = default_plants(plant, base_seed=seed)[plant - 1]
+    sim = SimulatedPlant(profile, plant_seed, drifts)
+    live = interval_s > 0
+
+    tapped: set[str] | None = None
+
+    def stored(heat: Heat) -> bool:
+        nonlocal tapped
+        if tapped is None:  # one query at the first history heat, not one per heat
+            tags = {"plant": profile.name, "furnace": profile.furnace}
+            tapped = {p.tags["heat"] for p in store.query_points(TAP_MEASUREMENT, tags)}
+        return heat.heat_id in tapped
+
+    source = SimulatedSensorSource(sim, history, period_s=period_s,
+                                   heat_interval_s=interval_s if live else None, live=live,
+                                   skip_heat=stored)
+    return StorePipeline(source, store, HeatAssembler(store, profile.name, profile.furnace))
+
+
+def simulated_heat_source(settings: AgentSettings,
+                          store: Store | None = None) -> SimulatedHeats | StorePipeline:
+    """The simulated plant of the agent's settings (``plant``, ``seed``, ``history_heats``,
+    ``heat_interval_s``, ``drift``): through ``store`` if given, else finished heats."""
+    drifts = [parse_drift(spec) for spec in settings.drift]
+    if store is None:
+        return SimulatedHeats(settings.plant, settings.seed, settings.history_heats,
+                              settings.heat_interval_s, drifts)
+    return simulated_pipeline(settings.plant, settings.seed, settings.history_heats,
+                              settings.heat_interval_s, store,
+                              period_s=settings.signal_period_s, drifts=drifts)

@@ -3,8 +3,12 @@
 Physics first (mass balance for yield and chemistry, a Köhle-type energy form), with
 plants that differ in scrap mix, size, efficiency and suppliers, and drift scenarios that
 make a learned model go stale. See /work/shared/domain/EAF.md for the figures used.
+
+Its heats are :class:`SimulatedHeat`: the neutral record :class:`agent.records.Heat` with
+the signals and hidden truth only a simulator knows.
 """
 
+from agent.records import SIGNAL_FIELDS, Heat
 from agent.sim.drift import (
     Drift,
     HbiShareChange,
@@ -15,8 +19,14 @@ from agent.sim.drift import (
     parse_drift,
 )
 from agent.sim.grades import ELEMENTS, GRADE_TABLE, Grade
-from agent.sim.plant import Heat, HeatTruth, PlantProfile, SimulatedPlant, default_plants
-from agent.sim.signals import SIGNAL_FIELDS, SignalSpec
+from agent.sim.plant import (
+    HeatTruth,
+    PlantProfile,
+    SimulatedHeat,
+    SimulatedPlant,
+    default_plants,
+)
+from agent.sim.signals import SignalSpec
 
 __all__ = [
     "ELEMENTS",
@@ -32,6 +42,7 @@ __all__ = [
     "RefractoryWear",
     "SeasonalMoisture",
     "SignalSpec",
+    "SimulatedHeat",
     "SimulatedPlant",
     "SupplierChange",
     "default_plants",

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from agent.records import SIGNAL_FIELDS, Heat
 from agent.sim import grades as g
 from agent.sim.drift import Drift, HeatEffects
 from agent.sim.grades import ELEMENTS, GRADE_INDEX, FloatArray
-from agent.sim.signals import SIGNAL_FIELDS, SignalSpec, signal_arrays
+from agent.sim.signals import SignalSpec, signal_arrays
 from models.schema import FEATURES, GRADES, TARGETS
 
 CLOCK_START_TS = 1767225600.0  # 2026-01-01T00:00:00Z
@@ -115,15 +116,9 @@ class HeatTruth:
 
 
 @dataclass(frozen=True)
-class Heat:
-    """One furnace cycle: the plan (inputs), the result (outcome) and its signals."""
+class SimulatedHeat(Heat):
+    """A simulated heat: the neutral record with its signals and its hidden truth."""
 
-    heat_id: str
-    plant: str
-    furnace: str
-    start_ts: float
-    inputs: dict[str, float]
-    outcome: dict[str, float]
     signal_spec: SignalSpec | None = field(default=None, repr=False)
     truth: HeatTruth | None = field(default=None, repr=False, compare=False)
 
@@ -212,10 +207,10 @@ class SimulatedPlant:
         """Index of the next heat (= number of heats generated so far)."""
         return self._index
 
-    def heats(self, n: int) -> list[Heat]:
+    def heats(self, n: int) -> list[SimulatedHeat]:
         return [self.next_heat() for _ in range(n)]
 
-    def next_heat(self) -> Heat:
+    def next_heat(self) -> SimulatedHeat:
         i = self._index
         p = self.profile
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, i]))
@@ -354,7 +349,7 @@ class SimulatedPlant:
             extra_loss_kwh_t=fx.extra_loss_kwh_t,
             planned_energy_kwh_t=planned,
         )
-        heat = Heat(
+        heat = SimulatedHeat(
             heat_id=heat_id,
             plant=p.name,
             furnace=p.furnace,

@@ -21,22 +21,6 @@ import numpy as np
 
 from agent.sim.grades import FloatArray
 
-SIGNAL_FIELDS = (
-    "active_power_mw",
-    "voltage_v",
-    "current_ka",
-    "electrode_pos_m",
-    "burner_gas_nm3h",
-    "burner_o2_nm3h",
-    "lance_o2_nm3h",
-    "carbon_kgmin",
-    "offgas_co_pct",
-    "offgas_co2_pct",
-    "offgas_temp_c",
-    "panel_water_in_c",
-    "panel_water_out_c",
-)
-
 # Phase codes of the per-second timeline.
 OFF, BORE, MELT, FLAT = 0, 1, 2, 3
 
@@ -68,7 +52,8 @@ class SignalSpec:
 def signal_arrays(
     spec: SignalSpec, start_ts: float, period_s: float = 1.0
 ) -> tuple[FloatArray, dict[str, FloatArray]]:
-    """Timestamps (unix s, start of each interval) and one array per SIGNAL_FIELDS name."""
+    """Timestamps (unix s, start of each interval) and one array per signal field
+    (``agent.records.SIGNAL_FIELDS``)."""
     if not (isinstance(period_s, int | float) and math.isfinite(period_s) and period_s > 0):
         raise ValueError(f"period_s must be a positive finite number, got {period_s!r}")
     rng = np.random.default_rng(spec.seed)

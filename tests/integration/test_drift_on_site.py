@@ -27,6 +27,9 @@ def test_supplier_change_is_detected_adapted_to_and_reported(mosquitto, tmp_path
         agent = fed.start_agents()[0].agent
         wait_for(lambda: agent.learner is not None and agent.learner.drift_events >= 1, 120,
                  "a drift detection")
+        # The site learner re-fits the site part (eaf-hybrid-v1) on the new regime at once.
+        wait_for(lambda: agent.learner is not None and agent.learner.refits >= 1, 60,
+                 "a re-fit of the site part")
         wait_for(lambda: coordinator.coordinator.version >= 2, 60,
                  "the early round the drift report asked for")
     finally:

@@ -12,7 +12,6 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from agent.heats import HeatAssembler
 from agent.ingest import (
     CHARGE_MEASUREMENT,
     SIGNAL_MEASUREMENT,
@@ -21,10 +20,12 @@ from agent.ingest import (
     MqttPlcSource,
     Reason,
 )
-from agent.pipeline import StorePipeline, simulated_pipeline
+from agent.ingest.heats import HeatAssembler
+from agent.ingest.pipeline import StorePipeline
+from agent.ingest.simulated import SimulatedHeats, simulated_pipeline
+from agent.ingest.sources import build_heat_source
+from agent.records import Heat
 from agent.settings import AgentSettings
-from agent.sim import Heat
-from agent.sources import SimulatedHeats, build_heat_source
 from agent.store import InfluxStore, SQLiteStore
 from tests.fixtures.influxd import InfluxdServer
 from tests.fixtures.mosquitto import Mosquitto

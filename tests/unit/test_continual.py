@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from agent.continual import (
+from agent.learn.continual import (
     Adwin,
     ErrorDriftMonitor,
     EwcPenalty,
@@ -20,10 +20,9 @@ from agent.continual import (
     fisher_diagonal,
     kolmogorov_sf,
     ks_2samp,
-    local_finetune,
     psi,
 )
-from agent.trainer import TrainConfig, train_delta
+from agent.learn.trainer import TrainConfig, train_delta
 from models.params import get_weights, set_weights, subtract
 from models.regressor import build_model
 from models.spec import ModelSpec
@@ -305,19 +304,3 @@ def test_train_delta_replay_rows_are_trained_on_and_ewc_holds_weights_back() -> 
                                                       ewc_lambda=1e4)).delta
     for k in base:
         np.testing.assert_array_equal(alone[k], plain[k])
-
-
-def test_local_finetune_fits_the_recent_rows() -> None:
-    weights = get_weights(build_model(SPEC, seed=2))
-    x, y = _rows(40, seed=5)
-    y[:, 0] += 80.0  # a new regime: energy up by more than one reference scale
-    tuned = local_finetune(SPEC, weights, x, y, epochs=40, lr=5e-3)
-    model = build_model(SPEC)
-
-    def mae(w: dict) -> float:
-        set_weights(model, w)
-        with torch.no_grad():
-            return float(np.abs(model(torch.from_numpy(x)).numpy()[:, 0] - y[:, 0]).mean())
-
-    assert mae(tuned) < 0.5 * mae(weights)
-    assert list(tuned) == list(weights)

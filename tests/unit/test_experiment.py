@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.learn.site_learning import SitePolicy
 from alchimia.experiment import (
     ABLATIONS,
     ARMS,
-    ContinualConfig,
     add_arguments,
     run,
     run_drift_experiment,
@@ -19,13 +19,13 @@ from alchimia.experiment import (
 
 TINY = dict(plants=2, heats=130, drift_plant=2, drift_at=80, seed=3, history=40,
             round_every=20, window=10, pretrain_rounds=2, epochs=1, holdout=20)
-TINY_CL = ContinualConfig(recent_rows=60, replay_capacity=40, replay_rows=10,
-                          finetune_epochs=2, finetune_rows=30)
+TINY_CL = SitePolicy(train_window=60, replay_capacity=40, replay_rows=10, adapt_heats=20,
+                     adapt_epochs=5)
 
 
 def test_tiny_experiment_returns_finite_figures_for_every_arm(tmp_path: Path) -> None:
     png = tmp_path / "out" / "drift.png"
-    result = run_drift_experiment(**TINY, out_png=png, continual=TINY_CL)
+    result = run_drift_experiment(**TINY, out_png=png, policy=TINY_CL)
     assert tuple(result.arms) == ARMS + ABLATIONS
     assert result.drift_plant == "P2" and result.stream_start == 40
     numbers = result.numbers()
@@ -45,9 +45,23 @@ def test_tiny_experiment_returns_finite_figures_for_every_arm(tmp_path: Path) ->
 
 def test_the_supplier_change_shows_in_the_static_models_cu_error() -> None:
     """The frozen model is scored on old and new supplier heats alike: Cu error must rise."""
-    result = run_drift_experiment(**TINY, continual=TINY_CL, ablations=False)
+    result = run_drift_experiment(**TINY, policy=TINY_CL, ablations=False,
+                                  drift="supplier_change:cu_factor=2.0")
     static = result.arms["static"]
     assert static.after["cu_pct"] > 1.5 * static.before["cu_pct"]
+
+
+def test_arm_d_detects_and_refits_with_the_agents_site_learner() -> None:
+    """A strong supplier change: (d)'s SiteLearner finds it after it happened, starts the
+    regime near it and re-fits the site part between rounds; the frozen ablation without
+    a detector never does."""
+    result = run_drift_experiment(**{**TINY, "heats": 160, "drift": "supplier_change:"
+                                     "cu_factor=3.0"}, policy=TINY_CL)
+    at_drift_plant = [h for p, h, _ in result.detections if p == "P2"]
+    assert at_drift_plant and at_drift_plant[0] >= 80
+    assert result.onsets and result.onsets[0] >= 70
+    assert result.refits > 0
+    assert result.arms["continual"].end["cu_pct"] < result.arms["static"].end["cu_pct"]
 
 
 def test_bad_configuration_is_refused() -> None:
@@ -65,5 +79,5 @@ def test_command_line_prints_the_table(capsys: pytest.CaptureFixture[str]) -> No
                               "--no-plot"])
     assert run(args) == 0
     out = capsys.readouterr().out
-    assert "(d) FedAvg + CL" in out and "supplier_change@70" in out
+    assert "(d) FedAvg hybrid + CL" in out and "supplier_change@70" in out
     assert run(parser.parse_args(["--plants", "2", "--drift-plant", "5", "--no-plot"])) == 2

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from agent.serving import ServingFiles
-from agent.trainer import TrainConfig, train_delta
+from agent.learn.serving import ServingFiles
+from agent.learn.trainer import TrainConfig, train_delta
 from broker.schemas import UpdateBody, decode, message
 from coordinator.publishing import reference_inputs
 from models import hybrid_layout as hl
@@ -124,6 +124,37 @@ def test_site_adaptation_leaves_the_shared_part_alone_and_fits_the_site() -> Non
     after = np.abs(compose(SPEC, base, result.site)(torch.from_numpy(x)).detach().numpy()
                    - y)[:, 0]
     assert after.mean() < 0.25 * before.mean()
+
+
+def test_the_site_part_is_fitted_on_the_sites_rows_never_on_replay() -> None:
+    """Replay rows (old regimes) train the shared part; the site part describes the site
+    now, so the same rows give the same site part with or without replay."""
+    base = get_weights(build_model(SPEC))
+    x, old = _heats(40, seed=3), _heats(40, seed=4)
+    y = compose(SPEC, base)(torch.from_numpy(x)).detach().numpy()
+    y[:, TARGETS.index("cu_pct")] *= 1.6  # a new supplier
+    y_old = compose(SPEC, base)(torch.from_numpy(old)).detach().numpy()
+    cfg = TrainConfig(epochs=1, site_epochs=5, lr=1e-2)
+    alone = train_delta(SPEC, base, x, y, cfg)
+    mixed = train_delta(SPEC, base, x, y, cfg, replay=(old, y_old))
+    for k in alone.site:
+        np.testing.assert_array_equal(alone.site[k], mixed.site[k])
+    assert any(not np.array_equal(alone.delta[k], mixed.delta[k]) for k in alone.delta)
+
+
+def test_an_anchored_site_prior_keeps_what_the_site_knew() -> None:
+    """``site_anchor``: the prior pulls towards the site part training starts from, not
+    towards zero (a re-fit on a few new heats keeps the site's earlier offsets)."""
+    base, site = get_weights(build_model(SPEC)), _random_site(5)
+    x = _heats(20, seed=6)
+    y = compose(SPEC, base, site)(torch.from_numpy(x)).detach().numpy()
+    strong = dict(epochs=0, site_epochs=20, lr=1e-2, site_l2=1e5)
+    to_zero = train_delta(SPEC, base, x, y, TrainConfig(**strong), site=site).site
+    anchored = train_delta(SPEC, base, x, y, TrainConfig(**strong, site_anchor=True),
+                           site=site).site
+    for k in site:
+        assert np.abs(anchored[k] - site[k]).max() < 0.02
+        assert np.abs(to_zero[k]).sum() < np.abs(site[k]).sum()
 
 
 def test_serving_files_round_trip_and_refuse_a_site_part_of_another_model(tmp_path) -> None:

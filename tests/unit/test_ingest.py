@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.heats import AssembledHeat, HeatAssembler, IncompleteHeat, compute_heat
 from agent.ingest import (
     CHARGE_FIELDS,
     CHARGE_MEASUREMENT,
@@ -26,17 +25,26 @@ from agent.ingest import (
     IngestStats,
     Reason,
     Rejected,
-    SimulatedSensorSource,
     parse_message,
 )
 from agent.ingest.base import RateLimitedLog, parse_number, parse_ts
 from agent.ingest.csv_replay import HEAT_REQUIRED
+from agent.ingest.heats import AssembledHeat, HeatAssembler, IncompleteHeat, compute_heat
 from agent.ingest.mqtt_plc import topic_filter
-from agent.ingest.simulated import heat_points, heat_start_ns
-from agent.pipeline import StorePipeline, simulated_pipeline
-from agent.sim import Heat, SimulatedPlant, default_plants
-from agent.sources import SimulatedHeats
+from agent.ingest.pipeline import StorePipeline
+from agent.ingest.simulated import (
+    SimulatedHeats,
+    SimulatedSensorSource,
+    heat_points,
+    heat_start_ns,
+    simulated_pipeline,
+)
+from agent.ingest.sources import build_heat_source
+from agent.records import Heat
+from agent.settings import AgentSettings
+from agent.sim import SimulatedPlant, default_plants
 from agent.store import Point, SQLiteStore, StoreUnavailableError
+from alchimia.cli import _settings_overrides, build_parser
 from models.schema import FEATURES, TARGETS
 
 SEC = 1_000_000_000
@@ -557,6 +565,67 @@ def test_csv_replay_skips_bad_rows_and_assembles_the_good_heats(
                                                                           truth.outcome)
         assert max(errors.values()) < 0.01, errors
     assert pipe.poll() == [] and src.caught_up
+
+
+def test_csv_replay_paced_releases_heats_one_by_one_like_a_live_feed(
+        tmp_path: Path, store: SQLiteStore) -> None:
+    """``--replay-pace``: the first ``history_heats`` at once (history), then one heat per
+    ``1 / pace`` seconds, in order of charge time, each with all its samples even when the
+    signal file lists them late."""
+    heats = plant_sim(3).heats(5)
+    ids = [h.heat_id for h in heats]
+    heats_csv, signals_csv, hrows, srows = write_csvs(tmp_path, heats, 30.0)
+    dump(heats_csv, [hrows[0], hrows[3], hrows[1], hrows[2], hrows[5], hrows[4]])
+    late = [r for r in srows[1:] if r[1] in (ids[1], ids[3])]
+    dump(signals_csv, [srows[0], *(r for r in srows[1:] if r not in late), *late])
+    now = [100.0]
+    src = CsvReplaySource(heats_csv, signals_csv, pace=0.5, history_heats=2,
+                          clock=lambda: now[0])
+    pipe = StorePipeline(src, store, HeatAssembler(store, heats[0].plant, heats[0].furnace),
+                         clock=lambda: now[0])
+    assert [h.heat_id for h in pipe.history()] == ids[:2] and src.caught_up
+    released = []
+    for t, want in ((100.0, []), (101.9, []), (102.0, ids[2:3]), (103.0, []),
+                    (106.5, ids[3:5]), (200.0, [])):
+        now[0] = t
+        got = pipe.poll()
+        assert [h.heat_id for h in got] == want, t
+        released += got
+    assert src.heats_released == 5 and src.poll() == []
+    assert store.count(SIGNAL_MEASUREMENT, {}) == len(srows) - 1
+    assert src.stats.rejected_total == 0
+    for a, truth in zip(released, heats[2:], strict=True):
+        errors = relative_errors(a.inputs, truth.inputs) | relative_errors(a.outcome,
+                                                                          truth.outcome)
+        assert max(errors.values()) < 0.01, errors
+
+
+def test_csv_replay_pace_reaches_the_source_from_the_agent_settings(tmp_path: Path) -> None:
+    heats = plant_sim(3).heats(2)
+    heats_csv, signals_csv, hrows, srows = write_csvs(tmp_path, heats, 60.0)
+    dump(heats_csv, hrows)
+    dump(signals_csv, srows)
+    real = dict(replay_heats=heats_csv, replay_signals=signals_csv, plant_id=heats[0].plant,
+                furnace_id=heats[0].furnace, state_dir=tmp_path / "state")
+    source = build_heat_source(AgentSettings(**real, replay_pace=2.0, history_heats=1))
+    try:
+        assert isinstance(source, StorePipeline)
+        assert isinstance(source.source, CsvReplaySource)
+        assert (source.source.pace, source.source.history_heats) == (2.0, 1)
+        assert [h.heat_id for h in source.history()] == [heats[0].heat_id]
+    finally:
+        source.close()
+        source.store.close()
+    flags = ["agent", "--replay-heats", str(heats_csv), "--replay-signals", str(signals_csv),
+             "--plant-id", "P3", "--furnace-id", "EAF1", "--replay-pace", "2.5"]
+    from_cli = AgentSettings.load(None, **_settings_overrides(build_parser().parse_args(flags)))
+    assert from_cli.replay_pace == 2.5
+    with pytest.raises(ValueError, match="replay_pace"):
+        AgentSettings(replay_pace=2.0)
+    with pytest.raises(ValueError):
+        AgentSettings(**real, replay_pace=0.0)
+    with pytest.raises(ValueError, match="pace"):
+        CsvReplaySource(heats_csv, signals_csv, pace=float("nan"))
 
 
 @pytest.mark.parametrize(("which", "header", "match"), [

@@ -17,6 +17,7 @@ from agent.sim import (
     PlantProfile,
     RefractoryWear,
     SeasonalMoisture,
+    SimulatedHeat,
     SimulatedPlant,
     SupplierChange,
     default_plants,
@@ -235,7 +236,7 @@ def test_signal_arguments_are_checked(heats_by_plant: dict[str, list[Heat]]) -> 
     for bad in (0.0, -1.0, math.nan, math.inf):
         with pytest.raises(ValueError):
             h.signal_arrays(bad)
-    bare = Heat(h.heat_id, h.plant, h.furnace, h.start_ts, h.inputs, h.outcome)
+    bare = SimulatedHeat(h.heat_id, h.plant, h.furnace, h.start_ts, h.inputs, h.outcome)
     with pytest.raises(ValueError, match="signal spec"):
         next(bare.signals())
 

@@ -30,12 +30,15 @@ class TrainConfig:
     batch_size: int = 32
     proximal_mu: float = 0.0  # FedProx: pulls local weights towards the base version
     seed: int = 0
-    # EWC (agent.continual.regularise): keeps the weights that replayed old heats need near
-    # the base. Off by default: it acts only with replay rows or a Fisher, and in the drift
-    # experiment (docs/CONTINUAL.md) replay alone did as well.
+    # EWC (agent.learn.continual.regularise): keeps the weights that replayed old heats
+    # need near the base. Off by default: it acts only with replay rows or a Fisher, and
+    # in the drift experiment (docs/CONTINUAL.md) replay alone did as well.
     ewc_lambda: float = 0.0
     site_epochs: int = 10  # FedRep: epochs over the site tensors before the shared ones
     site_l2: float = 0.2  # prior strength of the site tensors, in heats (see module doc)
+    # The prior's centre: zero (the federation's physics), or with ``site_anchor`` the site
+    # part training starts from (what the site knew: a site re-fit on a few new heats).
+    site_anchor: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,10 @@ def train_delta(spec: ModelSpec, base: Mapping[str, np.ndarray], x: np.ndarray,
     """Train a copy of the base model (with ``site``, or a fresh site part) on (x, y).
 
     Adam with MSE on normalised targets, so every target counts alike whatever its unit.
-    ``replay`` rows (old heats from a replay buffer) are trained on next to the new ones;
-    with ``cfg.ewc_lambda > 0`` the loss also gets an EWC penalty anchored at ``base``, with
+    ``replay`` rows (old heats from a replay buffer) are trained on next to the new ones by
+    the shared part; the site part is fitted on (x, y) alone, because it describes the
+    site as it is now and old-regime heats would pull it back (docs/CONTINUAL.md). With
+    ``cfg.ewc_lambda > 0`` the loss also gets an EWC penalty anchored at ``base``, with
     ``fisher`` or else the Fisher information of the base model on the replay rows.
     """
     if len(x) == 0:
@@ -90,11 +95,12 @@ def train_delta(spec: ModelSpec, base: Mapping[str, np.ndarray], x: np.ndarray,
     ewc = None
     has_replay = replay is not None and len(replay[0]) > 0
     if cfg.ewc_lambda > 0 and (fisher is not None or has_replay):
-        from agent.continual.regularise import EwcPenalty, fisher_diagonal
+        from agent.learn.continual.regularise import EwcPenalty, fisher_diagonal
 
         if fisher is None:
             fisher = fisher_diagonal(spec, base, replay[0])  # type: ignore[index]
         ewc = EwcPenalty(base, fisher, cfg.ewc_lambda)
+    n_site = len(x)  # the site part is fitted on these rows only, never on replay
     if has_replay:
         x = np.concatenate([np.asarray(x, np.float32), np.asarray(replay[0], np.float32)])
         y = np.concatenate([np.asarray(y, np.float32), np.asarray(replay[1], np.float32)])
@@ -104,15 +110,18 @@ def train_delta(spec: ModelSpec, base: Mapping[str, np.ndarray], x: np.ndarray,
     model.train()
     metrics: dict[str, float] = {}
     if site_params and cfg.site_epochs > 0:
-        prior = cfg.site_l2 / len(xs)
+        prior = cfg.site_l2 / n_site
+        centre = [p.detach().clone() if cfg.site_anchor else torch.zeros_like(p)
+                  for p in site_params]
 
         def shrink() -> torch.Tensor:
-            return prior * torch.stack([(p ** 2).sum() for p in site_params]).sum()
+            return prior * torch.stack([((p - c) ** 2).sum()
+                                        for p, c in zip(site_params, centre, strict=True)]).sum()
 
         for p in shared:
             p.requires_grad_(False)
-        metrics["site_loss"] = _epochs(model, site_params, xs, ys, cfg.site_epochs, cfg, gen,
-                                       shrink)
+        metrics["site_loss"] = _epochs(model, site_params, xs[:n_site], ys[:n_site],
+                                       cfg.site_epochs, cfg, gen, shrink)
         for p in shared:
             p.requires_grad_(True)
     if cfg.epochs > 0:

@@ -33,7 +33,7 @@ from agent.ingest.base import (
     TAP_FIELDS,
     TAP_MEASUREMENT,
 )
-from agent.sim import Heat
+from agent.records import Heat
 from agent.store import FieldValue, Point, Store
 from models.schema import FEATURES, TARGETS
 

@@ -2,8 +2,8 @@
 
 Everything the agent learns from goes through the store first, so what it trains on is
 what the plant's InfluxDB holds (and an agent restarted on the same store gets its
-heats back as history). :func:`simulated_pipeline` is the drop-in twin of
-:class:`agent.sources.SimulatedHeats`: same plant, seed, history and heat rate.
+heats back as history). The simulated plant's twin of it is
+:func:`agent.ingest.simulated.simulated_pipeline`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
-from agent.heats import AssembledHeat, HeatAssembler
 from agent.ingest.base import TAP_MEASUREMENT, PointSource, RateLimitedLog, Reason
-from agent.ingest.simulated import SimulatedSensorSource
-from agent.sim import Drift, Heat, SimulatedPlant, default_plants
+from agent.ingest.heats import AssembledHeat, HeatAssembler
+from agent.records import Heat
 from agent.store import Point, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -25,7 +24,7 @@ log = logging.getLogger(__name__)
 class StorePipeline:
     """Pulls points from ``source``, writes them to ``store``, returns newly assembled heats.
 
-    Implements :class:`agent.sources.HeatSource`. ``history()`` first drains what the source
+    Implements :class:`agent.ingest.sources.HeatSource`. ``history()`` first drains what the source
     held at start (a simulated history, a CSV file), then returns every complete heat in
     the store; ``poll()`` ingests what arrived since and returns the heats it completed.
 
@@ -179,38 +178,3 @@ class StorePipeline:
 def _has_tap(points: Sequence[Point]) -> bool:
     return any(p.measurement == TAP_MEASUREMENT for p in points)
 
-
-def simulated_pipeline(
-    plant: int,
-    seed: int,
-    history: int,
-    interval_s: float,
-    store: Store,
-    *,
-    period_s: float = 1.0,
-    drifts: Sequence[Drift] = (),
-) -> StorePipeline:
-    """Simulated plant ``plant`` (1-based) through ``store``; mirrors ``SimulatedHeats``.
-
-    The same heats as ``SimulatedHeats(plant, seed, history, interval_s)``: the first
-    ``history`` at once, then one heat per ``interval_s`` wall seconds (none if <= 0),
-    each trickling in sample by sample. ``period_s`` is the signal sample period.
-    History heats already tapped in the store (a restart) are not written again.
-    """
-    profile, plant_seed = default_plants(plant, base_seed=seed)[plant - 1]
-    sim = SimulatedPlant(profile, plant_seed, drifts)
-    live = interval_s > 0
-
-    tapped: set[str] | None = None
-
-    def stored(heat: Heat) -> bool:
-        nonlocal tapped
-        if tapped is None:  # one query at the first history heat, not one per heat
-            tags = {"plant": profile.name, "furnace": profile.furnace}
-            tapped = {p.tags["heat"] for p in store.query_points(TAP_MEASUREMENT, tags)}
-        return heat.heat_id in tapped
-
-    source = SimulatedSensorSource(sim, history, period_s=period_s,
-                                   heat_interval_s=interval_s if live else None, live=live,
-                                   skip_heat=stored)
-    return StorePipeline(source, store, HeatAssembler(store, profile.name, profile.furnace))

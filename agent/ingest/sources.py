@@ -1,14 +1,12 @@
-"""Where finished heats come from. Each source is one small class with ``poll()``."""
+"""Where the agent's finished heats come from: the data path its settings describe."""
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Sequence
 from typing import Protocol
 
+from agent.records import Heat
 from agent.settings import AgentSettings
-from agent.sim import Drift, Heat, SimulatedPlant, default_plants, parse_drift
 
 log = logging.getLogger("alchimia.agent")
 
@@ -27,43 +25,17 @@ class HeatSource(Protocol):
         ...
 
 
-class SimulatedHeats:
-    """A simulated plant whose history is known at start, then one heat per interval."""
-
-    def __init__(self, plant: int, seed: int, history: int, interval_s: float,
-                 drifts: Sequence[Drift] = ()) -> None:
-        profile, plant_seed = default_plants(plant, base_seed=seed)[plant - 1]
-        self.plant = SimulatedPlant(profile, plant_seed, drifts)
-        self.name = profile.name
-        self.n_history = history
-        self.interval_s = interval_s
-        self._next_ts = time.monotonic() + interval_s
-
-    def history(self) -> list[Heat]:
-        return self.plant.heats(self.n_history)
-
-    def poll(self) -> list[Heat]:
-        if self.interval_s <= 0:
-            return []
-        n, now = 0, time.monotonic()
-        while now >= self._next_ts:
-            n += 1
-            self._next_ts += self.interval_s
-        return self.plant.heats(n) if n else []
-
-    def close(self) -> None:
-        """Nothing to release: the heats live in memory."""
-
-
 def build_heat_source(settings: AgentSettings) -> HeatSource:
     """The agent's data path from its settings: sensor points (the PLC gateway's MQTT feed,
     a CSV replay, or the simulator) -> store -> heat assembly, or, with ``store_sensors``
-    off, finished heats straight from the simulator."""
-    drifts = [parse_drift(spec) for spec in settings.drift]
+    off, finished heats straight from the simulator.
+
+    Only the simulated branches load the simulator (``agent.ingest.simulated``).
+    """
     if not settings.store_sensors:
-        return SimulatedHeats(settings.plant, settings.seed, settings.history_heats,
-                              settings.heat_interval_s, drifts)
-    from agent.pipeline import simulated_pipeline
+        from agent.ingest.simulated import simulated_heat_source
+
+        return simulated_heat_source(settings)
     from agent.store import open_store
 
     state = settings.state_dir / settings.agent_id
@@ -74,12 +46,14 @@ def build_heat_source(settings: AgentSettings) -> HeatSource:
              else f"SQLite {state / 'sensors.sqlite3'}")
     log.info("agent %s stores sensor data in %s", settings.agent_id, where)
     if settings.plant_id is None or settings.furnace_id is None:  # the settings check both
-        return simulated_pipeline(settings.plant, settings.seed, settings.history_heats,
-                                  settings.heat_interval_s, store,
-                                  period_s=settings.signal_period_s, drifts=drifts)
-    from agent.heats import HeatAssembler
-    from agent.ingest import CsvReplaySource, MqttPlcSource, PointSource
-    from agent.pipeline import StorePipeline
+        from agent.ingest.simulated import simulated_heat_source
+
+        return simulated_heat_source(settings, store)
+    from agent.ingest.base import PointSource
+    from agent.ingest.csv_replay import CsvReplaySource
+    from agent.ingest.heats import HeatAssembler
+    from agent.ingest.mqtt_plc import MqttPlcSource
+    from agent.ingest.pipeline import StorePipeline
 
     source: PointSource
     if settings.sensor_feed:
@@ -90,6 +64,8 @@ def build_heat_source(settings: AgentSettings) -> HeatSource:
                  settings.furnace_id, settings.sensor_feed)
     else:
         assert settings.replay_heats is not None and settings.replay_signals is not None
-        source = CsvReplaySource(settings.replay_heats, settings.replay_signals)
+        source = CsvReplaySource(settings.replay_heats, settings.replay_signals,
+                                 pace=settings.replay_pace,
+                                 history_heats=settings.history_heats)
     return StorePipeline(source, store,
                          HeatAssembler(store, settings.plant_id, settings.furnace_id))

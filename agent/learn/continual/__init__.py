@@ -1,0 +1,36 @@
+"""Continual-learning pieces: prequential error, drift detection, replay, EWC.
+
+Everything here is pure (no I/O, no clocks). The site's policy that combines them is
+``agent.learn.site_learning.SiteLearner``, which the online agent and the offline drift
+experiment (``alchimia.experiment``) both drive. See docs/CONTINUAL.md.
+"""
+
+from agent.learn.continual.drift import (
+    Adwin,
+    ErrorDriftMonitor,
+    InputDriftMonitor,
+    PageHinkley,
+    StreamDetector,
+    kolmogorov_sf,
+    ks_2samp,
+    psi,
+)
+from agent.learn.continual.prequential import Prequential
+from agent.learn.continual.regularise import EwcPenalty, fisher_diagonal
+from agent.learn.continual.replay import RegimeReplayBuffer, ReplayBuffer
+
+__all__ = [
+    "Adwin",
+    "ErrorDriftMonitor",
+    "EwcPenalty",
+    "InputDriftMonitor",
+    "PageHinkley",
+    "Prequential",
+    "RegimeReplayBuffer",
+    "ReplayBuffer",
+    "StreamDetector",
+    "fisher_diagonal",
+    "kolmogorov_sf",
+    "ks_2samp",
+    "psi",
+]
