@@ -10,11 +10,11 @@ version nor a published version that a restart would not find again.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from pathlib import Path
 
+from broker.durable import atomic_write
 from coordinator.registry import AgentInfo
 
 SCHEMA = """
@@ -34,21 +34,6 @@ CREATE TABLE IF NOT EXISTS pending_updates (
     msg_id TEXT PRIMARY KEY, round_id INTEGER NOT NULL, agent_id TEXT NOT NULL,
     base_version INTEGER NOT NULL, weight REAL NOT NULL, file TEXT NOT NULL);
 """
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class CoordinatorDB:

@@ -18,24 +18,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from broker.durable import atomic_write
 from models.params import Weights
 from models.spec import ModelSpec
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ServingFiles:
@@ -58,16 +49,16 @@ class ServingFiles:
         """The model now served; the ONNX file first, so model.json never names a model
         that is not on disk."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.onnx_path, onnx_bytes)
+        atomic_write(self.onnx_path, onnx_bytes)
         info = {"version": version, "spec": spec.model_dump(mode="json"),
                 "site_tensors": list(spec.parameter_shapes("site")), "updated_ts": time.time()}
-        _atomic_write(self.info_path, json.dumps(info, indent=1).encode())
+        atomic_write(self.info_path, json.dumps(info, indent=1).encode())
 
     def save_site(self, site: Mapping[str, np.ndarray]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.savez(buf, **{k: np.asarray(v, np.float32) for k, v in site.items()})
-        _atomic_write(self.site_path, buf.getvalue())
+        atomic_write(self.site_path, buf.getvalue())
 
     def load_site(self, spec: ModelSpec) -> Weights | None:
         """The saved site tensors if they fit ``spec``; None if absent or of another model."""
