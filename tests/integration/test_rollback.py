@@ -18,7 +18,9 @@ from tests.integration.helpers import wait_for
 
 def test_rollback_reaches_agents(mosquitto, tmp_path: Path) -> None:
     fed = LocalFederation(mosquitto.url, "rb", 2, tmp_path / "coord",
-                          coordinator={"min_agents": 2, "rounds": 0, "epochs": 1},
+                          # mlp-v1: the MLP stays a working architecture end to end.
+                          coordinator={"min_agents": 2, "rounds": 0, "epochs": 1,
+                                       "architecture": "mlp-v1"},
                           agent={"history_heats": 60, "heat_interval_s": 0,
                "signal_period_s": 10.0})
     monitor = Monitor(mosquitto.url, "rb", "rb-monitor").start()
