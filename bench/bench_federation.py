@@ -100,7 +100,8 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    spec = ModelSpec()
+    # The model a new federation gets by default.
+    spec = ModelSpec(architecture=CoordinatorSettings.model_fields["architecture"].default)
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,7 +114,8 @@ def main() -> None:
     rss = agent_rss_mb(args.agents, args.rounds)
 
     n_params = sum(int(np.prod(s)) for s in spec.parameter_shapes().values())
-    print(f"default model: {n_params} parameters, hidden {spec.hidden}")
+    print(f"default model: {spec.architecture}, {n_params} shared parameters, hidden "
+          f"{spec.hidden}")
     print(f"demo wall time ({args.agents} agents, {args.rounds} rounds, embedded broker): "
           f"{demo_s:.1f} s")
     print(f"one update message: {len(update)} bytes")
