@@ -181,9 +181,11 @@ def _pooled_hybrid(spec: ModelSpec, cfg: FederationConfig, plants: list[PlantDat
                     err = (m.normalized(xs[k][rows]) - ys[k][rows]) ** 2
                     loss = loss + err.mean(dim=1).sum()
             loss = loss / len(idx)
+            scales = spec.site_prior_scale()
             for m in models:
-                site = [getattr(m, n) for n in spec.parameter_shapes("site")]
-                loss = loss + cfg.site_l2 / len(owner) * sum((p ** 2).sum() for p in site)
+                loss = loss + cfg.site_l2 / len(owner) * sum(
+                    scales.get(n, 1.0) * (getattr(m, n) ** 2).sum()
+                    for n in spec.parameter_shapes("site"))
             loss.backward()
             opt.step()
     return get_weights(models[0]), [get_weights(m, "site") for m in models]

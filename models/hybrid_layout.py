@@ -64,6 +64,13 @@ RESIDUAL_AIM_PCT: dict[str, float] = {
     "EHRB": 0.45, "E5H": 0.30, "DRI": 0.02, "HBI": 0.02, "PIG": 0.02,
 }
 YIELD_STEP = 0.1  # one unit of a yield tensor moves the yield by this much
+# The site prior's strength per site tensor, relative to TrainConfig.site_l2 (1 if absent):
+# a grade's residuals differ by supplier far more than a furnace's coefficients differ
+# from the federation's (EAF.md: composition within a grade varies by supplier, skewed),
+# so a site's grade contents are held back ten times less. Measured in experiment
+# federation (docs/FEDERATION.md): P4 Cu 0.0056 -> 0.0051 % (seed 0), 0.0114 -> 0.0083 %
+# (seed 2).
+SITE_PRIOR_SCALE: dict[str, float] = {"content_site": 0.1}
 
 # Name -> (shape builder, part). Order is the wire order of each part.
 G, E, K, L, C = len(GRADES), len(ELEMENT_TARGETS), len(TERMS), len(LINEAR_TARGETS), len(

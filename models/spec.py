@@ -71,6 +71,12 @@ class ModelSpec(BaseModel):
             shapes[f"layers.{2 * i}.bias"] = ((fan_out,), "shared")
         return shapes
 
+    def site_prior_scale(self) -> dict[str, float]:
+        """Strength of the site prior per site tensor, relative to the trainer's
+        ``site_l2`` (1 where absent)."""
+        return dict(hybrid_layout.SITE_PRIOR_SCALE) if self.architecture == "eaf-hybrid-v1" \
+            else {}
+
     def parameter_shapes(self, part: Part = "shared") -> dict[str, tuple[int, ...]]:
         """Names and shapes of one part's tensors, in the stable wire order.
 

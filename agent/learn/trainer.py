@@ -114,9 +114,12 @@ def train_delta(spec: ModelSpec, base: Mapping[str, np.ndarray], x: np.ndarray,
         centre = [p.detach().clone() if cfg.site_anchor else torch.zeros_like(p)
                   for p in site_params]
 
+        scales = spec.site_prior_scale()
+        strength = [prior * scales.get(k, 1.0) for k in spec.parameter_shapes("site")]
+
         def shrink() -> torch.Tensor:
-            return prior * torch.stack([((p - c) ** 2).sum()
-                                        for p, c in zip(site_params, centre, strict=True)]).sum()
+            return torch.stack([s * ((p - c) ** 2).sum() for p, c, s in
+                                zip(site_params, centre, strength, strict=True)]).sum()
 
         for p in shared:
             p.requires_grad_(False)
