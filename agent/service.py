@@ -313,14 +313,20 @@ class Agent:
         site = self.learner.refit(self.spec, self.serving_shared, self.site_weights)
         if site is None:
             return  # no site tensors in this architecture, or too few heats yet
-        self.site_weights = site
-        self.files.save_site(site)
-        self._serve(self._site_predictor(self.serving_shared), self.serving_version,
-                    self.serving_shared)
+        self._keep_site_part(site)
         log.info("agent %s re-fitted its site part on the new regime's %d latest heats; "
                  "serves version %s", self.id,
                  min(self.learner.regime_heats, self.learner.policy.adapt_heats),
                  self.serving_version)
+
+    def _keep_site_part(self, site: Weights, serve: bool = True) -> None:
+        """Adopt a new site part: saved to disk, and (``serve``) served at once with the
+        served global version's shared part."""
+        self.site_weights = site
+        self.files.save_site(site)
+        if serve and self.serving_shared is not None and self.serving_version is not None:
+            self._serve(self._site_predictor(self.serving_shared), self.serving_version,
+                        self.serving_shared)
 
     def _report_validation(self) -> None:
         if self.table is None or self.predictor is None:
@@ -364,11 +370,10 @@ class Agent:
         self.updates_sent += 1
         self.new_heats = 0
         if self.spec.parameter_shapes("site"):
-            self.site_weights = result.site
-            self.files.save_site(result.site)
-            if self.serving_version == task.base_version and self.serving_shared is not None:
-                self._serve(self._site_predictor(self.serving_shared), self.serving_version,
-                            self.serving_shared)
+            # The new site part was fitted beside the task's base; it serves at once if
+            # that is the version served (else with the next version that serves).
+            self._keep_site_part(result.site,
+                                 serve=self.serving_version == task.base_version)
         self._publish_status()
         log.info("agent %s sent update for round %d (%d heats, loss %.4f)", self.id,
                  task.round_id, heats, result.metrics["train_loss"])

@@ -44,6 +44,7 @@ from agent.learn.continual import Prequential
 from agent.learn.site_learning import SiteLearner, SitePolicy
 from agent.learn.trainer import TrainConfig, TrainResult, train_delta
 from agent.sim import SimulatedPlant, default_plants, parse_drift
+from alchimia import figures
 from coordinator.strategies import make_strategy
 from models.params import Weights, add, get_weights, set_weights
 from models.regressor import HeatModel, build_model
@@ -409,12 +410,7 @@ class _Run:
 
 def plot(result: ExperimentResult, out_png: Path) -> Path:
     """Rolling MAE per arm at the drifted plant, energy and Cu, with drift and detections."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(SHOWN), 1, figsize=(10, 6.5), sharex=True)
+    fig, axes = figures.subplots(len(SHOWN), 1, figsize=(10, 6.5), sharex=True)
     heats = np.arange(result.stream_start, result.stream_start + next(
         iter(result.arms.values())).errors.shape[0])
     for ax, (target, unit, _) in zip(axes, SHOWN, strict=True):
@@ -436,11 +432,7 @@ def plot(result: ExperimentResult, out_png: Path) -> Path:
                       f"{result.drift_at} (dashed), detections (dotted)")
     axes[0].legend(fontsize=8)
     axes[-1].set_xlabel("heat")
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return figures.save(fig, out_png)
 
 
 # -- command line ----------------------------------------------------------------------

@@ -30,6 +30,7 @@ import torch
 
 from agent.learn.trainer import TrainConfig, train_delta
 from agent.sim import SimulatedPlant, default_plants
+from alchimia import figures
 from alchimia.cli import strategy_param
 from coordinator.strategies import make_strategy
 from models.params import Weights, add, compose, get_weights
@@ -276,12 +277,7 @@ def acceptance(result: FederationResult) -> list[tuple[str, bool, str]]:
 
 def plot(result: FederationResult, out_png: Path) -> Path:
     """Test MAE per plant, one panel per shown target, one bar per arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(SHOWN), figsize=(16, 4.2))
+    fig, axes = figures.subplots(1, len(SHOWN), figsize=(16, 4.2))
     arms = list(result.mae)
     width = 0.8 / len(arms)
     pos = np.arange(len(result.plants))
@@ -296,11 +292,7 @@ def plot(result: FederationResult, out_png: Path) -> Path:
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"Federation experiment, seed {result.config.seed}: plants and their heats")
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return figures.save(fig, out_png)
 
 
 # -- command line ----------------------------------------------------------------------

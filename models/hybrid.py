@@ -57,13 +57,21 @@ class EafHybrid(nn.Module):
             bound = 1 / w.shape[1] ** 0.5
             nn.init.uniform_(getattr(self, f"residual_b{i}"), -bound, bound)
 
+    def _yields(self) -> torch.Tensor:
+        """Metallic yield per grade: the prior, the federation's offset, this site's."""
+        return self.yield_prior + hl.YIELD_STEP * (self.yield_shared + self.yield_site)
+
+    def _content(self) -> torch.Tensor:
+        """Effective content (wt% x recovery at reference O2) per grade and element."""
+        return torch.exp(self.log_content_prior + self.content_shared + self.content_site)
+
     def _col(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return x[:, _COL[name]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         charges = x[:, self.grade_cols].clamp(min=0.0)  # [B, G] t
         heel = self._col(x, "hot_heel_t").clamp(min=0.0)
-        yields = self.yield_prior + hl.YIELD_STEP * (self.yield_shared + self.yield_site)
+        yields = self._yields()
         metal = (charges * yields).sum(dim=1).clamp(min=1.0)  # M, t
         # Yields are identified by the weighed tapped mass alone: the per-tonne terms and
         # the chemistry's denominator use M without passing gradients back into the
@@ -105,7 +113,7 @@ class EafHybrid(nn.Module):
                   + self.y_scale[_OUT["tapped_t"]] * bias[1])
         oxygen = terms[:, hl.TERM_NAMES.index("oxygen_nm3_t")]
         recovery = torch.exp(oxygen[:, None] * self.recovery_o2)  # [B, E]
-        content = torch.exp(self.log_content_prior + self.content_shared + self.content_site)
+        content = self._content()
         heel_pct = torch.exp(self.log_heel_prior + self.heel_pct_shared + self.heel_pct_site)
         elements = (recovery * (charges @ content) + heel[:, None] * heel_pct) / (
             per_t + heel)[:, None]
@@ -126,6 +134,5 @@ class EafHybrid(nn.Module):
         per grade and effective content (wt% x recovery at reference O2) per grade and
         element, with this site's offsets applied."""
         with torch.no_grad():
-            yields = self.yield_prior + hl.YIELD_STEP * (self.yield_shared + self.yield_site)
-            content = torch.exp(self.log_content_prior + self.content_shared + self.content_site)
-        return {"yield": yields.numpy().copy(), "content_pct": content.numpy().copy()}
+            return {"yield": self._yields().numpy().copy(),
+                    "content_pct": self._content().numpy().copy()}
