@@ -8,7 +8,9 @@ tensors that never leave the site.
 * ``model.json``: ``{"version", "spec", "site_tensors", "updated_ts"}``: which global version
   it serves and the columns (``spec.features``, ``spec.targets``);
 * ``site.npz``: the site tensors (numpy arrays, no pickle), so a restart keeps what the
-  site learned.
+  site learned;
+* ``calibration.json`` and ``power_on.json``: the serving model's calibration and the
+  site's power-on time estimate (``models.served`` documents and reads them).
 
 Every file is written to a temporary name, flushed to disk and renamed over the old one:
 a reader sees the old file or the new one, never half of one.
@@ -25,7 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from broker.durable import atomic_write
+from models.calibration import Calibration
 from models.params import Weights
+from models.power_on import PowerOnEstimate
+from models.served import CALIBRATION_FILE, INFO_FILE, ONNX_FILE, POWER_ON_FILE, SITE_FILE
 from models.spec import ModelSpec
 
 
@@ -35,15 +40,15 @@ class ServingFiles:
 
     @property
     def onnx_path(self) -> Path:
-        return self.dir / "model.onnx"
+        return self.dir / ONNX_FILE
 
     @property
     def info_path(self) -> Path:
-        return self.dir / "model.json"
+        return self.dir / INFO_FILE
 
     @property
     def site_path(self) -> Path:
-        return self.dir / "site.npz"
+        return self.dir / SITE_FILE
 
     def save_model(self, version: int, spec: ModelSpec, onnx_bytes: bytes) -> None:
         """The model now served; the ONNX file first, so model.json never names a model
@@ -53,6 +58,14 @@ class ServingFiles:
         info = {"version": version, "spec": spec.model_dump(mode="json"),
                 "site_tensors": list(spec.parameter_shapes("site")), "updated_ts": time.time()}
         atomic_write(self.info_path, json.dumps(info, indent=1).encode())
+
+    def save_calibration(self, calibration: Calibration) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.dir / CALIBRATION_FILE, json.dumps(calibration.to_dict()).encode())
+
+    def save_power_on(self, estimate: PowerOnEstimate) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.dir / POWER_ON_FILE, json.dumps(estimate.to_dict()).encode())
 
     def save_site(self, site: Mapping[str, np.ndarray]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
