@@ -137,8 +137,11 @@ def _alone(spec: ModelSpec, cfg: FederationConfig, x: np.ndarray, y: np.ndarray,
     return shared, site or {}
 
 
-def _federated(spec: ModelSpec, cfg: FederationConfig, plants: list[PlantData],
-               ) -> tuple[Weights, list[Weights]]:
+def federate(spec: ModelSpec, cfg: FederationConfig, plants: list[PlantData],
+            ) -> tuple[Weights, list[Weights]]:
+    """Federated rounds over ``plants`` as the product runs them: each plant's update from
+    ``train_delta``, the strategy's aggregate; the final shared part and each plant's site
+    part (what that plant serves). Also used by the decision-support experiments."""
     strategy = make_strategy(cfg.strategy, **dict(cfg.strategy_params))
     mu = strategy.task_params().get("proximal_mu", 0.0)  # what the task carries to agents
     shared = get_weights(build_model(spec, seed=cfg.seed))
@@ -241,7 +244,7 @@ def _arm(arm: str, cfg: FederationConfig, plants: list[PlantData], mlp: ModelSpe
         return [_predict(mlp, shared, None, p.x_test) for p in plants]
     if arm in ("pooled_hybrid", "fed_hybrid", "fedavg_mlp"):
         spec = mlp if arm == "fedavg_mlp" else hybrid
-        train = _pooled_hybrid if arm == "pooled_hybrid" else _federated
+        train = _pooled_hybrid if arm == "pooled_hybrid" else federate
         shared, sites = train(spec, cfg, plants)
         return [_predict(spec, shared, site or None, p.x_test)
                 for p, site in zip(plants, sites, strict=True)]
