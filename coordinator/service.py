@@ -239,10 +239,12 @@ class Coordinator:
                 if task is not stopper and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
+            # Cancel every task before awaiting any: awaiting the receiver first would
+            # re-raise its MqttError and leave the round driver running beside the one
+            # the reconnect starts (two drivers, two open rounds).
             for task in (receiver, rounds, stopper):
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await asyncio.gather(receiver, rounds, stopper, return_exceptions=True)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for msg in client.messages:
