@@ -1,6 +1,12 @@
 """Durable coordinator state: model versions, rounds, agents, seen message ids, and the
 accepted updates of the open round (so a restart loses none and counts none twice).
 
+Accepted updates are group-committed: ``accept_update`` stages an update (its exact
+payload, in the database) in the open transaction and ``commit`` makes every staged update
+durable with one fsync of SQLite's write-ahead log; the coordinator acknowledges those
+messages to the broker only after ``commit`` returned, so an update lost by a crash before
+its commit is delivered again.
+
 Model versions are files holding the exact payload published on ``model/current``,
 written atomically (temp file, fsync, rename, fsync of the directory) *before* their row
 is committed and before they are published, so a crash never leaves a half-written
@@ -32,7 +38,8 @@ CREATE TABLE IF NOT EXISTS seen_messages (
     msg_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, round_id INTEGER, received_ts REAL);
 CREATE TABLE IF NOT EXISTS pending_updates (
     msg_id TEXT PRIMARY KEY, round_id INTEGER NOT NULL, agent_id TEXT NOT NULL,
-    base_version INTEGER NOT NULL, weight REAL NOT NULL, file TEXT NOT NULL);
+    base_version INTEGER NOT NULL, weight REAL NOT NULL, file TEXT NOT NULL,
+    payload BLOB);
 """
 
 
@@ -47,6 +54,10 @@ class CoordinatorDB:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        columns = [r[1] for r in self.db.execute("PRAGMA table_info(pending_updates)")]
+        if "payload" not in columns:  # a state directory from before group commit
+            with self.db:
+                self.db.execute("ALTER TABLE pending_updates ADD COLUMN payload BLOB")
 
     def close(self) -> None:
         self.db.close()
@@ -147,21 +158,34 @@ class CoordinatorDB:
 
     def accept_update(self, msg_id: str, agent_id: str, round_id: int, base_version: int,
                       weight: float, payload: bytes) -> None:
-        """Persist an accepted update (its exact payload) before it counts."""
-        name = f"{msg_id}.msgpack"
-        atomic_write(self.updates_dir / name, payload)
-        with self.db:
+        """Stage an accepted update (its exact payload); durable once ``commit`` returns.
+        A failure leaves nothing of it staged."""
+        if not self.db.in_transaction:
+            self.db.execute("BEGIN")
+        self.db.execute("SAVEPOINT accept")
+        try:
             self.db.execute("INSERT INTO seen_messages VALUES (?, ?, ?, ?)",
                             (msg_id, agent_id, round_id, time.time()))
-            self.db.execute("INSERT INTO pending_updates VALUES (?, ?, ?, ?, ?, ?)",
-                            (msg_id, round_id, agent_id, base_version, weight, name))
+            self.db.execute("INSERT INTO pending_updates VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (msg_id, round_id, agent_id, base_version, weight, "", payload))
+        except BaseException:
+            self.db.execute("ROLLBACK TO accept")
+            raise
+        finally:
+            self.db.execute("RELEASE accept")
+
+    def commit(self) -> None:
+        """Make every staged update durable (one fsync for all of them)."""
+        self.db.commit()
 
     def pending_updates(self, round_id: int) -> list[tuple[str, str, int, float, bytes]]:
         """``(msg_id, agent, base_version, weight, payload)`` accepted for an open round."""
         rows = self.db.execute(
-            "SELECT msg_id, agent_id, base_version, weight, file FROM pending_updates "
+            "SELECT msg_id, agent_id, base_version, weight, file, payload FROM pending_updates "
             "WHERE round_id = ? ORDER BY rowid", (round_id,)).fetchall()
-        return [(m, a, b, w, (self.updates_dir / f).read_bytes()) for m, a, b, w, f in rows]
+        # Updates accepted before group commit were kept as files.
+        return [(m, a, b, w, p if p is not None else (self.updates_dir / f).read_bytes())
+                for m, a, b, w, f, p in rows]
 
     def drop_pending(self, round_id: int) -> None:
         """Forget the updates of a round that will never be aggregated (failed, abandoned)."""
@@ -171,7 +195,8 @@ class CoordinatorDB:
             (self.updates_dir / name).unlink(missing_ok=True)
 
     def _consume_pending(self, round_id: int | None) -> list[str]:
-        rows = self.db.execute("SELECT file FROM pending_updates WHERE round_id = ?",
-                               (round_id,)).fetchall()
+        """Delete a round's pending rows; the names of update files to remove after."""
+        rows = self.db.execute("SELECT file FROM pending_updates WHERE round_id = ? AND "
+                               "file != ''", (round_id,)).fetchall()
         self.db.execute("DELETE FROM pending_updates WHERE round_id = ?", (round_id,))
         return [r[0] for r in rows]

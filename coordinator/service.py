@@ -35,6 +35,7 @@ from broker.schemas import (
 from broker.signing import load_private_key
 from broker.topics import Topics
 from coordinator.fedbuff import AsyncWindow
+from coordinator.group_commit import GroupCommit
 from coordinator.persistence import CoordinatorDB
 from coordinator.publishing import initial_weights, model_message
 from coordinator.ratelimit import RateLimiter
@@ -229,12 +230,12 @@ class Coordinator:
                  self.settings.coordinator_id, self.settings.federation, self.version)
 
     async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        receiver = asyncio.create_task(self._receive(client))
-        rounds = asyncio.create_task(self._drive_rounds(stop))
+        acks = GroupCommit(self.db, _paho(client))
+        tasks = [asyncio.create_task(self._receive(client, acks)), asyncio.create_task(acks.run()),
+                 asyncio.create_task(self._drive_rounds(stop))]
         stopper = asyncio.create_task(stop.wait())
         try:
-            done, _ = await asyncio.wait({receiver, rounds, stopper},
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is not stopper and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
@@ -242,11 +243,16 @@ class Coordinator:
             # Cancel every task before awaiting any: awaiting the receiver first would
             # re-raise its MqttError and leave the round driver running beside the one
             # the reconnect starts (two drivers, two open rounds).
-            for task in (receiver, rounds, stopper):
+            for task in (*tasks, stopper):
                 task.cancel()
-            await asyncio.gather(receiver, rounds, stopper, return_exceptions=True)
+            await asyncio.gather(*tasks, stopper, return_exceptions=True)
+            if acks.pending:
+                # What was handled is kept and acknowledged (a machine fault that stops the
+                # coordinator happened in a message not among them).
+                with contextlib.suppress(sqlite3.Error, OSError, aiomqtt.MqttError):
+                    acks.commit()
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
+    async def _receive(self, client: aiomqtt.Client, acks: GroupCommit) -> None:
         async for msg in client.messages:
             topic = msg.topic.value
             try:
@@ -260,7 +266,7 @@ class Coordinator:
                 # it must not stop the federation. Logged loudly, acknowledged, dropped.
                 log.exception("unexpected error handling a message on %s; dropped", topic)
             if msg.qos > 0:
-                _paho(client).ack(msg.mid, msg.qos)
+                acks.handled(msg.mid, msg.qos)
 
     # -- message handling (no awaits: runs to completion between network reads)
     def handle(self, topic: str, payload: bytes) -> None:
