@@ -1,5 +1,5 @@
-"""Turn aggregated weights into the ``model/current`` message (the torch side of the
-coordinator: ONNX export and the torch/ONNX Runtime parity check)."""
+"""Turn aggregated weights into the ``model/current`` message: the ONNX graph built from
+the weights (``models.onnx_build``, no torch), checked in ONNX Runtime, signed."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.schemas import ModelBody, message
 from broker.signing import sign_model
-from models.onnx_export import check_parity, export_onnx
-from models.params import Weights, compose, get_weights
-from models.regressor import build_model
+from models.initial import initial_weights
+from models.onnx_build import build_onnx, check_runs
+from models.params import Weights
 from models.spec import ModelSpec
+
+__all__ = ["initial_weights", "model_message", "reference_inputs"]
 
 
 def reference_inputs(spec: ModelSpec, n: int = 64, seed: int = 0) -> np.ndarray:
@@ -25,18 +27,13 @@ def reference_inputs(spec: ModelSpec, n: int = 64, seed: int = 0) -> np.ndarray:
     return np.maximum(x, 0.0).astype(np.float32)  # tonnes, minutes, Nm3: never negative
 
 
-def initial_weights(spec: ModelSpec, seed: int) -> Weights:
-    return get_weights(build_model(spec, seed))
-
-
 def model_message(sender: str, spec: ModelSpec, weights: Weights, *, version: int,
                   parent: int | None, round_id: int | None, metadata: dict[str, Any],
                   signing_key: Ed25519PrivateKey | None = None) -> bytes:
     """The encoded (and, given a key, signed) model message; raises if ONNX Runtime
-    disagrees with torch."""
-    model = compose(spec, weights)
-    onnx_bytes = export_onnx(model)
-    check_parity(model, onnx_bytes, reference_inputs(spec))
+    cannot run the built graph."""
+    onnx_bytes = build_onnx(spec, weights)
+    check_runs(onnx_bytes, spec, reference_inputs(spec))
     body = ModelBody(
         version=version, parent_version=parent, round_id=round_id,
         spec=spec.model_dump(mode="json"), onnx=onnx_bytes, weights=weights,

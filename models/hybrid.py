@@ -19,13 +19,7 @@ _COL = {f: i for i, f in enumerate(FEATURES)}
 _OUT = {t: i for i, t in enumerate(TARGETS)}
 
 
-def _content_prior() -> np.ndarray:
-    """Prior effective content (wt% x recovery) per grade and element: half the grade's
-    residual aim, split like the typical tap chemistry."""
-    typical = np.array([TARGET_REFERENCE[t][0] for t in hl.ELEMENT_TARGETS])
-    split = typical / typical.sum()
-    aims = np.array([hl.RESIDUAL_AIM_PCT[g] for g in GRADES])
-    return 0.5 * aims[:, None] * split[None, :]
+_content_prior = hl.content_prior  # the numpy formulas live in models.hybrid_layout
 
 
 class EafHybrid(nn.Module):
@@ -58,11 +52,13 @@ class EafHybrid(nn.Module):
             nn.init.uniform_(getattr(self, f"residual_b{i}"), -bound, bound)
 
     def _yields(self) -> torch.Tensor:
-        """Metallic yield per grade: the prior, the federation's offset, this site's."""
+        """Metallic yield per grade: the prior, the federation's offset, this site's
+        (``hybrid_layout.grade_yields`` in torch)."""
         return self.yield_prior + hl.YIELD_STEP * (self.yield_shared + self.yield_site)
 
     def _content(self) -> torch.Tensor:
-        """Effective content (wt% x recovery at reference O2) per grade and element."""
+        """Effective content per grade and element, % of the charged mass: wt% x recovery
+        at the reference O2 (``hybrid_layout.grade_contents`` in torch)."""
         return torch.exp(self.log_content_prior + self.content_shared + self.content_site)
 
     def _col(self, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -131,8 +127,9 @@ class EafHybrid(nn.Module):
 
     def grade_properties(self) -> dict[str, np.ndarray]:
         """The learned scrap characterisation of the site's serving model: metallic yield
-        per grade and effective content (wt% x recovery at reference O2) per grade and
-        element, with this site's offsets applied."""
-        with torch.no_grad():
-            return {"yield": self._yields().numpy().copy(),
-                    "content_pct": self._content().numpy().copy()}
+        per grade and effective content (% of the charged mass: wt% x recovery at the
+        reference O2) per grade and element, with this site's offsets applied. Computed
+        by the numpy formulas of ``models.hybrid_layout`` (``models.characterise`` adds
+        the uncertainty and the energy effect)."""
+        weights = {name: p.detach().cpu().numpy() for name, p in self.named_parameters()}
+        return {"yield": hl.grade_yields(weights), "content_pct": hl.grade_contents(weights)}

@@ -11,7 +11,10 @@ Structure (../shared/domain/EAF.md):
   tapped mass = M + heel coefficient x (heel - reference) + calibration;
 * each tap element e = (sum_g c_ge r_e x_g + heel_t h_e) / (M + heel_t): a mass balance of
   learned grade contents c_ge, an element recovery r_e that depends on the oxygen blown
-  per tonne (oxidation), and the hot heel's carry-over h_e;
+  per tonne (oxidation), and the hot heel's carry-over h_e. ``c_ge`` is per tonne
+  *charged* and already holds the element's recovery at the reference oxygen (35 Nm3 per
+  t of metal): wt% of the charged grade x recovery; the data cannot separate the two
+  (``r_e`` is only the change of recovery with oxygen, 1 at the reference);
 * electrical energy and tap temperature = a linear form in Köhle-type terms (grade shares,
   G_E/G_A, slag formers, carbon, O2, burner gas, heel, power-on/off time, superheat) plus
   a small residual network that starts at zero.
@@ -24,7 +27,11 @@ an output calibration. They never leave the site (docs/PROTOCOL.md, "Personalisa
 
 from __future__ import annotations
 
-from models.schema import GRADES
+from collections.abc import Mapping
+
+import numpy as np
+
+from models.schema import GRADES, TARGET_REFERENCE
 
 ARCHITECTURE = "eaf-hybrid-v1"
 ELEMENT_TARGETS = ("cu_pct", "sn_pct", "ni_pct", "cr_pct", "mo_pct")
@@ -101,3 +108,48 @@ def tensor_shapes(n_features: int, hidden: tuple[int, ...]) -> dict[str, tuple[t
         "linear_site": ((L, K), "site"),
     })
     return shapes
+
+
+# -- the grade properties in numpy: the one place their formulas live -------------------
+# ``weights`` maps tensor names to arrays (a site's serving model: shared and site
+# tensors; the federation's model: the shared ones, a missing site tensor counts as 0).
+# ``models.hybrid.EafHybrid`` computes the same in torch (tests/unit/test_hybrid.py and
+# tests/unit/test_characterise.py check that they agree).
+
+def yield_prior() -> np.ndarray:
+    """Prior metallic yield per grade (``GRADES`` order)."""
+    return np.array([YIELD_PRIOR[g] for g in GRADES], np.float64)
+
+
+def content_prior() -> np.ndarray:
+    """Prior effective content (wt% of the charged grade x recovery) per grade and
+    element: half the grade's residual aim, split like the typical tap chemistry."""
+    typical = np.array([TARGET_REFERENCE[t][0] for t in ELEMENT_TARGETS])
+    split = typical / typical.sum()
+    aims = np.array([RESIDUAL_AIM_PCT[g] for g in GRADES])
+    return 0.5 * aims[:, None] * split[None, :]
+
+
+def _tensor(weights: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...],
+            ) -> np.ndarray:
+    value = weights.get(name)
+    if value is None:
+        return np.zeros(shape, np.float64)
+    value = np.asarray(value, np.float64)
+    if value.shape != shape:
+        raise ValueError(f"{name}: shape {value.shape} != {shape}")
+    return value
+
+
+def grade_yields(weights: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Metallic yield per grade, t metal per t charged: the prior, the federation's
+    offset, the site's (``y_g = prior_g + YIELD_STEP (yield_shared + yield_site)``)."""
+    return yield_prior() + YIELD_STEP * (_tensor(weights, "yield_shared", (G,))
+                                         + _tensor(weights, "yield_site", (G,)))
+
+
+def grade_contents(weights: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Effective content per grade and element [G, E], % of the charged mass: wt% x
+    recovery at the reference oxygen (``c = prior exp(content_shared + content_site)``)."""
+    return content_prior() * np.exp(_tensor(weights, "content_shared", (G, E))
+                                    + _tensor(weights, "content_site", (G, E)))

@@ -3,17 +3,23 @@
 Only trainable parameters travel, and of those only the ``shared`` part (the spec says
 which tensors are shared and which stay at the site); normalisation buffers are fixed by
 the spec.
+
+Torch-free to import (the coordinator and consumers use ``Weights``, ``add`` and
+``subtract``); the functions that move weights in and out of a torch module import torch
+when called.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from models.regressor import HeatModel, build_model
 from models.spec import ModelSpec, Part
+
+if TYPE_CHECKING:
+    from models.regressor import HeatModel
 
 Weights = dict[str, np.ndarray]
 
@@ -34,6 +40,8 @@ def set_weights(model: HeatModel, weights: Mapping[str, np.ndarray],
     if list(weights) != list(shapes):
         raise ValueError(f"{part} weight names {list(weights)} do not match model "
                          f"{list(shapes)}")
+    import torch
+
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, shape in shapes.items():
@@ -55,6 +63,8 @@ def compose(spec: ModelSpec, shared: Mapping[str, np.ndarray],
             site: Mapping[str, np.ndarray] | None = None) -> HeatModel:
     """A model of ``spec`` holding the shared weights and, given, a site's own tensors
     (else the site part's initial zeros: the federation's model as such)."""
+    from models.regressor import build_model
+
     model = build_model(spec)
     set_weights(model, shared)
     if site is not None:

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from models.hybrid import EafHybrid
+from models.initial import initial_weights
+from models.params import set_weights
 from models.spec import ModelSpec
 
 
@@ -47,11 +49,15 @@ HeatModel = HeatRegressor | EafHybrid
 
 
 def build_model(spec: ModelSpec, seed: int = 0) -> HeatModel:
-    """A freshly initialised model of the spec's architecture; the same seed gives the same
-    weights everywhere. Site tensors start at zero (the federation's physics)."""
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
+    """A model of the spec's architecture holding ``models.initial.initial_weights(spec,
+    seed)``: the values a coordinator starts a federation from, the same everywhere.
+    Site tensors start at zero (the federation's physics)."""
+    gen_state = torch.random.get_rng_state()  # module constructors draw from it
     try:
-        return EafHybrid(spec) if spec.architecture == "eaf-hybrid-v1" else HeatRegressor(spec)
+        model = EafHybrid(spec) if spec.architecture == "eaf-hybrid-v1" else HeatRegressor(
+            spec)
     finally:
         torch.random.set_rng_state(gen_state)
+    set_weights(model, initial_weights(spec, seed))
+    set_weights(model, initial_weights(spec, seed, "site"), "site")
+    return model
