@@ -51,9 +51,10 @@ from models.spec import ModelSpec
 
 log = logging.getLogger("alchimia.coordinator")
 SOFTWARE = "alchimia-coordinator/0.1"
-# Messages an agent may send in answer to one task or model the coordinator publishes (an
-# update, statuses, validation and champion/challenger figures, the prequential report of
-# the agent's next step), credited on top of its rate limit: they come as fast as rounds.
+# Messages of each kind (update, status, metrics) an agent may send in answer to one task
+# or model the coordinator publishes (an update, statuses, validation and champion/
+# challenger figures, the prequential report of the agent's next step), credited on top
+# of its rate limit for that kind: they come as fast as rounds.
 ANSWER_CREDIT = 5
 Window = SyncRound | AsyncWindow
 
@@ -278,7 +279,9 @@ class Coordinator:
             self._reject("?", topic, "not an agent topic")
             return
         agent_id, leaf = parsed
-        if not self.rate_limiter.allow(agent_id, time.monotonic()):
+        # One budget per agent and kind of message: a flood of metrics (or of anything
+        # forged on an open broker) never uses up the budget of its status or its update.
+        if not self.rate_limiter.allow(f"{agent_id}/{leaf}", time.monotonic()):
             self._reject(agent_id, topic, "rate limit exceeded")
             return
         if not payload and leaf == "status":
@@ -603,5 +606,6 @@ class Coordinator:
         if topic in (self.topics.model_current, self.topics.round_current):
             now = time.monotonic()
             for agent_id in self.registry.online():
-                self.rate_limiter.credit(agent_id, ANSWER_CREDIT, now)
+                for leaf in self._EXPECT:
+                    self.rate_limiter.credit(f"{agent_id}/{leaf}", ANSWER_CREDIT, now)
         await self._client.publish(topic, payload, qos=1, retain=retain)
