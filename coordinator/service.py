@@ -552,8 +552,15 @@ class Coordinator:
                              metadata=metadata, strategy_state=pack_state(strategy.state_dict()))
         self.strategy, self.weights, self.version = strategy, weights, version
         self.model_payload = payload
-        await self._publish(self.topics.model_current, payload, retain=True)
+        await self._publish_model()
         log.warning("rolled back to version %d, published as version %d", target, version)
+
+    async def _publish_model(self) -> None:
+        """The current version on ``model/current``, and the retained coordinator status
+        that names it (admins and consumers read the version there)."""
+        await self._publish(self.topics.model_current, self.model_payload, retain=True)
+        await self._publish(self.topics.coordinator_status, self._status("online"),
+                            retain=True)
 
     async def _refresh_async_selection(self, window: AsyncWindow) -> None:
         """Async windows invite every online agent, including those that joined late."""
@@ -579,7 +586,7 @@ class Coordinator:
         self.db.save_round(window.window_id, self.settings.mode, window.base_version, "closed",
                            sorted(window.selected), opened, self._deadline(window), time.time(),
                            window.contributors)
-        await self._publish(self.topics.model_current, payload, retain=True)
+        await self._publish_model()
         if isinstance(window, SyncRound):
             await self._publish_task(window, "closed")
         self.rounds_completed += 1

@@ -10,7 +10,7 @@ import torch
 from agent.sim import SimulatedPlant, default_plants
 from alchimia.local import CoordinatorThread, LocalFederation
 from alchimia.monitor import Monitor
-from broker.schemas import ModelBody, PredictionBody, decode
+from broker.schemas import ModelBody, PredictionBody, StatusBody, decode
 from broker.topics import Topics
 from coordinator.persistence import CoordinatorDB
 from models.onnx_runtime import OnnxPredictor
@@ -27,6 +27,16 @@ def _mean_energy_mae(monitor: Monitor, version: int) -> float:
     return float(np.mean([v["mae_energy_kwh_t"] for v in monitor.validation[version].values()]))
 
 
+def _retained_status(mosquitto) -> StatusBody:
+    admin = RawClient(mosquitto.host, mosquitto.port, "e2e-admin")
+    try:
+        admin.subscribe(Topics("e2e").coordinator_status)
+        wait_for(lambda: admin.received(Topics("e2e").coordinator_status), 10, "status")
+        return decode(admin.received(Topics("e2e").coordinator_status)[0], StatusBody).body
+    finally:
+        admin.close()
+
+
 def test_three_rounds_improve_the_model_and_the_retained_onnx_matches_torch(
         mosquitto, tmp_path: Path) -> None:
     fed = LocalFederation(mosquitto.url, "e2e", 3, tmp_path / "coord",
@@ -41,6 +51,10 @@ def test_three_rounds_improve_the_model_and_the_retained_onnx_matches_torch(
         fed.start_agents()
         for version in range(4):
             assert monitor.wait_validation(version, ids, 120), f"no figures for v{version}"
+            if version == 1:  # two more rounds to go: the coordinator is up
+                # Its retained status names the current version, not the first.
+                status = _retained_status(mosquitto)
+                assert status.state == "online" and status.model_version >= 1
         wait_for(lambda: consumer.received(Topics("e2e").agent_predictions("plant-1")), 30,
                  "a prediction")
     finally:
