@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -211,7 +211,35 @@ class SimulatedPlant:
         return [self.next_heat() for _ in range(n)]
 
     def next_heat(self) -> SimulatedHeat:
-        i = self._index
+        heat = self._simulate(self._index, None)
+        self._heel_pct = heat.truth.tap_pct  # type: ignore[union-attr]
+        self._clock += (heat.inputs["power_on_min"] + heat.inputs["power_off_min"]) * 60.0
+        self._index += 1
+        return heat
+
+    def execute(self, plan: Mapping[str, float], index: int | None = None) -> SimulatedHeat:
+        """Melt a given charge with a given process plan here, without advancing the plant.
+
+        ``plan`` holds ``charge_{grade}_t`` per grade (absent: 0) and the process plan:
+        ``lime_t``, ``carbon_kg``, ``oxygen_nm3``, ``gas_nm3``, ``power_off_min`` and
+        ``tap_temp_aim_c``. The plant's hidden truth does the rest: the lots' real
+        compositions and yields, the hot heel the previous heat left (its mass and
+        composition: the plant's current heel), delays on top of the planned power-off
+        time, moisture and drift, and the arc runs until the charge is melted, so the
+        plan's ``hot_heel_t`` and ``power_on_min``, if given, are ignored.
+
+        The heat draws the random stream of heat ``index`` (default: the next heat) in
+        the same order as :meth:`next_heat`, so two charges executed at one index meet
+        the same lots, heel, delays and measurement noise (common random numbers), and
+        the plant's own heats stay what they were: the index, clock and heel do not move.
+        """
+        i = self._index if index is None else index
+        if isinstance(i, bool) or not isinstance(i, int | np.integer) or i < 0:
+            raise ValueError(f"index must be a non-negative int, got {index!r}")
+        return self._simulate(int(i), _Executed.from_plan(plan))
+
+    def _simulate(self, i: int, given: _Executed | None) -> SimulatedHeat:
+        """Heat ``i``: the practice's own (``given`` None) or a given plan's."""
         p = self.profile
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, i]))
         fx = HeatEffects()
@@ -231,7 +259,7 @@ class SimulatedPlant:
         heel_t = round(float(np.clip(p.hot_heel_t + 1.5 * rng.standard_normal(), 10, 20)), 1)
         target_tap = p.capacity_t - p.hot_heel_t
         charge_t = target_tap / float(frac @ g.YIELD) * (1.0 + 0.015 * rng.standard_normal())
-        masses = np.round(frac * charge_t, 1)
+        masses = np.round(frac * charge_t, 1) if given is None else given.masses
         total_t = float(masses.sum())
         baskets = rng.dirichlet(np.full(p.n_baskets, 8.0)) if p.n_baskets > 1 else np.ones(1)
         baskets = np.sort(baskets)[::-1]  # the first basket is the biggest
@@ -242,6 +270,8 @@ class SimulatedPlant:
         lime_kg = p.lime_kg_t * (1 + 0.08 * z[0]) * total_t + LIME_PER_GANGUE * 1e3 * gangue_t
         lime_t = round(lime_kg / 1e3, 2)
         carbon_kg = round(max(p.carbon_kg_t * (1 + 0.12 * z[1]), 2.0) * total_t)
+        if given is not None:
+            lime_t, carbon_kg = given.lime_t, given.carbon_kg
         dri_shift = float(frac[g.DIRECT_REDUCED].sum() - self._mix[g.DIRECT_REDUCED].sum())
         pig_shift = float(frac[g.PIG_IRON].sum() - self._mix[g.PIG_IRON].sum())
         # Per +1 % HBI/DRI, -0.16 Nm3/t O2 (Arzpeyma et al.); pig iron's ~4.3 % C needs
@@ -250,8 +280,11 @@ class SimulatedPlant:
         oxygen_nm3 = round(o2_t * (1 + 0.07 * z[2]) * total_t)
         gas_nm3 = round(max(p.gas_nm3_t * (1 + 0.10 * z[3]), 0.0) * total_t)
         delay = rng.exponential(15.0) if rng.random() < 0.06 else 0.0  # occasional long waits
-        off_min = round(float(np.clip(p.power_off_min * math.exp(0.18 * z[4]) + delay, 6, 90)), 1)
+        planned_off = p.power_off_min if given is None else given.power_off_min
+        off_min = round(float(np.clip(planned_off * math.exp(0.18 * z[4]) + delay, 6, 90)), 1)
         aim_c = p.tap_temp_aim_c + 10.0 * int(rng.integers(-1, 3))  # steel grade's aim
+        if given is not None:
+            oxygen_nm3, gas_nm3, aim_c = given.oxygen_nm3, given.gas_nm3, given.tap_temp_aim_c
 
         # Power-on time is planned from the nominal energy of this charge (no drift, no
         # noise; 38 min stands in for the not yet known power-on time in the time term)
@@ -303,7 +336,7 @@ class SimulatedPlant:
         energy_kwh_t = round(energy, 1)
         tapped_t = round(tapped_true, 1)
 
-        heat_id = f"{p.name}-{i:06d}"
+        heat_id = f"{p.name}-{i:06d}" if given is None else f"{p.name}-{i:06d}-exec"
         inputs = dict.fromkeys(FEATURES, 0.0)
         for grade, mass in zip(GRADES, masses.tolist(), strict=True):
             inputs[f"charge_{grade}_t"] = mass
@@ -359,10 +392,45 @@ class SimulatedPlant:
             signal_spec=spec,
             truth=truth,
         )
-        self._heel_pct = tap_pct
-        self._clock += (on_min + off_min) * 60.0
-        self._index += 1
         return heat
+
+
+@dataclass(frozen=True)
+class _Executed:
+    """A given charge and process plan (:meth:`SimulatedPlant.execute`)."""
+
+    masses: FloatArray
+    lime_t: float
+    carbon_kg: float
+    oxygen_nm3: float
+    gas_nm3: float
+    power_off_min: float
+    tap_temp_aim_c: float
+
+    @classmethod
+    def from_plan(cls, plan: Mapping[str, float]) -> _Executed:
+        grade_cols = {f"charge_{gr}_t" for gr in GRADES}
+        known = grade_cols | set(EXECUTED_PLAN) | {"hot_heel_t", "power_on_min"}
+        unknown = sorted(set(plan) - known)
+        if unknown:
+            raise ValueError(f"unknown plan entries {unknown}")
+        missing = [k for k in EXECUTED_PLAN if k not in plan]
+        if missing:
+            raise ValueError(f"the plan needs {missing}")
+        values = {k: float(plan[k]) for k in EXECUTED_PLAN}
+        masses = np.array([float(plan.get(f"charge_{gr}_t", 0.0)) for gr in GRADES])
+        if not (np.isfinite(masses).all() and all(map(math.isfinite, values.values()))):
+            raise ValueError("plan values must be finite")
+        if (masses < 0).any() or masses.sum() <= 0:
+            raise ValueError("charge tonnes must be >= 0 and not all zero")
+        if any(values[k] < 0 for k in EXECUTED_PLAN if k != "tap_temp_aim_c"):
+            raise ValueError("process plan quantities must be >= 0")
+        return cls(masses=masses, **values)
+
+
+#: The process plan :meth:`SimulatedPlant.execute` takes besides the charge.
+EXECUTED_PLAN = ("lime_t", "carbon_kg", "oxygen_nm3", "gas_nm3", "power_off_min",
+                 "tap_temp_aim_c")
 
 
 # Practice archetypes cycled through by default_plants: (label, mix, practice overrides).

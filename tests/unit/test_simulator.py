@@ -416,3 +416,92 @@ def test_profile_validates_inputs(plants: list[tuple[PlantProfile, int]]) -> Non
         SimulatedPlant(profile, -1)
     doubled = replace(profile, mix=tuple(2 * x for x in profile.mix))
     assert sum(doubled.mix) == pytest.approx(1.0)
+
+
+# --- executing a given charge (the charge experiment's arms) -----------------------------
+
+
+def _plan_of(h: Heat, profile: PlantProfile) -> dict[str, float]:
+    """A heat's own charge and process plan, as a plan to execute (power-off time as
+    planned: the delays come on top)."""
+    plan = {f: h.inputs[f] for f in FEATURES if f.startswith("charge_")}
+    plan.update({k: h.inputs[k] for k in ("lime_t", "carbon_kg", "oxygen_nm3", "gas_nm3",
+                                           "tap_temp_aim_c")})
+    plan["power_off_min"] = profile.power_off_min
+    return plan
+
+
+def _same_truth(a: Heat, b: Heat) -> None:
+    for name in ("lot_pct", "yields", "recovery", "heel_pct", "tap_pct"):
+        np.testing.assert_array_equal(getattr(a.truth, name), getattr(b.truth, name))
+
+
+def test_execute_leaves_the_plants_own_heats_bit_identical(
+    plants: list[tuple[PlantProfile, int]],
+) -> None:
+    profile, seed = plants[1]
+    drifts = (SupplierChange(8),)
+    reference = SimulatedPlant(profile, seed, drifts).heats(30)
+    plant = SimulatedPlant(profile, seed, drifts)
+    got = plant.heats(10)
+    for index in (10, 11, 25, 3):
+        plant.execute(_plan_of(reference[12], profile), index)
+    plant.execute(_plan_of(reference[0], profile))
+    assert plant.heat_index == 10
+    got += plant.heats(20)
+    assert got == reference
+    for a, b in zip(got, reference, strict=True):
+        _same_truth(a, b)
+
+
+def test_a_heats_own_plan_executed_at_its_index_is_that_heat(
+    plants: list[tuple[PlantProfile, int]],
+) -> None:
+    """Common random numbers: the same lots, heel, delays and noise as the plant's own
+    heat at that index, so only the charge differs between two arms."""
+    profile, seed = plants[0]
+    heats = SimulatedPlant(profile, seed).heats(12)
+    plant = SimulatedPlant(profile, seed)
+    plant.heats(11)
+    again = plant.execute(_plan_of(heats[11], profile))  # default: the next index, 11
+    assert again.heat_id == f"{heats[11].heat_id}-exec"
+    assert again.inputs == heats[11].inputs and again.outcome == heats[11].outcome
+    _same_truth(again, heats[11])
+    assert plant.execute(_plan_of(heats[11], profile), 11).outcome == again.outcome
+
+
+def test_a_cleaner_charge_at_the_same_index_taps_less_copper(
+    plants: list[tuple[PlantProfile, int]],
+) -> None:
+    profile, seed = plants[0]  # a mixed practice with shredded (E40) scrap
+    plant = SimulatedPlant(profile, seed)
+    plant.heats(20)
+    own = plant.next_heat()
+    plan = _plan_of(own, profile)
+    plan["charge_E2_t"] += plan["charge_E40_t"]
+    plan["charge_E40_t"] = 0.0
+    own_index = plant.heat_index - 1
+    cleaner = plant.execute(plan, own_index)
+    np.testing.assert_array_equal(cleaner.truth.lot_pct, own.truth.lot_pct)
+    assert cleaner.outcome["cu_pct"] < own.outcome["cu_pct"] - 0.01
+    # The arc runs until this charge is melted: power-on time is the plant's, not the plan's.
+    plan["power_on_min"] = 1.0
+    assert plant.execute(plan, own_index).inputs["power_on_min"] > 15.0
+
+
+@pytest.mark.parametrize("change", [
+    {"charge_E3_t": -1.0}, {"lime_t": float("nan")}, {"charge_XX_t": 1.0},
+    {"oxygen_nm3": -5.0},
+])
+def test_execute_rejects_bad_plans(plants: list[tuple[PlantProfile, int]],
+                                   change: dict[str, float]) -> None:
+    profile, seed = plants[0]
+    plant = SimulatedPlant(profile, seed)
+    plan = _plan_of(plant.heats(1)[0], profile)
+    with pytest.raises(ValueError):
+        plant.execute({**plan, **change})
+    del plan["gas_nm3"]
+    with pytest.raises(ValueError, match="gas_nm3"):
+        plant.execute(plan)
+    with pytest.raises(ValueError):
+        plant.execute(_plan_of(plant.heats(1)[0], profile), -1)
