@@ -55,8 +55,7 @@ from models.characterise import (
     characterise,
     substituted,
 )
-from models.onnx_export import export_onnx
-from models.params import compose
+from models.onnx_build import build_onnx
 from models.power_on import PowerOnEstimate
 from models.schema import FEATURES, GRADES
 from models.spec import ModelSpec
@@ -259,7 +258,7 @@ def run_characterise_experiment(cfg: FederationConfig, level: float = DEFAULT_LE
     try:
         plants = simulate(cfg)
         shared, sites = federate(SPEC, cfg, plants)
-        onnx = [export_onnx(compose(SPEC, shared, site or None)) for site in sites]
+        onnx = [build_onnx(SPEC, shared, site or None) for site in sites]
     finally:
         torch.set_num_threads(threads)
     result = characterise_plants(cfg, plants, onnx, level)

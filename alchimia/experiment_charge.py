@@ -223,8 +223,7 @@ def _build_sites(cfg: ChargeConfig, workdir: Path, notes: list[str]) -> list[Sit
     from agent.sim import default_plants
     from alchimia.experiment_federation import FederationConfig, federate, simulate
     from models.calibration import Calibration
-    from models.onnx_export import export_onnx
-    from models.params import compose
+    from models.onnx_build import build_onnx
     from models.power_on import PowerOnEstimate
     from models.served import load_served
     from models.spec import ModelSpec
@@ -247,7 +246,7 @@ def _build_sites(cfg: ChargeConfig, workdir: Path, notes: list[str]) -> list[Sit
         y = np.array([[h.outcome[t] for t in TARGETS] for h in heats], np.float64)
         assert np.array_equal(x[:len(d.x_train)].astype(np.float32), d.x_train)
         files = ServingFiles(workdir / profile.name)
-        files.save_model(cfg.rounds, spec, export_onnx(compose(spec, shared, part or None)))
+        files.save_model(cfg.rounds, spec, build_onnx(spec, shared, part or None))
         files.save_power_on(PowerOnEstimate.fit(x, FEATURES))
         held = slice(len(d.x_train), None)  # never trained on
         pred = load_served(files.dir).predictor.predict(x[held])

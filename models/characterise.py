@@ -128,7 +128,7 @@ def _initializers(onnx_bytes: bytes) -> dict[str, np.ndarray]:
 
 
 def spec_from_onnx(onnx_bytes: bytes) -> ModelSpec:
-    """The spec of a bare ONNX file exported by ``models.onnx_export`` (no model.json):
+    """The spec of a bare ONNX file (no model.json):
     the architecture and hidden widths from its initializers' names and shapes."""
     inits = _initializers(onnx_bytes)
     if "layers.0.weight" in inits:
@@ -161,9 +161,10 @@ def read_weights(onnx_bytes: bytes, spec: ModelSpec, tolerance: float = 1e-3,
                  ) -> dict[str, np.ndarray]:
     """Every trainable tensor of an exported ``eaf-hybrid-v1`` (shared and site), float64.
 
-    The exporter names each tensor's initializer after it, except that it merges tensors
-    of equal value into one (an untrained site part equals the untrained shared part: both
-    zero). A name missing from the file is therefore equal to another initializer of its
+    ``models.onnx_build`` writes every tensor as an initializer under its own name. Files
+    exported by torch before it (agents' serving files until their next model swap) merged
+    tensors of equal value into one (an untrained site part equals the untrained shared
+    part: both zero); a name missing from such a file equals another initializer of its
     shape: each candidate assignment is tried and the one whose numpy forward
     (:func:`forward`) reproduces ONNX Runtime on probe rows is taken. The check also runs
     when nothing is missing, so the numpy formulas here can never drift from the graph.
