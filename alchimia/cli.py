@@ -22,7 +22,35 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _experiment_arguments(drift: argparse.ArgumentParser, federation: argparse.ArgumentParser,
+                          charge: argparse.ArgumentParser,
+                          calibration: argparse.ArgumentParser,
+                          characterise: argparse.ArgumentParser) -> None:
+    """The experiments' own options; their modules import torch, so they are read only
+    when the command line asks for an experiment."""
+    from alchimia.characterise import add_experiment_arguments  # light: no torch
+    from alchimia.experiment_charge import add_arguments as add_charge_arguments
+
+    add_experiment_arguments(characterise)
+    add_charge_arguments(charge)  # torch-free until it runs
+    try:  # torch is needed: an inference-only install has no experiments
+        from alchimia.experiment import add_arguments as add_drift_arguments
+        from alchimia.experiment_calibration import add_arguments as add_calibration_arguments
+        from alchimia.experiment_federation import add_arguments as add_federation_arguments
+    except ImportError as exc:
+        for kind in (drift, federation, calibration):
+            kind.set_defaults(
+                missing=f"needs the training extra (pip install .[train]): {exc}")
+    else:
+        add_drift_arguments(drift)
+        add_federation_arguments(federation)
+        add_calibration_arguments(calibration)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or (``command`` given) every command with only that one's
+    options in full: the experiments' options import torch and provisioning's import the
+    crypto stack, which the other commands (and ``--help``) do without."""
     parser = argparse.ArgumentParser(prog="alchimia", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -97,30 +125,50 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--furnace-id", help="with real data: the furnace id in topics or CSV")
     experiment = sub.add_parser("experiment", help="offline experiments on simulated plants")
     kinds = experiment.add_subparsers(dest="experiment", required=True,
-                                      metavar="{drift,federation}")
+                                      metavar="{drift,federation,charge,calibration,"
+                                      "characterise}")
     drift = kinds.add_parser("drift", help="supplier change at one plant: local, static "
                              "global, federated, federated + continual learning")
     federation = kinds.add_parser("federation", help="five unequal plants: local, pooled "
                                   "and federated models, MLP, ridge and the hybrid")
-    for kind in (drift, federation):
+    charge = kinds.add_parser("charge", help="the charge optimiser against each plant's "
+                              "practice mix, the charges executed by the simulator")
+    calibration = kinds.add_parser("calibration", help="coverage of the sites' calibrated "
+                                   "intervals, before and after a drift")
+    characterise_x = kinds.add_parser("characterise", help="learned scrap characterisation "
+                                      "of each plant against the simulator's truth")
+    for kind in (drift, federation, charge, calibration, characterise_x):
         kind.add_argument("--log-level", default="WARNING")
-    try:  # torch is needed: an inference-only install has no experiments
-        from alchimia.experiment import add_arguments as add_drift_arguments
-        from alchimia.experiment_federation import add_arguments as add_federation_arguments
-    except ImportError as exc:
-        for kind in (drift, federation):
-            kind.set_defaults(
-                missing=f"needs the training extra (pip install .[train]): {exc}")
-    else:
-        add_drift_arguments(drift)
-        add_federation_arguments(federation)
+    if command in (None, "experiment"):
+        _experiment_arguments(drift, federation, charge, calibration, characterise_x)
 
-    from deploy.provision import add_arguments as add_provision_arguments
+    from alchimia.optimize import add_arguments as add_optimize_arguments
+
+    optimize = sub.add_parser("optimize", help="the cheapest charge for an order on a "
+                              "site's serving model (no torch needed)")
+    add_optimize_arguments(optimize)
+
+    from alchimia.infer import add_arguments as add_infer_arguments  # light: no torch
+
+    infer = sub.add_parser("infer", help="predict planned heats with a site's serving model "
+                           "(no torch needed)")
+    _common(infer)
+    add_infer_arguments(infer)
+
+    from alchimia.characterise import add_arguments as add_characterise_arguments  # no torch
+
+    characterise = sub.add_parser("characterise", help="learned properties of each scrap "
+                                  "grade (yield, residuals, energy) with uncertainty")
+    add_characterise_arguments(characterise)
+    characterise.add_argument("--log-level", default="WARNING")
 
     provision = sub.add_parser("provision", help="create or update a federation's CA, "
                                "certificates, passwords, ACLs and mosquitto config")
-    add_provision_arguments(provision)
     provision.add_argument("--log-level", default="INFO")
+    if command in (None, "provision"):
+        from deploy.provision import add_arguments as add_provision_arguments
+
+        add_provision_arguments(provision)
     return parser
 
 
@@ -195,13 +243,51 @@ def run_agent(args: argparse.Namespace) -> int:
 
 
 def run_experiment(args: argparse.Namespace) -> int:
+    if args.experiment == "charge":
+        try:
+            import torch  # noqa: F401
+        except ImportError as exc:
+            print(f"alchimia experiment: needs the training extra (pip install .[train]): "
+                  f"{exc}", file=sys.stderr)
+            return 2
+        from alchimia.experiment_charge import run as run_charge
+
+        return run_charge(args)
+    if args.experiment == "characterise":
+        try:
+            from alchimia.experiment_characterise import run as run_characterise_experiment
+        except ImportError as exc:
+            print(f"alchimia experiment: needs the training extra (pip install .[train]): "
+                  f"{exc}", file=sys.stderr)
+            return 2
+        return run_characterise_experiment(args)
     if getattr(args, "missing", None):
         print(f"alchimia experiment: {args.missing}", file=sys.stderr)
         return 2
     if args.experiment == "federation":
         from alchimia.experiment_federation import run
+    elif args.experiment == "calibration":
+        from alchimia.experiment_calibration import run
     else:
         from alchimia.experiment import run
+    return run(args)
+
+
+def run_optimize(args: argparse.Namespace) -> int:
+    from alchimia.optimize import run
+
+    return run(args)
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    from alchimia.infer import run
+
+    return run(args)
+
+
+def run_characterise(args: argparse.Namespace) -> int:
+    from alchimia.characterise import run
+
     return run(args)
 
 
@@ -221,10 +307,13 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else "").parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     commands = {"demo": run_demo_command, "coordinator": run_coordinator, "agent": run_agent,
-                "provision": run_provision, "experiment": run_experiment}
+                "provision": run_provision, "experiment": run_experiment,
+                "optimize": run_optimize, "infer": run_infer,
+                "characterise": run_characterise}
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as exc:  # settings errors: say what to fix

@@ -31,3 +31,17 @@ def test_the_blocker_really_blocks_torch() -> None:
     """The check above would pass vacuously if blocking torch did not work."""
     done = _run("from models.regressor import build_model\n")
     assert done.returncode != 0 and "torch" in done.stderr
+
+
+def test_the_command_line_parses_without_torch() -> None:
+    """`alchimia coordinator`, `optimize`, `infer` and `characterise` start without torch;
+    the experiments' options (which import it) are read only for `alchimia experiment`."""
+    done = _run(
+        "from alchimia.cli import main\n"
+        "for cmd in ('coordinator', 'optimize', 'infer', 'characterise', 'provision'):\n"
+        "    try:\n"
+        "        main([cmd, '--help'])\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, (cmd, exc.code)\n"
+        "print('ok')\n")
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr
