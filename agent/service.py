@@ -1,7 +1,10 @@
 """The agent's work loop: heats in, predictions and weight deltas out.
 
 All state changes happen on the thread that calls ``run``; paho's network thread only
-fills the inbox. A bad message is logged with its reason and dropped.
+fills the inboxes. A bad message is logged with its reason and dropped. Requests from
+consumers (``agent.requests``) are answered on a thread of their own from an immutable
+snapshot of what the site serves (``ServingState``), replaced by the work loop at every
+change, so a request never waits behind training.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 from agent.ingest.sources import HeatSource
+from agent.learn.calibrating import SiteCalibrator
 from agent.learn.champion import Verdict, judge
 from agent.learn.dataset import HeatTable
 from agent.learn.evaluation import mae_by_target
@@ -24,6 +28,7 @@ from agent.learn.site_learning import DriftEvent, SiteLearner, SitePolicy
 from agent.learn.trainer import TrainConfig, train_delta
 from agent.mqtt_link import MqttLink
 from agent.records import Heat
+from agent.requests import SERVICES, RequestLimits, Responder, Service, ServingState
 from agent.settings import AgentSettings
 from broker.codec import DecodeError, Limits
 from broker.schemas import (
@@ -42,10 +47,14 @@ from broker.topics import Topics
 from models.onnx_export import export_onnx
 from models.onnx_runtime import OnnxPredictor
 from models.params import Weights, compose
+from models.power_on import TARGET as POWER_ON
+from models.power_on import PowerOnEstimate
 from models.spec import ModelSpec
 
 log = logging.getLogger("alchimia.agent")
 SOFTWARE = "alchimia-agent/0.1"
+POWER_ON_REFIT_HEATS = 50  # new heats after which the power-on estimate is re-fitted
+POWER_ON_ROWS = 2000  # newest training heats it is fitted on
 
 
 class Agent:
@@ -81,17 +90,34 @@ class Agent:
         self._history: list[Heat] = []
         self._waiting: list[Heat] = []
         self._reported_version: int | None = None
+        # Decision support: calibrated intervals, the planned power-on time, requests.
+        self.calibrator: SiteCalibrator | None = None
+        self.power_on: PowerOnEstimate | None = None
+        self._power_on_due = 0  # heats learned of since the power-on estimate was fitted
+        self._calibration_saved = 0  # calibrator.added when calibration.json was written
+        self._calibration_sent_at = 0.0
+        self.state: ServingState | None = None  # what requests are answered with
+        self.responder = Responder(self.id, self.topics, self.services(),
+                                   RequestLimits(settings.max_request_bytes,
+                                                 settings.max_request_heats))
         self.link = MqttLink(
             settings, f"{settings.federation}-{self.id}",
             will=(self.topics.agent_status(self.id), self._status("offline")),
             birth=lambda: (self.topics.agent_status(self.id), self._status("online")),
             subscriptions=[self.topics.model_current, self.topics.round_current],
+            request_topics=self.responder.request_topics,
         )
+
+    def services(self) -> list[Service]:
+        """The request/response services this agent answers (agent.requests: the
+        extension point; each gets ``agents/{id}/{name}/request``)."""
+        return list(SERVICES)
 
     def _status(self, state: str) -> bytes:
         samples = self.table.n_train if self.table else 0
         return message(self.id, StatusBody(role="agent", state=state, software=SOFTWARE,
-                                           samples=samples, capabilities=["train", "predict"],
+                                           samples=samples, capabilities=["train", "predict",
+                                                             *self.responder.services],
                                            model_version=self.model_version,
                                            new_heats=self.new_heats))
 
@@ -105,6 +131,9 @@ class Agent:
         self.link.start()
         log.info("agent %s started (federation %s, %d heats of history)", self.id,
                  self.settings.federation, len(self._history))
+        answering = threading.Thread(target=self._answer_requests, args=(stop,),
+                                     name=f"{self.id}-requests", daemon=True)
+        answering.start()
         try:
             while not stop.is_set():
                 try:
@@ -114,8 +143,36 @@ class Agent:
                     pass
                 self._step()
         finally:
+            answering.join(timeout=5)
+            self._save_calibration()
             self.link.stop(last=(self.topics.agent_status(self.id), self._status("offline")))
             self.source.close()
+
+    def _answer_requests(self, stop: threading.Event) -> None:
+        """The request thread: answer each request from the latest serving snapshot;
+        report the counts (``requests`` metrics) at most every status interval."""
+        sent: dict[str, int] = {}
+        sent_at = 0.0
+        while not stop.is_set():
+            try:
+                topic, payload = self.link.requests.get(timeout=0.2)
+            except queue.Empty:
+                pass
+            else:
+                try:
+                    reply = self.responder.handle(topic, payload, self.state)
+                    if reply is not None:
+                        self.link.publish(reply.topic, reply.payload)
+                except Exception:  # handle() never raises; publishing must not kill this
+                    log.exception("agent %s: answering a request failed", self.id)
+            counts = dict(self.responder.counts)
+            if self.link.requests_dropped:
+                counts["dropped"] = self.link.requests_dropped
+            if counts != sent and time.monotonic() - sent_at >= self.settings.status_interval_s:
+                sent, sent_at = counts, time.monotonic()
+                body = MetricsBody(model_version=self.serving_version, scope="requests",
+                                   values={k: float(v) for k, v in counts.items()})
+                self.link.publish(self.topics.agent_metrics(self.id), message(self.id, body))
 
     def _step(self) -> None:
         """Ingest and train; a failure is logged and retried next time, never fatal."""
@@ -166,6 +223,9 @@ class Agent:
         self.base_weights, self.model_version = body.weights, body.version
         if self.table is None or self.table.features != spec.features:
             self.table = HeatTable(spec.features, spec.targets)
+            self.calibrator = SiteCalibrator(spec.targets, self.settings.interval_level,
+                                             self.settings.calibration_window)
+            self.power_on = None
             self.learner = SiteLearner(spec.features, spec.targets, spec.y_scale,
                                        self.policy(), seed=self.settings.seed)
             for heat in self._history:
@@ -188,10 +248,45 @@ class Agent:
         return OnnxPredictor(export_onnx(model), self.spec.features, self.spec.targets)
 
     def _serve(self, predictor: OnnxPredictor, version: int, shared: Weights) -> None:
-        """Swap the serving model and write it where the plant's tools find it."""
+        """Swap the serving model and write it where the plant's tools find it, with its
+        calibration (on the held-out heats) and the site's power-on estimate."""
         assert self.spec is not None
         self.serving, self.serving_version, self.serving_shared = predictor, version, shared
         self.files.save_model(version, self.spec, predictor.onnx_bytes)
+        if self.calibrator is not None:
+            regime = self.learner.regime_start if self.learner is not None else 1
+            used = self.calibrator.reset(predictor.predict, version, regime)
+            log.info("agent %s calibrated version %d on %d held-out heats", self.id, version,
+                     used)
+            self._save_calibration()
+        self._fit_power_on()
+        self._update_state()
+
+    def _update_state(self) -> None:
+        """A new snapshot of what requests are answered with (replaced, never mutated)."""
+        if self.serving is None or self.serving_version is None or self.spec is None:
+            return
+        cal = self.calibrator.calibration.copy() if self.calibrator is not None else None
+        self.state = ServingState(self.serving_version, tuple(self.spec.features),
+                                  tuple(self.spec.targets), self.serving, cal, self.power_on,
+                                  self.settings.interval_level)
+
+    def _save_calibration(self) -> None:
+        if self.calibrator is None or self.calibrator.calibration.version is None:
+            return
+        self.files.save_calibration(self.calibrator.calibration)
+        self._calibration_saved = self.calibrator.added
+
+    def _fit_power_on(self) -> None:
+        """Re-fit the planned power-on time on the newest training heats, and save it."""
+        if self.table is None or POWER_ON not in self.table.features:
+            return
+        x, _ = self.table.train()
+        if len(x) < 2:
+            return
+        self.power_on = PowerOnEstimate.fit(x[-POWER_ON_ROWS:], self.table.features)
+        self._power_on_due = 0
+        self.files.save_power_on(self.power_on)
 
     def _champion_or_challenger(self, challenger: OnnxPredictor, body: ModelBody) -> None:
         """Serve the new global version unless it is clearly worse on the latest heats.
@@ -244,19 +339,21 @@ class Agent:
         xs = np.stack([self.table.row(h.inputs) for h in heats])
         preds: np.ndarray | list[None] = [None] * len(heats)
         if self.serving is not None and self.serving_version is not None:
-            # Test first: each prediction goes out before the heat is learned from.
+            # Test first: each prediction goes out before the heat is learned from, with
+            # its interval from the calibration as it stands before the outcome.
             preds = self.serving.predict(xs)
-            for heat, pred in zip(heats, preds, strict=True):
-                body = PredictionBody(heat_id=heat.heat_id, model_version=self.serving_version,
-                                      outputs=dict(zip(self.table.targets, map(float, pred),
-                                                       strict=True)))
-                self.link.publish(self.topics.agent_predictions(self.id), message(self.id, body))
+            self._publish_predictions(heats, preds)
         drift = None
         for heat, x, pred in zip(heats, xs, preds, strict=True):
             self.recent.append((x, self.table.outcome_row(heat.outcome)))
             drift = self._remember(heat, pred) or drift
         self.new_heats += len(heats)
+        self._power_on_due += len(heats)
         self._report_prequential()
+        if self._power_on_due >= POWER_ON_REFIT_HEATS:
+            self._fit_power_on()
+        self._report_calibration()
+        self._update_state()
         if drift is not None:
             self._on_drift(drift)
         if self.learner is not None and self.learner.refit_due():
@@ -266,6 +363,41 @@ class Agent:
         if time.monotonic() - self._status_sent_at >= self.settings.status_interval_s:
             self._publish_status()  # tells the coordinator there is new data to learn
 
+    def _publish_predictions(self, heats: list[Heat], preds: np.ndarray) -> None:
+        """One ``prediction`` per heat, with its interval; then score the intervals and
+        add the heats' residuals to the calibration (outcomes are known here)."""
+        assert self.table is not None and self.serving_version is not None
+        targets = self.table.targets
+        lo = hi = None
+        if self.calibrator is not None:
+            lo, hi = self.calibrator.interval(preds)
+        for i, (heat, pred) in enumerate(zip(heats, preds, strict=True)):
+            bounded = lo is not None and hi is not None and bool(
+                np.isfinite(lo[i]).all() and np.isfinite(hi[i]).all())
+            body = PredictionBody(
+                heat_id=heat.heat_id, model_version=self.serving_version,
+                outputs=dict(zip(targets, map(float, pred), strict=True)),
+                level=self.settings.interval_level if bounded else None,
+                lower=dict(zip(targets, map(float, lo[i]), strict=True)) if bounded else None,
+                upper=dict(zip(targets, map(float, hi[i]), strict=True)) if bounded else None)
+            self.link.publish(self.topics.agent_predictions(self.id), message(self.id, body))
+        if self.calibrator is not None and lo is not None and hi is not None:
+            ys = np.stack([self.table.outcome_row(h.outcome) for h in heats])
+            first = self.table.seen + 1  # the heats' counts, as _remember will file them
+            self.calibrator.observe(preds, ys, lo, hi, range(first, first + len(heats)))
+
+    def _report_calibration(self) -> None:
+        """Coverage of the intervals issued (``calibration`` metrics), and calibration.json,
+        at most every status interval."""
+        if (self.calibrator is None or self.calibrator.added == self._calibration_saved
+                or time.monotonic() - self._calibration_sent_at < self.settings.status_interval_s):
+            return
+        self._calibration_sent_at = time.monotonic()
+        self._save_calibration()
+        body = MetricsBody(model_version=self.serving_version, scope="calibration",
+                           values=self.calibrator.values())
+        self.link.publish(self.topics.agent_metrics(self.id), message(self.id, body))
+
     def _remember(self, heat: Heat, pred: np.ndarray | None) -> DriftEvent | None:
         """File a finished heat as a training or a validation row and show it to the site
         learner (prequential score, drift detectors). Validation heats never enter
@@ -273,6 +405,8 @@ class Agent:
         assert self.table is not None
         x, y = self.table.row(heat.inputs), self.table.outcome_row(heat.outcome)
         learn = self.table.add(heat.inputs, heat.outcome)
+        if not learn and self.calibrator is not None:
+            self.calibrator.hold_out(self.table.seen, x, y)
         if self.learner is None or not self.settings.continual:
             return None
         return self.learner.observe(x, y, pred, learn=learn)

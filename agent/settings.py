@@ -7,8 +7,11 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from agent.learn.calibrating import min_heats
+from agent.requests import DEFAULT_MAX_BYTES, DEFAULT_MAX_HEATS
 from broker.settings import NodeSettings
 from broker.topics import check_id
+from models.calibration import DEFAULT_LEVEL, DEFAULT_WINDOW
 
 
 class AgentSettings(NodeSettings):
@@ -76,6 +79,17 @@ class AgentSettings(NodeSettings):
         default=0.1, ge=0, description="a new global model this much worse does not serve")
     challenger_heats: int = Field(default=50, ge=1, description="recent heats it is judged on")
     challenger_min_heats: int = Field(default=10, ge=1)
+    interval_level: float = Field(
+        default=DEFAULT_LEVEL, gt=0, lt=1, description="level of the prediction intervals "
+        "the agent publishes and answers with by default (0.9: 90 % of outcomes inside)")
+    calibration_window: int = Field(
+        default=DEFAULT_WINDOW, ge=1, description="heats of signed residuals the intervals "
+        "are calibrated on (split conformal: held-out heats at a model swap, then each new "
+        "heat's); also the heats the published coverage is measured over")
+    max_request_heats: int = Field(default=DEFAULT_MAX_HEATS, ge=1,
+                                   description="most planned heats in one infer request")
+    max_request_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1024,
+                                   description="largest request message accepted, bytes")
     torch_threads: int = Field(default=1, ge=1)
     model_public_key: Path | None = Field(
         default=None, description="Ed25519 public key (PEM); if set, only signed models run")
@@ -90,6 +104,14 @@ class AgentSettings(NodeSettings):
     @classmethod
     def _plant_furnace(cls, v: str | None) -> str | None:
         return None if v is None else check_id(v, "plant or furnace id")
+
+    @model_validator(mode="after")
+    def _calibration(self) -> AgentSettings:
+        need = min_heats(self.interval_level)
+        if self.calibration_window < need:
+            raise ValueError(f"calibration_window {self.calibration_window} can never give a "
+                             f"{self.interval_level:.0%} interval: it needs >= {need} heats")
+        return self
 
     @model_validator(mode="after")
     def _real_data(self) -> AgentSettings:

@@ -17,6 +17,8 @@ from alchimia.monitor import Monitor
 from broker.embedded import EmbeddedBroker
 from models.onnx_runtime import OnnxPredictor
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "deploy" / "examples"
+
 # Targets shown per plant in the round table (the model predicts all of models.schema.TARGETS).
 SHOWN = (("energy_kwh_t", "kWh/t", "{:6.1f}"), ("cu_pct", "Cu%", "{:6.4f}"))
 
@@ -32,6 +34,7 @@ class DemoResult:
     validation: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
     prediction: dict[str, float] = field(default_factory=dict)
     actual: dict[str, float] = field(default_factory=dict)
+    plan: dict = field(default_factory=dict)  # plant-1's optimised charge (ChargePlan)
     wall_s: float = 0.0
 
 
@@ -93,8 +96,24 @@ def run_demo(*, broker: str | None = None, agents: int = 3, rounds: int = 5,
     console.print(f"one prediction by ONNX Runtime with it for a new heat of {profile.name}:")
     for name, value in result.prediction.items():
         console.print(f"  {name:14s} predicted {value:10.4f}   actual {result.actual[name]:10.4f}")
+    _next_charge(console, served.dir, result)
     console.print(f"demo finished in {result.wall_s:.1f} s")
     return result
+
+
+def _next_charge(console: Console, serving_dir: Path, result: DemoResult) -> None:
+    """Decision support on what plant-1 serves: the cheapest charge for the example order
+    (what ``alchimia optimize --model SERVING_DIR`` prints)."""
+    from alchimia.optimize import print_plan
+    from models.charge import load_order, load_stock, optimize
+    from models.served import load_served
+
+    order, stock = EXAMPLES / "order.toml", EXAMPLES / "stock.toml"
+    console.print(f"\nplant-1's next charge for {order} from {stock}, chemistry held with "
+                  f"95 % confidence (alchimia optimize --model {serving_dir.resolve()}):")
+    plan = optimize(load_order(order), load_stock(stock), load_served(serving_dir), 0.05)
+    result.plan = plan.to_dict()
+    print_plan(result.plan, console.file)
 
 
 def _follow_rounds(console: Console, monitor: Monitor, fed: LocalFederation, ids: list[str],

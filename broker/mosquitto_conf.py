@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from broker.topics import Topics, check_id
+from broker.topics import SERVICES, Topics, check_id
 
 # Largest message the broker accepts: a model message of the default network is ~40 kB;
 # the ceiling leaves room for larger models while stopping floods of huge payloads.
 DEFAULT_MESSAGE_SIZE_LIMIT = 64 * 1024 * 1024
+# Nagle's algorithm on the broker's sockets (with delayed ACKs on the clients') holds small
+# messages back ~40 ms per hop: a request/response over a local broker took ~90 ms
+# instead of ~0.5 ms (bench/bench_infer.py). Clients set TCP_NODELAY on their side too.
+NODELAY = "set_tcp_nodelay true"
 
 
 def plain_config(port: int, data_dir: Path, *, bind: str = "127.0.0.1",
@@ -21,6 +25,7 @@ def plain_config(port: int, data_dir: Path, *, bind: str = "127.0.0.1",
         "allow_anonymous true",
         f"max_packet_size {message_size_limit + 65536}",
         f"message_size_limit {message_size_limit}",
+        NODELAY,
         f"persistence {'true' if persistence else 'false'}",
         f"persistence_location {data_dir}/",
         "log_dest stderr",
@@ -79,6 +84,7 @@ def secure_config(*, tls_port: int, ca_file: Path, cert_file: Path, key_file: Pa
     lines += [
         f"max_packet_size {message_size_limit + PACKET_HEADROOM}",
         f"message_size_limit {message_size_limit}",
+        NODELAY,
         "persistence true",
         f"persistence_location {_conf_path(data_dir)}/",
         "log_dest stderr",
@@ -137,19 +143,20 @@ def acl_text(federation: str, *, coordinators: Sequence[str] = (), agents: Seque
             ("read", topics.model_current),
             ("read", topics.round_current),
             ("read", topics.coordinator_status),
-            ("read", topics.agent(aid, "infer/request")),
+            *(("read", topics.agent_request(aid, s)) for s in SERVICES),
             ("write", topics.agent_status(aid)),
             ("write", topics.agent_update(aid)),
             ("write", topics.agent_metrics(aid)),
             ("write", topics.agent_predictions(aid)),
-            ("write", topics.agent(aid, "infer/response/#")),
+            *(("write", topics.agent_responses(aid, s)) for s in SERVICES),
         ])
     for uid in sorted(consumers):
         block(uid, "consumer", [
             ("read", topics.model_current),
             ("read", topics.coordinator_status),
             ("read", topics.all_agents("predictions")),
-            ("write", topics.all_agents("infer/request")),
-            ("read", topics.all_agents(f"infer/response/{uid}")),
+            *(rule for s in SERVICES for rule in (
+                ("write", topics.all_agents(f"{s}/request")),
+                ("read", topics.client_responses(s, uid)))),
         ])
     return "\n".join(lines) + "\n"

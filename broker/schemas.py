@@ -123,13 +123,21 @@ class ModelBody(Body):
     signature: Blob | None = None
 
 
+Level = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
+Values = Annotated[dict[Name, FiniteFloat], Field(max_length=256)]
+
+
 class PredictionBody(Body):
-    """One prediction per heat, made before the outcome is known."""
+    """One prediction per heat, made before the outcome is known; with the site's
+    calibrated interval at ``level`` once the site holds enough heats for one."""
 
     kind: ClassVar[str] = "prediction"
     heat_id: Name
     model_version: Annotated[int, Field(ge=0)]
-    outputs: Annotated[dict[Name, FiniteFloat], Field(max_length=256)]
+    outputs: Values
+    level: Level | None = None
+    lower: Values | None = None
+    upper: Values | None = None
 
 
 class MetricsBody(Body):
@@ -149,10 +157,75 @@ class AdminBody(Body):
     version: Annotated[int, Field(ge=0)]
 
 
+# -- request/response services (``agents/{id}/{service}/request`` -> ``.../response/{client}``)
+# Every request body derives from RequestBody and every response body from ResponseBody:
+# one correlation and error convention for all services (docs/PROTOCOL.md, "Requests").
+
+RequestId = Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,64}$")]
+ErrorCode = Annotated[str, Field(pattern=r"^[a-z][a-z_]{0,31}$")]
+
+
+class ErrorInfo(BaseModel):
+    """Why a request got no answer: a machine-readable code and a sentence for people."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    code: ErrorCode
+    message: Annotated[str, Field(max_length=1024)]
+
+
+class RequestBody(Body):
+    """Base of every request body: ``request_id`` is echoed in the response."""
+
+    request_id: RequestId
+
+
+class ResponseBody(Body):
+    """Base of every response body: the request's id (nil if the request could not be
+    read far enough to find it) and, on failure, ``error`` (then nothing else is set)."""
+
+    request_id: RequestId | None = None
+    error: ErrorInfo | None = None
+
+
+class PlannedHeat(BaseModel):
+    """A heat not melted yet: model inputs by feature name (models/schema.py FEATURES)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    heat_id: Name | None = None
+    inputs: Values
+
+
+class InferRequestBody(RequestBody):
+    """Predict planned heats with the agent's serving model (``infer/request``)."""
+
+    kind: ClassVar[str] = "infer_request"
+    heats: Annotated[list[PlannedHeat], Field(min_length=1)]
+    level: Level | None = None  # interval level; nil: the agent's default
+
+
+class HeatPrediction(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    heat_id: Name | None = None
+    outputs: Values
+    lower: Values | None = None
+    upper: Values | None = None
+    power_on_min: FiniteFloat | None = None  # the site's estimate, when the request had none
+
+
+class InferResponseBody(ResponseBody):
+    """The answer to an ``infer_request`` (``infer/response/{client_id}``)."""
+
+    kind: ClassVar[str] = "infer_response"
+    model_version: Annotated[int, Field(ge=0)] | None = None
+    level: Level | None = None
+    calibration_heats: Annotated[int, Field(ge=0)] = 0
+    predictions: list[HeatPrediction] = []
+
+
 BODIES: dict[str, type[Body]] = {
     b.kind: b
     for b in (StatusBody, TaskBody, UpdateBody, ModelBody, PredictionBody, MetricsBody,
-              AdminBody)
+              AdminBody, InferRequestBody, InferResponseBody)
 }
 
 
@@ -200,7 +273,21 @@ def decode(payload: bytes, expect: type[Body] | None = None,
     scan of float tensors to the caller (the coordinator's accumulators do it in the same
     pass as the norm), saving one full read of every tensor.
     """
-    raw = _unpack(payload, limits)
+    return validate(_unpack(payload, limits), expect, limits, check_finite=check_finite)
+
+
+class SchemaError(DecodeError):
+    """A message that unpacked but breaks its schema; ``error_type`` is pydantic's error
+    type of the first problem (e.g. ``finite_number``), ``where`` its dotted location."""
+
+    def __init__(self, text: str, error_type: str, where: str) -> None:
+        super().__init__(text)
+        self.error_type, self.where = error_type, where
+
+
+def validate(raw: dict[str, Any], expect: type[Body] | None = None,
+             limits: Limits = DEFAULT_LIMITS, *, check_finite: bool = True) -> Envelope:
+    """The envelope of an unpacked message map (``decode`` without the unpacking)."""
     kind = raw.get("kind")
     body_cls = BODIES.get(kind) if isinstance(kind, str) else None
     if body_cls is None:
@@ -214,6 +301,7 @@ def decode(payload: bytes, expect: type[Body] | None = None,
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "message"
-        raise DecodeError(f"{kind} message invalid at {where}: {first['msg']}") from None
+        raise SchemaError(f"{kind} message invalid at {where}: {first['msg']}",
+                          first["type"], where) from None
 
 

@@ -15,6 +15,9 @@ ID_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
 _ID_RE = re.compile(rf"^{ID_PATTERN}$")
 
 AGENT_LEAVES = ("status", "update", "metrics", "predictions")
+# Request/response services an agent answers: ``agents/{id}/{service}/request`` in,
+# ``agents/{id}/{service}/response/{client_id}`` out (docs/PROTOCOL.md).
+SERVICES = ("infer", "optimize")
 
 
 def check_id(value: str, what: str = "identifier") -> str:
@@ -72,6 +75,46 @@ class Topics:
     def agent_predictions(self, agent_id: str) -> str:
         return self.agent(agent_id, "predictions")
 
+    def agent_request(self, agent_id: str, service: str) -> str:
+        """Where consumers send ``service`` requests to one agent (e.g. ``infer``)."""
+        return self.agent(agent_id, f"{_service(service)}/request")
+
+    def agent_response(self, agent_id: str, service: str, client_id: str) -> str:
+        """Where the agent answers the client ``client_id``'s ``service`` requests."""
+        check_id(client_id, "client id")
+        return self.agent(agent_id, f"{_service(service)}/response/{client_id}")
+
+    def agent_responses(self, agent_id: str, service: str) -> str:
+        """Filter of every client's responses of one agent (the agent's ACL grant)."""
+        return self.agent(agent_id, f"{_service(service)}/response/#")
+
+    def client_responses(self, service: str, client_id: str) -> str:
+        """Filter of one client's responses from every agent (what a consumer reads)."""
+        check_id(client_id, "client id")
+        return self.all_agents(f"{_service(service)}/response/{client_id}")
+
+    def parse_request_topic(self, topic: str) -> tuple[str, str] | None:
+        """``(agent_id, service)`` for an ``agents/{id}/{service}/request`` topic, else None."""
+        head = f"{self.root}/agents/"
+        if not topic.startswith(head):
+            return None
+        parts = topic[len(head):].split("/")
+        if (len(parts) != 3 or not _ID_RE.match(parts[0]) or parts[1] not in SERVICES
+                or parts[2] != "request"):
+            return None
+        return parts[0], parts[1]
+
+    def parse_response_topic(self, topic: str) -> tuple[str, str, str] | None:
+        """``(agent_id, service, client_id)`` for a response topic, else None."""
+        head = f"{self.root}/agents/"
+        if not topic.startswith(head):
+            return None
+        parts = topic[len(head):].split("/")
+        if (len(parts) != 4 or not _ID_RE.match(parts[0]) or parts[1] not in SERVICES
+                or parts[2] != "response" or not _ID_RE.match(parts[3])):
+            return None
+        return parts[0], parts[1], parts[3]
+
     def all_agents(self, leaf: str) -> str:
         """Subscription filter for one leaf of every agent, e.g. ``agents/+/update``."""
         return f"{self.root}/agents/+/{leaf}"
@@ -85,3 +128,9 @@ class Topics:
         if len(parts) != 2 or not _ID_RE.match(parts[0]) or parts[1] not in AGENT_LEAVES:
             return None
         return parts[0], parts[1]
+
+
+def _service(service: str) -> str:
+    if service not in SERVICES:
+        raise ValueError(f"unknown service {service!r}; known: {', '.join(SERVICES)}")
+    return service

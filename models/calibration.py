@@ -59,6 +59,12 @@ class Calibration:
     def n(self) -> int:
         return len(self._res)
 
+    def copy(self) -> Calibration:
+        """An independent snapshot (e.g. for another thread to read while this one grows)."""
+        cal = Calibration(self.targets, self.level, self.window, self.version)
+        cal._res = self._res.copy()
+        return cal
+
     def residuals(self, target: str) -> np.ndarray:
         return self._res[:, self.targets.index(target)].copy()
 

@@ -6,5 +6,8 @@
 * ``continual``: prequential error, drift detectors, replay, EWC (docs/CONTINUAL.md);
 * ``site_learning``: the site's continual-learning policy, one object that the agent and
   ``alchimia experiment drift`` both drive;
+* ``calibrating``: the serving model's calibrated intervals (split conformal on held-out
+  heats, reset at every swap), one object that the agent and ``alchimia experiment
+  calibration`` both drive;
 * ``serving``: the serving model's files in the agent's state directory.
 """

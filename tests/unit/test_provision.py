@@ -298,16 +298,20 @@ def test_acl_text() -> None:
                          f"topic read {p}/model/current", f"topic read {p}/round/current",
                          f"topic read {p}/coordinator/status",
                          f"topic read {p}/agents/a1/infer/request",
+                         f"topic read {p}/agents/a1/optimize/request",
                          f"topic write {p}/agents/a1/status", f"topic write {p}/agents/a1/update",
                          f"topic write {p}/agents/a1/metrics",
                          f"topic write {p}/agents/a1/predictions",
-                         f"topic write {p}/agents/a1/infer/response/#"]
+                         f"topic write {p}/agents/a1/infer/response/#",
+                         f"topic write {p}/agents/a1/optimize/response/#"]
     assert blocks[2][1] == "user a2"
     assert blocks[3] == ["# consumer", "user h",
                          f"topic read {p}/model/current", f"topic read {p}/coordinator/status",
                          f"topic read {p}/agents/+/predictions",
                          f"topic write {p}/agents/+/infer/request",
-                         f"topic read {p}/agents/+/infer/response/h"]
+                         f"topic read {p}/agents/+/infer/response/h",
+                         f"topic write {p}/agents/+/optimize/request",
+                         f"topic read {p}/agents/+/optimize/response/h"]
     assert len(blocks) == 4
     # Nobody but the coordinator may read an update topic.
     readers = [b[1] for b in blocks if any("update" in r and "read" in r for r in b)]
