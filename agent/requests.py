@@ -39,6 +39,8 @@ from broker.schemas import (
     HeatPrediction,
     InferRequestBody,
     InferResponseBody,
+    OptimizeRequestBody,
+    OptimizeResponseBody,
     RequestBody,
     ResponseBody,
     SchemaError,
@@ -74,6 +76,9 @@ class ServingState:
     calibration: Calibration | None = None  # a snapshot (Calibration.copy)
     power_on: PowerOnEstimate | None = None
     level: float = 0.9  # the site's default interval level
+    # The site's typical charge (grade -> t: the mean of its recent heats), the reference
+    # the optimiser widens its chemistry margins against.
+    typical_charge: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -330,7 +335,36 @@ def answer_infer(req: InferRequestBody, state: ServingState | None,
 
 
 INFER = Service("infer", InferRequestBody, InferResponseBody, answer_infer, _precheck_infer)
-SERVICES: tuple[Service, ...] = (INFER,)
+# -- optimize --------------------------------------------------------------------------
 
-__all__ = ["INFER", "SERVICES", "Reply", "RequestError", "RequestLimits", "Responder",
-           "Service", "ServingState", "answer_infer"]
+
+def answer_optimize(req: OptimizeRequestBody, state: ServingState | None,
+                    limits: RequestLimits) -> OptimizeResponseBody:
+    """The cheapest charge for the request's order and stock on the serving model
+    (``models.charge``, docs/DECISIONS.md); an order that cannot be met is an answer too."""
+    if state is None:
+        raise RequestError("no_model", "this agent serves no model yet")
+    from models.charge import InfeasibleCalibration, optimize_request
+
+    data: dict[str, Any] = {"order": req.order, "stock": req.stock, "joint": req.joint}
+    if req.risk is not None:
+        data["risk"] = req.risk
+    reference = req.reference_charge if req.reference_charge is not None else (
+        state.typical_charge)
+    if reference:
+        data["reference_charge"] = dict(reference)
+    try:
+        plan = optimize_request(data, state)
+    except InfeasibleCalibration as exc:
+        raise RequestError("not_calibrated", str(exc)) from None
+    except ValueError as exc:  # pydantic's ValidationError included
+        raise RequestError("invalid_order", " ".join(str(exc).split())) from None
+    return OptimizeResponseBody(request_id=req.request_id, model_version=state.version,
+                                plan=plan)
+
+
+OPTIMIZE = Service("optimize", OptimizeRequestBody, OptimizeResponseBody, answer_optimize)
+SERVICES: tuple[Service, ...] = (INFER, OPTIMIZE)
+
+__all__ = ["INFER", "OPTIMIZE", "SERVICES", "Reply", "RequestError", "RequestLimits",
+           "Responder", "Service", "ServingState", "answer_infer", "answer_optimize"]

@@ -44,9 +44,9 @@ from broker.schemas import (
 )
 from broker.signing import SignatureError, load_public_key, verify_model
 from broker.topics import Topics
-from models.onnx_export import export_onnx
+from models.onnx_build import build_onnx
 from models.onnx_runtime import OnnxPredictor
-from models.params import Weights, compose
+from models.params import Weights
 from models.power_on import TARGET as POWER_ON
 from models.power_on import PowerOnEstimate
 from models.spec import ModelSpec
@@ -244,8 +244,8 @@ class Agent:
         assert self.spec is not None
         if not self.spec.parameter_shapes("site") and global_model is not None:
             return global_model
-        model = compose(self.spec, shared, self.site_weights)
-        return OnnxPredictor(export_onnx(model), self.spec.features, self.spec.targets)
+        return OnnxPredictor(build_onnx(self.spec, shared, self.site_weights),
+                             self.spec.features, self.spec.targets)
 
     def _serve(self, predictor: OnnxPredictor, version: int, shared: Weights) -> None:
         """Swap the serving model and write it where the plant's tools find it, with its
@@ -269,7 +269,17 @@ class Agent:
         cal = self.calibrator.calibration.copy() if self.calibrator is not None else None
         self.state = ServingState(self.serving_version, tuple(self.spec.features),
                                   tuple(self.spec.targets), self.serving, cal, self.power_on,
-                                  self.settings.interval_level)
+                                  self.settings.interval_level, self._typical_charge())
+
+    def _typical_charge(self, heats: int = 200) -> dict[str, float] | None:
+        """The mean charge per grade of the site's latest training heats."""
+        if self.table is None or self.table.n_train == 0:
+            return None
+        x, _ = self.table.train()
+        cols = [(f[len("charge_"):-len("_t")], j) for j, f in enumerate(self.table.features)
+                if f.startswith("charge_") and f.endswith("_t")]
+        mean = x[-heats:].mean(axis=0)
+        return {grade: float(mean[j]) for grade, j in cols}
 
     def _save_calibration(self) -> None:
         if self.calibrator is None or self.calibrator.calibration.version is None:

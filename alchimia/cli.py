@@ -146,6 +146,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     optimize = sub.add_parser("optimize", help="the cheapest charge for an order on a "
                               "site's serving model (no torch needed)")
+    _common(optimize)
     add_optimize_arguments(optimize)
 
     from alchimia.infer import add_arguments as add_infer_arguments  # light: no torch

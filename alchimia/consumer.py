@@ -32,6 +32,8 @@ from broker.limits import DecodeError, Limits
 from broker.schemas import (
     InferRequestBody,
     InferResponseBody,
+    OptimizeRequestBody,
+    OptimizeResponseBody,
     PlannedHeat,
     RequestBody,
     ResponseBody,
@@ -44,7 +46,8 @@ from models.schema import GRADES
 
 log = logging.getLogger("alchimia.consumer")
 RESPONSE_LIMITS = Limits(max_message_bytes=64 * 1024 * 1024)
-_RESPONSES: dict[str, type[ResponseBody]] = {"infer": InferResponseBody}
+_RESPONSES: dict[str, type[ResponseBody]] = {"infer": InferResponseBody,
+                                             "optimize": OptimizeResponseBody}
 
 
 class ConsumerSettings(NodeSettings):
@@ -202,6 +205,23 @@ class Consumer:
         req = InferRequestBody(request_id=request_id or uuid.uuid4().hex,
                                heats=[planned_heat(h) for h in heats], level=level)
         answer = self.call(agent_id, "infer", req, timeout)
+        if answer.error is not None:
+            raise RequestFailed(answer)
+        return answer  # type: ignore[return-value]
+
+    def optimize(self, agent_id: str, order: Mapping[str, Any], stock: Mapping[str, Any], *,
+                 risk: float | None = None, joint: bool = True,
+                 reference_charge: Mapping[str, float] | None = None, timeout: float = 30.0,
+                 request_id: str | None = None) -> OptimizeResponseBody:
+        """The cheapest charge for ``order`` from ``stock`` (the maps of the TOML files,
+        docs/DECISIONS.md) on the agent's serving model; the plan says ``infeasible`` and
+        why when the order cannot be met. Raises RequestFailed if the agent answers with an
+        error, TimeoutError if it does not answer."""
+        req = OptimizeRequestBody(
+            request_id=request_id or uuid.uuid4().hex, order=dict(order), stock=dict(stock),
+            risk=risk, joint=joint,
+            reference_charge=dict(reference_charge) if reference_charge else None)
+        answer = self.call(agent_id, "optimize", req, timeout)
         if answer.error is not None:
             raise RequestFailed(answer)
         return answer  # type: ignore[return-value]

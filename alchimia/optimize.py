@@ -1,9 +1,13 @@
 """``alchimia optimize``: the cheapest charge for an order, on a site's serving model.
 
     alchimia optimize --order ORDER.toml --stock STOCK.toml --model DIR [--risk 0.05] [--json]
+    alchimia optimize --order ORDER.toml --stock STOCK.toml --agent-id plant-1 \
+        [--config consumer.toml | --broker URL --federation NAME] [--risk 0.05] [--json]
 
 ``DIR`` is a site's serving directory (``model.onnx``, ``model.json``, ``calibration.json``,
-``power_on.json``; ``models.served``). Torch-free: onnxruntime, numpy, scipy, pydantic.
+``power_on.json``; ``models.served``); with ``--agent-id`` the agent plans it on the model
+it serves, over the broker (``optimize/request``, docs/PROTOCOL.md), as a plant HMI would.
+Torch-free: onnxruntime, numpy, scipy, pydantic (over the broker: MQTT only).
 Exit status 0 with a plan, 1 when the order cannot be met (the answer says which
 constraint fails and by how much), 2 for unusable input.
 """
@@ -22,12 +26,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(deploy/examples/order.toml)")
     parser.add_argument("--stock", type=Path, required=True, help="stock TOML "
                         "(deploy/examples/stock.toml)")
-    parser.add_argument("--model", type=Path, required=True,
-                        help="a site's serving directory (or its model.onnx)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model", type=Path,
+                       help="a site's serving directory (or its model.onnx)")
+    where.add_argument("--agent-id", help="ask this agent over the broker (with --config or "
+                       "--broker/--federation: a consumer identity)")
+    parser.add_argument("--consumer-id", help="this identity (default: from --config)")
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="seconds to wait for the agent's answer")
     parser.add_argument("--risk", type=float, default=0.05,
                         help="allowed probability of each element ending over its maximum")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
-    parser.add_argument("--log-level", default="WARNING")
 
 
 def _fmt(v: float | None, digits: int) -> str:
@@ -74,13 +83,43 @@ def print_plan(plan: dict[str, Any], out: TextIO | None = None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from models.charge import load_order, load_stock, optimize
-    from models.served import load_served
 
     order, stock = load_order(args.order), load_stock(args.stock)
-    served = load_served(args.model)
-    plan = optimize(order, stock, served, args.risk).to_dict()
+    if args.agent_id is not None:
+        plan = _ask_agent(args)
+        if plan is None:
+            return 1
+    else:
+        from models.served import load_served
+
+        plan = optimize(order, stock, load_served(args.model), args.risk).to_dict()
     if args.json:
         print(json.dumps(plan, indent=1))
     else:
         print_plan(plan)
     return 0 if plan["status"] == "optimal" else 1
+
+
+def _ask_agent(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The agent's plan over the broker; None (and why on stderr) if it gave none."""
+    import tomllib
+
+    from alchimia.consumer import Consumer, ConsumerSettings, RequestFailed
+
+    overrides = {k: getattr(args, k, None) for k in
+                 ("broker", "federation", "username", "password", "consumer_id")}
+    settings = ConsumerSettings.load(args.config, **overrides)
+    order = tomllib.loads(args.order.read_text())
+    stock = tomllib.loads(args.stock.read_text())
+    try:
+        with Consumer(settings) as consumer:
+            answer = consumer.optimize(args.agent_id, order, stock, risk=args.risk,
+                                       timeout=args.timeout)
+    except RequestFailed as exc:
+        print(f"alchimia optimize: agent {args.agent_id} refused: {exc.code}: {exc.message}",
+              file=sys.stderr)
+        return None
+    except (TimeoutError, ConnectionError) as exc:
+        print(f"alchimia optimize: {exc}", file=sys.stderr)
+        return None
+    return answer.plan

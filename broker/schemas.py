@@ -222,10 +222,37 @@ class InferResponseBody(ResponseBody):
     predictions: list[HeatPrediction] = []
 
 
+class OptimizeRequestBody(RequestBody):
+    """Plan the cheapest charge for an order on the agent's serving model
+    (``optimize/request``). ``order`` and ``stock`` are the maps of
+    ``deploy/examples/order.toml`` and ``stock.toml`` (docs/DECISIONS.md; validated by the
+    agent); ``risk``: the probability allowed for the heat to end over a chemistry maximum
+    (nil: 0.05); ``joint``: ``risk`` bounds any element (true) or each one;
+    ``reference_charge``: grade -> t (nil: the site's typical charge)."""
+
+    kind: ClassVar[str] = "optimize_request"
+    order: Annotated[dict[Name, Any], Field(max_length=64)]
+    stock: Annotated[dict[Name, Any], Field(max_length=64)]
+    risk: Annotated[float, Field(gt=0.0, lt=0.5, allow_inf_nan=False)] | None = None
+    joint: bool = True
+    reference_charge: Annotated[dict[Name, FiniteFloat], Field(max_length=64)] | None = None
+
+
+class OptimizeResponseBody(ResponseBody):
+    """The answer to an ``optimize_request`` (``optimize/response/{client_id}``): the plan
+    (docs/DECISIONS.md, "Output"), also when the order cannot be met (its ``status`` is
+    then ``infeasible`` and ``infeasible`` says which constraint fails and by how much)."""
+
+    kind: ClassVar[str] = "optimize_response"
+    model_version: Annotated[int, Field(ge=0)] | None = None
+    plan: dict[str, Any] | None = None
+
+
 BODIES: dict[str, type[Body]] = {
     b.kind: b
     for b in (StatusBody, TaskBody, UpdateBody, ModelBody, PredictionBody, MetricsBody,
-              AdminBody, InferRequestBody, InferResponseBody)
+              AdminBody, InferRequestBody, InferResponseBody, OptimizeRequestBody,
+              OptimizeResponseBody)
 }
 
 

@@ -386,9 +386,17 @@ class Coordinator:
 
     # -- rounds
     async def _wait_changed(self, timeout: float | None = None) -> None:
+        # On Python 3.11 asyncio.wait_for swallows a cancellation that arrives as its
+        # awaitable completes (aiomqtt's publish awaits its PUBACK that way): the round
+        # driver then outlived its session and a stop hung. A task being cancelled stops
+        # here whatever swallowed the CancelledError on the way.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
         self.changed.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.changed.wait()
 
     async def _drive_rounds(self, stop: asyncio.Event) -> None:
         resumed = self._resume_window()

@@ -37,7 +37,6 @@ uncertainty (NaN bounds).
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -159,56 +158,35 @@ def _probe_rows(n: int = 48, seed: int = 0) -> np.ndarray:
 
 def read_weights(onnx_bytes: bytes, spec: ModelSpec, tolerance: float = 1e-3,
                  ) -> dict[str, np.ndarray]:
-    """Every trainable tensor of an exported ``eaf-hybrid-v1`` (shared and site), float64.
+    """Every trainable tensor of an ``eaf-hybrid-v1`` ONNX file (shared and site), float64.
 
-    ``models.onnx_build`` writes every tensor as an initializer under its own name. Files
-    exported by torch before it (agents' serving files until their next model swap) merged
-    tensors of equal value into one (an untrained site part equals the untrained shared
-    part: both zero); a name missing from such a file equals another initializer of its
-    shape: each candidate assignment is tried and the one whose numpy forward
-    (:func:`forward`) reproduces ONNX Runtime on probe rows is taken. The check also runs
-    when nothing is missing, so the numpy formulas here can never drift from the graph.
+    ``models.onnx_build`` writes each tensor as an initializer under its own name. The
+    numpy forward (:func:`forward`) with them must reproduce ONNX Runtime on probe rows,
+    so the numpy formulas here can never drift from the graph.
     """
     if spec.architecture != ARCHITECTURE:
         raise architecture_error(spec.architecture)
     from models.onnx_runtime import OnnxPredictor
 
     inits = _initializers(onnx_bytes)
-    parts = spec.tensor_parts()
     weights: dict[str, np.ndarray] = {}
-    missing: list[str] = []
-    for name, (shape, _part) in parts.items():
-        if name in inits:
-            if tuple(inits[name].shape) != shape:
-                raise ValueError(f"{name}: shape {inits[name].shape} in the ONNX file, "
-                                 f"{shape} in the spec")
-            weights[name] = inits[name].astype(np.float64)
-        else:
-            missing.append(name)
-    candidates = []
-    for name in missing:
-        shape = parts[name][0]
-        same: list[np.ndarray] = []
-        for arr in inits.values():
-            if (tuple(arr.shape) == shape and np.issubdtype(arr.dtype, np.floating)
-                    and not any(np.array_equal(arr, s) for s in same)):
-                same.append(arr.astype(np.float64))
-        if not same:
-            raise ValueError(f"{name} is missing from the ONNX file and no tensor of its "
-                             f"shape {shape} stands in for it")
-        candidates.append(same)
+    for name, (shape, _part) in spec.tensor_parts().items():
+        if name not in inits:
+            raise ValueError(f"{name} is missing from the ONNX file: not a model built by "
+                             "this project's models.onnx_build (a serving file from before "
+                             "it is rewritten at the agent's next model swap)")
+        if tuple(inits[name].shape) != shape:
+            raise ValueError(f"{name}: shape {inits[name].shape} in the ONNX file, "
+                             f"{shape} in the spec")
+        weights[name] = inits[name].astype(np.float64)
     x = _probe_rows()
     expected = OnnxPredictor(onnx_bytes).predict(x).astype(np.float64)
     scale = np.maximum(np.abs(expected), np.asarray(spec.y_scale))
-    best = math.inf
-    for combo in itertools.islice(itertools.product(*candidates), 4096):
-        trial = {**weights, **dict(zip(missing, combo, strict=True))}
-        err = float(np.max(np.abs(forward(trial, spec, x) - expected) / scale))
-        best = min(best, err)
-        if err <= tolerance:
-            return {name: trial[name] for name in parts}
-    raise ValueError(f"the ONNX graph does not compute {ARCHITECTURE} as documented "
-                     f"(docs/PROTOCOL.md): numpy and ONNX Runtime differ by {best:.1e}")
+    err = float(np.max(np.abs(forward(weights, spec, x) - expected) / scale))
+    if not err <= tolerance:
+        raise ValueError(f"the ONNX graph does not compute {ARCHITECTURE} as documented "
+                         f"(docs/PROTOCOL.md): numpy and ONNX Runtime differ by {err:.1e}")
+    return weights
 
 
 # -- the model in numpy -----------------------------------------------------------------

@@ -182,12 +182,16 @@ def secured(tmp_path: Path) -> Iterator[Secured]:
         s.close()
 
 
-def _no_torch_infer(*args: str) -> subprocess.CompletedProcess:
-    """``alchimia infer`` in a process where ``import torch`` fails."""
+def _no_torch(command: str, *args: str) -> subprocess.CompletedProcess:
+    """``alchimia COMMAND`` in a process where ``import torch`` fails."""
     code = ("import sys; sys.modules['torch'] = None; "
             "from alchimia.cli import main; sys.exit(main(sys.argv[1:]))")
-    return subprocess.run([sys.executable, "-c", code, "infer", *args], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run([sys.executable, "-c", code, command, *args], capture_output=True,
+                          text=True, timeout=90)
+
+
+def _no_torch_infer(*args: str) -> subprocess.CompletedProcess:
+    return _no_torch("infer", *args)
 
 
 def test_consumer_identity_gets_answers_others_cannot_read_them_bad_requests_get_errors(
@@ -203,7 +207,7 @@ def test_consumer_identity_gets_answers_others_cannot_read_them_bad_requests_get
     agent = AgentThread(settings).start()
     spy = secured.online("plant-2")  # another agent's identity
     spy.subscribe(T.all_agents("infer/response/#"), T.all_agents("infer/response/hmi-1"),
-                  T.coordinator_status)
+                  T.all_agents("optimize/response/#"), T.coordinator_status)
     try:
         wait_for(lambda: agent.agent.state is not None, WAIT, "the agent to serve version 0")
 
@@ -252,6 +256,23 @@ def test_consumer_identity_gets_answers_others_cannot_read_them_bad_requests_get
         assert len(hmi.payloads(answers)) == 3  # the garbage named nobody to answer
         assert agent.thread.is_alive()
         assert agent.agent.responder.counts["unanswerable"] == 1
+
+        # The charge optimiser over the bus, as a plant HMI calls it: torch-free command.
+        examples = Path(__file__).resolve().parents[2] / "deploy" / "examples"
+        hmi_conf = str(secured.ids("hmi-1") / "consumer.toml")
+        planned = _no_torch("optimize", "--config", hmi_conf, "--agent-id", "plant-1",
+                            "--order", str(examples / "order.toml"), "--stock",
+                            str(examples / "stock.toml"), "--risk", "0.2", "--json")
+        assert planned.returncode in (0, 1), planned.stdout + planned.stderr
+        plan = json.loads(planned.stdout)
+        assert plan["model_version"] == 0 and plan["status"] in ("optimal", "infeasible")
+        assert sum(plan["charge"].values()) > 50 and plan["predicted"]["cu_pct"]["hi"]
+        # An order it cannot read gets an error answer, and the agent keeps answering.
+        with Consumer(ConsumerSettings.load(secured.ids("hmi-1") / "consumer.toml")) as c:
+            with pytest.raises(RequestFailed) as refused:
+                c.optimize("plant-1", {"tapped_t": -5}, {}, timeout=WAIT)
+            assert refused.value.code == "invalid_order"
+        assert agent.thread.is_alive()
 
         # The other agent's identity read none of it (proof by a later sentinel).
         coordinator.publish(T.coordinator_status, b"sentinel")

@@ -30,7 +30,8 @@ from models.characterise import (
     spec_from_onnx,
     write_heat_table,
 )
-from models.onnx_export import export_onnx
+from models.initial import initial_weights
+from models.onnx_build import build_onnx
 from models.params import compose, get_weights
 from models.power_on import PowerOnEstimate
 from models.regressor import build_model
@@ -68,7 +69,7 @@ def _synthetic(weights: dict[str, np.ndarray], x: np.ndarray, seed: int = 0) -> 
 
 
 def _site_model(shared: dict, site: dict) -> bytes:
-    return export_onnx(compose(SPEC, shared, site))
+    return build_onnx(SPEC, shared, site)
 
 
 def test_known_tensors_come_back_global_and_for_the_site() -> None:
@@ -96,22 +97,6 @@ def test_known_tensors_come_back_global_and_for_the_site() -> None:
     assert all(math.isnan(g.properties["energy_kwh_per_t"].value) for g in on_site.grades)
 
 
-def test_merged_initializers_of_an_untrained_model_are_resolved() -> None:
-    """The exporter merges equal tensors (an untrained site part and shared part are both
-    zero): the reader still returns every tensor, and the right values."""
-    import onnx
-
-    onnx_bytes = export_onnx(build_model(SPEC))
-    names = {i.name for i in onnx.load_from_string(onnx_bytes).graph.initializer}
-    assert "yield_site" not in names  # the case this test is about
-    read = read_weights(onnx_bytes, SPEC)
-    assert list(read) == list(SPEC.tensor_parts())
-    for name in SPEC.parameter_shapes("site"):
-        assert not read[name].any(), name
-    np.testing.assert_allclose(characterise(onnx_bytes, SPEC).values("yield"),
-                               hl.yield_prior())
-
-
 def test_numpy_formulas_agree_with_the_torch_module() -> None:
     shared, site = _weights(2)
     model = compose(SPEC, shared, site)
@@ -136,7 +121,7 @@ def test_numpy_formulas_agree_with_the_torch_module() -> None:
 
 def test_mlp_v1_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     mlp = ModelSpec()
-    onnx_bytes = export_onnx(build_model(mlp))
+    onnx_bytes = build_onnx(mlp, initial_weights(mlp))
     with pytest.raises(ValueError, match="needs the physics-structured model eaf-hybrid-v1"):
         characterise(onnx_bytes, mlp)
     with pytest.raises(ValueError, match=r"eaf-hybrid-v1.*mlp-v1"):

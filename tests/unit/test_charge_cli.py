@@ -14,9 +14,9 @@ from agent.learn.serving import ServingFiles
 from agent.sim import SimulatedPlant, default_plants
 from alchimia.cli import main
 from models.calibration import Calibration
-from models.onnx_export import export_onnx
+from models.initial import initial_weights
+from models.onnx_build import build_onnx
 from models.power_on import PowerOnEstimate
-from models.regressor import build_model
 from models.schema import FEATURES, TARGETS
 from models.served import load_served
 from models.spec import ModelSpec
@@ -32,7 +32,7 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("serving")
     spec = ModelSpec(architecture="eaf-hybrid-v1")
     files = ServingFiles(directory)
-    files.save_model(7, spec, export_onnx(build_model(spec, seed=0)))
+    files.save_model(7, spec, build_onnx(spec, initial_weights(spec, 0)))
     profile, seed = default_plants(1)[0]
     heats = SimulatedPlant(profile, seed).heats(120)
     x = np.array([[h.inputs[f] for f in FEATURES] for h in heats])
