@@ -10,10 +10,8 @@ them never waits behind training.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
-import socket
 from collections.abc import Callable, Sequence
 
 import paho.mqtt.client as mqtt
@@ -37,20 +35,13 @@ class MqttLink:
         self.settings = settings
         self.host, self.port, _tls = settings.host_port_tls
         self.keepalive = settings.keepalive
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv311, clean_session=True)
-        if settings.username:
-            self.client.username_pw_set(settings.username, settings.password)
-        tls = settings.tls_context()
-        if tls is not None:
-            self.client.tls_set_context(tls)
+        self.client = settings.paho_client(client_id)
         self.client.will_set(will[0], will[1], qos=1, retain=True)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_connect_fail = self._on_connect_fail
-        self.client.on_socket_open = no_delay
         self.connected = False
         self._explained = False
 
@@ -109,10 +100,3 @@ class MqttLink:
             if self.requests_dropped in (1, 10, 100) or self.requests_dropped % 1000 == 0:
                 log.warning("%d request(s) dropped: %d already wait to be answered",
                             self.requests_dropped, REQUEST_QUEUE)
-
-
-def no_delay(_client: object, _userdata: object, sock: object) -> None:
-    """paho's ``on_socket_open``: send small messages at once (no Nagle): a request is
-    answered in ~0.5 ms instead of ~90 ms (bench/bench_infer.py)."""
-    with contextlib.suppress(AttributeError, OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]

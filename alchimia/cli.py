@@ -244,28 +244,18 @@ def run_agent(args: argparse.Namespace) -> int:
 
 
 def run_experiment(args: argparse.Namespace) -> int:
-    if args.experiment == "charge":
-        try:
-            import torch  # noqa: F401
-        except ImportError as exc:
-            print(f"alchimia experiment: needs the training extra (pip install .[train]): "
-                  f"{exc}", file=sys.stderr)
-            return 2
-        from alchimia.experiment_charge import run as run_charge
-
-        return run_charge(args)
-    if args.experiment == "characterise":
-        try:
-            from alchimia.experiment_characterise import run as run_characterise_experiment
-        except ImportError as exc:
-            print(f"alchimia experiment: needs the training extra (pip install .[train]): "
-                  f"{exc}", file=sys.stderr)
-            return 2
-        return run_characterise_experiment(args)
+    try:  # every experiment trains: an inference-only install has none
+        import torch  # noqa: F401
+    except ImportError as exc:
+        args.missing = f"needs the training extra (pip install .[train]): {exc}"
     if getattr(args, "missing", None):
         print(f"alchimia experiment: {args.missing}", file=sys.stderr)
         return 2
-    if args.experiment == "federation":
+    if args.experiment == "charge":
+        from alchimia.experiment_charge import run
+    elif args.experiment == "characterise":
+        from alchimia.experiment_characterise import run
+    elif args.experiment == "federation":
         from alchimia.experiment_federation import run
     elif args.experiment == "calibration":
         from alchimia.experiment_calibration import run

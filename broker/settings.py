@@ -6,6 +6,8 @@ file given with ``--config``, built-in defaults.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 from pathlib import Path
 from typing import Any, ClassVar
@@ -93,6 +95,23 @@ class NodeSettings(BaseSettings):
             return ssl.create_default_context()
         return client_tls_context(self.ca_file, self.cert_file, self.key_file)
 
+    def paho_client(self, client_id: str) -> Any:
+        """A paho-mqtt 2.x client (MQTT 3.1.1, clean session) for this node: its broker
+        credentials and TLS set, TCP_NODELAY on its socket (small messages go at once: a
+        request is answered in ~0.5 ms instead of ~90 ms, bench/bench_infer.py).
+        Connecting, callbacks and the will are the caller's."""
+        import paho.mqtt.client as mqtt
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv311, clean_session=True)
+        if self.username:
+            client.username_pw_set(self.username, self.password)
+        tls = self.tls_context()
+        if tls is not None:
+            client.tls_set_context(tls)
+        client.on_socket_open = _no_delay
+        return client
+
     def diagnose_connection(self) -> str:
         """Why the broker refuses this node, in words that say what to fix (one probe)."""
         host, port, _ = self.host_port_tls
@@ -108,3 +127,9 @@ class NodeSettings(BaseSettings):
         return f"the broker refused the login: {CONNACK_CODES.get(code, code)}"
 
     model_config = SettingsConfigDict(extra="forbid")
+
+
+def _no_delay(_client: object, _userdata: object, sock: object) -> None:
+    """paho's ``on_socket_open``: no Nagle on this socket."""
+    with contextlib.suppress(AttributeError, OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
