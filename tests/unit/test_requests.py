@@ -11,6 +11,7 @@ import pytest
 
 from agent.requests import (
     INFER,
+    OPTIMIZE,
     RequestError,
     RequestLimits,
     Responder,
@@ -20,6 +21,8 @@ from agent.requests import (
 from broker.schemas import (
     InferRequestBody,
     InferResponseBody,
+    OptimizeRequestBody,
+    OptimizeResponseBody,
     PlannedHeat,
     decode,
     message,
@@ -35,6 +38,8 @@ REQUEST = T.agent_request("plant-1", "infer")
 
 class Linear:
     """A stand-in serving model: a fixed linear map of the inputs (no ONNX needed)."""
+
+    features, targets = FEATURES, TARGETS  # the columns, as OnnxPredictor has them
 
     def __init__(self) -> None:
         rng = np.random.default_rng(0)
@@ -275,3 +280,49 @@ def test_request_and_response_topics() -> None:
         T.agent_response("plant-1", "infer", "hmi/1")
     with pytest.raises(ValueError):
         T.agent_request("plant-1", "chat")
+
+
+# -- optimize ---------------------------------------------------------------------------
+
+
+class Planning(Linear):
+    """The stand-in as the optimiser calls it (rows in float64, like OnnxPredictor takes)."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, np.float64) @ self.w).astype(np.float32)
+
+
+def _planning(residuals: int) -> ServingState:
+    st = state(residuals=residuals)
+    return ServingState(st.version, st.features, st.targets, Planning(), st.calibration,
+                        st.power_on, st.level)
+
+
+def _optimize(body: dict, st: ServingState | None) -> OptimizeResponseBody:
+    import tomllib
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[2] / "deploy" / "examples"
+    order = tomllib.loads((examples / "order.toml").read_text())
+    stock = tomllib.loads((examples / "stock.toml").read_text())
+    req = OptimizeRequestBody(request_id="o-1", **{"order": order, "stock": stock, **body})
+    responder = Responder("plant-1", T, [OPTIMIZE])
+    reply = responder.handle(T.agent_request("plant-1", "optimize"), message("hmi-1", req),
+                             st)
+    assert reply is not None and reply.topic == T.agent_response("plant-1", "optimize",
+                                                                   "hmi-1")
+    return decode(reply.payload, OptimizeResponseBody).body  # type: ignore[return-value]
+
+
+def test_optimize_answers_a_plan_or_says_why_not() -> None:
+    st = _planning(200)
+    answer = _optimize({"risk": 0.2}, st)
+    assert answer.error is None and answer.request_id == "o-1" and answer.model_version == 7
+    assert answer.plan is not None and answer.plan["status"] in ("optimal", "infeasible")
+    assert set(answer.plan["charge"]) <= {f[len("charge_"):-2] for f in FEATURES
+                                          if f.startswith("charge_")}
+    assert _optimize({}, None).error.code == "no_model"  # type: ignore[union-attr]
+    bad = _optimize({"order": {"tapped_t": -5}}, st)
+    assert bad.error is not None and bad.error.code == "invalid_order" and bad.plan is None
+    few = _optimize({"risk": 0.01}, _planning(30))  # 30 residuals: no 99 % bound
+    assert few.error is not None and few.error.code == "not_calibrated"
