@@ -205,6 +205,12 @@ class Agent:
         body: ModelBody = env.body  # type: ignore[assignment]
         if self.model_version is not None and body.version == self.model_version:
             return
+        if self.model_version is not None and body.version < self.model_version:
+            # Versions only go forward (an admin rollback is a new version): an older model,
+            # however genuinely signed, is a replay and would stall every round.
+            self._report_rejected_model(body.version, f"version {body.version} is older than "
+                                        f"version {self.model_version} already adopted")
+            return
         if self.model_key is not None:
             try:
                 verify_model(body, self.model_key)
