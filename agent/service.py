@@ -93,6 +93,7 @@ class Agent:
         # Decision support: calibrated intervals, the planned power-on time, requests.
         self.calibrator: SiteCalibrator | None = None
         self.power_on: PowerOnEstimate | None = None
+        self.typical_charge: dict[str, float] | None = None  # refreshed with power_on
         self._power_on_due = 0  # heats learned of since the power-on estimate was fitted
         self._calibration_saved = 0  # calibrator.added when calibration.json was written
         self._calibration_sent_at = 0.0
@@ -231,7 +232,7 @@ class Agent:
             self.table = HeatTable(spec.features, spec.targets)
             self.calibrator = SiteCalibrator(spec.targets, self.settings.interval_level,
                                              self.settings.calibration_window)
-            self.power_on = None
+            self.power_on, self.typical_charge = None, None
             self.learner = SiteLearner(spec.features, spec.targets, spec.y_scale,
                                        self.policy(), seed=self.settings.seed)
             for heat in self._history:
@@ -275,17 +276,15 @@ class Agent:
         cal = self.calibrator.calibration.copy() if self.calibrator is not None else None
         self.state = ServingState(self.serving_version, tuple(self.spec.features),
                                   tuple(self.spec.targets), self.serving, cal, self.power_on,
-                                  self.settings.interval_level, self._typical_charge())
+                                  self.settings.interval_level, self.typical_charge)
 
-    def _typical_charge(self, heats: int = 200) -> dict[str, float] | None:
-        """The mean charge per grade of the site's latest training heats."""
-        if self.table is None or self.table.n_train == 0:
-            return None
-        x, _ = self.table.train()
-        cols = [(f[len("charge_"):-len("_t")], j) for j, f in enumerate(self.table.features)
-                if f.startswith("charge_") and f.endswith("_t")]
+    def _typical_charge(self, x: np.ndarray, heats: int = 200) -> dict[str, float]:
+        """The mean charge per grade of the latest training ``heats`` of rows ``x``."""
+        assert self.table is not None
         mean = x[-heats:].mean(axis=0)
-        return {grade: float(mean[j]) for grade, j in cols}
+        return {f[len("charge_"):-len("_t")]: float(mean[j])
+                for j, f in enumerate(self.table.features)
+                if f.startswith("charge_") and f.endswith("_t")}
 
     def _save_calibration(self) -> None:
         if self.calibrator is None or self.calibrator.calibration.version is None:
@@ -301,6 +300,7 @@ class Agent:
         if len(x) < 2:
             return
         self.power_on = PowerOnEstimate.fit(x[-POWER_ON_ROWS:], self.table.features)
+        self.typical_charge = self._typical_charge(x)  # the optimiser's reference, too
         self._power_on_due = 0
         self.files.save_power_on(self.power_on)
 
