@@ -13,3 +13,4 @@ test: install
 
 lint: install
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports --no-logo

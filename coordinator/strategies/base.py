@@ -33,6 +33,15 @@ def check_weight(weight: float) -> float:
     return w
 
 
+def check_flag(strategy: str, pname: str, value: object) -> bool:
+    """A yes/no parameter: a bool, or 0 or 1 (``--strategy-param flower=1`` gives 1.0)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{strategy}: {pname} must be true/false or 0/1, got {value!r}")
+
+
 def check_global(global_weights: Mapping[str, np.ndarray]) -> None:
     """Cheap structural check of the weights a round starts from (no full data pass)."""
     if not global_weights:

@@ -8,6 +8,7 @@ stored K x 4P instead of another K x 4P stack.
 
 The rules are unweighted, as in the papers: an update's weight (sample count, staleness) is
 validated but does not influence the result, since a Byzantine agent could inflate it.
+``MultiKrum(flower=True)`` is the exception: Flower weights the kept updates by samples.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from coordinator.strategies.base import Accumulator, Strategy, Weights, check_global
+from coordinator.strategies.base import Accumulator, Strategy, Weights, check_flag, check_global
 
 _BLOCK_VALUES = 1 << 20  # values (updates x columns) gathered per block in finish
 
@@ -45,6 +46,7 @@ class _StoredAccumulator(Accumulator):
             offset += g.size
         self.size = offset
         self.rows: list[np.ndarray] = []
+        self.weights: list[float] = []  # each row's weight (MultiKrum with flower=True)
 
     def _accept(self, delta: Weights, weight: float, scale: float) -> None:
         limit = self._strategy.max_updates
@@ -59,6 +61,7 @@ class _StoredAccumulator(Accumulator):
             else:
                 np.multiply(src, scale, out=row[lo:hi], casting="same_kind")
         self.rows.append(row)
+        self.weights.append(weight)
 
     def blocks(self, rows: list[np.ndarray] | None = None, by_column: bool = False,
                ) -> Iterator[tuple[str, int, int, np.ndarray]]:
@@ -140,21 +143,26 @@ class TrimmedMean(_RobustStrategy):
     outlier, which floor(0.1 * n) alone would not), and at most ``(n - 1) // 2`` (something
     must remain). ``beta = 0`` is the plain mean.
 
-    Parameters: ``beta`` (default 0.1, in [0, 0.5)), ``max_updates`` (default 1000).
+    Parameters: ``beta`` (default 0.1, in [0, 0.5); Flower's FedTrimmedAvg defaults to
+    0.2), ``max_updates`` (default 1000), ``flower`` (default False: True trims
+    ``floor(beta * n)`` only, as Flower and ``scipy.stats.trim_mean`` do, so fewer than
+    ``1 / beta`` updates are not trimmed at all).
     """
 
     name: ClassVar[str] = "trimmed_mean"
 
-    def __init__(self, beta: float = 0.1, max_updates: int = 1000) -> None:
+    def __init__(self, beta: float = 0.1, max_updates: int = 1000,
+                 flower: bool = False) -> None:
         super().__init__(max_updates)
         if not (math.isfinite(beta) and 0.0 <= beta < 0.5):
             raise ValueError(f"trimmed_mean: beta must be in [0, 0.5), got {beta!r}")
         self.beta = float(beta)
+        self.flower = check_flag(self.name, "flower", flower)
 
     def trim_count(self, n: int) -> int:
         """How many values are dropped from each end for n updates."""
         t = math.floor(self.beta * n)
-        if self.beta > 0.0 and n >= 3:
+        if self.beta > 0.0 and n >= 3 and not self.flower:
             t = max(t, 1)
         return min(t, (n - 1) // 2)
 
@@ -171,7 +179,8 @@ class TrimmedMean(_RobustStrategy):
             (name, a, b, trimmed(block)) for name, a, b, block in acc.blocks(by_column=True))
 
     def __repr__(self) -> str:
-        return f"TrimmedMean(beta={self.beta}, max_updates={self.max_updates})"
+        return (f"TrimmedMean(beta={self.beta}, max_updates={self.max_updates}, "
+                f"flower={self.flower})")
 
 
 class Krum(_RobustStrategy):
@@ -221,11 +230,21 @@ class Krum(_RobustStrategy):
     def select(self, n: int, scores: np.ndarray) -> np.ndarray:
         return np.argsort(scores, kind="stable")[:1]
 
+    def mean_weights(self, acc: _StoredAccumulator, chosen: np.ndarray) -> np.ndarray | None:
+        """Weights of the chosen deltas in their mean; None: unweighted."""
+        return None
+
     def reduce(self, acc: _StoredAccumulator) -> Weights:
-        chosen = [acc.rows[i] for i in self.select(acc.count, self.scores(acc))]
-        return acc.new_weights(
-            (name, a, b, block.mean(axis=0, dtype=np.float64))
-            for name, a, b, block in acc.blocks(chosen))
+        chosen = self.select(acc.count, self.scores(acc))
+        w = self.mean_weights(acc, chosen)
+
+        def mean(block: np.ndarray) -> np.ndarray:
+            if w is None:
+                return block.mean(axis=0, dtype=np.float64)
+            return (w @ block) / w.sum()
+
+        return acc.new_weights((name, a, b, mean(block))
+                               for name, a, b, block in acc.blocks([acc.rows[i] for i in chosen]))
 
     def __repr__(self) -> str:
         return f"Krum(f={self.f}, max_updates={self.max_updates})"
@@ -235,22 +254,35 @@ class MultiKrum(Krum):
     """Multi-Krum (Blanchard et al. 2017): the unweighted mean of the ``m`` deltas with the
     lowest Krum scores (ties: earliest added first).
 
-    Parameters: ``f`` (as Krum), ``m`` (default None = ``n - f``; capped at n),
-    ``max_updates`` (default 1000).
+    Parameters: ``f`` (as Krum), ``m`` (default None = ``n - f``; capped at n; Flower's
+    ``num_clients_to_keep``), ``max_updates`` (default 1000), ``flower`` (default False:
+    True weights the kept deltas by their update weight, the sample count, as Flower's
+    Krum does with ``num_clients_to_keep > 0``; an agent that inflates its count then
+    pulls the mean once it is kept).
     """
 
     name: ClassVar[str] = "multikrum"
 
-    def __init__(self, f: int | None = None, m: int | None = None,
-                 max_updates: int = 1000) -> None:
+    def __init__(self, f: int | None = None, m: int | None = None, max_updates: int = 1000,
+                 flower: bool = False) -> None:
         super().__init__(f, max_updates)
         if m is not None and (isinstance(m, bool) or int(m) != m or m < 1):
             raise ValueError(f"multikrum: m must be None or an integer >= 1, got {m!r}")
         self.m = None if m is None else int(m)
+        self.flower = check_flag(self.name, "flower", flower)
 
     def select(self, n: int, scores: np.ndarray) -> np.ndarray:
         m = n - self.byzantine(n) if self.m is None else min(self.m, n)
         return np.argsort(scores, kind="stable")[:m]
 
+    def mean_weights(self, acc: _StoredAccumulator, chosen: np.ndarray) -> np.ndarray | None:
+        if not self.flower:
+            return None
+        w = np.array([acc.weights[i] for i in chosen], np.float64)
+        if not w.sum() > 0.0:
+            raise ValueError("multikrum: the kept updates have a total weight of 0; need > 0")
+        return w
+
     def __repr__(self) -> str:
-        return f"MultiKrum(f={self.f}, m={self.m}, max_updates={self.max_updates})"
+        return (f"MultiKrum(f={self.f}, m={self.m}, max_updates={self.max_updates}, "
+                f"flower={self.flower})")

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from agent.learn.continual import (
-    Adwin,
     ErrorDriftMonitor,
     EwcPenalty,
     InputDriftMonitor,
@@ -18,8 +17,6 @@ from agent.learn.continual import (
     RegimeReplayBuffer,
     ReplayBuffer,
     fisher_diagonal,
-    kolmogorov_sf,
-    ks_2samp,
     psi,
 )
 from agent.learn.trainer import TrainConfig, train_delta
@@ -94,23 +91,6 @@ def test_page_hinkley_ignores_a_fall() -> None:
     assert not any(ph.update(v) for v in x)
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_adwin_stays_quiet_on_stationary_errors(seed: int) -> None:
-    ad = Adwin()
-    assert not any(ad.update(v) for v in 0.1 * _abs_noise(seed, 4000))
-    assert ad.width == 1000  # bounded by max_window
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_adwin_fires_on_a_step_and_drops_the_old_part(seed: int) -> None:
-    x = 0.1 * _abs_noise(200 + seed, 700)
-    x[400:] += 0.3  # about five sigma
-    ad = Adwin()
-    fired = [i for i, v in enumerate(x) if ad.update(v)]
-    assert fired and 400 <= fired[0] < 460 and ad.increased
-    assert ad.width < 320  # the 400 pre-step values were cut away (all but a handful)
-
-
 def test_error_monitor_names_the_target_whose_error_rose_and_resets_all() -> None:
     rng = np.random.default_rng(3)
     mon = ErrorDriftMonitor(("energy", "cu"), scale=(50.0, 0.1))
@@ -128,19 +108,6 @@ def test_error_monitor_names_the_target_whose_error_rose_and_resets_all() -> Non
 
 # -- input drift ---------------------------------------------------------------------------
 
-def test_ks_statistic_and_p_value_by_hand() -> None:
-    assert ks_2samp([1, 2, 3], [4, 5, 6])[0] == 1.0
-    assert ks_2samp([0, 0, 1], [0, 1, 1])[0] == pytest.approx(1 / 3)  # ties: CDFs at 0
-    # Kolmogorov distribution: 1.358 and 1.628 are the 5 % and 1 % critical values.
-    assert kolmogorov_sf(1.358) == pytest.approx(0.05, abs=5e-4)
-    assert kolmogorov_sf(1.628) == pytest.approx(0.01, abs=2e-4)
-    assert kolmogorov_sf(0.1) == 1.0
-    rng = np.random.default_rng(0)
-    same = ks_2samp(rng.standard_normal(400), rng.standard_normal(400))[1]
-    moved = ks_2samp(rng.standard_normal(400), rng.standard_normal(400) + 0.5)[1]
-    assert same > 0.01 and moved < 1e-6
-
-
 def test_psi_small_for_the_same_distribution_large_for_a_shift_and_a_new_value() -> None:
     rng = np.random.default_rng(1)
     ref = rng.standard_normal(500)
@@ -151,20 +118,18 @@ def test_psi_small_for_the_same_distribution_large_for_a_shift_and_a_new_value()
     assert psi(zeros, np.r_[np.zeros(100), np.full(100, 3.0)]) > 0.25
 
 
-@pytest.mark.parametrize("method", ["psi", "ks"])
-def test_input_monitor_quiet_on_stationary_inputs(method: str) -> None:
+def test_input_monitor_quiet_on_stationary_inputs() -> None:
     rng = np.random.default_rng(11)
-    mon = InputDriftMonitor(["a", "b", "c", "d"], method=method)
+    mon = InputDriftMonitor(["a", "b", "c", "d"])
     rows = np.c_[rng.standard_normal((2500, 2)), rng.exponential(1.0, 2500),
                  np.round(rng.uniform(0, 5, 2500), 1)]  # ties, like tonnes to 0.1 t
     assert all(mon.update(r) is None for r in rows)
     assert mon.last_scores  # it did compare
 
 
-@pytest.mark.parametrize("method", ["psi", "ks"])
-def test_input_monitor_fires_on_a_step_in_one_feature(method: str) -> None:
+def test_input_monitor_fires_on_a_step_in_one_feature() -> None:
     rng = np.random.default_rng(12)
-    mon = InputDriftMonitor(["a", "b", "c"], method=method)  # 500 reference, 200 recent
+    mon = InputDriftMonitor(["a", "b", "c"])  # 500 reference, 200 recent
     fired = []
     for i in range(1100):
         row = rng.standard_normal(3)

@@ -43,3 +43,23 @@ def test_unsigned_and_foreign_signatures_rejected() -> None:
     foreign = sign_model(_body(), Ed25519PrivateKey.generate())
     with pytest.raises(SignatureError, match="invalid signature"):
         verify_model(foreign, key.public_key())
+
+
+def test_a_javascript_encoder_writing_integral_floats_as_ints_verifies() -> None:
+    """RFC 8785 writes 8.0 and 8 alike: a client whose msgpack encoder sends integral
+    numbers as ints (JavaScript) computes the same digest."""
+    key = Ed25519PrivateKey.generate()
+    body = _body().model_copy(update={"spec": {"x_scale": [8.0, 1e-05, 0.5]},
+                                      "metadata": {"lr": 2.0}})
+    signed = sign_model(body, key)
+    as_javascript = signed.model_copy(update={"spec": {"x_scale": [8, 0.00001, 0.5]},
+                                              "metadata": {"lr": 2}})
+    verify_model(as_javascript, key.public_key())
+
+
+@pytest.mark.parametrize("metadata", [{"big": 2**53}, {"blob": b"\x00"}])
+def test_metadata_without_a_canonical_form_is_rejected_not_raised(metadata: dict) -> None:
+    key = Ed25519PrivateKey.generate()
+    forged = sign_model(_body(), key).model_copy(update={"metadata": metadata})
+    with pytest.raises(SignatureError, match="no canonical JSON form"):
+        verify_model(forged, key.public_key())

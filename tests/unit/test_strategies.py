@@ -220,13 +220,18 @@ def _npz_round_trip(state: dict[str, object]) -> dict[str, object]:
         return {k: z[k] for k in z.files}
 
 
-@pytest.mark.parametrize("name", ALL_NAMES)
-def test_state_round_trip_continues_identically(name: str) -> None:
+FLOWER_VARIANTS = [(n, {"flower": 1.0}) for n in
+                   ("fedadagrad", "fedadam", "fedyogi", "trimmed_mean", "multikrum")]
+
+
+@pytest.mark.parametrize(("name", "params"),
+                         [(n, {}) for n in ALL_NAMES] + FLOWER_VARIANTS)
+def test_state_round_trip_continues_identically(name: str, params: dict[str, float]) -> None:
     rng = np.random.default_rng(7)
     rounds = [random_round(rng, SHAPES, 5) for _ in range(3)]
-    a = make_strategy(name)
+    a = make_strategy(name, **params)
     x = a.aggregate(g0(), rounds[0])
-    b = make_strategy(name)
+    b = make_strategy(name, **params)  # FedAdam's Flower step size follows the loaded rounds
     b.load_state_dict(_npz_round_trip(a.state_dict()))
     xa, xb = x, x
     for upd in rounds[1:]:
@@ -451,6 +456,8 @@ def test_trimmed_mean_trim_count_rule() -> None:
     for bad in (-0.1, 0.5, float("nan")):
         with pytest.raises(ValueError, match="beta"):
             TrimmedMean(beta=bad)
+    flower = TrimmedMean(beta=0.1, flower=True)  # floor(beta * n) only, as Flower and scipy
+    assert [flower.trim_count(n) for n in (3, 5, 9, 10, 19, 20)] == [0, 0, 0, 1, 1, 2]
 
 
 # 2-D points split over two tensors, so Krum's distances must span all tensors:
@@ -480,6 +487,17 @@ def test_multikrum_hand_computed() -> None:
     np.testing.assert_allclose([two["x"][0], two["y"][0]], [0.5, 0.0])
     many = MultiKrum(m=50).aggregate(W(x=[0], y=[0]), krum_round())  # capped at n: the mean
     np.testing.assert_allclose([many["x"][0], many["y"][0]], [2.4, 2.6], rtol=1e-6)
+
+
+def test_multikrum_flower_weights_the_kept_deltas_by_samples() -> None:
+    # Kept: a, b, c, d with weights 1, 2, 3, 4 (krum_round); e (weight 5) is rejected.
+    out = MultiKrum(flower=True).aggregate(W(x=[0], y=[0]), krum_round())
+    np.testing.assert_allclose([out["x"][0], out["y"][0]], [(2 + 4) / 10, (6 + 4) / 10],
+                               rtol=1e-6)
+    zero = [(d, 0.0) for d, _ in krum_round()]
+    with pytest.raises(ValueError, match="total weight of 0"):
+        MultiKrum(flower=True).aggregate(W(x=[0], y=[0]), zero)
+    assert MultiKrum().aggregate(W(x=[0], y=[0]), zero)["x"][0] == 0.5  # unweighted: fine
 
 
 def test_krum_byzantine_count() -> None:
@@ -594,8 +612,12 @@ def test_registry_and_make_strategy_errors() -> None:
         make_strategy("krum", max_updates=2.5)
     s = make_strategy("fedadam", eta=0.5, beta_2=0.9)
     assert isinstance(s, FedAdam) and (s.eta, s.beta_1, s.beta_2) == (0.5, 0.9, 0.9)
+    flags = [make_strategy(n, flower=v) for n, v in
+             [("fedadam", 1.0), ("fedyogi", 0.0), ("trimmed_mean", True), ("multikrum", 1)]]
+    assert [getattr(f, "flower", None) for f in flags] == [True, False, True, True]
     for name, bad in [("fedavgm", {"beta": 1.0}), ("fedavgm", {"server_lr": 0.0}),
                       ("fedadam", {"tau": 0.0}), ("fedyogi", {"beta_2": -0.1}),
-                      ("median", {"max_updates": 0})]:
+                      ("median", {"max_updates": 0}), ("fedadam", {"flower": 2.0}),
+                      ("multikrum", {"flower": 0.5}), ("trimmed_mean", {"flower": "yes"})]:
         with pytest.raises(ValueError, match=name):
             make_strategy(name, **bad)

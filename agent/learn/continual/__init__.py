@@ -6,13 +6,10 @@ experiment (``alchimia.experiment``) both drive. See docs/CONTINUAL.md.
 """
 
 from agent.learn.continual.drift import (
-    Adwin,
     ErrorDriftMonitor,
     InputDriftMonitor,
     PageHinkley,
     StreamDetector,
-    kolmogorov_sf,
-    ks_2samp,
     psi,
 )
 from agent.learn.continual.prequential import Prequential
@@ -20,7 +17,6 @@ from agent.learn.continual.regularise import EwcPenalty, fisher_diagonal
 from agent.learn.continual.replay import RegimeReplayBuffer, ReplayBuffer
 
 __all__ = [
-    "Adwin",
     "ErrorDriftMonitor",
     "EwcPenalty",
     "InputDriftMonitor",
@@ -30,7 +26,5 @@ __all__ = [
     "ReplayBuffer",
     "StreamDetector",
     "fisher_diagonal",
-    "kolmogorov_sf",
-    "ks_2samp",
     "psi",
 ]

@@ -1,0 +1,1 @@
+"""Recorded reference data and the scripts that write it."""
