@@ -51,6 +51,15 @@ class Topics:
         """Admin commands to the coordinator (the broker's ACL lets only admins write)."""
         return f"{self.root}/coordinator/admin"
 
+    def bridge_state(self, bridge_id: str) -> str:
+        """A plant broker's bridge to this broker: ``1`` while connected, ``0`` after (its
+        will); plain text, retained, published by mosquitto itself (docs/SCALE.md)."""
+        return f"{self.root}/bridges/{check_id(bridge_id, 'bridge id')}/state"
+
+    @property
+    def all_bridge_states(self) -> str:
+        return f"{self.root}/bridges/+/state"
+
     @property
     def model_current(self) -> str:
         return f"{self.root}/model/current"

@@ -11,14 +11,17 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from broker.mosquitto_conf import DEFAULT_MESSAGE_SIZE_LIMIT, PACKET_HEADROOM
+from broker.mosquitto_conf import (
+    DEFAULT_MODEL_MESSAGE_BYTES,
+    MAX_MESSAGE_SIZE_LIMIT,
+    BrokerSizing,
+    broker_sizing,
+)
 from broker.topics import check_id
 
-Role = Literal["coordinator", "agent", "consumer"]
-# MQTT's largest packet (remaining length) is 268,435,455 bytes.
-MAX_MESSAGE_SIZE_LIMIT = 268_435_455 - PACKET_HEADROOM
+Role = Literal["coordinator", "admin", "agent", "consumer", "bridge"]
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
@@ -42,15 +45,14 @@ class IdentitySpec(_Strict):
         return check_id(v, "identity id")
 
 
-class BrokerSpec(_Strict):
+class _Listener(_Strict):
+    """Where clients reach a broker (the central one, or a plant broker)."""
+
     # Names and addresses clients use; the first one goes into every identity's broker URL.
     hosts: list[str] = Field(min_length=1)
     tls_port: int = Field(default=8883, ge=1, le=65535)
     tls_bind: str | None = None  # address of the TLS listener; all interfaces when absent
-    plain_port: int | None = Field(default=None, ge=1, le=65535)  # loopback only
-    # mosquitto started as root switches to this user; "" leaves the `user` line out.
-    user: str = "mosquitto"
-    # Where the broker bundle (DIR/mosquitto) will live on the broker host, if elsewhere.
+    # Where the broker bundle will live on the broker host, if elsewhere.
     install_dir: Path | None = None
 
     @field_validator("hosts")
@@ -83,19 +85,44 @@ class BrokerSpec(_Strict):
                 raise ValueError(f"invalid tls_bind {v!r}: not an address") from None
         return v
 
-    @field_validator("user")
-    @classmethod
-    def _user(cls, v: str) -> str:
-        if v and not _USER_RE.match(v):
-            raise ValueError(f"invalid user {v!r}: use a plain system user name")
-        return v
-
     @field_validator("install_dir")
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
         if v is not None and not v.is_absolute():
             raise ValueError("install_dir must be an absolute path")
         return v
+
+
+class BrokerSpec(_Listener):
+    plain_port: int | None = Field(default=None, ge=1, le=65535)  # loopback only
+    # mosquitto started as root switches to this user (its default: mosquitto) before it
+    # reads keys, ACL and passwords; "root" keeps root (not recommended). Plant brokers too.
+    user: str = "mosquitto"
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if not v:
+            raise ValueError(
+                "user must not be empty: without a `user` line mosquitto started as root "
+                "still switches to 'mosquitto', which cannot read the broker's 0600 files; "
+                "name the user mosquitto runs as ('root' keeps root)")
+        if not _USER_RE.match(v):
+            raise ValueError(f"invalid user {v!r}: use a plain system user name")
+        return v
+
+
+class PlantBrokerSpec(_Listener):
+    """A plant (or regional) broker bridged to the central one; its agents connect to it."""
+
+    id: str  # the bridge's identity on the central broker (certificate CN, username)
+    revoked: bool = False
+    agents: list[str] = Field(min_length=1)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        return check_id(v, "plant broker id")
 
 
 class PkiSpec(_Strict):
@@ -106,16 +133,21 @@ class PkiSpec(_Strict):
 class FederationFile(_Strict):
     federation: str
     auth: Literal["certificates", "passwords"] = "certificates"
-    message_size_limit: int = Field(default=DEFAULT_MESSAGE_SIZE_LIMIT, ge=1024,
-                                    le=MAX_MESSAGE_SIZE_LIMIT)
+    # Bytes of the largest model message (model/current): sizes the brokers (docs/SCALE.md).
+    model_message_bytes: int = Field(default=DEFAULT_MODEL_MESSAGE_BYTES, ge=1024,
+                                     le=MAX_MESSAGE_SIZE_LIMIT)
+    # Largest payload the brokers accept; default: derived from model_message_bytes.
+    message_size_limit: int | None = Field(default=None, ge=1024, le=MAX_MESSAGE_SIZE_LIMIT)
     # Each identity is a bare id or a table {id = "...", revoked = true}.
     coordinator: IdentitySpec = IdentitySpec(id="coordinator")
+    admins: list[IdentitySpec] = []
     agents: list[IdentitySpec] = []
     consumers: list[IdentitySpec] = []
     revoked: list[str] = []
     # Where identity bundles (DIR/identities/NAME) will live on their machines, if elsewhere.
     identities_install_dir: Path | None = None
     broker: BrokerSpec
+    plant_brokers: list[PlantBrokerSpec] = []
     pki: PkiSpec = PkiSpec()
 
     @field_validator("federation")
@@ -128,7 +160,7 @@ class FederationFile(_Strict):
     def _bare_id(cls, v: object) -> object:
         return {"id": v} if isinstance(v, str) else v
 
-    @field_validator("agents", "consumers", mode="before")
+    @field_validator("admins", "agents", "consumers", mode="before")
     @classmethod
     def _bare_ids(cls, v: object) -> object:
         return [{"id": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
@@ -145,13 +177,35 @@ class FederationFile(_Strict):
             raise ValueError("identities_install_dir must be an absolute path")
         return v
 
-    def identities(self) -> dict[str, tuple[Role, bool]]:
-        """``{id: (role, revoked)}``; an id may appear once across all roles."""
-        out: dict[str, tuple[Role, bool]] = {}
-        listed: list[tuple[Role, IdentitySpec]] = [("coordinator", self.coordinator)]
+    @model_validator(mode="after")
+    def _plant_agents(self) -> FederationFile:
+        agents = {a.id for a in self.agents}
+        seen: dict[str, str] = {}
+        for plant in self.plant_brokers:
+            for aid in plant.agents:
+                if aid not in agents:
+                    raise ValueError(f"plant broker {plant.id!r} lists agent {aid!r}, which "
+                                     "`agents` does not list")
+                if aid in seen:
+                    raise ValueError(f"agent {aid!r} is behind two plant brokers "
+                                     f"({seen[aid]!r} and {plant.id!r})")
+                seen[aid] = plant.id
+        return self
+
+    def _listed(self) -> list[tuple[Role, IdentitySpec | PlantBrokerSpec]]:
+        listed: list[tuple[Role, IdentitySpec | PlantBrokerSpec]] = [
+            ("coordinator", self.coordinator)]
+        listed += [("admin", a) for a in self.admins]
         listed += [("agent", a) for a in self.agents]
         listed += [("consumer", c) for c in self.consumers]
-        for role, spec in listed:
+        listed += [("bridge", p) for p in self.plant_brokers]
+        return listed
+
+    def identities(self) -> dict[str, tuple[Role, bool]]:
+        """``{id: (role, revoked)}``; an id may appear once across all roles (a plant
+        broker's id is its bridge's identity)."""
+        out: dict[str, tuple[Role, bool]] = {}
+        for role, spec in self._listed():
             if spec.id in out:
                 raise FederationFileError(
                     f"identity {spec.id!r} is listed twice: ids are usernames and must be unique")
@@ -163,8 +217,17 @@ class FederationFile(_Strict):
 
     def unlisted_revoked(self) -> list[str]:
         """Names in ``revoked`` that no role lists (retired identities dropped from the lists)."""
-        listed = {x.id for x in [self.coordinator, *self.agents, *self.consumers]}
+        listed = {spec.id for _, spec in self._listed()}
         return [name for name in self.revoked if name not in listed]
+
+    def plant_broker_of(self, agent_id: str) -> PlantBrokerSpec | None:
+        """The plant broker an agent connects to; None for the central broker."""
+        return next((p for p in self.plant_brokers if agent_id in p.agents), None)
+
+    def sizing(self, agents: int) -> BrokerSizing:
+        """Queue and message limits of a broker that ``agents`` agents reach."""
+        return broker_sizing(agents, self.model_message_bytes,
+                             message_size_limit=self.message_size_limit)
 
 
 def load_federation(path: Path) -> FederationFile:

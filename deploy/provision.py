@@ -21,18 +21,37 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.mosquitto_conf import acl_text, secure_config
+from broker.mosquitto_conf import acl_text, bridge_config, secure_config
 from deploy import pki
-from deploy.federation import FederationFile, FederationFileError, Role, load_federation
+from deploy.federation import (
+    FederationFile,
+    FederationFileError,
+    PlantBrokerSpec,
+    Role,
+    load_federation,
+)
 from deploy.passwords import generate_password, hash_password, password_file
 
 STATE_FORMAT = 1
+# A bridge has no config of its own: its plant broker's mosquitto.conf holds it.
 CONFIG_NAMES: dict[Role, str] = {
     "agent": "agent.toml", "coordinator": "coordinator.toml", "consumer": "consumer.toml",
+    "admin": "admin.toml",
 }
+# The admin commands read their connection from the coordinator's settings model, which
+# has no admin id: admin.toml names it in its usage line (--admin-id) instead.
 ID_KEYS: dict[Role, str] = {
     "agent": "agent_id", "coordinator": "coordinator_id", "consumer": "consumer_id",
 }
+# The first line of every ready config, and the hint above its broker URL.
+_CONFIG_HEADER = "# {role} {name} of federation {federation}; written by `alchimia provision`.\n"
+_BROKER_HINT = (
+    "# broker: the first of the `hosts` of this identity's broker in the federation file\n"
+    "# ([broker], or its [[plant_brokers]] entry). If this machine reaches the broker by\n"
+    "# another name, use one of those `hosts` here (the broker's certificate names them),\n"
+    "# or add the name there and re-provision.\n")
+_ADMIN_USAGE = ("# Use: alchimia coordinator --config THIS_FILE rollback VERSION "
+                "--admin-id {name}\n# (or pause, resume, stop in place of rollback VERSION)\n")
 
 
 class ProvisionError(RuntimeError):
@@ -62,6 +81,13 @@ class ProvisionReport:
         broker_dir = self.out_dir / "mosquitto"
         return any(broker_dir in p.parents for p in self.written)
 
+    @property
+    def plant_brokers_changed(self) -> list[Path]:
+        """Configs of the plant brokers to restart (their files changed in this run)."""
+        root = self.out_dir / "plant-brokers"
+        changed = {p.relative_to(root).parts[0] for p in self.written if root in p.parents}
+        return [root / name / "mosquitto.conf" for name in sorted(changed)]
+
     def summary(self) -> str:
         lines = [f"federation {self.federation}: provisioned in {self.out_dir}"]
         for label, names in (("issued", self.issued), ("re-issued", self.reissued),
@@ -71,6 +97,8 @@ class ProvisionReport:
         lines.append(f"  {len(self.written)} file(s) written")
         if self.broker_changed:
             lines.append(f"  broker files changed: restart mosquitto -c {self.broker_config}")
+        lines += [f"  plant broker files changed: restart mosquitto -c {conf}"
+                  for conf in self.plant_brokers_changed]
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -204,11 +232,15 @@ def provision(config_path: Path, out_dir: Path) -> ProvisionReport:
     for sub, mode in (("ca", 0o700), ("signing", 0o700), ("identities", 0o755),
                       ("mosquitto", 0o755), ("mosquitto/data", 0o755)):
         w.mkdir(out / sub, mode)
+    if cfg.plant_brokers:
+        w.mkdir(out / "plant-brokers", 0o755)
 
     ca = _certificate_authority(cfg, out, w)
     w.put(state_path, state.dump(), private=True)  # a CA never exists without its state
     signing_key = _signing_key(out, w)
-    _server_certificate(cfg, state, ca, out, w)
+    _server_certificate(cfg.broker.hosts, cfg, ca, out / "mosquitto", w)
+    state.server_names = list(cfg.broker.hosts)
+    _check_sizes_and_hosts(cfg, report)
 
     needs_passwords = cfg.auth == "passwords" or cfg.broker.plain_port is not None
     now = pki.utcnow().replace(microsecond=0)
@@ -236,6 +268,9 @@ def provision(config_path: Path, out_dir: Path) -> ProvisionReport:
 
     _crl(cfg, state, ca, out, w)
     _broker_files(cfg, state, out, w, needs_passwords)
+    for plant in cfg.plant_brokers:
+        if not state.identities[plant.id].revoked:
+            _plant_broker_files(plant, cfg, state, ca, out, w, report)
     w.put(state_path, state.dump(), private=True)
     _chown_broker_files(cfg, out, report)
     return report
@@ -281,10 +316,10 @@ def _signing_key(out: Path, w: _Writer) -> bytes:
     return key_file.read_bytes()
 
 
-def _server_certificate(cfg: FederationFile, state: _State, ca: pki.CertificateAuthority,
-                        out: Path, w: _Writer) -> None:
-    key_file, cert_file = out / "mosquitto" / "server.key", out / "mosquitto" / "server.pem"
-    names = list(cfg.broker.hosts)
+def _server_certificate(names: list[str], cfg: FederationFile, ca: pki.CertificateAuthority,
+                        broker_dir: Path, w: _Writer) -> None:
+    """A broker's key and certificate (SANs = ``names``), and the CA beside them."""
+    key_file, cert_file = broker_dir / "server.key", broker_dir / "server.pem"
     if key_file.exists():
         key = pki.load_key(key_file)
     else:
@@ -295,13 +330,30 @@ def _server_certificate(cfg: FederationFile, state: _State, ca: pki.CertificateA
     if current is None or pki.certificate_sans(current) != names:
         cert = ca.issue("alchimia broker", key, days=cfg.pki.cert_days, server_names=names)
         w.put(cert_file, pki.cert_pem(cert), private=False)
-    state.server_names = names
-    w.put(out / "mosquitto" / "ca.pem", pki.cert_pem(ca.cert), private=False)
+    w.put(broker_dir / "ca.pem", pki.cert_pem(ca.cert), private=False)
+
+
+def _check_sizes_and_hosts(cfg: FederationFile, report: ProvisionReport) -> None:
+    limit = cfg.sizing(0).message_size_limit
+    if limit < cfg.model_message_bytes:
+        report.warnings.append(
+            f"message_size_limit {limit} is below model_message_bytes "
+            f"{cfg.model_message_bytes}: the brokers would drop every model")
+    for host in (cfg.broker.hosts[0], *(p.hosts[0] for p in cfg.plant_brokers)):
+        if host == "example" or host.endswith(".example"):
+            report.warnings.append(
+                f"broker host {host!r} is a placeholder (.example): its clients' configs "
+                "point there; put the broker's real name first in its `hosts` and re-run")
+
+
+def _bundle(out: Path, name: str, role: Role) -> Path:
+    """An identity's directory; a bridge's is its plant broker's bundle, which uses it."""
+    return out / ("plant-brokers" if role == "bridge" else "identities") / name
 
 
 def _issue(name: str, role: Role, ca: pki.CertificateAuthority, cfg: FederationFile, out: Path,
            w: _Writer) -> _Identity:
-    bundle = out / "identities" / name
+    bundle = _bundle(out, name, role)
     w.mkdir(bundle, 0o700)
     key = pki.new_key()
     cert = ca.issue(name, key, days=cfg.pki.cert_days)
@@ -314,13 +366,13 @@ def _issue(name: str, role: Role, ca: pki.CertificateAuthority, cfg: FederationF
 
 def _identity_files(name: str, entry: _Identity, cfg: FederationFile, out: Path, w: _Writer,
                     signing_key: bytes, needs_passwords: bool, report: ProvisionReport) -> None:
-    bundle = out / "identities" / name
+    bundle = _bundle(out, name, entry.role)
     w.mkdir(bundle, 0o700)
     w.put(bundle / "ca.pem", (out / "ca" / "ca.pem").read_bytes(), private=False)
     signing_pub = (out / "signing" / "model_signing.pub").read_bytes()
     if entry.role == "coordinator":
         w.put(bundle / "model_signing.key", signing_key, private=True)
-    else:
+    elif entry.role in ("agent", "consumer"):
         w.put(bundle / "model_signing.pub", signing_pub, private=False)
     for suffix in (".key", ".pem"):
         if not (bundle / f"{name}{suffix}").exists():
@@ -341,12 +393,15 @@ def _identity_files(name: str, entry: _Identity, cfg: FederationFile, out: Path,
                                    f"password file, but {name}'s config cannot be rendered")
         if password is not None and entry.password_hash is None:
             entry.password_hash = hash_password(password)
+    if entry.role == "bridge":
+        return  # its config is its plant broker's mosquitto.conf (_plant_broker_files)
 
     root = (cfg.identities_install_dir or out / "identities") / name
+    listener = (cfg.plant_broker_of(name) if entry.role == "agent" else None) or cfg.broker
     values: list[tuple[str, str | Path]] = [
-        ("broker", _broker_url(cfg.broker.hosts[0], cfg.broker.tls_port)),
+        ("broker", _broker_url(listener.hosts[0], listener.tls_port)),
         ("federation", cfg.federation),
-        (ID_KEYS[entry.role], name),
+        *([(ID_KEYS[entry.role], name)] if entry.role in ID_KEYS else []),
     ]
     if cfg.auth == "passwords":
         if password is None:
@@ -356,10 +411,10 @@ def _identity_files(name: str, entry: _Identity, cfg: FederationFile, out: Path,
                ("key_file", root / f"{name}.key")]
     if entry.role == "coordinator":
         values.append(("model_signing_key", root / "model_signing.key"))
-    else:
+    elif entry.role in ("agent", "consumer"):
         values.append(("model_public_key", root / "model_signing.pub"))
-    text = (f"# {entry.role} {name} of federation {cfg.federation}; written by "
-            "`alchimia provision`.\n")
+    text = _CONFIG_HEADER.format(role=entry.role, name=name, federation=cfg.federation)
+    text += (_ADMIN_USAGE.format(name=name) if entry.role == "admin" else "") + _BROKER_HINT
     text += "".join(f"{k} = {_toml_value(v)}\n" for k, v in values)
     # Private in password mode (it holds the password); kept private always, for one rule.
     w.put(bundle / CONFIG_NAMES[entry.role], text.encode(), private=True)
@@ -380,12 +435,16 @@ def _broker_files(cfg: FederationFile, state: _State, out: Path, w: _Writer,
                   needs_passwords: bool) -> None:
     broker = out / "mosquitto"
     root = cfg.broker.install_dir or broker
-    active: dict[Role, list[str]] = {"coordinator": [], "agent": [], "consumer": []}
+    active: dict[Role, list[str]] = {r: [] for r in ("coordinator", "admin", "agent",
+                                                     "consumer", "bridge")}
     for name, entry in state.identities.items():
         if not entry.revoked:
             active[entry.role].append(name)
+    bridges = {p.id: _active(p.agents, state) for p in cfg.plant_brokers
+               if p.id in active["bridge"]}
     w.put(broker / "acl", acl_text(cfg.federation, coordinators=active["coordinator"],
-                                   agents=active["agent"], consumers=active["consumer"]).encode(),
+                                   admins=active["admin"], agents=active["agent"],
+                                   consumers=active["consumer"], bridges=bridges).encode(),
           private=True)
     if needs_passwords:
         hashes = {n: e.password_hash for n, e in state.identities.items()
@@ -398,22 +457,72 @@ def _broker_files(cfg: FederationFile, state: _State, out: Path, w: _Writer,
         crl_file=root / "crl.pem", acl_file=root / "acl", data_dir=root / "data",
         password_file=root / "passwd" if needs_passwords else None,
         require_certificate=cfg.auth == "certificates",
-        message_size_limit=cfg.message_size_limit, user=cfg.broker.user or None)
+        # Every agent reaches the coordinator through this broker, bridged or not.
+        sizing=cfg.sizing(len(active["agent"])), user=cfg.broker.user)
     w.put(broker / "mosquitto.conf", conf.encode(), private=False)
 
 
+def _active(names: list[str], state: _State) -> list[str]:
+    return [n for n in names if not state.identities[n].revoked]
+
+
+def _plant_broker_files(plant: PlantBrokerSpec, cfg: FederationFile, state: _State,
+                        ca: pki.CertificateAuthority, out: Path, w: _Writer,
+                        report: ProvisionReport) -> None:
+    """A plant broker's bundle: its listener for its agents, and its bridge to the centre."""
+    bundle = _bundle(out, plant.id, "bridge")
+    root = plant.install_dir or bundle
+    w.mkdir(bundle / "data", 0o755)
+    _server_certificate(plant.hosts, cfg, ca, bundle, w)
+    w.put(bundle / "crl.pem", (out / "ca" / "crl.pem").read_bytes(), private=False)
+    agents = _active(plant.agents, state)
+    w.put(bundle / "acl", acl_text(cfg.federation, agents=agents).encode(), private=True)
+    passwords = cfg.auth == "passwords"
+    bridge_password: str | None = None
+    if passwords:
+        hashes = {a: h for a in agents if (h := state.identities[a].password_hash) is not None}
+        w.put(bundle / "passwd", password_file(hashes).encode(), private=True)
+        if not (bundle / "password").exists():
+            report.warnings.append(f"{bundle / 'mosquitto.conf'} not written: the bridge's "
+                                   "password file is missing")
+            return
+        bridge_password = (bundle / "password").read_text().strip()
+    conf = secure_config(
+        tls_port=plant.tls_port, tls_bind=plant.tls_bind,
+        ca_file=root / "ca.pem", cert_file=root / "server.pem", key_file=root / "server.key",
+        crl_file=root / "crl.pem", acl_file=root / "acl", data_dir=root / "data",
+        password_file=root / "passwd" if passwords else None,
+        require_certificate=not passwords, sizing=cfg.sizing(len(agents)),
+        user=cfg.broker.user)
+    conf += "\n" + bridge_config(
+        cfg.federation, bridge_id=plant.id, agents=agents, host=cfg.broker.hosts[0],
+        port=cfg.broker.tls_port, ca_file=root / "ca.pem",
+        cert_file=None if passwords else root / f"{plant.id}.pem",
+        key_file=None if passwords else root / f"{plant.id}.key", password=bridge_password)
+    # Private: in password mode it holds the bridge's password.
+    w.put(bundle / "mosquitto.conf", conf.encode(), private=True)
+
+
 def _chown_broker_files(cfg: FederationFile, out: Path, report: ProvisionReport) -> None:
-    """Hand the broker's secrets to its service user: mosquitto drops root before reading them."""
-    if os.geteuid() != 0 or not cfg.broker.user or cfg.broker.user == "root":
+    """Hand the brokers' secrets to their service user: mosquitto drops root before reading
+    them (and needs to write its persistence file in data/)."""
+    if os.geteuid() != 0 or cfg.broker.user == "root":
         return
     try:
         user = pwd.getpwnam(cfg.broker.user)
     except KeyError:
         report.warnings.append(f"user {cfg.broker.user!r} does not exist here: chown "
-                               f"{out / 'mosquitto'} to the broker's user where it runs")
+                               f"{out / 'mosquitto'} (and plant-brokers/*) to the broker's "
+                               "user where it runs")
         return
     broker = out / "mosquitto"
-    for path in (broker / "data", broker / "server.key", broker / "acl", broker / "passwd"):
+    paths = [broker / n for n in ("data", "server.key", "acl", "passwd")]
+    for plant in cfg.plant_brokers:
+        bundle = _bundle(out, plant.id, "bridge")
+        paths += [bundle, *(bundle / n for n in ("data", "server.key", "acl", "passwd",
+                                                  "mosquitto.conf", f"{plant.id}.key",
+                                                  "password"))]
+    for path in paths:
         if path.exists():
             os.chown(path, user.pw_uid, user.pw_gid)
 
