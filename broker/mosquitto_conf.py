@@ -227,13 +227,17 @@ def acl_text(federation: str, *, coordinators: Sequence[str] = (), agents: Seque
             ("readwrite", topics.round_current),
         ])
     for uid in sorted(admins):
-        # Commands to the coordinator and what it publishes; nothing an agent writes.
+        # Commands to the coordinator, what it publishes, and the agents' statuses and
+        # metrics (versions, error figures, counts: what `alchimia status` shows); never
+        # an agent's updates or predictions, which carry the plant's data.
         block(uid, "admin", [
             ("write", topics.coordinator_admin),
             ("read", topics.coordinator_status),
             ("read", topics.model_current),
             ("read", topics.round_current),
             ("read", topics.all_bridge_states),
+            ("read", topics.all_agents("status")),
+            ("read", topics.all_agents("metrics")),
         ])
     for aid in sorted(agents):
         block(aid, "agent", agent_rules(topics, aid))

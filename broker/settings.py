@@ -129,6 +129,17 @@ class NodeSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid")
 
 
+class ServiceSettings(NodeSettings):
+    """Settings of a long-running service (coordinator, agent): its Prometheus endpoint."""
+
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve Prometheus metrics over HTTP on this "
+        "port (/metrics); 0 or unset: off")
+    metrics_host: str = Field(
+        default="127.0.0.1", description="address the metrics port listens on (0.0.0.0: "
+        "every interface)")
+
+
 def _no_delay(_client: object, _userdata: object, sock: object) -> None:
     """paho's ``on_socket_open``: no Nagle on this socket."""
     with contextlib.suppress(AttributeError, OSError):

@@ -1,1 +1,2 @@
-pytest_plugins = ["tests.fixtures.influxd", "tests.fixtures.mosquitto"]
+pytest_plugins = ["tests.fixtures.influxd", "tests.fixtures.mosquitto",
+                  "tests.fixtures.prometheus"]

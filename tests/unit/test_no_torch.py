@@ -34,11 +34,13 @@ def test_the_blocker_really_blocks_torch() -> None:
 
 
 def test_the_command_line_parses_without_torch() -> None:
-    """`alchimia coordinator`, `optimize`, `infer` and `characterise` start without torch;
-    the experiments' options (which import it) are read only for `alchimia experiment`."""
+    """`alchimia coordinator`, `optimize`, `infer`, `characterise` and `status` start
+    without torch; the experiments' options (which import it) are read only for
+    `alchimia experiment`."""
     done = _run(
         "from alchimia.cli import main\n"
-        "for cmd in ('coordinator', 'optimize', 'infer', 'characterise', 'provision'):\n"
+        "for cmd in ('coordinator', 'optimize', 'infer', 'characterise', 'provision',\n"
+        "            'status'):\n"
         "    try:\n"
         "        main([cmd, '--help'])\n"
         "    except SystemExit as exc:\n"

@@ -312,11 +312,14 @@ def test_acl_text() -> None:
                              f"topic readwrite {p}/coordinator/status",
                              f"topic readwrite {p}/model/current",
                              f"topic readwrite {p}/round/current"]
-    # The admin commands the coordinator and reads what it publishes; nothing of an agent's.
+    # The admin commands the coordinator and reads what it publishes and the agents'
+    # statuses and metrics; never their updates or predictions.
     assert blocks.pop(0) == ["# admin", "user adm", f"topic write {p}/coordinator/admin",
                              f"topic read {p}/coordinator/status",
                              f"topic read {p}/model/current", f"topic read {p}/round/current",
-                             f"topic read {p}/bridges/+/state"]
+                             f"topic read {p}/bridges/+/state",
+                             f"topic read {p}/agents/+/status",
+                             f"topic read {p}/agents/+/metrics"]
     # The bridge may do what its agents may (each rule once), and publish its own state.
     bridge = blocks.pop(2)
     assert bridge[:2] == ["# bridge", "user br"]
