@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import paho.mqtt.client as mqtt
 
+from broker.rejections import RejectionLog
 from broker.settings import NodeSettings
 
 log = logging.getLogger("alchimia.agent.mqtt")
@@ -28,7 +29,7 @@ class MqttLink:
                  request_topics: Sequence[str] = ()) -> None:
         self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.requests: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=REQUEST_QUEUE)
-        self.requests_dropped = 0
+        self.dropped = RejectionLog(log)  # requests dropped because too many wait
         self._birth = birth
         self._request_topics = frozenset(request_topics)
         self._subscriptions = list(subscriptions) + sorted(self._request_topics)
@@ -44,6 +45,10 @@ class MqttLink:
         self.client.on_connect_fail = self._on_connect_fail
         self.connected = False
         self._explained = False
+
+    @property
+    def requests_dropped(self) -> int:
+        return self.dropped.total
 
     def start(self) -> None:
         self.client.connect_async(self.host, self.port, self.keepalive)
@@ -96,7 +101,5 @@ class MqttLink:
         try:
             self.requests.put_nowait((msg.topic, msg.payload))
         except queue.Full:
-            self.requests_dropped += 1
-            if self.requests_dropped in (1, 10, 100) or self.requests_dropped % 1000 == 0:
-                log.warning("%d request(s) dropped: %d already wait to be answered",
-                            self.requests_dropped, REQUEST_QUEUE)
+            self.dropped.reject("queue_full", "request dropped: %d already wait to be answered",
+                                REQUEST_QUEUE)

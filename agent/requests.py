@@ -34,6 +34,7 @@ import msgpack
 import numpy as np
 
 from broker.limits import DecodeError, Limits
+from broker.rejections import RejectionLog
 from broker.schemas import (
     ErrorInfo,
     HeatPrediction,
@@ -131,7 +132,18 @@ class Responder:
         self.services = {s.name: s for s in services}
         self.limits = limits or RequestLimits()
         self._decoder = self.limits.decoder()
-        self.counts: Counter[str] = Counter()  # "answered", "error_{code}", "unanswerable"
+        # Refused requests, counted by "error_{code}" and "unanswerable"; logged bounded.
+        self.refusals = RejectionLog(log)
+        self._answered = 0
+
+    @property
+    def counts(self) -> Counter[str]:
+        """Requests since start: ``answered``, ``error_{code}`` per error code sent,
+        ``unanswerable`` (no sender to answer)."""
+        counts = Counter(self.refusals.snapshot())
+        if self._answered:
+            counts["answered"] = self._answered
+        return counts
 
     @property
     def request_topics(self) -> list[str]:
@@ -142,10 +154,9 @@ class Responder:
         parsed = self.topics.parse_request_topic(topic)
         service = self.services.get(parsed[1]) if parsed else None
         if parsed is None or service is None or parsed[0] != self.agent_id:
-            self.counts["unanswerable"] += 1
-            log.warning("request on unexpected topic %s ignored", topic)
+            self.refusals.reject("unanswerable", "request on unexpected topic %s ignored", topic)
             return None
-        client, request_id = None, None
+        client, request_id, why = None, None, ""
         try:
             try:
                 env = self._decode(service, payload)
@@ -163,27 +174,27 @@ class Responder:
         except RequestError as exc:
             if client is None:
                 client, request_id = _peek(payload)
-            code = exc.code
+            code, why = exc.code, exc.message
             body = service.response(request_id=request_id,
                                     error=ErrorInfo(code=exc.code, message=exc.message))
             if client is None:
-                self.counts["unanswerable"] += 1
-                log.warning("agent %s: unanswerable %s request (no sender): %s: %s",
-                            self.agent_id, service.name, exc.code, exc.message)
+                self.refusals.reject("unanswerable", "agent %s: unanswerable %s request (no "
+                                     "sender): %s: %s", self.agent_id, service.name, code, why)
                 return None
-            log.warning("agent %s: %s request %s from %s refused: %s: %s", self.agent_id,
-                        service.name, request_id, client, exc.code, exc.message)
         try:
             payload_out = message(self.agent_id, body)
         except Exception as exc:  # an answer that cannot be encoded: say so instead
             log.exception("agent %s: %s answer to %s could not be encoded", self.agent_id,
                           service.name, request_id)
-            code = "internal"
+            code, why = "internal", f"the answer could not be encoded: {type(exc).__name__}"
             payload_out = message(self.agent_id, service.response(
-                request_id=request_id, error=ErrorInfo(
-                    code=code, message=f"the answer could not be encoded: "
-                    f"{type(exc).__name__}")))
-        self.counts["answered" if code is None else f"error_{code}"] += 1
+                request_id=request_id, error=ErrorInfo(code=code, message=why)))
+        if code is None:
+            self._answered += 1
+        else:
+            self.refusals.reject(f"error_{code}", "agent %s: %s request %s from %s refused: "
+                                 "%s: %s", self.agent_id, service.name, request_id, client,
+                                 code, why)
         return Reply(self.topics.agent_response(self.agent_id, service.name, client),
                      payload_out, code)
 

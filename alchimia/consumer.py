@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from broker.limits import DecodeError, Limits
+from broker.rejections import RejectionLog
 from broker.schemas import (
     InferRequestBody,
     InferResponseBody,
@@ -93,6 +94,7 @@ class Consumer:
         self._suback: dict[int, threading.Event] = {}
         self._connected = threading.Event()
         self._refused: str | None = None
+        self.rejections = RejectionLog(log)  # responses ignored, by reason: logged bounded
         host, port, _ = settings.host_port_tls
         self.client = settings.paho_client(
             f"{settings.federation}-{self.id}-{uuid.uuid4().hex[:8]}")
@@ -130,10 +132,11 @@ class Consumer:
         try:
             env = decode(msg.payload, _RESPONSES[service], RESPONSE_LIMITS)
         except DecodeError as exc:
-            log.warning("ignored a response on %s: %s", msg.topic, exc)
+            self.rejections.reject("malformed", "ignored a response on %s: %s", msg.topic, exc)
             return
         if env.sender != agent_id:
-            log.warning("ignored a response on %s sent by %s", msg.topic, env.sender)
+            self.rejections.reject("wrong_sender", "ignored a response on %s sent by %s",
+                                   msg.topic, env.sender)
             return
         body: ResponseBody = env.body  # type: ignore[assignment]
         with self._lock:

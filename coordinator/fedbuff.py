@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from coordinator.rounds import RoundState
+from coordinator.rounds import Refusal, RoundState
 
 
 @dataclass
@@ -30,17 +30,20 @@ class AsyncWindow:
         if self.k < 1 or self.max_staleness < 0:
             raise ValueError("buffer size K must be >= 1 and max staleness >= 0")
 
-    def check(self, sender: str, round_id: int, base_version: int) -> str | None:
+    def check(self, sender: str, round_id: int, base_version: int) -> Refusal | None:
         """Why an update must be rejected, or None. ``round_id`` does not matter here."""
         if self.closed:
-            return f"window {self.window_id} is closed"
+            return Refusal("round_closed", f"window {self.window_id} is closed")
         s = self.base_version - base_version
         if s < 0:
-            return f"update against version {base_version}, newer than {self.base_version}"
+            return Refusal("wrong_base", f"update against version {base_version}, newer than "
+                           f"{self.base_version}")
         if s > self.max_staleness:
-            return f"staleness {s} exceeds the maximum of {self.max_staleness}"
+            return Refusal("too_stale", f"staleness {s} exceeds the maximum of "
+                           f"{self.max_staleness}")
         if (sender, base_version) in self._keys:
-            return f"{sender} already sent an update against version {base_version}"
+            return Refusal("duplicate", f"{sender} already sent an update against version "
+                           f"{base_version}")
         return None
 
     def weight(self, base_version: int, num_samples: int) -> float:

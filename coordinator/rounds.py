@@ -13,6 +13,18 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 
+class Refusal(str):
+    """Why an update is refused: the sentence that is logged, with a short ``code`` that
+    it is counted under (broker.rejections; docs/PROTOCOL.md lists the codes)."""
+
+    code: str
+
+    def __new__(cls, code: str, text: str) -> Refusal:
+        refusal = super().__new__(cls, text)
+        refusal.code = code
+        return refusal
+
+
 class RoundState(Enum):
     OPEN = "open"
     READY = "ready"  # may be aggregated now
@@ -75,18 +87,20 @@ class SyncRound:
         if not 1 <= self.quorum <= len(self.selected):
             raise ValueError(f"quorum {self.quorum} must be in 1..{len(self.selected)}")
 
-    def check(self, sender: str, round_id: int, base_version: int) -> str | None:
+    def check(self, sender: str, round_id: int, base_version: int) -> Refusal | None:
         """Why an update must be rejected, or None if it may be accepted."""
         if round_id != self.window_id:
-            return f"update for round {round_id}, open round is {self.window_id}"
+            return Refusal("wrong_round",
+                           f"update for round {round_id}, open round is {self.window_id}")
         if self.closed:
-            return f"round {round_id} is closed"
+            return Refusal("round_closed", f"round {round_id} is closed")
         if sender not in self.selected:
-            return f"{sender} is not selected for round {round_id}"
+            return Refusal("not_selected", f"{sender} is not selected for round {round_id}")
         if base_version != self.base_version:
-            return f"update against version {base_version}, round base is {self.base_version}"
+            return Refusal("wrong_base", f"update against version {base_version}, round base "
+                           f"is {self.base_version}")
         if sender in self.accepted:
-            return f"{sender} already sent an update for round {round_id}"
+            return Refusal("duplicate", f"{sender} already sent an update for round {round_id}")
         return None
 
     def weight(self, base_version: int, num_samples: int) -> float:

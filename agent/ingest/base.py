@@ -7,8 +7,8 @@ names of the charge and tap records are the model's own column names
 
 Every source turns its input into :class:`~agent.store.Point` objects and never raises on
 bad input: a message or row it cannot use is counted under a reason in
-:class:`IngestStats`, logged (rate-limited, so a misconfigured gateway sending 100
-messages a second cannot flood the log), and skipped.
+:class:`IngestStats`, logged (rate-limited and escaped, so a misconfigured gateway
+sending 100 messages a second cannot flood the log, nor a topic forge a line), and skipped.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ import logging
 import math
 import re
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from agent.records import SIGNAL_FIELDS
 from agent.store import FURNACE_TAGS, Point
+from broker.rejections import RejectionLog
 from models.schema import FEATURES, GRADES, TARGETS
 
 __all__ = [
@@ -40,13 +39,14 @@ __all__ = [
     "TAP_MEASUREMENT",
     "IngestStats",
     "PointSource",
-    "RateLimitedLog",
     "Reason",
     "Rejected",
     "check_id",
     "parse_number",
     "parse_ts",
 ]
+
+log = logging.getLogger(__name__)
 
 #: One point per sensor sample, fields :data:`SIGNAL_FIELDS` (any non-empty subset).
 SIGNAL_MEASUREMENT = "eaf_signal"
@@ -125,58 +125,36 @@ class Rejected:
 
 
 class IngestStats:
-    """Accepted points and rejected inputs per reason; thread safe (MQTT callbacks count)."""
+    """Accepted points and rejected inputs per reason; thread safe (MQTT callbacks count).
 
-    def __init__(self) -> None:
+    Each rejection is counted and logged through a :class:`~broker.rejections.RejectionLog`:
+    one line per reason a minute at most, values escaped, the rest summed up.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
         self._lock = threading.Lock()
         self.accepted = 0
-        self.rejected: Counter[str] = Counter()
+        self.log = RejectionLog(logger or log, burst=1, what="rejected inputs")
 
     def accept(self, n: int = 1) -> None:
         with self._lock:
             self.accepted += n
 
-    def reject(self, reason: str, n: int = 1) -> None:
-        with self._lock:
-            self.rejected[reason] += n
+    def reject(self, reason: str, msg: str = "input rejected: %s", *args: object) -> None:
+        """Count one rejected input under ``reason`` and log ``msg % args`` (bounded)."""
+        self.log.reject(reason, msg, *(args or (reason,)))
+
+    @property
+    def rejected(self) -> Counter[str]:
+        return Counter(self.log.snapshot())
 
     @property
     def rejected_total(self) -> int:
-        with self._lock:
-            return sum(self.rejected.values())
+        return self.log.total
 
     def snapshot(self) -> dict[str, object]:
         with self._lock:
-            return {"accepted": self.accepted, "rejected": dict(self.rejected)}
-
-
-class RateLimitedLog:
-    """At most one WARNING per reason per ``interval_s``, with the count of those held back."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.logger = logger
-        self.interval_s = interval_s
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self._held: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def warning(self, key: str, msg: str, *args: object) -> bool:
-        """Log unless ``key`` was logged less than ``interval_s`` ago; True if logged."""
-        now = self._clock()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self.interval_s:
-                self._held[key] += 1
-                return False
-            self._last[key] = now
-            held = self._held.pop(key, 0)
-        if held:
-            msg += " (%d more like it not logged)"
-            args = (*args, held)
-        self.logger.warning(msg, *args)
-        return True
+            return {"accepted": self.accepted, "rejected": self.log.snapshot()}
 
 
 @runtime_checkable

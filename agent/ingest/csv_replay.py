@@ -31,7 +31,6 @@ from agent.ingest.base import (
     TAP_FIELDS,
     TAP_MEASUREMENT,
     IngestStats,
-    RateLimitedLog,
     Reason,
     Rejected,
     check_id,
@@ -179,9 +178,8 @@ class CsvReplaySource:
         self.pace = pace
         self.history_heats = history_heats
         self._clock = clock
-        self.stats = IngestStats()
+        self.stats = IngestStats(log)
         self.volatile = False  # a restarted agent reads the files again
-        self._log = RateLimitedLog(log)
         with self.heats_path.open(newline="", encoding="utf-8-sig") as f:
             self._heat_header = _check_header(self.heats_path, next(csv.reader(f), None),
                                               HEAT_REQUIRED, HEAT_OPTIONAL)
@@ -204,8 +202,7 @@ class CsvReplaySource:
         return self._done or self.heats_released >= self.history_heats
 
     def _reject(self, path: Path, line: int, r: Rejected) -> None:
-        self.stats.reject(r.reason)
-        self._log.warning(r.reason, "%s line %d skipped (%s): %s", path.name, line, r.reason,
+        self.stats.reject(r.reason, "%s line %d skipped (%s): %s", path.name, line, r.reason,
                           r.detail)
 
     def _rows(self, path: Path, count_errors: bool = True) -> Iterator[tuple[int, list[str]]]:

@@ -61,7 +61,7 @@ class AssembledHeat:
     def to_heat(self) -> Heat:
         """The agent's heat type, so a store-backed source is a drop-in HeatSource."""
         return Heat(self.heat_id, self.plant, self.furnace, self.start_ns / NS,
-                    dict(self.inputs), dict(self.outcome))
+                    dict(self.inputs), dict(self.outcome), self.end_ns)
 
 
 class IncompleteHeat(ValueError):

@@ -29,7 +29,6 @@ from agent.ingest.base import (
     TAP_FIELDS,
     TAP_MEASUREMENT,
     IngestStats,
-    RateLimitedLog,
     Reason,
     Rejected,
     check_id,
@@ -181,9 +180,8 @@ class MqttPlcSource:
         self.max_bytes = max_bytes
         self.max_points = max_points
         self.keepalive = keepalive
-        self.stats = IngestStats()
+        self.stats = IngestStats(log)
         self.volatile = True  # paho acknowledged each message on receipt
-        self._log = RateLimitedLog(log)
         self._inbox: queue.Queue[tuple[str, bytes, int]] = queue.Queue(maxsize=max_inbox)
         self._subscribed = threading.Event()
         self._closing = False
@@ -248,8 +246,7 @@ class MqttPlcSource:
         try:
             self._inbox.put_nowait((msg.topic, payload, size))
         except queue.Full:
-            self.stats.reject(Reason.OVERFLOW)
-            self._log.warning(Reason.OVERFLOW, "sensor inbox full (%d messages): message on "
+            self.stats.reject(Reason.OVERFLOW, "sensor inbox full (%d messages): message on "
                               "%s dropped; poll more often", self._inbox.maxsize, msg.topic)
 
     def poll(self) -> list[Point]:
@@ -266,9 +263,8 @@ class MqttPlcSource:
                 result = parse_message(topic, payload, prefix=self.prefix,
                                        max_bytes=self.max_bytes)
             if isinstance(result, Rejected):
-                self.stats.reject(result.reason)
-                self._log.warning(result.reason, "sensor message on %s rejected (%s): %s",
-                                  topic[:120], result.reason, result.detail)
+                self.stats.reject(result.reason, "sensor message on %s rejected (%s): %s",
+                                  topic, result.reason, result.detail)
             else:
                 out.append(result)
         self.stats.accept(len(out))

@@ -13,10 +13,11 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
-from agent.ingest.base import TAP_MEASUREMENT, PointSource, RateLimitedLog, Reason
+from agent.ingest.base import TAP_MEASUREMENT, PointSource, Reason
 from agent.ingest.heats import AssembledHeat, HeatAssembler
-from agent.records import Heat
+from agent.records import STANDARD_CONTRACT, Heat
 from agent.store import Point, Store, StoreError
+from broker.rejections import RejectionLog
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class StorePipeline:
         self.source = source
         self.store = store
         self.assembler = assembler
+        self.contract = STANDARD_CONTRACT  # heat assembly fills every column of models.schema
         self.max_backlog = max_backlog
         self.write_interval_s = write_interval_s
         self.retry_pending_s = retry_pending_s
@@ -66,7 +68,7 @@ class StorePipeline:
         self._last_write = -math.inf
         self._assembly_due = True  # a tap point was written since the last assembly
         self._last_assembly = -math.inf
-        self._log = RateLimitedLog(log)
+        self._log = RejectionLog(log, burst=1, what="store warnings")
 
     @property
     def backlog(self) -> int:
@@ -104,7 +106,7 @@ class StorePipeline:
             return self._write_one_by_one(points)
         except BaseException as exc:  # a disk error too: nothing polled is dropped
             self._backlog = points  # _tap_waiting still describes them
-            self._log.warning("write", "store did not take %d points (%s); kept to retry",
+            self._log.reject("write", "store did not take %d points (%s); kept to retry",
                               len(points), exc)
             raise
         self._written(len(points), self._tap_waiting)
@@ -123,9 +125,8 @@ class StorePipeline:
             try:
                 self.store.write([p])
             except (ValueError, TypeError) as exc:
-                self.source.stats.reject(Reason.STORE_REFUSED)
-                self._log.warning(Reason.STORE_REFUSED, "store refused %s point of heat %s: %s",
-                                  p.measurement, p.tags.get("heat"), exc)
+                self.source.stats.reject(Reason.STORE_REFUSED, "store refused %s point of heat "
+                                         "%s: %s", p.measurement, p.tags.get("heat"), exc)
             except BaseException:
                 self._written(len(stored), _has_tap(stored))
                 self._backlog = points[i:]
@@ -149,10 +150,15 @@ class StorePipeline:
         return [h.to_heat() for h in self.last_heats]
 
     def history(self) -> list[Heat]:
-        """Raises the store's error: an agent should not start on a store it cannot use."""
+        """Every complete heat in the store, after writing what the source held at start.
+
+        Raises the store's error (InfluxDB down): what was polled is kept (spooled, or in
+        the backlog) and the heats are assembled by a later call. Each call polls the
+        source at least once, so a live feed keeps being spooled while the caller retries.
+        """
+        self.ingest(write_now=True)
         while not self.source.caught_up:
             self.ingest(write_now=True)
-        self.write_backlog()
         return self._assemble()
 
     def poll(self) -> list[Heat]:
@@ -160,7 +166,7 @@ class StorePipeline:
             self.ingest()
             return self._assemble()
         except StoreError as exc:
-            self._log.warning("poll", "store unavailable, heats wait in the store or the "
+            self._log.reject("poll", "store unavailable, heats wait in the store or the "
                               "backlog (%d points): %s", len(self._backlog), exc)
             return []
 

@@ -14,6 +14,7 @@ point instead of the same one.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -32,13 +33,14 @@ from agent.ingest.base import (
 )
 from agent.ingest.heats import HeatAssembler
 from agent.ingest.pipeline import StorePipeline
-from agent.records import Heat
+from agent.records import STANDARD_CONTRACT, Heat
 from agent.sim import Drift, SimulatedHeat, SimulatedPlant, default_plants, parse_drift
-from agent.store import Point, Store
+from agent.store import Point, Store, StoreError
 
 if TYPE_CHECKING:
     from agent.settings import AgentSettings
 
+log = logging.getLogger(__name__)
 DEFAULT_MAX_POINTS = 50_000
 
 
@@ -249,6 +251,7 @@ class SimulatedHeats:
         self.name = profile.name
         self.n_history = history
         self.interval_s = interval_s
+        self.contract = STANDARD_CONTRACT
         self._next_ts = time.monotonic() + interval_s
 
     def history(self) -> list[Heat]:
@@ -294,7 +297,14 @@ def simulated_pipeline(
         nonlocal tapped
         if tapped is None:  # one query at the first history heat, not one per heat
             tags = {"plant": profile.name, "furnace": profile.furnace}
-            tapped = {p.tags["heat"] for p in store.query_points(TAP_MEASUREMENT, tags)}
+            try:
+                tapped = {p.tags["heat"] for p in store.query_points(TAP_MEASUREMENT, tags)}
+            except StoreError as exc:
+                # InfluxDB down at start: write every history heat again (the same points,
+                # so the store keeps one copy of each) rather than wait for it.
+                log.info("cannot ask the store which history heats it holds (%s); writing "
+                         "them all", exc)
+                tapped = set()
         return heat.heat_id in tapped
 
     source = SimulatedSensorSource(sim, history, period_s=period_s,

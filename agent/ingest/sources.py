@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from agent.records import Heat
+from agent.records import DataContract, Heat
 from agent.settings import AgentSettings
 
 log = logging.getLogger("alchimia.agent")
 
 
 class HeatSource(Protocol):
+    #: The columns its heats carry: a model asking for others is not adopted.
+    contract: DataContract
+
     def history(self) -> list[Heat]:
-        """Heats finished before the agent started: learned from, never predicted."""
+        """Heats finished before the agent started: learned from, never predicted. Raises
+        if its store cannot answer yet; the agent serves meanwhile and calls it again."""
         ...
 
     def poll(self) -> list[Heat]:
@@ -40,8 +44,10 @@ def build_heat_source(settings: AgentSettings) -> HeatSource:
 
     state = settings.state_dir / settings.agent_id
     state.mkdir(parents=True, exist_ok=True)
+    spooled = ({"flush_interval": settings.store_flush_interval_s,
+                "fsync_interval": settings.spool_fsync_interval_s} if settings.influx else {})
     store = open_store(settings.influx, settings.database, spool_dir=state / "spool",
-                       sqlite_path=state / "sensors.sqlite3")
+                       sqlite_path=state / "sensors.sqlite3", **spooled)
     where = (f"InfluxDB {settings.influx} database {settings.database!r}" if settings.influx
              else f"SQLite {state / 'sensors.sqlite3'}")
     log.info("agent %s stores sensor data in %s", settings.agent_id, where)

@@ -2,9 +2,13 @@
 
 Why a spool in front of the network rather than a queue in memory: ``write`` must be
 durable when it returns, even while InfluxDB is down for hours. So the points go to disk
-first and a background thread ships the spool in order, in batches of up to
-``batch_size`` points, at least every ``flush_interval`` seconds, or at once on ``flush``.
-It commits (deletes) spooled data only after the sink acknowledged it.
+first (a crash of the process loses none; a power loss at most the spool's
+``fsync_interval``, see :mod:`agent.store.spool`) and a background thread ships the spool
+in order, in batches of up to ``batch_size`` points, at least every ``flush_interval``
+seconds (default 5: each POST costs a fixed amount of CPU, which dominates at a furnace's
+pace), as soon as ``batch_size`` points wait, or at once on ``flush`` (every read of the
+store flushes first). It commits (deletes) spooled data only after the sink acknowledged
+it. The same thread makes the spool's grouped fsyncs that fall due between two writes.
 
 Delivery is at-least-once: a batch whose acknowledgement was lost, or that was sent just
 before a crash but not yet committed, is sent again. That does not create duplicates,
@@ -33,6 +37,9 @@ from agent.store.points import LineEncoder, Point, StoreError
 from agent.store.spool import Spool, SpoolCorruptError
 
 log = logging.getLogger(__name__)
+
+#: Seconds a spooled point waits at most before it is POSTed (Telegraf's default is 10 s).
+DEFAULT_FLUSH_INTERVAL_S = 5.0
 
 
 class FlushTimeout(StoreError):
@@ -92,7 +99,7 @@ class BufferedWriter:
         sink: Sink,
         *,
         batch_size: int = 5000,
-        flush_interval: float = 1.0,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL_S,
         max_batch_bytes: int = 16 << 20,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
@@ -116,6 +123,9 @@ class BufferedWriter:
         self._stop = False
         self._closed = False
         self._outage_since: float | None = None
+        self._attempts = 0  # delivery attempts begun (under _cond)
+        self._failed_attempt = 0  # the latest of them that found the sink unavailable
+        self._wakes_at = 0.0  # monotonic time the sleeping sender thread wakes up by itself
         self._thread = threading.Thread(
             target=self._run, name=f"alchimia-store-sender[{sink.describe()}]", daemon=True
         )
@@ -136,30 +146,37 @@ class BufferedWriter:
                 for i in range(0, len(points), n)
             ]
             self.spool.append(records)
-        if self.spool.pending_points >= n and self._outage_since is None:
+        # Wake the sender for a full batch, or for an fsync due before it would wake anyway.
+        if ((self.spool.pending_points >= n and self._outage_since is None)
+                or time.monotonic() + self.spool.until_sync() < self._wakes_at):
             with self._cond:
                 self._cond.notify_all()
 
-    def flush(self, timeout: float | None = None) -> None:
+    def flush(self, timeout: float | None = None, *, fail_fast: bool = False) -> None:
         """Send everything written so far and wait for the acknowledgement.
 
-        Raises :class:`FlushTimeout` if the sink does not acknowledge in time; the points stay
-        in the spool and are sent when it answers again.
+        Raises :class:`FlushTimeout` if the sink does not acknowledge in time, or, with
+        ``fail_fast``, as soon as one delivery attempt begun after this call finds the sink
+        unavailable (a read must not wait out an outage, nor the sender's backoff: the
+        attempt is made at once); the points stay in the spool and are sent when it answers.
         """
         timeout = self.flush_timeout if timeout is None else timeout
         target = self.spool.end
         deadline = time.monotonic() + timeout
         with self._cond:
+            asked = self._attempts  # attempts after this one were made for this flush
             self._wake = True
             self._cond.notify_all()
             while self.spool.committed < target:
                 if not self._thread.is_alive():
                     raise StoreError("the store's sender thread has stopped")
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                failed = fail_fast and self._failed_attempt > asked
+                if remaining <= 0 or failed:
+                    when = "at once: it is unavailable" if failed else f"after {timeout:g}s"
                     raise FlushTimeout(
                         f"{self.spool.pending_points} points not yet acknowledged by "
-                        f"{self.sink.describe()} after {timeout:g}s (last error: "
+                        f"{self.sink.describe()} {when} (last error: "
                         f"{self.stats.last_error or 'none'}); they are safe in the spool "
                         f"{self.spool.directory} and will be sent when it answers"
                     )
@@ -200,16 +217,25 @@ class BufferedWriter:
 
     def _run(self) -> None:
         backoff = self.backoff_initial
+        send_at = time.monotonic() + self.flush_interval
         while True:
+            self._sync_due()  # outside _cond: flush() never waits on the disk
             with self._cond:
-                outage = self._outage_since is not None
-                if not self._wake and not self._stop and (
-                    outage or self.spool.pending_points < self.batch_size
-                ):
-                    self._cond.wait(backoff if outage else self.flush_interval)
-                self._wake = False
                 if self._stop:
                     return
+                now = time.monotonic()
+                if not self._wake and now < send_at and (
+                    self._outage_since is not None or self.spool.pending_points < self.batch_size
+                ):
+                    timeout = min(send_at - now, self.spool.until_sync())
+                    self._wakes_at = now + timeout
+                    self._cond.wait(timeout)
+                    continue
+                self._wakes_at = 0.0  # busy: it syncs what is due between batches
+                outage = self._outage_since is not None
+                self._wake = False
+                self._attempts += 1
+                attempt = self._attempts
             try:
                 delivered = self._drain()
             except Exception as exc:  # a bug or a disk error must not kill the sender
@@ -217,15 +243,26 @@ class BufferedWriter:
                 self.stats.last_error = repr(exc)
                 delivered = False
             with self._cond:
+                if not delivered:
+                    self._failed_attempt = attempt
                 self._cond.notify_all()  # flush() waiters re-check
             if delivered:
                 backoff = self.backoff_initial
             else:
                 backoff = min(backoff * 2, self.backoff_max) if outage else self.backoff_initial
+            send_at = time.monotonic() + (self.flush_interval if delivered else backoff)
+
+    def _sync_due(self) -> None:
+        try:
+            self.spool.sync_if_due()
+        except OSError as exc:  # tried again one fsync interval later
+            log.error("fsync of the spool %s failed: %r", self.spool.directory, exc)
+            self.stats.last_error = repr(exc)
 
     def _drain(self) -> bool:
         """Send batches until the spool is empty (True) or the sink is unavailable (False)."""
         while not self._stop:
+            self._sync_due()  # a long replay must not hold back the fsync of new points
             try:
                 batch = self.spool.read_batch(self.batch_size, self.max_batch_bytes)
             except SpoolCorruptError as exc:

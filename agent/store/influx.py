@@ -37,10 +37,17 @@ from urllib.parse import urlencode
 import httpx
 from isal import isal_zlib
 
-from agent.store.buffered import SEND_OK, BufferedWriter, Outcome, SendResult, WriterStats
+from agent.store.buffered import (
+    DEFAULT_FLUSH_INTERVAL_S,
+    SEND_OK,
+    BufferedWriter,
+    Outcome,
+    SendResult,
+    WriterStats,
+)
 from agent.store.http_post import PostConnection, PostError, split_credentials
 from agent.store.points import NO_TAGS, FieldValue, Point, StoreError, tagset_key
-from agent.store.spool import Spool
+from agent.store.spool import DEFAULT_FSYNC_INTERVAL_S, Spool
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +302,9 @@ class InfluxStore:
 
     Reads first flush (so a query sees every write that returned before it); if InfluxDB is
     down they raise :class:`StoreUnavailableError` or
-    :class:`~agent.store.buffered.FlushTimeout` while writes keep being spooled.
+    :class:`~agent.store.buffered.FlushTimeout` while writes keep being spooled. They fail
+    fast: one delivery attempt made at once, not ``flush_timeout`` seconds of retries, so a
+    caller polling the store (the agent's work loop) is never held up by an outage.
     """
 
     def __init__(
@@ -308,10 +317,11 @@ class InfluxStore:
         password: str | None = None,
         retention_policy: str | None = None,
         batch_size: int = 5000,
-        flush_interval: float = 1.0,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL_S,
         max_spool_bytes: int = 1 << 30,
         segment_bytes: int = 8 << 20,
         fsync: bool = True,
+        fsync_interval: float = DEFAULT_FSYNC_INTERVAL_S,
         timeout: float = 10.0,
         gzip_level: int = 1,
         backoff_initial: float = 0.5,
@@ -328,7 +338,8 @@ class InfluxStore:
                         self.http.describe(), spool_dir)
         try:
             spool = Spool(Path(spool_dir), max_bytes=max_spool_bytes,
-                          segment_bytes=segment_bytes, fsync=fsync)
+                          segment_bytes=segment_bytes, fsync=fsync,
+                          fsync_interval=fsync_interval)
         except BaseException:
             self.http.close()
             raise
@@ -356,6 +367,9 @@ class InfluxStore:
     def flush(self, timeout: float | None = None) -> None:
         self._writer.flush(timeout)
 
+    def _flush_for_read(self) -> None:
+        self._writer.flush(fail_fast=True)
+
     def _select(
         self, measurement: str, tags: Mapping[str, str], start_ns: int | None,
         end_ns: int | None,
@@ -371,7 +385,7 @@ class InfluxStore:
         end_ns: int | None = None,
     ) -> list[Point]:
         """Points matching all ``tags`` in ``[start_ns, end_ns)``, by time then tag set."""
-        self.flush()
+        self._flush_for_read()
         types = self.http.field_types(measurement)
         rows: dict[str, tuple[dict[str, str], list[Point]]] = {}
         for series in self.http.query(self._select(measurement, tags, start_ns, end_ns)):
@@ -390,7 +404,7 @@ class InfluxStore:
 
     def count(self, measurement: str, tags: Mapping[str, str]) -> int:
         """Exact number of points (rows), see the module docstring for why not COUNT()."""
-        self.flush()
+        self._flush_for_read()
         return sum(
             sum(1 for row in series.get("values") or () if any(v is not None for v in row[1:]))
             for series in self.http.query(self._select(measurement, tags, None, None))
@@ -400,7 +414,7 @@ class InfluxStore:
         self, measurement: str, tag: str, where: Mapping[str, str] = NO_TAGS
     ) -> list[str]:
         """Sorted values of ``tag`` among the series matching ``where``."""
-        self.flush()
+        self._flush_for_read()
         q = (f"SHOW TAG VALUES FROM {quote_ident(measurement)} WITH KEY = {quote_ident(tag)}"
              f"{where_clause(where)}")
         values: set[str] = set()

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import msgpack
 import numpy as np
+import pytest
 
-from alchimia.local import LocalFederation
+from agent.settings import AgentSettings
+from alchimia.local import AgentThread, LocalFederation
 from alchimia.monitor import Monitor
 from broker.schemas import ModelBody, TaskBody, decode, message
 from broker.topics import Topics
+from coordinator.publishing import initial_weights, model_message
+from models.spec import ModelSpec
 from tests.integration.helpers import RawClient, wait_for
 
 
@@ -46,4 +51,50 @@ def test_agent_survives_garbage_models_and_tasks(mosquitto, tmp_path: Path) -> N
     finally:
         fed.stop()
         monitor.stop()
+        evil.close()
+
+
+def test_a_flood_of_hostile_messages_is_counted_exactly_in_a_bounded_log(
+        mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 17 item 5: ~25,000 hostile messages once wrote 21,162 WARNING lines (5.8 MB),
+    and a spec key with a newline wrote a fake ERROR line. Now 10,000 of them are all
+    counted by reason and cost a few lines, each on one line."""
+    topics, spec = Topics("agentflood"), ModelSpec(architecture="eaf-hybrid-v1")
+    settings = AgentSettings.load(None, broker=mosquitto.url, federation="agentflood",
+                                  agent_id="plant-1", history_heats=30, heat_interval_s=0,
+                                  store_sensors=False, state_dir=tmp_path / "agents")
+    evil = RawClient(mosquitto.host, mosquitto.port, "agentflood-evil")
+    agent = AgentThread(settings).start()
+    a = agent.agent
+    good = model_message("coordinator", spec, initial_weights(spec, 0), version=0,
+                         parent=None, round_id=None, metadata={})
+    body = decode(good, ModelBody).body
+    forged = message("coordinator", body.model_copy(update={"version": 9, "spec": {
+        "architecture": "mlp-v1", "x\nERROR alchimia.agent: forged line": 1}}))
+    hostile = [(topics.model_current, b"\xc1garbage"),  # malformed
+               (topics.round_current, msgpack.packb({"kind": "task", "body": {}})),  # schema
+               (topics.model_current, forged)]  # invalid: the spec breaks its schema
+    n = 10_000
+    try:
+        evil.publish(topics.model_current, good, retain=True)
+        wait_for(lambda: a.serving_version == 0, 30, "version 0 served")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, "alchimia.agent"):
+            for sent in range(1, n + 1):
+                topic, payload = hostile[sent % len(hostile)]
+                evil.client.publish(topic, payload, qos=1)
+                if sent % 500 == 0:  # never more waiting at the broker than it queues
+                    wait_for(lambda s=sent: a.rejections.total >= s, 30, f"{sent} handled")
+            wait_for(lambda: a.rejections.total >= n, 30, "every message handled")
+        lines = [r for r in caplog.records if r.name == "alchimia.agent"]
+        assert a.rejections.counts == {"malformed": 3333, "schema": 3334, "invalid": 3333}
+        refused = [r for r in lines if r.getMessage().startswith("rejected message")]
+        assert len(refused) <= 3 * 5, [r.getMessage() for r in refused]  # 5 per reason
+        assert len(lines) <= len(refused) + 10  # and the agent's own news (a re-calibration)
+        assert sum(len(r.getMessage()) for r in lines) < 20_000
+        assert all("\n" not in r.getMessage() for r in lines)
+        assert any("x\\x0aERROR alchimia.agent: forged line" in r.getMessage() for r in lines)
+        assert agent.thread.is_alive() and a.serving_version == 0 and a.model_version == 0
+    finally:
+        agent.stop()
         evil.close()

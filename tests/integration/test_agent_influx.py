@@ -3,11 +3,21 @@ learns from heats assembled back out of it (real influxd, real mosquitto)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+from agent.ingest.pipeline import StorePipeline
+from agent.settings import AgentSettings
 from agent.store import open_store
-from alchimia.local import LocalFederation
+from alchimia.consumer import Consumer, ConsumerSettings
+from alchimia.local import AgentThread, LocalFederation
 from alchimia.monitor import Monitor
+from broker.schemas import StatusBody, decode
+from broker.topics import Topics
+from coordinator.publishing import initial_weights, model_message
+from models.spec import ModelSpec
+from tests.fixtures.influxd import InfluxdServer
+from tests.integration.helpers import RawClient, wait_for
 
 
 def test_agent_streams_sensor_data_into_influxdb_and_trains_on_it(
@@ -34,5 +44,63 @@ def test_agent_streams_sensor_data_into_influxdb_and_trains_on_it(
         assert len(heats) == 20
         assert store.count("eaf_charge", {"plant": "P1"}) == 20
         assert store.count("eaf_signal", {"plant": "P1", "heat": heats[0]}) > 100
+    finally:
+        store.close()
+
+
+PLAN = {"charge_E3_t": 40.0, "charge_E8_t": 30.0, "charge_HBI_t": 20.0, "hot_heel_t": 15.0,
+        "lime_t": 7.0, "carbon_kg": 1800.0, "oxygen_nm3": 3800.0, "gas_nm3": 800.0,
+        "power_on_min": 40.0, "power_off_min": 14.0, "tap_temp_aim_c": 1630.0}
+
+
+def test_an_agent_started_while_influxdb_is_down_serves_then_learns_its_history(
+        mosquitto, influxd_factory: Callable[[], InfluxdServer], tmp_path: Path) -> None:
+    """Issue 17 item 3: the agent used to exit (FlushTimeout from its history, before it
+    even connected). Now it connects, serves and spools at once, and learns from the
+    history when InfluxDB answers, with every point delivered."""
+    server = influxd_factory()
+    server.stop()
+    topics, spec = Topics("down"), ModelSpec(architecture="eaf-hybrid-v1")
+    settings = AgentSettings.load(None, broker=mosquitto.url, federation="down",
+                                  agent_id="plant-1", history_heats=20, heat_interval_s=0,
+                                  influx=server.url, database="down", signal_period_s=10.0,
+                                  state_dir=tmp_path / "agents")
+    watcher = RawClient(mosquitto.host, mosquitto.port, "down-watcher")
+    watcher.subscribe(topics.agent_status("plant-1"))
+    agent = AgentThread(settings).start()
+    a = agent.agent
+    try:
+        watcher.publish(topics.model_current, model_message(
+            "coordinator", spec, initial_weights(spec, 0), version=0, parent=None,
+            round_id=None, metadata={}), retain=True)
+
+        def online() -> bool:
+            return any(decode(p, StatusBody).body.state == "online"
+                       for p in watcher.received(topics.agent_status("plant-1")))
+
+        wait_for(online, 30, "the agent's online status while InfluxDB is down")
+        wait_for(lambda: a.state is not None, 30, "the model served")
+        with Consumer(ConsumerSettings(broker=mosquitto.url, federation="down",
+                                       consumer_id="hmi-1")) as consumer:
+            answer = consumer.infer("plant-1", [{"inputs": PLAN}], timeout=30)
+        assert answer.model_version == 0 and len(answer.predictions) == 1
+        source = a.source
+        assert isinstance(source, StorePipeline)
+        wait_for(lambda: a.step_failures.counts["history"] >= 1, 30, "a first try")
+        assert a.table is not None and a.table.seen == 0  # nothing read from the store yet
+        assert source.points_written > 0  # ... but the history is spooled
+        server.start()
+        wait_for(lambda: a.table is not None and a.table.seen == 20, 60,
+                 "the history learned once InfluxDB answers")
+        assert a.new_heats == 20
+    finally:
+        agent.stop()
+        watcher.close()
+    store = open_store(server.url, "down", spool_dir=tmp_path / "reader-spool")
+    try:
+        tags = {"plant": "P1"}
+        stored = sum(store.count(m, tags) for m in ("eaf_signal", "eaf_charge", "eaf_tap"))
+        assert len(store.distinct_tag_values("eaf_tap", "heat", tags)) == 20
+        assert stored == source.points_written  # every point delivered, none twice
     finally:
         store.close()

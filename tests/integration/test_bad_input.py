@@ -3,10 +3,12 @@ the coordinator keeps running and the round completes with the good updates."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import msgpack
 import numpy as np
+import pytest
 
 from alchimia.local import LocalFederation
 from alchimia.monitor import Monitor
@@ -15,6 +17,7 @@ from broker.topics import Topics
 from tests.integration.helpers import RawClient, wait_for
 
 FED = "hostile"
+FORGED = "x\nERROR alchimia.coordinator: forged"  # a key whose name starts a fake log line
 
 
 def test_bad_updates_are_rejected_and_the_round_completes(mosquitto, tmp_path: Path) -> None:
@@ -83,6 +86,53 @@ def test_bad_updates_are_rejected_and_the_round_completes(mosquitto, tmp_path: P
         assert model is not None and model.version == 1
         assert sorted(model.metadata["contributors"]) == ["plant-1", "plant-2", "plant-3"]
         assert all(np.isfinite(w).all() for w in model.weights.values())
+    finally:
+        fed.stop()
+        monitor.stop()
+        evil.close()
+
+
+def test_a_flood_is_counted_exactly_in_a_bounded_log_and_a_round_still_completes(
+        mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 17 item 5 and issue 16 item 5: 10,000 hostile updates from 10 forged agents
+    are each counted under a reason, the log grows by a few lines, and a normal round then
+    completes within its timeout without restarting anything."""
+    topics = Topics("flood")
+    fed = LocalFederation(mosquitto.url, "flood", 2, tmp_path / "coord",
+                          coordinator={"min_agents": 2, "rounds": 1, "epochs": 1,
+                                       "round_timeout_s": 60},
+                          agent={"history_heats": 60, "heat_interval_s": 0,
+                                 "signal_period_s": 10.0})
+    evil = RawClient(mosquitto.host, mosquitto.port, "flood-evil")
+    monitor = Monitor(mosquitto.url, "flood", "flood-monitor").start()
+    n = 10_000
+    try:
+        with caplog.at_level(logging.INFO, "alchimia.coordinator"):
+            coordinator = fed.start_coordinator().coordinator
+            assert coordinator is not None
+            log = coordinator.rejection_log
+            wait_for(lambda: any("online, federation" in r.getMessage()
+                                 for r in caplog.records), 30, "the coordinator subscribed")
+            caplog.clear()
+            for sent in range(1, n + 1):
+                agent = f"fuzz-{sent % 10}"
+                payload = msgpack.packb({"v": 1, "kind": "update", "sender": agent, "ts": 1.0,
+                                         "msg_id": f"{sent:032x}", "body": {
+                                             "round_id": 1, "base_version": 0,
+                                             "num_samples": 1, "delta": {}, FORGED: 1}})
+                evil.client.publish(topics.agent_update(agent), payload, qos=1)
+                if sent % 500 == 0:  # never more waiting at the broker than it queues
+                    wait_for(lambda s=sent: log.total >= s, 30, f"{sent} handled")
+        lines = [r.getMessage() for r in caplog.records if r.name == "alchimia.coordinator"]
+        # A forged agent's burst (200) and refill decoded and refused, the rest rate limited.
+        assert set(log.counts) == {"schema", "rate_limited"}
+        assert log.total == n and log.counts["schema"] >= 10 * 200
+        assert len(lines) <= 2 * 5, lines
+        assert all("\n" not in m for m in lines)
+        assert any("x\\x0aERROR alchimia.coordinator: forged" in m for m in lines), lines
+        fed.start_agents()
+        assert monitor.wait_validation(1, {"plant-1", "plant-2"}, 60)
+        assert fed.coordinator is not None and fed.coordinator.error is None
     finally:
         fed.stop()
         monitor.stop()

@@ -25,5 +25,6 @@ def test_a_metrics_flood_does_not_use_up_the_status_budget(tmp_path: Path) -> No
                  message("a1", StatusBody(role="agent", state="online")))
         assert "a1" in c.registry.online()
         assert len(c.rejections) == 15
+        assert c.rejection_log.counts == {"rate_limited": 15}
     finally:
         c.db.close()

@@ -24,6 +24,7 @@ def test_updates_staler_than_the_maximum_are_rejected_with_the_reason() -> None:
     w = _window(max_staleness=2)
     assert w.check("a", 0, 8) is None
     assert w.check("a", 0, 7) == "staleness 3 exceeds the maximum of 2"
+    assert getattr(w.check("a", 0, 7), "code", None) == "too_stale"
     assert "newer than 10" in (w.check("a", 0, 11) or "")
 
 

@@ -27,7 +27,7 @@ from agent.ingest import (
     Rejected,
     parse_message,
 )
-from agent.ingest.base import RateLimitedLog, parse_number, parse_ts
+from agent.ingest.base import parse_number, parse_ts
 from agent.ingest.csv_replay import HEAT_REQUIRED
 from agent.ingest.heats import AssembledHeat, HeatAssembler, IncompleteHeat, compute_heat
 from agent.ingest.mqtt_plc import topic_filter
@@ -108,19 +108,16 @@ def test_parse_number(value: object, want: object) -> None:
         assert isinstance(got, Rejected) and got.reason == want
 
 
-def test_rate_limited_log_holds_back_repeats_and_reports_them(
+def test_ingest_stats_log_one_line_per_reason_and_escape_it(
         caplog: pytest.LogCaptureFixture) -> None:
-    now = [0.0]
-    rl = RateLimitedLog(logging.getLogger("t.ratelimit"), interval_s=60, clock=lambda: now[0])
-    with caplog.at_level(logging.WARNING, "t.ratelimit"):
-        assert rl.warning("a", "bad %s", 1)
-        assert not rl.warning("a", "bad %s", 2)
-        assert not rl.warning("a", "bad %s", 3)
-        assert rl.warning("b", "other")  # reasons are limited separately
-        now[0] = 61.0
-        assert rl.warning("a", "bad %s", 4)
+    s = IngestStats(logging.getLogger("t.ingest"))
+    with caplog.at_level(logging.WARNING, "t.ingest"):
+        for i in range(100):
+            s.reject(Reason.BAD_TOPIC, "sensor message on %s rejected", f"plc/{i}\nERROR x")
+        s.reject(Reason.BAD_JSON)  # reasons are limited separately
     assert [r.getMessage() for r in caplog.records] == [
-        "bad 1", "other", "bad 4 (2 more like it not logged)"]
+        "sensor message on plc/0\\x0aERROR x rejected", "input rejected: bad_json"]
+    assert s.rejected == {"bad_topic": 100, "bad_json": 1}
 
 
 def test_ingest_stats_counts_by_reason() -> None:

@@ -44,6 +44,7 @@ def test_late_update_after_close_is_rejected() -> None:
     r.close()
     assert r.state(0.0) is RoundState.CLOSED
     assert r.check("b", 7, 3) == "round 7 is closed"
+    assert getattr(r.check("b", 7, 3), "code", None) == "round_closed"  # counted under it
 
 
 @pytest.mark.parametrize(

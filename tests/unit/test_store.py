@@ -10,6 +10,7 @@ import re
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
@@ -30,7 +31,7 @@ from agent.store.points import (
     encode_line,
     normalize_point,
 )
-from agent.store.spool import MAGIC, Spool, SpoolCorruptError, frame
+from agent.store.spool import MAGIC, GroupSync, Spool, SpoolCorruptError, frame
 
 T0 = 1_700_000_000_000_000_000
 TAGS = {"plant": "p1", "furnace": "f1", "heat": "H0001"}
@@ -418,6 +419,82 @@ def test_segment_files_start_with_the_format_magic(tmp_path: Path) -> None:
     assert all(p.read_bytes().startswith(MAGIC) for p in tmp_path.glob("*.seg"))
 
 
+# -- grouped fsyncs: at most one per interval, none later than an interval -----------------
+
+
+def test_group_sync_syncs_at_most_once_per_interval_and_never_later() -> None:
+    g = GroupSync(1.0)
+    assert g.due == math.inf  # nothing appended, nothing to sync
+    assert g.appended(10.0)  # an interval after the last sync (none): synced at once
+    g.synced(10.0)
+    assert not g.appended(10.2) and not g.appended(10.9)  # these wait ...
+    assert g.due == 11.2  # ... one interval after the oldest of them at most
+    assert g.appended(11.0)  # an interval after the last sync: syncs them all at once
+    g.synced(11.0)
+    assert g.due == math.inf
+    assert not g.appended(11.5)
+    assert g.due == 12.5
+    g.failed(12.5)  # a failed sync: the data still waits, tried again an interval later
+    assert g.dirty and g.due == 13.5
+
+
+def test_group_sync_with_interval_zero_syncs_every_append() -> None:
+    g = GroupSync(0.0)
+    for t in (5.0, 5.0, 5.5):
+        assert g.appended(t)
+        g.synced(t)
+
+
+def test_the_spool_groups_its_fsyncs(tmp_path: Path) -> None:
+    now = [100.0]
+    spool = Spool(tmp_path, fsync_interval=1.0, clock=lambda: now[0])
+    for i in range(10):  # ten polls within a second
+        now[0] = 100.0 + i / 10
+        spool.append([lines(i, i + 1)])
+    assert spool.syncs == 1  # the first one; nine wait for the next sync
+    assert spool.until_sync() == pytest.approx(0.2)  # due an interval after the second
+    spool.sync_if_due()
+    assert spool.syncs == 1  # not due yet
+    now[0] = 101.1
+    spool.sync_if_due()
+    assert spool.syncs == 2 and spool.until_sync() == math.inf
+    spool.sync_if_due()
+    assert spool.syncs == 2  # nothing left to sync
+    spool.close()
+
+
+@pytest.mark.parametrize(("interval", "syncs"), [(0.0, 10), (3600.0, 1)])
+def test_fsyncs_per_append_follow_the_interval(tmp_path: Path, interval: float,
+                                                syncs: int) -> None:
+    spool = Spool(tmp_path, fsync_interval=interval, clock=lambda: 7.0)
+    for i in range(10):
+        spool.append([lines(i, i + 1)])
+    assert spool.syncs == syncs
+    spool.close()
+
+
+def test_a_segment_is_fsynced_before_the_next_one_starts(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, segment_bytes=20, fsync_interval=3600.0, clock=lambda: 7.0)
+    for i in range(4):  # each record fills a segment: the next append starts another
+        spool.append([lines(i, i + 1)])
+    # The first append synced at once, each rotation synced the segment it closed; only the
+    # last record, in the open segment, waits for its sync.
+    assert len(list(tmp_path.glob("*.seg"))) == 4
+    assert spool.syncs == 3 and spool.until_sync() == 3600.0
+    spool.close()
+    again = Spool(tmp_path)
+    assert drain(again) == lines(0, 4)[0]
+    again.close()
+
+
+def test_no_fsync_means_none(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, fsync=False)
+    spool.append([lines(0, 1)])
+    spool.sync_if_due()
+    assert spool.syncs == 0 and spool.until_sync() == math.inf
+    spool.close()
+
+
 # -- buffered writer (with a scripted sink: the HTTP side is tested against influxd) --------
 
 
@@ -491,6 +568,39 @@ def test_flush_times_out_while_the_sink_is_down_and_data_stays_spooled(spool: Sp
         w.flush(timeout=0.3)
     assert spool.pending_points == 5
     w.close(timeout=0.1)
+
+
+def test_a_fail_fast_flush_gives_up_at_the_first_failed_try_and_never_waits_out_backoff(
+        spool: Spool) -> None:
+    down = SendResult(Outcome.RETRY, "ConnectError: refused")
+    sink = ScriptedSink([down] * 3)
+    # A backoff far beyond the flush timeout: each flush must make its own attempt at once.
+    w = BufferedWriter(spool, sink, batch_size=10, flush_interval=3600,
+                       backoff_initial=3600, backoff_max=3600)
+    w.write([pt(i) for i in range(5)])
+    for tries in (1, 2, 3):
+        with pytest.raises(FlushTimeout, match="at once: it is unavailable"):
+            w.flush(timeout=30, fail_fast=True)
+        assert sink.calls == tries and spool.pending_points == 5
+    w.flush(timeout=30, fail_fast=True)  # the sink is back: delivered at once
+    assert sink.received == [LineEncoder().encode([pt(i) for i in range(5)])]
+    w.close()
+
+
+def test_the_sender_fsyncs_what_falls_due_between_writes(tmp_path: Path) -> None:
+    now = [0.0]  # the spool's clock; the sender sleeps in real time until a sync is due
+    spool = Spool(tmp_path / "spool", fsync_interval=1.0, clock=lambda: now[0])
+    w = BufferedWriter(spool, ScriptedSink(), flush_interval=3600)
+    w.write([pt(0)])  # synced at once
+    now[0] = 0.5
+    w.write([pt(1)])  # waits for a sync due at 1.5, and no write comes after it
+    assert spool.syncs == 1
+    now[0] = 1.5
+    deadline = time.monotonic() + 30  # a bound on waiting, not a timing check
+    while spool.syncs < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert spool.syncs == 2 and spool.until_sync() == math.inf
+    w.close()
 
 
 def test_rejected_batch_is_moved_aside_and_the_rest_delivered(spool: Spool) -> None:
