@@ -15,7 +15,10 @@ test. Arms, each scored on every plant's test heats:
   shared part aggregated, each plant's site part kept and served at that plant.
 
 The federated arms run the product's code: ``agent.learn.trainer.train_delta`` at each plant,
-``coordinator.strategies`` on the coordinator, ``num_samples`` = heats trained on.
+each delta encoded as the agent encodes it (``update_codec``, with error feedback) into a
+real update message and decoded as the coordinator decodes it, ``coordinator.strategies``
+on the coordinator, ``num_samples`` = heats trained on. ``--update-codec raw int8 ...``
+runs them once per codec and compares bytes per update and test MAE with ``raw``.
 """
 
 from __future__ import annotations
@@ -28,10 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agent.learn.compression import UpdateCompressor
 from agent.learn.trainer import TrainConfig, train_delta
 from agent.sim import SimulatedPlant, default_plants
 from alchimia import figures
 from alchimia.cli import strategy_param
+from broker.compression import CODECS, DEFAULT_TOPK_FRACTION
+from broker.schemas import UpdateBody, decode, message
 from coordinator.strategies import make_strategy
 from models.params import Weights, add, compose, get_weights
 from models.regressor import HeatModel, build_model
@@ -39,6 +45,7 @@ from models.schema import FEATURES, TARGETS
 from models.spec import ModelSpec
 
 ARMS = ("local_mlp", "local_ridge", "pooled_mlp", "pooled_hybrid", "fedavg_mlp", "fed_hybrid")
+FEDERATED = ("fedavg_mlp", "fed_hybrid")  # the arms that send updates
 ARM_LABELS = {
     "local_mlp": "local MLP", "local_ridge": "local ridge", "pooled_mlp": "pooled MLP",
     "pooled_hybrid": "pooled hybrid", "fedavg_mlp": "FedAvg MLP",
@@ -62,6 +69,8 @@ class FederationConfig:
     site_l2: float = TrainConfig.site_l2
     strategy: str = "fedavg"  # of the federated arms, with its parameters
     strategy_params: tuple[tuple[str, float], ...] = ()
+    update_codec: str = "raw"  # how the federated arms' updates travel
+    update_topk_fraction: float = DEFAULT_TOPK_FRACTION
 
 
 @dataclass
@@ -78,6 +87,9 @@ class FederationResult:
     config: FederationConfig
     plants: list[str]
     mae: dict[str, dict[str, dict[str, float]]]  # arm -> plant -> target -> test MAE
+    # federated arm (``arm_key``) -> mean bytes of its update messages, and of the same
+    # updates sent raw (float32)
+    traffic: dict[str, tuple[float, float]] = field(default_factory=dict)
     wall_s: float = 0.0
     png: Path | None = None
     criteria: list[tuple[str, bool, str]] = field(default_factory=list)
@@ -90,7 +102,7 @@ class FederationResult:
         for arm in self.mae:
             for plant in self.plants:
                 n = round(sizes[plant] * (1 - self.config.test_fraction))
-                cells = [ARM_LABELS[arm], plant, str(n)]
+                cells = [label(arm), plant, str(n)]
                 cells += [fmt.format(self.mae[arm][plant][t]) for t, _, fmt in SHOWN]
                 lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
@@ -137,13 +149,52 @@ def _alone(spec: ModelSpec, cfg: FederationConfig, x: np.ndarray, y: np.ndarray,
     return shared, site or {}
 
 
+@dataclass
+class Channel:
+    """Plants to coordinator as the product runs it: each delta encoded as the plant's agent
+    encodes it (the task's codec, error feedback in an ``UpdateCompressor`` per plant),
+    packed in an update message, decoded as the coordinator decodes it. Counts the bytes
+    of every message and of the same update sent raw (float32)."""
+
+    codec: str
+    topk_fraction: float
+    plants: list[str]
+    compressors: list[UpdateCompressor] = field(default_factory=list)
+    sent_bytes: list[int] = field(default_factory=list)
+    raw_bytes: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.compressors = [UpdateCompressor() for _ in self.plants]
+        self.adopt(0, None, None)
+
+    def adopt(self, version: int, parent: int | None, round_id: int | None) -> None:
+        """Every plant adopts a new global version."""
+        for c in self.compressors:
+            c.follow(version, parent, round_id)
+
+    def send(self, k: int, round_id: int, base_version: int, delta: Weights,
+             num_samples: int) -> Weights:
+        """Plant ``k``'s update as the coordinator receives it."""
+        def payload(tensors: dict) -> bytes:
+            return message(self.plants[k], UpdateBody(
+                round_id=round_id, base_version=base_version, num_samples=num_samples,
+                delta=tensors, metrics={"train_loss": 0.0}))
+        wire = payload(self.compressors[k].encode(delta, self.codec, self.topk_fraction))
+        self.sent_bytes.append(len(wire))
+        self.raw_bytes.append(len(payload(delta)))
+        return decode(wire, UpdateBody, check_finite=False).body.delta  # type: ignore[attr-defined, no-any-return]
+
+
 def federate(spec: ModelSpec, cfg: FederationConfig, plants: list[PlantData],
-            ) -> tuple[Weights, list[Weights]]:
+             channel: Channel | None = None) -> tuple[Weights, list[Weights]]:
     """Federated rounds over ``plants`` as the product runs them: each plant's update from
-    ``train_delta``, the strategy's aggregate; the final shared part and each plant's site
-    part (what that plant serves). Also used by the decision-support experiments."""
+    ``train_delta`` through the ``channel`` (default: ``cfg``'s codec), the strategy's
+    aggregate; the final shared part and each plant's site part (what that plant serves).
+    Also used by the decision-support experiments."""
     strategy = make_strategy(cfg.strategy, **dict(cfg.strategy_params))
     mu = strategy.task_params().get("proximal_mu", 0.0)  # what the task carries to agents
+    channel = channel or Channel(cfg.update_codec, cfg.update_topk_fraction,
+                                 [p.name for p in plants])
     shared = get_weights(build_model(spec, seed=cfg.seed))
     sites: list[Weights | None] = [None] * len(plants)
     for r in range(cfg.rounds):
@@ -152,8 +203,10 @@ def federate(spec: ModelSpec, cfg: FederationConfig, plants: list[PlantData],
             res = train_delta(spec, shared, p.x_train, p.y_train, _train_cfg(cfg, r, mu),
                               site=sites[k])
             sites[k] = res.site
-            updates.append((res.delta, float(len(p.x_train))))
+            delta = channel.send(k, r + 1, r, res.delta, len(p.x_train))
+            updates.append((delta, float(len(p.x_train))))
         shared = strategy.aggregate(shared, updates)
+        channel.adopt(r + 1, r, r + 1)  # version r + 1, aggregated in round r + 1
     return shared, [s or {} for s in sites]
 
 
@@ -206,22 +259,44 @@ def _ridge(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.n
     return model.predict(x_test.astype(np.float64))
 
 
+def arm_key(arm: str, codec: str) -> str:
+    """An arm's key in the results: the federated arms with a codec other than raw get it
+    appended (``fed_hybrid:int8``)."""
+    return arm if codec == "raw" else f"{arm}:{codec}"
+
+
+def label(key: str) -> str:
+    arm, _, codec = key.partition(":")
+    return ARM_LABELS[arm] + (f", {codec}" if codec else "")
+
+
 def run_federation_experiment(cfg: FederationConfig, arms: tuple[str, ...] = ARMS,
-                              out_png: Path | None = None) -> FederationResult:
+                              out_png: Path | None = None, codecs: tuple[str, ...] = ("raw",),
+                              ) -> FederationResult:
+    """Every arm on every plant; the federated arms once per update codec in ``codecs``."""
     started = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small models: threads cost more than they give
     try:
         plants = simulate(cfg)
+        names = [p.name for p in plants]
         mlp, hybrid = ModelSpec(), ModelSpec(architecture="eaf-hybrid-v1")
         mae: dict[str, dict[str, dict[str, float]]] = {}
+        traffic: dict[str, tuple[float, float]] = {}
         for arm in arms:
-            preds = _arm(arm, cfg, plants, mlp, hybrid)
-            mae[arm] = {p.name: _mae(pred, p.y_test) for p, pred in
-                        zip(plants, preds, strict=True)}
+            for codec in codecs if arm in FEDERATED else ("raw",):
+                key = arm_key(arm, codec)
+                channel = (Channel(codec, cfg.update_topk_fraction, names)
+                           if arm in FEDERATED else None)
+                preds = _arm(arm, cfg, plants, mlp, hybrid, channel)
+                mae[key] = {p.name: _mae(pred, p.y_test) for p, pred in
+                            zip(plants, preds, strict=True)}
+                if channel is not None:
+                    traffic[key] = (float(np.mean(channel.sent_bytes)),
+                                    float(np.mean(channel.raw_bytes)))
     finally:
         torch.set_num_threads(threads)
-    result = FederationResult(cfg, [p.name for p in plants], mae)
+    result = FederationResult(cfg, names, mae, traffic)
     result.criteria = acceptance(result)
     result.wall_s = time.perf_counter() - started
     if out_png is not None:
@@ -230,8 +305,9 @@ def run_federation_experiment(cfg: FederationConfig, arms: tuple[str, ...] = ARM
 
 
 def _arm(arm: str, cfg: FederationConfig, plants: list[PlantData], mlp: ModelSpec,
-         hybrid: ModelSpec) -> list[np.ndarray]:
-    """Test-set predictions of one arm, per plant."""
+         hybrid: ModelSpec, channel: Channel | None = None) -> list[np.ndarray]:
+    """Test-set predictions of one arm, per plant (a federated arm's updates through
+    ``channel``)."""
     if arm == "local_ridge":
         return [_ridge(p.x_train, p.y_train, p.x_test) for p in plants]
     if arm == "local_mlp":
@@ -244,8 +320,8 @@ def _arm(arm: str, cfg: FederationConfig, plants: list[PlantData], mlp: ModelSpe
         return [_predict(mlp, shared, None, p.x_test) for p in plants]
     if arm in ("pooled_hybrid", "fed_hybrid", "fedavg_mlp"):
         spec = mlp if arm == "fedavg_mlp" else hybrid
-        train = _pooled_hybrid if arm == "pooled_hybrid" else federate
-        shared, sites = train(spec, cfg, plants)
+        shared, sites = (_pooled_hybrid(spec, cfg, plants) if arm == "pooled_hybrid"
+                         else federate(spec, cfg, plants, channel))
         return [_predict(spec, shared, site or None, p.x_test)
                 for p, site in zip(plants, sites, strict=True)]
     raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
@@ -278,6 +354,37 @@ def acceptance(result: FederationResult) -> list[tuple[str, bool, str]]:
     return out
 
 
+def codec_costs(result: FederationResult) -> tuple[str, list[tuple[str, bool, str]]]:
+    """Each federated arm's lossy codecs against its ``raw`` run: a markdown table of bytes
+    per update and relative test-MAE change per plant (mean over the shown targets), and
+    the target (bytes <= 0.1 x float32 at a mean test-MAE cost <= 1 %) per codec."""
+    head = ["arm", "codec", "bytes/update", "x float32", *result.plants, "mean", "worst"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    criteria = []
+    targets = [t for t, _, _ in SHOWN]
+    for key, (sent, raw) in result.traffic.items():
+        arm, _, codec = key.partition(":")
+        if arm not in result.mae:
+            continue
+        base = result.mae[arm]
+        change = {p: {t: result.mae[key][p][t] / base[p][t] - 1 for t in targets}
+                  for p in result.plants}
+        mean = float(np.mean([c for p in change.values() for c in p.values()]))
+        worst = max((c, p, t) for p, per in change.items() for t, c in per.items())
+        ratio = sent / raw
+        cells = [ARM_LABELS[arm], codec or "raw", f"{sent:,.0f}", f"{ratio:.3f}",
+                 *(f"{np.mean(list(change[p].values())):+.1%}" for p in result.plants),
+                 f"{mean:+.1%}", f"{worst[0]:+.1%} ({worst[1]} {worst[2]})" if codec else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+        if codec:
+            criteria.append((f"{ARM_LABELS[arm]}, {codec}: bytes <= 0.1 x float32 at <= 1 % "
+                             f"test-MAE cost", ratio <= 0.1 and mean <= 0.01,
+                             f"{ratio:.3f} x float32 ({sent:,.0f} of {raw:,.0f} bytes), "
+                             f"test MAE {mean:+.1%} mean, worst {worst[0]:+.1%} "
+                             f"({worst[1]} {worst[2]})"))
+    return "\n".join(lines), criteria
+
+
 def plot(result: FederationResult, out_png: Path) -> Path:
     """Test MAE per plant, one panel per shown target, one bar per arm."""
     fig, axes = figures.subplots(1, len(SHOWN), figsize=(16, 4.2))
@@ -287,7 +394,7 @@ def plot(result: FederationResult, out_png: Path) -> Path:
     for ax, (target, unit, _) in zip(axes, SHOWN, strict=True):
         for i, arm in enumerate(arms):
             ax.bar(pos + i * width, [result.mae[arm][p][target] for p in result.plants],
-                   width, label=ARM_LABELS[arm])
+                   width, label=label(arm))
         ax.set_xticks(pos + 0.4 - width / 2,
                       [f"{p}\n{n}" for p, n in zip(result.plants, result.config.sizes,
                                                    strict=True)])
@@ -315,6 +422,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy-param", dest="strategy_params", action="append",
                         default=[], metavar="NAME=VALUE", type=strategy_param)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--update-codec", dest="update_codecs", nargs="+", default=["raw"],
+                        choices=CODECS, help="run the federated arms once per codec and "
+                        "compare bytes per update and test MAE with raw (which runs too)")
+    parser.add_argument("--update-topk-fraction", type=float, default=d.update_topk_fraction,
+                        help="topk codecs: share of each tensor's entries sent")
     parser.add_argument("--out", type=Path, default=Path("runs/federation-experiment.png"),
                         help="PNG of the test errors (one per seed: -seedN is appended)")
     parser.add_argument("--no-plot", action="store_true")
@@ -325,17 +437,24 @@ def run(args: argparse.Namespace) -> int:
         cfg = FederationConfig(sizes=tuple(args.sizes), seed=seed, rounds=args.rounds,
                                epochs=args.epochs, lr=args.lr, site_epochs=args.site_epochs,
                                site_l2=args.site_l2, strategy=args.strategy,
-                               strategy_params=tuple(args.strategy_params))
+                               strategy_params=tuple(args.strategy_params),
+                               update_topk_fraction=args.update_topk_fraction)
         png = None if args.no_plot else args.out.with_name(
             f"{args.out.stem}-seed{seed}{args.out.suffix}")
-        result = run_federation_experiment(cfg, tuple(args.arms), png)
+        codecs = tuple(dict.fromkeys(["raw", *args.update_codecs]))
+        result = run_federation_experiment(cfg, tuple(args.arms), png, codecs)
         print(f"seed {seed}: plants {', '.join(result.plants)} with "
               f"{', '.join(map(str, cfg.sizes))} heats (last {cfg.test_fraction:.0%} test); "
               f"{cfg.rounds} rounds x {cfg.epochs} epochs, lr {cfg.lr}, site part "
               f"{cfg.site_epochs} epochs with prior {cfg.site_l2}, strategy {cfg.strategy}"
               f"{dict(cfg.strategy_params) or ''}; test MAE")
         print(result.table())
-        for name, ok, why in result.criteria:
+        costs, codec_criteria = codec_costs(result)
+        if len(codecs) > 1:
+            print(f"update codecs (top-k keeps {cfg.update_topk_fraction:g} of each tensor); "
+                  f"test-MAE change against raw, mean over {len(SHOWN)} targets")
+            print(costs)
+        for name, ok, why in result.criteria + codec_criteria:
             print(f"{'MET ' if ok else 'MISSED'} {name}: {why}")
         if result.png is not None:
             print(f"plot: {result.png}")

@@ -1,20 +1,23 @@
 """msgpack framing and the tensor codec.
 
-Tensors travel as raw little-endian bytes with dtype and shape and are decoded with
-``np.frombuffer`` (zero-copy, read-only views into the received message). Nothing here
-can execute code from the wire: no pickle, no msgpack ext types, and every size is
-bounded before anything is allocated.
+Tensors travel as little-endian bytes with a codec, dtype and shape. ``raw`` tensors are
+decoded with ``np.frombuffer`` (zero-copy, read-only views into the received message);
+update deltas may also use the lossy codecs of ``broker.compression`` (decoded to
+float32). Nothing here can execute code from the wire: no pickle, no msgpack ext types,
+and every size is bounded before anything is allocated.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 import numpy as np
 
+from broker.compression import CODEC_DTYPES, CODECS, EXTRA_KEYS, decompress
 from broker.limits import DEFAULT_LIMITS, DecodeError, Limits
 from broker.unpacker import unpack_views
 
@@ -26,9 +29,30 @@ DTYPES: dict[str, np.dtype] = {
     "i4": np.dtype("<i4"),
     "i8": np.dtype("<i8"),
 }
-# Codec field of a tensor: only "raw" today; compressed codecs join here later.
 RAW = "raw"
 MAX_DIMS = 8
+_BASE_KEYS = ("codec", "dtype", "shape", "data")
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The codecs a tensor field takes, and the dtypes its ``raw`` tensors may have (a
+    lossy codec has exactly one dtype, ``broker.compression.CODEC_DTYPES``)."""
+
+    codecs: frozenset[str]
+    raw_dtypes: frozenset[str]
+
+
+ANY_RAW = Accepted(frozenset({RAW}), frozenset(DTYPES))  # checkpoints on disk
+WEIGHTS = Accepted(frozenset({RAW}), frozenset({"f4"}))  # model weights on the bus
+DELTAS = Accepted(frozenset(CODECS), frozenset({"f4"}))  # update deltas on the bus
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tensor already in its wire form (``broker.compression.compress``), sent as is."""
+
+    wire: Mapping[str, Any]
 
 
 def encode_tensor(array: np.ndarray) -> dict[str, Any]:
@@ -41,22 +65,27 @@ def encode_tensor(array: np.ndarray) -> dict[str, Any]:
     return {"codec": RAW, "dtype": name, "shape": list(arr.shape), "data": arr.tobytes()}
 
 
-def decode_tensor(obj: Any, limits: Limits = DEFAULT_LIMITS, *, check_finite: bool = True,
-                  ) -> np.ndarray:
-    """Array from its wire form; raises DecodeError for anything malformed or non-finite.
-
-    ``check_finite=False`` skips the NaN/inf scan (a full pass over the data) for callers
-    that validate the values anyway, as the coordinator's accumulators do.
-    """
+def _header(obj: Any, limits: Limits, accept: Accepted) -> tuple[str, list[int], int]:
+    """Codec, shape and element count of a tensor's wire map, checked against ``accept``
+    and the per-tensor limits before anything is allocated."""
     if not isinstance(obj, Mapping):
         raise DecodeError(f"tensor must be a map, got {type(obj).__name__}")
-    if set(obj) != {"codec", "dtype", "shape", "data"}:
-        raise DecodeError(f"tensor keys must be codec, dtype, shape, data; got {sorted(obj)}")
-    if obj["codec"] != RAW:
-        raise DecodeError(f"unknown tensor codec {obj['codec']!r}")
-    dtype = DTYPES.get(obj["dtype"]) if isinstance(obj["dtype"], str) else None
-    if dtype is None:
-        raise DecodeError(f"unknown tensor dtype {obj['dtype']!r}")
+    codec = obj.get("codec")
+    if codec not in CODECS:
+        raise DecodeError(f"unknown tensor codec {codec!r}")
+    if codec not in accept.codecs:
+        raise DecodeError(f"tensor codec {codec!r} is not accepted here; use "
+                          f"{', '.join(sorted(accept.codecs))}")
+    keys = (*_BASE_KEYS, *EXTRA_KEYS[codec])
+    if set(obj) != set(keys):
+        raise DecodeError(f"{codec} tensor keys must be {', '.join(keys)}; got {sorted(obj)}")
+    dtype = obj["dtype"]
+    if codec == RAW and not (isinstance(dtype, str) and dtype in DTYPES):
+        raise DecodeError(f"unknown tensor dtype {dtype!r}")
+    allowed = sorted(accept.raw_dtypes) if codec == RAW else [CODEC_DTYPES[codec]]
+    if dtype not in allowed:
+        raise DecodeError(f"{codec} tensors here carry dtype {' or '.join(allowed)}, "
+                          f"not {dtype!r}")
     shape = obj["shape"]
     if (
         not isinstance(shape, list | tuple)
@@ -67,27 +96,51 @@ def decode_tensor(obj: Any, limits: Limits = DEFAULT_LIMITS, *, check_finite: bo
     count = math.prod(shape)
     if count > limits.max_tensor_elements:
         raise DecodeError(f"tensor of {count} elements exceeds {limits.max_tensor_elements}")
-    data = obj["data"]
-    if not isinstance(data, bytes | memoryview):
-        raise DecodeError("tensor data must be binary")
-    if len(data) != count * dtype.itemsize:
-        raise DecodeError(
-            f"tensor data has {len(data)} bytes, shape {shape} x {dtype.itemsize} needs "
-            f"{count * dtype.itemsize}"
-        )
-    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
-    if check_finite and dtype.kind == "f" and not np.isfinite(arr).all():
+    return codec, list(shape), count
+
+
+def _values(obj: Mapping[str, Any], codec: str, shape: list[int], count: int,
+            check_finite: bool) -> np.ndarray:
+    """The array of a tensor whose header ``_header`` accepted."""
+    if codec == RAW:
+        dtype = DTYPES[obj["dtype"]]
+        data = obj["data"]
+        if not isinstance(data, bytes | memoryview):
+            raise DecodeError("tensor data must be binary")
+        if len(data) != count * dtype.itemsize:
+            raise DecodeError(
+                f"tensor data has {len(data)} bytes, shape {shape} x {dtype.itemsize} needs "
+                f"{count * dtype.itemsize}"
+            )
+        arr = np.frombuffer(data, dtype=dtype).reshape(shape)
+    else:
+        arr = decompress(obj, count).reshape(shape)
+    if check_finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise DecodeError("tensor holds NaN or infinity")
     return arr
 
 
-def encode_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    return {name: encode_tensor(a) for name, a in arrays.items()}
+def decode_tensor(obj: Any, limits: Limits = DEFAULT_LIMITS, *, check_finite: bool = True,
+                  accept: Accepted = ANY_RAW) -> np.ndarray:
+    """Array from its wire form; raises DecodeError for anything malformed, non-finite or
+    not in ``accept`` (default: ``raw`` of any dtype).
+
+    ``check_finite=False`` skips the NaN/inf scan (a full pass over the data) for callers
+    that validate the values anyway, as the coordinator's accumulators do.
+    """
+    codec, shape, count = _header(obj, limits, accept)
+    return _values(obj, codec, shape, count, check_finite)
+
+
+def encode_tensors(arrays: Mapping[str, np.ndarray | Encoded]) -> dict[str, Any]:
+    return {name: dict(a.wire) if isinstance(a, Encoded) else encode_tensor(a)
+            for name, a in arrays.items()}
 
 
 def decode_tensors(obj: Any, limits: Limits = DEFAULT_LIMITS, *, check_finite: bool = True,
-                   ) -> dict[str, np.ndarray]:
-    """Named arrays in wire order, with the per-message count and element limits."""
+                   accept: Accepted = ANY_RAW) -> dict[str, np.ndarray]:
+    """Named arrays in wire order, with the per-message count and element limits (the
+    total is checked before each tensor is decoded: a sparse codec allocates its shape)."""
     if not isinstance(obj, Mapping):
         raise DecodeError(f"tensor map must be a map, got {type(obj).__name__}")
     if len(obj) > limits.max_tensors:
@@ -98,13 +151,14 @@ def decode_tensors(obj: Any, limits: Limits = DEFAULT_LIMITS, *, check_finite: b
         if not isinstance(name, str):
             raise DecodeError("tensor names must be strings")
         try:
-            arr = decode_tensor(value, limits, check_finite=check_finite)
+            codec, shape, count = _header(value, limits, accept)
+            total += count
+            if total > limits.max_total_elements:
+                raise DecodeError(f"tensors exceed {limits.max_total_elements} elements in "
+                                  f"total")
+            out[name] = _values(value, codec, shape, count, check_finite)
         except DecodeError as exc:
             raise DecodeError(f"tensor {name!r}: {exc}") from None
-        total += arr.size
-        if total > limits.max_total_elements:
-            raise DecodeError(f"tensors exceed {limits.max_total_elements} elements in total")
-        out[name] = arr
     return out
 
 
