@@ -14,35 +14,45 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
 
+from agent.ingest.pipeline import StorePipeline
 from agent.ingest.sources import HeatSource
 from agent.learn.calibrating import SiteCalibrator
 from agent.learn.champion import Verdict, judge
+from agent.learn.compression import UpdateCompressor
 from agent.learn.dataset import HeatTable
 from agent.learn.evaluation import mae_by_target
+from agent.learn.outcomes import drift_point, prediction_points
 from agent.learn.serving import ServingFiles
 from agent.learn.site_learning import DriftEvent, SiteLearner, SitePolicy
 from agent.learn.trainer import TrainConfig, train_delta
+from agent.metrics import AgentCollector
 from agent.mqtt_link import MqttLink
 from agent.records import Heat
 from agent.requests import SERVICES, RequestLimits, Responder, Service, ServingState
 from agent.settings import AgentSettings
+from agent.store import Point
 from broker.codec import DecodeError, Limits
+from broker.metrics_http import serve_metrics
+from broker.rejections import RejectionLog
 from broker.schemas import (
     Envelope,
     MetricsBody,
     ModelBody,
     PredictionBody,
+    SchemaError,
     StatusBody,
     TaskBody,
     UpdateBody,
     decode,
     message,
 )
-from broker.signing import SignatureError, load_public_key, verify_model
+from broker.signing import SignatureError, load_public_key, verify_model, verify_task
 from broker.topics import Topics
 from models.onnx_build import build_onnx
 from models.onnx_runtime import OnnxPredictor
@@ -55,6 +65,8 @@ log = logging.getLogger("alchimia.agent")
 SOFTWARE = "alchimia-agent/0.1"
 POWER_ON_REFIT_HEATS = 50  # new heats after which the power-on estimate is re-fitted
 POWER_ON_ROWS = 2000  # newest training heats it is fitted on
+HISTORY_RETRY_S = 5.0  # between tries to read the history while the store does not answer
+T = TypeVar("T")
 
 
 class Agent:
@@ -63,10 +75,17 @@ class Agent:
         self.id = settings.agent_id
         self.topics = Topics(settings.federation)
         self.source = source
+        # Where predictions, errors and drift events are written beside the sensor data.
+        self.store = source.store if isinstance(source, StorePipeline) else None
         self.limits = Limits(max_message_bytes=settings.max_model_bytes)
         self.model_key = (load_public_key(settings.model_public_key)
                           if settings.model_public_key else None)
         self.models_rejected = 0
+        # Every message refused, counted by reason (docs/PROTOCOL.md, "Rejections"), and
+        # every step of the work loop that failed, by step: both logged bounded.
+        self.rejections = RejectionLog(log)
+        self.step_failures = RejectionLog(log, what="failed steps")
+        self.validation: dict[str, float] | None = None  # latest figures, of _reported_version
         self.table: HeatTable | None = None
         self.spec: ModelSpec | None = None
         # The latest global version with this site's part: validated, judged as challenger.
@@ -87,7 +106,9 @@ class Agent:
         self.task: TaskBody | None = None
         self.rounds_done: set[int] = set()
         self.updates_sent = 0
-        self._history: list[Heat] = []
+        self.compressor = UpdateCompressor()  # the task's codec, with error feedback
+        self._history: list[Heat] | None = None  # until the source's store answers
+        self._history_retry_at = 0.0
         self._waiting: list[Heat] = []
         self._reported_version: int | None = None
         # Decision support: calibrated intervals, the planned power-on time, requests.
@@ -116,11 +137,14 @@ class Agent:
 
     def _status(self, state: str) -> bytes:
         samples = self.table.n_train if self.table else 0
-        return message(self.id, StatusBody(role="agent", state=state, software=SOFTWARE,
-                                           samples=samples, capabilities=["train", "predict",
-                                                             *self.responder.services],
-                                           model_version=self.model_version,
-                                           new_heats=self.new_heats))
+        current = self._reported_version == self.model_version  # validation of this version
+        return message(self.id, StatusBody(
+            role="agent", state=state, software=SOFTWARE, samples=samples,
+            capabilities=["train", "predict", *self.responder.services],
+            model_version=self.model_version, new_heats=self.new_heats,
+            serving_version=self.serving_version, models_rejected=self.models_rejected,
+            drift_events=self.learner.drift_events if self.learner else None,
+            validation=self.validation if current else None, prequential=self._prequential()))
 
     def _publish_status(self) -> None:
         self._status_sent_at = time.monotonic()
@@ -128,13 +152,14 @@ class Agent:
 
     def run(self, stop: threading.Event) -> None:
         torch.set_num_threads(self.settings.torch_threads)
-        self._history = self.source.history()
+        # Connect first: the history is read by the work loop once the store answers
+        # (InfluxDB may be down), and the agent serves and spools meanwhile.
         self.link.start()
-        log.info("agent %s started (federation %s, %d heats of history)", self.id,
-                 self.settings.federation, len(self._history))
+        log.info("agent %s started (federation %s)", self.id, self.settings.federation)
         answering = threading.Thread(target=self._answer_requests, args=(stop,),
                                      name=f"{self.id}-requests", daemon=True)
         answering.start()
+        metrics = serve_metrics(AgentCollector(self), self.settings)
         try:
             while not stop.is_set():
                 try:
@@ -144,10 +169,16 @@ class Agent:
                     pass
                 self._step()
         finally:
+            if metrics is not None:
+                metrics.close()
             answering.join(timeout=5)
             self._save_calibration()
             self.link.stop(last=(self.topics.agent_status(self.id), self._status("offline")))
             self.source.close()
+            if self.store is not None:
+                # SIGTERM included: what is spooled goes to InfluxDB now (at most 10 s, 1 s
+                # during an outage); what cannot stays spooled for the next start.
+                self.store.close()
 
     def _answer_requests(self, stop: threading.Event) -> None:
         """The request thread: answer each request from the latest serving snapshot;
@@ -176,12 +207,53 @@ class Agent:
                 self.link.publish(self.topics.agent_metrics(self.id), message(self.id, body))
 
     def _step(self) -> None:
-        """Ingest and train; a failure is logged and retried next time, never fatal."""
+        """Read the history (once), ingest and train; a failure is counted, logged and
+        retried next time, never fatal: the plant's gateway keeps running."""
+        self.rejections.tick()
+        self.step_failures.tick()
+        if self._history is None and not self._guarded("history", self._load_history):
+            return  # the store does not answer yet: serve what there is
+        self._guarded("ingest", self._ingest)
+        self._guarded("train", self._maybe_train)
+
+    def _guarded(self, step: str, run: Callable[[], T]) -> T | None:
+        """``run()``, or None if it failed: counted under ``step`` (``step_failures``) and
+        logged with its traceback (bounded), so the steps after it still run."""
         try:
-            self._ingest()
-            self._maybe_train()
-        except Exception:  # the store or training failed: the plant's gateway keeps running
-            log.exception("agent %s: ingest or training failed; retrying", self.id)
+            return run()
+        except Exception as exc:
+            self.step_failures.reject(step, "agent %s: %s failed (%s: %s); retrying", self.id,
+                                      step, type(exc).__name__, exc, level=logging.ERROR,
+                                      exc_info=True)
+            return None
+
+    def _load_history(self) -> bool:
+        """Read the heats finished before the agent started; True once done. While the
+        source's store does not answer, retried every ``HISTORY_RETRY_S`` (the source
+        keeps spooling what arrives). A model adopted before is taught them now."""
+        now = time.monotonic()
+        if now < self._history_retry_at:
+            return False
+        try:
+            history = self.source.history()
+        except Exception as exc:  # the store is down: not fatal, and no traceback needed
+            self._history_retry_at = now + HISTORY_RETRY_S
+            self.step_failures.reject("history", "agent %s cannot read its history yet (%s: "
+                                      "%s); serving meanwhile, retrying every %.0f s", self.id,
+                                      type(exc).__name__, exc, HISTORY_RETRY_S)
+            return False
+        self._history = history
+        log.info("agent %s read %d heats of history", self.id, len(history))
+        if self.table is not None and history:
+            for heat in history:
+                self._remember(heat, None)
+            self.new_heats += len(history)
+            if self.serving is not None and self.serving_version is not None \
+                    and self.serving_shared is not None:
+                self._serve(self.serving, self.serving_version, self.serving_shared)
+            self._report_validation()
+            self._publish_status()  # there is data to learn from now
+        return True
 
     # -- inbound
     def handle(self, topic: str, payload: bytes) -> None:
@@ -191,16 +263,21 @@ class Agent:
             if topic == self.topics.model_current:
                 self._on_model(decode(payload, ModelBody, self.limits))
             elif topic == self.topics.round_current:
-                env = decode(payload, TaskBody, self.limits)
-                self.task = env.body  # type: ignore[assignment]
+                self._on_task(decode(payload, TaskBody, self.limits).body)  # type: ignore[arg-type]
             else:
                 # amqtt (the embedded broker) hands a new session the retained messages of
                 # every other client's subscriptions; Mosquitto never sends these.
                 log.debug("message on unexpected topic %s ignored", topic)
-        except (DecodeError, ValueError) as exc:
-            log.warning("rejected message on %s: %s", topic, exc)
+        except DecodeError as exc:
+            code = "schema" if isinstance(exc, SchemaError) else "malformed"
+            self.rejections.reject(code, "rejected message on %s: %s", topic, exc)
+        except SignatureError as exc:
+            self.rejections.reject("bad_signature", "rejected message on %s: %s", topic, exc)
+        except ValueError as exc:  # pydantic's ValidationError of a spec included
+            self.rejections.reject("invalid", "rejected message on %s: %s", topic, exc)
         except Exception as exc:  # e.g. ONNX Runtime refusing a model's bytes
-            log.warning("rejected message on %s: %s: %s", topic, type(exc).__name__, exc)
+            self.rejections.reject("unusable", "rejected message on %s: %s: %s", topic,
+                                   type(exc).__name__, exc)
 
     def _on_model(self, env: Envelope) -> None:
         body: ModelBody = env.body  # type: ignore[assignment]
@@ -209,16 +286,21 @@ class Agent:
         if self.model_version is not None and body.version < self.model_version:
             # Versions only go forward (an admin rollback is a new version): an older model,
             # however genuinely signed, is a replay and would stall every round.
-            self._report_rejected_model(body.version, f"version {body.version} is older than "
-                                        f"version {self.model_version} already adopted")
+            self._report_rejected_model(body.version, "model_older", f"version {body.version} "
+                                        f"is older than version {self.model_version} already "
+                                        "adopted")
             return
         if self.model_key is not None:
             try:
                 verify_model(body, self.model_key)
             except SignatureError as exc:
-                self._report_rejected_model(body.version, str(exc))
+                self._report_rejected_model(body.version, "model_signature", str(exc))
                 return
         spec = ModelSpec.model_validate(body.spec)
+        unfit = self.source.contract.check(spec.features, spec.targets)
+        if unfit is not None:  # it would fail on every heat of this site
+            self._report_rejected_model(body.version, "model_contract", unfit)
+            return
         predictor = OnnxPredictor(body.onnx, spec.features, spec.targets)
         shapes = {k: v.shape for k, v in body.weights.items()}
         if shapes != spec.parameter_shapes():
@@ -228,16 +310,18 @@ class Agent:
             self.site_weights = self.files.load_site(spec)  # None: start from zeros
         self.spec = spec
         self.base_weights, self.model_version = body.weights, body.version
-        if self.table is None or self.table.features != spec.features:
+        self.compressor.follow(body.version, body.parent_version, body.round_id)
+        if self.table is None or (self.table.features, self.table.targets) != (
+                spec.features, spec.targets):
             self.table = HeatTable(spec.features, spec.targets)
             self.calibrator = SiteCalibrator(spec.targets, self.settings.interval_level,
                                              self.settings.calibration_window)
             self.power_on, self.typical_charge = None, None
             self.learner = SiteLearner(spec.features, spec.targets, spec.y_scale,
                                        self.policy(), seed=self.settings.seed)
-            for heat in self._history:
+            for heat in self._history or ():
                 self._remember(heat, None)
-            self.new_heats = len(self._history)
+            self.new_heats = len(self._history or ())
         # What this site would serve: the new shared part with its own site part.
         self.predictor = self._site_predictor(body.weights, predictor)
         self._champion_or_challenger(self.predictor, body)
@@ -337,11 +421,24 @@ class Agent:
         """The latest heats' features and outcomes, oldest first."""
         return (np.stack([r[0] for r in self.recent]), np.stack([r[1] for r in self.recent]))
 
-    def _report_rejected_model(self, version: int, reason: str) -> None:
-        """Keep serving the current model and tell the coordinator's admins why."""
+    def _on_task(self, task: TaskBody) -> None:
+        """Follow a task authenticated like models, never one older than the latest."""
+        if self.model_key is not None:
+            verify_task(task, self.model_key)  # SignatureError: rejected, logged by handle
+        if self.task is not None and task.round_id < self.task.round_id:
+            raise ValueError(f"task of round {task.round_id} is older than round "
+                             f"{self.task.round_id} already seen")
+        self.task = task
+
+    def _report_rejected_model(self, version: int, code: str, reason: str) -> None:
+        """Keep serving the current model and tell the coordinator's admins why: logged and
+        reported while the reason's log budget lasts (a flood of forged models must not use
+        up this agent's metrics budget at the coordinator), counted always."""
         self.models_rejected += 1
-        log.error("agent %s rejected model version %d: %s; still serving version %s",
-                  self.id, version, reason, self.model_version)
+        if not self.rejections.reject(code, "agent %s rejected model version %d: %s; still "
+                                      "serving version %s", self.id, version, reason,
+                                      self.model_version, level=logging.ERROR):
+            return
         body = MetricsBody(model_version=version, scope="model_rejected",
                            values={"rejected_version": float(version)})
         self.link.publish(self.topics.agent_metrics(self.id), message(self.id, body))
@@ -351,42 +448,62 @@ class Agent:
         self._waiting += self.source.poll()
         if not self._waiting or self.table is None:
             return  # heats wait for the first model, which brings the column layout
-        heats, self._waiting = self._waiting, []
-        xs = np.stack([self.table.row(h.inputs) for h in heats])
+        heats = self._waiting
+        table = self.table
+        # Raises if a heat lacks a column (never, for a model that passed the contract):
+        # then the heats stay waiting, to be retried.
+        xs = np.stack([table.row(h.inputs) for h in heats])
+        ys = np.stack([table.outcome_row(h.outcome) for h in heats])
+        self._waiting = []
+        # From here on the heats are kept whatever fails: each step below is guarded.
         preds: np.ndarray | list[None] = [None] * len(heats)
-        if self.serving is not None and self.serving_version is not None:
+        serving = self.serving
+        if serving is not None and self.serving_version is not None:
             # Test first: each prediction goes out before the heat is learned from, with
             # its interval from the calibration as it stands before the outcome.
-            preds = self.serving.predict(xs)
-            self._publish_predictions(heats, preds)
-        drift = None
-        for heat, x, pred in zip(heats, xs, preds, strict=True):
-            self.recent.append((x, self.table.outcome_row(heat.outcome)))
-            drift = self._remember(heat, pred) or drift
+            predicted = self._guarded("predict", lambda: serving.predict(xs))
+            if predicted is not None:
+                preds = predicted
+                sent = self._guarded("publish_predictions",
+                                     lambda: self._publish_predictions(heats, predicted))
+                if sent:
+                    self._record(lambda: [p for heat, body in zip(heats, sent, strict=True)
+                                          for p in prediction_points(heat, body)])
+        drift: tuple[Heat, DriftEvent] | None = None
+        for heat, x, y, pred in zip(heats, xs, ys, preds, strict=True):
+            self.recent.append((x, y))
+            found = self._remember(heat, pred)
+            drift = (heat, found) if found is not None else drift
         self.new_heats += len(heats)
         self._power_on_due += len(heats)
-        self._report_prequential()
+        self._guarded("report_prequential", self._report_prequential)
         if self._power_on_due >= POWER_ON_REFIT_HEATS:
-            self._fit_power_on()
-        self._report_calibration()
-        self._update_state()
+            self._guarded("fit_power_on", self._fit_power_on)
+        self._guarded("report_calibration", self._report_calibration)
+        self._guarded("update_state", self._update_state)
         if drift is not None:
-            self._on_drift(drift)
+            at, event = drift
+            self._guarded("report_drift", lambda: self._on_drift(event))
+            self._record(lambda: [drift_point(at, event, self.serving_version)])
         if self.learner is not None and self.learner.refit_due():
-            self._adapt()
+            self._guarded("adapt", self._adapt)
         if self._reported_version != self.model_version:
-            self._report_validation()
+            self._guarded("report_validation", self._report_validation)
         if time.monotonic() - self._status_sent_at >= self.settings.status_interval_s:
-            self._publish_status()  # tells the coordinator there is new data to learn
+            # tells the coordinator there is new data to learn
+            self._guarded("publish_status", self._publish_status)
 
-    def _publish_predictions(self, heats: list[Heat], preds: np.ndarray) -> None:
+    def _publish_predictions(self, heats: list[Heat], preds: np.ndarray
+                             ) -> list[PredictionBody]:
         """One ``prediction`` per heat, with its interval; then score the intervals and
-        add the heats' residuals to the calibration (outcomes are known here)."""
+        add the heats' residuals to the calibration (outcomes are known here). Returns
+        the predictions published, in the order of ``heats``."""
         assert self.table is not None and self.serving_version is not None
         targets = self.table.targets
         lo = hi = None
         if self.calibrator is not None:
             lo, hi = self.calibrator.interval(preds)
+        sent = []
         for i, (heat, pred) in enumerate(zip(heats, preds, strict=True)):
             bounded = lo is not None and hi is not None and bool(
                 np.isfinite(lo[i]).all() and np.isfinite(hi[i]).all())
@@ -397,10 +514,21 @@ class Agent:
                 lower=dict(zip(targets, map(float, lo[i]), strict=True)) if bounded else None,
                 upper=dict(zip(targets, map(float, hi[i]), strict=True)) if bounded else None)
             self.link.publish(self.topics.agent_predictions(self.id), message(self.id, body))
+            sent.append(body)
         if self.calibrator is not None and lo is not None and hi is not None:
             ys = np.stack([self.table.outcome_row(h.outcome) for h in heats])
             first = self.table.seen + 1  # the heats' counts, as _remember will file them
             self.calibrator.observe(preds, ys, lo, hi, range(first, first + len(heats)))
+        return sent
+
+    def _record(self, points: Callable[[], list[Point]]) -> None:
+        """Write the agent's own points (docs/SENSORS.md, "What the agent writes") into its
+        store beside the sensor data: through the spool for InfluxDB, so an outage loses
+        nothing. Off with ``store_predictions`` or without a store; a failure is counted
+        (step ``record``) and logged, never fatal."""
+        store = self.store
+        if store is not None and self.settings.store_predictions:
+            self._guarded("record", lambda: store.write(points()))
 
     def _report_calibration(self) -> None:
         """Coverage of the intervals issued (``calibration`` metrics), and calibration.json,
@@ -420,18 +548,24 @@ class Agent:
         training, replay or site adaptation."""
         assert self.table is not None
         x, y = self.table.row(heat.inputs), self.table.outcome_row(heat.outcome)
-        learn = self.table.add(heat.inputs, heat.outcome)
+        learn = self.table.add(heat.inputs, heat.outcome)  # kept from here on
         if not learn and self.calibrator is not None:
             self.calibrator.hold_out(self.table.seen, x, y)
-        if self.learner is None or not self.settings.continual:
+        learner = self.learner
+        if learner is None or not self.settings.continual:
             return None
-        return self.learner.observe(x, y, pred, learn=learn)
+        return self._guarded("observe", lambda: learner.observe(x, y, pred, learn=learn))
+
+    def _prequential(self) -> dict[str, float] | None:
+        """The prequential figures (``n``, overall and recent MAE per target), if any."""
+        if self.learner is None or self.learner.prequential.n == 0:
+            return None
+        return {k: v for k, v in self.learner.prequential.snapshot().items() if np.isfinite(v)}
 
     def _report_prequential(self) -> None:
-        if self.learner is None or self.learner.prequential.n == 0:
+        values = self._prequential()
+        if values is None:
             return
-        values = {k: v for k, v in self.learner.prequential.snapshot().items()
-                  if np.isfinite(v)}
         body = MetricsBody(model_version=self.serving_version, scope="prequential",
                            values=values)
         self.link.publish(self.topics.agent_metrics(self.id), message(self.id, body))
@@ -487,6 +621,7 @@ class Agent:
         self._reported_version = self.model_version
         values = mae_by_target(self.predictor.predict(x), y, self.table.targets)
         values["n"] = float(len(x))
+        self.validation = values
         body = MetricsBody(model_version=self.model_version, scope="validation", values=values)
         self.link.publish(self.topics.agent_metrics(self.id), message(self.id, body))
 
@@ -514,7 +649,9 @@ class Agent:
         heats = len(x) + (len(replay[0]) if replay is not None else 0)
         # Only the shared delta leaves the site; the site part is kept (and served).
         body = UpdateBody(round_id=task.round_id, base_version=task.base_version,
-                          num_samples=heats, delta=result.delta, metrics=result.metrics)
+                          num_samples=heats, metrics=result.metrics,
+                          delta=self.compressor.encode(result.delta, task.update_codec,
+                                                       task.update_topk_fraction))
         self.link.publish(self.topics.agent_update(self.id), message(self.id, body))
         self.rounds_done.add(task.round_id)
         self.updates_sent += 1

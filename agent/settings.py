@@ -9,12 +9,14 @@ from pydantic_settings import SettingsConfigDict
 
 from agent.learn.calibrating import min_heats
 from agent.requests import DEFAULT_MAX_BYTES, DEFAULT_MAX_HEATS
-from broker.settings import NodeSettings
+from agent.store.buffered import DEFAULT_FLUSH_INTERVAL_S
+from agent.store.spool import DEFAULT_FSYNC_INTERVAL_S
+from broker.settings import ServiceSettings
 from broker.topics import check_id
 from models.calibration import DEFAULT_LEVEL, DEFAULT_WINDOW
 
 
-class AgentSettings(NodeSettings):
+class AgentSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ALCHIMIA_AGENT_", extra="forbid")
 
     agent_id: str = "plant-1"
@@ -28,10 +30,21 @@ class AgentSettings(NodeSettings):
                              description="simulated drift scenarios, e.g. supplier_change@300")
     store_sensors: bool = Field(
         default=True, description="sensor points go through the store; off: heats directly")
+    store_predictions: bool = Field(
+        default=True, description="write each heat's prediction (interval, actual outcome), "
+        "its error and drift events into the store beside the sensor data (docs/SENSORS.md)")
     influx: str | None = Field(default=None, description="InfluxDB URL; default: SQLite")
     database: str = Field(default="alchimia", description="InfluxDB database name")
     state_dir: Path = Field(default=Path("agent-state"),
                             description="embedded SQLite store and InfluxDB spool")
+    store_flush_interval_s: float = Field(
+        default=DEFAULT_FLUSH_INTERVAL_S, gt=0, description="InfluxDB: spooled points are "
+        "POSTed at least this often (and at once when a heat's tap record is read back, or "
+        "5,000 points wait); the latency of sensor data into InfluxDB")
+    spool_fsync_interval_s: float = Field(
+        default=DEFAULT_FSYNC_INTERVAL_S, ge=0, description="InfluxDB spool: points are "
+        "fsync'd in groups at most this often, so a power loss loses at most this many "
+        "seconds of them (a crash of the agent loses none); 0: an fsync per write")
     signal_period_s: float = Field(default=5.0, gt=0, le=60,
                                    description="simulated sensor sample period")
     sensor_feed: str | None = Field(

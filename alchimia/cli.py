@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 import threading
 from pathlib import Path
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+from alchimia.logs import configure as configure_logging
+from broker.compression import CODECS
+
+
+def _logging_options(p: argparse.ArgumentParser, level: str) -> None:
+    p.add_argument("--log-level", default=level)
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="json: one JSON object per line (for log shippers)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -19,7 +25,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--federation", help="federation name (topic prefix alchimia/v1/NAME)")
     p.add_argument("--username")
     p.add_argument("--password")
-    p.add_argument("--log-level", default="INFO")
+    _logging_options(p, "INFO")
+
+
+def _metrics(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus metrics on this port, /metrics (0: off, the default)")
+    p.add_argument("--metrics-host", help="address it listens on (default 127.0.0.1)")
 
 
 def _experiment_arguments(drift: argparse.ArgumentParser, federation: argparse.ArgumentParser,
@@ -56,19 +68,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a local federation on simulated plants")
     demo.add_argument("--broker", help="external broker mqtt://HOST:PORT (default: embedded)")
-    demo.add_argument("--agents", type=int, default=3)
-    demo.add_argument("--rounds", type=int, default=5)
+    demo.add_argument("--agents", type=int, default=3, help="simulated plants, one agent each")
+    demo.add_argument("--rounds", type=int, default=5, help="federated rounds before it stops")
     demo.add_argument("--federation", help="default: demo-<random>")
-    demo.add_argument("--strategy", default="fedavg")
+    demo.add_argument("--strategy", default="fedavg", help="aggregation strategy (README, "
+                      "'Aggregation'): fedavg, fedprox, fedadam, median, krum, ...")
     demo.add_argument("--mode", choices=["sync", "async"], default="sync")
     demo.add_argument("--architecture", choices=["eaf-hybrid-v1", "mlp-v1"],
                       default="eaf-hybrid-v1")
     demo.add_argument("--influx", help="store sensor data in this InfluxDB (default: SQLite)")
     demo.add_argument("--out", type=Path, default=Path("runs"), help="where models are written")
-    demo.add_argument("--log-level", default="WARNING")
+    _logging_options(demo, "WARNING")
 
     coord = sub.add_parser("coordinator", help="run the coordinator service")
     _common(coord)
+    _metrics(coord)
+    coord.add_argument("--web-port", type=int, help="serve the admin web page on this port "
+                       "(0: off, the default); it asks for a token (--web-token-file)")
+    coord.add_argument("--web-host", help="address it listens on (default 127.0.0.1)")
+    coord.add_argument("--web-token-file", type=Path, help="file holding the page's token "
+                       "(default STATE_DIR/web-token, created if missing)")
     coord.add_argument("--coordinator-id")
     coord.add_argument("--state-dir", type=Path)
     coord.add_argument("--strategy", help="fedavg, fedavgm, fedprox, fedadam, fedyogi, "
@@ -77,15 +96,27 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        metavar="NAME=VALUE", type=strategy_param,
                        help="strategy parameter, repeatable")
     coord.add_argument("--clip-norm", type=float, help="bound each delta's L2 norm first")
+    coord.add_argument("--aggregation-threads", type=int, help="threads that aggregate each "
+                       "update (default: the cores this process may run on)")
+    coord.add_argument("--update-codec", choices=CODECS,
+                       help="how agents encode their deltas (default raw)")
+    coord.add_argument("--update-topk-fraction", type=float,
+                       help="topk codecs: share of each tensor's entries sent (default 0.05)")
     coord.add_argument("--mode", choices=["sync", "async"])
     coord.add_argument("--buffer-k", type=int, help="async: updates per new version")
     coord.add_argument("--max-staleness", type=int, help="async: oldest base version accepted")
     coord.add_argument("--staleness", help="async weighting: constant, polynomial, hinge")
-    actions = coord.add_subparsers(dest="action", metavar="{rollback}")
-    rollback = actions.add_parser("rollback", help="roll the federation back to VERSION")
-    rollback.add_argument("version", type=int)
-    rollback.add_argument("--admin-id", default="admin")
-    rollback.add_argument("--timeout", type=float, default=60.0)
+    actions = coord.add_subparsers(dest="action", metavar="{rollback,pause,resume,stop}")
+    for action, text in (("rollback", "roll the federation back to VERSION (a new version)"),
+                         ("pause", "open no new round until resume (the open one finishes)"),
+                         ("resume", "open rounds again after a pause"),
+                         ("stop", "stop the coordinator after the current round")):
+        admin = actions.add_parser(action, help=text)
+        if action == "rollback":
+            admin.add_argument("version", type=int)
+        admin.add_argument("--admin-id", default="admin")
+        admin.add_argument("--timeout", type=float, default=60.0,
+                           help="seconds to wait for the coordinator's confirmation")
     coord.add_argument("--rounds", type=int, help="stop after N rounds (0: never)")
     coord.add_argument("--min-agents", type=int, help="quorum per round")
     coord.add_argument("--fraction", type=float, help="fraction of online agents selected")
@@ -99,6 +130,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     agent = sub.add_parser("agent", help="run an edge agent")
     _common(agent)
+    _metrics(agent)
     agent.add_argument("--agent-id")
     agent.add_argument("--plant", type=int, help="simulated plant profile number")
     agent.add_argument("--seed", type=int)
@@ -138,7 +170,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     characterise_x = kinds.add_parser("characterise", help="learned scrap characterisation "
                                       "of each plant against the simulator's truth")
     for kind in (drift, federation, charge, calibration, characterise_x):
-        kind.add_argument("--log-level", default="WARNING")
+        _logging_options(kind, "WARNING")
     if command in (None, "experiment"):
         _experiment_arguments(drift, federation, charge, calibration, characterise_x)
 
@@ -156,16 +188,30 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _common(infer)
     add_infer_arguments(infer)
 
+    from alchimia.status import add_arguments as add_status_arguments  # light: no torch
+
+    status = sub.add_parser("status", help="what a running federation is doing: coordinator, "
+                            "round, every agent (read off the bus)")
+    _common(status)
+    add_status_arguments(status)
+
     from alchimia.characterise import add_arguments as add_characterise_arguments  # no torch
 
     characterise = sub.add_parser("characterise", help="learned properties of each scrap "
                                   "grade (yield, residuals, energy) with uncertainty")
     add_characterise_arguments(characterise)
-    characterise.add_argument("--log-level", default="WARNING")
+    _logging_options(characterise, "WARNING")
+
+    from alchimia.versions import add_arguments as add_versions_arguments  # light
+
+    versions = sub.add_parser("models", help="list the coordinator's model versions or "
+                              "export one as ONNX (reads its state directory)")
+    add_versions_arguments(versions)
+    _logging_options(versions, "WARNING")
 
     provision = sub.add_parser("provision", help="create or update a federation's CA, "
                                "certificates, passwords, ACLs and mosquitto config")
-    provision.add_argument("--log-level", default="INFO")
+    _logging_options(provision, "INFO")
     if command in (None, "provision"):
         from deploy.provision import add_arguments as add_provision_arguments
 
@@ -182,7 +228,8 @@ def strategy_param(text: str) -> tuple[str, float]:
 
 
 def _settings_overrides(args: argparse.Namespace) -> dict:
-    skip = {"command", "config", "log_level", "action", "version", "admin_id", "timeout"}
+    skip = {"command", "config", "log_level", "log_format", "action", "version", "admin_id",
+            "timeout"}
     out = {k: v for k, v in vars(args).items() if k not in skip}
     if out.get("strategy_params"):
         out["strategy_params"] = dict(out["strategy_params"])
@@ -193,8 +240,8 @@ def run_coordinator(args: argparse.Namespace) -> int:
     from coordinator.service import Coordinator
     from coordinator.settings import CoordinatorSettings
 
-    if args.action == "rollback":
-        return run_rollback(args)
+    if args.action is not None:
+        return run_admin(args)
     settings = CoordinatorSettings.load(args.config, **_settings_overrides(args))
 
     async def main() -> None:
@@ -212,22 +259,31 @@ def run_coordinator(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_rollback(args: argparse.Namespace) -> int:
-    from coordinator.admin import request_rollback
+def run_admin(args: argparse.Namespace) -> int:
+    """``alchimia coordinator rollback|pause|resume|stop``: one command over the bus."""
+    from broker.schemas import AdminBody
+    from coordinator.admin import send_admin
     from coordinator.settings import CoordinatorSettings
 
     overrides = {k: v for k, v in _settings_overrides(args).items()
                  if k in ("broker", "federation", "username", "password")}
     settings = CoordinatorSettings.load(args.config, **overrides)
+    command = AdminBody(action=args.action, version=getattr(args, "version", None))
     try:
-        new = asyncio.run(request_rollback(settings, args.version, args.admin_id, args.timeout))
+        line = asyncio.run(send_admin(settings, command, args.admin_id, args.timeout))
     except TimeoutError:
-        print(f"no confirmation within {args.timeout:.0f} s: is the coordinator running and "
-              f"does version {args.version} exist?", file=sys.stderr)
+        why = f" and does version {args.version} exist" if args.action == "rollback" else ""
+        print(f"no confirmation within {args.timeout:.0f} s: is the coordinator running{why}?",
+              file=sys.stderr)
         return 1
-    print(f"federation {settings.federation} rolled back to version {args.version}, "
-          f"published as version {new}")
+    print(f"federation {settings.federation} {line}")
     return 0
+
+
+def run_versions(args: argparse.Namespace) -> int:
+    from alchimia.versions import run
+
+    return run(args)
 
 
 def run_agent(args: argparse.Namespace) -> int:
@@ -276,6 +332,12 @@ def run_infer(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def run_status(args: argparse.Namespace) -> int:
+    from alchimia.status import run
+
+    return run(args)
+
+
 def run_characterise(args: argparse.Namespace) -> int:
     from alchimia.characterise import run
 
@@ -300,11 +362,11 @@ def run_demo_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[0] if argv else "").parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    configure_logging(args.log_level, args.log_format)
     commands = {"demo": run_demo_command, "coordinator": run_coordinator, "agent": run_agent,
                 "provision": run_provision, "experiment": run_experiment,
-                "optimize": run_optimize, "infer": run_infer,
-                "characterise": run_characterise}
+                "optimize": run_optimize, "infer": run_infer, "status": run_status,
+                "characterise": run_characterise, "models": run_versions}
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError) as exc:  # settings errors: say what to fix

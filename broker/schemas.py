@@ -23,18 +23,30 @@ from pydantic import (
     ValidationInfo,
     WrapValidator,
     field_validator,
+    model_validator,
 )
 
-from broker.codec import DEFAULT_LIMITS, DecodeError, Limits, decode_tensors, encode_tensors
+from broker.codec import (
+    DEFAULT_LIMITS,
+    DELTAS,
+    WEIGHTS,
+    Accepted,
+    DecodeError,
+    Encoded,
+    Limits,
+    decode_tensors,
+    encode_tensors,
+)
 from broker.codec import pack as _pack
 from broker.codec import unpack as _unpack
+from broker.compression import DEFAULT_TOPK_FRACTION, Codec
 from broker.topics import ID_PATTERN
 
 PROTOCOL_VERSION = 1
 
 Identifier = Annotated[str, Field(pattern=rf"^{ID_PATTERN}$")]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 # The decoder hands out bin values as views into the message; small blobs become bytes.
 Blob = Annotated[bytes, BeforeValidator(lambda v: bytes(v) if isinstance(v, memoryview) else v)]
 
@@ -47,20 +59,28 @@ def _check_finite(info: ValidationInfo) -> bool:
     return bool((info.context or {}).get("check_finite", True))
 
 
-def _validate_tensors(value: Any, handler: Any, info: ValidationInfo) -> dict[str, np.ndarray]:
-    if isinstance(value, dict) and all(isinstance(v, np.ndarray) for v in value.values()):
-        return value  # built in process, not from the wire
-    try:
-        return decode_tensors(value, _limits(info), check_finite=_check_finite(info))
-    except DecodeError as exc:
-        raise ValueError(str(exc)) from None
+def _tensor_validator(accept: Accepted, built: tuple[type, ...]) -> WrapValidator:
+    """Decodes a tensor map from the wire under ``accept``; values of the ``built`` types
+    were made in process and pass as they are."""
+    def validate(value: Any, handler: Any, info: ValidationInfo) -> dict[str, Any]:
+        if isinstance(value, dict) and all(isinstance(v, built) for v in value.values()):
+            return value
+        try:
+            return decode_tensors(value, _limits(info), check_finite=_check_finite(info),
+                                  accept=accept)
+        except DecodeError as exc:
+            raise ValueError(str(exc)) from None
+    return WrapValidator(validate)
 
 
-Tensors = Annotated[
-    dict[str, np.ndarray],
-    WrapValidator(_validate_tensors),
-    PlainSerializer(encode_tensors, return_type=dict),
-]
+_SERIALIZER = PlainSerializer(encode_tensors, return_type=dict)
+# Model weights: raw float32. Update deltas: float32 under any codec (docs/PROTOCOL.md,
+# "Tensor codecs"); a sender may hand in tensors it has already encoded (``Encoded``),
+# a receiver always gets arrays.
+Tensors = Annotated[dict[str, np.ndarray], _tensor_validator(WEIGHTS, (np.ndarray,)),
+                    _SERIALIZER]
+Delta = Annotated[dict[str, np.ndarray | Encoded],
+                  _tensor_validator(DELTAS, (np.ndarray, Encoded)), _SERIALIZER]
 
 
 class Body(BaseModel):
@@ -80,6 +100,19 @@ class StatusBody(Body):
     model_version: Annotated[int, Field(ge=0)] | None = None
     # Agents: heats learned of since the last update sent (rounds follow the data).
     new_heats: Annotated[int, Field(ge=0)] | None = None
+    # Coordinator: what it does now (admins' pause, resume and stop change it).
+    activity: Literal["running", "paused", "stopping"] | None = None
+    # What `alchimia status` shows without waiting for metrics (docs/PROTOCOL.md, status).
+    # Agents: the version serving predictions here, drift events and models refused since
+    # the agent started, its latest validation and prequential figures.
+    serving_version: Annotated[int, Field(ge=0)] | None = None
+    drift_events: Annotated[int, Field(ge=0)] | None = None
+    models_rejected: Annotated[int, Field(ge=0)] | None = None
+    validation: Values | None = None
+    prequential: Values | None = None
+    # The coordinator: messages it rejected since it started, per agent it knows.
+    rejected: Annotated[dict[Identifier, Annotated[int, Field(ge=0)]],
+                        Field(max_length=100_000)] | None = None
 
 
 class TaskBody(Body):
@@ -93,9 +126,14 @@ class TaskBody(Body):
     deadline_ts: FiniteFloat
     selected: Annotated[list[Identifier], Field(max_length=100_000)]
     epochs: Annotated[int, Field(ge=1, le=1000)] = 1
-    lr: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False)] = 1e-3
+    lr: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False, strict=True)] = 1e-3
     batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = 32
     hyper: Annotated[dict[Name, FiniteFloat], Field(max_length=64)] = {}
+    # How agents encode their deltas (a coordinator setting; docs/PROTOCOL.md).
+    update_codec: Codec = "raw"
+    update_topk_fraction: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False, strict=True)] = (
+        DEFAULT_TOPK_FRACTION)
+    signature: Blob | None = None
 
 
 class UpdateBody(Body):
@@ -105,7 +143,7 @@ class UpdateBody(Body):
     round_id: Annotated[int, Field(ge=0)]
     base_version: Annotated[int, Field(ge=0)]
     num_samples: Annotated[int, Field(ge=1, le=10**9)]
-    delta: Tensors
+    delta: Delta
     metrics: Annotated[dict[Name, FiniteFloat], Field(max_length=256)] = {}
 
 
@@ -123,7 +161,7 @@ class ModelBody(Body):
     signature: Blob | None = None
 
 
-Level = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
+Level = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False, strict=True)]
 Values = Annotated[dict[Name, FiniteFloat], Field(max_length=256)]
 
 
@@ -153,8 +191,14 @@ class AdminBody(Body):
     """An admin's command to the coordinator on ``coordinator/admin``."""
 
     kind: ClassVar[str] = "admin"
-    action: Literal["rollback"]
-    version: Annotated[int, Field(ge=0)]
+    action: Literal["rollback", "pause", "resume", "stop"]
+    version: Annotated[int, Field(ge=0)] | None = None  # rollback: the version to go back to
+
+    @model_validator(mode="after")
+    def _rollback_names_a_version(self) -> AdminBody:
+        if self.action == "rollback" and self.version is None:
+            raise ValueError("a rollback names the version to roll back to")
+        return self
 
 
 # -- request/response services (``agents/{id}/{service}/request`` -> ``.../response/{client}``)
@@ -233,7 +277,7 @@ class OptimizeRequestBody(RequestBody):
     kind: ClassVar[str] = "optimize_request"
     order: Annotated[dict[Name, Any], Field(max_length=64)]
     stock: Annotated[dict[Name, Any], Field(max_length=64)]
-    risk: Annotated[float, Field(gt=0.0, lt=0.5, allow_inf_nan=False)] | None = None
+    risk: Annotated[float, Field(gt=0.0, lt=0.5, allow_inf_nan=False, strict=True)] | None = None
     joint: bool = True
     reference_charge: Annotated[dict[Name, FiniteFloat], Field(max_length=64)] | None = None
 

@@ -36,6 +36,12 @@ CREATE TABLE IF NOT EXISTS agents (
     software TEXT NOT NULL, last_seen REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS seen_messages (
     msg_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, round_id INTEGER, received_ts REAL);
+CREATE TABLE IF NOT EXISTS flags (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS validation (
+    version INTEGER NOT NULL, agent_id TEXT NOT NULL, ts REAL NOT NULL, metrics TEXT NOT NULL,
+    PRIMARY KEY (version, agent_id));
+CREATE TABLE IF NOT EXISTS drift_events (
+    ts REAL NOT NULL, agent_id TEXT NOT NULL, version INTEGER, metrics TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pending_updates (
     msg_id TEXT PRIMARY KEY, round_id INTEGER NOT NULL, agent_id TEXT NOT NULL,
     base_version INTEGER NOT NULL, weight REAL NOT NULL, file TEXT NOT NULL,
@@ -44,8 +50,9 @@ CREATE TABLE IF NOT EXISTS pending_updates (
 
 
 class CoordinatorDB:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, keep_versions: int = 0) -> None:
         self.state_dir = Path(state_dir)
+        self.keep_versions = keep_versions  # files of the newest N versions; 0: all
         self.models_dir = self.state_dir / "models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.updates_dir = self.state_dir / "updates"
@@ -85,7 +92,35 @@ class CoordinatorDB:
             files = self._consume_pending(round_id)
         for name in files:
             (self.updates_dir / name).unlink(missing_ok=True)
+        self.prune(self.keep_versions)
         return path
+
+    def prune(self, keep: int) -> list[int]:
+        """Delete the files of all but the newest ``keep`` versions (their rows stay, as
+        history); return the versions pruned. ``keep`` 0 keeps every file."""
+        latest = self.latest_version()
+        if keep <= 0 or latest is None:
+            return []
+        pruned = []
+        for (version,) in self.db.execute("SELECT version FROM versions WHERE version <= ?",
+                                          (latest - keep,)).fetchall():
+            path = self.model_path(version)
+            if path.exists():
+                path.unlink()
+                self.state_path(version).unlink(missing_ok=True)
+                pruned.append(version)
+        return pruned
+
+    def flag(self, name: str) -> str | None:
+        row = self.db.execute("SELECT value FROM flags WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def set_flag(self, name: str, value: str | None) -> None:
+        with self.db:
+            if value is None:
+                self.db.execute("DELETE FROM flags WHERE name = ?", (name,))
+            else:
+                self.db.execute("INSERT OR REPLACE INTO flags VALUES (?, ?)", (name, value))
 
     def load_strategy_state(self, version: int) -> bytes | None:
         path = self.state_path(version)
@@ -149,6 +184,38 @@ class CoordinatorDB:
     def agents(self) -> list[AgentInfo]:
         rows = self.db.execute("SELECT * FROM agents ORDER BY agent_id")
         return [AgentInfo(a, bool(o), s, sw, ls) for a, o, s, sw, ls in rows]
+
+    # -- what agents reported (the admin web page's history, coordinator/web.py)
+    def save_validation(self, version: int, agent_id: str, ts: float,
+                        metrics: dict[str, float], keep: int = 1000) -> None:
+        """An agent's validation figures of a version (its latest report of it wins); those
+        of versions more than ``keep`` older than this one are deleted."""
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO validation VALUES (?, ?, ?, ?)",
+                            (version, agent_id, ts, json.dumps(metrics)))
+            self.db.execute("DELETE FROM validation WHERE version < ?", (version - keep,))
+
+    def validation(self, since_version: int = 0) -> list[tuple[int, str, dict[str, float]]]:
+        """``(version, agent, figures)`` of every version from ``since_version`` on."""
+        rows = self.db.execute("SELECT version, agent_id, metrics FROM validation WHERE "
+                               "version >= ? ORDER BY version, agent_id", (since_version,))
+        return [(v, a, json.loads(m)) for v, a, m in rows]
+
+    def save_drift(self, ts: float, agent_id: str, version: int | None,
+                   metrics: dict[str, float], keep: int = 1000) -> None:
+        """A drift an agent reported; only the newest ``keep`` are kept."""
+        with self.db:
+            self.db.execute("INSERT INTO drift_events VALUES (?, ?, ?, ?)",
+                            (ts, agent_id, version, json.dumps(metrics)))
+            self.db.execute("DELETE FROM drift_events WHERE rowid <= "
+                            "(SELECT MAX(rowid) FROM drift_events) - ?", (keep,))
+
+    def drift_events(self, limit: int) -> list[tuple[float, str, int | None, dict[str, float]]]:
+        """``(ts, agent, version, figures)`` of the newest ``limit`` drift reports, newest
+        first."""
+        rows = self.db.execute("SELECT ts, agent_id, version, metrics FROM drift_events "
+                               "ORDER BY rowid DESC LIMIT ?", (limit,))
+        return [(ts, a, v, json.loads(m)) for ts, a, v, m in rows]
 
     # -- replay protection
     def seen(self, msg_id: str) -> bool:

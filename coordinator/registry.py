@@ -16,6 +16,7 @@ class AgentInfo:
     # said: an older agent, counted as having new data), and the agent's clock then.
     new_heats: int | None = None
     new_heats_ts: float = float("-inf")
+    model_version: int | None = None  # the model it holds, as it last said
 
 
 class Registry:

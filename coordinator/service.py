@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import sqlite3
 import time
@@ -20,32 +21,37 @@ import aiomqtt
 import paho.mqtt.client as mqtt
 
 from broker.codec import DecodeError, Limits
+from broker.metrics_http import serve_metrics
+from broker.rejections import RejectionLog
 from broker.schemas import (
     AdminBody,
     Body,
     Envelope,
     MetricsBody,
     ModelBody,
+    SchemaError,
     StatusBody,
     TaskBody,
     UpdateBody,
     decode,
     message,
 )
-from broker.signing import load_private_key
+from broker.signing import load_private_key, sign_task
 from broker.topics import Topics
 from coordinator.fedbuff import AsyncWindow
 from coordinator.group_commit import GroupCommit
+from coordinator.metrics import CoordinatorCollector, CoordinatorStats
 from coordinator.persistence import CoordinatorDB
 from coordinator.publishing import initial_weights, model_message
 from coordinator.ratelimit import RateLimiter
 from coordinator.registry import AgentInfo, Registry
-from coordinator.rounds import RoundState, Selection, SyncRound
+from coordinator.rounds import Refusal, RoundState, Selection, SyncRound
 from coordinator.settings import CoordinatorSettings
 from coordinator.staleness import make_staleness
-from coordinator.strategies import Accumulator, Strategy, make_strategy
+from coordinator.strategies import Accumulator, Strategy, kernels, make_strategy
 from coordinator.strategy_state import pack_state, unpack_state
 from coordinator.trigger import RoundTrigger, ValidationProgress
+from coordinator.web import serve_web
 from models.params import Weights
 from models.spec import ModelSpec
 
@@ -64,6 +70,12 @@ class Rejection:
     sender: str
     topic: str
     reason: str
+    code: str  # what it is counted under: Coordinator.rejection_log.counts
+
+
+def _decode_code(exc: DecodeError) -> str:
+    """``schema`` for a message that unpacked but breaks its schema, else ``malformed``."""
+    return "schema" if isinstance(exc, SchemaError) else "malformed"
 
 
 def _paho(client: aiomqtt.Client) -> mqtt.Client:
@@ -87,7 +99,8 @@ class Coordinator:
     def __init__(self, settings: CoordinatorSettings) -> None:
         self.settings = settings
         self.topics = Topics(settings.federation)
-        self.db = CoordinatorDB(settings.state_dir)
+        self.db = CoordinatorDB(settings.state_dir, settings.keep_versions)
+        kernels.set_threads(settings.aggregation_threads)
         self.strategy = self._make_strategy()
         self.staleness = make_staleness(settings.staleness, **settings.staleness_params)
         self.selection = Selection(
@@ -95,7 +108,6 @@ class Coordinator:
             max_agents=settings.max_agents,
         )
         self.trigger = RoundTrigger(settings.min_new_heats, settings.round_schedule_s)
-        self.limits = Limits(max_message_bytes=settings.max_update_bytes)
         self.signing_key = (load_private_key(settings.model_signing_key)
                             if settings.model_signing_key else None)
         self.registry = Registry()
@@ -106,8 +118,11 @@ class Coordinator:
         self.rng = random.Random(settings.seed)
         self.changed = asyncio.Event()
         self.rejections: list[Rejection] = []
+        # Every rejection counted by reason code (docs/PROTOCOL.md, "Rejections").
+        self.rejection_log = RejectionLog(log)
         self._rejected_by_sender: dict[str, int] = {}
         self.rounds_completed = 0
+        self.stats = CoordinatorStats()  # for Prometheus (coordinator.metrics)
         self.window: Window | None = None
         self._accumulator: Accumulator | None = None
         self._rollback_to: int | None = None
@@ -116,7 +131,20 @@ class Coordinator:
         self._wait_s: float | None = None  # until the schedule is due, while waiting
         self._waiting_why = ""
         self._client: aiomqtt.Client | None = None
+        # Agents left on an older version than ours (one that joined while the broker held
+        # a replayed model), or a replay reported: republish, at most every 5 s.
+        self._replay_reported = False
+        self._published_at = self._republished = self._stale_checked = float("-inf")
+        # Admins' pause (kept across restarts) and stop after the current round.
+        self.paused = self.db.flag("paused") is not None
+        self._stop_requested = False
+        self._status_due = False
         self._restore_or_initialise()
+        # An update carries the shared part: it may decode to no more (a top-k tensor's
+        # bytes do not bound the shape it declares).
+        sizes = [math.prod(s) for s in self.spec.parameter_shapes("shared").values()]
+        self.limits = Limits(max_message_bytes=settings.max_update_bytes,
+                             max_tensor_elements=max(sizes), max_total_elements=sum(sizes))
         self.progress = ValidationProgress(self.spec.targets, self.spec.y_scale,
                                            settings.min_improvement)
 
@@ -157,9 +185,17 @@ class Coordinator:
                              parent=parent, round_id=round_id, metadata=metadata,
                              signing_key=self.signing_key)
 
+    @property
+    def activity(self) -> str:
+        return "stopping" if self._stop_requested else "paused" if self.paused else "running"
+
     def _status(self, state: str) -> bytes:
+        # Messages rejected per known agent: `alchimia status` shows them.
+        rejected = {a.agent_id: n for a in self.registry.all()
+                    if (n := self._rejected_by_sender.get(a.agent_id))}
         return message(self.settings.coordinator_id, StatusBody(
-            role="coordinator", state=state, software=SOFTWARE, model_version=self.version))
+            role="coordinator", state=state, software=SOFTWARE, model_version=self.version,
+            rejected=rejected, activity=self.activity))  # type: ignore[arg-type]
 
     # -- I/O
     @property
@@ -167,12 +203,23 @@ class Coordinator:
         return f"{self.settings.federation}-{self.settings.coordinator_id}"
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Serve until ``stop`` is set or the configured number of rounds is done.
-
-        Reconnects with backoff when the broker goes away; state lives on in memory and
-        on disk, so a reconnect republishes the retained status, model and task.
-        """
+        """Serve until ``stop`` is set or the configured number of rounds is done (and
+        Prometheus metrics and the admin web page meanwhile, if ``metrics_port`` and
+        ``web_port`` are set)."""
         stop = stop or asyncio.Event()
+        metrics = serve_metrics(CoordinatorCollector(self), self.settings)
+        web = None
+        try:
+            web = serve_web(self)
+            await self._run_connected(stop)
+        finally:
+            for server in (web, metrics):
+                if server is not None:
+                    server.close()
+
+    async def _run_connected(self, stop: asyncio.Event) -> None:
+        """Reconnects with backoff when the broker goes away; state lives on in memory and
+        on disk, so a reconnect republishes the retained status, model and task."""
         host, port, _tls = self.settings.host_port_tls
         self._client_never_connected = True
         delay = 1.0
@@ -258,6 +305,7 @@ class Coordinator:
             topic = msg.topic.value
             try:
                 self.handle(topic, bytes(msg.payload))  # type: ignore[arg-type]
+                self.rejection_log.tick()  # a flood that stopped is summed up
             except Exception as exc:
                 if _machine_fault(exc):
                     # The state on disk is the truth: stop rather than count unsaved
@@ -276,28 +324,30 @@ class Coordinator:
             return
         parsed = self.topics.parse_agent_topic(topic)
         if parsed is None:
-            self._reject("?", topic, "not an agent topic")
+            self._reject("?", topic, "not_agent_topic", "not an agent topic")
             return
         agent_id, leaf = parsed
         # One budget per agent and kind of message: a flood of metrics (or of anything
         # forged on an open broker) never uses up the budget of its status or its update.
         if not self.rate_limiter.allow(f"{agent_id}/{leaf}", time.monotonic()):
-            self._reject(agent_id, topic, "rate limit exceeded")
+            self._reject(agent_id, topic, "rate_limited", "rate limit exceeded")
             return
         if not payload and leaf == "status":
             return  # a cleared retained status
         if leaf not in self._EXPECT:
-            self._reject(agent_id, topic, f"the coordinator does not read {leaf} messages")
+            self._reject(agent_id, topic, "unread_topic",
+                         f"the coordinator does not read {leaf} messages")
             return
         expect = self._EXPECT[leaf]
         try:
             # NaN/inf in deltas are caught by the accumulator's norm pass: no second scan.
             env = decode(payload, expect, self.limits, check_finite=False)
         except DecodeError as exc:
-            self._reject(agent_id, topic, str(exc))
+            self._reject(agent_id, topic, _decode_code(exc), str(exc))
             return
         if env.sender != agent_id:
-            self._reject(agent_id, topic, f"sender {env.sender!r} does not match topic")
+            self._reject(agent_id, topic, "wrong_sender",
+                         f"sender {env.sender!r} does not match topic")
             return
         if leaf == "status":
             self._on_status(env)
@@ -310,13 +360,22 @@ class Coordinator:
         "status": StatusBody, "update": UpdateBody, "metrics": MetricsBody}
 
     def _on_metrics(self, env: Envelope) -> None:
-        """A drift report asks for an early round (sync mode; async windows never pause)."""
+        """Validation figures and drift reports are kept (the web page); a drift report
+        asks for an early round (sync mode; async windows never pause)."""
         body: MetricsBody = env.body  # type: ignore[assignment]
         if body.scope == "validation" and body.model_version is not None:
             self.progress.report(body.model_version, env.sender, body.values)
+            if body.model_version <= self.version:  # kept for the web page, per version
+                self.db.save_validation(body.model_version, env.sender, time.time(),
+                                        dict(body.values))
             self.changed.set()  # may decide the next round (trigger.py)
+        if body.scope == "model_rejected" and (body.model_version or 0) < self.version:
+            # Someone replayed an older model on model/current: retained, it would be
+            # the first thing every agent that connects from now on is handed.
+            self._replay_reported = True
         if body.scope == "drift":
             log.warning("agent %s reports drift: %s", env.sender, dict(body.values))
+            self.db.save_drift(time.time(), env.sender, body.model_version, dict(body.values))
             self._early_round_for = env.sender
             self.changed.set()
 
@@ -324,14 +383,25 @@ class Coordinator:
         try:
             env = decode(payload, AdminBody, self.limits)
         except DecodeError as exc:
-            self._reject("admin", topic, str(exc))
+            self._reject("admin", topic, _decode_code(exc), str(exc))
             return
         body: AdminBody = env.body  # type: ignore[assignment]
-        if self.db.latest_version() is None or not self.db.model_path(body.version).exists():
-            self._reject(env.sender, topic, f"no model version {body.version} to roll back to")
-            return
-        log.warning("admin %s asked to roll back to version %d", env.sender, body.version)
-        self._rollback_to = body.version
+        if body.action == "rollback":
+            assert body.version is not None  # the schema requires it
+            if not self.db.model_path(body.version).exists():
+                self._reject(env.sender, topic, "unknown_version",
+                             f"no model version {body.version} to roll back to")
+                return
+            log.warning("admin %s asked to roll back to version %d", env.sender, body.version)
+            self._rollback_to = body.version
+        else:
+            log.warning("admin %s asked the coordinator to %s", env.sender, body.action)
+            if body.action in ("pause", "resume"):
+                self.paused = body.action == "pause"
+                self.db.set_flag("paused", "1" if self.paused else None)
+            else:
+                self._stop_requested = True
+            self._status_due = True  # the admin's confirmation
         self.changed.set()
 
     def _on_status(self, env: Envelope) -> None:
@@ -339,7 +409,7 @@ class Coordinator:
         if body.role != "agent":
             return
         info = AgentInfo(env.sender, body.state == "online", body.samples, body.software,
-                         time.time(), body.new_heats, env.ts)
+                         time.time(), body.new_heats, env.ts, body.model_version)
         if self.registry.update(info):
             log.info("agent %s is %s", env.sender, body.state)
         self.db.save_agent(info)
@@ -348,13 +418,13 @@ class Coordinator:
     def _on_update(self, env: Envelope, topic: str, payload: bytes) -> None:
         body: UpdateBody = env.body  # type: ignore[assignment]
         if self.db.seen(env.msg_id):
-            self._reject(env.sender, topic, f"message {env.msg_id} replayed")
+            self._reject(env.sender, topic, "replayed", f"message {env.msg_id} replayed")
             return
         # Sent means learned, accepted or not: the agent counts its new heats from here.
         self.registry.update_sent(env.sender, env.ts)
         window, acc = self.window, self._accumulator
         if window is None or acc is None:
-            self._reject(env.sender, topic, "no round is open")
+            self._reject(env.sender, topic, "no_round", "no round is open")
             return
         reason = window.check(env.sender, body.round_id, body.base_version)
         weight = window.weight(body.base_version, body.num_samples)
@@ -362,24 +432,26 @@ class Coordinator:
             try:
                 acc.add(body.delta, weight)
             except ValueError as exc:
-                reason = str(exc)
+                reason = Refusal("bad_delta", str(exc))
         if reason is not None:
-            self._reject(env.sender, topic, reason)
+            self._reject(env.sender, topic, reason.code, reason)
             return
         self.db.accept_update(env.msg_id, env.sender, window.window_id, body.base_version,
                               weight, payload)
         window.accept(env.sender, env.msg_id, body.base_version)
+        self.stats.update_accepted()
         log.debug("accepted update from %s for round %d (weight %.1f)", env.sender,
                   window.window_id, weight)
         self.changed.set()
 
-    def _reject(self, sender: str, topic: str, reason: str) -> None:
-        """Log why a message was dropped; a flooding sender gets a few lines, not thousands."""
+    def _reject(self, sender: str, topic: str, code: str, reason: str) -> None:
+        """Count a dropped message under ``code`` and log why (``broker.rejections``: a
+        flood gets a few escaped lines per reason and a summary a minute, not thousands)."""
         count = self._rejected_by_sender[sender] = self._rejected_by_sender.get(sender, 0) + 1
-        if count <= 10 or count % 1000 == 0:
-            log.warning("rejected message from %s on %s: %s (%d from this sender)", sender,
-                        topic, reason, count)
-        self.rejections.append(Rejection(sender, topic, reason))
+        self.rejection_log.reject(code, "rejected message from %s on %s: %s: %s (%d from this "
+                                  "sender)", sender, topic, code, reason, count)
+        self.rejections.append(Rejection(sender, topic, reason, code))
+        self.stats.message_rejected(topic, code)
         del self.rejections[:-1000]  # keep the recent ones for admins and tests
         if len(self._rejected_by_sender) > 100_000:
             self._rejected_by_sender.clear()
@@ -394,9 +466,39 @@ class Coordinator:
         if task is not None and task.cancelling():
             raise asyncio.CancelledError
         self.changed.clear()
+        # At least every second: the housekeeping below runs on this loop's turns.
+        timeout = 1.0 if timeout is None else min(timeout, 1.0)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self.changed.wait()
+        if self._status_due:
+            self._status_due = False
+            await self._publish(self.topics.coordinator_status, self._status("online"),
+                                retain=True)
+        await self._bring_back_stale_agents()
+
+    async def _bring_back_stale_agents(self) -> None:
+        """Republish the current model (and the open task) when an agent reported a replay,
+        or is still on an older version 10 s after the current one was published (agents
+        adopt within a second), so nothing stalls whatever was replayed; looked at once a
+        second, republished at most every 5 s."""
+        now = time.monotonic()
+        if now - self._stale_checked < 1.0 or now - self._republished < 5.0:
+            return
+        self._stale_checked = now
+        behind = [] if now - self._published_at < 10.0 else [
+            a.agent_id for a in self.registry.all() if a.online
+            and a.model_version is not None and a.model_version < self.version]
+        if not behind and not self._replay_reported:
+            return
+        log.warning("republishing version %d: %s", self.version,
+                    f"agents on an older version ({','.join(behind)})" if behind
+                    else "an agent reported a replayed older model")
+        self._replay_reported = False
+        self._republished = now
+        await self._publish_model()
+        if self.window is not None and not self.window.closed:
+            await self._publish_task(self.window, "open")
 
     async def _drive_rounds(self, stop: asyncio.Event) -> None:
         resumed = self._resume_window()
@@ -404,6 +506,11 @@ class Coordinator:
             if self._rollback_to is not None:
                 await self._rollback(self._rollback_to)
                 continue
+            if self._stop_requested:
+                log.warning("stopping as an admin asked, after %d rounds",
+                            self.rounds_completed)
+                stop.set()
+                return
             if self.settings.rounds and self.rounds_completed >= self.settings.rounds:
                 log.info("completed %d rounds; stopping", self.rounds_completed)
                 stop.set()
@@ -423,7 +530,7 @@ class Coordinator:
         # A drift reported during the round just closed still cuts the pause short; the
         # next round clears the request when it opens (_new_window).
         deadline = time.monotonic() + self.settings.round_interval_s
-        while (not stop.is_set() and self._early_round_for is None
+        while (not stop.is_set() and self._early_round_for is None and not self._stop_requested
                and self._rollback_to is None and (left := deadline - time.monotonic()) > 0):
             await self._wait_changed(left)
         if self._early_round_for is not None:
@@ -434,6 +541,12 @@ class Coordinator:
         """The next round (sync) or buffer window (async), once enough agents are online
         and have new heats (or the schedule or a drift report says so); see trigger.py."""
         s = self.settings
+        if self.paused:
+            self._wait_s = None
+            if self._waiting_why != "paused by an admin":
+                log.info("next round waits: paused by an admin")
+                self._waiting_why = "paused by an admin"
+            return None
         now = time.time()
         online = self.registry.new_heats()
         decision = self.trigger.decide(
@@ -525,6 +638,7 @@ class Coordinator:
             self.db.save_round(window.window_id, mode, window.base_version, "failed", selected,
                                opened, self._deadline(window), time.time(),
                                window.contributors)
+            self.stats.round_finished("failed", time.time() - opened)
             await self._publish_task(window, "closed")
             return
         await self._aggregate(window, opened)
@@ -537,6 +651,7 @@ class Coordinator:
         self.db.save_round(window.window_id, self.settings.mode, window.base_version,
                            "abandoned", sorted(window.selected), opened,
                            self._deadline(window), time.time(), window.contributors)
+        self.stats.round_finished("abandoned", time.time() - opened)
         await self._publish_task(window, "closed")
 
     async def _rollback(self, target: int) -> None:
@@ -567,6 +682,7 @@ class Coordinator:
         """The current version on ``model/current``, and the retained coordinator status
         that names it (admins and consumers read the version there)."""
         await self._publish(self.topics.model_current, self.model_payload, retain=True)
+        self._published_at = time.monotonic()
         await self._publish(self.topics.coordinator_status, self._status("online"),
                             retain=True)
 
@@ -598,6 +714,7 @@ class Coordinator:
         if isinstance(window, SyncRound):
             await self._publish_task(window, "closed")
         self.rounds_completed += 1
+        self.stats.round_finished("closed", time.time() - opened)
         log.info(
             "round %d closed: %d updates from %s, version %d -> %d, %.1f s open, %.3f s to "
             "aggregate and publish, %d bytes", window.window_id, len(window.accepted),
@@ -611,9 +728,15 @@ class Coordinator:
             base_version=window.base_version, deadline_ts=self._deadline(window),
             selected=sorted(window.selected), epochs=s.epochs, lr=s.lr,
             batch_size=s.batch_size, hyper=self.strategy.task_params(),
+            update_codec=s.update_codec, update_topk_fraction=s.update_topk_fraction,
         )
+        if self.signing_key is not None:
+            body = sign_task(body, self.signing_key)
         await self._publish(self.topics.round_current, message(s.coordinator_id, body),
                             retain=True)
+        if state == "open":  # with fresh rejection counts for `alchimia status`
+            await self._publish(self.topics.coordinator_status, self._status("online"),
+                                retain=True)
 
     async def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         if self._client is None:

@@ -8,12 +8,13 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from broker.settings import NodeSettings
+from broker.compression import DEFAULT_TOPK_FRACTION, Codec
+from broker.settings import ServiceSettings
 from broker.topics import check_id
 from models.spec import Architecture
 
 
-class CoordinatorSettings(NodeSettings):
+class CoordinatorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ALCHIMIA_COORDINATOR_", extra="forbid")
 
     coordinator_id: str = "coordinator"
@@ -23,6 +24,10 @@ class CoordinatorSettings(NodeSettings):
                                               description="e.g. server_lr, beta, mu")
     clip_norm: float | None = Field(default=None, gt=0,
                                     description="bound each delta's L2 norm first")
+    aggregation_threads: int | None = Field(
+        default=None, ge=1, description="threads that aggregate each update, each on its own "
+        "slice of the parameters (the result is the same for any count); unset: the cores "
+        "this process may run on")
     mode: Literal["sync", "async"] = "sync"
     buffer_k: int = Field(default=3, ge=1, description="async: updates per new version")
     max_staleness: int = Field(default=5, ge=0, description="async: oldest base accepted")
@@ -53,6 +58,9 @@ class CoordinatorSettings(NodeSettings):
         default=None, description="hidden layers (the hybrid's residual network); default: "
         "the architecture's")
     seed: int = 0
+    keep_versions: int = Field(
+        default=200, ge=0, description="model version files kept on disk (the newest); older "
+        "ones are deleted, their history stays in the database; 0 = keep all")
     model_signing_key: Path | None = Field(
         default=None, description="Ed25519 private key (PEM) that signs every model")
     # A flood guard, far above what an agent sends of its own accord (about one metrics
@@ -61,6 +69,22 @@ class CoordinatorSettings(NodeSettings):
     rate_limit_per_s: float = Field(default=20.0, gt=0, description="messages per agent")
     rate_limit_burst: int = Field(default=200, ge=1)
     max_update_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    update_codec: Codec = Field(
+        default="raw", description="how agents encode their deltas (told in the task): raw "
+        "(float32), fp16, int8 (blockwise), topk, topk_int8 (top-k of int8); lossy codecs "
+        "keep error feedback at the agent (docs/FEDERATION.md, 'Compressed updates')")
+    update_topk_fraction: float = Field(
+        default=DEFAULT_TOPK_FRACTION, gt=0, le=1,
+        description="topk codecs: share of each tensor's entries an update sends")
+    web_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve the admin web page (/ and "
+        "/api/status) over HTTP on this port; 0 or unset: off")
+    web_host: str = Field(
+        default="127.0.0.1", description="address the web page listens on (0.0.0.0: every "
+        "interface)")
+    web_token_file: Path | None = Field(
+        default=None, description="file holding the token the web page asks for (Bearer or "
+        "?token=); default {state_dir}/web-token, created with a random token if missing")
 
     @field_validator("coordinator_id")
     @classmethod

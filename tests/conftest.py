@@ -1,2 +1,2 @@
-pytest_plugins = ["tests.fixtures.influxd", "tests.fixtures.mosquitto",
+pytest_plugins = ["tests.fixtures.chromium", "tests.fixtures.influxd", "tests.fixtures.mosquitto",
                   "tests.fixtures.prometheus"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.settings import AgentSettings
-from alchimia.local import AgentThread
-from broker.schemas import MetricsBody, decode
+from alchimia.local import AgentThread, LocalFederation
+from broker.schemas import MetricsBody, ModelBody, decode
 from broker.topics import Topics
 from coordinator.publishing import initial_weights, model_message
 from models.spec import ModelSpec
@@ -48,3 +48,43 @@ def test_an_older_model_is_not_adopted(mosquitto, tmp_path: Path) -> None:
     finally:
         agent.stop()
         coordinator.close()
+
+
+def test_the_coordinator_undoes_a_replayed_model(mosquitto, tmp_path: Path) -> None:
+    """A genuine older model replayed (retained) on ``model/current``: running agents
+    refuse it, a new agent adopts it, and the coordinator, seeing both, republishes the
+    current version; the new agent catches up and rounds go on."""
+    topics = Topics("undo")
+    fed = LocalFederation(mosquitto.url, "undo", 2, tmp_path / "coord",
+                          coordinator={"min_agents": 2, "rounds": 0, "epochs": 1},
+                          agent={"history_heats": 60, "heat_interval_s": 0,
+                                 "signal_period_s": 10.0})
+    attacker = RawClient(mosquitto.host, mosquitto.port, "undo-replayer")
+    late: AgentThread | None = None
+    try:
+        coordinator = fed.start_coordinator().coordinator
+        fed.start_agents()
+        wait_for(lambda: coordinator.version >= 2, 120, "version 2")
+        attacker.publish(topics.model_current, coordinator.db.load_payload(0), retain=True)
+        late = AgentThread(AgentSettings.load(
+            None, broker=mosquitto.url, federation="undo", agent_id="plant-9",
+            history_heats=30, heat_interval_s=0, store_sensors=False,
+            state_dir=tmp_path / "late")).start()
+        replayed_at = coordinator.version
+        wait_for(lambda: (late.agent.model_version or 0) >= replayed_at, 60,
+                 "the late agent brought to the current version")
+        wait_for(lambda: coordinator.version > replayed_at + 1, 120, "rounds going on")
+        assert all((a.agent.model_version or 0) >= replayed_at for a in fed.agents)
+    finally:
+        if late is not None:
+            late.stop()
+        fed.stop()
+        attacker.close()
+    retained = RawClient(mosquitto.host, mosquitto.port, "undo-reader")
+    try:
+        retained.subscribe(topics.model_current)
+        wait_for(lambda: retained.received(topics.model_current), 10, "the retained model")
+        body = decode(retained.received(topics.model_current)[-1], ModelBody).body
+        assert body.version >= replayed_at
+    finally:
+        retained.close()

@@ -3,6 +3,7 @@ and the federation goes on."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from alchimia.local import LocalFederation
 from alchimia.monitor import Monitor
-from broker.schemas import ModelBody, message
-from broker.signing import sign_model
+from broker.schemas import ModelBody, TaskBody, message
+from broker.signing import sign_model, sign_task
 from broker.topics import Topics
 from tests.integration.helpers import RawClient, wait_for
 
@@ -54,8 +55,17 @@ def test_forged_models_are_rejected_and_rounds_continue(mosquitto, tmp_path: Pat
                  "both agents to reject both forgeries")
         assert all(a.agent.model_version is not None and a.agent.model_version < 50
                    for a in fed.agents)
+        # Tasks are authenticated like models: a forged task naming a far round is refused.
+        task = TaskBody(round_id=999, state="open", base_version=genuine.version,
+                        deadline_ts=time.time() + 60, selected=["plant-1", "plant-2"])
+        for forged_task in (task, sign_task(task, Ed25519PrivateKey.generate())):
+            attacker.publish(topics.round_current, message("coordinator", forged_task),
+                             retain=True)
+        time.sleep(1.0)  # the agents read both forgeries (a refusal changes nothing to see)
         assert monitor.wait_validation(3, {"plant-1", "plant-2"}, 120)
         assert all(a.agent.model_version == 3 for a in fed.agents)
+        assert all(a.agent.task is not None and a.agent.task.round_id < 999
+                   for a in fed.agents)
     finally:
         fed.stop()
         monitor.stop()

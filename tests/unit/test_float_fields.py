@@ -93,3 +93,14 @@ def test_an_int_valued_task_decodes_with_floats() -> None:
     values = [env.ts, env.body.deadline_ts, env.body.lr, env.body.hyper["proximal_mu"]]
     assert [type(v) for v in values] == [float] * 4
     assert values == [1767225600.0, 1767225720.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize(("model", "name"), FLOAT_FIELDS,
+                         ids=[f"{m.__name__}.{n}" for m, n in FLOAT_FIELDS])
+@pytest.mark.parametrize("leaf", [True, "0.5", "1"])
+def test_no_float_field_takes_a_bool_or_a_string(model: type[BaseModel], name: str,
+                                                 leaf: Any) -> None:
+    field = model.model_fields[name]
+    adapter = TypeAdapter(field.rebuild_annotation())
+    with pytest.raises(ValidationError):
+        adapter.validate_python(_with_leaf(field.annotation, leaf))
