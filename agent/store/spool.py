@@ -1,10 +1,20 @@
 """Durable on-disk spool: the agent's write-ahead log in front of InfluxDB.
 
 Why it exists: a furnace does not stop when the plant's InfluxDB does, and DESIGN.md says
-no point is lost. ``append`` returns only after the encoded points are in a segment file
-(and, with ``fsync``, on the platter), so a point the store accepted survives a crash of
-the agent; the sender reads records back in order and ``commit`` moves the committed
-position past them only after InfluxDB acknowledged them.
+no point is lost. ``append`` returns only after the encoded points were handed to the
+kernel with ``write()``, so a point the store accepted survives a crash of the agent
+(kill -9 included: the kernel owns the bytes); the sender reads records back in order and
+``commit`` moves the committed position past them only after InfluxDB acknowledged them.
+
+Only a power loss (or a kernel crash) loses what the kernel had not yet written to disk,
+so the fsyncs are grouped (:class:`GroupSync`): at most one ``fdatasync`` per
+``fsync_interval`` seconds (default 1 s), and no record waits longer than that for one; a
+power loss loses at most the last ``fsync_interval`` seconds of points. An ``append`` an
+interval or more after the last fsync syncs at once; the others are synced by whoever calls
+:meth:`Spool.sync_if_due` when :meth:`Spool.until_sync` says (the sender thread of
+:mod:`agent.store.buffered`), or by a later ``append``. ``fsync_interval=0`` syncs every
+``append`` before it returns. What a power loss tore off the last segment's tail fails its
+checksum and is cut on open, like a torn record.
 
 Layout of the directory::
 
@@ -32,11 +42,13 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +64,8 @@ _MARKER_BYTES = 64  # the committed marker's fixed size, so that a rewrite cover
 #: Bytes read at a time: a default batch (5,000 points, ~1.2 MB) fits in one read, and after an
 #: outage a batch does not read a whole segment to use a fraction of it.
 _READ_CHUNK = 2 << 20
+#: Seconds of appended points a power loss may take at most (a process crash takes none).
+DEFAULT_FSYNC_INTERVAL_S = 1.0
 
 
 class SpoolFullError(StoreError):
@@ -85,6 +99,43 @@ class Batch:
     points: int
 
 
+@dataclass(slots=True)
+class GroupSync:
+    """When appended data is fsync'd; sans-I/O: the caller passes the (monotonic) time.
+
+    Two bounds: syncs are at least ``interval`` apart, and data waits at most ``interval``
+    after its append for one. An append ``interval`` or more after the last sync is synced
+    at once (with whatever waited); otherwise the data is synced at :attr:`due`, unless an
+    append syncs it first. ``interval`` 0 syncs every append.
+    """
+
+    interval: float
+    since: float = math.inf  # when the oldest data not yet synced was appended
+    last: float = -math.inf  # when the last sync (or failed try) began
+
+    def appended(self, now: float) -> bool:
+        """Data was appended at ``now``; True: sync it now."""
+        self.since = min(self.since, now)
+        return now - self.last >= self.interval
+
+    @property
+    def dirty(self) -> bool:
+        return self.since != math.inf
+
+    @property
+    def due(self) -> float:
+        """When the appended data must be synced; infinity while everything is."""
+        return max(self.since, self.last) + self.interval if self.dirty else math.inf
+
+    def synced(self, began: float) -> None:
+        """A sync that began at ``began`` covered everything appended so far."""
+        self.since, self.last = math.inf, began
+
+    def failed(self, began: float) -> None:
+        """A sync failed: the data stays unsynced and is tried again an interval later."""
+        self.last = began
+
+
 def frame(payload: bytes, points: int) -> bytes:
     head = struct.pack("<II", len(payload), points)
     crc = zlib.crc32(payload, zlib.crc32(head))
@@ -112,7 +163,8 @@ class Spool:
 
     One thread appends (under the owner's lock or any), one thread reads and commits.
     ``max_bytes`` bounds the bytes not yet committed; disk use can exceed it by at most one
-    committed-but-not-yet-rotated segment (``segment_bytes``).
+    committed-but-not-yet-rotated segment (``segment_bytes``). With ``fsync`` off nothing
+    is ever fsync'd (tests, a spool on tmpfs); ``syncs`` counts the data fsyncs.
     """
 
     def __init__(
@@ -122,13 +174,20 @@ class Spool:
         max_bytes: int = 1 << 30,
         segment_bytes: int = 8 << 20,
         fsync: bool = True,
+        fsync_interval: float = DEFAULT_FSYNC_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_bytes <= 0 or segment_bytes <= len(MAGIC):
             raise ValueError("max_bytes and segment_bytes must be positive")
+        if not fsync_interval >= 0:
+            raise ValueError("fsync_interval must be >= 0")
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self.fsync = fsync
+        self.syncs = 0
+        self._group = GroupSync(fsync_interval)
+        self._clock = clock
         self.rejected_dir = self.directory / "rejected"
         self.directory.mkdir(parents=True, exist_ok=True)
         self.rejected_dir.mkdir(exist_ok=True)
@@ -261,6 +320,8 @@ class Spool:
 
     def _open_segment(self, seg_id: int) -> None:
         if self._write_fd is not None:
+            if self.fsync and self._group.dirty:  # a closed segment is whole on disk
+                self._sync_locked(self._clock())
             os.close(self._write_fd)
         path = self.directory / _segment_name(seg_id)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
@@ -354,10 +415,33 @@ class Spool:
             written = os.write(self._write_fd, data)
             if written != len(data):  # O_APPEND regular file: only on disk full and the like
                 raise StoreError(f"short write to spool ({written} of {len(data)} bytes)")
-            if self.fsync:
-                os.fdatasync(self._write_fd)
             self._sizes[self._active] += len(data)
             self._pending_points += points
+            if self.fsync:
+                now = self._clock()
+                if self._group.appended(now):
+                    self._sync_locked(now)
+
+    def until_sync(self) -> float:
+        """Seconds until appended data must be fsync'd (<= 0: now); infinity if none waits."""
+        return self._group.due - self._clock() if self.fsync else math.inf
+
+    def sync_if_due(self) -> None:
+        """fsync the appended data if it has waited its ``fsync_interval``."""
+        with self._lock:
+            now = self._clock()
+            if self.fsync and not self._closed and now >= self._group.due:
+                self._sync_locked(now)
+
+    def _sync_locked(self, now: float) -> None:
+        assert self._write_fd is not None
+        try:
+            os.fdatasync(self._write_fd)
+        except OSError:
+            self._group.failed(now)
+            raise
+        self.syncs += 1
+        self._group.synced(now)
 
     # -- reading and committing -------------------------------------------------------------
 

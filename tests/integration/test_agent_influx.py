@@ -3,12 +3,14 @@ learns from heats assembled back out of it (real influxd, real mosquitto)."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 from agent.ingest.pipeline import StorePipeline
 from agent.settings import AgentSettings
 from agent.store import open_store
+from agent.store.spool import Spool
 from alchimia.consumer import Consumer, ConsumerSettings
 from alchimia.local import AgentThread, LocalFederation
 from alchimia.monitor import Monitor
@@ -17,7 +19,7 @@ from broker.topics import Topics
 from coordinator.publishing import initial_weights, model_message
 from models.spec import ModelSpec
 from tests.fixtures.influxd import InfluxdServer
-from tests.integration.helpers import RawClient, wait_for
+from tests.integration.helpers import RawClient, alchimia, wait_for
 
 
 def test_agent_streams_sensor_data_into_influxdb_and_trains_on_it(
@@ -104,3 +106,32 @@ def test_an_agent_started_while_influxdb_is_down_serves_then_learns_its_history(
         assert stored == source.points_written  # every point delivered, none twice
     finally:
         store.close()
+
+
+def test_a_sigtermed_agent_delivers_its_spool(mosquitto, influxd, tmp_path: Path) -> None:
+    """SIGTERM (systemd's stop) closes the store: what is spooled goes to InfluxDB then,
+    not at the next start (points wait up to the flush interval, 5 s by default)."""
+    state = tmp_path / "agents"
+    agent = alchimia("agent", "--broker", mosquitto.url, "--federation", "term",
+                     "--agent-id", "plant-1", "--plant", "1", "--influx", influxd.url,
+                     "--database", "term", "--state-dir", str(state), "--history-heats", "5",
+                     "--heat-interval", "0.5", "--signal-period", "10")
+    try:
+        spool = state / "plant-1" / "spool"
+        # The history went in (its tap points flush at once); live heats then follow.
+        reader = open_store(influxd.url, "term", spool_dir=tmp_path / "reader-spool")
+        try:
+            wait_for(lambda: reader.count("eaf_tap", {"plant": "P1"}) >= 7, 60, "live heats")
+        finally:
+            reader.close()
+        agent.send_signal(signal.SIGTERM)
+        out, _ = agent.communicate(timeout=60)
+        assert agent.returncode == 0, out
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    left = Spool(spool, fsync=False)
+    try:
+        assert left.pending_points == 0, f"{left.pending_points} points left spooled"
+    finally:
+        left.close()

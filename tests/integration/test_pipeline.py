@@ -22,10 +22,11 @@ from agent.ingest import (
 )
 from agent.ingest.heats import HeatAssembler
 from agent.ingest.pipeline import StorePipeline
-from agent.ingest.simulated import SimulatedHeats, simulated_pipeline
+from agent.ingest.simulated import SimulatedHeats, SimulatedSensorSource, simulated_pipeline
 from agent.ingest.sources import build_heat_source
 from agent.records import Heat
 from agent.settings import AgentSettings
+from agent.sim import SimulatedPlant, default_plants
 from agent.store import InfluxStore, SQLiteStore
 from tests.fixtures.influxd import InfluxdServer
 from tests.fixtures.mosquitto import Mosquitto
@@ -243,3 +244,37 @@ def test_mqtt_inbox_overflow_is_counted_not_fatal(mosquitto: Mosquitto) -> None:
     finally:
         gateway.close()
         source.close()
+
+
+def test_a_tap_record_reaches_influxdb_at_once_other_points_wait_for_the_flush_interval(
+        influxd: InfluxdServer, tmp_path: Path) -> None:
+    """Spooled points wait for the flush interval (an hour here), but a heat's tap record is
+    POSTed at once, with every point spooled before it: the pipeline writes it at once and
+    assembling the heat reads the store, which sends what is spooled first."""
+    store = InfluxStore(influxd.url, f"tap{os.getpid()}_{next(_names)}", tmp_path / "spool",
+                        flush_interval=3600, gzip_level=0)
+    profile, seed = default_plants(1)[0]
+    now = [0.0]
+    src = SimulatedSensorSource(SimulatedPlant(profile, seed), 0, heat_interval_s=60.0,
+                                period_s=5.0, clock=lambda: now[0])
+    pipe = StorePipeline(src, store, HeatAssembler(store, profile.name, profile.furnace),
+                         write_interval_s=0.0, clock=lambda: now[0])
+
+    def in_influxdb(measurement: str) -> int:  # asked of the server, with no flush first
+        return sum(len(s["values"]) for s in store.http.query(f'SELECT * FROM "{measurement}"'))
+
+    try:
+        assert pipe.history() == []
+        sent = store.stats.sent_batches
+        now[0] = 30.0
+        assert pipe.poll() == []  # half a heat: spooled, not sent
+        assert store.spool.pending_points > 0 and store.stats.sent_batches == sent
+        assert in_influxdb(TAP_MEASUREMENT) == 0
+        now[0] = 60.0  # the tap
+        assert len(pipe.poll()) == 1
+        assert store.spool.pending_points == 0
+        assert store.stats.sent_points == pipe.points_written
+        assert in_influxdb(TAP_MEASUREMENT) == 1
+    finally:
+        pipe.close()
+        store.close()
