@@ -19,7 +19,8 @@ from models.calibration import DEFAULT_LEVEL, DEFAULT_WINDOW
 class AgentSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ALCHIMIA_AGENT_", extra="forbid")
 
-    agent_id: str = "plant-1"
+    agent_id: str = Field(default="plant-1", description="its id on the bus: its topic "
+                          "subtree agents/{id}/ and its broker identity")
     plant: int = Field(default=1, ge=1, description="simulated plant profile number")
     seed: int = Field(default=0, description="base seed of the simulated plants")
     history_heats: int = Field(
@@ -91,7 +92,8 @@ class AgentSettings(ServiceSettings):
     challenger_tolerance: float = Field(
         default=0.1, ge=0, description="a new global model this much worse does not serve")
     challenger_heats: int = Field(default=50, ge=1, description="recent heats it is judged on")
-    challenger_min_heats: int = Field(default=10, ge=1)
+    challenger_min_heats: int = Field(default=10, ge=1, description="fewest recent heats "
+                                      "a challenger is judged on")
     interval_level: float = Field(
         default=DEFAULT_LEVEL, gt=0, lt=1, description="level of the prediction intervals "
         "the agent publishes and answers with by default (0.9: 90 % of outcomes inside)")
@@ -103,10 +105,11 @@ class AgentSettings(ServiceSettings):
                                    description="most planned heats in one infer request")
     max_request_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1024,
                                    description="largest request message accepted, bytes")
-    torch_threads: int = Field(default=1, ge=1)
+    torch_threads: int = Field(default=1, ge=1, description="threads torch trains on")
     model_public_key: Path | None = Field(
         default=None, description="Ed25519 public key (PEM); if set, only signed models run")
-    max_model_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_model_bytes: int = Field(default=64 * 1024 * 1024, ge=1024,
+                                 description="largest model message the agent decodes")
 
     @field_validator("agent_id")
     @classmethod

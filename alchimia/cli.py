@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from alchimia.logs import configure as configure_logging
-from broker.compression import CODECS
+from alchimia.settings_cli import add_settings_arguments, settings_given
 
 
 def _logging_options(p: argparse.ArgumentParser, level: str) -> None:
@@ -26,12 +26,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--username")
     p.add_argument("--password")
     _logging_options(p, "INFO")
-
-
-def _metrics(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metrics-port", type=int,
-                   help="serve Prometheus metrics on this port, /metrics (0: off, the default)")
-    p.add_argument("--metrics-host", help="address it listens on (default 127.0.0.1)")
 
 
 def _experiment_arguments(drift: argparse.ArgumentParser, federation: argparse.ArgumentParser,
@@ -80,32 +74,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs"), help="where models are written")
     _logging_options(demo, "WARNING")
 
-    coord = sub.add_parser("coordinator", help="run the coordinator service")
-    _common(coord)
-    _metrics(coord)
-    coord.add_argument("--web-port", type=int, help="serve the admin web page on this port "
-                       "(0: off, the default); it asks for a token (--web-token-file)")
-    coord.add_argument("--web-host", help="address it listens on (default 127.0.0.1)")
-    coord.add_argument("--web-token-file", type=Path, help="file holding the page's token "
-                       "(default STATE_DIR/web-token, created if missing)")
-    coord.add_argument("--coordinator-id")
-    coord.add_argument("--state-dir", type=Path)
-    coord.add_argument("--strategy", help="fedavg, fedavgm, fedprox, fedadam, fedyogi, "
-                       "fedadagrad, median, trimmed_mean, krum, multikrum")
-    coord.add_argument("--strategy-param", dest="strategy_params", action="append",
-                       metavar="NAME=VALUE", type=strategy_param,
-                       help="strategy parameter, repeatable")
-    coord.add_argument("--clip-norm", type=float, help="bound each delta's L2 norm first")
-    coord.add_argument("--aggregation-threads", type=int, help="threads that aggregate each "
-                       "update (default: the cores this process may run on)")
-    coord.add_argument("--update-codec", choices=CODECS,
-                       help="how agents encode their deltas (default raw)")
-    coord.add_argument("--update-topk-fraction", type=float,
-                       help="topk codecs: share of each tensor's entries sent (default 0.05)")
-    coord.add_argument("--mode", choices=["sync", "async"])
-    coord.add_argument("--buffer-k", type=int, help="async: updates per new version")
-    coord.add_argument("--max-staleness", type=int, help="async: oldest base version accepted")
-    coord.add_argument("--staleness", help="async weighting: constant, polynomial, hinge")
+    coord = sub.add_parser("coordinator", help="run the coordinator service (or send it an "
+                           "admin command)")
+    coord.add_argument("--config", type=Path, help="TOML config file (flags and env override "
+                       "it)")
+    _logging_options(coord, "INFO")
+    if command in (None, "coordinator"):  # the settings import numpy and pydantic models
+        from coordinator.settings import CoordinatorSettings
+
+        add_settings_arguments(coord, CoordinatorSettings)
     actions = coord.add_subparsers(dest="action", metavar="{rollback,pause,resume,stop}")
     for action, text in (("rollback", "roll the federation back to VERSION (a new version)"),
                          ("pause", "open no new round until resume (the open one finishes)"),
@@ -117,44 +94,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         admin.add_argument("--admin-id", default="admin")
         admin.add_argument("--timeout", type=float, default=60.0,
                            help="seconds to wait for the coordinator's confirmation")
-    coord.add_argument("--rounds", type=int, help="stop after N rounds (0: never)")
-    coord.add_argument("--min-agents", type=int, help="quorum per round")
-    coord.add_argument("--fraction", type=float, help="fraction of online agents selected")
-    coord.add_argument("--max-agents", type=int)
-    coord.add_argument("--round-timeout", dest="round_timeout_s", type=float)
-    coord.add_argument("--architecture", choices=["eaf-hybrid-v1", "mlp-v1"],
-                       help="model of a new federation (default eaf-hybrid-v1)")
-    coord.add_argument("--epochs", type=int)
-    coord.add_argument("--lr", type=float)
-    coord.add_argument("--batch-size", type=int)
 
     agent = sub.add_parser("agent", help="run an edge agent")
-    _common(agent)
-    _metrics(agent)
-    agent.add_argument("--agent-id")
-    agent.add_argument("--plant", type=int, help="simulated plant profile number")
-    agent.add_argument("--seed", type=int)
-    agent.add_argument("--history-heats", type=int)
-    agent.add_argument("--heat-interval", dest="heat_interval_s", type=float)
-    agent.add_argument("--drift", action="append", metavar="SCENARIO@HEAT",
-                       help="simulated drift, e.g. supplier_change@300 (repeatable)")
-    agent.add_argument("--influx", help="InfluxDB URL (1.x HTTP API); default: embedded SQLite")
-    agent.add_argument("--database", help="InfluxDB database (default alchimia)")
-    agent.add_argument("--state-dir", type=Path, help="SQLite store and InfluxDB spool")
-    agent.add_argument("--signal-period", dest="signal_period_s", type=float,
-                       help="simulated sensor sample period in seconds")
-    agent.add_argument("--sensor-feed", metavar="MQTT_URL",
-                       help="real data: the plant broker with the PLC gateway's sensor topics")
-    agent.add_argument("--sensor-prefix", help="site prefix of the sensor topics")
-    agent.add_argument("--replay-heats", type=Path, metavar="CSV",
-                       help="real data: replay this heat table (with --replay-signals)")
-    agent.add_argument("--replay-signals", type=Path, metavar="CSV")
-    agent.add_argument("--replay-pace", type=float, metavar="HEATS_PER_S",
-                       help="replay like a live feed: after the first --history-heats, this "
-                       "many heats per second, each predicted before it is learned "
-                       "(default: the whole file at once, as history)")
-    agent.add_argument("--plant-id", help="with real data: the plant id in topics or CSV")
-    agent.add_argument("--furnace-id", help="with real data: the furnace id in topics or CSV")
+    agent.add_argument("--config", type=Path, help="TOML config file (flags and env override "
+                       "it)")
+    _logging_options(agent, "INFO")
+    if command in (None, "agent"):
+        from agent.settings import AgentSettings
+
+        add_settings_arguments(agent, AgentSettings)
     experiment = sub.add_parser("experiment", help="offline experiments on simulated plants")
     kinds = experiment.add_subparsers(dest="experiment", required=True,
                                       metavar="{drift,federation,charge,calibration,"
@@ -188,12 +136,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _common(infer)
     add_infer_arguments(infer)
 
-    from alchimia.status import add_arguments as add_status_arguments  # light: no torch
-
     status = sub.add_parser("status", help="what a running federation is doing: coordinator, "
                             "round, every agent (read off the bus)")
     _common(status)
-    add_status_arguments(status)
+    status.add_argument("--wait", type=float, default=2.0,
+                        help="seconds to listen after connecting (default 2)")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
 
     from alchimia.characterise import add_arguments as add_characterise_arguments  # no torch
 
@@ -219,30 +167,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def strategy_param(text: str) -> tuple[str, float]:
-    name, _, value = text.partition("=")
-    try:
-        return name.strip(), float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, got {text!r}") from None
-
-
-def _settings_overrides(args: argparse.Namespace) -> dict:
-    skip = {"command", "config", "log_level", "log_format", "action", "version", "admin_id",
-            "timeout"}
-    out = {k: v for k, v in vars(args).items() if k not in skip}
-    if out.get("strategy_params"):
-        out["strategy_params"] = dict(out["strategy_params"])
-    return out
-
-
 def run_coordinator(args: argparse.Namespace) -> int:
     from coordinator.service import Coordinator
     from coordinator.settings import CoordinatorSettings
 
     if args.action is not None:
         return run_admin(args)
-    settings = CoordinatorSettings.load(args.config, **_settings_overrides(args))
+    settings = CoordinatorSettings.load(args.config, **settings_given(args, CoordinatorSettings))
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -265,9 +196,7 @@ def run_admin(args: argparse.Namespace) -> int:
     from coordinator.admin import send_admin
     from coordinator.settings import CoordinatorSettings
 
-    overrides = {k: v for k, v in _settings_overrides(args).items()
-                 if k in ("broker", "federation", "username", "password")}
-    settings = CoordinatorSettings.load(args.config, **overrides)
+    settings = CoordinatorSettings.load(args.config, **settings_given(args, CoordinatorSettings))
     command = AdminBody(action=args.action, version=getattr(args, "version", None))
     try:
         line = asyncio.run(send_admin(settings, command, args.admin_id, args.timeout))
@@ -291,7 +220,7 @@ def run_agent(args: argparse.Namespace) -> int:
     from agent.service import Agent
     from agent.settings import AgentSettings
 
-    s = AgentSettings.load(args.config, **_settings_overrides(args))
+    s = AgentSettings.load(args.config, **settings_given(args, AgentSettings))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

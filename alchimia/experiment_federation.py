@@ -35,7 +35,7 @@ from agent.learn.compression import UpdateCompressor
 from agent.learn.trainer import TrainConfig, train_delta
 from agent.sim import SimulatedPlant, default_plants
 from alchimia import figures
-from alchimia.cli import strategy_param
+from alchimia.settings_cli import name_value
 from broker.compression import CODECS, DEFAULT_TOPK_FRACTION
 from broker.schemas import UpdateBody, decode, message
 from coordinator.strategies import make_strategy
@@ -420,7 +420,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site-l2", type=float, default=d.site_l2)
     parser.add_argument("--strategy", default=d.strategy, help="of the federated arms")
     parser.add_argument("--strategy-param", dest="strategy_params", action="append",
-                        default=[], metavar="NAME=VALUE", type=strategy_param)
+                        default=[], metavar="NAME=VALUE", type=name_value)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--update-codec", dest="update_codecs", nargs="+", default=["raw"],
                         choices=CODECS, help="run the federated arms once per codec and "

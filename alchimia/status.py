@@ -355,12 +355,6 @@ def collect(settings: NodeSettings, wait: float, connect_timeout: float = 10.0,
         return view.status()
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--wait", type=float, default=2.0,
-                   help="seconds to listen after connecting (default 2)")
-    p.add_argument("--json", action="store_true", help="print the status as JSON")
-
-
 def run(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k, None) for k in
                  ("broker", "federation", "username", "password")}

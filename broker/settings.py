@@ -40,11 +40,13 @@ class NodeSettings(BaseSettings):
 
     config_file: ClassVar[Path | None] = None
 
-    broker: str = "mqtt://127.0.0.1:1883"
-    federation: str = "demo"
-    username: str | None = None
-    password: str | None = None
-    keepalive: int = Field(default=30, ge=5, le=3600)
+    broker: str = Field(default="mqtt://127.0.0.1:1883", description="the broker: "
+                        "mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS")
+    federation: str = Field(default="demo", description="federation name: topics live "
+                            "under alchimia/v1/NAME")
+    username: str | None = Field(default=None, description="broker login (password mode)")
+    password: str | None = Field(default=None, description="broker password")
+    keepalive: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, seconds")
     ca_file: Path | None = Field(default=None, description="CA that signed the broker")
     cert_file: Path | None = Field(default=None, description="this identity's certificate")
     key_file: Path | None = Field(default=None, description="this identity's private key")

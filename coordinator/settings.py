@@ -17,9 +17,12 @@ from models.spec import Architecture
 class CoordinatorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ALCHIMIA_COORDINATOR_", extra="forbid")
 
-    coordinator_id: str = "coordinator"
-    state_dir: Path = Path("coordinator-state")
-    strategy: str = "fedavg"
+    coordinator_id: str = Field(default="coordinator", description="its id on the bus "
+                                "(MQTT client id {federation}-{id})")
+    state_dir: Path = Field(default=Path("coordinator-state"), description="SQLite database "
+                            "and model version files")
+    strategy: str = Field(default="fedavg", description="fedavg, fedavgm, fedprox, fedadam, "
+                          "fedyogi, fedadagrad, median, trimmed_mean, krum, multikrum")
     strategy_params: dict[str, float] = Field(default_factory=dict,
                                               description="e.g. server_lr, beta, mu")
     clip_norm: float | None = Field(default=None, gt=0,
@@ -28,16 +31,22 @@ class CoordinatorSettings(ServiceSettings):
         default=None, ge=1, description="threads that aggregate each update, each on its own "
         "slice of the parameters (the result is the same for any count); unset: the cores "
         "this process may run on")
-    mode: Literal["sync", "async"] = "sync"
+    mode: Literal["sync", "async"] = Field(default="sync", description="sync rounds, or "
+                                           "async buffered windows (FedBuff)")
     buffer_k: int = Field(default=3, ge=1, description="async: updates per new version")
     max_staleness: int = Field(default=5, ge=0, description="async: oldest base accepted")
-    staleness: str = "polynomial"
-    staleness_params: dict[str, float] = Field(default_factory=dict)
+    staleness: str = Field(default="polynomial", description="async weighting of a stale "
+                           "update: constant, polynomial, hinge")
+    staleness_params: dict[str, float] = Field(default_factory=dict,
+                                               description="e.g. alpha, b")
     rounds: int = Field(default=0, ge=0, description="stop after this many rounds; 0 = never")
     min_agents: int = Field(default=2, ge=1, description="quorum: fewest updates a round needs")
-    fraction: float = Field(default=1.0, gt=0, le=1)
-    max_agents: int | None = Field(default=None, ge=1)
-    round_timeout_s: float = Field(default=120.0, gt=0)
+    fraction: float = Field(default=1.0, gt=0, le=1,
+                            description="share of the online agents selected per round")
+    max_agents: int | None = Field(default=None, ge=1,
+                                   description="most agents selected per round")
+    round_timeout_s: float = Field(default=120.0, gt=0, description="a round's deadline, "
+                                   "seconds after it opens")
     round_interval_s: float = Field(
         default=0.0, ge=0, description="sync: pause between rounds; a drift report cuts it short")
     min_new_heats: int = Field(
@@ -48,16 +57,16 @@ class CoordinatorSettings(ServiceSettings):
         "validation error of the agents improves by at least this fraction per version")
     round_schedule_s: float | None = Field(
         default=None, gt=0, description="open a round anyway this long after the last opened")
-    epochs: int = Field(default=2, ge=1)
-    lr: float = Field(default=3e-3, gt=0)
-    batch_size: int = Field(default=32, ge=1)
+    epochs: int = Field(default=2, ge=1, description="local epochs (sent in the task)")
+    lr: float = Field(default=3e-3, gt=0, description="local learning rate (in the task)")
+    batch_size: int = Field(default=32, ge=1, description="local batch size (in the task)")
     architecture: Architecture = Field(
         default="eaf-hybrid-v1", description="model of a new federation (docs/PROTOCOL.md); "
         "a federation keeps the architecture it started with")
     hidden: tuple[int, ...] | None = Field(
         default=None, description="hidden layers (the hybrid's residual network); default: "
         "the architecture's")
-    seed: int = 0
+    seed: int = Field(default=0, description="seed of the first weights and of selection")
     keep_versions: int = Field(
         default=200, ge=0, description="model version files kept on disk (the newest); older "
         "ones are deleted, their history stays in the database; 0 = keep all")
@@ -67,8 +76,10 @@ class CoordinatorSettings(ServiceSettings):
     # message per heat, at most ~5/s whatever the heat rate, plus a status every few
     # seconds); answers to each task and model are credited on top (service.ANSWER_CREDIT).
     rate_limit_per_s: float = Field(default=20.0, gt=0, description="messages per agent")
-    rate_limit_burst: int = Field(default=200, ge=1)
-    max_update_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    rate_limit_burst: int = Field(default=200, ge=1, description="messages per agent "
+                                  "allowed at once above the rate")
+    max_update_bytes: int = Field(default=16 * 1024 * 1024, ge=1024,
+                                  description="largest message the coordinator decodes")
     update_codec: Codec = Field(
         default="raw", description="how agents encode their deltas (told in the task): raw "
         "(float32), fp16, int8 (blockwise), topk, topk_int8 (top-k of int8); lossy codecs "
