@@ -20,11 +20,20 @@ The bound: reading 256 MB from DRAM, once with numpy's sum on one core and once 
 every core (one thread each running the compiled sum of squares, which releases the GIL);
 the faster is the machine's read bandwidth, and FedAvg is compared with it.
 
+Threads: ``--threads 1,2,all`` runs every row with each count of aggregation threads
+(``kernels.set_threads``; ``all``: the cores this process may run on, the coordinator's
+default) and ends with FedAvg's speed-up over one thread and over Flower. ``flower`` is
+Flower's ``aggregate_inplace`` (``flwr.server.strategy.aggregate``, 1.x) rewritten in numpy,
+one thread whatever ``--threads`` says: it deserialises each update into fresh arrays (a
+copy, as its ``parameters_to_ndarrays`` does), scales them in place by
+``num_examples / total`` and adds them into the first update's arrays in float32; it
+validates nothing.
+
 Robust strategies (median, trimmed_mean, krum, multikrum) hold all K updates and Krum costs
 K^2 P flops, so by default they stop at K <= 100 (``--robust-max-k``); the output says so.
 
 Run: ``.venv/bin/python bench/bench_aggregation.py [--params 1000000] [--k 10,100,1000]
-[--strategies fedavg,median,fedavg+clip] [--robust-max-k 100]``.
+[--strategies fedavg,median,fedavg+clip,flower] [--robust-max-k 100] [--threads 1,2,all]``.
 """
 
 from __future__ import annotations
@@ -46,9 +55,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from broker.schemas import UpdateBody, decode, message
 from coordinator.strategies import STRATEGIES, Strategy, kernels, make_strategy
+from coordinator.strategies.base import Weights
 
 CLIP_SUFFIX = "+clip"
+FLOWER = "flower"
 ROUND_REPEATS = 15
+NUM_SAMPLES = 1000  # every update's weight
 
 
 def layout(params: int) -> dict[str, tuple[int, ...]]:
@@ -67,7 +79,7 @@ def make_pool(shapes: dict[str, tuple[int, ...]], n: int, seed: int = 0) -> list
     pool = []
     for i in range(n):
         delta = {k: 0.01 * rng.standard_normal(s, dtype=np.float32) for k, s in shapes.items()}
-        body = UpdateBody(round_id=0, base_version=0, num_samples=1000, delta=delta)
+        body = UpdateBody(round_id=0, base_version=0, num_samples=NUM_SAMPLES, delta=delta)
         pool.append(message(f"plant-{i}", body))
     return pool
 
@@ -78,14 +90,48 @@ def arrivals(pool: list[bytes], k: int) -> Iterator[bytes]:
         yield pool[i % len(pool)]
 
 
-def build(spec: str, params: int) -> Strategy:
+class FlowerInplace:
+    """Flower's ``aggregate_inplace`` as a round: it knows the total weight up front, as
+    Flower does (it holds every result before aggregating)."""
+
+    streaming = True
+
+    def __init__(self, total_weight: float) -> None:
+        self.total = total_weight
+        self.params: list[np.ndarray] = []
+        self.names: list[str] = []
+
+    def open_round(self, global_weights: Weights) -> FlowerInplace:
+        self.params, self.names = [], list(global_weights)
+        return self
+
+    def add(self, delta: Weights, weight: float) -> None:
+        scaled = [np.array(delta[name]) for name in self.names]  # parameters_to_ndarrays
+        for x in scaled:
+            np.multiply(x, weight / self.total, out=x, casting="same_kind")
+        if not self.params:
+            self.params = scaled
+            return
+        for acc, x in zip(self.params, scaled, strict=True):
+            np.add(acc, x, out=acc)
+
+    def finish(self) -> Weights:
+        return dict(zip(self.names, self.params, strict=True))
+
+
+Aggregator = Strategy | FlowerInplace
+
+
+def build(spec: str, params: int, k: int = 1) -> Aggregator:
+    if spec == FLOWER:
+        return FlowerInplace(k * NUM_SAMPLES)
     if spec.endswith(CLIP_SUFFIX):
         # clip at roughly the payloads' norm (0.01 * sqrt(P)) so about half are clipped
         return make_strategy(spec[:-len(CLIP_SUFFIX)], clip_norm=0.01 * params**0.5)
     return make_strategy(spec)
 
 
-def run_round(strategy: Strategy, global_weights: dict[str, np.ndarray], pool: list[bytes],
+def run_round(strategy: Aggregator, global_weights: dict[str, np.ndarray], pool: list[bytes],
               k: int) -> dict[str, np.ndarray]:
     acc = strategy.open_round(global_weights)
     for payload in arrivals(pool, k):
@@ -102,14 +148,14 @@ def measure(spec: str, k: int, params: int, pool: list[bytes],
     global_weights = {n: np.zeros(s, np.float32) for n, s in shapes.items()}
     times = []
     for _ in range(max(1, min(ROUND_REPEATS, 1000 // k))):
-        strategy = build(spec, params)
+        strategy = build(spec, params, k)
         gc.collect()
         t0 = time.perf_counter()
         out = run_round(strategy, global_weights, pool, k)
         times.append(time.perf_counter() - t0)
         del out
     seconds = statistics.median(times)
-    strategy = build(spec, params)
+    strategy = build(spec, params, k)
     gc.collect()
     tracemalloc.start()
     out = run_round(strategy, global_weights, pool, k)
@@ -136,7 +182,7 @@ def dram_pool_size(update_bytes: int) -> int:
 
 def read_all_cores(arr: np.ndarray) -> None:
     """Sum of squares of ``arr`` split over one thread per core."""
-    parts = np.array_split(arr, os.cpu_count() or 1)
+    parts = np.array_split(arr, kernels.available_cores())
     with ThreadPoolExecutor(len(parts)) as pool:
         list(pool.map(kernels.sum_squares, parts))
 
@@ -166,14 +212,24 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated; '<name>{CLIP_SUFFIX}' adds norm bounding")
     parser.add_argument("--robust-max-k", type=int, default=100,
                         help="largest K for non-streaming strategies (0: no cap)")
+    parser.add_argument("--threads", default="all",
+                        help="comma-separated aggregation thread counts; 'all': every core "
+                        "this process may run on (the default)")
     args = parser.parse_args(argv)
     ks = [int(x) for x in args.k.split(",") if x]
     specs = [s for s in args.strategies.split(",") if s]
     for spec in specs:
         base = spec.removesuffix(CLIP_SUFFIX)
-        if base not in STRATEGIES:
+        if spec != FLOWER and base not in STRATEGIES:
             parser.error(f"unknown strategy {spec!r}; valid: {', '.join(STRATEGIES)} "
-                         f"(optionally with {CLIP_SUFFIX})")
+                         f"(optionally with {CLIP_SUFFIX}), {FLOWER}")
+    cores = kernels.available_cores()
+    try:
+        counts = [cores if t == "all" else int(t) for t in args.threads.split(",") if t]
+    except ValueError:
+        parser.error(f"--threads takes integers and 'all', got {args.threads!r}")
+    if not counts or min(counts) < 1:
+        parser.error("--threads needs counts >= 1")
     params = args.params
     shapes = layout(params)
     model_bytes = 4 * params
@@ -181,41 +237,52 @@ def main(argv: list[str] | None = None) -> int:
     print(f"P = {params:,} float32 params ({model_bytes / 1e6:.1f} MB) in {len(shapes)} "
           f"tensors; payload pool of {len(pool)} distinct updates, cycled")
     # Other load skews the numbers, BLAS-heavy Krum most (its threads spin on busy cores).
-    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs, "
+          f"{cores} available to this process")
     run_round(build("fedavg", params), {n: np.zeros(s, np.float32) for n, s in shapes.items()},
               pool, 1)  # compiles the aggregation kernels outside the timings
-    header = (f"{'strategy':<18}{'K':>6}{'seconds':>10}{'GB/s in':>9}"
+    header = (f"{'strategy':<18}{'threads':>8}{'K':>6}{'seconds':>10}{'GB/s in':>9}"
               f"{'peak MB':>10}{'x 4P':>8}")
     print(header)
     print("-" * len(header))
     skipped: list[str] = []
-    fedavg_rates: dict[int, float] = {}
-    for spec in specs:
-        streaming = build(spec, params).streaming
-        for k in ks:
-            if not streaming and args.robust_max_k and k > args.robust_max_k:
-                skipped.append(f"{spec} K={k}")
-                continue
-            seconds, peak = measure(spec, k, params, pool, shapes)
-            rate = k * model_bytes / seconds / 1e9
-            if spec == "fedavg":
-                fedavg_rates[k] = rate
-            print(f"{spec:<18}{k:>6}{seconds:>10.3f}{rate:>9.2f}"
-                  f"{peak / 1e6:>10.1f}{peak / model_bytes:>8.2f}", flush=True)
+    rates: dict[tuple[str, int, int], float] = {}
+    for count in counts:
+        kernels.set_threads(count)
+        for spec in specs:
+            if spec == FLOWER and count != counts[0]:
+                continue  # numpy on one thread: once is enough
+            streaming = build(spec, params).streaming
+            for k in ks:
+                if not streaming and args.robust_max_k and k > args.robust_max_k:
+                    skipped.append(f"{spec} K={k} ({count} threads)")
+                    continue
+                seconds, peak = measure(spec, k, params, pool, shapes)
+                rates[spec, count, k] = rate = k * model_bytes / seconds / 1e9
+                shown = 1 if spec == FLOWER else count
+                print(f"{spec:<18}{shown:>8}{k:>6}{seconds:>10.3f}{rate:>9.2f}"
+                      f"{peak / 1e6:>10.1f}{peak / model_bytes:>8.2f}", flush=True)
     if skipped:
         print(f"skipped (non-streaming, K > --robust-max-k {args.robust_max_k}): "
               f"{', '.join(skipped)}")
     one_core, all_cores = read_bandwidth()
     bound = max(one_core, all_cores)
     print(f"\nmemory-read bound over 256 MB: {one_core:.2f} GB/s (numpy sum, one core), "
-          f"{all_cores:.2f} GB/s (compiled sum, {os.cpu_count()} threads); bound = "
-          f"{bound:.2f} GB/s")
-    print("fedavg runs on one core and reads each delta twice: the validating norm pass from "
-          "memory, the float64 add from the cache it just filled")
-    for k, rate in fedavg_rates.items():
-        print(f"fedavg K={k}: {rate:.2f} GB/s of input = {100 * rate / bound:.0f}% of the read "
-              f"bound ({bound / rate:.2f}x its time; target <= 2x; {one_core / rate:.2f}x the "
-              f"one-core read's)")
+          f"{all_cores:.2f} GB/s (compiled sum, {cores} threads); bound = {bound:.2f} GB/s")
+    print("fedavg reads each delta twice, each thread its own slice of the parameters: the "
+          "validating norm pass from memory, the float64 add from the cache it just filled")
+    for k in ks:
+        for count in counts:
+            if (rate := rates.get(("fedavg", count, k))) is None:
+                continue
+            line = (f"fedavg K={k}, {count} thread(s): {rate:.2f} GB/s of input = "
+                    f"{bound / rate:.2f}x the read bound's time (target <= 2x)")
+            if count != counts[0]:
+                line += f"; {rate / rates['fedavg', counts[0], k]:.2f}x {counts[0]} thread(s)"
+            if (FLOWER, counts[0], k) in rates:
+                line += (f"; {rate / rates[FLOWER, counts[0], k]:.2f}x flower's speed (target "
+                         ">= 3x with >= 4 cores)")
+            print(line)
     return 0
 
 

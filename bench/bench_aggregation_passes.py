@@ -2,10 +2,11 @@
 
 Prints, per 4P-byte update read from DRAM (a payload pool twice the last-level cache):
 the envelope decode, the validating norm pass, the float64 add, all three in one thread,
-and the same work split over two threads (each adding every other update into its own
-sums, so they share nothing but the memory system). The last line is the speed-up of the
-second thread: near 1 means the passes are bound by memory traffic the two cores share,
-not by one core's speed, so a parallel kernel would not bring FedAvg nearer the read bound.
+the same work split over two threads (each adding every other update into its own
+sums, so they share nothing but the memory system), and all three with each pass split over
+every core's thread as the coordinator does (``kernels.set_threads``). The last lines are the
+speed-ups over one thread: near 1 means the passes are bound by memory traffic the cores
+share, not by one core's speed.
 
 Run: ``.venv/bin/python bench/bench_aggregation_passes.py [--params 1000000] [--updates 500]``.
 """
@@ -97,17 +98,21 @@ def main(argv: list[str] | None = None) -> int:
         for w in workers:
             w.join()
 
+    cores = kernels.available_cores()
     print(f"P = {args.params:,} float32 params, {len(pool)} distinct updates cycled, "
           f"{args.updates} per measurement")
     rows = [("decode (envelope, zero-copy)", decode_only), ("validating norm pass", norm_only),
             ("float64 add", add_only), ("all three, one thread", one_thread),
-            ("all three, two threads", two_threads)]
+            ("all three, two threads", two_threads),
+            (f"all three, passes on {cores} threads", one_thread)]
     times = {}
     for name, run in rows:
+        kernels.set_threads(cores if name.endswith(f"{cores} threads") else 1)
         times[name] = ms = per_update_ms(run, args.updates)
-        print(f"{name:<30} {ms:7.3f} ms per update  {nbytes / ms / 1e6:6.2f} GB/s of input")
-    speedup = times["all three, one thread"] / times["all three, two threads"]
-    print(f"second thread's speed-up: {speedup:.2f}x")
+        print(f"{name:<34} {ms:7.3f} ms per update  {nbytes / ms / 1e6:6.2f} GB/s of input")
+    one = times["all three, one thread"]
+    print(f"second thread's speed-up: {one / times['all three, two threads']:.2f}x; "
+          f"passes split over {cores} threads: {one / times[rows[-1][0]]:.2f}x")
     return 0
 
 

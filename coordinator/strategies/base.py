@@ -67,7 +67,6 @@ def validate_delta(global_weights: Mapping[str, np.ndarray], delta: Mapping[str,
     extra = [k for k in delta if k not in global_weights]
     if extra:
         raise ValueError(f"delta has unknown parameter(s) {extra}")
-    total = 0.0
     for name, ref in global_weights.items():
         arr = delta[name]
         if not isinstance(arr, np.ndarray):
@@ -77,11 +76,14 @@ def validate_delta(global_weights: Mapping[str, np.ndarray], delta: Mapping[str,
         if arr.shape != ref.shape:
             raise ValueError(f"delta[{name!r}] has shape {arr.shape} but the global weights "
                              f"have {ref.shape}")
-        # Non-finite iff the array holds NaN/inf or float64 squares overflow (float32 ones
-        # cannot): the NaN check rides on the norm pass, no P-byte boolean temporary.
-        sq = kernels.sum_squares(arr)
+    # One pass over every tensor, on the kernels' threads. Non-finite iff the array holds
+    # NaN/inf or float64 squares overflow (float32 ones cannot): the NaN check rides on the
+    # norm pass, no P-byte boolean temporary.
+    total = 0.0
+    squares = kernels.sum_squares_each([delta[name] for name in global_weights])
+    for name, sq in zip(global_weights, squares, strict=True):
         if not math.isfinite(sq):
-            if not np.isfinite(arr).all():
+            if not np.isfinite(delta[name]).all():
                 raise ValueError(f"delta[{name!r}] contains NaN or infinite values")
             raise ValueError(f"delta[{name!r}] is too large (its squared norm overflows)")
         total += sq

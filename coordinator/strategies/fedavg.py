@@ -30,9 +30,10 @@ class MeanAccumulator(Accumulator):
     rounding of the sum stays ~1e-16 relative, so the result does not depend on arrival
     order in practice (a round is reproducible from its inputs) and cannot overflow. Cost:
     the sums take 8P bytes (2x the float32 model); memory is O(P) whatever the number of
-    updates. Adding is one compiled pass (``kernels.add_scaled``) with no
-    temporary; validation has just read the delta, so at typical model sizes it comes from
-    the cache.
+    updates. Adding is one compiled pass over all tensors (``kernels.add_scaled_touched``,
+    on the kernels' threads, each owning a slice) with no temporary; validation has just
+    read the delta, split over the threads the same way, so at typical model sizes each
+    thread's slice comes from the cache.
     """
 
     def __init__(self, global_weights: Weights,
@@ -48,9 +49,8 @@ class MeanAccumulator(Accumulator):
         return self._total
 
     def _accept(self, delta: Weights, weight: float, scale: float) -> None:
-        factor = weight * scale
-        for name, acc in self._sums.items():
-            kernels.add_scaled_touched(acc, self._touched[name], delta[name], factor, weight)
+        kernels.add_scaled_touched(list(self._sums.values()), list(self._touched.values()),
+                                   [delta[name] for name in self._sums], weight * scale, weight)
         self._total += weight
 
     def _finish(self) -> Weights:

@@ -1,4 +1,4 @@
-"""Compiled loops for the per-update passes of aggregation (numba), serial.
+"""Compiled loops for the per-update passes of aggregation (numba), on several threads.
 
 Why compiled: an update is read twice on the coordinator (a validating norm pass, then the
 weighted add into the float64 running sum), and the issue sets FedAvg within 2x of reading
@@ -13,60 +13,194 @@ non-finite sum, which is how validation detects them), and ``add_scaled`` is
 ``acc += factor * float64(x)`` element by element, and ``shift_by_mean`` is FedAvg's
 ``(g + sums / total).astype(g.dtype)`` in one pass instead of three.
 
-Why one core: spreading a call over cores lost every time it was measured at these sizes
-(a 4 MB update takes ~0.2 ms a pass). numba's workqueue pool costs tens of microseconds a
-launch; a Python thread pool over these ``nogil`` loops ran at half the serial speed (GIL
-hand-offs); a worker thread doing the adds while the caller decodes gained nothing (the two
-share the last-level cache); and OpenMP, the fast pool, risks a hang next to torch's own
-OpenMP runtime in the demo's and the tests' processes. Compiled on first use per argument
-type and cached on disk (``cache=True``); ``nogil`` so the coordinator's other threads run
-meanwhile.
+Threads: every pass works on chunks of ``CHUNK`` elements, and a pass over an update's
+tensors is split into contiguous runs of chunks, one per thread (``set_threads``; default:
+the cores this process may run on). The caller takes the first run and a pool of ``nogil``
+Python threads the others, so a thread owns its slice of the parameters and no two threads
+write the same element. Results do not depend on the thread count: the adds are element by
+element, and the norm is summed per chunk, then the chunks' sums in order, whichever thread
+computed them. An update below ``MIN_SHARE`` elements a thread is done by the caller alone
+(waking the helpers costs tens of microseconds on an idle machine, ~150 us on the 2-core
+development VM under load; the default model's 500 parameters take less). Why
+not numba's own ``parallel=True``: its workqueue layer aborts the process when two threads
+launch at once, and OpenMP, the other layer shipped, is not fork safe and risks a hang next
+to torch's OpenMP runtime in the demo's and the tests' processes. Compiled on first use per
+argument type and cached on disk (``cache=True``).
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+
 import numba
 import numpy as np
+
+CHUNK = 1 << 16
+"""Elements per chunk (256 kB of float32): the unit of the norm's partial sums and of the
+split over threads."""
+MIN_SHARE = 1 << 18
+"""Fewest elements of an update worth another thread (1 MB of float32; see the module doc)."""
 
 # Reassociation lets LLVM vectorise the sum; no nnan/ninf, so NaN and inf still propagate.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
+Segment = tuple[int, int, int]
+"""(array index, first chunk, chunk after the last) of one thread's run."""
+
 
 @numba.njit(nogil=True, cache=True, fastmath=_FASTMATH)
-def _sum_squares(x: np.ndarray) -> float:  # pragma: no cover - compiled
-    total = 0.0
-    for i in range(x.size):
-        v = np.float64(x[i])
-        total += v * v
+def _sum_squares(x: np.ndarray, partials: np.ndarray, base: int, c0: int,
+                 c1: int) -> None:  # pragma: no cover - compiled
+    for c in range(c0, c1):
+        part = x[c * CHUNK:(c + 1) * CHUNK]  # loops from 0 vectorise (no negative index)
+        total = 0.0
+        for i in range(part.size):
+            v = np.float64(part[i])
+            total += v * v
+        partials[base + c] = total
+
+
+@numba.njit(nogil=True, cache=True)
+def _ordered_sum(values: np.ndarray) -> float:  # pragma: no cover - compiled
+    total = 0.0  # no fastmath: strictly left to right
+    for v in values:
+        total += v
     return total
 
 
 @numba.njit(nogil=True, cache=True)
-def _add_scaled(acc: np.ndarray, x: np.ndarray, factor: float) -> None:  # pragma: no cover
-    for i in range(x.size):
-        acc[i] += factor * np.float64(x[i])
+def _add_scaled(acc: np.ndarray, x: np.ndarray, factor: float, c0: int,
+                c1: int) -> None:  # pragma: no cover - compiled
+    a, d = acc[c0 * CHUNK:c1 * CHUNK], x[c0 * CHUNK:c1 * CHUNK]
+    for i in range(d.size):
+        a[i] += factor * np.float64(d[i])
 
 
 @numba.njit(nogil=True, cache=True)
 def _add_scaled_touched(acc: np.ndarray, touched: np.ndarray, x: np.ndarray, factor: float,
-                        weight: float) -> None:  # pragma: no cover - compiled
-    for i in range(x.size):
-        v = np.float64(x[i])
-        acc[i] += factor * v
+                        weight: float, c0: int, c1: int) -> None:  # pragma: no cover - compiled
+    a, t, d = acc[c0 * CHUNK:c1 * CHUNK], touched[c0 * CHUNK:c1 * CHUNK], x[c0 * CHUNK:c1 * CHUNK]
+    for i in range(d.size):
+        v = np.float64(d[i])
+        a[i] += factor * v
         if v != 0.0:
-            touched[i] += weight
+            t[i] += weight
 
 
 @numba.njit(nogil=True, cache=True)
-def _shift_by_mean(out: np.ndarray, g: np.ndarray, sums: np.ndarray,
-                   total: float) -> None:  # pragma: no cover - compiled
-    for i in range(out.size):
-        out[i] = g[i] + sums[i] / total
+def _shift_by_mean(out: np.ndarray, g: np.ndarray, sums: np.ndarray, total: float, c0: int,
+                   c1: int) -> None:  # pragma: no cover - compiled
+    o, a, b = out[c0 * CHUNK:c1 * CHUNK], g[c0 * CHUNK:c1 * CHUNK], sums[c0 * CHUNK:c1 * CHUNK]
+    for i in range(o.size):
+        o[i] = a[i] + b[i] / total
+
+
+def available_cores() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0))
+
+
+_threads = available_cores()
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+_pool_lock = threading.Lock()
+
+
+def set_threads(count: int | None) -> int:
+    """Threads each pass may use from now on (None: ``available_cores()``); returns it.
+    For start-up: a pass already running keeps the pool it started with."""
+    global _threads, _pool
+    n = available_cores() if count is None else count
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"aggregation threads must be an integer >= 1, got {count!r}")
+    with _pool_lock:
+        if n != _threads:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _threads, _pool = n, None
+    return n
+
+
+def threads() -> int:
+    return _threads
+
+
+def _workers() -> ThreadPoolExecutor:
+    """The pool of ``threads() - 1`` helpers, made anew in a forked child (threads do not
+    survive ``fork``)."""
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = ThreadPoolExecutor(_threads - 1, thread_name_prefix="aggregation")
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def chunks(size: int) -> int:
+    return -(-size // CHUNK)
+
+
+def shares(sizes: Sequence[int], n: int) -> list[list[Segment]]:
+    """Split the chunks of arrays of ``sizes`` elements, taken in order, into ``n``
+    contiguous runs of (nearly) equal chunk counts; each run lists its segments."""
+    counts = [chunks(s) for s in sizes]
+    total = sum(counts)
+    bounds = [total * k // n for k in range(n + 1)]
+    out = []
+    for lo, hi in itertools.pairwise(bounds):
+        run, start = [], 0
+        for i, count in enumerate(counts):
+            c0, c1 = max(lo - start, 0), min(hi - start, count)
+            if c0 < c1:
+                run.append((i, c0, c1))
+            start += count
+        out.append(run)
+    return out
+
+
+def _for_chunks(sizes: Sequence[int], job: Callable[[int, int, int], None]) -> None:
+    """``job(i, c0, c1)`` over every chunk of every array once: by the caller alone below
+    ``MIN_SHARE`` elements a thread, else one contiguous run per thread."""
+    n = min(_threads, sum(sizes) // MIN_SHARE)
+    if n <= 1:
+        for i, size in enumerate(sizes):
+            job(i, 0, chunks(size))
+        return
+
+    def run(segments: list[Segment]) -> None:
+        for segment in segments:
+            job(*segment)
+
+    first, *rest = shares(sizes, n)
+    futures = [_workers().submit(run, segments) for segments in rest]
+    try:
+        run(first)
+    finally:
+        wait(futures)  # never return while a helper still writes the caller's arrays
+    for future in futures:
+        future.result()
+
+
+def sum_squares_each(xs: Sequence[np.ndarray]) -> list[float]:
+    """Sum of squares in float64 of each array, in one pass over them all; non-finite iff
+    the array holds NaN/inf (or float64 overflows). The same for any thread count."""
+    flats = [x.reshape(-1) for x in xs]
+    sizes = [x.size for x in flats]
+    bases = list(itertools.accumulate(map(chunks, sizes), initial=0))
+    partials = np.empty(bases[-1])  # every array's chunk sums, one after the other
+    _for_chunks(sizes, lambda i, c0, c1: _sum_squares(flats[i], partials, bases[i], c0, c1))
+    values = partials.tolist()
+    return [values[lo] if hi - lo == 1 else float(_ordered_sum(partials[lo:hi]))
+            for lo, hi in itertools.pairwise(bases)]
 
 
 def sum_squares(x: np.ndarray) -> float:
-    """Sum of squares in float64; non-finite iff ``x`` holds NaN/inf (or float64 overflow)."""
-    return float(_sum_squares(x.reshape(-1)))
+    """``sum_squares_each`` of one array."""
+    return sum_squares_each([x])[0]
 
 
 def add_scaled(acc: np.ndarray, x: np.ndarray, factor: float) -> None:
@@ -74,24 +208,33 @@ def add_scaled(acc: np.ndarray, x: np.ndarray, factor: float) -> None:
     if acc.dtype != np.float64 or acc.size != x.size:
         raise ValueError(f"accumulator must be float64 of {x.size} elements, "
                          f"got {acc.dtype} of {acc.size}")
-    flat = acc.reshape(-1)
-    if not np.shares_memory(flat, acc):
+    if not acc.flags.c_contiguous:  # else a flat view of it would be a copy
         raise ValueError("accumulator must be contiguous")
-    _add_scaled(flat, x.reshape(-1), float(factor))
+    flat = acc.reshape(-1)
+    flat_x, f = x.reshape(-1), float(factor)
+    _for_chunks([x.size], lambda _, c0, c1: _add_scaled(flat, flat_x, f, c0, c1))
 
 
-def add_scaled_touched(acc: np.ndarray, touched: np.ndarray, x: np.ndarray, factor: float,
-                       weight: float) -> None:
-    """``add_scaled`` plus ``touched += weight`` where ``x != 0``, in the same pass: the
-    weight behind each coordinate's sum, for submodel averaging (``MeanAccumulator``)."""
-    for arr in (acc, touched):
-        if arr.dtype != np.float64 or arr.size != x.size:
-            raise ValueError(f"accumulators must be float64 of {x.size} elements, "
-                             f"got {arr.dtype} of {arr.size}")
-        if not np.shares_memory(arr.reshape(-1), arr):
-            raise ValueError("accumulators must be contiguous")
-    _add_scaled_touched(acc.reshape(-1), touched.reshape(-1), x.reshape(-1), float(factor),
-                        float(weight))
+def add_scaled_touched(accs: Sequence[np.ndarray], toucheds: Sequence[np.ndarray],
+                       xs: Sequence[np.ndarray], factor: float, weight: float) -> None:
+    """``add_scaled`` plus ``touched += weight`` where ``x != 0``, in the same pass, for each
+    (acc, touched, x) in one pass over them all: the weight behind each coordinate's sum,
+    for submodel averaging (``MeanAccumulator``)."""
+    if not len(accs) == len(toucheds) == len(xs):
+        raise ValueError("as many accumulators as arrays are needed")
+    for acc, touched, x in zip(accs, toucheds, xs, strict=True):
+        for arr in (acc, touched):
+            if arr.dtype != np.float64 or arr.size != x.size:
+                raise ValueError(f"accumulators must be float64 of {x.size} elements, "
+                                 f"got {arr.dtype} of {arr.size}")
+            if not arr.flags.c_contiguous:  # else a flat view of it would be a copy
+                raise ValueError("accumulators must be contiguous")
+    a = [arr.reshape(-1) for arr in accs]
+    t = [arr.reshape(-1) for arr in toucheds]
+    d = [x.reshape(-1) for x in xs]
+    f, w = float(factor), float(weight)
+    _for_chunks([x.size for x in d],
+                lambda i, c0, c1: _add_scaled_touched(a[i], t[i], d[i], f, w, c0, c1))
 
 
 def shift_by_mean(g: np.ndarray, sums: np.ndarray, total: float) -> np.ndarray:
@@ -101,5 +244,7 @@ def shift_by_mean(g: np.ndarray, sums: np.ndarray, total: float) -> np.ndarray:
         raise ValueError(f"sums must be float64 of shape {g.shape}, got {sums.dtype} of "
                          f"{sums.shape}")
     out = np.empty(g.shape, g.dtype)
-    _shift_by_mean(out.reshape(-1), g.reshape(-1), sums.reshape(-1), float(total))
+    flat_out, flat_g, flat_sums, t = out.reshape(-1), g.reshape(-1), sums.reshape(-1), float(total)
+    _for_chunks([out.size],
+                lambda _, c0, c1: _shift_by_mean(flat_out, flat_g, flat_sums, t, c0, c1))
     return out
