@@ -44,7 +44,8 @@ from agent.records import Heat
 from agent.settings import AgentSettings
 from agent.sim import SimulatedPlant, default_plants
 from agent.store import Point, SQLiteStore, StoreUnavailableError
-from alchimia.cli import _settings_overrides, build_parser
+from alchimia.cli import build_parser
+from alchimia.settings_cli import settings_given
 from models.schema import FEATURES, TARGETS
 
 SEC = 1_000_000_000
@@ -468,6 +469,7 @@ def test_samples_after_the_tap_are_not_part_of_the_heat(store: SQLiteStore) -> N
     assert (as_heat.heat_id, as_heat.inputs, as_heat.outcome) == ("H1", heat.inputs,
                                                                   heat.outcome)
     assert as_heat.start_ts == T0 / SEC
+    assert as_heat.tap_ns == heat.end_ns == T0 + 11 * SEC  # the tap point's timestamp
 
 
 # -- CSV replay -----------------------------------------------------------------------------
@@ -615,7 +617,8 @@ def test_csv_replay_pace_reaches_the_source_from_the_agent_settings(tmp_path: Pa
         source.store.close()
     flags = ["agent", "--replay-heats", str(heats_csv), "--replay-signals", str(signals_csv),
              "--plant-id", "P3", "--furnace-id", "EAF1", "--replay-pace", "2.5"]
-    from_cli = AgentSettings.load(None, **_settings_overrides(build_parser().parse_args(flags)))
+    given = settings_given(build_parser().parse_args(flags), AgentSettings)
+    from_cli = AgentSettings.load(None, **given)
     assert from_cli.replay_pace == 2.5
     with pytest.raises(ValueError, match="replay_pace"):
         AgentSettings(replay_pace=2.0)

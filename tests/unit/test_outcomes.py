@@ -143,7 +143,7 @@ def run_agent(tmp_path: Path, live: int, **settings: object
 def test_the_agent_writes_what_it_published_and_its_drift_into_its_store(
         tmp_path: Path) -> None:
     agent, published = run_agent(tmp_path, 10_000,
-                                 drift=["supplier_change@150:cu_factor=4.0"])
+                                 drift=["supplier_change@100:cu_factor=4.0"])
     store = agent.store
     assert isinstance(store, SQLiteStore)
     preds = store.query_points(PREDICTION_MEASUREMENT, {"plant": "P1"})
