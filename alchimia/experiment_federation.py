@@ -69,8 +69,7 @@ class FederationConfig:
     site_l2: float = TrainConfig.site_l2
     strategy: str = "fedavg"  # of the federated arms, with its parameters
     strategy_params: tuple[tuple[str, float], ...] = ()
-    update_codec: str = "raw"  # how the federated arms' updates travel
-    update_topk_fraction: float = DEFAULT_TOPK_FRACTION
+    update_topk_fraction: float = DEFAULT_TOPK_FRACTION  # of the topk update codecs
 
 
 @dataclass
@@ -182,18 +181,18 @@ class Channel:
         wire = payload(self.compressors[k].encode(delta, self.codec, self.topk_fraction))
         self.sent_bytes.append(len(wire))
         self.raw_bytes.append(len(payload(delta)))
-        return decode(wire, UpdateBody, check_finite=False).body.delta  # type: ignore[attr-defined, no-any-return]
+        return decode(wire, UpdateBody, check_finite=False).body.delta  # type: ignore[attr-defined]
 
 
 def federate(spec: ModelSpec, cfg: FederationConfig, plants: list[PlantData],
              channel: Channel | None = None) -> tuple[Weights, list[Weights]]:
     """Federated rounds over ``plants`` as the product runs them: each plant's update from
-    ``train_delta`` through the ``channel`` (default: ``cfg``'s codec), the strategy's
+    ``train_delta`` through the ``channel`` (default: raw updates), the strategy's
     aggregate; the final shared part and each plant's site part (what that plant serves).
     Also used by the decision-support experiments."""
     strategy = make_strategy(cfg.strategy, **dict(cfg.strategy_params))
     mu = strategy.task_params().get("proximal_mu", 0.0)  # what the task carries to agents
-    channel = channel or Channel(cfg.update_codec, cfg.update_topk_fraction,
+    channel = channel or Channel("raw", cfg.update_topk_fraction,
                                  [p.name for p in plants])
     shared = get_weights(build_model(spec, seed=cfg.seed))
     sites: list[Weights | None] = [None] * len(plants)
@@ -329,7 +328,8 @@ def _arm(arm: str, cfg: FederationConfig, plants: list[PlantData], mlp: ModelSpe
 
 def acceptance(result: FederationResult) -> list[tuple[str, bool, str]]:
     """The issue's three criteria, each with the figures that decide it."""
-    m, out = result.mae, []
+    m = result.mae
+    out: list[tuple[str, bool, str]] = []
     needed = {"fed_hybrid", "pooled_hybrid", "local_mlp", "local_ridge"}
     if not needed <= set(m):
         return out

@@ -63,8 +63,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    print(f"top-k keeps {args.topk_fraction:g} of each tensor; int8 blocks of 64; times are "
-          f"medians of {args.repeats} runs on one core")
+    print(f"top-k keeps {args.topk_fraction:g} of each tensor; int8 and sign blocks of 64; "
+          f"times are medians of {args.repeats} runs on one core")
     print("| model | parameters | codec | bytes/update | x float32 | rel. L2 error | "
           "encode ms | decode ms |")
     print("|---|---|---|---|---|---|---|---|")

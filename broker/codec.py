@@ -18,7 +18,9 @@ import msgpack
 import numpy as np
 
 from broker.compression import CODEC_DTYPES, CODECS, EXTRA_KEYS, decompress
-from broker.limits import DEFAULT_LIMITS, DecodeError, Limits
+from broker.limits import DEFAULT_LIMITS as DEFAULT_LIMITS  # re-exported ("X as X")
+from broker.limits import DecodeError as DecodeError
+from broker.limits import Limits as Limits
 from broker.unpacker import unpack_views
 
 # Wire dtype names -> numpy dtypes. Explicitly little-endian: the wire never depends on
@@ -164,10 +166,11 @@ def decode_tensors(obj: Any, limits: Limits = DEFAULT_LIMITS, *, check_finite: b
 
 def pack(obj: Any) -> bytes:
     """msgpack bytes of a message map (bin type for bytes, str for text)."""
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
-def unpack(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+def unpack(payload: bytes | bytearray, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """The message map of a payload, bin values as views into it (see ``broker.unpacker``).
 
     Raises DecodeError before allocating past the limits.

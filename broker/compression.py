@@ -162,7 +162,8 @@ def _unpack_signs(packed: np.ndarray, count: int) -> np.ndarray:
     codes = ((packed[:, None] >> np.array([0, 2, 4, 6], _U1)) & 3).reshape(-1)
     if (codes == 3).any() or codes[count:].any():
         raise DecodeError("sign codes must be 0, 1 (+) or 2 (-), and 0 after the last element")
-    return _SIGNS[codes[:count]]
+    signs: np.ndarray = _SIGNS[codes[:count]]
+    return signs
 
 
 def _scaled(values: np.ndarray, block: Any, scale_bytes: bytes | memoryview) -> np.ndarray:

@@ -4,7 +4,7 @@ The task names the codec (``update_codec``, a coordinator setting). With a lossy
 agent sends ``C(delta + residual)`` and keeps ``residual = delta + residual - sent``: what
 the codec dropped is added to the next update (error feedback; Stich et al. 2018,
 "Sparsified SGD with Memory", for top-k; Karimireddy et al. 2019 show it also repairs
-biased quantisers, so it applies to fp16 and int8 as well). Over the rounds the sum of
+biased quantisers such as sign, so every lossy codec gets it). Over the rounds the sum of
 what was sent tracks the sum of the true deltas to within one residual.
 
 When the residual is dropped: it is owed to the model it was computed on and its

@@ -13,6 +13,7 @@ import pytest
 from broker.codec import DEFAULT_LIMITS, DELTAS, DecodeError, Encoded, Limits, decode_tensors, pack
 from broker.compression import LOSSY, compress
 from broker.schemas import ModelBody, UpdateBody, decode, message
+from coordinator.strategies import make_strategy
 
 SHAPES = [(), (0,), (1,), (7,), (3, 5), (2, 0, 3), (130,), (4, 33)]
 
@@ -263,3 +264,17 @@ def test_a_model_carries_raw_float32_only() -> None:
                                     "data": np.ones(1).tobytes()}}
     with pytest.raises(DecodeError, match="dtype f4, not 'f8'"):
         decode(pack(raw), ModelBody)
+
+
+def test_a_delta_in_reverse_order_aggregates_as_in_model_order() -> None:
+    """Names match, not order (docs/PROTOCOL.md, "Tensor"): a client whose maps do not
+    keep insertion order is aggregated exactly like one that does."""
+    glob = {"w": np.zeros((4, 5), np.float32), "b": np.zeros(5, np.float32)}
+    delta = {"w": _array((4, 5)), "b": _array((5,), seed=1)}
+    in_order = decode(_update_payload(delta), UpdateBody).body.delta
+    reverse = decode(_update_payload(dict(reversed(delta.items()))), UpdateBody).body.delta
+    assert list(reverse) == ["b", "w"]
+    a = make_strategy("fedavg").aggregate(glob, [(in_order, 3.0)])
+    b = make_strategy("fedavg").aggregate(glob, [(reverse, 3.0)])
+    for k in glob:
+        np.testing.assert_array_equal(a[k], b[k])
