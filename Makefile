@@ -14,3 +14,4 @@ test: install
 lint: install
 	.venv/bin/ruff check .
 	.venv/bin/lint-imports --no-logo
+	.venv/bin/mypy

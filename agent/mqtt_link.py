@@ -27,8 +27,10 @@ class MqttLink:
     def __init__(self, settings: NodeSettings, client_id: str, *, will: tuple[str, bytes],
                  birth: Callable[[], tuple[str, bytes]], subscriptions: Sequence[str],
                  request_topics: Sequence[str] = ()) -> None:
-        self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        self.requests: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=REQUEST_QUEUE)
+        # (topic, payload): paho's payloads are typed bytes | bytearray.
+        self.inbox: queue.Queue[tuple[str, bytes | bytearray]] = queue.Queue()
+        self.requests: queue.Queue[tuple[str, bytes | bytearray]] = queue.Queue(
+            maxsize=REQUEST_QUEUE)
         self.dropped = RejectionLog(log)  # requests dropped because too many wait
         self._birth = birth
         self._request_topics = frozenset(request_topics)

@@ -36,6 +36,7 @@ import numpy as np
 from broker.limits import DecodeError, Limits
 from broker.rejections import RejectionLog
 from broker.schemas import (
+    Envelope,
     ErrorInfo,
     HeatPrediction,
     InferRequestBody,
@@ -45,6 +46,7 @@ from broker.schemas import (
     RequestBody,
     ResponseBody,
     SchemaError,
+    body_of,
     message,
     validate,
 )
@@ -149,7 +151,8 @@ class Responder:
     def request_topics(self) -> list[str]:
         return [self.topics.agent_request(self.agent_id, name) for name in self.services]
 
-    def handle(self, topic: str, payload: bytes, state: ServingState | None) -> Reply | None:
+    def handle(self, topic: str, payload: bytes | bytearray,
+               state: ServingState | None) -> Reply | None:
         """The response to one request message, or None when there is nobody to answer."""
         parsed = self.topics.parse_request_topic(topic)
         service = self.services.get(parsed[1]) if parsed else None
@@ -160,8 +163,9 @@ class Responder:
         try:
             try:
                 env = self._decode(service, payload)
-                client, request_id = env.sender, env.body.request_id  # type: ignore[attr-defined]
-                body = service.answer(env.body, state, self.limits)
+                request = body_of(env, RequestBody)
+                client, request_id = env.sender, request.request_id
+                body = service.answer(request, state, self.limits)
                 body = body.model_copy(update={"request_id": request_id})
                 code = None
             except RequestError:
@@ -198,7 +202,7 @@ class Responder:
         return Reply(self.topics.agent_response(self.agent_id, service.name, client),
                      payload_out, code)
 
-    def _decode(self, service: Service, payload: bytes) -> Any:
+    def _decode(self, service: Service, payload: bytes | bytearray) -> Envelope:
         if len(payload) > self.limits.max_bytes:
             raise RequestError("oversized", f"request of {len(payload)} bytes exceeds the "
                                f"limit of {self.limits.max_bytes}")
@@ -218,7 +222,7 @@ class Responder:
             raise RequestError("malformed", str(exc)) from None
 
 
-def _unpack(payload: bytes, limits: RequestLimits) -> dict[str, Any]:
+def _unpack(payload: bytes | bytearray, limits: RequestLimits) -> dict[str, Any]:
     """The request's message map. Requests carry no tensors, so msgpack's C decoder does
     (the project's zero-copy one is pure Python: 5 ms for 100 heats); its limits bound
     every length, ext types and non-string keys are refused, nesting is bounded by its
@@ -236,7 +240,7 @@ def _unpack(payload: bytes, limits: RequestLimits) -> dict[str, Any]:
     return raw
 
 
-def _peek(payload: bytes) -> tuple[str | None, str | None]:
+def _peek(payload: bytes | bytearray) -> tuple[str | None, str | None]:
     """Best effort: the sender and request id of a request that failed to decode, read
     without building the rest of it (so an oversized request can still be answered)."""
     sender = request_id = None

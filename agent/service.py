@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from broker.schemas import (
     StatusBody,
     TaskBody,
     UpdateBody,
+    body_of,
     decode,
     message,
 )
@@ -135,7 +136,7 @@ class Agent:
         extension point; each gets ``agents/{id}/{name}/request``)."""
         return list(SERVICES)
 
-    def _status(self, state: str) -> bytes:
+    def _status(self, state: Literal["online", "offline"]) -> bytes:
         samples = self.table.n_train if self.table else 0
         current = self._reported_version == self.model_version  # validation of this version
         return message(self.id, StatusBody(
@@ -256,14 +257,14 @@ class Agent:
         return True
 
     # -- inbound
-    def handle(self, topic: str, payload: bytes) -> None:
+    def handle(self, topic: str, payload: bytes | bytearray) -> None:
         if not payload:
             return  # a cleared retained message
         try:
             if topic == self.topics.model_current:
                 self._on_model(decode(payload, ModelBody, self.limits))
             elif topic == self.topics.round_current:
-                self._on_task(decode(payload, TaskBody, self.limits).body)  # type: ignore[arg-type]
+                self._on_task(body_of(decode(payload, TaskBody, self.limits), TaskBody))
             else:
                 # amqtt (the embedded broker) hands a new session the retained messages of
                 # every other client's subscriptions; Mosquitto never sends these.
@@ -280,7 +281,7 @@ class Agent:
                                    type(exc).__name__, exc)
 
     def _on_model(self, env: Envelope) -> None:
-        body: ModelBody = env.body  # type: ignore[assignment]
+        body = body_of(env, ModelBody)
         if self.model_version is not None and body.version == self.model_version:
             return
         if self.model_version is not None and body.version < self.model_version:
@@ -511,8 +512,10 @@ class Agent:
                 heat_id=heat.heat_id, model_version=self.serving_version,
                 outputs=dict(zip(targets, map(float, pred), strict=True)),
                 level=self.settings.interval_level if bounded else None,
-                lower=dict(zip(targets, map(float, lo[i]), strict=True)) if bounded else None,
-                upper=dict(zip(targets, map(float, hi[i]), strict=True)) if bounded else None)
+                lower=(dict(zip(targets, map(float, lo[i]), strict=True))
+                       if bounded and lo is not None else None),
+                upper=(dict(zip(targets, map(float, hi[i]), strict=True))
+                       if bounded and hi is not None else None))
             self.link.publish(self.topics.agent_predictions(self.id), message(self.id, body))
             sent.append(body)
         if self.calibrator is not None and lo is not None and hi is not None:

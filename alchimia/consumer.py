@@ -20,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 from pydantic import Field, field_validator
@@ -36,6 +36,7 @@ from broker.schemas import (
     PlannedHeat,
     RequestBody,
     ResponseBody,
+    body_of,
     decode,
     message,
 )
@@ -138,7 +139,7 @@ class Consumer:
             self.rejections.reject("wrong_sender", "ignored a response on %s sent by %s",
                                    msg.topic, env.sender)
             return
-        body: ResponseBody = env.body  # type: ignore[assignment]
+        body = body_of(env, ResponseBody)
         with self._lock:
             waiting = self._pending.get(body.request_id or "")
         if waiting is not None:
@@ -175,7 +176,7 @@ class Consumer:
         if service not in _RESPONSES:
             raise ValueError(f"unknown service {service!r}")
         self._subscribe(service, timeout)
-        event, box = threading.Event(), []
+        event, box = threading.Event(), list[ResponseBody]()
         with self._lock:
             if body.request_id in self._pending:
                 raise ValueError(f"request id {body.request_id!r} is already waiting")
@@ -201,7 +202,7 @@ class Consumer:
         answer = self.call(agent_id, "infer", req, timeout)
         if answer.error is not None:
             raise RequestFailed(answer)
-        return answer  # type: ignore[return-value]
+        return cast(InferResponseBody, answer)  # decoded as _RESPONSES["infer"]
 
     def optimize(self, agent_id: str, order: Mapping[str, Any], stock: Mapping[str, Any], *,
                  risk: float | None = None, joint: bool = True,
@@ -218,7 +219,7 @@ class Consumer:
         answer = self.call(agent_id, "optimize", req, timeout)
         if answer.error is not None:
             raise RequestFailed(answer)
-        return answer  # type: ignore[return-value]
+        return cast(OptimizeResponseBody, answer)  # decoded as _RESPONSES["optimize"]
 
     def close(self) -> None:
         self.client.disconnect()

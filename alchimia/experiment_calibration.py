@@ -31,7 +31,7 @@ import torch
 
 from agent.learn.calibrating import MIN_RESET_HEATS, SiteCalibrator
 from agent.learn.site_learning import SiteLearner, SitePolicy
-from agent.learn.trainer import TrainConfig, train_delta
+from agent.learn.trainer import TrainConfig, TrainResult, train_delta
 from agent.sim import SimulatedPlant, default_plants, parse_drift
 from coordinator.strategies import make_strategy
 from models.calibration import DEFAULT_LEVEL, DEFAULT_WINDOW
@@ -175,7 +175,7 @@ def run_calibration_experiment(cfg: CalibrationConfig) -> CalibrationResult:
     return result
 
 
-def _run(cfg: CalibrationConfig) -> CalibrationResult:
+def _run(cfg: CalibrationConfig) -> CalibrationResult:  # noqa: C901
     names, drifting, X, Y = _simulate(cfg)
     n_plants, n_targets = len(names), len(TARGETS)
     validation = (np.arange(cfg.heats) + 1) % VAL_EVERY == 0  # heat index -> held out
@@ -184,7 +184,8 @@ def _run(cfg: CalibrationConfig) -> CalibrationResult:
     policy = SitePolicy()
 
     def fit(shared: Weights, site: Weights | None, x: np.ndarray, y: np.ndarray,
-            round_id: int, replay: tuple[np.ndarray, np.ndarray] | None = None):
+            round_id: int, replay: tuple[np.ndarray, np.ndarray] | None = None,
+            ) -> TrainResult:
         cfg_r = TrainConfig(**{**asdict(train), "seed": round_id})
         return train_delta(SPEC, shared, x, y, cfg_r, site=site, replay=replay)
 
@@ -241,9 +242,9 @@ def _run(cfg: CalibrationConfig) -> CalibrationResult:
         updates = []
         for k, learner in enumerate(learners):
             x, y, replay = learner.round_rows()
-            res = fit(shared, sites[k], x, y, round_id, replay)
-            sites[k] = res.site
-            updates.append((res.delta, float(len(x) + (len(replay[0]) if replay else 0))))
+            result = fit(shared, sites[k], x, y, round_id, replay)
+            sites[k] = result.site
+            updates.append((result.delta, float(len(x) + (len(replay[0]) if replay else 0))))
         shared = strategy.aggregate(shared, updates)
         round_id += 1
         for k in range(n_plants):

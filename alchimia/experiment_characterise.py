@@ -31,6 +31,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -52,6 +53,7 @@ from models.characterise import (
     ELEMENTS,
     SUBSTITUTION_T,
     Characterisation,
+    Estimate,
     characterise,
     substituted,
 )
@@ -138,7 +140,7 @@ def score(name: str, profile: PlantProfile, char: Characterisation, x: np.ndarra
     charged = [k for k, g in enumerate(char.grades) if g.heats_charged > 0]
     absent = [k for k in range(len(GRADES)) if k not in charged]
 
-    def est(k: int, p: str):
+    def est(k: int, p: str) -> Estimate:
 
         return char.grades[k].properties[p]
 
@@ -244,7 +246,7 @@ class CharacteriseResult:
         n_y = sum(len(s.charged) for s in self.scores)
         return {
             "yield": sum(s.yield_cover * len(s.charged) for s in self.scores) / n_y,
-            "contents": sum(np.mean(list(s.content_cover.values())) * len(s.charged)
+            "contents": sum(cast(float, np.mean(list(s.content_cover.values()))) * len(s.charged)
                             for s in self.scores) / n_y,
             "energy": sum(s.energy_cover * len(s.charged) for s in self.scores) / n_y,
         }
@@ -291,10 +293,11 @@ def plot(result: CharacteriseResult, out_png: Path) -> Path:
     for ax, (prop, label, log) in zip(axes, panels, strict=True):
         lo_all, hi_all = [], []
         for s in result.scores:
-            truth = np.array([r[f"{prop}_true"] for r in s.rows], float)
-            value = np.array([r[prop] for r in s.rows], float)
-            err = np.array([[r[prop] - r[f"{prop}_lo"] for r in s.rows],
-                            [r[f"{prop}_hi"] - r[prop] for r in s.rows]], float)
+            rows = [cast(dict[str, float], r) for r in s.rows]  # the numbers ("grade" unread)
+            truth = np.array([r[f"{prop}_true"] for r in rows], float)
+            value = np.array([r[prop] for r in rows], float)
+            err = np.array([[r[prop] - r[f"{prop}_lo"] for r in rows],
+                            [r[f"{prop}_hi"] - r[prop] for r in rows]], float)
             ax.errorbar(truth, value, yerr=err, fmt="o", ms=4, capsize=2, label=s.plant)
             lo_all += [*truth, *value]
             hi_all += [*truth, *value]

@@ -254,6 +254,7 @@ def _build_sites(cfg: ChargeConfig, workdir: Path, notes: list[str]) -> list[Sit
         cal.reset(pred, y[held], cfg.rounds)
         files.save_calibration(cal)
         served = load_served(files.dir)
+        assert served.power_on is not None  # saved above
         charges = x[:, :len(GRADES)]
         mix = charges.sum(axis=0) / charges.sum()
         tapped = y[:, TARGETS.index("tapped_t")]

@@ -13,7 +13,7 @@ from collections import defaultdict
 import paho.mqtt.client as mqtt
 
 from broker.codec import DecodeError
-from broker.schemas import MetricsBody, ModelBody, decode
+from broker.schemas import MetricsBody, ModelBody, body_of, decode
 from broker.settings import parse_broker_url
 from broker.topics import Topics
 
@@ -48,13 +48,13 @@ class Monitor:
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         try:
             if msg.topic == self.topics.model_current:
-                body = decode(msg.payload, ModelBody).body
+                model = body_of(decode(msg.payload, ModelBody), ModelBody)
                 with self.cond:
-                    self.model = body  # type: ignore[assignment]
+                    self.model = model
                     self.cond.notify_all()
                 return
             env = decode(msg.payload, MetricsBody)
-            body = env.body  # type: ignore[assignment]
+            body = body_of(env, MetricsBody)
             if body.scope == "validation" and body.model_version is not None:
                 with self.cond:
                     self.validation[body.model_version][env.sender] = dict(body.values)

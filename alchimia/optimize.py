@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +43,7 @@ def _fmt(v: float | None, digits: int) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def print_plan(plan: dict[str, Any], out: TextIO | None = None) -> None:
+def print_plan(plan: dict[str, Any], out: IO[str] | None = None) -> None:
     """The plan for a person at the furnace or in the scrap yard."""
     w = (out or sys.stdout).write
     w(f"{plan['order']}: {plan['status']} (model version {plan['model_version']}, "

@@ -31,7 +31,16 @@ from rich.console import Console
 from rich.table import Table
 
 from broker.codec import DecodeError
-from broker.schemas import Body, Envelope, MetricsBody, ModelBody, StatusBody, TaskBody, decode
+from broker.schemas import (
+    Body,
+    Envelope,
+    MetricsBody,
+    ModelBody,
+    StatusBody,
+    TaskBody,
+    body_of,
+    decode,
+)
 from broker.settings import NodeSettings
 from broker.topics import Topics
 
@@ -146,7 +155,7 @@ class FederationView:
             elif topic == t.model_current:
                 self._on_model(decode(payload, ModelBody))
             elif topic == t.round_current:
-                task: TaskBody = decode(payload, TaskBody).body  # type: ignore[assignment]
+                task = body_of(decode(payload, TaskBody), TaskBody)
                 self._round = RoundView(task.round_id, task.state, task.mode, task.base_version,
                                         task.deadline_ts if task.mode == "sync" else None,
                                         list(task.selected))
@@ -156,7 +165,7 @@ class FederationView:
             self._ignored += 1
 
     def _on_coordinator(self, env: Envelope) -> None:
-        body: StatusBody = env.body  # type: ignore[assignment]
+        body = body_of(env, StatusBody)
         if self._coordinator is not None and env.ts < self._coordinator.last_seen:
             return
         self._coordinator = CoordinatorView(env.sender, body.state, body.activity,
@@ -164,7 +173,7 @@ class FederationView:
                                             dict(body.rejected or {}))
 
     def _on_model(self, env: Envelope) -> None:
-        body: ModelBody = env.body  # type: ignore[assignment]
+        body = body_of(env, ModelBody)
         meta = body.metadata
         strategy = meta.get("strategy")
         self._model = ModelView(
@@ -188,10 +197,10 @@ class FederationView:
         agent = self._agents.setdefault(agent_id, AgentView(agent_id))
         agent.last_seen = max(agent.last_seen or env.ts, env.ts)
         if leaf == "metrics":
-            body: MetricsBody = env.body  # type: ignore[assignment]
+            body = body_of(env, MetricsBody)
             _keep(agent, body.scope, Figures(env.ts, body.model_version, dict(body.values)))
             return
-        status: StatusBody = env.body  # type: ignore[assignment]
+        status = body_of(env, StatusBody)
         if agent.status_ts is not None and env.ts < agent.status_ts:
             return
         agent.status_ts, agent.state, agent.software = env.ts, status.state, status.software

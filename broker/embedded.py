@@ -10,7 +10,9 @@ import asyncio
 import logging
 import socket
 import threading
+from collections.abc import Coroutine
 from concurrent.futures import Future
+from typing import Any
 
 from amqtt.broker import Broker
 
@@ -18,7 +20,8 @@ from amqtt.broker import Broker
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class EmbeddedBroker:
@@ -57,8 +60,8 @@ class EmbeddedBroker:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
-    def _call(self, coro) -> None:
-        fut: Future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+    def _call(self, coro: Coroutine[Any, Any, None]) -> None:
+        fut: Future[None] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         fut.result(timeout=30)
 
     def __enter__(self) -> EmbeddedBroker:

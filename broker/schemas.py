@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
 
 import numpy as np
 from pydantic import (
@@ -42,7 +42,7 @@ from broker.codec import unpack as _unpack
 from broker.compression import DEFAULT_TOPK_FRACTION, Codec
 from broker.topics import ID_PATTERN
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION: Final = 1
 
 Identifier = Annotated[str, Field(pattern=rf"^{ID_PATTERN}$")]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
@@ -52,7 +52,8 @@ Blob = Annotated[bytes, BeforeValidator(lambda v: bytes(v) if isinstance(v, memo
 
 
 def _limits(info: ValidationInfo) -> Limits:
-    return (info.context or {}).get("limits", DEFAULT_LIMITS)
+    limits: Limits = (info.context or {}).get("limits", DEFAULT_LIMITS)
+    return limits
 
 
 def _check_finite(info: ValidationInfo) -> bool:
@@ -324,6 +325,18 @@ class Envelope(BaseModel):
                    body=body)
 
 
+B = TypeVar("B", bound=Body)
+
+
+def body_of(env: Envelope, kind: type[B]) -> B:
+    """``env.body`` typed as ``kind``: for envelopes decoded with ``expect=kind`` (or whose
+    kind was checked), so that callers need no cast. Raises TypeError on any other body."""
+    body = env.body
+    if not isinstance(body, kind):
+        raise TypeError(f"expected a {kind.__name__}, got {type(body).__name__}")
+    return body
+
+
 def encode(env: Envelope) -> bytes:
     """msgpack bytes of an envelope."""
     wire = env.model_dump(mode="python", exclude={"body"})
@@ -336,7 +349,7 @@ def message(sender: str, body: Body) -> bytes:
     return encode(Envelope.wrap(sender, body))
 
 
-def decode(payload: bytes, expect: type[Body] | None = None,
+def decode(payload: bytes | bytearray, expect: type[Body] | None = None,
            limits: Limits = DEFAULT_LIMITS, *, check_finite: bool = True) -> Envelope:
     """A validated envelope; raises DecodeError with a one-line reason otherwise.
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import rfc8785
 from cryptography.exceptions import InvalidSignature
@@ -26,7 +28,7 @@ class SignatureError(ValueError):
     """A model whose signature is missing or does not verify."""
 
 
-def canonical_json(obj: object) -> bytes:
+def canonical_json(obj: Mapping[str, Any]) -> bytes:
     """RFC 8785 (JSON Canonicalization Scheme) UTF-8 bytes of ``obj``: keys sorted by their
     UTF-16 code units, no whitespace, numbers as ECMAScript writes them (``8.0`` -> ``8``,
     ``1e-05`` -> ``0.00001``), so any language's JCS library gives the same bytes.

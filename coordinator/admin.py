@@ -57,7 +57,7 @@ async def send_admin(settings: NodeSettings, command: AdminBody, admin_id: str =
         async with asyncio.timeout(timeout):
             async for msg in client.messages:
                 try:
-                    reply = decode(bytes(msg.payload)).body  # type: ignore[arg-type]
+                    reply = decode(bytes(msg.payload)).body
                 except DecodeError:
                     continue
                 if (line := confirmation(command, reply)) is not None:

@@ -15,7 +15,7 @@ import random
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal, cast
 
 import aiomqtt
 import paho.mqtt.client as mqtt
@@ -33,6 +33,7 @@ from broker.schemas import (
     StatusBody,
     TaskBody,
     UpdateBody,
+    body_of,
     decode,
     message,
 )
@@ -76,6 +77,12 @@ class Rejection:
 def _decode_code(exc: DecodeError) -> str:
     """``schema`` for a message that unpacked but breaks its schema, else ``malformed``."""
     return "schema" if isinstance(exc, SchemaError) else "malformed"
+
+
+def _received(body: UpdateBody) -> Weights:
+    """The delta of a decoded update: decoding makes every tensor an array (``Encoded``
+    values exist only on the sending side, before encoding)."""
+    return cast(Weights, body.delta)
 
 
 def _paho(client: aiomqtt.Client) -> mqtt.Client:
@@ -159,7 +166,8 @@ class Coordinator:
         latest = self.db.latest_version()
         if latest is None:
             self.spec = ModelSpec(architecture=self.settings.architecture,
-                                  hidden=self.settings.hidden)
+                                  # None: the architecture's default (ModelSpec validates)
+                                  hidden=self.settings.hidden)  # type: ignore[arg-type]
             self.weights: Weights = initial_weights(self.spec, self.settings.seed)
             self.version = 0
             payload = self._model_payload(self.weights, 0, None, None, {"initial": True})
@@ -167,8 +175,7 @@ class Coordinator:
                                  metadata={"initial": True})
             log.info("initialised model version 0 in %s", self.settings.state_dir)
         else:
-            env = decode(self.db.load_payload(latest), ModelBody)
-            body: ModelBody = env.body  # type: ignore[assignment]
+            body = body_of(decode(self.db.load_payload(latest), ModelBody), ModelBody)
             self.spec = ModelSpec.model_validate(body.spec)
             self.weights = {k: v.copy() for k, v in body.weights.items()}
             self.version = latest
@@ -186,16 +193,16 @@ class Coordinator:
                              signing_key=self.signing_key)
 
     @property
-    def activity(self) -> str:
+    def activity(self) -> Literal["running", "paused", "stopping"]:
         return "stopping" if self._stop_requested else "paused" if self.paused else "running"
 
-    def _status(self, state: str) -> bytes:
+    def _status(self, state: Literal["online", "offline"]) -> bytes:
         # Messages rejected per known agent: `alchimia status` shows them.
         rejected = {a.agent_id: n for a in self.registry.all()
                     if (n := self._rejected_by_sender.get(a.agent_id))}
         return message(self.settings.coordinator_id, StatusBody(
             role="coordinator", state=state, software=SOFTWARE, model_version=self.version,
-            rejected=rejected, activity=self.activity))  # type: ignore[arg-type]
+            rejected=rejected, activity=self.activity))
 
     # -- I/O
     @property
@@ -285,8 +292,8 @@ class Coordinator:
         try:
             done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task is not stopper and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+                if task is not stopper and (exc := task.exception()) is not None:
+                    raise exc
         finally:
             # Cancel every task before awaiting any: awaiting the receiver first would
             # re-raise its MqttError and leave the round driver running beside the one
@@ -304,7 +311,7 @@ class Coordinator:
         async for msg in client.messages:
             topic = msg.topic.value
             try:
-                self.handle(topic, bytes(msg.payload))  # type: ignore[arg-type]
+                self.handle(topic, bytes(msg.payload))
                 self.rejection_log.tick()  # a flood that stopped is summed up
             except Exception as exc:
                 if _machine_fault(exc):
@@ -362,7 +369,7 @@ class Coordinator:
     def _on_metrics(self, env: Envelope) -> None:
         """Validation figures and drift reports are kept (the web page); a drift report
         asks for an early round (sync mode; async windows never pause)."""
-        body: MetricsBody = env.body  # type: ignore[assignment]
+        body = body_of(env, MetricsBody)
         if body.scope == "validation" and body.model_version is not None:
             self.progress.report(body.model_version, env.sender, body.values)
             if body.model_version <= self.version:  # kept for the web page, per version
@@ -385,7 +392,7 @@ class Coordinator:
         except DecodeError as exc:
             self._reject("admin", topic, _decode_code(exc), str(exc))
             return
-        body: AdminBody = env.body  # type: ignore[assignment]
+        body = body_of(env, AdminBody)
         if body.action == "rollback":
             assert body.version is not None  # the schema requires it
             if not self.db.model_path(body.version).exists():
@@ -405,7 +412,7 @@ class Coordinator:
         self.changed.set()
 
     def _on_status(self, env: Envelope) -> None:
-        body: StatusBody = env.body  # type: ignore[assignment]
+        body = body_of(env, StatusBody)
         if body.role != "agent":
             return
         info = AgentInfo(env.sender, body.state == "online", body.samples, body.software,
@@ -416,7 +423,7 @@ class Coordinator:
         self.changed.set()
 
     def _on_update(self, env: Envelope, topic: str, payload: bytes) -> None:
-        body: UpdateBody = env.body  # type: ignore[assignment]
+        body = body_of(env, UpdateBody)
         if self.db.seen(env.msg_id):
             self._reject(env.sender, topic, "replayed", f"message {env.msg_id} replayed")
             return
@@ -430,7 +437,7 @@ class Coordinator:
         weight = window.weight(body.base_version, body.num_samples)
         if reason is None:
             try:
-                acc.add(body.delta, weight)
+                acc.add(_received(body), weight)
             except ValueError as exc:
                 reason = Refusal("bad_delta", str(exc))
         if reason is not None:
@@ -593,8 +600,8 @@ class Coordinator:
         acc = self.strategy.open_round(self.weights)
         pending = self.db.pending_updates(window_id)
         for msg_id, agent, base_version, weight, payload in pending:
-            delta = decode(payload, UpdateBody, check_finite=False).body.delta  # type: ignore[attr-defined]
-            acc.add(delta, weight)
+            update = body_of(decode(payload, UpdateBody, check_finite=False), UpdateBody)
+            acc.add(_received(update), weight)
             window.accept(agent, msg_id, base_version)
         self.window, self._accumulator = window, acc
         log.info("resumed round %d with %d accepted updates", window_id, len(pending))
@@ -661,7 +668,7 @@ class Coordinator:
         history keeps both the bad version and the rollback.
         """
         self._rollback_to = None
-        body: ModelBody = decode(self.db.load_payload(target), ModelBody).body  # type: ignore[assignment]
+        body = body_of(decode(self.db.load_payload(target), ModelBody), ModelBody)
         weights = {k: v.copy() for k, v in body.weights.items()}
         strategy = self._make_strategy()
         state = self.db.load_strategy_state(target)
@@ -721,10 +728,10 @@ class Coordinator:
             ",".join(window.contributors), version - 1, version, time.time() - opened,
             time.perf_counter() - started, len(payload))
 
-    async def _publish_task(self, window: Window, state: str) -> None:
+    async def _publish_task(self, window: Window, state: Literal["open", "closed"]) -> None:
         s = self.settings
         body = TaskBody(
-            round_id=window.window_id, state=state, mode=s.mode,  # type: ignore[arg-type]
+            round_id=window.window_id, state=state, mode=s.mode,
             base_version=window.base_version, deadline_ts=self._deadline(window),
             selected=sorted(window.selected), epochs=s.epochs, lr=s.lr,
             batch_size=s.batch_size, hyper=self.strategy.task_params(),

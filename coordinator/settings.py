@@ -82,8 +82,9 @@ class CoordinatorSettings(ServiceSettings):
                                   description="largest message the coordinator decodes")
     update_codec: Codec = Field(
         default="raw", description="how agents encode their deltas (told in the task): raw "
-        "(float32), fp16, int8 (blockwise), topk, topk_int8 (top-k of int8); lossy codecs "
-        "keep error feedback at the agent (docs/FEDERATION.md, 'Compressed updates')")
+        "(float32), fp16, int8 (blockwise), sign (2 bits a value), topk, topk_int8 (top-k "
+        "of int8); lossy codecs keep error feedback at the agent (docs/FEDERATION.md, "
+        "'Compressed updates')")
     update_topk_fraction: float = Field(
         default=DEFAULT_TOPK_FRACTION, gt=0, le=1,
         description="topk codecs: share of each tensor's entries an update sends")

@@ -197,7 +197,7 @@ def _broker_url(host: str, port: int) -> str:
 # -- the run --------------------------------------------------------------------------
 
 
-def provision(config_path: Path, out_dir: Path) -> ProvisionReport:
+def provision(config_path: Path, out_dir: Path) -> ProvisionReport:  # noqa: C901
     """Create or update the federation's PKI, broker config and identity bundles in ``out_dir``.
 
     Raises FederationFileError for a bad federation file and ProvisionError when the

@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -52,7 +52,7 @@ from models.power_on import PowerOnEstimate
 from models.schema import FEATURE_REFERENCE, FEATURES, GRADES, TARGET_REFERENCE, TARGETS
 from models.spec import ModelSpec
 
-ARCHITECTURE = hl.ARCHITECTURE
+ARCHITECTURE: Final = hl.ARCHITECTURE
 ELEMENTS = hl.ELEMENT_TARGETS  # cu_pct .. mo_pct
 PROPERTIES = ("yield", *ELEMENTS, "energy_kwh_per_t")
 PROPERTY_LABELS = {"yield": "yield t/t", "cu_pct": "Cu %", "sn_pct": "Sn %", "ni_pct": "Ni %",
@@ -540,7 +540,7 @@ def substituted(x0: np.ndarray, grade: int, tonnes: float) -> np.ndarray:
     return x
 
 
-def characterise(onnx_bytes: bytes, spec: ModelSpec, x: np.ndarray | None = None,
+def characterise(onnx_bytes: bytes, spec: ModelSpec, x: np.ndarray | None = None,  # noqa: C901
                  y: np.ndarray | None = None, power_on: PowerOnEstimate | None = None,
                  scope: str = "site", level: float = DEFAULT_LEVEL,
                  weights: Mapping[str, np.ndarray] | None = None) -> Characterisation:

@@ -23,6 +23,31 @@ _content_prior = hl.content_prior  # the numpy formulas live in models.hybrid_la
 
 
 class EafHybrid(nn.Module):
+    # Registered by name in __init__ (buffers, then the spec's parameters): declared here
+    # for the type checker, which types nn.Module attributes as "Tensor | Module".
+    x_center: torch.Tensor
+    x_scale: torch.Tensor
+    y_center: torch.Tensor
+    y_scale: torch.Tensor
+    grade_cols: torch.Tensor
+    yield_prior: torch.Tensor
+    log_content_prior: torch.Tensor
+    log_heel_prior: torch.Tensor
+    term_center: torch.Tensor
+    term_scale: torch.Tensor
+    yield_shared: torch.Tensor
+    yield_site: torch.Tensor
+    content_shared: torch.Tensor
+    content_site: torch.Tensor
+    bias_shared: torch.Tensor
+    bias_site: torch.Tensor
+    linear_shared: torch.Tensor
+    linear_site: torch.Tensor
+    heel_coef: torch.Tensor
+    heel_pct_shared: torch.Tensor
+    heel_pct_site: torch.Tensor
+    recovery_o2: torch.Tensor
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec

@@ -28,12 +28,13 @@ an output calibration. They never leave the site (docs/PROTOCOL.md, "Personalisa
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Final
 
 import numpy as np
 
 from models.schema import GRADES, TARGET_REFERENCE
 
-ARCHITECTURE = "eaf-hybrid-v1"
+ARCHITECTURE: Final = "eaf-hybrid-v1"
 ELEMENT_TARGETS = ("cu_pct", "sn_pct", "ni_pct", "cr_pct", "mo_pct")
 LINEAR_TARGETS = ("energy_kwh_t", "tap_temp_c")  # linear energy-balance part + residual net
 CALIBRATED_TARGETS = ("energy_kwh_t", "tapped_t", "tap_temp_c")

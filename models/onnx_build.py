@@ -15,7 +15,8 @@ initializer under its own name (``layers.0.weight``, ``yield_shared``, ``yield_s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -38,12 +39,12 @@ class _Graph:
         self.inits: list[onnx.TensorProto] = []
         self._n = 0
 
-    def const(self, name: str, value: np.ndarray | float | list, dtype: type = np.float32,
+    def const(self, name: str, value: np.ndarray | float | Sequence[Any], dtype: type = np.float32,
               ) -> str:
         self.inits.append(numpy_helper.from_array(np.asarray(value, dtype), name))
         return name
 
-    def op(self, kind: str, *inputs: str, **attrs: object) -> str:
+    def op(self, kind: str, *inputs: str, **attrs: Any) -> str:
         self._n += 1
         out = f"{kind.lower()}_{self._n}"
         self.nodes.append(helper.make_node(kind, list(inputs), [out], **attrs))

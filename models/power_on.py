@@ -24,7 +24,8 @@ RIDGE = 1e-6  # relative: only keeps the solve defined when a grade is never cha
 class PowerOnEstimate:
     """``power_on_min ~ b0 + sum_f b_f x_f`` over every other input column."""
 
-    def __init__(self, features: Sequence[str], coef: Sequence[float], intercept: float,
+    def __init__(self, features: Sequence[str], coef: Sequence[float] | np.ndarray,
+                 intercept: float,
                  rmse: float, n: int) -> None:
         self.features = tuple(features)
         if TARGET not in self.features:

@@ -21,6 +21,12 @@ class HeatRegressor(nn.Module):
     physical values and a consumer needs no preprocessing code.
     """
 
+    # Buffers registered in __init__, declared for the type checker.
+    x_center: torch.Tensor
+    x_scale: torch.Tensor
+    y_center: torch.Tensor
+    y_scale: torch.Tensor
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec

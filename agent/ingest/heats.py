@@ -227,14 +227,14 @@ class HeatAssembler:
         out: list[AssembledHeat] = []
         for heat_id, taps in sorted(by_heat.items(), key=lambda kv: (kv[1][0].ts_ns, kv[0])):
             try:
-                heat = self._assemble(heat_id, taps)
+                assembled = self._assemble(heat_id, taps)
             except IncompleteHeat as exc:
                 if self.pending.get(heat_id) != exc.reason:
                     log.info("heat %s of %s/%s not assembled yet: %s", heat_id, self.plant,
                              self.furnace, exc)
                 pending[heat_id] = exc.reason
                 continue
-            out.append(heat)
+            out.append(assembled)
         # Only now: a store error above leaves these heats to be found again next time.
         self._done.update((h.heat_id, h.end_ns) for h in out)
         self.pending = pending

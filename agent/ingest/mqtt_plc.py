@@ -80,7 +80,7 @@ def parse_topic(topic: str, prefix: str = "") -> tuple[str, str, str] | Rejected
     return plant, furnace, kind
 
 
-def parse_payload(plant: str, furnace: str, kind: str, payload: bytes,
+def parse_payload(plant: str, furnace: str, kind: str, payload: bytes | bytearray,
                   max_bytes: int = MAX_PAYLOAD_BYTES) -> Point | Rejected:
     """One message body of a known topic -> a Point; never raises."""
     if len(payload) > max_bytes:
@@ -134,7 +134,7 @@ def parse_values(values: object, allowed: frozenset[str]) -> dict[str, float] | 
     return out
 
 
-def parse_message(topic: str, payload: bytes, *, prefix: str = "",
+def parse_message(topic: str, payload: bytes | bytearray, *, prefix: str = "",
                   max_bytes: int = MAX_PAYLOAD_BYTES) -> Point | Rejected:
     """A sensor message -> a Point, or the reason it is refused; never raises."""
     try:
@@ -182,7 +182,8 @@ class MqttPlcSource:
         self.keepalive = keepalive
         self.stats = IngestStats(log)
         self.volatile = True  # paho acknowledged each message on receipt
-        self._inbox: queue.Queue[tuple[str, bytes, int]] = queue.Queue(maxsize=max_inbox)
+        self._inbox: queue.Queue[tuple[str, bytes | bytearray, int]] = queue.Queue(
+            maxsize=max_inbox)
         self._subscribed = threading.Event()
         self._closing = False
         persistent = client_id is not None

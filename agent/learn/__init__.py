@@ -2,6 +2,7 @@
 
 * ``dataset``: the site's table of finished heats, training and validation rows;
 * ``trainer``: local training (FedRep: site part, then shared part; the shared delta out);
+* ``compression``: the delta in the task's codec, with error feedback;
 * ``evaluation``, ``champion``: scores, and whether a new global version may serve;
 * ``continual``: prequential error, drift detectors, replay, EWC (docs/CONTINUAL.md);
 * ``site_learning``: the site's continual-learning policy, one object that the agent and

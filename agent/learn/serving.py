@@ -70,7 +70,8 @@ class ServingFiles:
     def save_site(self, site: Mapping[str, np.ndarray]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
-        np.savez(buf, **{k: np.asarray(v, np.float32) for k, v in site.items()})
+        # numpy's stub types **kwds as if a key could be allow_pickle (none here is).
+        np.savez(buf, **{k: np.asarray(v, np.float32) for k, v in site.items()})  # type: ignore[arg-type]
         atomic_write(self.site_path, buf.getvalue())
 
     def load_site(self, spec: ModelSpec) -> Weights | None:

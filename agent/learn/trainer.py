@@ -67,7 +67,7 @@ def _epochs(model: HeatModel, params: list[torch.nn.Parameter], xs: torch.Tensor
     return loss_sum / max(batches, 1)
 
 
-def train_delta(spec: ModelSpec, base: Mapping[str, np.ndarray], x: np.ndarray,
+def train_delta(spec: ModelSpec, base: Mapping[str, np.ndarray], x: np.ndarray,  # noqa: C901
                 y: np.ndarray, cfg: TrainConfig, *,
                 site: Mapping[str, np.ndarray] | None = None,
                 replay: tuple[np.ndarray, np.ndarray] | None = None,
@@ -98,10 +98,11 @@ def train_delta(spec: ModelSpec, base: Mapping[str, np.ndarray], x: np.ndarray,
         from agent.learn.continual.regularise import EwcPenalty, fisher_diagonal
 
         if fisher is None:
-            fisher = fisher_diagonal(spec, base, replay[0])  # type: ignore[index]
+            assert replay is not None  # has_replay
+            fisher = fisher_diagonal(spec, base, replay[0])
         ewc = EwcPenalty(base, fisher, cfg.ewc_lambda)
     n_site = len(x)  # the site part is fitted on these rows only, never on replay
-    if has_replay:
+    if has_replay and replay is not None:
         x = np.concatenate([np.asarray(x, np.float32), np.asarray(replay[0], np.float32)])
         y = np.concatenate([np.asarray(y, np.float32), np.asarray(replay[1], np.float32)])
     xs = torch.from_numpy(np.asarray(x, np.float32))

@@ -239,7 +239,7 @@ def parse_drift(spec: str) -> Drift:
                 raise ValueError(f"bad drift spec {spec!r}: parameter {key!r} given twice")
             kwargs[key] = _parse_value(spec, key, raw, defaults[key])
     try:
-        return cls(start, **kwargs)  # type: ignore[arg-type]
+        return cls(start, **kwargs)
     except ValueError as exc:
         raise ValueError(f"bad drift spec {spec!r}: {exc}") from None
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from itertools import chain, compress, count
 from operator import and_, attrgetter, eq, not_
 from types import MappingProxyType
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias, cast
 
 FieldValue: TypeAlias = float | int | str | bool
 
@@ -307,8 +307,9 @@ class LineEncoder:
             ts = p.ts_ns
             if entry is not None and type(ts) is int and TS_MIN <= ts <= TS_MAX:
                 ints = entry.ints
-                in_range = not ints or all(INT64_MIN <= values[i] <= INT64_MAX for i in ints)
-                if in_range and sum_is_finite(values):
+                numbers = cast("tuple[float, ...]", values)  # templates are for int/float only
+                in_range = not ints or all(INT64_MIN <= numbers[i] <= INT64_MAX for i in ints)
+                if in_range and sum_is_finite(numbers):
                     append(entry.text % (*values, ts))
                     continue
             append(encode_line(p) + "\n")  # raises if the point is invalid

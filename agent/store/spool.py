@@ -445,7 +445,7 @@ class Spool:
 
     # -- reading and committing -------------------------------------------------------------
 
-    def read_batch(self, max_points: int, max_bytes: int = 16 << 20) -> Batch | None:
+    def read_batch(self, max_points: int, max_bytes: int = 16 << 20) -> Batch | None:  # noqa: C901
         """Records from the committed position: at least one, else within both limits."""
         with self._lock:
             start = self._committed

@@ -124,8 +124,10 @@ class Median(_RobustStrategy):
         def median(block: np.ndarray) -> np.ndarray:
             block.sort(axis=1)  # a full sort of contiguous rows beats np.median's partition
             if n % 2:
-                return block[:, n // 2]
-            return (block[:, n // 2 - 1].astype(np.float64) + block[:, n // 2]) / 2.0
+                middle: np.ndarray = block[:, n // 2]
+                return middle
+            mean: np.ndarray = (block[:, n // 2 - 1].astype(np.float64) + block[:, n // 2]) / 2.0
+            return mean
 
         return acc.new_weights(
             (name, a, b, median(block)) for name, a, b, block in acc.blocks(by_column=True))
@@ -173,7 +175,8 @@ class TrimmedMean(_RobustStrategy):
         def trimmed(block: np.ndarray) -> np.ndarray:
             if t:
                 block.sort(axis=1)
-            return block[:, t:n - t].mean(axis=1, dtype=np.float64)
+            kept: np.ndarray = block[:, t:n - t].mean(axis=1, dtype=np.float64)
+            return kept
 
         return acc.new_weights(
             (name, a, b, trimmed(block)) for name, a, b, block in acc.blocks(by_column=True))
@@ -225,7 +228,8 @@ class Krum(_RobustStrategy):
         dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
         np.fill_diagonal(dist, np.inf)
         k = max(n - self.byzantine(n) - 2, 0)
-        return np.sort(dist, axis=1)[:, :k].sum(axis=1)
+        scores: np.ndarray = np.sort(dist, axis=1)[:, :k].sum(axis=1)
+        return scores
 
     def select(self, n: int, scores: np.ndarray) -> np.ndarray:
         return np.argsort(scores, kind="stable")[:1]
@@ -239,9 +243,9 @@ class Krum(_RobustStrategy):
         w = self.mean_weights(acc, chosen)
 
         def mean(block: np.ndarray) -> np.ndarray:
-            if w is None:
-                return block.mean(axis=0, dtype=np.float64)
-            return (w @ block) / w.sum()
+            out: np.ndarray = (block.mean(axis=0, dtype=np.float64) if w is None
+                               else (w @ block) / w.sum())
+            return out
 
         return acc.new_weights((name, a, b, mean(block))
                                for name, a, b, block in acc.blocks([acc.rows[i] for i in chosen]))

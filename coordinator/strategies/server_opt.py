@@ -206,7 +206,8 @@ class FedAdagrad(_FedOpt):
         super().__init__(eta, beta_1, beta_2, tau, flower)
 
     def _second_moment(self, v: np.ndarray, d2: np.ndarray) -> np.ndarray:
-        return v + d2
+        out: np.ndarray = v + d2
+        return out
 
 
 class FedAdam(_FedOpt):
@@ -261,4 +262,5 @@ class FedYogi(_FedOpt):
         super().__init__(eta, beta_1, beta_2, tau, flower)
 
     def _second_moment(self, v: np.ndarray, d2: np.ndarray) -> np.ndarray:
-        return v - (1.0 - self.beta_2) * d2 * np.sign(v - d2)
+        out: np.ndarray = v - (1.0 - self.beta_2) * d2 * np.sign(v - d2)
+        return out

@@ -568,6 +568,8 @@ def _plan(p: _Problem, pt: _Point, opts: Options, version: int | None, stats: di
     co2 = s.co2_price_per_t * (co2_mat + co2_el)
     total = material + energy + co2
     tapped = float(y[0, p.out[TAPPED]])
+    lo: np.ndarray | None
+    hi: np.ndarray | None
     if cal is not None:
         lo, hi = cal.interval(y)
         level: float | None = cal.level

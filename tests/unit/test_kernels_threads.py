@@ -42,7 +42,7 @@ def on_threads(count: int, fn: Callable[[], object]) -> object:
     return fn()
 
 
-@pytest.mark.parametrize("sizes, n", [([10 * CHUNK], 3), ([1, CHUNK + 1, 0, 7 * CHUNK], 4),
+@pytest.mark.parametrize(("sizes", "n"), [([10 * CHUNK], 3), ([1, CHUNK + 1, 0, 7 * CHUNK], 4),
                                       ([CHUNK] * 5, 5), ([3], 2), ([4 * CHUNK, 3 * CHUNK], 7)])
 def test_shares_cover_every_chunk_once_in_order_and_evenly(sizes: list[int], n: int) -> None:
     runs = kernels.shares(sizes, n)
@@ -115,7 +115,7 @@ def test_a_round_is_the_same_bits_for_any_thread_count(spec: str,
             np.testing.assert_array_equal(got[k], want[k])
 
 
-@pytest.mark.parametrize("where, bad", [("a", np.nan), ("c", np.inf), ("d", -np.inf),
+@pytest.mark.parametrize(("where", "bad"), [("a", np.nan), ("c", np.inf), ("d", -np.inf),
                                         ("c", 1e200)])
 def test_rejection_stays_exact_on_threads(where: str, bad: float,
                                           split_everything: set[str]) -> None:
