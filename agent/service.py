@@ -28,6 +28,7 @@ from agent.learn.compression import UpdateCompressor
 from agent.learn.dataset import HeatTable
 from agent.learn.evaluation import mae_by_target
 from agent.learn.outcomes import drift_point, prediction_points
+from agent.learn.privacy import UpdatePrivatizer
 from agent.learn.serving import ServingFiles
 from agent.learn.site_learning import DriftEvent, SiteLearner, SitePolicy
 from agent.learn.trainer import TrainConfig, train_delta
@@ -108,6 +109,7 @@ class Agent:
         self.rounds_done: set[int] = set()
         self.updates_sent = 0
         self.compressor = UpdateCompressor()  # the task's codec, with error feedback
+        self.privatizer = UpdatePrivatizer()  # the task's DP clipping and noise, if any
         self._history: list[Heat] | None = None  # until the source's store answers
         self._history_retry_at = 0.0
         self._waiting: list[Heat] = []
@@ -653,8 +655,10 @@ class Agent:
         # Only the shared delta leaves the site; the site part is kept (and served).
         body = UpdateBody(round_id=task.round_id, base_version=task.base_version,
                           num_samples=heats, metrics=result.metrics,
-                          delta=self.compressor.encode(result.delta, task.update_codec,
-                                                       task.update_topk_fraction))
+                          delta=self.compressor.encode(
+                              self.privatizer.apply(result.delta, task.dp_clip_norm,
+                                                    task.dp_noise_multiplier),
+                              task.update_codec, task.update_topk_fraction))
         self.link.publish(self.topics.agent_update(self.id), message(self.id, body))
         self.rounds_done.add(task.round_id)
         self.updates_sent += 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,6 +162,9 @@ class Channel:
     compressors: list[UpdateCompressor] = field(default_factory=list)
     sent_bytes: list[int] = field(default_factory=list)
     raw_bytes: list[int] = field(default_factory=list)
+    # Differential privacy at the plants (alchimia/experiment_privacy.py): each delta is
+    # clipped and noised as the agent does it, before the codec.
+    privatize: Callable[[Weights], Weights] | None = None
 
     def __post_init__(self) -> None:
         self.compressors = [UpdateCompressor() for _ in self.plants]
@@ -178,6 +182,8 @@ class Channel:
             return message(self.plants[k], UpdateBody(
                 round_id=round_id, base_version=base_version, num_samples=num_samples,
                 delta=tensors, metrics={"train_loss": 0.0}))
+        if self.privatize is not None:
+            delta = self.privatize(delta)
         wire = payload(self.compressors[k].encode(delta, self.codec, self.topk_fraction))
         self.sent_bytes.append(len(wire))
         self.raw_bytes.append(len(payload(delta)))
@@ -430,6 +436,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/federation-experiment.png"),
                         help="PNG of the test errors (one per seed: -seedN is appended)")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--dp-epsilon", type=_floats, default=(), metavar="E1,E2,...",
+                        help="instead of the arms: the federated hybrid without DP and at "
+                        "each target epsilon (alchimia/experiment_privacy.py)")
+    parser.add_argument("--dp-clip-norm", type=float, default=0.3,
+                        help="with --dp-epsilon: the agents' clip norm")
+    parser.add_argument("--dp-delta", type=float, default=1e-5)
+    parser.add_argument("--dp-noise-seed", type=int, default=0,
+                        help="with --dp-epsilon: seed of the noise (the product never fixes it)")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(",") if v.strip())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -439,6 +457,11 @@ def run(args: argparse.Namespace) -> int:
                                site_l2=args.site_l2, strategy=args.strategy,
                                strategy_params=tuple(args.strategy_params),
                                update_topk_fraction=args.update_topk_fraction)
+        if args.dp_epsilon:
+            from alchimia.experiment_privacy import report, run_privacy_experiment
+            print(report(run_privacy_experiment(cfg, args.dp_epsilon, args.dp_clip_norm,
+                                                args.dp_delta, args.dp_noise_seed)))
+            continue
         png = None if args.no_plot else args.out.with_name(
             f"{args.out.stem}-seed{seed}{args.out.suffix}")
         codecs = tuple(dict.fromkeys(["raw", *args.update_codecs]))

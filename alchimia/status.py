@@ -77,6 +77,9 @@ class ModelView:
     rollback_of: int | None
     signed: bool
     published: float
+    # Differential privacy: the model metadata's ``dp`` (epsilon, delta, noise_multiplier,
+    # clip_norm, rounds, ...; docs/PROTOCOL.md, ``model``), None without DP.
+    dp: dict[str, Any] | None = None
 
 
 @dataclass
@@ -181,7 +184,8 @@ class FederationView:
             strategy if isinstance(strategy, str) else None,
             [str(c) for c in meta.get("contributors") or []],
             meta.get("rollback_of") if isinstance(meta.get("rollback_of"), int) else None,
-            body.signature is not None, env.ts)
+            body.signature is not None, env.ts,
+            dict(meta["dp"]) if isinstance(meta.get("dp"), dict) else None)
 
     def _on_agent(self, topic: str, payload: bytes) -> None:
         parsed = self.topics.parse_agent_topic(topic)
@@ -263,6 +267,15 @@ def _errors(agent: AgentView, scope: str, key: str) -> str:
     return " / ".join(_num(figures.values.get(f"{key}{t}")) for t in TABLE_TARGETS)
 
 
+def privacy_line(dp: dict[str, Any]) -> str:
+    """The model's differential-privacy budget, as the summary shows it."""
+    eps = dp.get("epsilon")
+    spent = f"epsilon {eps:.3g}" if isinstance(eps, int | float) else "epsilon unbounded"
+    return (f"privacy: {spent} at delta {dp.get('delta')} (worst plant, "
+            f"{dp.get('rounds')} updates; noise multiplier {dp.get('noise_multiplier')}, "
+            f"clip norm {dp.get('clip_norm')}, DP at the agents)")
+
+
 def summary(status: FederationStatus, now: float) -> list[str]:
     """The lines above the agents' table."""
     c, m, r = status.coordinator, status.model, status.round
@@ -282,6 +295,8 @@ def summary(status: FederationStatus, now: float) -> list[str]:
                "signed" if m.signed else "unsigned"]
         lines.append(f"model: version {m.version} ({', '.join(h for h in how if h)}), "
                      f"published {_age(m.published, now)}")
+        if m.dp is not None:
+            lines.append(privacy_line(m.dp))
     if r is not None:
         what = "round" if r.mode == "sync" else "async window"
         line = (f"{what} {r.round_id}: {r.state}, base version {r.base_version}, "

@@ -134,7 +134,20 @@ class TaskBody(Body):
     update_codec: Codec = "raw"
     update_topk_fraction: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False, strict=True)] = (
         DEFAULT_TOPK_FRACTION)
+    # Client-level differential privacy (a coordinator setting; docs/PROTOCOL.md): agents
+    # clip the delta's L2 norm to dp_clip_norm and add N(0, (dp_noise_multiplier *
+    # dp_clip_norm)^2) per coordinate. Both set or both nil (off).
+    dp_clip_norm: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False,
+                                         strict=True)] | None = None
+    dp_noise_multiplier: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False,
+                                                strict=True)] | None = None
     signature: Blob | None = None
+
+    @model_validator(mode="after")
+    def _dp_both_or_neither(self) -> TaskBody:
+        if (self.dp_clip_norm is None) != (self.dp_noise_multiplier is None):
+            raise ValueError("dp_clip_norm and dp_noise_multiplier are set together")
+        return self
 
 
 class UpdateBody(Body):

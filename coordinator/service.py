@@ -43,6 +43,7 @@ from coordinator.fedbuff import AsyncWindow
 from coordinator.group_commit import GroupCommit
 from coordinator.metrics import CoordinatorCollector, CoordinatorStats
 from coordinator.persistence import CoordinatorDB
+from coordinator.privacy import PrivacyLedger
 from coordinator.publishing import initial_weights, model_message
 from coordinator.ratelimit import RateLimiter
 from coordinator.registry import AgentInfo, Registry
@@ -147,6 +148,9 @@ class Coordinator:
         self._stop_requested = False
         self._status_due = False
         self._restore_or_initialise()
+        # Differential privacy: updates each agent sent, from the stored versions.
+        self.privacy = PrivacyLedger.replay(settings.dp_delta,
+                                            (md for _, _, _, md in self.db.versions()))
         # An update carries the shared part: it may decode to no more (a top-k tensor's
         # bytes do not bound the shape it declares).
         sizes = [math.prod(s) for s in self.spec.parameter_shapes("shared").values()]
@@ -705,9 +709,15 @@ class Coordinator:
         assert self._accumulator is not None
         new_weights = self._accumulator.finish()
         version = self.version + 1
-        metadata = {"strategy": self.strategy.name, "mode": self.settings.mode,
+        metadata: dict[str, object] = {
+                    "strategy": self.strategy.name, "mode": self.settings.mode,
                     "contributors": window.contributors,
                     "stragglers": window.missing if isinstance(window, SyncRound) else []}
+        if (self.settings.dp_clip_norm is not None
+                and self.settings.dp_noise_multiplier is not None):
+            self.privacy.record(window.contributors, self.settings.dp_noise_multiplier)
+            metadata["dp"] = self.privacy.metadata(self.settings.dp_clip_norm,
+                                                   self.settings.dp_noise_multiplier)
         payload = await asyncio.to_thread(self._model_payload, new_weights, version,
                                           self.version, window.window_id, metadata)
         self.db.save_version(version, payload, round_id=window.window_id, parent=self.version,
@@ -736,6 +746,7 @@ class Coordinator:
             selected=sorted(window.selected), epochs=s.epochs, lr=s.lr,
             batch_size=s.batch_size, hyper=self.strategy.task_params(),
             update_codec=s.update_codec, update_topk_fraction=s.update_topk_fraction,
+            dp_clip_norm=s.dp_clip_norm, dp_noise_multiplier=s.dp_noise_multiplier,
         )
         if self.signing_key is not None:
             body = sign_task(body, self.signing_key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from broker.compression import DEFAULT_TOPK_FRACTION, Codec
@@ -88,6 +88,17 @@ class CoordinatorSettings(ServiceSettings):
     update_topk_fraction: float = Field(
         default=DEFAULT_TOPK_FRACTION, gt=0, le=1,
         description="topk codecs: share of each tensor's entries an update sends")
+    dp_clip_norm: float | None = Field(
+        default=None, gt=0, le=1e6, description="differential privacy (told in the task): "
+        "agents clip their delta's L2 norm to this and add Gaussian noise of std "
+        "dp_noise_multiplier x this per coordinate; set both or neither (off) "
+        "(docs/FEDERATION.md, 'Differential privacy')")
+    dp_noise_multiplier: float | None = Field(
+        default=None, gt=0, le=1e6, description="differential privacy: the noise's std over "
+        "dp_clip_norm (z); the accountant reports epsilon in each model's metadata")
+    dp_delta: float = Field(
+        default=1e-5, gt=0, lt=1, description="differential privacy: the delta at which "
+        "epsilon is reported (well below 1 / plants)")
     web_port: int | None = Field(
         default=None, ge=0, le=65535, description="serve the admin web page (/ and "
         "/api/status) over HTTP on this port; 0 or unset: off")
@@ -102,3 +113,9 @@ class CoordinatorSettings(ServiceSettings):
     @classmethod
     def _id(cls, v: str) -> str:
         return check_id(v, "coordinator id")
+
+    @model_validator(mode="after")
+    def _dp_both_or_neither(self) -> CoordinatorSettings:
+        if (self.dp_clip_norm is None) != (self.dp_noise_multiplier is None):
+            raise ValueError("dp_clip_norm and dp_noise_multiplier are set together")
+        return self
