@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from coordinator.rounds import Refusal, RoundState
+from coordinator.rounds import Accepted, Refusal, RoundState
 
 
 @dataclass
-class AsyncWindow:
+class AsyncWindow(Accepted):
     window_id: int
     base_version: int  # the global version this window aggregates onto
     k: int
@@ -54,13 +54,16 @@ class AsyncWindow:
         self._keys.add((sender, base_version))
 
     @property
-    def contributors(self) -> list[str]:
-        return sorted(set(self.accepted.values()))
+    def deadline_ts(self) -> float:
+        """No deadline (0 on the wire): a window waits for K updates, whenever they come."""
+        return 0.0
+
+    @property
+    def missing(self) -> list[str]:
+        """No stragglers: nobody in particular is waited for."""
+        return []
 
     def state(self, now: float) -> RoundState:
         if self.closed:
             return RoundState.CLOSED
         return RoundState.READY if len(self.accepted) >= self.k else RoundState.OPEN
-
-    def close(self) -> None:
-        self.closed = True

@@ -11,6 +11,7 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 
 class Refusal(str):
@@ -30,6 +31,51 @@ class RoundState(Enum):
     READY = "ready"  # may be aggregated now
     FAILED = "failed"  # deadline passed below quorum
     CLOSED = "closed"
+
+
+class Window(Protocol):
+    """What a sync round and an async buffer window have in common: the lifecycle
+    (``coordinator.lifecycle``) drives either through this interface alone."""
+
+    window_id: int
+    base_version: int
+    selected: frozenset[str]
+    accepted: dict[str, str]  # message id -> agent id, in both kinds
+    closed: bool
+
+    @property
+    def deadline_ts(self) -> float: ...
+
+    @property
+    def contributors(self) -> list[str]: ...
+
+    @property
+    def missing(self) -> list[str]: ...
+
+    def check(self, sender: str, round_id: int, base_version: int) -> Refusal | None: ...
+
+    def weight(self, base_version: int, num_samples: int) -> float: ...
+
+    def accept(self, sender: str, msg_id: str, base_version: int) -> None: ...
+
+    def state(self, now: float) -> RoundState: ...
+
+    def close(self) -> None: ...
+
+
+class Accepted:
+    """The part of :class:`Window` both kinds implement alike, on ``accepted`` (message
+    id -> agent id) and ``closed``."""
+
+    accepted: dict[str, str]
+    closed: bool
+
+    @property
+    def contributors(self) -> list[str]:
+        return sorted(set(self.accepted.values()))
+
+    def close(self) -> None:
+        self.closed = True
 
 
 @dataclass(frozen=True)
@@ -74,13 +120,13 @@ class Selection:
 
 
 @dataclass
-class SyncRound:
+class SyncRound(Accepted):
     window_id: int
     base_version: int
     selected: frozenset[str]
     quorum: int
     deadline_ts: float
-    accepted: dict[str, str] = field(default_factory=dict)  # agent id -> message id
+    accepted: dict[str, str] = field(default_factory=dict)  # message id -> agent id
     closed: bool = False
 
     def __post_init__(self) -> None:
@@ -99,7 +145,7 @@ class SyncRound:
         if base_version != self.base_version:
             return Refusal("wrong_base", f"update against version {base_version}, round base "
                            f"is {self.base_version}")
-        if sender in self.accepted:
+        if sender in self.accepted.values():
             return Refusal("duplicate", f"{sender} already sent an update for round {round_id}")
         return None
 
@@ -108,11 +154,7 @@ class SyncRound:
 
     def accept(self, sender: str, msg_id: str, base_version: int) -> None:
         """Record an update that passed ``check`` and the payload checks."""
-        self.accepted[sender] = msg_id
-
-    @property
-    def contributors(self) -> list[str]:
-        return sorted(self.accepted)
+        self.accepted[msg_id] = sender
 
     def state(self, now: float) -> RoundState:
         if self.closed:
@@ -123,10 +165,7 @@ class SyncRound:
             return RoundState.READY if len(self.accepted) >= self.quorum else RoundState.FAILED
         return RoundState.OPEN
 
-    def close(self) -> None:
-        self.closed = True
-
     @property
     def missing(self) -> list[str]:
         """Selected agents that have not answered: the stragglers once the round closes."""
-        return sorted(self.selected - set(self.accepted))
+        return sorted(self.selected - set(self.accepted.values()))

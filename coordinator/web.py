@@ -38,7 +38,6 @@ from coordinator.dashboard import (
     render_html,
     version_rows,
 )
-from coordinator.rounds import SyncRound
 
 if TYPE_CHECKING:
     from coordinator.service import Coordinator
@@ -107,7 +106,7 @@ def snapshot(c: Coordinator) -> Dashboard:
     w = c.window
     window = None if w is None or w.closed else RoundRow(
         w.window_id, c.settings.mode, w.base_version, sorted(w.selected),
-        w.contributors, w.deadline_ts if isinstance(w, SyncRound) else 0.0)
+        w.contributors, w.deadline_ts)
     return Dashboard(
         federation=c.settings.federation, coordinator_id=c.settings.coordinator_id,
         taken_ts=time.time(), version=c.version, activity=c.activity, mode=c.settings.mode,
