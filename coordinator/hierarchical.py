@@ -3,11 +3,11 @@ one partial each, the coordinator folds the partials into its round (docs/SCALE.
 "Two-level aggregation").
 
 A plant aggregator applies to each update the coordinator's own rules, in the
-coordinator's order (``coordinator/service.py``, ``_on_update``): a ``msg_id`` seen before
-is ``replayed``; the round's checks (``SyncRound.check``: round, selection, base version,
-one update per agent); then the delta is validated and folded into float64 sums by
-``MeanAccumulator`` itself (``bad_delta`` leaves the sums untouched). Its ``partial()``
-holds what FedAvg's accumulator holds before it finishes: per coordinate the sum of
+coordinator's order (``coordinator/lifecycle.py``, ``Lifecycle.on_update``): a ``msg_id``
+seen before is ``replayed``; the round's checks (``SyncRound.check``: round, selection,
+base version, one update per agent); then the delta is validated and folded into float64
+sums by ``MeanAccumulator`` itself (``bad_delta`` leaves the sums untouched). Its
+``partial()`` holds what FedAvg's accumulator holds before it finishes: per coordinate the sum of
 ``weight x delta`` and the weight of the updates that touched it, the total weight and the
 count. ``merge_partial`` adds a partial into the coordinator's accumulator, after checking
 all of it, so the round finishes exactly as a flat one would (submodel averaging, the
