@@ -279,3 +279,28 @@ def test_both_window_kinds_key_accepted_by_message_id(base: int) -> None:
     _opened(lc)
     save = _of(SaveUpdate, _send(lc, "a1", 1.0))[0]
     assert lc.window is not None and lc.window.accepted == {save.msg_id: "a1"}
+
+
+def test_with_dp_the_task_tells_the_agents_and_each_version_reports_the_budget() -> None:
+    lc = _lifecycle(dp_clip_norm=1.0, dp_noise_multiplier=2.0)
+    _online(lc, "a1", "a2")
+    task = _of(PublishTask, _opened(lc))[0].task
+    assert (task.dp_clip_norm, task.dp_noise_multiplier) == (1.0, 2.0)
+    _send(lc, "a1", 1.0)
+    _send(lc, "a2", 1.0)
+    [build] = _of(BuildModel, lc.tick(T0 + 1))
+    dp = build.metadata["dp"]
+    assert (dp["rounds"], dp["noise_multiplier"], dp["clip_norm"]) == (1, 2.0, 1.0)
+    assert dp["epsilon"] == pytest.approx(lc.privacy.epsilon_of("a1")) and dp["epsilon"] > 0
+    assert lc.privacy.worst()[1] == 1  # each plant sent one update
+
+
+def test_without_dp_nothing_is_accounted() -> None:
+    lc = _lifecycle()
+    _online(lc, "a1", "a2")
+    task = _of(PublishTask, _opened(lc))[0].task
+    assert task.dp_clip_norm is None and task.dp_noise_multiplier is None
+    _send(lc, "a1", 1.0)
+    _send(lc, "a2", 1.0)
+    [build] = _of(BuildModel, lc.tick(T0 + 1))
+    assert "dp" not in build.metadata and lc.privacy.spent == {}
