@@ -232,7 +232,7 @@ def run_experiment(args: argparse.Namespace) -> int:
     try:  # every experiment trains: an inference-only install has none
         import torch  # noqa: F401
     except ImportError as exc:
-        args.missing = f"needs the training extra (pip install .[train]): {exc}"
+        args.missing = f"needs the agent extra (pip install .[agent]): {exc}"
     if getattr(args, "missing", None):
         print(f"alchimia experiment: {args.missing}", file=sys.stderr)
         return 2

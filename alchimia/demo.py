@@ -6,6 +6,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 from rich.console import Console
@@ -17,7 +18,8 @@ from alchimia.monitor import Monitor
 from broker.embedded import EmbeddedBroker
 from models.onnx_runtime import OnnxPredictor
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "deploy" / "examples"
+# deploy/examples in a checkout, alchimia/deploy/examples (package data) in an install.
+EXAMPLES = Path(str(files("alchimia.deploy") / "examples"))
 
 # Targets shown per plant in the round table (the model predicts all of models.schema.TARGETS).
 SHOWN = (("energy_kwh_t", "kWh/t", "{:6.1f}"), ("cu_pct", "Cu%", "{:6.4f}"))
