@@ -20,12 +20,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from agent.ingest.pipeline import StorePipeline
-from agent.ingest.sources import HeatSource
-from agent.store import InfluxStore
+from alchimia.agent.ingest.pipeline import StorePipeline
+from alchimia.agent.ingest.sources import HeatSource
+from alchimia.agent.store import InfluxStore
 
 if TYPE_CHECKING:
-    from agent.service import Agent
+    from alchimia.agent.service import Agent
 
 
 @dataclass(frozen=True)

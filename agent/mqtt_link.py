@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 
 import paho.mqtt.client as mqtt
 
-from broker.rejections import RejectionLog
-from broker.settings import NodeSettings
+from alchimia.broker.rejections import RejectionLog
+from alchimia.broker.settings import NodeSettings
 
 log = logging.getLogger("alchimia.agent.mqtt")
 REQUEST_QUEUE = 256  # requests waiting to be answered; more are dropped (and counted)

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from models.schema import FEATURES, TARGETS
+from alchimia.models.schema import FEATURES, TARGETS
 
 #: Sensor sample fields, in the order the simulator and CSV exports list them.
 SIGNAL_FIELDS: tuple[str, ...] = (

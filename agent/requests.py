@@ -33,9 +33,9 @@ from typing import Any, Protocol
 import msgpack
 import numpy as np
 
-from broker.limits import DecodeError, Limits
-from broker.rejections import RejectionLog
-from broker.schemas import (
+from alchimia.broker.limits import DecodeError, Limits
+from alchimia.broker.rejections import RejectionLog
+from alchimia.broker.schemas import (
     Envelope,
     ErrorInfo,
     HeatPrediction,
@@ -50,10 +50,10 @@ from broker.schemas import (
     message,
     validate,
 )
-from broker.topics import ID_PATTERN, Topics
-from models.calibration import Calibration
-from models.power_on import TARGET as POWER_ON
-from models.power_on import PowerOnEstimate
+from alchimia.broker.topics import ID_PATTERN, Topics
+from alchimia.models.calibration import Calibration
+from alchimia.models.power_on import TARGET as POWER_ON
+from alchimia.models.power_on import PowerOnEstimate
 
 log = logging.getLogger("alchimia.agent.requests")
 
@@ -359,7 +359,7 @@ def answer_optimize(req: OptimizeRequestBody, state: ServingState | None,
     (``models.charge``, docs/DECISIONS.md); an order that cannot be met is an answer too."""
     if state is None:
         raise RequestError("no_model", "this agent serves no model yet")
-    from models.charge import InfeasibleCalibration, optimize_request
+    from alchimia.models.charge import InfeasibleCalibration, optimize_request
 
     data: dict[str, Any] = {"order": req.order, "stock": req.stock, "joint": req.joint}
     if req.risk is not None:

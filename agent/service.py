@@ -20,28 +20,28 @@ from typing import Literal, TypeVar
 import numpy as np
 import torch
 
-from agent.ingest.pipeline import StorePipeline
-from agent.ingest.sources import HeatSource
-from agent.learn.calibrating import SiteCalibrator
-from agent.learn.champion import Verdict, judge
-from agent.learn.compression import UpdateCompressor
-from agent.learn.dataset import HeatTable
-from agent.learn.evaluation import mae_by_target
-from agent.learn.outcomes import drift_point, prediction_points
-from agent.learn.privacy import UpdatePrivatizer
-from agent.learn.serving import ServingFiles
-from agent.learn.site_learning import DriftEvent, SiteLearner, SitePolicy
-from agent.learn.trainer import TrainConfig, train_delta
-from agent.metrics import AgentCollector
-from agent.mqtt_link import MqttLink
-from agent.records import Heat
-from agent.requests import SERVICES, RequestLimits, Responder, Service, ServingState
-from agent.settings import AgentSettings
-from agent.store import Point
-from broker.codec import DecodeError, Limits
-from broker.metrics_http import serve_metrics
-from broker.rejections import RejectionLog
-from broker.schemas import (
+from alchimia.agent.ingest.pipeline import StorePipeline
+from alchimia.agent.ingest.sources import HeatSource
+from alchimia.agent.learn.calibrating import SiteCalibrator
+from alchimia.agent.learn.champion import Verdict, judge
+from alchimia.agent.learn.compression import UpdateCompressor
+from alchimia.agent.learn.dataset import HeatTable
+from alchimia.agent.learn.evaluation import mae_by_target
+from alchimia.agent.learn.outcomes import drift_point, prediction_points
+from alchimia.agent.learn.privacy import UpdatePrivatizer
+from alchimia.agent.learn.serving import ServingFiles
+from alchimia.agent.learn.site_learning import DriftEvent, SiteLearner, SitePolicy
+from alchimia.agent.learn.trainer import TrainConfig, train_delta
+from alchimia.agent.metrics import AgentCollector
+from alchimia.agent.mqtt_link import MqttLink
+from alchimia.agent.records import Heat
+from alchimia.agent.requests import SERVICES, RequestLimits, Responder, Service, ServingState
+from alchimia.agent.settings import AgentSettings
+from alchimia.agent.store import Point
+from alchimia.broker.codec import DecodeError, Limits
+from alchimia.broker.metrics_http import serve_metrics
+from alchimia.broker.rejections import RejectionLog
+from alchimia.broker.schemas import (
     Envelope,
     MetricsBody,
     ModelBody,
@@ -54,14 +54,14 @@ from broker.schemas import (
     decode,
     message,
 )
-from broker.signing import SignatureError, load_public_key, verify_model, verify_task
-from broker.topics import Topics
-from models.onnx_build import build_onnx
-from models.onnx_runtime import OnnxPredictor
-from models.params import Weights
-from models.power_on import TARGET as POWER_ON
-from models.power_on import PowerOnEstimate
-from models.spec import ModelSpec
+from alchimia.broker.signing import SignatureError, load_public_key, verify_model, verify_task
+from alchimia.broker.topics import Topics
+from alchimia.models.onnx_build import build_onnx
+from alchimia.models.onnx_runtime import OnnxPredictor
+from alchimia.models.params import Weights
+from alchimia.models.power_on import TARGET as POWER_ON
+from alchimia.models.power_on import PowerOnEstimate
+from alchimia.models.spec import ModelSpec
 
 log = logging.getLogger("alchimia.agent")
 SOFTWARE = "alchimia-agent/0.1"

@@ -7,13 +7,13 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from agent.learn.calibrating import min_heats
-from agent.requests import DEFAULT_MAX_BYTES, DEFAULT_MAX_HEATS
-from agent.store.buffered import DEFAULT_FLUSH_INTERVAL_S
-from agent.store.spool import DEFAULT_FSYNC_INTERVAL_S
-from broker.settings import ServiceSettings
-from broker.topics import check_id
-from models.calibration import DEFAULT_LEVEL, DEFAULT_WINDOW
+from alchimia.agent.learn.calibrating import min_heats
+from alchimia.agent.requests import DEFAULT_MAX_BYTES, DEFAULT_MAX_HEATS
+from alchimia.agent.store.buffered import DEFAULT_FLUSH_INTERVAL_S
+from alchimia.agent.store.spool import DEFAULT_FSYNC_INTERVAL_S
+from alchimia.broker.settings import ServiceSettings
+from alchimia.broker.topics import check_id
+from alchimia.models.calibration import DEFAULT_LEVEL, DEFAULT_WINDOW
 
 
 class AgentSettings(ServiceSettings):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from models.characterise import Characterisation
+    from alchimia.models.characterise import Characterisation
 
 
 def plot(char: Characterisation, out_png: Path) -> Path:
@@ -22,7 +22,7 @@ def plot(char: Characterisation, out_png: Path) -> Path:
     own estimate as a cross where it differs); grades absent from the heats in grey, their
     interval is the prior's. Needs matplotlib (the ``train`` extra)."""
     from alchimia import figures
-    from models.characterise import PROPERTIES, PROPERTY_LABELS
+    from alchimia.models.characterise import PROPERTIES, PROPERTY_LABELS
 
     fig, axes = figures.subplots(2, 4, figsize=(16, 7))
     pos = np.arange(len(char.grades))
@@ -85,7 +85,7 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.characterise import PROPERTY_LABELS, characterise_path
+    from alchimia.models.characterise import PROPERTY_LABELS, characterise_path
 
     char = characterise_path(args.model, args.heats, args.scope, args.level)
     version = "" if char.version is None else f", model version {char.version}"

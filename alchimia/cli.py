@@ -80,7 +80,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        "it)")
     _logging_options(coord, "INFO")
     if command in (None, "coordinator"):  # the settings import numpy and pydantic models
-        from coordinator.settings import CoordinatorSettings
+        from alchimia.coordinator.settings import CoordinatorSettings
 
         add_settings_arguments(coord, CoordinatorSettings)
     actions = coord.add_subparsers(dest="action", metavar="{rollback,pause,resume,stop}")
@@ -100,7 +100,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                        "it)")
     _logging_options(agent, "INFO")
     if command in (None, "agent"):
-        from agent.settings import AgentSettings
+        from alchimia.agent.settings import AgentSettings
 
         add_settings_arguments(agent, AgentSettings)
     experiment = sub.add_parser("experiment", help="offline experiments on simulated plants")
@@ -161,15 +161,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                "certificates, passwords, ACLs and mosquitto config")
     _logging_options(provision, "INFO")
     if command in (None, "provision"):
-        from deploy.provision import add_arguments as add_provision_arguments
+        from alchimia.deploy.provision import add_arguments as add_provision_arguments
 
         add_provision_arguments(provision)
     return parser
 
 
 def run_coordinator(args: argparse.Namespace) -> int:
-    from coordinator.service import Coordinator
-    from coordinator.settings import CoordinatorSettings
+    from alchimia.coordinator.service import Coordinator
+    from alchimia.coordinator.settings import CoordinatorSettings
 
     if args.action is not None:
         return run_admin(args)
@@ -192,9 +192,9 @@ def run_coordinator(args: argparse.Namespace) -> int:
 
 def run_admin(args: argparse.Namespace) -> int:
     """``alchimia coordinator rollback|pause|resume|stop``: one command over the bus."""
-    from broker.schemas import AdminBody
-    from coordinator.admin import send_admin
-    from coordinator.settings import CoordinatorSettings
+    from alchimia.broker.schemas import AdminBody
+    from alchimia.coordinator.admin import send_admin
+    from alchimia.coordinator.settings import CoordinatorSettings
 
     settings = CoordinatorSettings.load(args.config, **settings_given(args, CoordinatorSettings))
     command = AdminBody(action=args.action, version=getattr(args, "version", None))
@@ -216,9 +216,9 @@ def run_versions(args: argparse.Namespace) -> int:
 
 
 def run_agent(args: argparse.Namespace) -> int:
-    from agent.ingest.sources import build_heat_source
-    from agent.service import Agent
-    from agent.settings import AgentSettings
+    from alchimia.agent.ingest.sources import build_heat_source
+    from alchimia.agent.service import Agent
+    from alchimia.agent.settings import AgentSettings
 
     s = AgentSettings.load(args.config, **settings_given(args, AgentSettings))
     stop = threading.Event()
@@ -274,7 +274,7 @@ def run_characterise(args: argparse.Namespace) -> int:
 
 
 def run_provision(args: argparse.Namespace) -> int:
-    from deploy.provision import run
+    from alchimia.deploy.provision import run
 
     return run(args)
 

@@ -26,9 +26,9 @@ import paho.mqtt.client as mqtt
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from broker.limits import DecodeError, Limits
-from broker.rejections import RejectionLog
-from broker.schemas import (
+from alchimia.broker.limits import DecodeError, Limits
+from alchimia.broker.rejections import RejectionLog
+from alchimia.broker.schemas import (
     InferRequestBody,
     InferResponseBody,
     OptimizeRequestBody,
@@ -40,9 +40,9 @@ from broker.schemas import (
     decode,
     message,
 )
-from broker.settings import NodeSettings
-from broker.topics import Topics, check_id
-from models.schema import GRADES
+from alchimia.broker.settings import NodeSettings
+from alchimia.broker.topics import Topics, check_id
+from alchimia.models.schema import GRADES
 
 log = logging.getLogger("alchimia.consumer")
 RESPONSE_LIMITS = Limits(max_message_bytes=64 * 1024 * 1024)

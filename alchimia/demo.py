@@ -12,11 +12,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agent.sim import SimulatedPlant, default_plants
+from alchimia.agent.sim import SimulatedPlant, default_plants
+from alchimia.broker.embedded import EmbeddedBroker
 from alchimia.local import LocalFederation
+from alchimia.models.onnx_runtime import OnnxPredictor
 from alchimia.monitor import Monitor
-from broker.embedded import EmbeddedBroker
-from models.onnx_runtime import OnnxPredictor
 
 # deploy/examples in a checkout, alchimia/deploy/examples (package data) in an install.
 EXAMPLES = Path(str(files("alchimia.deploy") / "examples"))
@@ -106,9 +106,9 @@ def run_demo(*, broker: str | None = None, agents: int = 3, rounds: int = 5,
 def _next_charge(console: Console, serving_dir: Path, result: DemoResult) -> None:
     """Decision support on what plant-1 serves: the cheapest charge for the example order
     (what ``alchimia optimize --model SERVING_DIR`` prints)."""
+    from alchimia.models.charge import load_order, load_stock, optimize
+    from alchimia.models.served import load_served
     from alchimia.optimize import print_plan
-    from models.charge import load_order, load_stock, optimize
-    from models.served import load_served
 
     order, stock = EXAMPLES / "order.toml", EXAMPLES / "stock.toml"
     console.print(f"\nplant-1's next charge for {order} from {stock}, chemistry held with "

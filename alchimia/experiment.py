@@ -40,16 +40,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agent.learn.continual import Prequential
-from agent.learn.site_learning import SiteLearner, SitePolicy
-from agent.learn.trainer import TrainConfig, TrainResult, train_delta
-from agent.sim import SimulatedPlant, default_plants, parse_drift
 from alchimia import figures
-from coordinator.strategies import make_strategy
-from models.params import Weights, add, get_weights, set_weights
-from models.regressor import HeatModel, build_model
-from models.schema import FEATURES, TARGETS
-from models.spec import ModelSpec
+from alchimia.agent.learn.continual import Prequential
+from alchimia.agent.learn.site_learning import SiteLearner, SitePolicy
+from alchimia.agent.learn.trainer import TrainConfig, TrainResult, train_delta
+from alchimia.agent.sim import SimulatedPlant, default_plants, parse_drift
+from alchimia.coordinator.strategies import make_strategy
+from alchimia.models.params import Weights, add, get_weights, set_weights
+from alchimia.models.regressor import HeatModel, build_model
+from alchimia.models.schema import FEATURES, TARGETS
+from alchimia.models.spec import ModelSpec
 
 ARMS = ("local", "static", "fedavg", "continual")
 ABLATIONS = ("no_detector", "no_refit", "no_site")

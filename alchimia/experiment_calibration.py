@@ -29,16 +29,16 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from agent.learn.calibrating import MIN_RESET_HEATS, SiteCalibrator
-from agent.learn.site_learning import SiteLearner, SitePolicy
-from agent.learn.trainer import TrainConfig, TrainResult, train_delta
-from agent.sim import SimulatedPlant, default_plants, parse_drift
-from coordinator.strategies import make_strategy
-from models.calibration import DEFAULT_LEVEL, DEFAULT_WINDOW
-from models.params import Weights, get_weights, set_weights
-from models.regressor import HeatModel, build_model
-from models.schema import FEATURES, TARGETS
-from models.spec import ModelSpec
+from alchimia.agent.learn.calibrating import MIN_RESET_HEATS, SiteCalibrator
+from alchimia.agent.learn.site_learning import SiteLearner, SitePolicy
+from alchimia.agent.learn.trainer import TrainConfig, TrainResult, train_delta
+from alchimia.agent.sim import SimulatedPlant, default_plants, parse_drift
+from alchimia.coordinator.strategies import make_strategy
+from alchimia.models.calibration import DEFAULT_LEVEL, DEFAULT_WINDOW
+from alchimia.models.params import Weights, get_weights, set_weights
+from alchimia.models.regressor import HeatModel, build_model
+from alchimia.models.schema import FEATURES, TARGETS
+from alchimia.models.spec import ModelSpec
 
 SPEC = ModelSpec(architecture="eaf-hybrid-v1")
 PHASES = ("before", "transient", "after")

@@ -36,10 +36,10 @@ from typing import cast
 import numpy as np
 import torch
 
-from agent.sim import default_plants
-from agent.sim import grades as sg
-from agent.sim.plant import POWER_FACTOR, UTILISATION, PlantProfile, _energy_kwh_t
 from alchimia import figures
+from alchimia.agent.sim import default_plants
+from alchimia.agent.sim import grades as sg
+from alchimia.agent.sim.plant import POWER_FACTOR, UTILISATION, PlantProfile, _energy_kwh_t
 from alchimia.experiment_federation import (
     DEFAULT_SIZES,
     FederationConfig,
@@ -47,8 +47,8 @@ from alchimia.experiment_federation import (
     federate,
     simulate,
 )
-from models import hybrid_layout as hl
-from models.characterise import (
+from alchimia.models import hybrid_layout as hl
+from alchimia.models.characterise import (
     DEFAULT_LEVEL,
     ELEMENTS,
     SUBSTITUTION_T,
@@ -57,10 +57,10 @@ from models.characterise import (
     characterise,
     substituted,
 )
-from models.onnx_build import build_onnx
-from models.power_on import PowerOnEstimate
-from models.schema import FEATURES, GRADES
-from models.spec import ModelSpec
+from alchimia.models.onnx_build import build_onnx
+from alchimia.models.power_on import PowerOnEstimate
+from alchimia.models.schema import FEATURES, GRADES
+from alchimia.models.spec import ModelSpec
 
 SPEC = ModelSpec(architecture="eaf-hybrid-v1")
 _COL = {f: i for i, f in enumerate(FEATURES)}

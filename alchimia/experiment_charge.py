@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from agent.sim import grades as g
-from agent.sim.plant import LIME_PER_GANGUE, PlantProfile, SimulatedPlant
-from models.charge.inputs import GradeStock, Order, ProcessPlan, Stock, Window
-from models.schema import FEATURES, GRADES, TARGETS
+from alchimia.agent.sim import grades as g
+from alchimia.agent.sim.plant import LIME_PER_GANGUE, PlantProfile, SimulatedPlant
+from alchimia.models.charge.inputs import GradeStock, Order, ProcessPlan, Stock, Window
+from alchimia.models.schema import FEATURES, GRADES, TARGETS
 
 ARMS = ("practice", "optimised", "plain", "mean")
 ARM_LABELS = {"practice": "(a) practice mix", "optimised": "(b) optimiser",
@@ -219,14 +219,14 @@ def _practice_plan(profile: PlantProfile, mix: np.ndarray) -> tuple[ProcessPlan,
 def _build_sites(cfg: ChargeConfig, workdir: Path, notes: list[str]) -> list[Site]:
     import torch
 
-    from agent.learn.serving import ServingFiles
-    from agent.sim import default_plants
+    from alchimia.agent.learn.serving import ServingFiles
+    from alchimia.agent.sim import default_plants
     from alchimia.experiment_federation import FederationConfig, federate, simulate
-    from models.calibration import Calibration
-    from models.onnx_build import build_onnx
-    from models.power_on import PowerOnEstimate
-    from models.served import load_served
-    from models.spec import ModelSpec
+    from alchimia.models.calibration import Calibration
+    from alchimia.models.onnx_build import build_onnx
+    from alchimia.models.power_on import PowerOnEstimate
+    from alchimia.models.served import load_served
+    from alchimia.models.spec import ModelSpec
 
     fcfg = FederationConfig(sizes=cfg.sizes, seed=cfg.seed, rounds=cfg.rounds)
     data = simulate(fcfg)
@@ -350,7 +350,7 @@ def _score(site: Site, family: str, arm: str, order: Order, stock: Stock,
 
 def run_charge_experiment(cfg: ChargeConfig, out_png: Path | None = None,
                           workdir: Path | None = None) -> ChargeResult:
-    from models.charge.optimizer import optimize
+    from alchimia.models.charge.optimizer import optimize
 
     started = time.perf_counter()
     unknown = set(cfg.arms) - set(ARMS)

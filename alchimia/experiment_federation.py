@@ -32,18 +32,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agent.learn.compression import UpdateCompressor
-from agent.learn.trainer import TrainConfig, train_delta
-from agent.sim import SimulatedPlant, default_plants
 from alchimia import figures
+from alchimia.agent.learn.compression import UpdateCompressor
+from alchimia.agent.learn.trainer import TrainConfig, train_delta
+from alchimia.agent.sim import SimulatedPlant, default_plants
+from alchimia.broker.compression import CODECS, DEFAULT_TOPK_FRACTION
+from alchimia.broker.schemas import UpdateBody, decode, message
+from alchimia.coordinator.strategies import make_strategy
+from alchimia.models.params import Weights, add, compose, get_weights
+from alchimia.models.regressor import HeatModel, build_model
+from alchimia.models.schema import FEATURES, TARGETS
+from alchimia.models.spec import ModelSpec
 from alchimia.settings_cli import name_value
-from broker.compression import CODECS, DEFAULT_TOPK_FRACTION
-from broker.schemas import UpdateBody, decode, message
-from coordinator.strategies import make_strategy
-from models.params import Weights, add, compose, get_weights
-from models.regressor import HeatModel, build_model
-from models.schema import FEATURES, TARGETS
-from models.spec import ModelSpec
 
 ARMS = ("local_mlp", "local_ridge", "pooled_mlp", "pooled_hybrid", "fedavg_mlp", "fed_hybrid")
 FEDERATED = ("fedavg_mlp", "fed_hybrid")  # the arms that send updates

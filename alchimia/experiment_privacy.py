@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from agent.learn.privacy import l2_norm, privatize
+from alchimia.agent.learn.privacy import l2_norm, privatize
+from alchimia.coordinator.privacy import PrivacyLedger, noise_for_epsilon
 from alchimia.experiment_federation import (
     SHOWN,
     Channel,
@@ -30,9 +31,8 @@ from alchimia.experiment_federation import (
     federate,
     simulate,
 )
-from coordinator.privacy import PrivacyLedger, noise_for_epsilon
-from models.params import Weights
-from models.spec import ModelSpec
+from alchimia.models.params import Weights
+from alchimia.models.spec import ModelSpec
 
 
 @dataclass

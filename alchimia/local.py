@@ -12,11 +12,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from agent.ingest.sources import build_heat_source
-from agent.service import Agent
-from agent.settings import AgentSettings
-from coordinator.service import Coordinator
-from coordinator.settings import CoordinatorSettings
+from alchimia.agent.ingest.sources import build_heat_source
+from alchimia.agent.service import Agent
+from alchimia.agent.settings import AgentSettings
+from alchimia.coordinator.service import Coordinator
+from alchimia.coordinator.settings import CoordinatorSettings
 
 
 class CoordinatorThread:

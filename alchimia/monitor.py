@@ -12,10 +12,10 @@ from collections import defaultdict
 
 import paho.mqtt.client as mqtt
 
-from broker.codec import DecodeError
-from broker.schemas import MetricsBody, ModelBody, body_of, decode
-from broker.settings import parse_broker_url
-from broker.topics import Topics
+from alchimia.broker.codec import DecodeError
+from alchimia.broker.schemas import MetricsBody, ModelBody, body_of, decode
+from alchimia.broker.settings import parse_broker_url
+from alchimia.broker.topics import Topics
 
 log = logging.getLogger("alchimia.monitor")
 

@@ -82,7 +82,7 @@ def print_plan(plan: dict[str, Any], out: IO[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.charge import load_order, load_stock, optimize
+    from alchimia.models.charge import load_order, load_stock, optimize
 
     order, stock = load_order(args.order), load_stock(args.stock)
     if args.agent_id is not None:
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         if plan is None:
             return 1
     else:
-        from models.served import load_served
+        from alchimia.models.served import load_served
 
         plan = optimize(order, stock, load_served(args.model), args.risk).to_dict()
     if args.json:

@@ -129,8 +129,8 @@ def readme_with_tables(text: str, models: dict[str, type[BaseSettings]]) -> str:
 
 def main() -> None:
     """Rewrite the README's settings tables from the models."""
-    from agent.settings import AgentSettings
-    from coordinator.settings import CoordinatorSettings
+    from alchimia.agent.settings import AgentSettings
+    from alchimia.coordinator.settings import CoordinatorSettings
 
     readme = Path(__file__).resolve().parents[1] / "README.md"
     readme.write_text(readme_with_tables(

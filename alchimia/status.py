@@ -30,8 +30,8 @@ from pydantic_settings import SettingsConfigDict
 from rich.console import Console
 from rich.table import Table
 
-from broker.codec import DecodeError
-from broker.schemas import (
+from alchimia.broker.codec import DecodeError
+from alchimia.broker.schemas import (
     Body,
     Envelope,
     MetricsBody,
@@ -41,8 +41,8 @@ from broker.schemas import (
     body_of,
     decode,
 )
-from broker.settings import NodeSettings
-from broker.topics import Topics
+from alchimia.broker.settings import NodeSettings
+from alchimia.broker.topics import Topics
 
 # The targets the table shows (the demo's two), with their units; --json has every one.
 TABLE_TARGETS = {"energy_kwh_t": "kWh/t", "cu_pct": "Cu %"}

@@ -34,9 +34,9 @@ def version_rows(versions: list[tuple[int, int | None, float, dict]],
 
 
 def run(args: argparse.Namespace) -> int:
-    from broker.schemas import ModelBody, decode
-    from coordinator.persistence import CoordinatorDB
-    from coordinator.settings import CoordinatorSettings
+    from alchimia.broker.schemas import ModelBody, decode
+    from alchimia.coordinator.persistence import CoordinatorDB
+    from alchimia.coordinator.settings import CoordinatorSettings
 
     overrides = {"state_dir": args.state_dir} if args.state_dir else {}
     state_dir = CoordinatorSettings.load(args.config, **overrides).state_dir

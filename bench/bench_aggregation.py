@@ -53,9 +53,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from broker.schemas import UpdateBody, decode, message
-from coordinator.strategies import STRATEGIES, Strategy, kernels, make_strategy
-from coordinator.strategies.base import Weights
+from alchimia.broker.schemas import UpdateBody, decode, message
+from alchimia.coordinator.strategies import STRATEGIES, Strategy, kernels, make_strategy
+from alchimia.coordinator.strategies.base import Weights
 
 CLIP_SUFFIX = "+clip"
 FLOWER = "flower"

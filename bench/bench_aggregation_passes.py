@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from alchimia.broker.schemas import UpdateBody, decode
+from alchimia.coordinator.strategies import kernels
 from bench.bench_aggregation import dram_pool_size, layout, make_pool
-from broker.schemas import UpdateBody, decode
-from coordinator.strategies import kernels
 
 Delta = dict[str, np.ndarray]
 

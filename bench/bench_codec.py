@@ -30,11 +30,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.learn.compression import UpdateCompressor
-from broker.codec import Limits
-from broker.compression import CODECS, DEFAULT_TOPK_FRACTION
-from broker.schemas import UpdateBody, decode, message
-from models.spec import ModelSpec
+from alchimia.agent.learn.compression import UpdateCompressor
+from alchimia.broker.codec import Limits
+from alchimia.broker.compression import CODECS, DEFAULT_TOPK_FRACTION
+from alchimia.broker.schemas import UpdateBody, decode, message
+from alchimia.models.spec import ModelSpec
 
 MODELS = {
     "demo (eaf-hybrid-v1 shared part)": ModelSpec(architecture="eaf-hybrid-v1"),

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from broker.embedded import free_port
-from broker.mosquitto_conf import plain_config
-from broker.schemas import ModelBody, StatusBody, TaskBody, UpdateBody, decode, message
-from broker.topics import Topics
+from alchimia.broker.embedded import free_port
+from alchimia.broker.mosquitto_conf import plain_config
+from alchimia.broker.schemas import ModelBody, StatusBody, TaskBody, UpdateBody, decode, message
+from alchimia.broker.topics import Topics
 
 FED = "ingest"
 

@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from alchimia.broker.embedded import EmbeddedBroker
+from alchimia.broker.schemas import UpdateBody, decode, message
+from alchimia.coordinator.persistence import CoordinatorDB
+from alchimia.coordinator.publishing import initial_weights, model_message
+from alchimia.coordinator.settings import CoordinatorSettings
+from alchimia.coordinator.strategies import make_strategy
 from alchimia.demo import run_demo
 from alchimia.local import CoordinatorThread
+from alchimia.models.spec import ModelSpec
 from alchimia.monitor import Monitor
-from broker.embedded import EmbeddedBroker
-from broker.schemas import UpdateBody, decode, message
-from coordinator.persistence import CoordinatorDB
-from coordinator.publishing import initial_weights, model_message
-from coordinator.settings import CoordinatorSettings
-from coordinator.strategies import make_strategy
-from models.spec import ModelSpec
 
 
 def message_sizes(spec: ModelSpec) -> tuple[bytes, bytes]:

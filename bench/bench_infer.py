@@ -35,13 +35,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures
 
-from agent.requests import INFER, Responder
-from agent.settings import AgentSettings
+from alchimia.agent.requests import INFER, Responder
+from alchimia.agent.settings import AgentSettings
+from alchimia.broker.schemas import InferRequestBody, PlannedHeat, message
 from alchimia.consumer import Consumer, ConsumerSettings
+from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.local import AgentThread
-from broker.schemas import InferRequestBody, PlannedHeat, message
-from coordinator.publishing import initial_weights, model_message
-from models.spec import ModelSpec
+from alchimia.models.spec import ModelSpec
 from tests.fixtures.mosquitto import Mosquitto
 from tests.integration.helpers import RawClient, wait_for
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures
 
-from agent.ingest.simulated import simulated_pipeline
-from agent.store import InfluxStore, SQLiteStore
+from alchimia.agent.ingest.simulated import simulated_pipeline
+from alchimia.agent.store import InfluxStore, SQLiteStore
 from tests.fixtures.influxd import start_influxd
 
 

@@ -26,14 +26,14 @@ from pathlib import Path
 
 import msgpack
 
-from agent.ingest.sources import build_heat_source
-from agent.service import Agent
-from agent.settings import AgentSettings
+from alchimia.agent.ingest.sources import build_heat_source
+from alchimia.agent.service import Agent
+from alchimia.agent.settings import AgentSettings
+from alchimia.broker.rejections import RejectionLog
+from alchimia.broker.schemas import StatusBody, TaskBody, message
+from alchimia.coordinator.service import Coordinator
+from alchimia.coordinator.settings import CoordinatorSettings
 from alchimia.logs import TEXT_FORMAT
-from broker.rejections import RejectionLog
-from broker.schemas import StatusBody, TaskBody, message
-from coordinator.service import Coordinator
-from coordinator.settings import CoordinatorSettings
 
 HOSTILE_VALUES = [-1, 2**63 - 1, 1e308, "x" * 300, [], {}, None, b"\x00", "a\nERROR forged"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from agent.sim import SimulatedPlant, default_plants
+from alchimia.agent.sim import SimulatedPlant, default_plants
 
 
 def main(argv: list[str] | None = None) -> None:

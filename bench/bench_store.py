@@ -49,11 +49,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures
 
-from agent.store import InfluxStore, Point, SQLiteStore, Store
-from agent.store.buffered import DEFAULT_FLUSH_INTERVAL_S
-from agent.store.influx import InfluxHTTP, gzip_body
-from agent.store.points import LineEncoder
-from agent.store.spool import DEFAULT_FSYNC_INTERVAL_S, Spool
+from alchimia.agent.store import InfluxStore, Point, SQLiteStore, Store
+from alchimia.agent.store.buffered import DEFAULT_FLUSH_INTERVAL_S
+from alchimia.agent.store.influx import InfluxHTTP, gzip_body
+from alchimia.agent.store.points import LineEncoder
+from alchimia.agent.store.spool import DEFAULT_FSYNC_INTERVAL_S, Spool
 from tests.fixtures.influxd import start_influxd
 
 T0 = 1_700_000_000_000_000_000

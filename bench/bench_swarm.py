@@ -45,12 +45,12 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from alchimia.broker.codec import Encoded
+from alchimia.broker.embedded import free_port
+from alchimia.broker.mosquitto_conf import broker_sizing, plain_config
+from alchimia.broker.schemas import ModelBody, StatusBody, TaskBody, UpdateBody, decode, message
+from alchimia.broker.topics import Topics
 from bench.swarm_mqtt import PUBACK, PUBLISH, Connection, parse_publish
-from broker.codec import Encoded
-from broker.embedded import free_port
-from broker.mosquitto_conf import broker_sizing, plain_config
-from broker.schemas import ModelBody, StatusBody, TaskBody, UpdateBody, decode, message
-from broker.topics import Topics
 
 FED = "swarm"
 NUM_SAMPLES = 10

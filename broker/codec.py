@@ -17,11 +17,11 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from broker.compression import CODEC_DTYPES, CODECS, EXTRA_KEYS, decompress
-from broker.limits import DEFAULT_LIMITS as DEFAULT_LIMITS  # re-exported ("X as X")
-from broker.limits import DecodeError as DecodeError
-from broker.limits import Limits as Limits
-from broker.unpacker import unpack_views
+from alchimia.broker.compression import CODEC_DTYPES, CODECS, EXTRA_KEYS, decompress
+from alchimia.broker.limits import DEFAULT_LIMITS as DEFAULT_LIMITS  # re-exported ("X as X")
+from alchimia.broker.limits import DecodeError as DecodeError
+from alchimia.broker.limits import Limits as Limits
+from alchimia.broker.unpacker import unpack_views
 
 # Wire dtype names -> numpy dtypes. Explicitly little-endian: the wire never depends on
 # the host's byte order.

@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from broker.limits import DecodeError
+from alchimia.broker.limits import DecodeError
 
 Codec = Literal["raw", "fp16", "int8", "sign", "topk", "topk_int8"]
 CODECS: tuple[str, ...] = get_args(Codec)

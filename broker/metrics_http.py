@@ -11,7 +11,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.registry import Collector
 
-from broker.settings import ServiceSettings
+from alchimia.broker.settings import ServiceSettings
 
 
 class MetricsServer:

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.topics import SERVICES, Topics, check_id
+from alchimia.broker.topics import SERVICES, Topics, check_id
 
 # Largest message a plain (test, demo) broker accepts: far above any model message, while
 # stopping floods of huge payloads. Provisioned brokers are sized instead (broker_sizing).

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from broker.codec import (
+from alchimia.broker.codec import (
     DEFAULT_LIMITS,
     DELTAS,
     WEIGHTS,
@@ -37,10 +37,10 @@ from broker.codec import (
     decode_tensors,
     encode_tensors,
 )
-from broker.codec import pack as _pack
-from broker.codec import unpack as _unpack
-from broker.compression import DEFAULT_TOPK_FRACTION, Codec
-from broker.topics import ID_PATTERN
+from alchimia.broker.codec import pack as _pack
+from alchimia.broker.codec import unpack as _unpack
+from alchimia.broker.compression import DEFAULT_TOPK_FRACTION, Codec
+from alchimia.broker.topics import ID_PATTERN
 
 PROTOCOL_VERSION: Final = 1
 

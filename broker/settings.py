@@ -21,8 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from broker.tls import CONNACK_CODES, client_tls_context, explain_tls_error, tls_probe
-from broker.topics import check_id
+from alchimia.broker.tls import CONNACK_CODES, client_tls_context, explain_tls_error, tls_probe
+from alchimia.broker.topics import check_id
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 

@@ -18,8 +18,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from broker.codec import encode_tensor
-from broker.schemas import ModelBody, TaskBody
+from alchimia.broker.codec import encode_tensor
+from alchimia.broker.schemas import ModelBody, TaskBody
 
 DOMAIN = b"alchimia/v1/model\x00"
 

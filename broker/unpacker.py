@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from broker.limits import DecodeError, Limits
+from alchimia.broker.limits import DecodeError, Limits
 
 _U8 = struct.Struct(">B").unpack_from
 _U16 = struct.Struct(">H").unpack_from

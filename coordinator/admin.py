@@ -8,10 +8,10 @@ import uuid
 
 import aiomqtt
 
-from broker.codec import DecodeError
-from broker.schemas import AdminBody, Body, ModelBody, StatusBody, decode, message
-from broker.settings import NodeSettings
-from broker.topics import Topics
+from alchimia.broker.codec import DecodeError
+from alchimia.broker.schemas import AdminBody, Body, ModelBody, StatusBody, decode, message
+from alchimia.broker.settings import NodeSettings
+from alchimia.broker.topics import Topics
 
 # What the coordinator's status says once each command took effect.
 _ACTIVITY = {"pause": "paused", "resume": "running", "stop": "stopping"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from coordinator.rounds import Accepted, Refusal, RoundState
+from alchimia.coordinator.rounds import Accepted, Refusal, RoundState
 
 
 @dataclass

@@ -13,7 +13,7 @@ import asyncio
 
 import paho.mqtt.client as mqtt
 
-from coordinator.persistence import CoordinatorDB
+from alchimia.coordinator.persistence import CoordinatorDB
 
 # Group commit: accepted updates are made durable together, at most this long after the
 # first of them was handled, or this many at once.

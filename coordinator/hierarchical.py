@@ -42,9 +42,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coordinator.rounds import Refusal, SyncRound
-from coordinator.strategies.base import Accumulator, Weights, check_global
-from coordinator.strategies.fedavg import MeanAccumulator
+from alchimia.coordinator.rounds import Refusal, SyncRound
+from alchimia.coordinator.strategies.base import Accumulator, Weights, check_global
+from alchimia.coordinator.strategies.fedavg import MeanAccumulator
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from broker.schemas import (
+from alchimia.broker.schemas import (
     AdminBody,
     Envelope,
     MetricsBody,
@@ -34,17 +34,17 @@ from broker.schemas import (
     body_of,
     decode,
 )
-from coordinator.fedbuff import AsyncWindow
-from coordinator.metrics import CoordinatorStats
-from coordinator.privacy import PrivacyLedger
-from coordinator.registry import AgentInfo, Registry
-from coordinator.rounds import Refusal, RoundState, Selection, SyncRound, Window
-from coordinator.settings import CoordinatorSettings
-from coordinator.staleness import make_staleness
-from coordinator.strategies import Accumulator, Strategy, make_strategy
-from coordinator.strategy_state import pack_state, unpack_state
-from coordinator.trigger import RoundTrigger, ValidationProgress
-from models.params import Weights
+from alchimia.coordinator.fedbuff import AsyncWindow
+from alchimia.coordinator.metrics import CoordinatorStats
+from alchimia.coordinator.privacy import PrivacyLedger
+from alchimia.coordinator.registry import AgentInfo, Registry
+from alchimia.coordinator.rounds import Refusal, RoundState, Selection, SyncRound, Window
+from alchimia.coordinator.settings import CoordinatorSettings
+from alchimia.coordinator.staleness import make_staleness
+from alchimia.coordinator.strategies import Accumulator, Strategy, make_strategy
+from alchimia.coordinator.strategy_state import pack_state, unpack_state
+from alchimia.coordinator.trigger import RoundTrigger, ValidationProgress
+from alchimia.models.params import Weights
 
 log = logging.getLogger("alchimia.coordinator")
 # Agents left on an older version than ours are looked at this long after a version was

@@ -20,7 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from coordinator.service import Coordinator
+    from alchimia.coordinator.service import Coordinator
 
 ROUND_RESULTS = ("closed", "failed", "abandoned")
 # Seconds from a round's opening to its new version being published.

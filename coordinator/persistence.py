@@ -20,8 +20,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from broker.durable import atomic_write
-from coordinator.registry import AgentInfo
+from alchimia.broker.durable import atomic_write
+from alchimia.coordinator.registry import AgentInfo
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (

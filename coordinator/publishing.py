@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.schemas import ModelBody, message
-from broker.signing import sign_model
-from models.initial import initial_weights
-from models.onnx_build import build_onnx, check_runs
-from models.params import Weights
-from models.spec import ModelSpec
+from alchimia.broker.schemas import ModelBody, message
+from alchimia.broker.signing import sign_model
+from alchimia.models.initial import initial_weights
+from alchimia.models.onnx_build import build_onnx, check_runs
+from alchimia.models.params import Weights
+from alchimia.models.spec import ModelSpec
 
 __all__ = ["initial_weights", "model_message", "reference_inputs"]
 

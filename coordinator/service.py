@@ -23,10 +23,10 @@ from typing import ClassVar, Literal
 import aiomqtt
 import paho.mqtt.client as mqtt
 
-from broker.codec import DecodeError, Limits
-from broker.metrics_http import serve_metrics
-from broker.rejections import RejectionLog
-from broker.schemas import (
+from alchimia.broker.codec import DecodeError, Limits
+from alchimia.broker.metrics_http import serve_metrics
+from alchimia.broker.rejections import RejectionLog
+from alchimia.broker.schemas import (
     AdminBody,
     Body,
     MetricsBody,
@@ -38,10 +38,10 @@ from broker.schemas import (
     decode,
     message,
 )
-from broker.signing import load_private_key, sign_task
-from broker.topics import Topics
-from coordinator.group_commit import GroupCommit
-from coordinator.lifecycle import (
+from alchimia.broker.signing import load_private_key, sign_task
+from alchimia.broker.topics import Topics
+from alchimia.coordinator.group_commit import GroupCommit
+from alchimia.coordinator.lifecycle import (
     BuildModel,
     Checkpoint,
     Command,
@@ -65,20 +65,20 @@ from coordinator.lifecycle import (
     Wake,
     strategy_from,
 )
-from coordinator.metrics import CoordinatorCollector, CoordinatorStats
-from coordinator.persistence import CoordinatorDB
-from coordinator.privacy import PrivacyLedger
-from coordinator.publishing import initial_weights, model_message
-from coordinator.ratelimit import RateLimiter
-from coordinator.registry import Registry
-from coordinator.rounds import Window
-from coordinator.settings import CoordinatorSettings
-from coordinator.strategies import kernels
-from coordinator.strategy_state import unpack_state
-from coordinator.trigger import ValidationProgress
-from coordinator.web import serve_web
-from models.params import Weights
-from models.spec import ModelSpec
+from alchimia.coordinator.metrics import CoordinatorCollector, CoordinatorStats
+from alchimia.coordinator.persistence import CoordinatorDB
+from alchimia.coordinator.privacy import PrivacyLedger
+from alchimia.coordinator.publishing import initial_weights, model_message
+from alchimia.coordinator.ratelimit import RateLimiter
+from alchimia.coordinator.registry import Registry
+from alchimia.coordinator.rounds import Window
+from alchimia.coordinator.settings import CoordinatorSettings
+from alchimia.coordinator.strategies import kernels
+from alchimia.coordinator.strategy_state import unpack_state
+from alchimia.coordinator.trigger import ValidationProgress
+from alchimia.coordinator.web import serve_web
+from alchimia.models.params import Weights
+from alchimia.models.spec import ModelSpec
 
 log = logging.getLogger("alchimia.coordinator")
 SOFTWARE = "alchimia-coordinator/0.1"

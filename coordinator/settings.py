@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from broker.compression import DEFAULT_TOPK_FRACTION, Codec
-from broker.settings import ServiceSettings
-from broker.topics import check_id
-from models.spec import Architecture
+from alchimia.broker.compression import DEFAULT_TOPK_FRACTION, Codec
+from alchimia.broker.settings import ServiceSettings
+from alchimia.broker.topics import check_id
+from alchimia.models.spec import Architecture
 
 
 class CoordinatorSettings(ServiceSettings):

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from broker.codec import decode_tensor, encode_tensor, pack, unpack
+from alchimia.broker.codec import decode_tensor, encode_tensor, pack, unpack
 
 StateValue = np.ndarray | float | int
 

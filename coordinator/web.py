@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from broker.rejections import escape
-from coordinator.dashboard import (
+from alchimia.broker.rejections import escape
+from alchimia.coordinator.dashboard import (
     AgentRow,
     Dashboard,
     DriftRow,
@@ -40,8 +40,8 @@ from coordinator.dashboard import (
 )
 
 if TYPE_CHECKING:
-    from coordinator.service import Coordinator
-    from coordinator.settings import CoordinatorSettings
+    from alchimia.coordinator.service import Coordinator
+    from alchimia.coordinator.settings import CoordinatorSettings
 
 log = logging.getLogger("alchimia.coordinator.web")
 T = TypeVar("T")

@@ -13,13 +13,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from broker.mosquitto_conf import (
+from alchimia.broker.mosquitto_conf import (
     DEFAULT_MODEL_MESSAGE_BYTES,
     MAX_MESSAGE_SIZE_LIMIT,
     BrokerSizing,
     broker_sizing,
 )
-from broker.topics import check_id
+from alchimia.broker.topics import check_id
 
 Role = Literal["coordinator", "admin", "agent", "consumer", "bridge"]
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")

@@ -21,16 +21,16 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.mosquitto_conf import acl_text, bridge_config, secure_config
-from deploy import pki
-from deploy.federation import (
+from alchimia.broker.mosquitto_conf import acl_text, bridge_config, secure_config
+from alchimia.deploy import pki
+from alchimia.deploy.federation import (
     FederationFile,
     FederationFileError,
     PlantBrokerSpec,
     Role,
     load_federation,
 )
-from deploy.passwords import generate_password, hash_password, password_file
+from alchimia.deploy.passwords import generate_password, hash_password, password_file
 
 STATE_FORMAT = 1
 # A bridge has no config of its own: its plant broker's mosquitto.conf holds it.

@@ -47,10 +47,10 @@ from typing import Any, Final
 
 import numpy as np
 
-from models import hybrid_layout as hl
-from models.power_on import PowerOnEstimate
-from models.schema import FEATURE_REFERENCE, FEATURES, GRADES, TARGET_REFERENCE, TARGETS
-from models.spec import ModelSpec
+from alchimia.models import hybrid_layout as hl
+from alchimia.models.power_on import PowerOnEstimate
+from alchimia.models.schema import FEATURE_REFERENCE, FEATURES, GRADES, TARGET_REFERENCE, TARGETS
+from alchimia.models.spec import ModelSpec
 
 ARCHITECTURE: Final = hl.ARCHITECTURE
 ELEMENTS = hl.ELEMENT_TARGETS  # cu_pct .. mo_pct
@@ -104,7 +104,7 @@ def load_model(path: Path) -> LoadedModel:
     """A site's serving directory (``models.served``), an ``.onnx`` file with its
     ``model.json`` beside it, or a bare ``.onnx`` file (the spec read from the graph)."""
     path = Path(path)
-    from models.served import INFO_FILE, load_served
+    from alchimia.models.served import INFO_FILE, load_served
 
     directory = path.parent if path.suffix == ".onnx" else path
     if (directory / INFO_FILE).is_file():
@@ -166,7 +166,7 @@ def read_weights(onnx_bytes: bytes, spec: ModelSpec, tolerance: float = 1e-3,
     """
     if spec.architecture != ARCHITECTURE:
         raise architecture_error(spec.architecture)
-    from models.onnx_runtime import OnnxPredictor
+    from alchimia.models.onnx_runtime import OnnxPredictor
 
     inits = _initializers(onnx_bytes)
     weights: dict[str, np.ndarray] = {}

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import hybrid_layout as hl
-from models.schema import FEATURES, GRADES, TARGET_REFERENCE, TARGETS
-from models.spec import ModelSpec
+from alchimia.models import hybrid_layout as hl
+from alchimia.models.schema import FEATURES, GRADES, TARGET_REFERENCE, TARGETS
+from alchimia.models.spec import ModelSpec
 
 _COL = {f: i for i, f in enumerate(FEATURES)}
 _OUT = {t: i for i, t in enumerate(TARGETS)}

@@ -32,7 +32,7 @@ from typing import Final
 
 import numpy as np
 
-from models.schema import GRADES, TARGET_REFERENCE
+from alchimia.models.schema import GRADES, TARGET_REFERENCE
 
 ARCHITECTURE: Final = "eaf-hybrid-v1"
 ELEMENT_TARGETS = ("cu_pct", "sn_pct", "ni_pct", "cr_pct", "mo_pct")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.spec import ModelSpec, Part
+from alchimia.models.spec import ModelSpec, Part
 
 
 def initial_weights(spec: ModelSpec, seed: int = 0, part: Part = "shared",

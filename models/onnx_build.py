@@ -22,10 +22,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from models import hybrid_layout as hl
-from models.onnx_runtime import INPUT_NAME, OUTPUT_NAME, OnnxPredictor
-from models.schema import GRADES
-from models.spec import ModelSpec
+from alchimia.models import hybrid_layout as hl
+from alchimia.models.onnx_runtime import INPUT_NAME, OUTPUT_NAME, OnnxPredictor
+from alchimia.models.schema import GRADES
+from alchimia.models.spec import ModelSpec
 
 OPSET = 17
 PRODUCER = "alchimia.models.onnx_build"

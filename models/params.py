@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from models.spec import ModelSpec, Part
+from alchimia.models.spec import ModelSpec, Part
 
 if TYPE_CHECKING:
-    from models.regressor import HeatModel
+    from alchimia.models.regressor import HeatModel
 
 Weights = dict[str, np.ndarray]
 
@@ -63,7 +63,7 @@ def compose(spec: ModelSpec, shared: Mapping[str, np.ndarray],
             site: Mapping[str, np.ndarray] | None = None) -> HeatModel:
     """A model of ``spec`` holding the shared weights and, given, a site's own tensors
     (else the site part's initial zeros: the federation's model as such)."""
-    from models.regressor import build_model
+    from alchimia.models.regressor import build_model
 
     model = build_model(spec)
     set_weights(model, shared)

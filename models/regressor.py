@@ -8,10 +8,10 @@ import itertools
 import torch
 from torch import nn
 
-from models.hybrid import EafHybrid
-from models.initial import initial_weights
-from models.params import set_weights
-from models.spec import ModelSpec
+from alchimia.models.hybrid import EafHybrid
+from alchimia.models.initial import initial_weights
+from alchimia.models.params import set_weights
+from alchimia.models.spec import ModelSpec
 
 
 class HeatRegressor(nn.Module):

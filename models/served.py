@@ -20,10 +20,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.calibration import Calibration
-from models.onnx_runtime import OnnxPredictor
-from models.power_on import PowerOnEstimate
-from models.spec import ModelSpec
+from alchimia.models.calibration import Calibration
+from alchimia.models.onnx_runtime import OnnxPredictor
+from alchimia.models.power_on import PowerOnEstimate
+from alchimia.models.spec import ModelSpec
 
 ONNX_FILE = "model.onnx"
 INFO_FILE = "model.json"

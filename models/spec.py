@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models import hybrid_layout
-from models.schema import FEATURE_REFERENCE, FEATURES, TARGET_REFERENCE, TARGETS
+from alchimia.models import hybrid_layout
+from alchimia.models.schema import FEATURE_REFERENCE, FEATURES, TARGET_REFERENCE, TARGETS
 
 Architecture = Literal["mlp-v1", "eaf-hybrid-v1"]
 ARCHITECTURES: tuple[str, ...] = ("mlp-v1", "eaf-hybrid-v1")

@@ -12,7 +12,7 @@ Each source turns its input into store points under one contract and counts what
 rejects.
 """
 
-from agent.ingest.base import (
+from alchimia.agent.ingest.base import (
     CHARGE_FIELDS,
     CHARGE_MEASUREMENT,
     CHARGE_REQUIRED,
@@ -25,8 +25,8 @@ from agent.ingest.base import (
     Reason,
     Rejected,
 )
-from agent.ingest.csv_replay import CsvReplaySource
-from agent.ingest.mqtt_plc import MqttPlcSource, parse_message
+from alchimia.agent.ingest.csv_replay import CsvReplaySource
+from alchimia.agent.ingest.mqtt_plc import MqttPlcSource, parse_message
 
 __all__ = [
     "CHARGE_FIELDS",

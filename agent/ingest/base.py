@@ -21,10 +21,10 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
-from agent.records import SIGNAL_FIELDS
-from agent.store import FURNACE_TAGS, Point
-from broker.rejections import RejectionLog
-from models.schema import FEATURES, GRADES, TARGETS
+from alchimia.agent.records import SIGNAL_FIELDS
+from alchimia.agent.store import FURNACE_TAGS, Point
+from alchimia.broker.rejections import RejectionLog
+from alchimia.models.schema import FEATURES, GRADES, TARGETS
 
 __all__ = [
     "CHARGE_FIELDS",

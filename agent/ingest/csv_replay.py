@@ -22,7 +22,7 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from agent.ingest.base import (
+from alchimia.agent.ingest.base import (
     CHARGE_FIELDS,
     CHARGE_MEASUREMENT,
     CHARGE_REQUIRED,
@@ -37,7 +37,7 @@ from agent.ingest.base import (
     parse_number,
     parse_ts,
 )
-from agent.store import Point
+from alchimia.agent.store import Point
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.ingest.base import (
+from alchimia.agent.ingest.base import (
     CHARGE_FIELDS,
     CHARGE_MEASUREMENT,
     CHARGE_REQUIRED,
@@ -33,9 +33,9 @@ from agent.ingest.base import (
     TAP_FIELDS,
     TAP_MEASUREMENT,
 )
-from agent.records import Heat
-from agent.store import FieldValue, Point, Store
-from models.schema import FEATURES, TARGETS
+from alchimia.agent.records import Heat
+from alchimia.agent.store import FieldValue, Point, Store
+from alchimia.models.schema import FEATURES, TARGETS
 
 log = logging.getLogger(__name__)
 

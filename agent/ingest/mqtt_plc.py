@@ -21,7 +21,7 @@ import threading
 
 import paho.mqtt.client as mqtt
 
-from agent.ingest.base import (
+from alchimia.agent.ingest.base import (
     CHARGE_FIELDS,
     CHARGE_MEASUREMENT,
     SIGNAL_FIELDS,
@@ -35,8 +35,8 @@ from agent.ingest.base import (
     parse_number,
     parse_ts,
 )
-from agent.store import Point
-from broker.settings import parse_broker_url
+from alchimia.agent.store import Point
+from alchimia.broker.settings import parse_broker_url
 
 log = logging.getLogger(__name__)
 

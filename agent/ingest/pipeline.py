@@ -13,11 +13,11 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
-from agent.ingest.base import TAP_MEASUREMENT, PointSource, Reason
-from agent.ingest.heats import AssembledHeat, HeatAssembler
-from agent.records import STANDARD_CONTRACT, Heat
-from agent.store import Point, Store, StoreError
-from broker.rejections import RejectionLog
+from alchimia.agent.ingest.base import TAP_MEASUREMENT, PointSource, Reason
+from alchimia.agent.ingest.heats import AssembledHeat, HeatAssembler
+from alchimia.agent.records import STANDARD_CONTRACT, Heat
+from alchimia.agent.store import Point, Store, StoreError
+from alchimia.broker.rejections import RejectionLog
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agent.ingest.base import (
+from alchimia.agent.ingest.base import (
     CHARGE_FIELDS,
     CHARGE_MEASUREMENT,
     SIGNAL_FIELDS,
@@ -31,14 +31,14 @@ from agent.ingest.base import (
     TAP_MEASUREMENT,
     IngestStats,
 )
-from agent.ingest.heats import HeatAssembler
-from agent.ingest.pipeline import StorePipeline
-from agent.records import STANDARD_CONTRACT, Heat
-from agent.sim import Drift, SimulatedHeat, SimulatedPlant, default_plants, parse_drift
-from agent.store import Point, Store, StoreError
+from alchimia.agent.ingest.heats import HeatAssembler
+from alchimia.agent.ingest.pipeline import StorePipeline
+from alchimia.agent.records import STANDARD_CONTRACT, Heat
+from alchimia.agent.sim import Drift, SimulatedHeat, SimulatedPlant, default_plants, parse_drift
+from alchimia.agent.store import Point, Store, StoreError
 
 if TYPE_CHECKING:
-    from agent.settings import AgentSettings
+    from alchimia.agent.settings import AgentSettings
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_POINTS = 50_000

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from agent.records import DataContract, Heat
-from agent.settings import AgentSettings
+from alchimia.agent.records import DataContract, Heat
+from alchimia.agent.settings import AgentSettings
 
 log = logging.getLogger("alchimia.agent")
 
@@ -37,10 +37,10 @@ def build_heat_source(settings: AgentSettings) -> HeatSource:
     Only the simulated branches load the simulator (``agent.ingest.simulated``).
     """
     if not settings.store_sensors:
-        from agent.ingest.simulated import simulated_heat_source
+        from alchimia.agent.ingest.simulated import simulated_heat_source
 
         return simulated_heat_source(settings)
-    from agent.store import open_store
+    from alchimia.agent.store import open_store
 
     state = settings.state_dir / settings.agent_id
     state.mkdir(parents=True, exist_ok=True)
@@ -52,14 +52,14 @@ def build_heat_source(settings: AgentSettings) -> HeatSource:
              else f"SQLite {state / 'sensors.sqlite3'}")
     log.info("agent %s stores sensor data in %s", settings.agent_id, where)
     if settings.plant_id is None or settings.furnace_id is None:  # the settings check both
-        from agent.ingest.simulated import simulated_heat_source
+        from alchimia.agent.ingest.simulated import simulated_heat_source
 
         return simulated_heat_source(settings, store)
-    from agent.ingest.base import PointSource
-    from agent.ingest.csv_replay import CsvReplaySource
-    from agent.ingest.heats import HeatAssembler
-    from agent.ingest.mqtt_plc import MqttPlcSource
-    from agent.ingest.pipeline import StorePipeline
+    from alchimia.agent.ingest.base import PointSource
+    from alchimia.agent.ingest.csv_replay import CsvReplaySource
+    from alchimia.agent.ingest.heats import HeatAssembler
+    from alchimia.agent.ingest.mqtt_plc import MqttPlcSource
+    from alchimia.agent.ingest.pipeline import StorePipeline
 
     source: PointSource
     if settings.sensor_feed:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from models.calibration import DEFAULT_LEVEL, DEFAULT_WINDOW, Calibration
+from alchimia.models.calibration import DEFAULT_LEVEL, DEFAULT_WINDOW, Calibration
 
 MIN_RESET_HEATS = 40  # held-out heats a reset uses at least (older regimes fill in)
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from broker.codec import Encoded
-from broker.compression import compress, decompress
-from models.params import Weights
+from alchimia.broker.codec import Encoded
+from alchimia.broker.compression import compress, decompress
+from alchimia.models.params import Weights
 
 
 class UpdateCompressor:

@@ -25,12 +25,12 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from agent.records import Heat
-from agent.store.points import FieldValue, Point
-from broker.schemas import PredictionBody
+from alchimia.agent.records import Heat
+from alchimia.agent.store.points import FieldValue, Point
+from alchimia.broker.schemas import PredictionBody
 
 if TYPE_CHECKING:
-    from agent.learn.site_learning import DriftEvent
+    from alchimia.agent.learn.site_learning import DriftEvent
 
 PREDICTION_MEASUREMENT = "alchimia_prediction"
 ERROR_MEASUREMENT = "alchimia_outcome_error"

@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from models.params import Weights
+from alchimia.models.params import Weights
 
 
 def l2_norm(delta: Weights) -> float:

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from broker.durable import atomic_write
-from models.calibration import Calibration
-from models.params import Weights
-from models.power_on import PowerOnEstimate
-from models.served import CALIBRATION_FILE, INFO_FILE, ONNX_FILE, POWER_ON_FILE, SITE_FILE
-from models.spec import ModelSpec
+from alchimia.broker.durable import atomic_write
+from alchimia.models.calibration import Calibration
+from alchimia.models.params import Weights
+from alchimia.models.power_on import PowerOnEstimate
+from alchimia.models.served import CALIBRATION_FILE, INFO_FILE, ONNX_FILE, POWER_ON_FILE, SITE_FILE
+from alchimia.models.spec import ModelSpec
 
 
 class ServingFiles:

@@ -30,16 +30,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.learn.continual import (
+from alchimia.agent.learn.continual import (
     ErrorDriftMonitor,
     InputDriftMonitor,
     PageHinkley,
     Prequential,
     RegimeReplayBuffer,
 )
-from agent.learn.trainer import TrainConfig, train_delta
-from models.params import Weights
-from models.spec import ModelSpec
+from alchimia.agent.learn.trainer import TrainConfig, train_delta
+from alchimia.models.params import Weights
+from alchimia.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.params import Weights, get_weights, set_weights, subtract
-from models.regressor import HeatModel, build_model
-from models.spec import ModelSpec
+from alchimia.models.params import Weights, get_weights, set_weights, subtract
+from alchimia.models.regressor import HeatModel, build_model
+from alchimia.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def train_delta(spec: ModelSpec, base: Mapping[str, np.ndarray], x: np.ndarray, 
     ewc = None
     has_replay = replay is not None and len(replay[0]) > 0
     if cfg.ewc_lambda > 0 and (fisher is not None or has_replay):
-        from agent.learn.continual.regularise import EwcPenalty, fisher_diagonal
+        from alchimia.agent.learn.continual.regularise import EwcPenalty, fisher_diagonal
 
         if fisher is None:
             assert replay is not None  # has_replay

@@ -8,8 +8,8 @@ Its heats are :class:`SimulatedHeat`: the neutral record :class:`agent.records.H
 the signals and hidden truth only a simulator knows.
 """
 
-from agent.records import SIGNAL_FIELDS, Heat
-from agent.sim.drift import (
+from alchimia.agent.records import SIGNAL_FIELDS, Heat
+from alchimia.agent.sim.drift import (
     Drift,
     HbiShareChange,
     HeatEffects,
@@ -18,15 +18,15 @@ from agent.sim.drift import (
     SupplierChange,
     parse_drift,
 )
-from agent.sim.grades import ELEMENTS, GRADE_TABLE, Grade
-from agent.sim.plant import (
+from alchimia.agent.sim.grades import ELEMENTS, GRADE_TABLE, Grade
+from alchimia.agent.sim.plant import (
     HeatTruth,
     PlantProfile,
     SimulatedHeat,
     SimulatedPlant,
     default_plants,
 )
-from agent.sim.signals import SignalSpec
+from alchimia.agent.sim.signals import SignalSpec
 
 __all__ = [
     "ELEMENTS",

@@ -14,8 +14,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from agent.sim.grades import CU, ELEMENTS, GRADE_INDEX, SN, FloatArray
-from models.schema import GRADES
+from alchimia.agent.sim.grades import CU, ELEMENTS, GRADE_INDEX, SN, FloatArray
+from alchimia.models.schema import GRADES
 
 
 @dataclass

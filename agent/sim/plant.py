@@ -17,12 +17,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from agent.records import SIGNAL_FIELDS, Heat
-from agent.sim import grades as g
-from agent.sim.drift import Drift, HeatEffects
-from agent.sim.grades import ELEMENTS, GRADE_INDEX, FloatArray
-from agent.sim.signals import SignalSpec, signal_arrays
-from models.schema import FEATURES, GRADES, TARGETS
+from alchimia.agent.records import SIGNAL_FIELDS, Heat
+from alchimia.agent.sim import grades as g
+from alchimia.agent.sim.drift import Drift, HeatEffects
+from alchimia.agent.sim.grades import ELEMENTS, GRADE_INDEX, FloatArray
+from alchimia.agent.sim.signals import SignalSpec, signal_arrays
+from alchimia.models.schema import FEATURES, GRADES, TARGETS
 
 CLOCK_START_TS = 1767225600.0  # 2026-01-01T00:00:00Z
 POWER_FACTOR = 0.80  # mean over a heat (check)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.sim.grades import FloatArray
+from alchimia.agent.sim.grades import FloatArray
 
 # Phase codes of the per-second timeline.
 OFF, BORE, MELT, FLAT = 0, 1, 2, 3

@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from agent.store.buffered import FlushTimeout, WriterStats
-from agent.store.influx import InfluxStore, StoreUnavailableError, default_state_dir
-from agent.store.points import (
+from alchimia.agent.store.buffered import FlushTimeout, WriterStats
+from alchimia.agent.store.influx import InfluxStore, StoreUnavailableError, default_state_dir
+from alchimia.agent.store.points import (
     FURNACE_TAGS,
     NO_TAGS,
     FieldValue,
@@ -23,8 +23,8 @@ from agent.store.points import (
     StoreError,
     encode_line,
 )
-from agent.store.spool import SpoolFullError, SpoolLockedError
-from agent.store.sqlite import SQLiteStore
+from alchimia.agent.store.spool import SpoolFullError, SpoolLockedError
+from alchimia.agent.store.sqlite import SQLiteStore
 
 __all__ = [
     "FURNACE_TAGS",

@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.store.points import LineEncoder, Point, StoreError
-from agent.store.spool import Spool, SpoolCorruptError
+from alchimia.agent.store.points import LineEncoder, Point, StoreError
+from alchimia.agent.store.spool import Spool, SpoolCorruptError
 
 log = logging.getLogger(__name__)
 

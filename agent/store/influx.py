@@ -37,7 +37,7 @@ from urllib.parse import urlencode
 import httpx
 from isal import isal_zlib
 
-from agent.store.buffered import (
+from alchimia.agent.store.buffered import (
     DEFAULT_FLUSH_INTERVAL_S,
     SEND_OK,
     BufferedWriter,
@@ -45,9 +45,9 @@ from agent.store.buffered import (
     SendResult,
     WriterStats,
 )
-from agent.store.http_post import PostConnection, PostError, split_credentials
-from agent.store.points import NO_TAGS, FieldValue, Point, StoreError, tagset_key
-from agent.store.spool import DEFAULT_FSYNC_INTERVAL_S, Spool
+from alchimia.agent.store.http_post import PostConnection, PostError, split_credentials
+from alchimia.agent.store.points import NO_TAGS, FieldValue, Point, StoreError, tagset_key
+from alchimia.agent.store.spool import DEFAULT_FSYNC_INTERVAL_S, Spool
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.store.points import StoreError
+from alchimia.agent.store.points import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import msgpack
 
-from agent.store.points import (
+from alchimia.agent.store.points import (
     NO_TAGS,
     Point,
     StoreError,

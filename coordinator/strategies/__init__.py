@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from coordinator.strategies.base import (
+from alchimia.coordinator.strategies.base import (
     Accumulator,
     StateDict,
     StateValue,
@@ -17,10 +17,10 @@ from coordinator.strategies.base import (
     Weights,
     validate_delta,
 )
-from coordinator.strategies.fedavg import FedAvg, FedProx
-from coordinator.strategies.norm_bound import NormBound
-from coordinator.strategies.robust import Krum, Median, MultiKrum, TrimmedMean
-from coordinator.strategies.server_opt import FedAdagrad, FedAdam, FedAvgM, FedYogi
+from alchimia.coordinator.strategies.fedavg import FedAvg, FedProx
+from alchimia.coordinator.strategies.norm_bound import NormBound
+from alchimia.coordinator.strategies.robust import Krum, Median, MultiKrum, TrimmedMean
+from alchimia.coordinator.strategies.server_opt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from coordinator.strategies import kernels
+from alchimia.coordinator.strategies import kernels
 
 Weights = dict[str, np.ndarray]
 StateValue = np.ndarray | float | int

@@ -9,8 +9,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from coordinator.strategies import kernels
-from coordinator.strategies.base import Accumulator, Strategy, Weights, check_global
+from alchimia.coordinator.strategies import kernels
+from alchimia.coordinator.strategies.base import Accumulator, Strategy, Weights, check_global
 
 
 class MeanAccumulator(Accumulator):

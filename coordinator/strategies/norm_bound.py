@@ -7,7 +7,13 @@ import math
 from collections.abc import Mapping
 from typing import ClassVar
 
-from coordinator.strategies.base import Accumulator, StateDict, StateValue, Strategy, Weights
+from alchimia.coordinator.strategies.base import (
+    Accumulator,
+    StateDict,
+    StateValue,
+    Strategy,
+    Weights,
+)
 
 
 class _ClippingAccumulator(Accumulator):

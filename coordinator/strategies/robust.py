@@ -20,7 +20,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from coordinator.strategies.base import Accumulator, Strategy, Weights, check_flag, check_global
+from alchimia.coordinator.strategies.base import (
+    Accumulator,
+    Strategy,
+    Weights,
+    check_flag,
+    check_global,
+)
 
 _BLOCK_VALUES = 1 << 20  # values (updates x columns) gathered per block in finish
 

@@ -16,8 +16,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from coordinator.strategies.base import StateDict, StateValue, Weights, check_flag, read_rounds
-from coordinator.strategies.fedavg import FedAvg
+from alchimia.coordinator.strategies.base import (
+    StateDict,
+    StateValue,
+    Weights,
+    check_flag,
+    read_rounds,
+)
+from alchimia.coordinator.strategies.fedavg import FedAvg
 
 TensorState = dict[str, dict[str, np.ndarray]]  # slot -> parameter name -> float64 array
 

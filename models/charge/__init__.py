@@ -10,7 +10,7 @@ Numpy, scipy and pydantic only: it runs in the torch-free consumer install.
 
 from typing import Any
 
-from models.charge.inputs import (
+from alchimia.models.charge.inputs import (
     GradeStock,
     OptimizeRequest,
     Order,
@@ -29,7 +29,7 @@ _OPTIMIZER = ("ChargePlan", "InfeasibleCalibration", "Options", "optimize", "opt
 
 def __getattr__(name: str) -> Any:
     if name in _OPTIMIZER:
-        from models.charge import optimizer
+        from alchimia.models.charge import optimizer
 
         return getattr(optimizer, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

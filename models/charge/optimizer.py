@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 from scipy.optimize import linprog
 
-from models.charge.inputs import Order, Stock
+from alchimia.models.charge.inputs import Order, Stock
 
 POWER_ON = "power_on_min"
 PLAN_FEATURES = ("hot_heel_t", "lime_t", "carbon_kg", "oxygen_nm3", "gas_nm3", POWER_ON,
@@ -713,7 +713,7 @@ def optimize_request(data: Mapping[str, Any], model: Any) -> dict[str, Any]:
     """The bus route: a request body (``models.charge.inputs.OptimizeRequest`` as a map)
     in, the plan's :meth:`ChargePlan.to_dict` out. Raises ValueError (pydantic's
     ValidationError included) for a request that cannot be planned."""
-    from models.charge.inputs import request_from
+    from alchimia.models.charge.inputs import request_from
 
     req = request_from(data)
     return optimize(req.order, req.stock, model, req.risk, joint=req.joint,

@@ -17,8 +17,8 @@ import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.schemas import Envelope, ModelBody, encode
-from broker.signing import canonical_json, model_digest, sign_model
+from alchimia.broker.schemas import Envelope, ModelBody, encode
+from alchimia.broker.signing import canonical_json, model_digest, sign_model
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "signing-vectors.json"
 # A published key: for these vectors only, never for a federation.

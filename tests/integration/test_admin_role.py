@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from broker.embedded import free_port
-from broker.schemas import AdminBody, ModelBody, decode, message
-from broker.tls import client_tls_context
-from broker.topics import Topics
-from deploy.provision import provision
+from alchimia.broker.embedded import free_port
+from alchimia.broker.schemas import AdminBody, ModelBody, decode, message
+from alchimia.broker.tls import client_tls_context
+from alchimia.broker.topics import Topics
+from alchimia.deploy.provision import provision
 from tests.integration.helpers import alchimia, wait_for
 from tests.integration.test_broker_security import WAIT, Client, secure_broker
 

@@ -9,13 +9,13 @@ import msgpack
 import numpy as np
 import pytest
 
-from agent.settings import AgentSettings
+from alchimia.agent.settings import AgentSettings
+from alchimia.broker.schemas import ModelBody, TaskBody, decode, message
+from alchimia.broker.topics import Topics
+from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.local import AgentThread, LocalFederation
+from alchimia.models.spec import ModelSpec
 from alchimia.monitor import Monitor
-from broker.schemas import ModelBody, TaskBody, decode, message
-from broker.topics import Topics
-from coordinator.publishing import initial_weights, model_message
-from models.spec import ModelSpec
 from tests.integration.helpers import RawClient, wait_for
 
 

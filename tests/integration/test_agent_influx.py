@@ -7,17 +7,17 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.ingest.pipeline import StorePipeline
-from agent.settings import AgentSettings
-from agent.store import open_store
-from agent.store.spool import Spool
+from alchimia.agent.ingest.pipeline import StorePipeline
+from alchimia.agent.settings import AgentSettings
+from alchimia.agent.store import open_store
+from alchimia.agent.store.spool import Spool
+from alchimia.broker.schemas import StatusBody, decode
+from alchimia.broker.topics import Topics
 from alchimia.consumer import Consumer, ConsumerSettings
+from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.local import AgentThread, LocalFederation
+from alchimia.models.spec import ModelSpec
 from alchimia.monitor import Monitor
-from broker.schemas import StatusBody, decode
-from broker.topics import Topics
-from coordinator.publishing import initial_weights, model_message
-from models.spec import ModelSpec
 from tests.fixtures.influxd import InfluxdServer
 from tests.integration.helpers import RawClient, alchimia, wait_for
 

@@ -10,10 +10,10 @@ import msgpack
 import numpy as np
 import pytest
 
+from alchimia.broker.schemas import StatusBody, TaskBody, UpdateBody, decode, message
+from alchimia.broker.topics import Topics
 from alchimia.local import LocalFederation
 from alchimia.monitor import Monitor
-from broker.schemas import StatusBody, TaskBody, UpdateBody, decode, message
-from broker.topics import Topics
 from tests.integration.helpers import RawClient, wait_for
 
 FED = "hostile"

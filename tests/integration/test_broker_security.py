@@ -19,11 +19,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from broker.embedded import free_port
-from broker.tls import client_tls_context, explain_tls_error, tls_probe
-from broker.topics import Topics
-from deploy import pki
-from deploy.provision import provision
+from alchimia.broker.embedded import free_port
+from alchimia.broker.tls import client_tls_context, explain_tls_error, tls_probe
+from alchimia.broker.topics import Topics
+from alchimia.deploy import pki
+from alchimia.deploy.provision import provision
 from tests.fixtures.mosquitto import Mosquitto
 from tests.integration.helpers import wait_for
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.embedded import free_port
-from broker.mosquitto_conf import BrokerSizing, broker_sizing, plain_config
-from broker.topics import Topics
+from alchimia.broker.embedded import free_port
+from alchimia.broker.mosquitto_conf import BrokerSizing, broker_sizing, plain_config
+from alchimia.broker.topics import Topics
 from tests.fixtures.mosquitto import Mosquitto
 from tests.integration.helpers import wait_for
 from tests.integration.test_broker_security import Client

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.embedded import free_port
-from broker.topics import Topics
-from deploy.provision import provision
+from alchimia.broker.embedded import free_port
+from alchimia.broker.topics import Topics
+from alchimia.deploy.provision import provision
 from tests.fixtures.mosquitto import Mosquitto
 from tests.integration.helpers import wait_for
 from tests.integration.test_bridged_brokers import Bridged

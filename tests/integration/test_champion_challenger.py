@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from alchimia.broker.schemas import MetricsBody, ModelBody, decode
+from alchimia.broker.topics import Topics
+from alchimia.coordinator.publishing import model_message
 from alchimia.local import LocalFederation
-from broker.schemas import MetricsBody, ModelBody, decode
-from broker.topics import Topics
-from coordinator.publishing import model_message
-from models.spec import ModelSpec
+from alchimia.models.spec import ModelSpec
 from tests.integration.helpers import RawClient, wait_for
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.persistence import CoordinatorDB
+from alchimia.coordinator.persistence import CoordinatorDB
 from tests.integration.helpers import alchimia, run_until_coordinator_exits
 
 

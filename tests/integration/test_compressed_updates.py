@@ -10,12 +10,12 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
+from alchimia.broker.codec import Encoded
+from alchimia.broker.compression import compress
+from alchimia.broker.schemas import StatusBody, TaskBody, UpdateBody, decode, message
+from alchimia.broker.topics import Topics
 from alchimia.local import LocalFederation
 from alchimia.monitor import Monitor
-from broker.codec import Encoded
-from broker.compression import compress
-from broker.schemas import StatusBody, TaskBody, UpdateBody, decode, message
-from broker.topics import Topics
 from tests.integration.helpers import RawClient, wait_for
 
 FED = "compressed"

@@ -21,14 +21,18 @@ import httpx
 import pytest
 import yaml
 
-from agent.learn.outcomes import DRIFT_MEASUREMENT, ERROR_MEASUREMENT, PREDICTION_MEASUREMENT
-from agent.settings import AgentSettings
+from alchimia.agent.learn.outcomes import (
+    DRIFT_MEASUREMENT,
+    ERROR_MEASUREMENT,
+    PREDICTION_MEASUREMENT,
+)
+from alchimia.agent.settings import AgentSettings
+from alchimia.broker.schemas import PredictionBody, decode
+from alchimia.broker.topics import Topics
+from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.local import AgentThread
-from broker.schemas import PredictionBody, decode
-from broker.topics import Topics
-from coordinator.publishing import initial_weights, model_message
-from models.schema import TARGETS
-from models.spec import ModelSpec
+from alchimia.models.schema import TARGETS
+from alchimia.models.spec import ModelSpec
 from tests.fixtures.influxd import InfluxdServer
 from tests.fixtures.mosquitto import Mosquitto
 from tests.integration.helpers import RawClient, wait_for

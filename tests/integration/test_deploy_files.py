@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from deploy.provision import provision
+from alchimia.deploy.provision import provision
 
 pytestmark = pytest.mark.integration
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alchimia.broker.schemas import MetricsBody, message
+from alchimia.broker.topics import Topics
 from alchimia.local import LocalFederation
 from alchimia.monitor import Monitor
-from broker.schemas import MetricsBody, message
-from broker.topics import Topics
 from tests.integration.helpers import RawClient, wait_for
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alchimia.broker.schemas import MetricsBody, decode
+from alchimia.broker.topics import Topics
 from alchimia.local import LocalFederation
-from broker.schemas import MetricsBody, decode
-from broker.topics import Topics
 from tests.integration.helpers import RawClient, wait_for
 
 

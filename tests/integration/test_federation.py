@@ -7,16 +7,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agent.sim import SimulatedPlant, default_plants
+from alchimia.agent.sim import SimulatedPlant, default_plants
+from alchimia.broker.schemas import ModelBody, PredictionBody, StatusBody, decode
+from alchimia.broker.topics import Topics
+from alchimia.coordinator.persistence import CoordinatorDB
 from alchimia.local import CoordinatorThread, LocalFederation
+from alchimia.models.onnx_runtime import OnnxPredictor
+from alchimia.models.params import set_weights
+from alchimia.models.regressor import build_model
+from alchimia.models.spec import ModelSpec
 from alchimia.monitor import Monitor
-from broker.schemas import ModelBody, PredictionBody, StatusBody, decode
-from broker.topics import Topics
-from coordinator.persistence import CoordinatorDB
-from models.onnx_runtime import OnnxPredictor
-from models.params import set_weights
-from models.regressor import build_model
-from models.spec import ModelSpec
 from tests.integration.helpers import RawClient, wait_for
 
 FAST_COORDINATOR = {"min_agents": 3, "epochs": 5, "lr": 5e-3, "round_timeout_s": 60}

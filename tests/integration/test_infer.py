@@ -19,11 +19,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from agent.settings import AgentSettings
-from alchimia.consumer import Consumer, ConsumerSettings, RequestFailed
-from alchimia.local import AgentThread
-from broker.embedded import free_port
-from broker.schemas import (
+from alchimia.agent.settings import AgentSettings
+from alchimia.broker.embedded import free_port
+from alchimia.broker.schemas import (
     InferRequestBody,
     InferResponseBody,
     MetricsBody,
@@ -32,13 +30,15 @@ from broker.schemas import (
     decode,
     message,
 )
-from broker.signing import load_private_key
-from broker.tls import client_tls_context
-from broker.topics import Topics
-from coordinator.publishing import initial_weights, model_message
-from deploy.provision import provision
-from models.served import load_served
-from models.spec import ModelSpec
+from alchimia.broker.signing import load_private_key
+from alchimia.broker.tls import client_tls_context
+from alchimia.broker.topics import Topics
+from alchimia.consumer import Consumer, ConsumerSettings, RequestFailed
+from alchimia.coordinator.publishing import initial_weights, model_message
+from alchimia.deploy.provision import provision
+from alchimia.local import AgentThread
+from alchimia.models.served import load_served
+from alchimia.models.spec import ModelSpec
 from tests.integration.helpers import RawClient, wait_for
 from tests.integration.test_broker_security import (
     FED,

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.settings import AgentSettings
+from alchimia.agent.settings import AgentSettings
+from alchimia.broker.schemas import MetricsBody, decode
+from alchimia.broker.topics import Topics
+from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.local import AgentThread
-from broker.schemas import MetricsBody, decode
-from broker.topics import Topics
-from coordinator.publishing import initial_weights, model_message
-from models.schema import FEATURES
-from models.spec import ModelSpec
+from alchimia.models.schema import FEATURES
+from alchimia.models.spec import ModelSpec
 from tests.integration.helpers import RawClient, wait_for
 
 GOOD = ModelSpec(architecture="eaf-hybrid-v1")

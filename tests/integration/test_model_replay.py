@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.settings import AgentSettings
+from alchimia.agent.settings import AgentSettings
+from alchimia.broker.schemas import MetricsBody, ModelBody, decode
+from alchimia.broker.topics import Topics
+from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.local import AgentThread, LocalFederation
-from broker.schemas import MetricsBody, ModelBody, decode
-from broker.topics import Topics
-from coordinator.publishing import initial_weights, model_message
-from models.spec import ModelSpec
+from alchimia.models.spec import ModelSpec
 from tests.integration.helpers import RawClient, wait_for
 
 SPEC = ModelSpec(architecture="eaf-hybrid-v1")

@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from alchimia.broker.topics import Topics
 from alchimia.local import LocalFederation
+from alchimia.models.spec import ModelSpec
 from alchimia.monitor import Monitor
-from broker.topics import Topics
-from models.spec import ModelSpec
 from tests.integration.helpers import RawClient, wait_for
 
 FEDERATION = "personal"

@@ -12,7 +12,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from agent.ingest import (
+from alchimia.agent.ingest import (
     CHARGE_MEASUREMENT,
     SIGNAL_MEASUREMENT,
     TAP_FIELDS,
@@ -20,14 +20,18 @@ from agent.ingest import (
     MqttPlcSource,
     Reason,
 )
-from agent.ingest.heats import HeatAssembler
-from agent.ingest.pipeline import StorePipeline
-from agent.ingest.simulated import SimulatedHeats, SimulatedSensorSource, simulated_pipeline
-from agent.ingest.sources import build_heat_source
-from agent.records import Heat
-from agent.settings import AgentSettings
-from agent.sim import SimulatedPlant, default_plants
-from agent.store import InfluxStore, SQLiteStore
+from alchimia.agent.ingest.heats import HeatAssembler
+from alchimia.agent.ingest.pipeline import StorePipeline
+from alchimia.agent.ingest.simulated import (
+    SimulatedHeats,
+    SimulatedSensorSource,
+    simulated_pipeline,
+)
+from alchimia.agent.ingest.sources import build_heat_source
+from alchimia.agent.records import Heat
+from alchimia.agent.settings import AgentSettings
+from alchimia.agent.sim import SimulatedPlant, default_plants
+from alchimia.agent.store import InfluxStore, SQLiteStore
 from tests.fixtures.influxd import InfluxdServer
 from tests.fixtures.mosquitto import Mosquitto
 

@@ -12,13 +12,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from alchimia.broker.schemas import TaskBody, UpdateBody, decode
+from alchimia.broker.signing import verify_task
+from alchimia.broker.topics import Topics
+from alchimia.coordinator.privacy import epsilon
+from alchimia.coordinator.service import Coordinator
 from alchimia.local import LocalFederation
 from alchimia.monitor import Monitor
-from broker.schemas import TaskBody, UpdateBody, decode
-from broker.signing import verify_task
-from broker.topics import Topics
-from coordinator.privacy import epsilon
-from coordinator.service import Coordinator
 from tests.integration.helpers import RawClient
 
 pytestmark = pytest.mark.integration

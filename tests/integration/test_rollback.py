@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from alchimia.broker.schemas import ModelBody, decode
+from alchimia.coordinator.persistence import CoordinatorDB
 from alchimia.local import LocalFederation
 from alchimia.monitor import Monitor
-from broker.schemas import ModelBody, decode
-from coordinator.persistence import CoordinatorDB
 from tests.integration.helpers import wait_for
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from alchimia.broker.schemas import ModelBody, StatusBody, TaskBody, UpdateBody, decode, message
+from alchimia.broker.topics import Topics
+from alchimia.coordinator.settings import CoordinatorSettings
 from alchimia.local import CoordinatorThread
-from broker.schemas import ModelBody, StatusBody, TaskBody, UpdateBody, decode, message
-from broker.topics import Topics
-from coordinator.settings import CoordinatorSettings
 from tests.integration.helpers import RawClient, wait_for
 
 FED = "followdata"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.settings import AgentSettings
-from broker.embedded import free_port
-from coordinator.persistence import CoordinatorDB
-from deploy.provision import provision
+from alchimia.agent.settings import AgentSettings
+from alchimia.broker.embedded import free_port
+from alchimia.coordinator.persistence import CoordinatorDB
+from alchimia.deploy.provision import provision
 from tests.integration.helpers import alchimia, run_until_coordinator_exits
 from tests.integration.test_broker_security import secure_broker, write_federation
 

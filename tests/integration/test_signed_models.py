@@ -10,11 +10,11 @@ import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from alchimia.broker.schemas import ModelBody, TaskBody, message
+from alchimia.broker.signing import sign_model, sign_task
+from alchimia.broker.topics import Topics
 from alchimia.local import LocalFederation
 from alchimia.monitor import Monitor
-from broker.schemas import ModelBody, TaskBody, message
-from broker.signing import sign_model, sign_task
-from broker.topics import Topics
 from tests.integration.helpers import RawClient, wait_for
 
 

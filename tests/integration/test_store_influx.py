@@ -19,7 +19,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from agent.store import FlushTimeout, InfluxStore, Point, SpoolFullError, open_store
+from alchimia.agent.store import FlushTimeout, InfluxStore, Point, SpoolFullError, open_store
 from tests.fixtures.influxd import InfluxdServer
 
 pytestmark = pytest.mark.integration
@@ -139,7 +139,7 @@ def test_influxd_killed_mid_run_loses_and_duplicates_nothing(
     server = influxd_factory()
     store = make_store(server.url, db, batch_size=500, flush_interval=0.05)
     points = furnace_points(20_000)
-    with caplog.at_level(logging.INFO, logger="agent.store.buffered"):
+    with caplog.at_level(logging.INFO, logger="alchimia.agent.store.buffered"):
         write_in_chunks(store, points[:8000])
         store.flush()
         server.kill()  # hard: no goodbye to clients
@@ -224,7 +224,7 @@ def test_unreachable_at_start_then_delivered(
 _CRASHER = textwrap.dedent("""
     import os, signal, sys, threading
     sys.path.insert(0, {repo!r})
-    from agent.store import InfluxStore
+    from alchimia.agent.store import InfluxStore
     from tests.integration.test_store_influx import furnace_points
     # No fsync falls due before the crash: only the first write is fsync'd (the first after a
     # quiet stretch), every later one is only handed to the kernel, as between two syncs.
@@ -283,7 +283,7 @@ def test_full_spool_refuses_with_a_clear_error_and_drops_nothing_accepted(
     points = furnace_points(5000)
     accepted: list[Point] = []
     refused = 0
-    with caplog.at_level(logging.WARNING, logger="agent.store.spool"):
+    with caplog.at_level(logging.WARNING, logger="alchimia.agent.store.spool"):
         for i in range(0, len(points), 100):
             try:
                 store.write(points[i : i + 100])

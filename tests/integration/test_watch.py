@@ -12,13 +12,13 @@ import pytest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from alchimia.broker.embedded import free_port
+from alchimia.broker.metrics_http import MetricsServer, serve_metrics
+from alchimia.broker.settings import ServiceSettings
+from alchimia.broker.topics import Topics
 from alchimia.local import LocalFederation
 from alchimia.monitor import Monitor
 from alchimia.status import StatusSettings, collect
-from broker.embedded import free_port
-from broker.metrics_http import MetricsServer, serve_metrics
-from broker.settings import ServiceSettings
-from broker.topics import Topics
 from tests.integration.helpers import RawClient, alchimia, wait_for
 
 COORDINATOR = {"min_agents": 2, "epochs": 1, "round_timeout_s": 30}

@@ -14,10 +14,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from alchimia.broker.embedded import free_port
+from alchimia.broker.schemas import MetricsBody, message
+from alchimia.broker.topics import Topics
 from alchimia.local import LocalFederation
-from broker.embedded import free_port
-from broker.schemas import MetricsBody, message
-from broker.topics import Topics
 from tests.integration.helpers import RawClient, wait_for
 
 TOKEN = "web-page-test-token-0123456789"

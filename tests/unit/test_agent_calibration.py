@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.ingest.sources import build_heat_source
-from agent.service import Agent
-from agent.settings import AgentSettings
-from agent.sim import SimulatedPlant, default_plants
-from broker.schemas import ModelBody, decode
-from coordinator.publishing import initial_weights, model_message
-from models.served import load_served
-from models.spec import ModelSpec
+from alchimia.agent.ingest.sources import build_heat_source
+from alchimia.agent.service import Agent
+from alchimia.agent.settings import AgentSettings
+from alchimia.agent.sim import SimulatedPlant, default_plants
+from alchimia.broker.schemas import ModelBody, decode
+from alchimia.coordinator.publishing import initial_weights, model_message
+from alchimia.models.served import load_served
+from alchimia.models.spec import ModelSpec
 
 SPEC = ModelSpec(architecture="eaf-hybrid-v1")
 

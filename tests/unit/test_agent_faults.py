@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.ingest.sources import build_heat_source
-from agent.learn.dataset import HeatTable
-from agent.records import STANDARD_CONTRACT, DataContract
-from agent.service import Agent
-from agent.settings import AgentSettings
-from agent.sim import SimulatedPlant, default_plants
-from broker.schemas import ModelBody, decode
-from coordinator.publishing import initial_weights, model_message
-from models.schema import FEATURES, TARGETS
-from models.spec import ModelSpec
+from alchimia.agent.ingest.sources import build_heat_source
+from alchimia.agent.learn.dataset import HeatTable
+from alchimia.agent.records import STANDARD_CONTRACT, DataContract
+from alchimia.agent.service import Agent
+from alchimia.agent.settings import AgentSettings
+from alchimia.agent.sim import SimulatedPlant, default_plants
+from alchimia.broker.schemas import ModelBody, decode
+from alchimia.coordinator.publishing import initial_weights, model_message
+from alchimia.models.schema import FEATURES, TARGETS
+from alchimia.models.spec import ModelSpec
 
 RENAMED = (*FEATURES[:-1], "tap_temp_aim_k")  # one feature renamed, as the fuzzer did
 

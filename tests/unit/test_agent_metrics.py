@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agent.ingest.sources import build_heat_source
-from agent.metrics import AgentCollector, store_figures
-from agent.service import Agent
-from agent.settings import AgentSettings
-from agent.sim import SimulatedPlant, default_plants
+from alchimia.agent.ingest.sources import build_heat_source
+from alchimia.agent.metrics import AgentCollector, store_figures
+from alchimia.agent.service import Agent
+from alchimia.agent.settings import AgentSettings
+from alchimia.agent.sim import SimulatedPlant, default_plants
+from alchimia.broker.embedded import free_port
+from alchimia.broker.schemas import ModelBody, decode
+from alchimia.coordinator.publishing import initial_weights, model_message
+from alchimia.models.spec import ModelSpec
 from alchimia.status import FederationView
-from broker.embedded import free_port
-from broker.schemas import ModelBody, decode
-from coordinator.publishing import initial_weights, model_message
-from models.spec import ModelSpec
 from tests.unit.test_coordinator_metrics import scrape
 
 SPEC = ModelSpec(architecture="eaf-hybrid-v1")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.learn.calibrating import SiteCalibrator, min_heats
+from alchimia.agent.learn.calibrating import SiteCalibrator, min_heats
 
 TARGETS = ("a", "b")
 

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from agent.sim import SimulatedPlant, default_plants
-from models.calibration import Calibration
-from models.power_on import PowerOnEstimate
-from models.schema import FEATURES
+from alchimia.agent.sim import SimulatedPlant, default_plants
+from alchimia.models.calibration import Calibration
+from alchimia.models.power_on import PowerOnEstimate
+from alchimia.models.schema import FEATURES
 
 TARGETS = ("a", "b")
 

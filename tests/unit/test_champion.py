@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.learn.champion import judge, scaled_error
+from alchimia.agent.learn.champion import judge, scaled_error
 
 SCALE = np.array([10.0, 0.1])
 ACTUAL = np.array([[100.0, 0.2], [110.0, 0.3], [90.0, 0.25]])

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from agent.learn.serving import ServingFiles
-from agent.sim import SimulatedPlant, default_plants
+from alchimia.agent.learn.serving import ServingFiles
+from alchimia.agent.sim import SimulatedPlant, default_plants
 from alchimia.cli import main
-from models import hybrid_layout as hl
-from models.characterise import (
+from alchimia.models import hybrid_layout as hl
+from alchimia.models.characterise import (
     ELEMENTS,
     LOG_CONTENT_PRIOR_SD,
     PROPERTIES,
@@ -30,13 +30,13 @@ from models.characterise import (
     spec_from_onnx,
     write_heat_table,
 )
-from models.initial import initial_weights
-from models.onnx_build import build_onnx
-from models.params import compose, get_weights
-from models.power_on import PowerOnEstimate
-from models.regressor import build_model
-from models.schema import FEATURES, GRADES, TARGETS
-from models.spec import ModelSpec
+from alchimia.models.initial import initial_weights
+from alchimia.models.onnx_build import build_onnx
+from alchimia.models.params import compose, get_weights
+from alchimia.models.power_on import PowerOnEstimate
+from alchimia.models.regressor import build_model
+from alchimia.models.schema import FEATURES, GRADES, TARGETS
+from alchimia.models.spec import ModelSpec
 
 SPEC = ModelSpec(architecture="eaf-hybrid-v1")
 G, E = len(GRADES), len(ELEMENTS)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from models.calibration import Calibration
-from models.charge import (
+from alchimia.models.calibration import Calibration
+from alchimia.models.charge import (
     InfeasibleCalibration,
     Order,
     Stock,
@@ -22,9 +22,9 @@ from models.charge import (
     optimize,
     optimize_request,
 )
-from models.charge.optimizer import _Problem
-from models.power_on import PowerOnEstimate
-from models.schema import FEATURES, TARGETS
+from alchimia.models.charge.optimizer import _Problem
+from alchimia.models.power_on import PowerOnEstimate
+from alchimia.models.schema import FEATURES, TARGETS
 
 COL = {f: i for i, f in enumerate(FEATURES)}
 OUT = {t: i for i, t in enumerate(TARGETS)}

@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.learn.serving import ServingFiles
-from agent.sim import SimulatedPlant, default_plants
+from alchimia.agent.learn.serving import ServingFiles
+from alchimia.agent.sim import SimulatedPlant, default_plants
 from alchimia.cli import main
-from models.calibration import Calibration
-from models.initial import initial_weights
-from models.onnx_build import build_onnx
-from models.power_on import PowerOnEstimate
-from models.schema import FEATURES, TARGETS
-from models.served import load_served
-from models.spec import ModelSpec
+from alchimia.models.calibration import Calibration
+from alchimia.models.initial import initial_weights
+from alchimia.models.onnx_build import build_onnx
+from alchimia.models.power_on import PowerOnEstimate
+from alchimia.models.schema import FEATURES, TARGETS
+from alchimia.models.served import load_served
+from alchimia.models.spec import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "deploy" / "examples"

@@ -6,8 +6,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from broker.codec import DecodeError, Limits, decode_tensor, encode_tensor, pack, unpack
-from broker.schemas import ModelBody, StatusBody, TaskBody, UpdateBody, decode, message
+from alchimia.broker.codec import DecodeError, Limits, decode_tensor, encode_tensor, pack, unpack
+from alchimia.broker.schemas import ModelBody, StatusBody, TaskBody, UpdateBody, decode, message
 
 
 def _update(**delta: np.ndarray) -> bytes:

@@ -10,10 +10,18 @@ import msgpack
 import numpy as np
 import pytest
 
-from broker.codec import DEFAULT_LIMITS, DELTAS, DecodeError, Encoded, Limits, decode_tensors, pack
-from broker.compression import LOSSY, compress
-from broker.schemas import ModelBody, UpdateBody, decode, message
-from coordinator.strategies import make_strategy
+from alchimia.broker.codec import (
+    DEFAULT_LIMITS,
+    DELTAS,
+    DecodeError,
+    Encoded,
+    Limits,
+    decode_tensors,
+    pack,
+)
+from alchimia.broker.compression import LOSSY, compress
+from alchimia.broker.schemas import ModelBody, UpdateBody, decode, message
+from alchimia.coordinator.strategies import make_strategy
 
 SHAPES = [(), (0,), (1,), (7,), (3, 5), (2, 0, 3), (130,), (4, 33)]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from alchimia.broker.schemas import HeatPrediction, InferResponseBody
 from alchimia.consumer import load_heats, planned_heat
 from alchimia.infer import table
-from broker.schemas import HeatPrediction, InferResponseBody
 
 
 def test_the_forms_of_a_planned_heat() -> None:

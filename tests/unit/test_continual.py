@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from agent.learn.continual import (
+from alchimia.agent.learn.continual import (
     ErrorDriftMonitor,
     EwcPenalty,
     InputDriftMonitor,
@@ -19,10 +19,10 @@ from agent.learn.continual import (
     fisher_diagonal,
     psi,
 )
-from agent.learn.trainer import TrainConfig, train_delta
-from models.params import get_weights, set_weights, subtract
-from models.regressor import build_model
-from models.spec import ModelSpec
+from alchimia.agent.learn.trainer import TrainConfig, train_delta
+from alchimia.models.params import get_weights, set_weights, subtract
+from alchimia.models.regressor import build_model
+from alchimia.models.spec import ModelSpec
 
 SPEC = ModelSpec(hidden=(8,))
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from broker.schemas import MetricsBody, StatusBody, message
-from coordinator.service import Coordinator
-from coordinator.settings import CoordinatorSettings
+from alchimia.broker.schemas import MetricsBody, StatusBody, message
+from alchimia.coordinator.service import Coordinator
+from alchimia.coordinator.settings import CoordinatorSettings
 
 
 def test_a_metrics_flood_does_not_use_up_the_status_budget(tmp_path: Path) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from broker.schemas import StatusBody, UpdateBody, message
-from coordinator.lifecycle import BuildModel
-from coordinator.service import Coordinator
-from coordinator.settings import CoordinatorSettings
+from alchimia.broker.schemas import StatusBody, UpdateBody, message
+from alchimia.coordinator.lifecycle import BuildModel
+from alchimia.coordinator.service import Coordinator
+from alchimia.coordinator.settings import CoordinatorSettings
 
 
 def _mutations(seed_payload: bytes, rng: random.Random, n: int) -> list[bytes]:

@@ -10,10 +10,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker.schemas import StatusBody, UpdateBody, decode, message
-from coordinator.metrics import CoordinatorCollector, CoordinatorStats
-from coordinator.service import Coordinator
-from coordinator.settings import CoordinatorSettings
+from alchimia.broker.schemas import StatusBody, UpdateBody, decode, message
+from alchimia.coordinator.metrics import CoordinatorCollector, CoordinatorStats
+from alchimia.coordinator.service import Coordinator
+from alchimia.coordinator.settings import CoordinatorSettings
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

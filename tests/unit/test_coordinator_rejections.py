@@ -9,9 +9,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from broker.schemas import StatusBody, message
-from coordinator.service import Coordinator
-from coordinator.settings import CoordinatorSettings
+from alchimia.broker.schemas import StatusBody, message
+from alchimia.coordinator.service import Coordinator
+from alchimia.coordinator.settings import CoordinatorSettings
 
 
 def _raw(sender: str, kind: str, body: dict) -> bytes:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.schemas import MetricsBody, StatusBody, message
-from coordinator.dashboard import (
+from alchimia.broker.schemas import MetricsBody, StatusBody, message
+from alchimia.coordinator.dashboard import (
     AgentRow,
     Dashboard,
     RejectionRow,
@@ -28,10 +28,10 @@ from coordinator.dashboard import (
     render_html,
     version_rows,
 )
-from coordinator.persistence import CoordinatorDB
-from coordinator.service import Coordinator
-from coordinator.settings import CoordinatorSettings
-from coordinator.web import WebServer, authorized, on_loop, snapshot, web_token
+from alchimia.coordinator.persistence import CoordinatorDB
+from alchimia.coordinator.service import Coordinator
+from alchimia.coordinator.settings import CoordinatorSettings
+from alchimia.coordinator.web import WebServer, authorized, on_loop, snapshot, web_token
 
 EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
 TOKEN = "0123456789abcdef-token"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.learn.site_learning import SitePolicy
+from alchimia.agent.learn.site_learning import SitePolicy
 from alchimia.experiment import (
     ABLATIONS,
     ARMS,

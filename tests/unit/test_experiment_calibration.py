@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from alchimia.experiment_calibration import CalibrationConfig, run_calibration_experiment
-from models.schema import TARGETS
+from alchimia.models.schema import TARGETS
 
 
 def test_a_small_run_reports_coverage_per_phase_plant_and_target() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.fedbuff import AsyncWindow
-from coordinator.rounds import RoundState
+from alchimia.coordinator.fedbuff import AsyncWindow
+from alchimia.coordinator.rounds import RoundState
 
 
 def _window(k: int = 3, max_staleness: int = 2) -> AsyncWindow:

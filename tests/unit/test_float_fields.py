@@ -10,8 +10,8 @@ from typing import Annotated, Any, Union
 import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from broker.codec import pack
-from broker.schemas import (
+from alchimia.broker.codec import pack
+from alchimia.broker.schemas import (
     BODIES,
     Envelope,
     ErrorInfo,

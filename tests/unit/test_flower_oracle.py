@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from coordinator.strategies import make_strategy
+from alchimia.coordinator.strategies import make_strategy
 
 ORACLE: dict[str, Any] = json.loads(
     (Path(__file__).resolve().parents[1] / "data" / "flower_oracle.json").read_text())

@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from coordinator.hierarchical import Partial, PlantAggregator, check_partial, merge_partial
-from coordinator.strategies import make_strategy
-from coordinator.strategies.base import Weights
+from alchimia.coordinator.hierarchical import Partial, PlantAggregator, check_partial, merge_partial
+from alchimia.coordinator.strategies import make_strategy
+from alchimia.coordinator.strategies.base import Weights
 
 ROUND, BASE = 7, 3
 LINEAR = ["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from agent.store.http_post import PostConnection, PostError
+from alchimia.agent.store.http_post import PostConnection, PostError
 from tests.fixtures.influxd import free_port
 
 

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from agent.learn.serving import ServingFiles
-from agent.learn.trainer import TrainConfig, train_delta
-from broker.schemas import UpdateBody, decode, message
-from models import hybrid_layout as hl
-from models.hybrid import _content_prior
-from models.params import compose, get_weights, set_weights
-from models.regressor import build_model
-from models.schema import FEATURES, GRADES, TARGETS
-from models.spec import ModelSpec
+from alchimia.agent.learn.serving import ServingFiles
+from alchimia.agent.learn.trainer import TrainConfig, train_delta
+from alchimia.broker.schemas import UpdateBody, decode, message
+from alchimia.models import hybrid_layout as hl
+from alchimia.models.hybrid import _content_prior
+from alchimia.models.params import compose, get_weights, set_weights
+from alchimia.models.regressor import build_model
+from alchimia.models.schema import FEATURES, GRADES, TARGETS
+from alchimia.models.spec import ModelSpec
 
 SPEC = ModelSpec(architecture="eaf-hybrid-v1")
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.ingest import (
+from alchimia.agent.ingest import (
     CHARGE_FIELDS,
     CHARGE_MEASUREMENT,
     SIGNAL_FIELDS,
@@ -27,26 +27,26 @@ from agent.ingest import (
     Rejected,
     parse_message,
 )
-from agent.ingest.base import parse_number, parse_ts
-from agent.ingest.csv_replay import HEAT_REQUIRED
-from agent.ingest.heats import AssembledHeat, HeatAssembler, IncompleteHeat, compute_heat
-from agent.ingest.mqtt_plc import topic_filter
-from agent.ingest.pipeline import StorePipeline
-from agent.ingest.simulated import (
+from alchimia.agent.ingest.base import parse_number, parse_ts
+from alchimia.agent.ingest.csv_replay import HEAT_REQUIRED
+from alchimia.agent.ingest.heats import AssembledHeat, HeatAssembler, IncompleteHeat, compute_heat
+from alchimia.agent.ingest.mqtt_plc import topic_filter
+from alchimia.agent.ingest.pipeline import StorePipeline
+from alchimia.agent.ingest.simulated import (
     SimulatedHeats,
     SimulatedSensorSource,
     heat_points,
     heat_start_ns,
     simulated_pipeline,
 )
-from agent.ingest.sources import build_heat_source
-from agent.records import Heat
-from agent.settings import AgentSettings
-from agent.sim import SimulatedPlant, default_plants
-from agent.store import Point, SQLiteStore, StoreUnavailableError
+from alchimia.agent.ingest.sources import build_heat_source
+from alchimia.agent.records import Heat
+from alchimia.agent.settings import AgentSettings
+from alchimia.agent.sim import SimulatedPlant, default_plants
+from alchimia.agent.store import Point, SQLiteStore, StoreUnavailableError
 from alchimia.cli import build_parser
+from alchimia.models.schema import FEATURES, TARGETS
 from alchimia.settings_cli import settings_given
-from models.schema import FEATURES, TARGETS
 
 SEC = 1_000_000_000
 T0 = 1_767_225_600 * SEC  # 2026-01-01T00:00:00Z

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from coordinator.strategies import kernels
+from alchimia.coordinator.strategies import kernels
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-from coordinator.settings import CoordinatorSettings
-from coordinator.strategies import kernels, make_strategy
-from coordinator.strategies.base import Weights
+from alchimia.coordinator.settings import CoordinatorSettings
+from alchimia.coordinator.strategies import kernels, make_strategy
+from alchimia.coordinator.strategies.base import Weights
 
 CHUNK = kernels.CHUNK
 SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 17, 1_000_003]

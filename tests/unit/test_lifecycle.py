@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from broker.schemas import (
+from alchimia.broker.schemas import (
     AdminBody,
     Body,
     Envelope,
@@ -20,7 +20,7 @@ from broker.schemas import (
     decode,
     message,
 )
-from coordinator.lifecycle import (
+from alchimia.coordinator.lifecycle import (
     BuildModel,
     Checkpoint,
     Command,
@@ -40,10 +40,10 @@ from coordinator.lifecycle import (
     Wake,
     strategy_from,
 )
-from coordinator.registry import Registry
-from coordinator.settings import CoordinatorSettings
-from coordinator.trigger import ValidationProgress
-from models.params import Weights
+from alchimia.coordinator.registry import Registry
+from alchimia.coordinator.settings import CoordinatorSettings
+from alchimia.coordinator.trigger import ValidationProgress
+from alchimia.models.params import Weights
 
 T0 = 1000.0  # the fake clock starts here
 W0: Weights = {"w": np.zeros(4, np.float32), "b": np.ones(2, np.float32)}

@@ -15,9 +15,9 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 def test_the_coordinator_builds_and_publishes_models_without_torch() -> None:
     done = _run(
-        "from coordinator.publishing import initial_weights, model_message\n"
-        "import coordinator.service\n"
-        "from models.spec import ModelSpec\n"
+        "from alchimia.coordinator.publishing import initial_weights, model_message\n"
+        "import alchimia.coordinator.service\n"
+        "from alchimia.models.spec import ModelSpec\n"
         "for arch in ('mlp-v1', 'eaf-hybrid-v1'):\n"
         "    spec = ModelSpec(architecture=arch)\n"
         "    msg = model_message('c', spec, initial_weights(spec, 0), version=0, parent=None,\n"
@@ -29,7 +29,7 @@ def test_the_coordinator_builds_and_publishes_models_without_torch() -> None:
 
 def test_the_blocker_really_blocks_torch() -> None:
     """The check above would pass vacuously if blocking torch did not work."""
-    done = _run("from models.regressor import build_model\n")
+    done = _run("from alchimia.models.regressor import build_model\n")
     assert done.returncode != 0 and "torch" in done.stderr
 
 

@@ -7,11 +7,11 @@ import onnx
 import pytest
 import torch
 
-from coordinator.publishing import reference_inputs
-from models.onnx_build import build_onnx, check_runs
-from models.onnx_runtime import OnnxPredictor
-from models.params import compose
-from models.spec import ARCHITECTURES, ModelSpec
+from alchimia.coordinator.publishing import reference_inputs
+from alchimia.models.onnx_build import build_onnx, check_runs
+from alchimia.models.onnx_runtime import OnnxPredictor
+from alchimia.models.params import compose
+from alchimia.models.spec import ARCHITECTURES, ModelSpec
 
 
 def _random(spec: ModelSpec, part: str, rng: np.random.Generator, scale: float,

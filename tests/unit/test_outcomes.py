@@ -9,22 +9,22 @@ from pathlib import Path
 
 import pytest
 
-from agent.ingest.sources import build_heat_source
-from agent.learn.outcomes import (
+from alchimia.agent.ingest.sources import build_heat_source
+from alchimia.agent.learn.outcomes import (
     DRIFT_MEASUREMENT,
     ERROR_MEASUREMENT,
     PREDICTION_MEASUREMENT,
     drift_point,
     prediction_points,
 )
-from agent.learn.site_learning import DriftEvent
-from agent.records import Heat
-from agent.service import Agent
-from agent.settings import AgentSettings
-from agent.store import SQLiteStore, encode_line
-from broker.schemas import ModelBody, PredictionBody, decode
-from coordinator.publishing import initial_weights, model_message
-from models.spec import ModelSpec
+from alchimia.agent.learn.site_learning import DriftEvent
+from alchimia.agent.records import Heat
+from alchimia.agent.service import Agent
+from alchimia.agent.settings import AgentSettings
+from alchimia.agent.store import SQLiteStore, encode_line
+from alchimia.broker.schemas import ModelBody, PredictionBody, decode
+from alchimia.coordinator.publishing import initial_weights, model_message
+from alchimia.models.spec import ModelSpec
 
 TAP_NS = 1_767_225_600_123_456_789
 HEAT = Heat("H-24-01234", "P1", "P1-EAF1", 1_767_222_000.5, {"lime_t": 7.0},

@@ -15,15 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agent.learn.privacy import UpdatePrivatizer, clip, entropy_rng, l2_norm, privatize
+from alchimia.agent.learn.privacy import UpdatePrivatizer, clip, entropy_rng, l2_norm, privatize
+from alchimia.broker.schemas import DecodeError, TaskBody, decode, message
+from alchimia.broker.signing import SignatureError, sign_task, verify_task
+from alchimia.broker.topics import Topics
+from alchimia.coordinator.privacy import PrivacyLedger, epsilon, noise_for_epsilon
+from alchimia.coordinator.publishing import initial_weights, model_message
+from alchimia.coordinator.settings import CoordinatorSettings
+from alchimia.models.spec import ModelSpec
 from alchimia.status import FederationView, summary
-from broker.schemas import DecodeError, TaskBody, decode, message
-from broker.signing import SignatureError, sign_task, verify_task
-from broker.topics import Topics
-from coordinator.privacy import PrivacyLedger, epsilon, noise_for_epsilon
-from coordinator.publishing import initial_weights, model_message
-from coordinator.settings import CoordinatorSettings
-from models.spec import ModelSpec
 
 
 def _delta(rng: np.random.Generator, scale: float) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import NameOID
 
-from broker.mosquitto_conf import (
+from alchimia.broker.mosquitto_conf import (
     MAX_MESSAGE_SIZE_LIMIT,
     MESSAGES_PER_AGENT,
     MOSQUITTO_MAX_QUEUED_MESSAGES,
@@ -30,13 +30,13 @@ from broker.mosquitto_conf import (
     plain_config,
     secure_config,
 )
-from broker.tls import client_tls_context, explain_tls_error
-from coordinator.settings import CoordinatorSettings
-from deploy import provision as prov
-from deploy.federation import FederationFileError
-from deploy.passwords import hash_password, password_file, verify_password
-from deploy.pki import certificate_sans as pki_sans
-from deploy.provision import ProvisionError, provision
+from alchimia.broker.tls import client_tls_context, explain_tls_error
+from alchimia.coordinator.settings import CoordinatorSettings
+from alchimia.deploy import provision as prov
+from alchimia.deploy.federation import FederationFileError
+from alchimia.deploy.passwords import hash_password, password_file, verify_password
+from alchimia.deploy.pki import certificate_sans as pki_sans
+from alchimia.deploy.provision import ProvisionError, provision
 
 AGENT_KEYS = {"broker", "federation", "agent_id", "ca_file", "cert_file", "key_file",
               "model_public_key"}

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.ratelimit import RateLimiter
+from alchimia.coordinator.ratelimit import RateLimiter
 
 
 def test_burst_then_steady_rate_per_sender() -> None:

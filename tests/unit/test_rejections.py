@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker.rejections import OTHER, RejectionLog, escape
+from alchimia.broker.rejections import OTHER, RejectionLog, escape
 
 
 class Clock:

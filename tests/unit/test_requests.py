@@ -9,7 +9,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from agent.requests import (
+from alchimia.agent.requests import (
     INFER,
     OPTIMIZE,
     RequestError,
@@ -18,7 +18,7 @@ from agent.requests import (
     Service,
     ServingState,
 )
-from broker.schemas import (
+from alchimia.broker.schemas import (
     InferRequestBody,
     InferResponseBody,
     OptimizeRequestBody,
@@ -27,10 +27,10 @@ from broker.schemas import (
     decode,
     message,
 )
-from broker.topics import Topics
-from models.calibration import Calibration
-from models.power_on import PowerOnEstimate
-from models.schema import FEATURES, TARGETS
+from alchimia.broker.topics import Topics
+from alchimia.models.calibration import Calibration
+from alchimia.models.power_on import PowerOnEstimate
+from alchimia.models.schema import FEATURES, TARGETS
 
 T = Topics("steel")
 REQUEST = T.agent_request("plant-1", "infer")

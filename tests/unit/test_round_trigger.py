@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from broker.schemas import StatusBody, decode, message
-from coordinator.registry import AgentInfo, Registry
-from coordinator.rounds import Selection
-from coordinator.trigger import RoundTrigger
+from alchimia.broker.schemas import StatusBody, decode, message
+from alchimia.coordinator.registry import AgentInfo, Registry
+from alchimia.coordinator.rounds import Selection
+from alchimia.coordinator.trigger import RoundTrigger
 
 
 def _decide(trigger: RoundTrigger, online: dict[str, int | None], *, min_agents: int = 2,

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from coordinator.rounds import RoundState, Selection, SyncRound
+from alchimia.coordinator.rounds import RoundState, Selection, SyncRound
 
 
 def _round(quorum: int = 2, deadline: float = 100.0) -> SyncRound:

@@ -10,7 +10,8 @@ import pytest
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agent.settings import AgentSettings
+from alchimia.agent.settings import AgentSettings
+from alchimia.coordinator.settings import CoordinatorSettings
 from alchimia.settings_cli import (
     add_settings_arguments,
     flag_name,
@@ -18,7 +19,6 @@ from alchimia.settings_cli import (
     settings_given,
     settings_table,
 )
-from coordinator.settings import CoordinatorSettings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 MODELS = {"coordinator": CoordinatorSettings, "agent": AgentSettings}

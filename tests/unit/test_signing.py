@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.schemas import ModelBody, decode, message
-from broker.signing import SignatureError, sign_model, verify_model
+from alchimia.broker.schemas import ModelBody, decode, message
+from alchimia.broker.signing import SignatureError, sign_model, verify_model
 
 
 def _body() -> ModelBody:

@@ -15,8 +15,8 @@ import rfc8785
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from broker.schemas import ModelBody, decode
-from broker.signing import SignatureError, model_digest, verify_model
+from alchimia.broker.schemas import ModelBody, decode
+from alchimia.broker.signing import SignatureError, model_digest, verify_model
 from tests.data.make_signing_vectors import OUT, build_vectors
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from agent.sim import (
+from alchimia.agent.sim import (
     SIGNAL_FIELDS,
     Drift,
     HbiShareChange,
@@ -23,9 +23,9 @@ from agent.sim import (
     default_plants,
     parse_drift,
 )
-from agent.sim import grades as g
-from agent.sim.plant import CLOCK_START_TS
-from models.schema import FEATURES, GRADES, TARGETS
+from alchimia.agent.sim import grades as g
+from alchimia.agent.sim.plant import CLOCK_START_TS
+from alchimia.models.schema import FEATURES, GRADES, TARGETS
 
 
 @pytest.fixture(scope="module")

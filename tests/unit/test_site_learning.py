@@ -7,11 +7,11 @@ import itertools
 import numpy as np
 import pytest
 
-from agent.learn.site_learning import SiteLearner, SitePolicy
-from agent.settings import AgentSettings
-from models.params import get_weights
-from models.regressor import build_model
-from models.spec import ModelSpec
+from alchimia.agent.learn.site_learning import SiteLearner, SitePolicy
+from alchimia.agent.settings import AgentSettings
+from alchimia.models.params import get_weights
+from alchimia.models.regressor import build_model
+from alchimia.models.spec import ModelSpec
 
 FEATURES = ("a", "b")
 TARGETS = ("t",)

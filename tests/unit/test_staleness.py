@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from coordinator.staleness import (
+from alchimia.coordinator.staleness import (
     STALENESS,
     Constant,
     Hinge,

@@ -8,11 +8,11 @@ import uuid
 
 from rich.console import Console
 
+from alchimia.broker.schemas import Body, Envelope, MetricsBody, StatusBody, TaskBody, encode
+from alchimia.broker.topics import Topics
+from alchimia.coordinator.publishing import initial_weights, model_message
+from alchimia.models.spec import ModelSpec
 from alchimia.status import FederationView, render
-from broker.schemas import Body, Envelope, MetricsBody, StatusBody, TaskBody, encode
-from broker.topics import Topics
-from coordinator.publishing import initial_weights, model_message
-from models.spec import ModelSpec
 
 T = Topics("steel")
 NOW = 1_800_000_000.0

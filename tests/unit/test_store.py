@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.store import Point, SpoolFullError, SpoolLockedError, SQLiteStore, open_store
-from agent.store.buffered import SEND_OK, BufferedWriter, FlushTimeout, Outcome, SendResult
-from agent.store.influx import InfluxHTTP, gzip_body
-from agent.store.points import (
+from alchimia.agent.store import Point, SpoolFullError, SpoolLockedError, SQLiteStore, open_store
+from alchimia.agent.store.buffered import SEND_OK, BufferedWriter, FlushTimeout, Outcome, SendResult
+from alchimia.agent.store.influx import InfluxHTTP, gzip_body
+from alchimia.agent.store.points import (
     INT64_MAX,
     INT64_MIN,
     TS_MAX,
@@ -31,7 +31,7 @@ from agent.store.points import (
     encode_line,
     normalize_point,
 )
-from agent.store.spool import MAGIC, GroupSync, Spool, SpoolCorruptError, frame
+from alchimia.agent.store.spool import MAGIC, GroupSync, Spool, SpoolCorruptError, frame
 
 T0 = 1_700_000_000_000_000_000
 TAGS = {"plant": "p1", "furnace": "f1", "heat": "H0001"}
@@ -340,7 +340,7 @@ def test_full_spool_refuses_whole_writes_and_keeps_accepted_ones(
 ) -> None:
     spool = Spool(tmp_path, max_bytes=1000, segment_bytes=400)
     accepted = b""
-    with caplog.at_level(logging.WARNING, logger="agent.store.spool"):
+    with caplog.at_level(logging.WARNING, logger="alchimia.agent.store.spool"):
         for i in range(100):
             rec = lines(i * 2, i * 2 + 2)
             try:
@@ -549,7 +549,7 @@ def test_writer_keeps_data_through_retries_and_logs_the_outage_once(
     sink = ScriptedSink([down] * 4)
     w = BufferedWriter(spool, sink, batch_size=10, flush_interval=60, backoff_initial=0.01,
                        backoff_max=0.02)
-    with caplog.at_level(logging.INFO, logger="agent.store.buffered"):
+    with caplog.at_level(logging.INFO, logger="alchimia.agent.store.buffered"):
         w.write([pt(i) for i in range(25)])
         w.flush(timeout=30)
     assert b"".join(sink.received) == LineEncoder().encode([pt(i) for i in range(25)])

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from coordinator.strategies import (
+from alchimia.coordinator.strategies import (
     STRATEGIES,
     FedAdagrad,
     FedAdam,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.schemas import TaskBody, decode, message
-from broker.signing import SignatureError, sign_task, verify_task
+from alchimia.broker.schemas import TaskBody, decode, message
+from alchimia.broker.signing import SignatureError, sign_task, verify_task
 
 KEY = Ed25519PrivateKey.generate()
 TASK = TaskBody(round_id=7, state="open", base_version=6, deadline_ts=1_800_000_000.25,

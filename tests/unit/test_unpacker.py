@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.codec import decode_tensors, encode_tensors, pack
-from broker.limits import DecodeError, Limits
-from broker.unpacker import unpack_views
+from alchimia.broker.codec import decode_tensors, encode_tensors, pack
+from alchimia.broker.limits import DecodeError, Limits
+from alchimia.broker.unpacker import unpack_views
 
 LIMITS = Limits()
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.learn.compression import UpdateCompressor
-from broker.codec import Encoded
-from broker.compression import LOSSY, decompress
+from alchimia.agent.learn.compression import UpdateCompressor
+from alchimia.broker.codec import Encoded
+from alchimia.broker.compression import LOSSY, decompress
 
 SHAPES = {"w": (20, 10), "b": (10,)}
 

@@ -5,16 +5,16 @@ Everything here is pure (no I/O, no clocks). The site's policy that combines the
 experiment (``alchimia.experiment``) both drive. See docs/CONTINUAL.md.
 """
 
-from agent.learn.continual.drift import (
+from alchimia.agent.learn.continual.drift import (
     ErrorDriftMonitor,
     InputDriftMonitor,
     PageHinkley,
     StreamDetector,
     psi,
 )
-from agent.learn.continual.prequential import Prequential
-from agent.learn.continual.regularise import EwcPenalty, fisher_diagonal
-from agent.learn.continual.replay import RegimeReplayBuffer, ReplayBuffer
+from alchimia.agent.learn.continual.prequential import Prequential
+from alchimia.agent.learn.continual.regularise import EwcPenalty, fisher_diagonal
+from alchimia.agent.learn.continual.replay import RegimeReplayBuffer, ReplayBuffer
 
 __all__ = [
     "ErrorDriftMonitor",

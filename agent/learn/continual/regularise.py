@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-from models.params import Weights, set_weights
-from models.regressor import HeatModel, build_model
-from models.spec import ModelSpec
+from alchimia.models.params import Weights, set_weights
+from alchimia.models.regressor import HeatModel, build_model
+from alchimia.models.spec import ModelSpec
 
 
 def fisher_diagonal(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray,
