@@ -386,7 +386,14 @@ class _Run:
         self.round_id += 1
 
     def result(self) -> ExperimentResult:
-        for start in range(self.history, self.heats, self.round_every):
+        from rich.console import Console
+        from rich.progress import track
+
+        starts = range(self.history, self.heats, self.round_every)
+        # Minutes of work: show where it is (on stderr, gone once done; stdout keeps the
+        # result tables).
+        for start in track(starts, description="heats and rounds", transient=True,
+                           console=Console(stderr=True)):
             stop = min(start + self.round_every, self.heats)
             for i in range(start, stop):
                 self._test(i)
