@@ -18,6 +18,7 @@ SUBPACKAGES := agent coordinator broker models deploy
 
 lint: install
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	@rm -rf .lint && mkdir -p .lint/alchimia
 	@for f in alchimia/*; do ln -s "../../$$f" .lint/alchimia/; done
 	@for d in $(SUBPACKAGES); do ln -s "../../$$d" ".lint/alchimia/$$d"; done

@@ -65,45 +65,70 @@ class AgentCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         a = self.agent
-        yield from _gauge("alchimia_model_version", "Latest global model version adopted",
-                          a.model_version)
-        yield from _gauge("alchimia_serving_version", "Global model version serving "
-                          "predictions at this site", a.serving_version)
-        yield GaugeMetricFamily("alchimia_mqtt_connected", "1 while connected to the "
-                                "federation's broker", value=int(a.link.connected))
+        yield from _gauge(
+            "alchimia_model_version", "Latest global model version adopted", a.model_version
+        )
+        yield from _gauge(
+            "alchimia_serving_version",
+            "Global model version serving predictions at this site",
+            a.serving_version,
+        )
+        yield GaugeMetricFamily(
+            "alchimia_mqtt_connected",
+            "1 while connected to the federation's broker",
+            value=int(a.link.connected),
+        )
         table = a.table
-        yield CounterMetricFamily("alchimia_heats", "Finished heats learned of (history "
-                                  "included)", value=table.seen if table is not None else 0)
-        yield CounterMetricFamily("alchimia_updates_sent", "Weight deltas sent",
-                                  value=a.updates_sent)
-        yield CounterMetricFamily("alchimia_models_rejected", "Global models refused (bad "
-                                  "signature, or older than the one adopted)",
-                                  value=a.models_rejected)
-        yield CounterMetricFamily("alchimia_challengers_rejected", "New global versions not "
-                                  "served here: clearly worse on the latest heats",
-                                  value=a.challengers_rejected)
+        yield CounterMetricFamily(
+            "alchimia_heats",
+            "Finished heats learned of (history included)",
+            value=table.seen if table is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "alchimia_updates_sent", "Weight deltas sent", value=a.updates_sent
+        )
+        yield CounterMetricFamily(
+            "alchimia_models_rejected",
+            "Global models refused (bad signature, or older than the one adopted)",
+            value=a.models_rejected,
+        )
+        yield CounterMetricFamily(
+            "alchimia_challengers_rejected",
+            "New global versions not served here: clearly worse on the latest heats",
+            value=a.challengers_rejected,
+        )
         learner = a.learner
         if learner is not None:
             yield from self._prequential(learner.prequential.snapshot())
-            yield CounterMetricFamily("alchimia_drift_events", "Drift events detected",
-                                      value=learner.drift_events)
-        requests = CounterMetricFamily("alchimia_requests", "Requests (infer, optimize) by "
-                                       "result: answered, error_{code}, unanswerable",
-                                       labels=["result"])
+            yield CounterMetricFamily(
+                "alchimia_drift_events", "Drift events detected", value=learner.drift_events
+            )
+        requests = CounterMetricFamily(
+            "alchimia_requests",
+            "Requests (infer, optimize) by result: answered, error_{code}, unanswerable",
+            labels=["result"],
+        )
         for result, n in sorted(dict(a.responder.counts).items()):
             requests.add_metric([result], n)
         yield requests
         store = store_figures(a.source)
         if store is not None:
-            points = CounterMetricFamily("alchimia_store_points", "Sensor points by result: "
-                                         "stored (SQLite, or spooled for InfluxDB), sent "
-                                         "(acknowledged by InfluxDB), rejected (refused by "
-                                         "InfluxDB)", labels=["result"])
+            points = CounterMetricFamily(
+                "alchimia_store_points",
+                "Sensor points by result: "
+                "stored (SQLite, or spooled for InfluxDB), sent "
+                "(acknowledged by InfluxDB), rejected (refused by "
+                "InfluxDB)",
+                labels=["result"],
+            )
             for result, n in store.points.items():
                 points.add_metric([result], n)
             yield points
-            yield GaugeMetricFamily("alchimia_spool_bytes", "Bytes spooled on disk, not yet "
-                                    "acknowledged by InfluxDB", value=store.spool_bytes)
+            yield GaugeMetricFamily(
+                "alchimia_spool_bytes",
+                "Bytes spooled on disk, not yet acknowledged by InfluxDB",
+                value=store.spool_bytes,
+            )
 
     @staticmethod
     def _prequential(snapshot: dict[str, float]) -> Iterator[Metric]:
@@ -111,18 +136,25 @@ class AgentCollector(Collector):
         target: a summary (sum and count: their ratio is the MAE over any range) and the
         MAE over the latest heats."""
         n = int(snapshot["n"])
-        errors = SummaryMetricFamily("alchimia_prediction_abs_error", "Absolute error of "
-                                     "each heat's prediction (engineering units), made "
-                                     "before its outcome was known", labels=["target"])
-        recent = GaugeMetricFamily("alchimia_prediction_abs_error_recent", "Mean absolute "
-                                   "error over the latest heats (the prequential window)",
-                                   labels=["target"])
+        errors = SummaryMetricFamily(
+            "alchimia_prediction_abs_error",
+            "Absolute error of "
+            "each heat's prediction (engineering units), made "
+            "before its outcome was known",
+            labels=["target"],
+        )
+        recent = GaugeMetricFamily(
+            "alchimia_prediction_abs_error_recent",
+            "Mean absolute error over the latest heats (the prequential window)",
+            labels=["target"],
+        )
         for key, mae in snapshot.items():
             if not key.startswith("mae_") or key.startswith("mae_recent_"):
                 continue
-            target = key[len("mae_"):]
-            errors.add_metric([target], count_value=n,
-                              sum_value=mae * n if math.isfinite(mae) else 0.0)
+            target = key[len("mae_") :]
+            errors.add_metric(
+                [target], count_value=n, sum_value=mae * n if math.isfinite(mae) else 0.0
+            )
             last = snapshot[f"mae_recent_{target}"]
             if math.isfinite(last):
                 recent.add_metric([target], last)

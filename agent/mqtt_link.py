@@ -24,13 +24,21 @@ REQUEST_QUEUE = 256  # requests waiting to be answered; more are dropped (and co
 
 
 class MqttLink:
-    def __init__(self, settings: NodeSettings, client_id: str, *, will: tuple[str, bytes],
-                 birth: Callable[[], tuple[str, bytes]], subscriptions: Sequence[str],
-                 request_topics: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        client_id: str,
+        *,
+        will: tuple[str, bytes],
+        birth: Callable[[], tuple[str, bytes]],
+        subscriptions: Sequence[str],
+        request_topics: Sequence[str] = (),
+    ) -> None:
         # (topic, payload): paho's payloads are typed bytes | bytearray.
         self.inbox: queue.Queue[tuple[str, bytes | bytearray]] = queue.Queue()
         self.requests: queue.Queue[tuple[str, bytes | bytearray]] = queue.Queue(
-            maxsize=REQUEST_QUEUE)
+            maxsize=REQUEST_QUEUE
+        )
         self.dropped = RejectionLog(log)  # requests dropped because too many wait
         self._birth = birth
         self._request_topics = frozenset(request_topics)
@@ -69,8 +77,14 @@ class MqttLink:
         """Queue a message; paho sends it now or after the next reconnect."""
         self.client.publish(topic, payload, qos=qos, retain=retain)
 
-    def _on_connect(self, client: mqtt.Client, _userdata: object, _flags: object,
-                    reason: mqtt.ReasonCode, _props: object) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        _userdata: object,
+        _flags: object,
+        reason: mqtt.ReasonCode,
+        _props: object,
+    ) -> None:
         if reason.is_failure:
             log.error("broker %s:%d refused the connection: %s", self.host, self.port, reason)
             return
@@ -85,23 +99,32 @@ class MqttLink:
         """paho retries forever; say once, in plain words, what is wrong."""
         if not self._explained:
             self._explained = True
-            log.error("cannot connect to %s:%d: %s (retrying)", self.host, self.port,
-                      self.settings.diagnose_connection())
+            log.error(
+                "cannot connect to %s:%d: %s (retrying)",
+                self.host,
+                self.port,
+                self.settings.diagnose_connection(),
+            )
 
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object,
-                       reason: mqtt.ReasonCode, _props: object) -> None:
+    def _on_disconnect(
+        self,
+        _client: mqtt.Client,
+        _userdata: object,
+        _flags: object,
+        reason: mqtt.ReasonCode,
+        _props: object,
+    ) -> None:
         if self.connected:
-            log.warning("disconnected from %s:%d (%s); reconnecting", self.host, self.port,
-                        reason)
+            log.warning("disconnected from %s:%d (%s); reconnecting", self.host, self.port, reason)
         self.connected = False
 
-    def _on_message(self, _client: mqtt.Client, _userdata: object,
-                    msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         if msg.topic not in self._request_topics:
             self.inbox.put((msg.topic, msg.payload))
             return
         try:
             self.requests.put_nowait((msg.topic, msg.payload))
         except queue.Full:
-            self.dropped.reject("queue_full", "request dropped: %d already wait to be answered",
-                                REQUEST_QUEUE)
+            self.dropped.reject(
+                "queue_full", "request dropped: %d already wait to be answered", REQUEST_QUEUE
+            )

@@ -64,15 +64,19 @@ class DataContract:
 
     def check(self, features: Sequence[str], targets: Sequence[str]) -> str | None:
         """Why a model with these columns cannot use this site's heats, or None if it can."""
-        for kind, names, have in (("feature", features, self.features),
-                                  ("target", targets, self.targets)):
+        for kind, names, have in (
+            ("feature", features, self.features),
+            ("target", targets, self.targets),
+        ):
             twice = sorted(n for n, k in Counter(names).items() if k > 1)
             if twice:
                 return f"{kind}(s) listed twice: {', '.join(twice[:5])}"
             missing = [n for n in names if n not in have]
             if missing:
-                return (f"{len(missing)} {kind}(s) this site's data does not have: "
-                        f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
+                return (
+                    f"{len(missing)} {kind}(s) this site's data does not have: "
+                    f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}"
+                )
         return None
 
 

@@ -90,8 +90,14 @@ class RequestLimits:
     max_heats: int = DEFAULT_MAX_HEATS
 
     def decoder(self) -> Limits:
-        return Limits(max_message_bytes=self.max_bytes, max_tensors=0, max_tensor_elements=0,
-                      max_total_elements=0, max_str_len=4096, max_depth=8)
+        return Limits(
+            max_message_bytes=self.max_bytes,
+            max_tensors=0,
+            max_tensor_elements=0,
+            max_total_elements=0,
+            max_str_len=4096,
+            max_depth=8,
+        )
 
 
 class RequestError(Exception):
@@ -128,8 +134,13 @@ class Reply:
 class Responder:
     """Answers the requests of every service on this agent's request topics."""
 
-    def __init__(self, agent_id: str, topics: Topics, services: Sequence[Service],
-                 limits: RequestLimits | None = None) -> None:
+    def __init__(
+        self,
+        agent_id: str,
+        topics: Topics,
+        services: Sequence[Service],
+        limits: RequestLimits | None = None,
+    ) -> None:
         self.agent_id, self.topics = agent_id, topics
         self.services = {s.name: s for s in services}
         self.limits = limits or RequestLimits()
@@ -151,8 +162,9 @@ class Responder:
     def request_topics(self) -> list[str]:
         return [self.topics.agent_request(self.agent_id, name) for name in self.services]
 
-    def handle(self, topic: str, payload: bytes | bytearray,
-               state: ServingState | None) -> Reply | None:
+    def handle(
+        self, topic: str, payload: bytes | bytearray, state: ServingState | None
+    ) -> Reply | None:
         """The response to one request message, or None when there is nobody to answer."""
         parsed = self.topics.parse_request_topic(topic)
         service = self.services.get(parsed[1]) if parsed else None
@@ -171,46 +183,74 @@ class Responder:
             except RequestError:
                 raise
             except Exception as exc:  # a bug or a model failure: answered, never raised
-                log.exception("agent %s: %s request %s failed", self.agent_id, service.name,
-                              request_id)
-                raise RequestError("internal", f"the agent failed to answer: "
-                                   f"{type(exc).__name__}") from exc
+                log.exception(
+                    "agent %s: %s request %s failed", self.agent_id, service.name, request_id
+                )
+                raise RequestError(
+                    "internal", f"the agent failed to answer: {type(exc).__name__}"
+                ) from exc
         except RequestError as exc:
             if client is None:
                 client, request_id = _peek(payload)
             code, why = exc.code, exc.message
-            body = service.response(request_id=request_id,
-                                    error=ErrorInfo(code=exc.code, message=exc.message))
+            body = service.response(
+                request_id=request_id, error=ErrorInfo(code=exc.code, message=exc.message)
+            )
             if client is None:
-                self.refusals.reject("unanswerable", "agent %s: unanswerable %s request (no "
-                                     "sender): %s: %s", self.agent_id, service.name, code, why)
+                self.refusals.reject(
+                    "unanswerable",
+                    "agent %s: unanswerable %s request (no sender): %s: %s",
+                    self.agent_id,
+                    service.name,
+                    code,
+                    why,
+                )
                 return None
         try:
             payload_out = message(self.agent_id, body)
         except Exception as exc:  # an answer that cannot be encoded: say so instead
-            log.exception("agent %s: %s answer to %s could not be encoded", self.agent_id,
-                          service.name, request_id)
+            log.exception(
+                "agent %s: %s answer to %s could not be encoded",
+                self.agent_id,
+                service.name,
+                request_id,
+            )
             code, why = "internal", f"the answer could not be encoded: {type(exc).__name__}"
-            payload_out = message(self.agent_id, service.response(
-                request_id=request_id, error=ErrorInfo(code=code, message=why)))
+            payload_out = message(
+                self.agent_id,
+                service.response(request_id=request_id, error=ErrorInfo(code=code, message=why)),
+            )
         if code is None:
             self._answered += 1
         else:
-            self.refusals.reject(f"error_{code}", "agent %s: %s request %s from %s refused: "
-                                 "%s: %s", self.agent_id, service.name, request_id, client,
-                                 code, why)
-        return Reply(self.topics.agent_response(self.agent_id, service.name, client),
-                     payload_out, code)
+            self.refusals.reject(
+                f"error_{code}",
+                "agent %s: %s request %s from %s refused: %s: %s",
+                self.agent_id,
+                service.name,
+                request_id,
+                client,
+                code,
+                why,
+            )
+        return Reply(
+            self.topics.agent_response(self.agent_id, service.name, client), payload_out, code
+        )
 
     def _decode(self, service: Service, payload: bytes | bytearray) -> Envelope:
         if len(payload) > self.limits.max_bytes:
-            raise RequestError("oversized", f"request of {len(payload)} bytes exceeds the "
-                               f"limit of {self.limits.max_bytes}")
+            raise RequestError(
+                "oversized",
+                f"request of {len(payload)} bytes exceeds the limit of {self.limits.max_bytes}",
+            )
         raw = _unpack(payload, self.limits)
         kind = raw.get("kind")
         if kind != service.request.kind:
-            raise RequestError("wrong_kind", f"expected a {service.request.kind} message on "
-                               f"{service.name}/request, got {kind!r}")
+            raise RequestError(
+                "wrong_kind",
+                f"expected a {service.request.kind} message on "
+                f"{service.name}/request, got {kind!r}",
+            )
         if service.precheck is not None and isinstance(raw.get("body"), Mapping):
             service.precheck(raw["body"], self.limits)
         try:
@@ -229,12 +269,20 @@ def _unpack(payload: bytes | bytearray, limits: RequestLimits) -> dict[str, Any]
     stack (and by the schema)."""
     n = len(payload)
     try:
-        raw = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_ext_len=0,
-                              max_str_len=min(n, 4096), max_bin_len=min(n, 4096),
-                              max_array_len=min(n, 100_000), max_map_len=min(n, 100_000))
+        raw = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            max_ext_len=0,
+            max_str_len=min(n, 4096),
+            max_bin_len=min(n, 4096),
+            max_array_len=min(n, 100_000),
+            max_map_len=min(n, 100_000),
+        )
     except Exception as exc:  # every msgpack failure: FormatError, ExtraData, StackError...
-        raise RequestError("malformed", f"not a valid msgpack message: "
-                           f"{type(exc).__name__}: {exc}"[:300]) from None
+        raise RequestError(
+            "malformed", f"not a valid msgpack message: {type(exc).__name__}: {exc}"[:300]
+        ) from None
     if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
         raise RequestError("malformed", "message must be a map with string keys")
     return raw
@@ -245,9 +293,14 @@ def _peek(payload: bytes | bytearray) -> tuple[str | None, str | None]:
     without building the rest of it (so an oversized request can still be answered)."""
     sender = request_id = None
     try:
-        u = msgpack.Unpacker(raw=False, max_buffer_size=max(len(payload), 1),
-                             max_str_len=256, max_bin_len=len(payload),
-                             max_array_len=len(payload), max_map_len=len(payload))
+        u = msgpack.Unpacker(
+            raw=False,
+            max_buffer_size=max(len(payload), 1),
+            max_str_len=256,
+            max_bin_len=len(payload),
+            max_array_len=len(payload),
+            max_map_len=len(payload),
+        )
         u.feed(payload)
         for _ in range(min(u.read_map_header(), 16)):
             key = u.unpack()
@@ -258,8 +311,11 @@ def _peek(payload: bytes | bytearray) -> tuple[str | None, str | None]:
                 for _ in range(min(u.read_map_header(), 64)):
                     if u.unpack() == "request_id":
                         value = u.unpack()
-                        if isinstance(value, str) and 0 < len(value) <= 64 and all(
-                                "\x21" <= c <= "\x7e" for c in value):
+                        if (
+                            isinstance(value, str)
+                            and 0 < len(value) <= 64
+                            and all("\x21" <= c <= "\x7e" for c in value)
+                        ):
                             request_id = value
                     else:
                         u.skip()
@@ -276,8 +332,9 @@ def _peek(payload: bytes | bytearray) -> tuple[str | None, str | None]:
 def _precheck_infer(body: Mapping[str, Any], limits: RequestLimits) -> None:
     heats = body.get("heats")
     if isinstance(heats, list) and len(heats) > limits.max_heats:
-        raise RequestError("too_many_heats", f"{len(heats)} heats in one request; at most "
-                           f"{limits.max_heats}")
+        raise RequestError(
+            "too_many_heats", f"{len(heats)} heats in one request; at most {limits.max_heats}"
+        )
 
 
 def _rows(req: InferRequestBody, state: ServingState) -> np.ndarray:
@@ -291,11 +348,16 @@ def _rows(req: InferRequestBody, state: ServingState) -> np.ndarray:
         if unknown or missing:
             where = f"heat {i}" + (f" ({heat.heat_id})" if heat.heat_id else "")
             if unknown:
-                raise RequestError("unknown_feature", f"{where}: unknown feature(s) "
-                                   f"{', '.join(sorted(unknown)[:5])}; known: "
-                                   f"{', '.join(state.features)}")
-            raise RequestError("missing_feature", f"{where}: missing "
-                               f"{', '.join(f for f in state.features if f in missing)}")
+                raise RequestError(
+                    "unknown_feature",
+                    f"{where}: unknown feature(s) "
+                    f"{', '.join(sorted(unknown)[:5])}; known: "
+                    f"{', '.join(state.features)}",
+                )
+            raise RequestError(
+                "missing_feature",
+                f"{where}: missing {', '.join(f for f in state.features if f in missing)}",
+            )
         x[i, [index[n] for n in names]] = list(heat.inputs.values())
         if POWER_ON in index and POWER_ON not in names:
             x[i, index[POWER_ON]] = np.nan
@@ -303,14 +365,19 @@ def _rows(req: InferRequestBody, state: ServingState) -> np.ndarray:
     if bad.any():
         i, j = map(int, np.argwhere(bad)[0])
         heat_id = req.heats[i].heat_id
-        raise RequestError("out_of_range", f"heat {i}" + (f" ({heat_id})" if heat_id else "")
-                           + f": {state.features[j]} = {x[i, j]:g} is outside "
-                           f"[0, {MAX_INPUT:g}]")
+        raise RequestError(
+            "out_of_range",
+            f"heat {i}"
+            + (f" ({heat_id})" if heat_id else "")
+            + f": {state.features[j]} = {x[i, j]:g} is outside "
+            f"[0, {MAX_INPUT:g}]",
+        )
     return x
 
 
-def answer_infer(req: InferRequestBody, state: ServingState | None,
-                 limits: RequestLimits) -> InferResponseBody:
+def answer_infer(
+    req: InferRequestBody, state: ServingState | None, limits: RequestLimits
+) -> InferResponseBody:
     """Predictions of the serving model with the site's calibrated intervals."""
     if state is None:
         raise RequestError("no_model", "this agent serves no model yet")
@@ -321,8 +388,10 @@ def answer_infer(req: InferRequestBody, state: ServingState | None,
         estimated = np.isnan(x[:, col])
         if estimated.any():
             if state.power_on is None:
-                raise RequestError("missing_feature", f"{POWER_ON} omitted and this site has "
-                                   "no power-on estimate yet: give it")
+                raise RequestError(
+                    "missing_feature",
+                    f"{POWER_ON} omitted and this site has no power-on estimate yet: give it",
+                )
             x = state.power_on.fill(x)
             if not np.isfinite(x[:, col]).all():
                 raise RequestError("internal", f"the {POWER_ON} estimate is not finite")
@@ -339,22 +408,32 @@ def answer_infer(req: InferRequestBody, state: ServingState | None,
             lower, upper = lo.tolist(), hi.tolist()
     targets, outputs, power_on = state.targets, pred.tolist(), x[:, col].tolist()
     # Every value here is checked finite and every name is the model's: no validation.
-    out = [HeatPrediction.model_construct(
-        heat_id=heat.heat_id, outputs=dict(zip(targets, outputs[i], strict=True)),
-        lower=dict(zip(targets, lower[i], strict=True)) if lower is not None else None,
-        upper=dict(zip(targets, upper[i], strict=True)) if upper is not None else None,
-        power_on_min=power_on[i] if estimated[i] else None)
-        for i, heat in enumerate(req.heats)]
-    return InferResponseBody(request_id=req.request_id, model_version=state.version,
-                             level=level, calibration_heats=held, predictions=out)
+    out = [
+        HeatPrediction.model_construct(
+            heat_id=heat.heat_id,
+            outputs=dict(zip(targets, outputs[i], strict=True)),
+            lower=dict(zip(targets, lower[i], strict=True)) if lower is not None else None,
+            upper=dict(zip(targets, upper[i], strict=True)) if upper is not None else None,
+            power_on_min=power_on[i] if estimated[i] else None,
+        )
+        for i, heat in enumerate(req.heats)
+    ]
+    return InferResponseBody(
+        request_id=req.request_id,
+        model_version=state.version,
+        level=level,
+        calibration_heats=held,
+        predictions=out,
+    )
 
 
 INFER = Service("infer", InferRequestBody, InferResponseBody, answer_infer, _precheck_infer)
 # -- optimize --------------------------------------------------------------------------
 
 
-def answer_optimize(req: OptimizeRequestBody, state: ServingState | None,
-                    limits: RequestLimits) -> OptimizeResponseBody:
+def answer_optimize(
+    req: OptimizeRequestBody, state: ServingState | None, limits: RequestLimits
+) -> OptimizeResponseBody:
     """The cheapest charge for the request's order and stock on the serving model
     (``models.charge``, docs/DECISIONS.md); an order that cannot be met is an answer too."""
     if state is None:
@@ -364,8 +443,7 @@ def answer_optimize(req: OptimizeRequestBody, state: ServingState | None,
     data: dict[str, Any] = {"order": req.order, "stock": req.stock, "joint": req.joint}
     if req.risk is not None:
         data["risk"] = req.risk
-    reference = req.reference_charge if req.reference_charge is not None else (
-        state.typical_charge)
+    reference = req.reference_charge if req.reference_charge is not None else (state.typical_charge)
     if reference:
         data["reference_charge"] = dict(reference)
     try:
@@ -374,12 +452,22 @@ def answer_optimize(req: OptimizeRequestBody, state: ServingState | None,
         raise RequestError("not_calibrated", str(exc)) from None
     except ValueError as exc:  # pydantic's ValidationError included
         raise RequestError("invalid_order", " ".join(str(exc).split())) from None
-    return OptimizeResponseBody(request_id=req.request_id, model_version=state.version,
-                                plan=plan)
+    return OptimizeResponseBody(request_id=req.request_id, model_version=state.version, plan=plan)
 
 
 OPTIMIZE = Service("optimize", OptimizeRequestBody, OptimizeResponseBody, answer_optimize)
 SERVICES: tuple[Service, ...] = (INFER, OPTIMIZE)
 
-__all__ = ["INFER", "OPTIMIZE", "SERVICES", "Reply", "RequestError", "RequestLimits",
-           "Responder", "Service", "ServingState", "answer_infer", "answer_optimize"]
+__all__ = [
+    "INFER",
+    "OPTIMIZE",
+    "SERVICES",
+    "Reply",
+    "RequestError",
+    "RequestLimits",
+    "Responder",
+    "Service",
+    "ServingState",
+    "answer_infer",
+    "answer_optimize",
+]

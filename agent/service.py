@@ -80,8 +80,9 @@ class Agent:
         # Where predictions, errors and drift events are written beside the sensor data.
         self.store = source.store if isinstance(source, StorePipeline) else None
         self.limits = Limits(max_message_bytes=settings.max_model_bytes)
-        self.model_key = (load_public_key(settings.model_public_key)
-                          if settings.model_public_key else None)
+        self.model_key = (
+            load_public_key(settings.model_public_key) if settings.model_public_key else None
+        )
         self.models_rejected = 0
         # Every message refused, counted by reason (docs/PROTOCOL.md, "Rejections"), and
         # every step of the work loop that failed, by step: both logged bounded.
@@ -99,8 +100,7 @@ class Agent:
         self.files = ServingFiles(settings.state_dir / self.id / "serving")
         self.new_heats = 0  # heats learned of since the last update sent
         self._status_sent_at = 0.0
-        self.recent: deque[tuple[np.ndarray, np.ndarray]] = deque(
-            maxlen=settings.challenger_heats)
+        self.recent: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=settings.challenger_heats)
         self.challengers_rejected = 0
         self.learner: SiteLearner | None = None
         self.base_weights: dict[str, np.ndarray] | None = None
@@ -122,11 +122,15 @@ class Agent:
         self._calibration_saved = 0  # calibrator.added when calibration.json was written
         self._calibration_sent_at = 0.0
         self.state: ServingState | None = None  # what requests are answered with
-        self.responder = Responder(self.id, self.topics, self.services(),
-                                   RequestLimits(settings.max_request_bytes,
-                                                 settings.max_request_heats))
+        self.responder = Responder(
+            self.id,
+            self.topics,
+            self.services(),
+            RequestLimits(settings.max_request_bytes, settings.max_request_heats),
+        )
         self.link = MqttLink(
-            settings, f"{settings.federation}-{self.id}",
+            settings,
+            f"{settings.federation}-{self.id}",
             will=(self.topics.agent_status(self.id), self._status("offline")),
             birth=lambda: (self.topics.agent_status(self.id), self._status("online")),
             subscriptions=[self.topics.model_current, self.topics.round_current],
@@ -141,13 +145,23 @@ class Agent:
     def _status(self, state: Literal["online", "offline"]) -> bytes:
         samples = self.table.n_train if self.table else 0
         current = self._reported_version == self.model_version  # validation of this version
-        return message(self.id, StatusBody(
-            role="agent", state=state, software=SOFTWARE, samples=samples,
-            capabilities=["train", "predict", *self.responder.services],
-            model_version=self.model_version, new_heats=self.new_heats,
-            serving_version=self.serving_version, models_rejected=self.models_rejected,
-            drift_events=self.learner.drift_events if self.learner else None,
-            validation=self.validation if current else None, prequential=self._prequential()))
+        return message(
+            self.id,
+            StatusBody(
+                role="agent",
+                state=state,
+                software=SOFTWARE,
+                samples=samples,
+                capabilities=["train", "predict", *self.responder.services],
+                model_version=self.model_version,
+                new_heats=self.new_heats,
+                serving_version=self.serving_version,
+                models_rejected=self.models_rejected,
+                drift_events=self.learner.drift_events if self.learner else None,
+                validation=self.validation if current else None,
+                prequential=self._prequential(),
+            ),
+        )
 
     def _publish_status(self) -> None:
         self._status_sent_at = time.monotonic()
@@ -159,8 +173,9 @@ class Agent:
         # (InfluxDB may be down), and the agent serves and spools meanwhile.
         self.link.start()
         log.info("agent %s started (federation %s)", self.id, self.settings.federation)
-        answering = threading.Thread(target=self._answer_requests, args=(stop,),
-                                     name=f"{self.id}-requests", daemon=True)
+        answering = threading.Thread(
+            target=self._answer_requests, args=(stop,), name=f"{self.id}-requests", daemon=True
+        )
         answering.start()
         metrics = serve_metrics(AgentCollector(self), self.settings)
         try:
@@ -205,8 +220,11 @@ class Agent:
                 counts["dropped"] = self.link.requests_dropped
             if counts != sent and time.monotonic() - sent_at >= self.settings.status_interval_s:
                 sent, sent_at = counts, time.monotonic()
-                body = MetricsBody(model_version=self.serving_version, scope="requests",
-                                   values={k: float(v) for k, v in counts.items()})
+                body = MetricsBody(
+                    model_version=self.serving_version,
+                    scope="requests",
+                    values={k: float(v) for k, v in counts.items()},
+                )
                 self.link.publish(self.topics.agent_metrics(self.id), message(self.id, body))
 
     def _step(self) -> None:
@@ -225,9 +243,16 @@ class Agent:
         try:
             return run()
         except Exception as exc:
-            self.step_failures.reject(step, "agent %s: %s failed (%s: %s); retrying", self.id,
-                                      step, type(exc).__name__, exc, level=logging.ERROR,
-                                      exc_info=True)
+            self.step_failures.reject(
+                step,
+                "agent %s: %s failed (%s: %s); retrying",
+                self.id,
+                step,
+                type(exc).__name__,
+                exc,
+                level=logging.ERROR,
+                exc_info=True,
+            )
             return None
 
     def _load_history(self) -> bool:
@@ -241,9 +266,15 @@ class Agent:
             history = self.source.history()
         except Exception as exc:  # the store is down: not fatal, and no traceback needed
             self._history_retry_at = now + HISTORY_RETRY_S
-            self.step_failures.reject("history", "agent %s cannot read its history yet (%s: "
-                                      "%s); serving meanwhile, retrying every %.0f s", self.id,
-                                      type(exc).__name__, exc, HISTORY_RETRY_S)
+            self.step_failures.reject(
+                "history",
+                "agent %s cannot read its history yet (%s: "
+                "%s); serving meanwhile, retrying every %.0f s",
+                self.id,
+                type(exc).__name__,
+                exc,
+                HISTORY_RETRY_S,
+            )
             return False
         self._history = history
         log.info("agent %s read %d heats of history", self.id, len(history))
@@ -251,8 +282,11 @@ class Agent:
             for heat in history:
                 self._remember(heat, None)
             self.new_heats += len(history)
-            if self.serving is not None and self.serving_version is not None \
-                    and self.serving_shared is not None:
+            if (
+                self.serving is not None
+                and self.serving_version is not None
+                and self.serving_shared is not None
+            ):
                 self._serve(self.serving, self.serving_version, self.serving_shared)
             self._report_validation()
             self._publish_status()  # there is data to learn from now
@@ -279,8 +313,9 @@ class Agent:
         except ValueError as exc:  # pydantic's ValidationError of a spec included
             self.rejections.reject("invalid", "rejected message on %s: %s", topic, exc)
         except Exception as exc:  # e.g. ONNX Runtime refusing a model's bytes
-            self.rejections.reject("unusable", "rejected message on %s: %s: %s", topic,
-                                   type(exc).__name__, exc)
+            self.rejections.reject(
+                "unusable", "rejected message on %s: %s: %s", topic, type(exc).__name__, exc
+            )
 
     def _on_model(self, env: Envelope) -> None:
         body = body_of(env, ModelBody)
@@ -289,9 +324,13 @@ class Agent:
         if self.model_version is not None and body.version < self.model_version:
             # Versions only go forward (an admin rollback is a new version): an older model,
             # however genuinely signed, is a replay and would stall every round.
-            self._report_rejected_model(body.version, "model_older", f"version {body.version} "
-                                        f"is older than version {self.model_version} already "
-                                        "adopted")
+            self._report_rejected_model(
+                body.version,
+                "model_older",
+                f"version {body.version} "
+                f"is older than version {self.model_version} already "
+                "adopted",
+            )
             return
         if self.model_key is not None:
             try:
@@ -315,13 +354,17 @@ class Agent:
         self.base_weights, self.model_version = body.weights, body.version
         self.compressor.follow(body.version, body.parent_version, body.round_id)
         if self.table is None or (self.table.features, self.table.targets) != (
-                spec.features, spec.targets):
+            spec.features,
+            spec.targets,
+        ):
             self.table = HeatTable(spec.features, spec.targets)
-            self.calibrator = SiteCalibrator(spec.targets, self.settings.interval_level,
-                                             self.settings.calibration_window)
+            self.calibrator = SiteCalibrator(
+                spec.targets, self.settings.interval_level, self.settings.calibration_window
+            )
             self.power_on, self.typical_charge = None, None
-            self.learner = SiteLearner(spec.features, spec.targets, spec.y_scale,
-                                       self.policy(), seed=self.settings.seed)
+            self.learner = SiteLearner(
+                spec.features, spec.targets, spec.y_scale, self.policy(), seed=self.settings.seed
+            )
             for heat in self._history or ():
                 self._remember(heat, None)
             self.new_heats = len(self._history or ())
@@ -331,15 +374,19 @@ class Agent:
         self._report_validation()
         self._publish_status()
 
-    def _site_predictor(self, shared: Weights, global_model: OnnxPredictor | None = None,
-                        ) -> OnnxPredictor:
+    def _site_predictor(
+        self,
+        shared: Weights,
+        global_model: OnnxPredictor | None = None,
+    ) -> OnnxPredictor:
         """ONNX Runtime over the shared weights with this site's tensors; an architecture
         without site tensors serves the global model as it came."""
         assert self.spec is not None
         if not self.spec.parameter_shapes("site") and global_model is not None:
             return global_model
-        return OnnxPredictor(build_onnx(self.spec, shared, self.site_weights),
-                             self.spec.features, self.spec.targets)
+        return OnnxPredictor(
+            build_onnx(self.spec, shared, self.site_weights), self.spec.features, self.spec.targets
+        )
 
     def _serve(self, predictor: OnnxPredictor, version: int, shared: Weights) -> None:
         """Swap the serving model and write it where the plant's tools find it, with its
@@ -350,8 +397,7 @@ class Agent:
         if self.calibrator is not None:
             regime = self.learner.regime_start if self.learner is not None else 1
             used = self.calibrator.reset(predictor.predict, version, regime)
-            log.info("agent %s calibrated version %d on %d held-out heats", self.id, version,
-                     used)
+            log.info("agent %s calibrated version %d on %d held-out heats", self.id, version, used)
             self._save_calibration()
         self._fit_power_on()
         self._update_state()
@@ -361,17 +407,26 @@ class Agent:
         if self.serving is None or self.serving_version is None or self.spec is None:
             return
         cal = self.calibrator.calibration.copy() if self.calibrator is not None else None
-        self.state = ServingState(self.serving_version, tuple(self.spec.features),
-                                  tuple(self.spec.targets), self.serving, cal, self.power_on,
-                                  self.settings.interval_level, self.typical_charge)
+        self.state = ServingState(
+            self.serving_version,
+            tuple(self.spec.features),
+            tuple(self.spec.targets),
+            self.serving,
+            cal,
+            self.power_on,
+            self.settings.interval_level,
+            self.typical_charge,
+        )
 
     def _typical_charge(self, x: np.ndarray, heats: int = 200) -> dict[str, float]:
         """The mean charge per grade of the latest training ``heats`` of rows ``x``."""
         assert self.table is not None
         mean = x[-heats:].mean(axis=0)
-        return {f[len("charge_"):-len("_t")]: float(mean[j])
-                for j, f in enumerate(self.table.features)
-                if f.startswith("charge_") and f.endswith("_t")}
+        return {
+            f[len("charge_") : -len("_t")]: float(mean[j])
+            for j, f in enumerate(self.table.features)
+            if f.startswith("charge_") and f.endswith("_t")
+        }
 
     def _save_calibration(self) -> None:
         if self.calibrator is None or self.calibrator.calibration.version is None:
@@ -403,22 +458,40 @@ class Agent:
             verdict = Verdict(True, "no serving model or no recent heats to judge on")
         else:
             x, y = self._recent_arrays()
-            verdict = judge(self.serving.predict(x), challenger.predict(x), y,
-                            np.asarray(self.spec.y_scale), self.settings.challenger_tolerance,
-                            self.settings.challenger_min_heats)
+            verdict = judge(
+                self.serving.predict(x),
+                challenger.predict(x),
+                y,
+                np.asarray(self.spec.y_scale),
+                self.settings.challenger_tolerance,
+                self.settings.challenger_min_heats,
+            )
         if not verdict.swap:
             self.challengers_rejected += 1
-            log.warning("agent %s keeps serving version %s, not %d: %s", self.id,
-                        self.serving_version, body.version, verdict.reason)
-            values = {"champion_error": verdict.champion_error or 0.0,
-                      "challenger_error": verdict.challenger_error or 0.0,
-                      "serving_version": float(self.serving_version or 0)}
-            self.link.publish(self.topics.agent_metrics(self.id), message(self.id, MetricsBody(
-                model_version=body.version, scope="challenger_rejected", values=values)))
+            log.warning(
+                "agent %s keeps serving version %s, not %d: %s",
+                self.id,
+                self.serving_version,
+                body.version,
+                verdict.reason,
+            )
+            values = {
+                "champion_error": verdict.champion_error or 0.0,
+                "challenger_error": verdict.challenger_error or 0.0,
+                "serving_version": float(self.serving_version or 0),
+            }
+            self.link.publish(
+                self.topics.agent_metrics(self.id),
+                message(
+                    self.id,
+                    MetricsBody(
+                        model_version=body.version, scope="challenger_rejected", values=values
+                    ),
+                ),
+            )
             return
         self._serve(challenger, body.version, body.weights)
-        log.info("agent %s now serves model version %d (%s)", self.id, body.version,
-                 verdict.reason)
+        log.info("agent %s now serves model version %d (%s)", self.id, body.version, verdict.reason)
 
     def _recent_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The latest heats' features and outcomes, oldest first."""
@@ -429,8 +502,10 @@ class Agent:
         if self.model_key is not None:
             verify_task(task, self.model_key)  # SignatureError: rejected, logged by handle
         if self.task is not None and task.round_id < self.task.round_id:
-            raise ValueError(f"task of round {task.round_id} is older than round "
-                             f"{self.task.round_id} already seen")
+            raise ValueError(
+                f"task of round {task.round_id} is older than round "
+                f"{self.task.round_id} already seen"
+            )
         self.task = task
 
     def _report_rejected_model(self, version: int, code: str, reason: str) -> None:
@@ -438,12 +513,21 @@ class Agent:
         reported while the reason's log budget lasts (a flood of forged models must not use
         up this agent's metrics budget at the coordinator), counted always."""
         self.models_rejected += 1
-        if not self.rejections.reject(code, "agent %s rejected model version %d: %s; still "
-                                      "serving version %s", self.id, version, reason,
-                                      self.model_version, level=logging.ERROR):
+        if not self.rejections.reject(
+            code,
+            "agent %s rejected model version %d: %s; still serving version %s",
+            self.id,
+            version,
+            reason,
+            self.model_version,
+            level=logging.ERROR,
+        ):
             return
-        body = MetricsBody(model_version=version, scope="model_rejected",
-                           values={"rejected_version": float(version)})
+        body = MetricsBody(
+            model_version=version,
+            scope="model_rejected",
+            values={"rejected_version": float(version)},
+        )
         self.link.publish(self.topics.agent_metrics(self.id), message(self.id, body))
 
     # -- data
@@ -467,11 +551,17 @@ class Agent:
             predicted = self._guarded("predict", lambda: serving.predict(xs))
             if predicted is not None:
                 preds = predicted
-                sent = self._guarded("publish_predictions",
-                                     lambda: self._publish_predictions(heats, predicted))
+                sent = self._guarded(
+                    "publish_predictions", lambda: self._publish_predictions(heats, predicted)
+                )
                 if sent:
-                    self._record(lambda: [p for heat, body in zip(heats, sent, strict=True)
-                                          for p in prediction_points(heat, body)])
+                    self._record(
+                        lambda: [
+                            p
+                            for heat, body in zip(heats, sent, strict=True)
+                            for p in prediction_points(heat, body)
+                        ]
+                    )
         drift: tuple[Heat, DriftEvent] | None = None
         for heat, x, y, pred in zip(heats, xs, ys, preds, strict=True):
             self.recent.append((x, y))
@@ -496,8 +586,7 @@ class Agent:
             # tells the coordinator there is new data to learn
             self._guarded("publish_status", self._publish_status)
 
-    def _publish_predictions(self, heats: list[Heat], preds: np.ndarray
-                             ) -> list[PredictionBody]:
+    def _publish_predictions(self, heats: list[Heat], preds: np.ndarray) -> list[PredictionBody]:
         """One ``prediction`` per heat, with its interval; then score the intervals and
         add the heats' residuals to the calibration (outcomes are known here). Returns
         the predictions published, in the order of ``heats``."""
@@ -508,16 +597,27 @@ class Agent:
             lo, hi = self.calibrator.interval(preds)
         sent = []
         for i, (heat, pred) in enumerate(zip(heats, preds, strict=True)):
-            bounded = lo is not None and hi is not None and bool(
-                np.isfinite(lo[i]).all() and np.isfinite(hi[i]).all())
+            bounded = (
+                lo is not None
+                and hi is not None
+                and bool(np.isfinite(lo[i]).all() and np.isfinite(hi[i]).all())
+            )
             body = PredictionBody(
-                heat_id=heat.heat_id, model_version=self.serving_version,
+                heat_id=heat.heat_id,
+                model_version=self.serving_version,
                 outputs=dict(zip(targets, map(float, pred), strict=True)),
                 level=self.settings.interval_level if bounded else None,
-                lower=(dict(zip(targets, map(float, lo[i]), strict=True))
-                       if bounded and lo is not None else None),
-                upper=(dict(zip(targets, map(float, hi[i]), strict=True))
-                       if bounded and hi is not None else None))
+                lower=(
+                    dict(zip(targets, map(float, lo[i]), strict=True))
+                    if bounded and lo is not None
+                    else None
+                ),
+                upper=(
+                    dict(zip(targets, map(float, hi[i]), strict=True))
+                    if bounded and hi is not None
+                    else None
+                ),
+            )
             self.link.publish(self.topics.agent_predictions(self.id), message(self.id, body))
             sent.append(body)
         if self.calibrator is not None and lo is not None and hi is not None:
@@ -538,13 +638,17 @@ class Agent:
     def _report_calibration(self) -> None:
         """Coverage of the intervals issued (``calibration`` metrics), and calibration.json,
         at most every status interval."""
-        if (self.calibrator is None or self.calibrator.added == self._calibration_saved
-                or time.monotonic() - self._calibration_sent_at < self.settings.status_interval_s):
+        if (
+            self.calibrator is None
+            or self.calibrator.added == self._calibration_saved
+            or time.monotonic() - self._calibration_sent_at < self.settings.status_interval_s
+        ):
             return
         self._calibration_sent_at = time.monotonic()
         self._save_calibration()
-        body = MetricsBody(model_version=self.serving_version, scope="calibration",
-                           values=self.calibrator.values())
+        body = MetricsBody(
+            model_version=self.serving_version, scope="calibration", values=self.calibrator.values()
+        )
         self.link.publish(self.topics.agent_metrics(self.id), message(self.id, body))
 
     def _remember(self, heat: Heat, pred: np.ndarray | None) -> DriftEvent | None:
@@ -571,26 +675,41 @@ class Agent:
         values = self._prequential()
         if values is None:
             return
-        body = MetricsBody(model_version=self.serving_version, scope="prequential",
-                           values=values)
+        body = MetricsBody(model_version=self.serving_version, scope="prequential", values=values)
         self.link.publish(self.topics.agent_metrics(self.id), message(self.id, body))
 
     def policy(self) -> SitePolicy:
         """The site's continual-learning policy from the settings."""
         st = self.settings
-        return SitePolicy(train_window=st.train_window, replay_rows=st.replay_rows,
-                          adapt_heats=st.adapt_heats, adapt_epochs=st.adapt_epochs,
-                          adapt_lr=st.adapt_lr, adapt_prior=st.adapt_prior,
-                          adapt_every=st.adapt_every)
+        return SitePolicy(
+            train_window=st.train_window,
+            replay_rows=st.replay_rows,
+            adapt_heats=st.adapt_heats,
+            adapt_epochs=st.adapt_epochs,
+            adapt_lr=st.adapt_lr,
+            adapt_prior=st.adapt_prior,
+            adapt_every=st.adapt_every,
+        )
 
     def _on_drift(self, event: DriftEvent) -> None:
         """Report it: the coordinator may open an early round. The site learner has started
         a new regime; ``_adapt`` re-fits the site part on it."""
-        log.warning("agent %s detected drift: errors %s, inputs %s (onset at heat %d)",
-                    self.id, list(event.error_targets), list(event.input_features),
-                    event.onset)
-        self.link.publish(self.topics.agent_metrics(self.id), message(self.id, MetricsBody(
-            model_version=self.serving_version, scope="drift", values=event.values())))
+        log.warning(
+            "agent %s detected drift: errors %s, inputs %s (onset at heat %d)",
+            self.id,
+            list(event.error_targets),
+            list(event.input_features),
+            event.onset,
+        )
+        self.link.publish(
+            self.topics.agent_metrics(self.id),
+            message(
+                self.id,
+                MetricsBody(
+                    model_version=self.serving_version, scope="drift", values=event.values()
+                ),
+            ),
+        )
 
     def _adapt(self) -> None:
         """The site learner asks for a re-fit (at a detection, then every few heats while
@@ -603,10 +722,13 @@ class Agent:
         if site is None:
             return  # no site tensors in this architecture, or too few heats yet
         self._keep_site_part(site)
-        log.info("agent %s re-fitted its site part on the new regime's %d latest heats; "
-                 "serves version %s", self.id,
-                 min(self.learner.regime_heats, self.learner.policy.adapt_heats),
-                 self.serving_version)
+        log.info(
+            "agent %s re-fitted its site part on the new regime's %d latest heats; "
+            "serves version %s",
+            self.id,
+            min(self.learner.regime_heats, self.learner.policy.adapt_heats),
+            self.serving_version,
+        )
 
     def _keep_site_part(self, site: Weights, serve: bool = True) -> None:
         """Adopt a new site part: saved to disk, and (``serve``) served at once with the
@@ -614,8 +736,9 @@ class Agent:
         self.site_weights = site
         self.files.save_site(site)
         if serve and self.serving_shared is not None and self.serving_version is not None:
-            self._serve(self._site_predictor(self.serving_shared), self.serving_version,
-                        self.serving_shared)
+            self._serve(
+                self._site_predictor(self.serving_shared), self.serving_version, self.serving_shared
+            )
 
     def _report_validation(self) -> None:
         if self.table is None or self.predictor is None:
@@ -634,9 +757,14 @@ class Agent:
     def _maybe_train(self) -> None:
         task = self.task
         if (
-            task is None or task.state != "open" or self.id not in task.selected
-            or task.round_id in self.rounds_done or self.model_version != task.base_version
-            or self.table is None or self.table.n_train == 0 or self.spec is None
+            task is None
+            or task.state != "open"
+            or self.id not in task.selected
+            or task.round_id in self.rounds_done
+            or self.model_version != task.base_version
+            or self.table is None
+            or self.table.n_train == 0
+            or self.spec is None
             or self.base_weights is None
         ):
             return
@@ -646,19 +774,30 @@ class Agent:
             x, y, replay = self.learner.round_rows()
         else:
             x, y = self.table.train()
-        cfg = TrainConfig(epochs=task.epochs, lr=task.lr, batch_size=task.batch_size,
-                          proximal_mu=task.hyper.get("proximal_mu", 0.0), seed=task.round_id,
-                          ewc_lambda=self.settings.ewc_lambda)
-        result = train_delta(self.spec, self.base_weights, x, y, cfg, site=self.site_weights,
-                             replay=replay)
+        cfg = TrainConfig(
+            epochs=task.epochs,
+            lr=task.lr,
+            batch_size=task.batch_size,
+            proximal_mu=task.hyper.get("proximal_mu", 0.0),
+            seed=task.round_id,
+            ewc_lambda=self.settings.ewc_lambda,
+        )
+        result = train_delta(
+            self.spec, self.base_weights, x, y, cfg, site=self.site_weights, replay=replay
+        )
         heats = len(x) + (len(replay[0]) if replay is not None else 0)
         # Only the shared delta leaves the site; the site part is kept (and served).
-        body = UpdateBody(round_id=task.round_id, base_version=task.base_version,
-                          num_samples=heats, metrics=result.metrics,
-                          delta=self.compressor.encode(
-                              self.privatizer.apply(result.delta, task.dp_clip_norm,
-                                                    task.dp_noise_multiplier),
-                              task.update_codec, task.update_topk_fraction))
+        body = UpdateBody(
+            round_id=task.round_id,
+            base_version=task.base_version,
+            num_samples=heats,
+            metrics=result.metrics,
+            delta=self.compressor.encode(
+                self.privatizer.apply(result.delta, task.dp_clip_norm, task.dp_noise_multiplier),
+                task.update_codec,
+                task.update_topk_fraction,
+            ),
+        )
         self.link.publish(self.topics.agent_update(self.id), message(self.id, body))
         self.rounds_done.add(task.round_id)
         self.updates_sent += 1
@@ -666,8 +805,12 @@ class Agent:
         if self.spec.parameter_shapes("site"):
             # The new site part was fitted beside the task's base; it serves at once if
             # that is the version served (else with the next version that serves).
-            self._keep_site_part(result.site,
-                                 serve=self.serving_version == task.base_version)
+            self._keep_site_part(result.site, serve=self.serving_version == task.base_version)
         self._publish_status()
-        log.info("agent %s sent update for round %d (%d heats, loss %.4f)", self.id,
-                 task.round_id, heats, result.metrics["train_loss"])
+        log.info(
+            "agent %s sent update for round %d (%d heats, loss %.4f)",
+            self.id,
+            task.round_id,
+            heats,
+            result.metrics["train_loss"],
+        )

@@ -46,8 +46,10 @@ from alchimia.models.schema import GRADES
 
 log = logging.getLogger("alchimia.consumer")
 RESPONSE_LIMITS = Limits(max_message_bytes=64 * 1024 * 1024)
-_RESPONSES: dict[str, type[ResponseBody]] = {"infer": InferResponseBody,
-                                             "optimize": OptimizeResponseBody}
+_RESPONSES: dict[str, type[ResponseBody]] = {
+    "infer": InferResponseBody,
+    "optimize": OptimizeResponseBody,
+}
 
 
 class ConsumerSettings(NodeSettings):
@@ -55,12 +57,17 @@ class ConsumerSettings(NodeSettings):
 
     model_config = SettingsConfigDict(env_prefix="ALCHIMIA_CONSUMER_", extra="forbid")
 
-    consumer_id: str = Field(default="consumer", description="this identity: the broker "
-                             "username (or certificate CN) and the last level of its "
-                             "response topics")
+    consumer_id: str = Field(
+        default="consumer",
+        description="this identity: the broker "
+        "username (or certificate CN) and the last level of its "
+        "response topics",
+    )
     model_public_key: Path | None = Field(
-        default=None, description="federation's model signing key (read from consumer.toml; "
-        "requests do not need it)")
+        default=None,
+        description="federation's model signing key (read from consumer.toml; "
+        "requests do not need it)",
+    )
 
     @field_validator("consumer_id")
     @classmethod
@@ -98,15 +105,17 @@ class Consumer:
         self.rejections = RejectionLog(log)  # responses ignored, by reason: logged bounded
         host, port, _ = settings.host_port_tls
         self.client = settings.paho_client(
-            f"{settings.federation}-{self.id}-{uuid.uuid4().hex[:8]}")
+            f"{settings.federation}-{self.id}-{uuid.uuid4().hex[:8]}"
+        )
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         try:
             self.client.connect(host, port, keepalive=settings.keepalive)
         except OSError as exc:
-            raise ConnectionError(f"cannot connect to {settings.broker}: "
-                                  f"{settings.diagnose_connection()} ({exc})") from None
+            raise ConnectionError(
+                f"cannot connect to {settings.broker}: {settings.diagnose_connection()} ({exc})"
+            ) from None
         self.client.loop_start()
         if not self._connected.wait(connect_timeout) or self._refused:
             self.close()
@@ -114,14 +123,14 @@ class Consumer:
             raise ConnectionError(f"cannot connect to {settings.broker}: {why}")
 
     # -- paho callbacks (network thread)
-    def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, rc: mqtt.ReasonCode,
-                    _p: object) -> None:
+    def _on_connect(
+        self, _c: mqtt.Client, _u: object, _f: object, rc: mqtt.ReasonCode, _p: object
+    ) -> None:
         if rc.is_failure:
             self._refused = f"the broker refused the login: {rc}"
         self._connected.set()
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: object, mid: int, _rc: object,
-                      _p: object) -> None:
+    def _on_subscribe(self, _c: mqtt.Client, _u: object, mid: int, _rc: object, _p: object) -> None:
         with self._lock:
             self._suback.setdefault(mid, threading.Event()).set()
 
@@ -136,8 +145,9 @@ class Consumer:
             self.rejections.reject("malformed", "ignored a response on %s: %s", msg.topic, exc)
             return
         if env.sender != agent_id:
-            self.rejections.reject("wrong_sender", "ignored a response on %s sent by %s",
-                                   msg.topic, env.sender)
+            self.rejections.reject(
+                "wrong_sender", "ignored a response on %s sent by %s", msg.topic, env.sender
+            )
             return
         body = body_of(env, ResponseBody)
         with self._lock:
@@ -155,21 +165,23 @@ class Consumer:
                 done = self._subscribed[service] = threading.Event()
         assert done is not None
         if first:
-            _rc, mid = self.client.subscribe(self.topics.client_responses(service, self.id),
-                                             qos=1)
+            _rc, mid = self.client.subscribe(self.topics.client_responses(service, self.id), qos=1)
             with self._lock:
                 ack = self._suback.setdefault(mid, threading.Event())
             if not ack.wait(timeout):
                 with self._lock:
                     del self._subscribed[service]
-                raise TimeoutError(f"the broker did not acknowledge the subscription to "
-                                   f"{service} responses within {timeout:g} s")
+                raise TimeoutError(
+                    f"the broker did not acknowledge the subscription to "
+                    f"{service} responses within {timeout:g} s"
+                )
             done.set()
         elif not done.wait(timeout):
             raise TimeoutError(f"subscription to {service} responses not acknowledged")
 
-    def call(self, agent_id: str, service: str, body: RequestBody,
-             timeout: float = 5.0) -> ResponseBody:
+    def call(
+        self, agent_id: str, service: str, body: RequestBody, timeout: float = 5.0
+    ) -> ResponseBody:
         """Send one request and wait for its response (errors included, not raised).
         Raises TimeoutError when no answer comes within ``timeout`` seconds."""
         check_id(agent_id, "agent id")
@@ -182,40 +194,64 @@ class Consumer:
                 raise ValueError(f"request id {body.request_id!r} is already waiting")
             self._pending[body.request_id] = (event, box)
         try:
-            self.client.publish(self.topics.agent_request(agent_id, service),
-                                message(self.id, body), qos=1)
+            self.client.publish(
+                self.topics.agent_request(agent_id, service), message(self.id, body), qos=1
+            )
             if not event.wait(timeout):
-                raise TimeoutError(f"no answer from agent {agent_id} within {timeout:g} s "
-                                   f"(is it running, and is {self.id} allowed to ask it?)")
+                raise TimeoutError(
+                    f"no answer from agent {agent_id} within {timeout:g} s "
+                    f"(is it running, and is {self.id} allowed to ask it?)"
+                )
             return box[0]
         finally:
             with self._lock:
                 del self._pending[body.request_id]
 
-    def infer(self, agent_id: str, heats: Iterable[PlannedHeat | Mapping[str, Any]], *,
-              level: float | None = None, timeout: float = 5.0,
-              request_id: str | None = None) -> InferResponseBody:
+    def infer(
+        self,
+        agent_id: str,
+        heats: Iterable[PlannedHeat | Mapping[str, Any]],
+        *,
+        level: float | None = None,
+        timeout: float = 5.0,
+        request_id: str | None = None,
+    ) -> InferResponseBody:
         """Predictions with intervals for planned heats; raises RequestFailed if the agent
         answers with an error, TimeoutError if it does not answer."""
-        req = InferRequestBody(request_id=request_id or uuid.uuid4().hex,
-                               heats=[planned_heat(h) for h in heats], level=level)
+        req = InferRequestBody(
+            request_id=request_id or uuid.uuid4().hex,
+            heats=[planned_heat(h) for h in heats],
+            level=level,
+        )
         answer = self.call(agent_id, "infer", req, timeout)
         if answer.error is not None:
             raise RequestFailed(answer)
         return cast(InferResponseBody, answer)  # decoded as _RESPONSES["infer"]
 
-    def optimize(self, agent_id: str, order: Mapping[str, Any], stock: Mapping[str, Any], *,
-                 risk: float | None = None, joint: bool = True,
-                 reference_charge: Mapping[str, float] | None = None, timeout: float = 30.0,
-                 request_id: str | None = None) -> OptimizeResponseBody:
+    def optimize(
+        self,
+        agent_id: str,
+        order: Mapping[str, Any],
+        stock: Mapping[str, Any],
+        *,
+        risk: float | None = None,
+        joint: bool = True,
+        reference_charge: Mapping[str, float] | None = None,
+        timeout: float = 30.0,
+        request_id: str | None = None,
+    ) -> OptimizeResponseBody:
         """The cheapest charge for ``order`` from ``stock`` (the maps of the TOML files,
         docs/DECISIONS.md) on the agent's serving model; the plan says ``infeasible`` and
         why when the order cannot be met. Raises RequestFailed if the agent answers with an
         error, TimeoutError if it does not answer."""
         req = OptimizeRequestBody(
-            request_id=request_id or uuid.uuid4().hex, order=dict(order), stock=dict(stock),
-            risk=risk, joint=joint,
-            reference_charge=dict(reference_charge) if reference_charge else None)
+            request_id=request_id or uuid.uuid4().hex,
+            order=dict(order),
+            stock=dict(stock),
+            risk=risk,
+            joint=joint,
+            reference_charge=dict(reference_charge) if reference_charge else None,
+        )
         answer = self.call(agent_id, "optimize", req, timeout)
         if answer.error is not None:
             raise RequestFailed(answer)
@@ -255,12 +291,14 @@ def planned_heat(obj: PlannedHeat | Mapping[str, Any]) -> PlannedHeat:
     elif "charge" in data or "process" in data:
         charge, process = data.pop("charge", {}) or {}, data.pop("process", {}) or {}
         if data:
-            raise ValueError(f"heat {heat_id}: unexpected keys beside charge and process: "
-                             f"{sorted(data)}")
+            raise ValueError(
+                f"heat {heat_id}: unexpected keys beside charge and process: {sorted(data)}"
+            )
         unknown = [g for g in charge if g not in GRADES]
         if unknown:
-            raise ValueError(f"heat {heat_id}: unknown grade(s) {unknown}; known: "
-                             f"{', '.join(GRADES)}")
+            raise ValueError(
+                f"heat {heat_id}: unknown grade(s) {unknown}; known: {', '.join(GRADES)}"
+            )
         inputs = {**{f"charge_{g}_t": t for g, t in charge.items()}, **process}
     else:
         inputs = data
@@ -309,5 +347,11 @@ def load_heats(path: Path) -> tuple[list[PlannedHeat], float | None]:
     return [planned_heat(h) for h in items], level
 
 
-__all__ = ["Consumer", "ConsumerSettings", "RequestFailed", "load_heats", "planned_heat",
-           "register_service"]
+__all__ = [
+    "Consumer",
+    "ConsumerSettings",
+    "RequestFailed",
+    "load_heats",
+    "planned_heat",
+    "register_service",
+]

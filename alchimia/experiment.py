@@ -121,8 +121,12 @@ class ExperimentResult:
             cells = [arm.label]
             for t, _, fmt in SHOWN:
                 signed = fmt.replace("{:", "{:+")
-                cells += [fmt.format(arm.before[t]), fmt.format(arm.after[t]),
-                          fmt.format(arm.end[t]), signed.format(arm.forgetting[t])]
+                cells += [
+                    fmt.format(arm.before[t]),
+                    fmt.format(arm.after[t]),
+                    fmt.format(arm.end[t]),
+                    signed.format(arm.forgetting[t]),
+                ]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -147,9 +151,9 @@ class _Served:
             return self.model(torch.from_numpy(np.asarray(x, np.float32))).numpy()
 
 
-def _simulate(plants: int, heats: int, drift_plant: int, drift: str, drift_at: int,
-              seed: int, holdout: int) -> tuple[list[str], np.ndarray, np.ndarray,
-                                                np.ndarray, np.ndarray]:
+def _simulate(
+    plants: int, heats: int, drift_plant: int, drift: str, drift_at: int, seed: int, holdout: int
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Heat arrays per plant, [plant, heat, column], plus held-out pre-drift-regime heats.
 
     The held-out heats come from a twin of the drifting plant (same profile, another seed,
@@ -175,14 +179,27 @@ def _drift_spec(drift: str, drift_at: int) -> str:
     return f"{name}@{drift_at}" + (f":{params}" if params else "")
 
 
-def run_drift_experiment(plants: int = 4, heats: int = 1000, drift_plant: int = 1,
-                         drift_at: int = 500, seed: int = 0, out_png: Path | None = None, *,
-                         history: int = 200, round_every: int = 25, window: int = 50,
-                         pretrain_rounds: int = 20, epochs: int = 2, lr: float = 3e-3,
-                         batch_size: int = 32, holdout: int = 200,
-                         drift: str = "supplier_change",
-                         policy: SitePolicy | None = None, ewc_lambda: float = 0.0,
-                         ablations: bool = True) -> ExperimentResult:
+def run_drift_experiment(
+    plants: int = 4,
+    heats: int = 1000,
+    drift_plant: int = 1,
+    drift_at: int = 500,
+    seed: int = 0,
+    out_png: Path | None = None,
+    *,
+    history: int = 200,
+    round_every: int = 25,
+    window: int = 50,
+    pretrain_rounds: int = 20,
+    epochs: int = 2,
+    lr: float = 3e-3,
+    batch_size: int = 32,
+    holdout: int = 200,
+    drift: str = "supplier_change",
+    policy: SitePolicy | None = None,
+    ewc_lambda: float = 0.0,
+    ablations: bool = True,
+) -> ExperimentResult:
     """Run the arms on the same simulated heats; ``drift_plant`` counts from 1.
 
     Heats ``0..history-1`` of every plant are known at the start and pre-train every arm;
@@ -201,10 +218,22 @@ def run_drift_experiment(plants: int = 4, heats: int = 1000, drift_plant: int = 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small models: threads cost more than they give
     try:
-        run = _Run(plants, heats, drift_plant, drift_at, seed, history, round_every, window,
-                   pretrain_rounds, TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size,
-                                                ewc_lambda=ewc_lambda),
-                   holdout, drift, policy or SitePolicy(), ablations)
+        run = _Run(
+            plants,
+            heats,
+            drift_plant,
+            drift_at,
+            seed,
+            history,
+            round_every,
+            window,
+            pretrain_rounds,
+            TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, ewc_lambda=ewc_lambda),
+            holdout,
+            drift,
+            policy or SitePolicy(),
+            ablations,
+        )
         result = run.result()
     finally:
         torch.set_num_threads(threads)
@@ -222,25 +251,52 @@ class _Run:
     shared part.
     """
 
-    def __init__(self, plants: int, heats: int, drift_plant: int, drift_at: int, seed: int,
-                 history: int, round_every: int, window: int, pretrain_rounds: int,
-                 train: TrainConfig, holdout: int, drift: str, policy: SitePolicy,
-                 ablations: bool) -> None:
+    def __init__(
+        self,
+        plants: int,
+        heats: int,
+        drift_plant: int,
+        drift_at: int,
+        seed: int,
+        history: int,
+        round_every: int,
+        window: int,
+        pretrain_rounds: int,
+        train: TrainConfig,
+        holdout: int,
+        drift: str,
+        policy: SitePolicy,
+        ablations: bool,
+    ) -> None:
         self.spec = spec = SPEC
         self.names, self.X, self.Y, self.hx, self.hy = _simulate(
-            plants, heats, drift_plant, drift, drift_at, seed, holdout)
+            plants, heats, drift_plant, drift, drift_at, seed, holdout
+        )
         self.plants, self.heats, self.d, self.drift_at = plants, heats, drift_plant - 1, drift_at
         self.seed, self.history, self.round_every, self.window = seed, history, round_every, window
         self.train, self.policy = train, policy
         self.arms = ARMS + (ABLATIONS if ablations else ())
         self.strategy = make_strategy("fedavg")
         self.config: dict[str, object] = dict(
-            architecture=spec.architecture, plants=plants, heats=heats,
-            drift_plant=drift_plant, drift_at=drift_at, seed=seed, history=history,
-            round_every=round_every, window=window, pretrain_rounds=pretrain_rounds,
-            epochs=train.epochs, lr=train.lr, batch_size=train.batch_size,
-            site_epochs=train.site_epochs, ewc_lambda=train.ewc_lambda, holdout=holdout,
-            drift=drift, policy=asdict(policy))
+            architecture=spec.architecture,
+            plants=plants,
+            heats=heats,
+            drift_plant=drift_plant,
+            drift_at=drift_at,
+            seed=seed,
+            history=history,
+            round_every=round_every,
+            window=window,
+            pretrain_rounds=pretrain_rounds,
+            epochs=train.epochs,
+            lr=train.lr,
+            batch_size=train.batch_size,
+            site_epochs=train.site_epochs,
+            ewc_lambda=train.ewc_lambda,
+            holdout=holdout,
+            drift=drift,
+            policy=asdict(policy),
+        )
 
         # Pre-training on the history: federated for (b)-(d), the drifting plant alone for
         # (a). Plain FedRep rounds on every history heat.
@@ -248,28 +304,40 @@ class _Run:
         self.zero_site = get_weights(build_model(spec), "site")  # the site part's zeros
         shared, sites = init, [self.zero_site] * plants
         for r in range(pretrain_rounds):
-            results = [self._train(shared, sites[k], self.X[k, :history],
-                                   self.Y[k, :history], r) for k in range(plants)]
+            results = [
+                self._train(shared, sites[k], self.X[k, :history], self.Y[k, :history], r)
+                for k in range(plants)
+            ]
             sites = [res.site for res in results]
             shared = self._aggregate(shared, [(res.delta, float(history)) for res in results])
         self.local = (init, self.zero_site)
         for r in range(pretrain_rounds):
-            res = self._train(*self.local, self.X[self.d, :history], self.Y[self.d, :history],
-                              r)
+            res = self._train(*self.local, self.X[self.d, :history], self.Y[self.d, :history], r)
             self.local = (add(self.local[0], res.delta), res.site)
         self.static = (shared, sites[self.d])
         self.fed_shared, self.fed_sites = shared, list(sites)
         self.cl_shared, self.cl_sites = shared, list(sites)
         # (d): the agent's site learner at every plant; ablations at the drifting plant.
-        self.learners = [SiteLearner(spec.features, spec.targets, spec.y_scale, policy,
-                                     seed=seed * 1000 + k) for k in range(plants)]
-        self.abl_learners = {
-            "no_detector": SiteLearner(spec.features, spec.targets, spec.y_scale,
-                                       replace(policy, detect=False),
-                                       seed=seed * 1000 + self.d),
-            "no_refit": SiteLearner(spec.features, spec.targets, spec.y_scale, policy,
-                                    seed=seed * 1000 + self.d),
-        } if ablations else {}
+        self.learners = [
+            SiteLearner(spec.features, spec.targets, spec.y_scale, policy, seed=seed * 1000 + k)
+            for k in range(plants)
+        ]
+        self.abl_learners = (
+            {
+                "no_detector": SiteLearner(
+                    spec.features,
+                    spec.targets,
+                    spec.y_scale,
+                    replace(policy, detect=False),
+                    seed=seed * 1000 + self.d,
+                ),
+                "no_refit": SiteLearner(
+                    spec.features, spec.targets, spec.y_scale, policy, seed=seed * 1000 + self.d
+                ),
+            }
+            if ablations
+            else {}
+        )
         self.abl_sites = dict.fromkeys(self.abl_learners, sites[self.d])
         for k, learner in enumerate(self.learners):
             for i in range(history):  # history heats: learned from, never predicted
@@ -287,11 +355,19 @@ class _Run:
         self.detections: list[tuple[str, int, tuple[str, ...]]] = []
         self.onsets: list[int] = []
 
-    def _train(self, shared: Weights, site: Weights, x: np.ndarray, y: np.ndarray,
-               round_id: int, replay: tuple[np.ndarray, np.ndarray] | None = None,
-               epochs: int | None = None) -> TrainResult:
-        cfg = replace(self.train, seed=round_id,
-                      epochs=self.train.epochs if epochs is None else epochs)
+    def _train(
+        self,
+        shared: Weights,
+        site: Weights,
+        x: np.ndarray,
+        y: np.ndarray,
+        round_id: int,
+        replay: tuple[np.ndarray, np.ndarray] | None = None,
+        epochs: int | None = None,
+    ) -> TrainResult:
+        cfg = replace(
+            self.train, seed=round_id, epochs=self.train.epochs if epochs is None else epochs
+        )
         return train_delta(self.spec, shared, x, y, cfg, site=site, replay=replay)
 
     def _aggregate(self, shared: Weights, updates: Sequence[tuple[Weights, float]]) -> Weights:
@@ -322,7 +398,7 @@ class _Run:
             for arm in self.arms:
                 self.held[arm]["before"] = self._held_out(arm)
         for k in range(self.plants):
-            x, y = self.X[k, i:i + 1], self.Y[k, i]
+            x, y = self.X[k, i : i + 1], self.Y[k, i]
             served = self.cl_served[k]
             served.load(self.cl_shared, self.cl_sites[k])
             pred = served.predict(x)[0]
@@ -339,7 +415,7 @@ class _Run:
                 site = learner.refit(self.spec, self.cl_shared, self.cl_sites[k])
                 if site is not None:
                     self.cl_sites[k] = site
-        x, y = self.X[self.d, i:i + 1], self.Y[self.d, i]
+        x, y = self.X[self.d, i : i + 1], self.Y[self.d, i]
         for arm in self.arms:
             if arm == "continual":
                 continue
@@ -364,11 +440,14 @@ class _Run:
         r, d = self.round_id, self.d
         res = self._train(*self.local, self.X[d, :n], self.Y[d, :n], r)
         self.local = (add(self.local[0], res.delta), res.site)
-        results = [self._train(self.fed_shared, self.fed_sites[k], self.X[k, :n],
-                               self.Y[k, :n], r) for k in range(self.plants)]
+        results = [
+            self._train(self.fed_shared, self.fed_sites[k], self.X[k, :n], self.Y[k, :n], r)
+            for k in range(self.plants)
+        ]
         self.fed_sites = [res.site for res in results]
-        self.fed_shared = self._aggregate(self.fed_shared,
-                                          [(res.delta, float(n)) for res in results])
+        self.fed_shared = self._aggregate(
+            self.fed_shared, [(res.delta, float(n)) for res in results]
+        )
         # (d): what the agent does in a round (Agent._maybe_train).
         base, updates = self.cl_shared, []
         for k, learner in enumerate(self.learners):
@@ -380,8 +459,7 @@ class _Run:
         # site part first, with the shared part frozen: epochs=0 gives the same site part).
         for arm, learner in self.abl_learners.items():
             x, y, _ = learner.round_rows()  # replay trains the shared part only
-            self.abl_sites[arm] = self._train(base, self.abl_sites[arm], x, y, r,
-                                              epochs=0).site
+            self.abl_sites[arm] = self._train(base, self.abl_sites[arm], x, y, r, epochs=0).site
         self.cl_shared = self._aggregate(base, updates)
         self.round_id += 1
 
@@ -392,8 +470,9 @@ class _Run:
         starts = range(self.history, self.heats, self.round_every)
         # Minutes of work: show where it is (on stderr, gone once done; stdout keeps the
         # result tables).
-        for start in track(starts, description="heats and rounds", transient=True,
-                           console=Console(stderr=True)):
+        for start in track(
+            starts, description="heats and rounds", transient=True, console=Console(stderr=True)
+        ):
             stop = min(start + self.round_every, self.heats)
             for i in range(start, stop):
                 self._test(i)
@@ -405,21 +484,42 @@ class _Run:
         def pick(snap: dict[str, float]) -> dict[str, float]:
             return {t: snap[f"mae_recent_{t}"] for t in self.spec.targets}
 
-        arms = {a: ArmResult(a, ARM_LABELS[a], pick(self.phase[a]["before"]),
-                             pick(self.phase[a]["after"]), pick(self.phase[a]["end"]),
-                             self.held[a]["before"], self.held[a]["end"], self.errors[a])
-                for a in self.arms}
+        arms = {
+            a: ArmResult(
+                a,
+                ARM_LABELS[a],
+                pick(self.phase[a]["before"]),
+                pick(self.phase[a]["after"]),
+                pick(self.phase[a]["end"]),
+                self.held[a]["before"],
+                self.held[a]["end"],
+                self.errors[a],
+            )
+            for a in self.arms
+        }
         refits = sum(learner.refits for learner in self.learners)
-        return ExperimentResult(arms, self.spec.targets, self.history, self.names[self.d],
-                                self.drift_at, self.window, self.detections, 0.0, None,
-                                self.config, onsets=self.onsets, refits=refits)
+        return ExperimentResult(
+            arms,
+            self.spec.targets,
+            self.history,
+            self.names[self.d],
+            self.drift_at,
+            self.window,
+            self.detections,
+            0.0,
+            None,
+            self.config,
+            onsets=self.onsets,
+            refits=refits,
+        )
 
 
 def plot(result: ExperimentResult, out_png: Path) -> Path:
     """Rolling MAE per arm at the drifted plant, energy and Cu, with drift and detections."""
     fig, axes = figures.subplots(len(SHOWN), 1, figsize=(10, 6.5), sharex=True)
-    heats = np.arange(result.stream_start, result.stream_start + next(
-        iter(result.arms.values())).errors.shape[0])
+    heats = np.arange(
+        result.stream_start, result.stream_start + next(iter(result.arms.values())).errors.shape[0]
+    )
     for ax, (target, unit, _) in zip(axes, SHOWN, strict=True):
         j = result.targets.index(target)
         for arm in sorted(result.arms.values(), key=lambda a: a.name == "continual"):
@@ -427,16 +527,23 @@ def plot(result: ExperimentResult, out_png: Path) -> Path:
             rolling = np.convolve(err, np.ones(result.window), mode="full")[: len(err)]
             counts = np.minimum(np.arange(1, len(err) + 1), result.window)
             ablation = arm.name in ABLATIONS
-            ax.plot(heats, rolling / counts, label=arm.label, ls="--" if ablation else "-",
-                    lw=1.0 if ablation else (2.0 if arm.name == "continual" else 1.3))
+            ax.plot(
+                heats,
+                rolling / counts,
+                label=arm.label,
+                ls="--" if ablation else "-",
+                lw=1.0 if ablation else (2.0 if arm.name == "continual" else 1.3),
+            )
         ax.axvline(result.drift_at, color="k", ls="--", lw=1)
         for plant, heat, _ in result.detections:
             if plant == result.drift_plant:
                 ax.axvline(heat, color="tab:red", ls=":", lw=0.8)
         ax.set_ylabel(f"MAE {unit} (last {result.window})")
         ax.grid(alpha=0.3)
-    axes[0].set_title(f"Prequential error at {result.drift_plant}: supplier change at heat "
-                      f"{result.drift_at} (dashed), detections (dotted)")
+    axes[0].set_title(
+        f"Prequential error at {result.drift_plant}: supplier change at heat "
+        f"{result.drift_at} (dashed), detections (dotted)"
+    )
     axes[0].legend(fontsize=8)
     axes[-1].set_xlabel("heat")
     return figures.save(fig, out_png)
@@ -444,44 +551,65 @@ def plot(result: ExperimentResult, out_png: Path) -> Path:
 
 # -- command line ----------------------------------------------------------------------
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plants", type=int, default=4)
     parser.add_argument("--heats", type=int, default=1000, help="heats per plant")
     parser.add_argument("--drift-plant", type=int, default=1, help="plant number, from 1")
     parser.add_argument("--drift-at", type=int, default=500, help="heat index of the drift")
-    parser.add_argument("--drift", default="supplier_change",
-                        help="NAME[:key=value,...] of agent.sim's scenarios")
+    parser.add_argument(
+        "--drift", default="supplier_change", help="NAME[:key=value,...] of agent.sim's scenarios"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--history", type=int, default=200, help="heats known at start")
     parser.add_argument("--round-every", type=int, default=25, help="heats per round")
     parser.add_argument("--window", type=int, default=50, help="heats per error window")
-    parser.add_argument("--ewc-lambda", type=float, default=0.0,
-                        help="EWC strength in arm (d)'s rounds (the agent's ewc_lambda)")
-    parser.add_argument("--out", type=Path, default=Path("runs/drift-experiment.png"),
-                        help="PNG of the rolling error")
+    parser.add_argument(
+        "--ewc-lambda",
+        type=float,
+        default=0.0,
+        help="EWC strength in arm (d)'s rounds (the agent's ewc_lambda)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/drift-experiment.png"),
+        help="PNG of the rolling error",
+    )
     parser.add_argument("--no-plot", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         result = run_drift_experiment(
-            plants=args.plants, heats=args.heats, drift_plant=args.drift_plant,
-            drift_at=args.drift_at, seed=args.seed,
-            out_png=None if args.no_plot else args.out, history=args.history,
-            round_every=args.round_every, window=args.window, drift=args.drift,
-            ewc_lambda=args.ewc_lambda)
+            plants=args.plants,
+            heats=args.heats,
+            drift_plant=args.drift_plant,
+            drift_at=args.drift_at,
+            seed=args.seed,
+            out_png=None if args.no_plot else args.out,
+            history=args.history,
+            round_every=args.round_every,
+            window=args.window,
+            drift=args.drift,
+            ewc_lambda=args.ewc_lambda,
+        )
     except ValueError as exc:
         print(f"error: {exc}")
         return 2
-    print(f"drift: {_drift_spec(args.drift, args.drift_at)} at {result.drift_plant}; "
-          f"{args.plants} plants x {args.heats} heats, a round every {args.round_every}; "
-          f"MAE over {args.window} heats at {result.drift_plant}")
+    print(
+        f"drift: {_drift_spec(args.drift, args.drift_at)} at {result.drift_plant}; "
+        f"{args.plants} plants x {args.heats} heats, a round every {args.round_every}; "
+        f"MAE over {args.window} heats at {result.drift_plant}"
+    )
     print(result.table())
     found = [f"{p}@{h} ({', '.join(t)})" for p, h, t in result.detections]
     print(f"detections in (d): {', '.join(found) if found else 'none'}")
     if result.onsets:
-        print(f"estimated onsets at {result.drift_plant}: "
-              f"{', '.join(f'heat {h}' for h in result.onsets)}")
+        print(
+            f"estimated onsets at {result.drift_plant}: "
+            f"{', '.join(f'heat {h}' for h in result.onsets)}"
+        )
     print(f"site re-fits between rounds in (d): {result.refits}")
     if result.png is not None:
         print(f"plot: {result.png}")
@@ -495,5 +623,13 @@ if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(run(p.parse_args()))
 
 
-__all__ = ["ABLATIONS", "ARMS", "ArmResult", "ExperimentResult",
-           "add_arguments", "plot", "run", "run_drift_experiment"]
+__all__ = [
+    "ABLATIONS",
+    "ARMS",
+    "ArmResult",
+    "ExperimentResult",
+    "add_arguments",
+    "plot",
+    "run",
+    "run_drift_experiment",
+]

@@ -43,8 +43,16 @@ from alchimia.models.spec import ModelSpec
 SPEC = ModelSpec(architecture="eaf-hybrid-v1")
 PHASES = ("before", "transient", "after")
 VAL_EVERY = 5  # the agent's HeatTable: every fifth heat is a validation heat
-SHORT = {"energy_kwh_t": "energy", "tapped_t": "tapped", "tap_temp_c": "temp",
-         "cu_pct": "Cu", "sn_pct": "Sn", "ni_pct": "Ni", "cr_pct": "Cr", "mo_pct": "Mo"}
+SHORT = {
+    "energy_kwh_t": "energy",
+    "tapped_t": "tapped",
+    "tap_temp_c": "temp",
+    "cu_pct": "Cu",
+    "sn_pct": "Sn",
+    "ni_pct": "Ni",
+    "cr_pct": "Cr",
+    "mo_pct": "Mo",
+}
 
 
 @dataclass(frozen=True)
@@ -94,18 +102,28 @@ class CalibrationResult:
         """Coverage of one plant in one phase, averaged over the targets."""
         return float(np.mean(list(self.coverage[phase][plant].values())))
 
-    def worst(self, phases: tuple[str, ...] = ("before", "after"),
-              ) -> tuple[float, str, str, str]:
+    def worst(
+        self,
+        phases: tuple[str, ...] = ("before", "after"),
+    ) -> tuple[float, str, str, str]:
         """Largest |coverage - level| over plants and targets: (gap, phase, plant, target)."""
-        return max((abs(c - self.config.level), ph, p, t)
-                   for ph in phases for p, row in self.coverage[ph].items()
-                   for t, c in row.items())
+        return max(
+            (abs(c - self.config.level), ph, p, t)
+            for ph in phases
+            for p, row in self.coverage[ph].items()
+            for t, c in row.items()
+        )
 
-    def worst_plant(self, phases: tuple[str, ...] = ("before", "after"),
-                    ) -> tuple[float, str, str]:
+    def worst_plant(
+        self,
+        phases: tuple[str, ...] = ("before", "after"),
+    ) -> tuple[float, str, str]:
         """Largest |mean coverage over targets - level|: (gap, phase, plant)."""
-        return max((abs(self.plant_mean(ph, p) - self.config.level), ph, p)
-                   for ph in phases for p in self.plants)
+        return max(
+            (abs(self.plant_mean(ph, p) - self.config.level), ph, p)
+            for ph in phases
+            for p in self.plants
+        )
 
     def met(self, tolerance: float = 0.03) -> bool:
         return self.worst()[0] <= tolerance
@@ -113,17 +131,26 @@ class CalibrationResult:
     def table(self) -> str:
         """Markdown: one row per phase and plant, coverage (%) per target and over all
         targets, and the mean interval width of energy and Cu."""
-        head = ["phase", "plant", "heats", *(SHORT.get(t, t) for t in TARGETS), "all",
-                "width kWh/t", "width Cu %"]
+        head = [
+            "phase",
+            "plant",
+            "heats",
+            *(SHORT.get(t, t) for t in TARGETS),
+            "all",
+            "width kWh/t",
+            "width Cu %",
+        ]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for ph in PHASES:
             for p in self.plants:
                 mark = "*" if p in self.drifting else ""
                 cells = [ph, p + mark, str(self.heats[ph][p])]
                 cells += [f"{100 * self.coverage[ph][p][t]:.1f}" for t in TARGETS]
-                cells += [f"{100 * self.plant_mean(ph, p):.1f}",
-                          f"{self.width[ph][p]['energy_kwh_t']:.1f}",
-                          f"{self.width[ph][p]['cu_pct']:.4f}"]
+                cells += [
+                    f"{100 * self.plant_mean(ph, p):.1f}",
+                    f"{self.width[ph][p]['energy_kwh_t']:.1f}",
+                    f"{self.width[ph][p]['cu_pct']:.4f}",
+                ]
                 lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -183,26 +210,37 @@ def _run(cfg: CalibrationConfig) -> CalibrationResult:  # noqa: C901
     strategy = make_strategy("fedavg")
     policy = SitePolicy()
 
-    def fit(shared: Weights, site: Weights | None, x: np.ndarray, y: np.ndarray,
-            round_id: int, replay: tuple[np.ndarray, np.ndarray] | None = None,
-            ) -> TrainResult:
+    def fit(
+        shared: Weights,
+        site: Weights | None,
+        x: np.ndarray,
+        y: np.ndarray,
+        round_id: int,
+        replay: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> TrainResult:
         cfg_r = TrainConfig(**{**asdict(train), "seed": round_id})
         return train_delta(SPEC, shared, x, y, cfg_r, site=site, replay=replay)
 
     # Pre-training on the history's training heats, federated (what a new site finds).
-    hist = ~validation[:cfg.history]
+    hist = ~validation[: cfg.history]
     shared = get_weights(build_model(SPEC, seed=cfg.seed))
     sites: list[Weights] = [get_weights(build_model(SPEC), "site")] * n_plants
     for r in range(cfg.pretrain_rounds):
-        res = [fit(shared, sites[k], X[k, :cfg.history][hist], Y[k, :cfg.history][hist], r)
-               for k in range(n_plants)]
+        res = [
+            fit(shared, sites[k], X[k, : cfg.history][hist], Y[k, : cfg.history][hist], r)
+            for k in range(n_plants)
+        ]
         sites = [x.site for x in res]
         shared = strategy.aggregate(shared, [(x.delta, float(hist.sum())) for x in res])
 
-    learners = [SiteLearner(SPEC.features, SPEC.targets, SPEC.y_scale, policy,
-                            seed=cfg.seed * 1000 + k) for k in range(n_plants)]
-    cals = [SiteCalibrator(SPEC.targets, cfg.level, cfg.window, cfg.min_reset_heats)
-            for _ in range(n_plants)]
+    learners = [
+        SiteLearner(SPEC.features, SPEC.targets, SPEC.y_scale, policy, seed=cfg.seed * 1000 + k)
+        for k in range(n_plants)
+    ]
+    cals = [
+        SiteCalibrator(SPEC.targets, cfg.level, cfg.window, cfg.min_reset_heats)
+        for _ in range(n_plants)
+    ]
     models = [_Model() for _ in range(n_plants)]
     for k in range(n_plants):
         for i in range(cfg.history):
@@ -219,7 +257,7 @@ def _run(cfg: CalibrationConfig) -> CalibrationResult:  # noqa: C901
         stop = min(start + cfg.round_every, cfg.heats)
         for i in range(start, stop):
             for k in range(n_plants):
-                x, y = X[k, i:i + 1], Y[k, i:i + 1]
+                x, y = X[k, i : i + 1], Y[k, i : i + 1]
                 pred = models[k].load(shared, sites[k]).predict(x)
                 lo, hi = cals[k].interval(pred)  # issued before the outcome is known
                 if np.isfinite(lo).all() and np.isfinite(hi).all():
@@ -235,8 +273,9 @@ def _run(cfg: CalibrationConfig) -> CalibrationResult:  # noqa: C901
                     site = learner.refit(SPEC, shared, sites[k])
                     if site is not None:
                         sites[k] = site
-                        cals[k].reset(models[k].load(shared, site).predict,
-                                      regime_start=learner.regime_start)
+                        cals[k].reset(
+                            models[k].load(shared, site).predict, regime_start=learner.regime_start
+                        )
         # A round, as the agent runs it (Agent._maybe_train), then every site serves the
         # new version with its new site part: a reset at every plant.
         updates = []
@@ -248,12 +287,15 @@ def _run(cfg: CalibrationConfig) -> CalibrationResult:  # noqa: C901
         shared = strategy.aggregate(shared, updates)
         round_id += 1
         for k in range(n_plants):
-            cals[k].reset(models[k].load(shared, sites[k]).predict,
-                          regime_start=learners[k].regime_start)
+            cals[k].reset(
+                models[k].load(shared, sites[k]).predict, regime_start=learners[k].regime_start
+            )
 
-    bounds = {"before": (cfg.history, cfg.drift_at),
-              "transient": (cfg.drift_at, cfg.drift_at + cfg.settle),
-              "after": (cfg.drift_at + cfg.settle, cfg.heats)}
+    bounds = {
+        "before": (cfg.history, cfg.drift_at),
+        "transient": (cfg.drift_at, cfg.drift_at + cfg.settle),
+        "after": (cfg.drift_at + cfg.settle, cfg.heats),
+    }
     coverage: dict[str, dict[str, dict[str, float]]] = {}
     width: dict[str, dict[str, dict[str, float]]] = {}
     counts: dict[str, dict[str, int]] = {}
@@ -263,32 +305,49 @@ def _run(cfg: CalibrationConfig) -> CalibrationResult:  # noqa: C901
             h, w = hits[k, a:b], widths[k, a:b]
             scored = np.isfinite(h[:, 0])
             counts[ph][p] = int(scored.sum())
-            coverage[ph][p] = dict(zip(TARGETS, map(float, np.nanmean(h, axis=0)),
-                                       strict=True))
+            coverage[ph][p] = dict(zip(TARGETS, map(float, np.nanmean(h, axis=0)), strict=True))
             width[ph][p] = dict(zip(TARGETS, map(float, np.nanmean(w, axis=0)), strict=True))
-    return CalibrationResult(cfg, names, drifting, coverage, counts, width, detections,
-                             resets=sum(c.resets for c in cals), hits=hits)
+    return CalibrationResult(
+        cfg,
+        names,
+        drifting,
+        coverage,
+        counts,
+        width,
+        detections,
+        resets=sum(c.resets for c in cals),
+        hits=hits,
+    )
 
 
 # -- command line ----------------------------------------------------------------------
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = CalibrationConfig()
     parser.add_argument("--plants", type=int, default=d.plants)
     parser.add_argument("--heats", type=int, default=d.heats, help="heats per plant")
-    parser.add_argument("--drift", default=d.drift,
-                        help="NAME[:key=value,...] of agent.sim's scenarios")
-    parser.add_argument("--drift-plant", type=int, default=d.drift_plant,
-                        help="plant number from 1; 0: every plant drifts")
+    parser.add_argument(
+        "--drift", default=d.drift, help="NAME[:key=value,...] of agent.sim's scenarios"
+    )
+    parser.add_argument(
+        "--drift-plant",
+        type=int,
+        default=d.drift_plant,
+        help="plant number from 1; 0: every plant drifts",
+    )
     parser.add_argument("--drift-at", type=int, default=d.drift_at)
-    parser.add_argument("--settle", type=int, default=d.settle,
-                        help="heats after the drift reported apart (transient)")
+    parser.add_argument(
+        "--settle",
+        type=int,
+        default=d.settle,
+        help="heats after the drift reported apart (transient)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[d.seed])
     parser.add_argument("--history", type=int, default=d.history)
     parser.add_argument("--round-every", type=int, default=d.round_every)
     parser.add_argument("--level", type=float, default=d.level)
-    parser.add_argument("--window", type=int, default=d.window,
-                        help="calibration window (heats)")
+    parser.add_argument("--window", type=int, default=d.window, help="calibration window (heats)")
     parser.add_argument("--min-reset-heats", type=int, default=d.min_reset_heats)
 
 
@@ -296,29 +355,46 @@ def run(args: argparse.Namespace) -> int:
     for seed in args.seeds:
         try:
             cfg = CalibrationConfig(
-                plants=args.plants, heats=args.heats, drift=args.drift,
-                drift_plant=args.drift_plant, drift_at=args.drift_at, settle=args.settle,
-                seed=seed, history=args.history, round_every=args.round_every,
-                level=args.level, window=args.window, min_reset_heats=args.min_reset_heats)
+                plants=args.plants,
+                heats=args.heats,
+                drift=args.drift,
+                drift_plant=args.drift_plant,
+                drift_at=args.drift_at,
+                settle=args.settle,
+                seed=seed,
+                history=args.history,
+                round_every=args.round_every,
+                level=args.level,
+                window=args.window,
+                min_reset_heats=args.min_reset_heats,
+            )
         except ValueError as exc:
             print(f"error: {exc}")
             return 2
         result = run_calibration_experiment(cfg)
-        print(f"seed {seed}: {len(result.plants)} plants x {cfg.heats} heats, "
-              f"{cfg.drift} at heat {cfg.drift_at} at {', '.join(result.drifting) or 'none'} "
-              f"(*); {cfg.level:.0%} intervals, window {cfg.window}; coverage % of the "
-              f"streamed heats (transient: the {cfg.settle} heats after the drift)")
+        print(
+            f"seed {seed}: {len(result.plants)} plants x {cfg.heats} heats, "
+            f"{cfg.drift} at heat {cfg.drift_at} at {', '.join(result.drifting) or 'none'} "
+            f"(*); {cfg.level:.0%} intervals, window {cfg.window}; coverage % of the "
+            f"streamed heats (transient: the {cfg.settle} heats after the drift)"
+        )
         print(result.table())
         gap, ph, p = result.worst_plant()
-        print(f"{'MET ' if gap <= 0.03 else 'MISSED'} every plant's coverage (mean over "
-              f"targets) within +-3 points of {cfg.level:.0%} before and after the drift: "
-              f"worst {gap * 100:.1f} points ({ph}, {p})")
+        print(
+            f"{'MET ' if gap <= 0.03 else 'MISSED'} every plant's coverage (mean over "
+            f"targets) within +-3 points of {cfg.level:.0%} before and after the drift: "
+            f"worst {gap * 100:.1f} points ({ph}, {p})"
+        )
         gap, ph, p, t = result.worst()
-        print(f"{'MET ' if gap <= 0.03 else 'MISSED'} every plant and target within +-3 "
-              f"points: worst {gap * 100:.1f} points ({ph}, {p}, {t})")
+        print(
+            f"{'MET ' if gap <= 0.03 else 'MISSED'} every plant and target within +-3 "
+            f"points: worst {gap * 100:.1f} points ({ph}, {p}, {t})"
+        )
         found = ", ".join(f"{p}@{i}" for p, i in result.detections)
-        print(f"detections: {found or 'none'}; calibration resets: {result.resets}; "
-              f"wall time {result.wall_s:.1f} s")
+        print(
+            f"detections: {found or 'none'}; calibration resets: {result.resets}; "
+            f"wall time {result.wall_s:.1f} s"
+        )
     return 0
 
 
@@ -328,5 +404,10 @@ if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(run(p.parse_args()))
 
 
-__all__ = ["CalibrationConfig", "CalibrationResult", "add_arguments", "run",
-           "run_calibration_experiment"]
+__all__ = [
+    "CalibrationConfig",
+    "CalibrationResult",
+    "add_arguments",
+    "run",
+    "run_calibration_experiment",
+]

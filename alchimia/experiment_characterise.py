@@ -70,6 +70,7 @@ ELEMENT_LABELS = dict(zip(ELEMENTS, ("Cu", "Sn", "Ni", "Cr", "Mo"), strict=True)
 
 # -- the simulator's truth --------------------------------------------------------------
 
+
 def true_contents(profile: PlantProfile) -> np.ndarray:
     """[G, E] % of the charged mass x recovery at the reference oxygen (35 Nm3/t)."""
     recovery = sg.RECOVERY.copy()
@@ -86,14 +87,39 @@ def true_heat_kwh(profile: PlantProfile, x: np.ndarray) -> float:
     oxygen, gas = float(x[_COL["oxygen_nm3"]]), float(x[_COL["gas_nm3"]])
     off, aim = float(x[_COL["power_off_min"]]), float(x[_COL["tap_temp_aim_c"]])
     heel = float(x[_COL["hot_heel_t"]])
-    planned = _energy_kwh_t(masses, total, metal, lime, oxygen, gas, carbon, 38.0 + off, aim,
-                            0.0, profile.efficiency, profile.base_loss_kwh_t, 0.0)
+    planned = _energy_kwh_t(
+        masses,
+        total,
+        metal,
+        lime,
+        oxygen,
+        gas,
+        carbon,
+        38.0 + off,
+        aim,
+        0.0,
+        profile.efficiency,
+        profile.base_loss_kwh_t,
+        0.0,
+    )
     power_mw = profile.transformer_mva * POWER_FACTOR * UTILISATION
     on = float(np.clip(planned * metal / (power_mw * 1e3) * 60.0, 15.0, 90.0))
     tap_c = aim - 0.5 * max(off - 20.0, 0.0)
-    kwh_t = _energy_kwh_t(masses, total, metal, lime, oxygen, gas, carbon, on + off, tap_c,
-                          heel - profile.hot_heel_t, profile.efficiency,
-                          profile.base_loss_kwh_t, 0.0)
+    kwh_t = _energy_kwh_t(
+        masses,
+        total,
+        metal,
+        lime,
+        oxygen,
+        gas,
+        carbon,
+        on + off,
+        tap_c,
+        heel - profile.hot_heel_t,
+        profile.efficiency,
+        profile.base_loss_kwh_t,
+        0.0,
+    )
     return kwh_t * metal
 
 
@@ -101,11 +127,16 @@ def true_energy_effects(profile: PlantProfile, x: np.ndarray) -> np.ndarray:
     """[G] kWh per heat per t of the grade replacing 1 t of the average charge of ``x``."""
     x0 = np.asarray(x, np.float64).mean(axis=0)
     base = true_heat_kwh(profile, x0)
-    return np.array([(true_heat_kwh(profile, substituted(x0, k, SUBSTITUTION_T)) - base)
-                     / SUBSTITUTION_T for k in range(len(GRADES))])
+    return np.array(
+        [
+            (true_heat_kwh(profile, substituted(x0, k, SUBSTITUTION_T)) - base) / SUBSTITUTION_T
+            for k in range(len(GRADES))
+        ]
+    )
 
 
 # -- scoring ----------------------------------------------------------------------------
+
 
 @dataclass
 class PlantScore:
@@ -132,8 +163,12 @@ def _inside(truth: float, lo: float, hi: float) -> bool:
     return lo <= truth <= hi
 
 
-def score(name: str, profile: PlantProfile, char: Characterisation, x: np.ndarray,
-          ) -> PlantScore:
+def score(
+    name: str,
+    profile: PlantProfile,
+    char: Characterisation,
+    x: np.ndarray,
+) -> PlantScore:
     contents = true_contents(profile)
     energy = true_energy_effects(profile, x)
     prior_y, prior_c = hl.yield_prior(), hl.content_prior()
@@ -145,53 +180,90 @@ def score(name: str, profile: PlantProfile, char: Characterisation, x: np.ndarra
         return char.grades[k].properties[p]
 
     yerr = [abs(est(k, "yield").value - sg.YIELD[k]) for k in charged]
-    rel = {e: float(np.mean([abs(est(k, e).value / contents[k, j] - 1) for k in charged]))
-           for j, e in enumerate(ELEMENTS)}
-    rel_prior = {e: float(np.mean([abs(prior_c[k, j] / contents[k, j] - 1)
-                                   for k in charged])) for j, e in enumerate(ELEMENTS)}
-    cover = {e: float(np.mean([_inside(contents[k, j], est(k, e).lo, est(k, e).hi)
-                               for k in charged])) for j, e in enumerate(ELEMENTS)}
-    unc_cover = [_inside(sg.YIELD[k], est(k, "yield").lo, est(k, "yield").hi)
-                 for k in absent]
-    unc_cover += [_inside(contents[k, j], est(k, e).lo, est(k, e).hi)
-                  for k in absent for j, e in enumerate(ELEMENTS)]
-    truths = {"yield": sg.YIELD, **{e: contents[:, j] for j, e in enumerate(ELEMENTS)},
-              "energy_kwh_per_t": energy}
-    missed = [(k, p) for k in charged for p in truths
-              if not _inside(truths[p][k], est(k, p).lo, est(k, p).hi)]
+    rel = {
+        e: float(np.mean([abs(est(k, e).value / contents[k, j] - 1) for k in charged]))
+        for j, e in enumerate(ELEMENTS)
+    }
+    rel_prior = {
+        e: float(np.mean([abs(prior_c[k, j] / contents[k, j] - 1) for k in charged]))
+        for j, e in enumerate(ELEMENTS)
+    }
+    cover = {
+        e: float(np.mean([_inside(contents[k, j], est(k, e).lo, est(k, e).hi) for k in charged]))
+        for j, e in enumerate(ELEMENTS)
+    }
+    unc_cover = [_inside(sg.YIELD[k], est(k, "yield").lo, est(k, "yield").hi) for k in absent]
+    unc_cover += [
+        _inside(contents[k, j], est(k, e).lo, est(k, e).hi)
+        for k in absent
+        for j, e in enumerate(ELEMENTS)
+    ]
+    truths = {
+        "yield": sg.YIELD,
+        **{e: contents[:, j] for j, e in enumerate(ELEMENTS)},
+        "energy_kwh_per_t": energy,
+    }
+    missed = [
+        (k, p)
+        for k in charged
+        for p in truths
+        if not _inside(truths[p][k], est(k, p).lo, est(k, p).hi)
+    ]
     flagged = [(k, p) for k in charged for p in truths if est(k, p).flagged]
     rows = []
     for k in charged:
         g = char.grades[k]
-        row: dict[str, float | str] = {"grade": g.grade, "t_heat": g.mean_charge_t,
-                                       "yield_true": float(sg.YIELD[k])}
-        for p, truth in (("yield", sg.YIELD[k]), ("cu_pct", contents[k, 0]),
-                         ("energy_kwh_per_t", energy[k])):
+        row: dict[str, float | str] = {
+            "grade": g.grade,
+            "t_heat": g.mean_charge_t,
+            "yield_true": float(sg.YIELD[k]),
+        }
+        for p, truth in (
+            ("yield", sg.YIELD[k]),
+            ("cu_pct", contents[k, 0]),
+            ("energy_kwh_per_t", energy[k]),
+        ):
             e = est(k, p)
-            row.update({f"{p}_true": float(truth), p: e.value, f"{p}_lo": e.lo,
-                        f"{p}_hi": e.hi})
+            row.update({f"{p}_true": float(truth), p: e.value, f"{p}_lo": e.lo, f"{p}_hi": e.hi})
         rows.append(row)
     return PlantScore(
-        plant=name, heats=char.n_heats, charged=[GRADES[k] for k in charged],
+        plant=name,
+        heats=char.n_heats,
+        charged=[GRADES[k] for k in charged],
         yield_mae=float(np.mean(yerr)),
         yield_mae_prior=float(np.mean([abs(prior_y[k] - sg.YIELD[k]) for k in charged])),
-        yield_cover=float(np.mean([_inside(sg.YIELD[k], est(k, "yield").lo,
-                                           est(k, "yield").hi) for k in charged])),
-        content_rel=rel, content_rel_prior=rel_prior, content_cover=cover,
-        energy_mae=float(np.mean([abs(est(k, "energy_kwh_per_t").value - energy[k])
-                                  for k in charged])),
-        energy_cover=float(np.mean([_inside(energy[k], est(k, "energy_kwh_per_t").lo,
-                                            est(k, "energy_kwh_per_t").hi)
-                                    for k in charged])),
-        uncharged_yield_halfwidth=float(np.mean(
-            [(est(k, "yield").hi - est(k, "yield").lo) / 2 for k in absent]))
-        if absent else math.nan,
+        yield_cover=float(
+            np.mean([_inside(sg.YIELD[k], est(k, "yield").lo, est(k, "yield").hi) for k in charged])
+        ),
+        content_rel=rel,
+        content_rel_prior=rel_prior,
+        content_cover=cover,
+        energy_mae=float(
+            np.mean([abs(est(k, "energy_kwh_per_t").value - energy[k]) for k in charged])
+        ),
+        energy_cover=float(
+            np.mean(
+                [
+                    _inside(energy[k], est(k, "energy_kwh_per_t").lo, est(k, "energy_kwh_per_t").hi)
+                    for k in charged
+                ]
+            )
+        ),
+        uncharged_yield_halfwidth=float(
+            np.mean([(est(k, "yield").hi - est(k, "yield").lo) / 2 for k in absent])
+        )
+        if absent
+        else math.nan,
         uncharged_cover=float(np.mean(unc_cover)) if unc_cover else math.nan,
-        misses=len(missed), flagged=len(flagged),
-        misses_flagged=len(set(missed) & set(flagged)), rows=rows)
+        misses=len(missed),
+        flagged=len(flagged),
+        misses_flagged=len(set(missed) & set(flagged)),
+        rows=rows,
+    )
 
 
 # -- the experiment ---------------------------------------------------------------------
+
 
 @dataclass
 class CharacteriseResult:
@@ -205,40 +277,73 @@ class CharacteriseResult:
 
     def summary_table(self) -> str:
         el = [ELEMENT_LABELS[e] for e in ELEMENTS]
-        head = ["plant", "heats", "grades", "yield MAE (prior)", "yield cover",
-                *(f"{e} rel err (prior)" for e in el), "content cover",
-                "energy MAE kWh/t", "energy cover", "uncharged: yield ±, cover",
-                "misses (flagged) / flags"]
+        head = [
+            "plant",
+            "heats",
+            "grades",
+            "yield MAE (prior)",
+            "yield cover",
+            *(f"{e} rel err (prior)" for e in el),
+            "content cover",
+            "energy MAE kWh/t",
+            "energy cover",
+            "uncharged: yield ±, cover",
+            "misses (flagged) / flags",
+        ]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for s in self.scores:
             cover = np.mean(list(s.content_cover.values()))
-            cells = [s.plant, str(s.heats), str(len(s.charged)),
-                     f"{s.yield_mae:.3f} ({s.yield_mae_prior:.3f})", f"{s.yield_cover:.0%}",
-                     *(f"{s.content_rel[e]:.0%} ({s.content_rel_prior[e]:.0%})"
-                       for e in ELEMENTS),
-                     f"{cover:.0%}", f"{s.energy_mae:.1f}", f"{s.energy_cover:.0%}",
-                     "-" if math.isnan(s.uncharged_cover) else
-                     f"±{s.uncharged_yield_halfwidth:.3f}, {s.uncharged_cover:.0%}",
-                     f"{s.misses} ({s.misses_flagged}) / {s.flagged}"]
+            cells = [
+                s.plant,
+                str(s.heats),
+                str(len(s.charged)),
+                f"{s.yield_mae:.3f} ({s.yield_mae_prior:.3f})",
+                f"{s.yield_cover:.0%}",
+                *(f"{s.content_rel[e]:.0%} ({s.content_rel_prior[e]:.0%})" for e in ELEMENTS),
+                f"{cover:.0%}",
+                f"{s.energy_mae:.1f}",
+                f"{s.energy_cover:.0%}",
+                "-"
+                if math.isnan(s.uncharged_cover)
+                else f"±{s.uncharged_yield_halfwidth:.3f}, {s.uncharged_cover:.0%}",
+                f"{s.misses} ({s.misses_flagged}) / {s.flagged}",
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
     def detail_table(self) -> str:
-        head = ["plant", "grade", "t/heat", "yield true", "yield learned [interval]",
-                "Cu true %", "Cu learned % [interval]", "energy true", "energy learned "
-                "[interval]"]
+        head = [
+            "plant",
+            "grade",
+            "t/heat",
+            "yield true",
+            "yield learned [interval]",
+            "Cu true %",
+            "Cu learned % [interval]",
+            "energy true",
+            "energy learned [interval]",
+        ]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for s in self.scores:
             for r in s.rows:
-                lines.append("| " + " | ".join([
-                    s.plant, str(r["grade"]), f"{r['t_heat']:.1f}",
-                    f"{r['yield_true']:.3f}",
-                    f"{r['yield']:.3f} [{r['yield_lo']:.3f}, {r['yield_hi']:.3f}]",
-                    f"{r['cu_pct_true']:.4f}",
-                    f"{r['cu_pct']:.4f} [{r['cu_pct_lo']:.4f}, {r['cu_pct_hi']:.4f}]",
-                    f"{r['energy_kwh_per_t_true']:+.0f}",
-                    f"{r['energy_kwh_per_t']:+.0f} [{r['energy_kwh_per_t_lo']:+.0f}, "
-                    f"{r['energy_kwh_per_t_hi']:+.0f}]"]) + " |")
+                lines.append(
+                    "| "
+                    + " | ".join(
+                        [
+                            s.plant,
+                            str(r["grade"]),
+                            f"{r['t_heat']:.1f}",
+                            f"{r['yield_true']:.3f}",
+                            f"{r['yield']:.3f} [{r['yield_lo']:.3f}, {r['yield_hi']:.3f}]",
+                            f"{r['cu_pct_true']:.4f}",
+                            f"{r['cu_pct']:.4f} [{r['cu_pct_lo']:.4f}, {r['cu_pct_hi']:.4f}]",
+                            f"{r['energy_kwh_per_t_true']:+.0f}",
+                            f"{r['energy_kwh_per_t']:+.0f} [{r['energy_kwh_per_t_lo']:+.0f}, "
+                            f"{r['energy_kwh_per_t_hi']:+.0f}]",
+                        ]
+                    )
+                    + " |"
+                )
         return "\n".join(lines)
 
     def pooled(self) -> dict[str, float]:
@@ -246,14 +351,18 @@ class CharacteriseResult:
         n_y = sum(len(s.charged) for s in self.scores)
         return {
             "yield": sum(s.yield_cover * len(s.charged) for s in self.scores) / n_y,
-            "contents": sum(cast(float, np.mean(list(s.content_cover.values()))) * len(s.charged)
-                            for s in self.scores) / n_y,
+            "contents": sum(
+                cast(float, np.mean(list(s.content_cover.values()))) * len(s.charged)
+                for s in self.scores
+            )
+            / n_y,
             "energy": sum(s.energy_cover * len(s.charged) for s in self.scores) / n_y,
         }
 
 
-def run_characterise_experiment(cfg: FederationConfig, level: float = DEFAULT_LEVEL,
-                                out_png: Path | None = None) -> CharacteriseResult:
+def run_characterise_experiment(
+    cfg: FederationConfig, level: float = DEFAULT_LEVEL, out_png: Path | None = None
+) -> CharacteriseResult:
     started = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -270,8 +379,9 @@ def run_characterise_experiment(cfg: FederationConfig, level: float = DEFAULT_LE
     return result
 
 
-def characterise_plants(cfg: FederationConfig, plants: list[PlantData], onnx: list[bytes],
-                        level: float = DEFAULT_LEVEL) -> CharacteriseResult:
+def characterise_plants(
+    cfg: FederationConfig, plants: list[PlantData], onnx: list[bytes], level: float = DEFAULT_LEVEL
+) -> CharacteriseResult:
     """Each plant's serving model (``onnx``) characterised on its training heats, scored
     against the simulator's truth for that plant."""
     profiles = [p for p, _ in default_plants(len(cfg.sizes), base_seed=cfg.seed)]
@@ -288,16 +398,24 @@ def characterise_plants(cfg: FederationConfig, plants: list[PlantData], onnx: li
 def plot(result: CharacteriseResult, out_png: Path) -> Path:
     """Learned against true, every plant's charged grades: yield, Cu, energy effect."""
     fig, axes = figures.subplots(1, 3, figsize=(15, 4.6))
-    panels = (("yield", "yield t/t", False), ("cu_pct", "Cu % of charged mass", True),
-              ("energy_kwh_per_t", "energy kWh per t of grade", False))
+    panels = (
+        ("yield", "yield t/t", False),
+        ("cu_pct", "Cu % of charged mass", True),
+        ("energy_kwh_per_t", "energy kWh per t of grade", False),
+    )
     for ax, (prop, label, log) in zip(axes, panels, strict=True):
         lo_all, hi_all = [], []
         for s in result.scores:
             rows = [cast(dict[str, float], r) for r in s.rows]  # the numbers ("grade" unread)
             truth = np.array([r[f"{prop}_true"] for r in rows], float)
             value = np.array([r[prop] for r in rows], float)
-            err = np.array([[r[prop] - r[f"{prop}_lo"] for r in rows],
-                            [r[f"{prop}_hi"] - r[prop] for r in rows]], float)
+            err = np.array(
+                [
+                    [r[prop] - r[f"{prop}_lo"] for r in rows],
+                    [r[f"{prop}_hi"] - r[prop] for r in rows],
+                ],
+                float,
+            )
             ax.errorbar(truth, value, yerr=err, fmt="o", ms=4, capsize=2, label=s.plant)
             lo_all += [*truth, *value]
             hi_all += [*truth, *value]
@@ -310,32 +428,43 @@ def plot(result: CharacteriseResult, out_png: Path) -> Path:
         ax.set_ylabel(f"learned {label}")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Scrap characterisation vs simulator truth, seed {result.seed}, "
-                 f"{result.config.rounds} rounds ({result.level:.0%} intervals)")
+    fig.suptitle(
+        f"Scrap characterisation vs simulator truth, seed {result.seed}, "
+        f"{result.config.rounds} rounds ({result.level:.0%} intervals)"
+    )
     return figures.save(fig, out_png)
 
 
 # -- command line (arguments: alchimia.characterise.add_experiment_arguments) ------------
 
+
 def run(args: argparse.Namespace) -> int:
     for seed in args.seeds:
-        cfg = FederationConfig(sizes=tuple(args.sizes or DEFAULT_SIZES), seed=seed,
-                               rounds=args.rounds)
-        png = None if args.no_plot else args.out.with_name(
-            f"{args.out.stem}-seed{seed}{args.out.suffix}")
+        cfg = FederationConfig(
+            sizes=tuple(args.sizes or DEFAULT_SIZES), seed=seed, rounds=args.rounds
+        )
+        png = (
+            None
+            if args.no_plot
+            else args.out.with_name(f"{args.out.stem}-seed{seed}{args.out.suffix}")
+        )
         result = run_characterise_experiment(cfg, args.level, png)
-        print(f"seed {seed}: plants {', '.join(s.plant for s in result.scores)} with "
-              f"{', '.join(map(str, cfg.sizes))} heats (characterised on the first "
-              f"{1 - cfg.test_fraction:.0%}, the heats they trained on); federated hybrid, "
-              f"{cfg.rounds} rounds x {cfg.epochs} epochs, {cfg.strategy}; "
-              f"{args.level:.0%} intervals; errors over the grades each plant charges")
+        print(
+            f"seed {seed}: plants {', '.join(s.plant for s in result.scores)} with "
+            f"{', '.join(map(str, cfg.sizes))} heats (characterised on the first "
+            f"{1 - cfg.test_fraction:.0%}, the heats they trained on); federated hybrid, "
+            f"{cfg.rounds} rounds x {cfg.epochs} epochs, {cfg.strategy}; "
+            f"{args.level:.0%} intervals; errors over the grades each plant charges"
+        )
         print(result.summary_table())
         print()
         print(result.detail_table())
         pooled = result.pooled()
-        print(f"\ncoverage over all plants' charged grades (nominal {args.level:.0%}): "
-              f"yield {pooled['yield']:.0%}, contents {pooled['contents']:.0%}, "
-              f"energy {pooled['energy']:.0%}")
+        print(
+            f"\ncoverage over all plants' charged grades (nominal {args.level:.0%}): "
+            f"yield {pooled['yield']:.0%}, contents {pooled['contents']:.0%}, "
+            f"energy {pooled['energy']:.0%}"
+        )
         if result.png is not None:
             print(f"plot: {result.png}")
         print(f"wall time: {result.wall_s:.1f} s")

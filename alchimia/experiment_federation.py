@@ -48,12 +48,19 @@ from alchimia.settings_cli import name_value
 ARMS = ("local_mlp", "local_ridge", "pooled_mlp", "pooled_hybrid", "fedavg_mlp", "fed_hybrid")
 FEDERATED = ("fedavg_mlp", "fed_hybrid")  # the arms that send updates
 ARM_LABELS = {
-    "local_mlp": "local MLP", "local_ridge": "local ridge", "pooled_mlp": "pooled MLP",
-    "pooled_hybrid": "pooled hybrid", "fedavg_mlp": "FedAvg MLP",
+    "local_mlp": "local MLP",
+    "local_ridge": "local ridge",
+    "pooled_mlp": "pooled MLP",
+    "pooled_hybrid": "pooled hybrid",
+    "fedavg_mlp": "FedAvg MLP",
     "fed_hybrid": "federated hybrid (personalised)",
 }
-SHOWN = (("energy_kwh_t", "energy kWh/t", "{:.2f}"), ("tapped_t", "tapped t", "{:.2f}"),
-         ("tap_temp_c", "tap temp C", "{:.2f}"), ("cu_pct", "Cu %", "{:.4f}"))
+SHOWN = (
+    ("energy_kwh_t", "energy kWh/t", "{:.2f}"),
+    ("tapped_t", "tapped t", "{:.2f}"),
+    ("tap_temp_c", "tap temp C", "{:.2f}"),
+    ("cu_pct", "Cu %", "{:.4f}"),
+)
 DEFAULT_SIZES = (1500, 1500, 400, 120, 80)
 
 
@@ -111,8 +118,9 @@ class FederationResult:
 def simulate(cfg: FederationConfig) -> list[PlantData]:
     """Each plant's heats, split in time (the last ``test_fraction`` for test)."""
     out = []
-    for (profile, plant_seed), n in zip(default_plants(len(cfg.sizes), base_seed=cfg.seed),
-                                        cfg.sizes, strict=True):
+    for (profile, plant_seed), n in zip(
+        default_plants(len(cfg.sizes), base_seed=cfg.seed), cfg.sizes, strict=True
+    ):
         heats = SimulatedPlant(profile, plant_seed).heats(n)
         x = np.array([[h.inputs[f] for f in FEATURES] for h in heats], np.float32)
         y = np.array([[h.outcome[t] for t in TARGETS] for h in heats], np.float32)
@@ -121,8 +129,12 @@ def simulate(cfg: FederationConfig) -> list[PlantData]:
     return out
 
 
-def _predict(spec: ModelSpec, shared: Weights, site: Weights | None, x: np.ndarray,
-             ) -> np.ndarray:
+def _predict(
+    spec: ModelSpec,
+    shared: Weights,
+    site: Weights | None,
+    x: np.ndarray,
+) -> np.ndarray:
     with torch.no_grad():
         return compose(spec, shared, site)(torch.from_numpy(x)).numpy()
 
@@ -133,13 +145,23 @@ def _mae(pred: np.ndarray, actual: np.ndarray) -> dict[str, float]:
 
 
 def _train_cfg(cfg: FederationConfig, round_id: int, proximal_mu: float = 0.0) -> TrainConfig:
-    return TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=round_id,
-                       site_epochs=cfg.site_epochs, site_l2=cfg.site_l2,
-                       proximal_mu=proximal_mu)
+    return TrainConfig(
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=round_id,
+        site_epochs=cfg.site_epochs,
+        site_l2=cfg.site_l2,
+        proximal_mu=proximal_mu,
+    )
 
 
-def _alone(spec: ModelSpec, cfg: FederationConfig, x: np.ndarray, y: np.ndarray,
-           ) -> tuple[Weights, Weights]:
+def _alone(
+    spec: ModelSpec,
+    cfg: FederationConfig,
+    x: np.ndarray,
+    y: np.ndarray,
+) -> tuple[Weights, Weights]:
     """Rounds of local training with nobody to average with (same budget as federated)."""
     shared = get_weights(build_model(spec, seed=cfg.seed))
     site = None
@@ -175,13 +197,23 @@ class Channel:
         for c in self.compressors:
             c.follow(version, parent, round_id)
 
-    def send(self, k: int, round_id: int, base_version: int, delta: Weights,
-             num_samples: int) -> Weights:
+    def send(
+        self, k: int, round_id: int, base_version: int, delta: Weights, num_samples: int
+    ) -> Weights:
         """Plant ``k``'s update as the coordinator receives it."""
+
         def payload(tensors: dict) -> bytes:
-            return message(self.plants[k], UpdateBody(
-                round_id=round_id, base_version=base_version, num_samples=num_samples,
-                delta=tensors, metrics={"train_loss": 0.0}))
+            return message(
+                self.plants[k],
+                UpdateBody(
+                    round_id=round_id,
+                    base_version=base_version,
+                    num_samples=num_samples,
+                    delta=tensors,
+                    metrics={"train_loss": 0.0},
+                ),
+            )
+
         if self.privatize is not None:
             delta = self.privatize(delta)
         wire = payload(self.compressors[k].encode(delta, self.codec, self.topk_fraction))
@@ -190,23 +222,24 @@ class Channel:
         return decode(wire, UpdateBody, check_finite=False).body.delta  # type: ignore[attr-defined]
 
 
-def federate(spec: ModelSpec, cfg: FederationConfig, plants: list[PlantData],
-             channel: Channel | None = None) -> tuple[Weights, list[Weights]]:
+def federate(
+    spec: ModelSpec, cfg: FederationConfig, plants: list[PlantData], channel: Channel | None = None
+) -> tuple[Weights, list[Weights]]:
     """Federated rounds over ``plants`` as the product runs them: each plant's update from
     ``train_delta`` through the ``channel`` (default: raw updates), the strategy's
     aggregate; the final shared part and each plant's site part (what that plant serves).
     Also used by the decision-support experiments."""
     strategy = make_strategy(cfg.strategy, **dict(cfg.strategy_params))
     mu = strategy.task_params().get("proximal_mu", 0.0)  # what the task carries to agents
-    channel = channel or Channel("raw", cfg.update_topk_fraction,
-                                 [p.name for p in plants])
+    channel = channel or Channel("raw", cfg.update_topk_fraction, [p.name for p in plants])
     shared = get_weights(build_model(spec, seed=cfg.seed))
     sites: list[Weights | None] = [None] * len(plants)
     for r in range(cfg.rounds):
         updates = []
         for k, p in enumerate(plants):
-            res = train_delta(spec, shared, p.x_train, p.y_train, _train_cfg(cfg, r, mu),
-                              site=sites[k])
+            res = train_delta(
+                spec, shared, p.x_train, p.y_train, _train_cfg(cfg, r, mu), site=sites[k]
+            )
             sites[k] = res.site
             delta = channel.send(k, r + 1, r, res.delta, len(p.x_train))
             updates.append((delta, float(len(p.x_train))))
@@ -215,8 +248,11 @@ def federate(spec: ModelSpec, cfg: FederationConfig, plants: list[PlantData],
     return shared, [s or {} for s in sites]
 
 
-def _pooled_hybrid(spec: ModelSpec, cfg: FederationConfig, plants: list[PlantData],
-                   ) -> tuple[Weights, list[Weights]]:
+def _pooled_hybrid(
+    spec: ModelSpec,
+    cfg: FederationConfig,
+    plants: list[PlantData],
+) -> tuple[Weights, list[Weights]]:
     """All heats in one place: one model per plant, the shared tensors tied, every batch
     drawn from the pooled rows, the same site prior as the federated arm."""
     models: list[HeatModel] = [build_model(spec, seed=cfg.seed) for _ in plants]
@@ -227,8 +263,10 @@ def _pooled_hybrid(spec: ModelSpec, cfg: FederationConfig, plants: list[PlantDat
     params = {id(p): p for m in models for p in m.parameters()}
     opt = torch.optim.Adam(list(params.values()), lr=cfg.lr)
     xs = [torch.from_numpy(p.x_train) for p in plants]
-    ys = [m.normalize_targets(torch.from_numpy(p.y_train)) for m, p in
-          zip(models, plants, strict=True)]
+    ys = [
+        m.normalize_targets(torch.from_numpy(p.y_train))
+        for m, p in zip(models, plants, strict=True)
+    ]
     owner = torch.cat([torch.full((len(p.x_train),), k) for k, p in enumerate(plants)])
     row = torch.cat([torch.arange(len(p.x_train)) for p in plants])
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -247,7 +285,8 @@ def _pooled_hybrid(spec: ModelSpec, cfg: FederationConfig, plants: list[PlantDat
             for m in models:
                 loss = loss + cfg.site_l2 / len(owner) * sum(
                     scales.get(n, 1.0) * (getattr(m, n) ** 2).sum()
-                    for n in spec.parameter_shapes("site"))
+                    for n in spec.parameter_shapes("site")
+                )
             loss.backward()
             opt.step()
     return get_weights(models[0]), [get_weights(m, "site") for m in models]
@@ -258,8 +297,9 @@ def _ridge(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.n
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13),
-                                                    alpha_per_target=True))
+    model = make_pipeline(
+        StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13), alpha_per_target=True)
+    )
     model.fit(x_train.astype(np.float64), y_train.astype(np.float64))
     return model.predict(x_test.astype(np.float64))
 
@@ -275,9 +315,12 @@ def label(key: str) -> str:
     return ARM_LABELS[arm] + (f", {codec}" if codec else "")
 
 
-def run_federation_experiment(cfg: FederationConfig, arms: tuple[str, ...] = ARMS,
-                              out_png: Path | None = None, codecs: tuple[str, ...] = ("raw",),
-                              ) -> FederationResult:
+def run_federation_experiment(
+    cfg: FederationConfig,
+    arms: tuple[str, ...] = ARMS,
+    out_png: Path | None = None,
+    codecs: tuple[str, ...] = ("raw",),
+) -> FederationResult:
     """Every arm on every plant; the federated arms once per update codec in ``codecs``."""
     started = time.perf_counter()
     threads = torch.get_num_threads()
@@ -291,14 +334,18 @@ def run_federation_experiment(cfg: FederationConfig, arms: tuple[str, ...] = ARM
         for arm in arms:
             for codec in codecs if arm in FEDERATED else ("raw",):
                 key = arm_key(arm, codec)
-                channel = (Channel(codec, cfg.update_topk_fraction, names)
-                           if arm in FEDERATED else None)
+                channel = (
+                    Channel(codec, cfg.update_topk_fraction, names) if arm in FEDERATED else None
+                )
                 preds = _arm(arm, cfg, plants, mlp, hybrid, channel)
-                mae[key] = {p.name: _mae(pred, p.y_test) for p, pred in
-                            zip(plants, preds, strict=True)}
+                mae[key] = {
+                    p.name: _mae(pred, p.y_test) for p, pred in zip(plants, preds, strict=True)
+                }
                 if channel is not None:
-                    traffic[key] = (float(np.mean(channel.sent_bytes)),
-                                    float(np.mean(channel.raw_bytes)))
+                    traffic[key] = (
+                        float(np.mean(channel.sent_bytes)),
+                        float(np.mean(channel.raw_bytes)),
+                    )
     finally:
         torch.set_num_threads(threads)
     result = FederationResult(cfg, names, mae, traffic)
@@ -309,15 +356,22 @@ def run_federation_experiment(cfg: FederationConfig, arms: tuple[str, ...] = ARM
     return result
 
 
-def _arm(arm: str, cfg: FederationConfig, plants: list[PlantData], mlp: ModelSpec,
-         hybrid: ModelSpec, channel: Channel | None = None) -> list[np.ndarray]:
+def _arm(
+    arm: str,
+    cfg: FederationConfig,
+    plants: list[PlantData],
+    mlp: ModelSpec,
+    hybrid: ModelSpec,
+    channel: Channel | None = None,
+) -> list[np.ndarray]:
     """Test-set predictions of one arm, per plant (a federated arm's updates through
     ``channel``)."""
     if arm == "local_ridge":
         return [_ridge(p.x_train, p.y_train, p.x_test) for p in plants]
     if arm == "local_mlp":
-        return [_predict(mlp, _alone(mlp, cfg, p.x_train, p.y_train)[0], None, p.x_test)
-                for p in plants]
+        return [
+            _predict(mlp, _alone(mlp, cfg, p.x_train, p.y_train)[0], None, p.x_test) for p in plants
+        ]
     if arm == "pooled_mlp":
         x = np.concatenate([p.x_train for p in plants])
         y = np.concatenate([p.y_train for p in plants])
@@ -325,10 +379,15 @@ def _arm(arm: str, cfg: FederationConfig, plants: list[PlantData], mlp: ModelSpe
         return [_predict(mlp, shared, None, p.x_test) for p in plants]
     if arm in ("pooled_hybrid", "fed_hybrid", "fedavg_mlp"):
         spec = mlp if arm == "fedavg_mlp" else hybrid
-        shared, sites = (_pooled_hybrid(spec, cfg, plants) if arm == "pooled_hybrid"
-                         else federate(spec, cfg, plants, channel))
-        return [_predict(spec, shared, site or None, p.x_test)
-                for p, site in zip(plants, sites, strict=True)]
+        shared, sites = (
+            _pooled_hybrid(spec, cfg, plants)
+            if arm == "pooled_hybrid"
+            else federate(spec, cfg, plants, channel)
+        )
+        return [
+            _predict(spec, shared, site or None, p.x_test)
+            for p, site in zip(plants, sites, strict=True)
+        ]
     raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
 
 
@@ -340,10 +399,18 @@ def acceptance(result: FederationResult) -> list[tuple[str, bool, str]]:
     if not needed <= set(m):
         return out
     targets = [t for t, _, _ in SHOWN]
-    worst = max((m["fed_hybrid"][p][t] / m["pooled_hybrid"][p][t] - 1, p, t)
-                 for p in result.plants for t in targets)
-    out.append(("federated within 5 % of pooled hybrid everywhere", worst[0] <= 0.05,
-                f"worst {worst[0]:+.1%} ({worst[1]} {worst[2]})"))
+    worst = max(
+        (m["fed_hybrid"][p][t] / m["pooled_hybrid"][p][t] - 1, p, t)
+        for p in result.plants
+        for t in targets
+    )
+    out.append(
+        (
+            "federated within 5 % of pooled hybrid everywhere",
+            worst[0] <= 0.05,
+            f"worst {worst[0]:+.1%} ({worst[1]} {worst[2]})",
+        )
+    )
     order = sorted(result.plants, key=lambda p: result.config.sizes[result.plants.index(p)])
     gains = []
     for p in order[:2]:
@@ -351,12 +418,25 @@ def acceptance(result: FederationResult) -> list[tuple[str, bool, str]]:
             best = min(m["local_mlp"][p][t], m["local_ridge"][p][t])
             gains.append((1 - m["fed_hybrid"][p][t] / best, p, t))
     least = min(gains)
-    out.append(("small plants >= 20 % better than best local (energy, Cu)", least[0] >= 0.2,
-                f"least gain {least[0]:.1%} ({least[1]} {least[2]})"))
-    worst_r = max((m["fed_hybrid"][p][t] / m["local_ridge"][p][t] - 1, p, t)
-                   for p in result.plants for t in targets)
-    out.append(("no plant > 5 % worse than its local ridge", worst_r[0] <= 0.05,
-                f"worst {worst_r[0]:+.1%} ({worst_r[1]} {worst_r[2]})"))
+    out.append(
+        (
+            "small plants >= 20 % better than best local (energy, Cu)",
+            least[0] >= 0.2,
+            f"least gain {least[0]:.1%} ({least[1]} {least[2]})",
+        )
+    )
+    worst_r = max(
+        (m["fed_hybrid"][p][t] / m["local_ridge"][p][t] - 1, p, t)
+        for p in result.plants
+        for t in targets
+    )
+    out.append(
+        (
+            "no plant > 5 % worse than its local ridge",
+            worst_r[0] <= 0.05,
+            f"worst {worst_r[0]:+.1%} ({worst_r[1]} {worst_r[2]})",
+        )
+    )
     return out
 
 
@@ -373,21 +453,32 @@ def codec_costs(result: FederationResult) -> tuple[str, list[tuple[str, bool, st
         if arm not in result.mae:
             continue
         base = result.mae[arm]
-        change = {p: {t: result.mae[key][p][t] / base[p][t] - 1 for t in targets}
-                  for p in result.plants}
+        change = {
+            p: {t: result.mae[key][p][t] / base[p][t] - 1 for t in targets} for p in result.plants
+        }
         mean = float(np.mean([c for p in change.values() for c in p.values()]))
         worst = max((c, p, t) for p, per in change.items() for t, c in per.items())
         ratio = sent / raw
-        cells = [ARM_LABELS[arm], codec or "raw", f"{sent:,.0f}", f"{ratio:.3f}",
-                 *(f"{np.mean(list(change[p].values())):+.1%}" for p in result.plants),
-                 f"{mean:+.1%}", f"{worst[0]:+.1%} ({worst[1]} {worst[2]})" if codec else ""]
+        cells = [
+            ARM_LABELS[arm],
+            codec or "raw",
+            f"{sent:,.0f}",
+            f"{ratio:.3f}",
+            *(f"{np.mean(list(change[p].values())):+.1%}" for p in result.plants),
+            f"{mean:+.1%}",
+            f"{worst[0]:+.1%} ({worst[1]} {worst[2]})" if codec else "",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
         if codec:
-            criteria.append((f"{ARM_LABELS[arm]}, {codec}: bytes <= 0.1 x float32 at <= 1 % "
-                             f"test-MAE cost", ratio <= 0.1 and mean <= 0.01,
-                             f"{ratio:.3f} x float32 ({sent:,.0f} of {raw:,.0f} bytes), "
-                             f"test MAE {mean:+.1%} mean, worst {worst[0]:+.1%} "
-                             f"({worst[1]} {worst[2]})"))
+            criteria.append(
+                (
+                    f"{ARM_LABELS[arm]}, {codec}: bytes <= 0.1 x float32 at <= 1 % test-MAE cost",
+                    ratio <= 0.1 and mean <= 0.01,
+                    f"{ratio:.3f} x float32 ({sent:,.0f} of {raw:,.0f} bytes), "
+                    f"test MAE {mean:+.1%} mean, worst {worst[0]:+.1%} "
+                    f"({worst[1]} {worst[2]})",
+                )
+            )
     return "\n".join(lines), criteria
 
 
@@ -399,11 +490,16 @@ def plot(result: FederationResult, out_png: Path) -> Path:
     pos = np.arange(len(result.plants))
     for ax, (target, unit, _) in zip(axes, SHOWN, strict=True):
         for i, arm in enumerate(arms):
-            ax.bar(pos + i * width, [result.mae[arm][p][target] for p in result.plants],
-                   width, label=label(arm))
-        ax.set_xticks(pos + 0.4 - width / 2,
-                      [f"{p}\n{n}" for p, n in zip(result.plants, result.config.sizes,
-                                                   strict=True)])
+            ax.bar(
+                pos + i * width,
+                [result.mae[arm][p][target] for p in result.plants],
+                width,
+                label=label(arm),
+            )
+        ax.set_xticks(
+            pos + 0.4 - width / 2,
+            [f"{p}\n{n}" for p, n in zip(result.plants, result.config.sizes, strict=True)],
+        )
         ax.set_title(f"test MAE, {unit}")
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=7)
@@ -413,37 +509,70 @@ def plot(result: FederationResult, out_png: Path) -> Path:
 
 # -- command line ----------------------------------------------------------------------
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = FederationConfig()
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
-                        help="simulator seeds; each gets its own table")
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(d.sizes),
-                        help="heats per plant")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="simulator seeds; each gets its own table"
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=list(d.sizes), help="heats per plant"
+    )
     parser.add_argument("--rounds", type=int, default=d.rounds)
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--site-epochs", type=int, default=d.site_epochs)
     parser.add_argument("--site-l2", type=float, default=d.site_l2)
     parser.add_argument("--strategy", default=d.strategy, help="of the federated arms")
-    parser.add_argument("--strategy-param", dest="strategy_params", action="append",
-                        default=[], metavar="NAME=VALUE", type=name_value)
+    parser.add_argument(
+        "--strategy-param",
+        dest="strategy_params",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        type=name_value,
+    )
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    parser.add_argument("--update-codec", dest="update_codecs", nargs="+", default=["raw"],
-                        choices=CODECS, help="run the federated arms once per codec and "
-                        "compare bytes per update and test MAE with raw (which runs too)")
-    parser.add_argument("--update-topk-fraction", type=float, default=d.update_topk_fraction,
-                        help="topk codecs: share of each tensor's entries sent")
-    parser.add_argument("--out", type=Path, default=Path("runs/federation-experiment.png"),
-                        help="PNG of the test errors (one per seed: -seedN is appended)")
+    parser.add_argument(
+        "--update-codec",
+        dest="update_codecs",
+        nargs="+",
+        default=["raw"],
+        choices=CODECS,
+        help="run the federated arms once per codec and "
+        "compare bytes per update and test MAE with raw (which runs too)",
+    )
+    parser.add_argument(
+        "--update-topk-fraction",
+        type=float,
+        default=d.update_topk_fraction,
+        help="topk codecs: share of each tensor's entries sent",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/federation-experiment.png"),
+        help="PNG of the test errors (one per seed: -seedN is appended)",
+    )
     parser.add_argument("--no-plot", action="store_true")
-    parser.add_argument("--dp-epsilon", type=_floats, default=(), metavar="E1,E2,...",
-                        help="instead of the arms: the federated hybrid without DP and at "
-                        "each target epsilon (alchimia/experiment_privacy.py)")
-    parser.add_argument("--dp-clip-norm", type=float, default=0.3,
-                        help="with --dp-epsilon: the agents' clip norm")
+    parser.add_argument(
+        "--dp-epsilon",
+        type=_floats,
+        default=(),
+        metavar="E1,E2,...",
+        help="instead of the arms: the federated hybrid without DP and at "
+        "each target epsilon (alchimia/experiment_privacy.py)",
+    )
+    parser.add_argument(
+        "--dp-clip-norm", type=float, default=0.3, help="with --dp-epsilon: the agents' clip norm"
+    )
     parser.add_argument("--dp-delta", type=float, default=1e-5)
-    parser.add_argument("--dp-noise-seed", type=int, default=0,
-                        help="with --dp-epsilon: seed of the noise (the product never fixes it)")
+    parser.add_argument(
+        "--dp-noise-seed",
+        type=int,
+        default=0,
+        help="with --dp-epsilon: seed of the noise (the product never fixes it)",
+    )
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -452,30 +581,50 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def run(args: argparse.Namespace) -> int:
     for seed in args.seeds:
-        cfg = FederationConfig(sizes=tuple(args.sizes), seed=seed, rounds=args.rounds,
-                               epochs=args.epochs, lr=args.lr, site_epochs=args.site_epochs,
-                               site_l2=args.site_l2, strategy=args.strategy,
-                               strategy_params=tuple(args.strategy_params),
-                               update_topk_fraction=args.update_topk_fraction)
+        cfg = FederationConfig(
+            sizes=tuple(args.sizes),
+            seed=seed,
+            rounds=args.rounds,
+            epochs=args.epochs,
+            lr=args.lr,
+            site_epochs=args.site_epochs,
+            site_l2=args.site_l2,
+            strategy=args.strategy,
+            strategy_params=tuple(args.strategy_params),
+            update_topk_fraction=args.update_topk_fraction,
+        )
         if args.dp_epsilon:
             from alchimia.experiment_privacy import report, run_privacy_experiment
-            print(report(run_privacy_experiment(cfg, args.dp_epsilon, args.dp_clip_norm,
-                                                args.dp_delta, args.dp_noise_seed)))
+
+            print(
+                report(
+                    run_privacy_experiment(
+                        cfg, args.dp_epsilon, args.dp_clip_norm, args.dp_delta, args.dp_noise_seed
+                    )
+                )
+            )
             continue
-        png = None if args.no_plot else args.out.with_name(
-            f"{args.out.stem}-seed{seed}{args.out.suffix}")
+        png = (
+            None
+            if args.no_plot
+            else args.out.with_name(f"{args.out.stem}-seed{seed}{args.out.suffix}")
+        )
         codecs = tuple(dict.fromkeys(["raw", *args.update_codecs]))
         result = run_federation_experiment(cfg, tuple(args.arms), png, codecs)
-        print(f"seed {seed}: plants {', '.join(result.plants)} with "
-              f"{', '.join(map(str, cfg.sizes))} heats (last {cfg.test_fraction:.0%} test); "
-              f"{cfg.rounds} rounds x {cfg.epochs} epochs, lr {cfg.lr}, site part "
-              f"{cfg.site_epochs} epochs with prior {cfg.site_l2}, strategy {cfg.strategy}"
-              f"{dict(cfg.strategy_params) or ''}; test MAE")
+        print(
+            f"seed {seed}: plants {', '.join(result.plants)} with "
+            f"{', '.join(map(str, cfg.sizes))} heats (last {cfg.test_fraction:.0%} test); "
+            f"{cfg.rounds} rounds x {cfg.epochs} epochs, lr {cfg.lr}, site part "
+            f"{cfg.site_epochs} epochs with prior {cfg.site_l2}, strategy {cfg.strategy}"
+            f"{dict(cfg.strategy_params) or ''}; test MAE"
+        )
         print(result.table())
         costs, codec_criteria = codec_costs(result)
         if len(codecs) > 1:
-            print(f"update codecs (top-k keeps {cfg.update_topk_fraction:g} of each tensor); "
-                  f"test-MAE change against raw, mean over {len(SHOWN)} targets")
+            print(
+                f"update codecs (top-k keeps {cfg.update_topk_fraction:g} of each tensor); "
+                f"test-MAE change against raw, mean over {len(SHOWN)} targets"
+            )
             print(costs)
         for name, ok, why in result.criteria + codec_criteria:
             print(f"{'MET ' if ok else 'MISSED'} {name}: {why}")

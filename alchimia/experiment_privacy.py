@@ -44,8 +44,9 @@ class PrivacyResult:
     noise_seed: int
     # epsilon target (None: no DP) -> (noise multiplier, epsilon the accountant reports,
     # plant -> target -> test MAE, share of deltas the clipping shrank)
-    runs: dict[float | None, tuple[float | None, float | None, dict[str, dict[str, float]],
-                                   float]] = field(default_factory=dict)
+    runs: dict[
+        float | None, tuple[float | None, float | None, dict[str, dict[str, float]], float]
+    ] = field(default_factory=dict)
     median_norm: float = 0.0  # of the deltas without DP, before clipping
     # a run whose training diverged (a non-finite delta, which no coordinator accepts)
     # has NaN errors: the table says "diverged"
@@ -56,26 +57,37 @@ class PrivacyResult:
         change over the plants and shown targets against no DP."""
         unit = next(u for t, u, _ in SHOWN if t == target)
         fmt = next(f for t, _, f in SHOWN if t == target)
-        head = ["epsilon", "z", "clipped", *(f"{p} {unit}" for p in self.plants),
-                "mean change (4 targets)"]
+        head = [
+            "epsilon",
+            "z",
+            "clipped",
+            *(f"{p} {unit}" for p in self.plants),
+            "mean change (4 targets)",
+        ]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         base = self.runs[None][2]
         for eps, (z, reported, mae, clipped) in self.runs.items():
-            change = float(np.mean([mae[p][t] / base[p][t] - 1 for p in self.plants
-                                    for t, _, _ in SHOWN]))
-            cells = ["no DP" if eps is None else f"{eps:g} ({reported:.2f})",
-                     "" if z is None else f"{z:.3g}",
-                     "" if eps is None else f"{clipped:.0%}",
-                     *(fmt.format(mae[p][target]) for p in self.plants),
-                     "" if eps is None else "diverged" if math.isnan(change)
-                     else f"{change:+.1%}"]
+            change = float(
+                np.mean([mae[p][t] / base[p][t] - 1 for p in self.plants for t, _, _ in SHOWN])
+            )
+            cells = [
+                "no DP" if eps is None else f"{eps:g} ({reported:.2f})",
+                "" if z is None else f"{z:.3g}",
+                "" if eps is None else f"{clipped:.0%}",
+                *(fmt.format(mae[p][target]) for p in self.plants),
+                "" if eps is None else "diverged" if math.isnan(change) else f"{change:+.1%}",
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
 
-def run_privacy_experiment(cfg: FederationConfig, epsilons: tuple[float, ...],
-                           clip_norm: float, delta: float = 1e-5, noise_seed: int = 0,
-                           ) -> PrivacyResult:
+def run_privacy_experiment(
+    cfg: FederationConfig,
+    epsilons: tuple[float, ...],
+    clip_norm: float,
+    delta: float = 1e-5,
+    noise_seed: int = 0,
+) -> PrivacyResult:
     """The federated hybrid arm without DP and at each target epsilon."""
     started = time.perf_counter()
     threads = torch.get_num_threads()
@@ -90,16 +102,22 @@ def run_privacy_experiment(cfg: FederationConfig, epsilons: tuple[float, ...],
             rng = np.random.default_rng(noise_seed)
             norms: list[float] = []
 
-            def hook(d: Weights, z: float | None = z, rng: np.random.Generator = rng,
-                     norms: list[float] = norms) -> Weights:
+            def hook(
+                d: Weights,
+                z: float | None = z,
+                rng: np.random.Generator = rng,
+                norms: list[float] = norms,
+            ) -> Weights:
                 norms.append(l2_norm(d))
                 return d if z is None else privatize(d, clip_norm, z, rng)
 
             channel = Channel("raw", cfg.update_topk_fraction, names, privatize=hook)
             try:
                 shared, sites = federate(spec, cfg, plants, channel)
-                mae = {p.name: _mae(_predict(spec, shared, site or None, p.x_test), p.y_test)
-                       for p, site in zip(plants, sites, strict=True)}
+                mae = {
+                    p.name: _mae(_predict(spec, shared, site or None, p.x_test), p.y_test)
+                    for p, site in zip(plants, sites, strict=True)
+                }
             except ValueError:  # a non-finite delta (no one sends it): training diverged
                 mae = {p.name: {t: math.nan for t, _, _ in SHOWN} for p in plants}
             reported = None
@@ -120,11 +138,13 @@ def run_privacy_experiment(cfg: FederationConfig, epsilons: tuple[float, ...],
 
 def report(result: PrivacyResult) -> str:
     cfg = result.config
-    lines = [f"differential privacy at the plants (local DP, user level: one plant = one "
-             f"user), federated hybrid arm, seed {cfg.seed}, {cfg.rounds} rounds (one "
-             f"update per plant per round); clip norm {result.clip_norm:g} (median delta "
-             f"norm without DP {result.median_norm:.3g}), delta {result.delta:g}, noise "
-             f"seed {result.noise_seed}; epsilon: target (reported by the accountant)"]
+    lines = [
+        f"differential privacy at the plants (local DP, user level: one plant = one "
+        f"user), federated hybrid arm, seed {cfg.seed}, {cfg.rounds} rounds (one "
+        f"update per plant per round); clip norm {result.clip_norm:g} (median delta "
+        f"norm without DP {result.median_norm:.3g}), delta {result.delta:g}, noise "
+        f"seed {result.noise_seed}; epsilon: target (reported by the accountant)"
+    ]
     for target in ("energy_kwh_t", "cu_pct"):
         lines += ["", result.table(target)]
     lines.append(f"wall time: {result.wall_s:.1f} s")

@@ -17,13 +17,16 @@ from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", type=Path, metavar="FILE.json|FILE.csv",
-                   help="planned heats: JSON (one heat, a list, or {\"heats\": [...]}) or "
-                   "CSV (a header of feature names, optional heat_id column)")
+    p.add_argument(
+        "file",
+        type=Path,
+        metavar="FILE.json|FILE.csv",
+        help='planned heats: JSON (one heat, a list, or {"heats": [...]}) or '
+        "CSV (a header of feature names, optional heat_id column)",
+    )
     p.add_argument("--agent-id", required=True, help="the site whose serving model answers")
     p.add_argument("--consumer-id", help="this identity (default: from --config)")
-    p.add_argument("--level", type=float, help="interval level, e.g. 0.9 (default: the "
-                   "site's)")
+    p.add_argument("--level", type=float, help="interval level, e.g. 0.9 (default: the site's)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
 
@@ -38,8 +41,9 @@ def table(answer: Any) -> str:
     for i, p in enumerate(answer.predictions):
         head = f"heat {p.heat_id or i}: model version {answer.model_version}"
         if p.lower is not None:
-            head += (f", {answer.level:.0%} interval (calibrated on "
-                     f"{answer.calibration_heats} heats)")
+            head += (
+                f", {answer.level:.0%} interval (calibrated on {answer.calibration_heats} heats)"
+            )
         else:
             head += f", no interval yet ({answer.calibration_heats} heats calibrated)"
         if p.power_on_min is not None:
@@ -56,8 +60,10 @@ def table(answer: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from alchimia.consumer import Consumer, ConsumerSettings, RequestFailed, load_heats
 
-    overrides = {k: getattr(args, k, None) for k in
-                 ("broker", "federation", "username", "password", "consumer_id")}
+    overrides = {
+        k: getattr(args, k, None)
+        for k in ("broker", "federation", "username", "password", "consumer_id")
+    }
     settings = ConsumerSettings.load(args.config, **overrides)
     try:
         heats, file_level = load_heats(args.file)
@@ -71,8 +77,10 @@ def run(args: argparse.Namespace) -> int:
     except RequestFailed as exc:
         if args.json:
             print(json.dumps(exc.response.model_dump(mode="json"), indent=1))
-        print(f"alchimia infer: agent {args.agent_id} refused: {exc.code}: {exc.message}",
-              file=sys.stderr)
+        print(
+            f"alchimia infer: agent {args.agent_id} refused: {exc.code}: {exc.message}",
+            file=sys.stderr,
+        )
         return 1
     except (TimeoutError, ConnectionError) as exc:
         print(f"alchimia infer: {exc}", file=sys.stderr)

@@ -73,8 +73,9 @@ class AgentThread:
     def __init__(self, settings: AgentSettings) -> None:
         self.agent = Agent(settings, build_heat_source(settings))
         self._stop = threading.Event()
-        self.thread = threading.Thread(target=self.agent.run, args=(self._stop,),
-                                       name=settings.agent_id, daemon=True)
+        self.thread = threading.Thread(
+            target=self.agent.run, args=(self._stop,), name=settings.agent_id, daemon=True
+        )
 
     def start(self) -> AgentThread:
         self.thread.start()
@@ -86,16 +87,32 @@ class AgentThread:
 
 
 class LocalFederation:
-    def __init__(self, broker_url: str, federation: str, n_agents: int, state_dir: Path,
-                 coordinator: dict[str, Any] | None = None,
-                 agent: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        federation: str,
+        n_agents: int,
+        state_dir: Path,
+        coordinator: dict[str, Any] | None = None,
+        agent: dict[str, Any] | None = None,
+    ) -> None:
         self.coordinator_settings = CoordinatorSettings.load(
-            None, broker=broker_url, federation=federation, state_dir=state_dir,
-            **(coordinator or {}))
+            None,
+            broker=broker_url,
+            federation=federation,
+            state_dir=state_dir,
+            **(coordinator or {}),
+        )
         self.agent_settings = [
-            AgentSettings.load(None, broker=broker_url, federation=federation,
-                               agent_id=f"plant-{i}", plant=i, state_dir=state_dir / "agents",
-                               **(agent or {}))
+            AgentSettings.load(
+                None,
+                broker=broker_url,
+                federation=federation,
+                agent_id=f"plant-{i}",
+                plant=i,
+                state_dir=state_dir / "agents",
+                **(agent or {}),
+            )
             for i in range(1, n_agents + 1)
         ]
         self.coordinator: CoordinatorThread | None = None

@@ -42,8 +42,7 @@ class Monitor:
         self.client.loop_stop()
 
     def _on_connect(self, client: mqtt.Client, *_: object) -> None:
-        client.subscribe([(self.topics.model_current, 1),
-                          (self.topics.all_agents("metrics"), 1)])
+        client.subscribe([(self.topics.model_current, 1), (self.topics.all_agents("metrics"), 1)])
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         try:

@@ -22,20 +22,29 @@ from typing import IO, Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--order", type=Path, required=True, help="order TOML "
-                        "(deploy/examples/order.toml)")
-    parser.add_argument("--stock", type=Path, required=True, help="stock TOML "
-                        "(deploy/examples/stock.toml)")
+    parser.add_argument(
+        "--order", type=Path, required=True, help="order TOML (deploy/examples/order.toml)"
+    )
+    parser.add_argument(
+        "--stock", type=Path, required=True, help="stock TOML (deploy/examples/stock.toml)"
+    )
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--model", type=Path,
-                       help="a site's serving directory (or its model.onnx)")
-    where.add_argument("--agent-id", help="ask this agent over the broker (with --config or "
-                       "--broker/--federation: a consumer identity)")
+    where.add_argument("--model", type=Path, help="a site's serving directory (or its model.onnx)")
+    where.add_argument(
+        "--agent-id",
+        help="ask this agent over the broker (with --config or "
+        "--broker/--federation: a consumer identity)",
+    )
     parser.add_argument("--consumer-id", help="this identity (default: from --config)")
-    parser.add_argument("--timeout", type=float, default=30.0,
-                        help="seconds to wait for the agent's answer")
-    parser.add_argument("--risk", type=float, default=0.05,
-                        help="allowed probability of each element ending over its maximum")
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the agent's answer"
+    )
+    parser.add_argument(
+        "--risk",
+        type=float,
+        default=0.05,
+        help="allowed probability of each element ending over its maximum",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
@@ -46,8 +55,10 @@ def _fmt(v: float | None, digits: int) -> str:
 def print_plan(plan: dict[str, Any], out: IO[str] | None = None) -> None:
     """The plan for a person at the furnace or in the scrap yard."""
     w = (out or sys.stdout).write
-    w(f"{plan['order']}: {plan['status']} (model version {plan['model_version']}, "
-      f"risk {plan['risk_asked']:g})\n")
+    w(
+        f"{plan['order']}: {plan['status']} (model version {plan['model_version']}, "
+        f"risk {plan['risk_asked']:g})\n"
+    )
     for message in [v["message"] for v in plan["infeasible"]] + plan["warnings"]:
         w(f"  ! {message}\n")
     w("\ncharge, t\n")
@@ -67,9 +78,11 @@ def print_plan(plan: dict[str, Any], out: IO[str] | None = None) -> None:
         w(f"  {target:<13} {_fmt(p['mean'], d):>9}  [{_fmt(p['lo'], d)}, {_fmt(p['hi'], d)}]\n")
     w(f"  planned power-on {plan['inputs'].get('power_on_min', float('nan')):.1f} min\n")
     c = plan["cost"]
-    w(f"\ncost: material {c['material']:.0f}, energy {c['energy']:.0f}, CO2 {c['co2']:.0f}, "
-      f"total {c['total']:.0f} ({c['per_t']:.2f} per t tapped); "
-      f"CO2 {plan['co2_t']['total']:.2f} t\n")
+    w(
+        f"\ncost: material {c['material']:.0f}, energy {c['energy']:.0f}, CO2 {c['co2']:.0f}, "
+        f"total {c['total']:.0f} ({c['per_t']:.2f} per t tapped); "
+        f"CO2 {plan['co2_t']['total']:.2f} t\n"
+    )
     if plan["risk"]:
         risks = ", ".join(f"{el} {_fmt(p, 3)}" for el, p in plan["risk"].items())
         w(f"probability over the maximum: {risks}\n")
@@ -106,18 +119,23 @@ def _ask_agent(args: argparse.Namespace) -> dict[str, Any] | None:
 
     from alchimia.consumer import Consumer, ConsumerSettings, RequestFailed
 
-    overrides = {k: getattr(args, k, None) for k in
-                 ("broker", "federation", "username", "password", "consumer_id")}
+    overrides = {
+        k: getattr(args, k, None)
+        for k in ("broker", "federation", "username", "password", "consumer_id")
+    }
     settings = ConsumerSettings.load(args.config, **overrides)
     order = tomllib.loads(args.order.read_text())
     stock = tomllib.loads(args.stock.read_text())
     try:
         with Consumer(settings) as consumer:
-            answer = consumer.optimize(args.agent_id, order, stock, risk=args.risk,
-                                       timeout=args.timeout)
+            answer = consumer.optimize(
+                args.agent_id, order, stock, risk=args.risk, timeout=args.timeout
+            )
     except RequestFailed as exc:
-        print(f"alchimia optimize: agent {args.agent_id} refused: {exc.code}: {exc.message}",
-              file=sys.stderr)
+        print(
+            f"alchimia optimize: agent {args.agent_id} refused: {exc.code}: {exc.message}",
+            file=sys.stderr,
+        )
         return None
     except (TimeoutError, ConnectionError) as exc:
         print(f"alchimia optimize: {exc}", file=sys.stderr)

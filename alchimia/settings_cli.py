@@ -58,8 +58,11 @@ def _origin(annotation: Any) -> Any:
 def _argument(name: str, field: FieldInfo) -> dict[str, Any]:
     """``add_argument`` keywords of a field."""
     bare, origin = _bare(field.annotation), _origin(field.annotation)
-    kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
-                          "help": (field.description or "").replace("%", "%%") or None}
+    kw: dict[str, Any] = {
+        "dest": name,
+        "default": argparse.SUPPRESS,
+        "help": (field.description or "").replace("%", "%%") or None,
+    }
     if origin is Literal:
         kw["choices"] = [str(c) for c in typing.get_args(bare)]
     elif origin is bool:
@@ -105,12 +108,16 @@ def settings_table(model: type[BaseSettings]) -> str:
     """The README's table of ``model``: TOML key, flag, environment variable, default,
     meaning."""
     prefix = model.model_config.get("env_prefix", "")
-    rows = ["| setting (TOML key) | flag | environment | default | meaning |",
-            "|---|---|---|---|---|"]
+    rows = [
+        "| setting (TOML key) | flag | environment | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
     for name, field in model.model_fields.items():
-        rows.append(f"| `{name}` | `{flag_name(name, field.annotation)}` | "
-                    f"`{prefix}{name.upper()}` | {_default(field)} | "
-                    f"{(field.description or '').replace('|', '/')} |")
+        rows.append(
+            f"| `{name}` | `{flag_name(name, field.annotation)}` | "
+            f"`{prefix}{name.upper()}` | {_default(field)} | "
+            f"{(field.description or '').replace('|', '/')} |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -133,8 +140,11 @@ def main() -> None:
     from alchimia.coordinator.settings import CoordinatorSettings
 
     readme = Path(__file__).resolve().parents[1] / "README.md"
-    readme.write_text(readme_with_tables(
-        readme.read_text(), {"coordinator": CoordinatorSettings, "agent": AgentSettings}))
+    readme.write_text(
+        readme_with_tables(
+            readme.read_text(), {"coordinator": CoordinatorSettings, "agent": AgentSettings}
+        )
+    )
 
 
 if __name__ == "__main__":

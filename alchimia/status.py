@@ -145,8 +145,13 @@ class FederationView:
 
     def subscriptions(self) -> list[str]:
         t = self.topics
-        return [t.coordinator_status, t.model_current, t.round_current,
-                t.all_agents("status"), t.all_agents("metrics")]
+        return [
+            t.coordinator_status,
+            t.model_current,
+            t.round_current,
+            t.all_agents("status"),
+            t.all_agents("metrics"),
+        ]
 
     def feed(self, topic: str, payload: bytes) -> None:
         if not payload:
@@ -159,9 +164,14 @@ class FederationView:
                 self._on_model(decode(payload, ModelBody))
             elif topic == t.round_current:
                 task = body_of(decode(payload, TaskBody), TaskBody)
-                self._round = RoundView(task.round_id, task.state, task.mode, task.base_version,
-                                        task.deadline_ts if task.mode == "sync" else None,
-                                        list(task.selected))
+                self._round = RoundView(
+                    task.round_id,
+                    task.state,
+                    task.mode,
+                    task.base_version,
+                    task.deadline_ts if task.mode == "sync" else None,
+                    list(task.selected),
+                )
             else:
                 self._on_agent(topic, payload)
         except DecodeError:
@@ -171,21 +181,31 @@ class FederationView:
         body = body_of(env, StatusBody)
         if self._coordinator is not None and env.ts < self._coordinator.last_seen:
             return
-        self._coordinator = CoordinatorView(env.sender, body.state, body.activity,
-                                            body.software, body.model_version, env.ts,
-                                            dict(body.rejected or {}))
+        self._coordinator = CoordinatorView(
+            env.sender,
+            body.state,
+            body.activity,
+            body.software,
+            body.model_version,
+            env.ts,
+            dict(body.rejected or {}),
+        )
 
     def _on_model(self, env: Envelope) -> None:
         body = body_of(env, ModelBody)
         meta = body.metadata
         strategy = meta.get("strategy")
         self._model = ModelView(
-            body.version, body.parent_version, body.round_id,
+            body.version,
+            body.parent_version,
+            body.round_id,
             strategy if isinstance(strategy, str) else None,
             [str(c) for c in meta.get("contributors") or []],
             meta.get("rollback_of") if isinstance(meta.get("rollback_of"), int) else None,
-            body.signature is not None, env.ts,
-            dict(meta["dp"]) if isinstance(meta.get("dp"), dict) else None)
+            body.signature is not None,
+            env.ts,
+            dict(meta["dp"]) if isinstance(meta.get("dp"), dict) else None,
+        )
 
     def _on_agent(self, topic: str, payload: bytes) -> None:
         parsed = self.topics.parse_agent_topic(topic)
@@ -212,18 +232,32 @@ class FederationView:
         agent.model_version, agent.serving_version = status.model_version, status.serving_version
         agent.drift_events, agent.models_rejected = status.drift_events, status.models_rejected
         if status.validation is not None:
-            _keep(agent, "validation", Figures(env.ts, status.model_version,
-                                               dict(status.validation)))
+            _keep(
+                agent, "validation", Figures(env.ts, status.model_version, dict(status.validation))
+            )
         if status.prequential is not None:
-            _keep(agent, "prequential", Figures(env.ts, status.serving_version,
-                                                dict(status.prequential)))
+            _keep(
+                agent,
+                "prequential",
+                Figures(env.ts, status.serving_version, dict(status.prequential)),
+            )
 
     def status(self) -> FederationStatus:
         rejected = self._coordinator.rejected if self._coordinator is not None else {}
-        agents = [replace(self._agents[a], rejected=rejected.get(a, 0), metrics=dict(
-            self._agents[a].metrics)) for a in sorted(self._agents)]
-        return FederationStatus(self.topics.federation, self._coordinator, self._model,
-                                self._round, agents, self._ignored)
+        agents = [
+            replace(
+                self._agents[a], rejected=rejected.get(a, 0), metrics=dict(self._agents[a].metrics)
+            )
+            for a in sorted(self._agents)
+        ]
+        return FederationStatus(
+            self.topics.federation,
+            self._coordinator,
+            self._model,
+            self._round,
+            agents,
+            self._ignored,
+        )
 
 
 def _keep(agent: AgentView, scope: str, figures: Figures) -> None:
@@ -271,9 +305,11 @@ def privacy_line(dp: dict[str, Any]) -> str:
     """The model's differential-privacy budget, as the summary shows it."""
     eps = dp.get("epsilon")
     spent = f"epsilon {eps:.3g}" if isinstance(eps, int | float) else "epsilon unbounded"
-    return (f"privacy: {spent} at delta {dp.get('delta')} (worst plant, "
-            f"{dp.get('rounds')} updates; noise multiplier {dp.get('noise_multiplier')}, "
-            f"clip norm {dp.get('clip_norm')}, DP at the agents)")
+    return (
+        f"privacy: {spent} at delta {dp.get('delta')} (worst plant, "
+        f"{dp.get('rounds')} updates; noise multiplier {dp.get('noise_multiplier')}, "
+        f"clip norm {dp.get('clip_norm')}, DP at the agents)"
+    )
 
 
 def summary(status: FederationStatus, now: float) -> list[str]:
@@ -285,28 +321,39 @@ def summary(status: FederationStatus, now: float) -> list[str]:
         up = "up" if c.state == "online" else "DOWN"
         if c.state == "online" and c.activity not in (None, "running"):
             up += f", {c.activity}"
-        head = (f"coordinator {c.coordinator_id}: {up} ({c.software or 'unknown software'}), "
-                f"version {_num(c.model_version)}, status {_age(c.last_seen, now)}")
+        head = (
+            f"coordinator {c.coordinator_id}: {up} ({c.software or 'unknown software'}), "
+            f"version {_num(c.model_version)}, status {_age(c.last_seen, now)}"
+        )
     lines = [f"federation {status.federation}", head]
     if m is not None:
-        how = [f"round {m.round_id}" if m.round_id is not None else "",
-               f"rollback of version {m.rollback_of}" if m.rollback_of is not None else "",
-               m.strategy or "", f"{len(m.contributors)} contributors" if m.contributors else "",
-               "signed" if m.signed else "unsigned"]
-        lines.append(f"model: version {m.version} ({', '.join(h for h in how if h)}), "
-                     f"published {_age(m.published, now)}")
+        how = [
+            f"round {m.round_id}" if m.round_id is not None else "",
+            f"rollback of version {m.rollback_of}" if m.rollback_of is not None else "",
+            m.strategy or "",
+            f"{len(m.contributors)} contributors" if m.contributors else "",
+            "signed" if m.signed else "unsigned",
+        ]
+        lines.append(
+            f"model: version {m.version} ({', '.join(h for h in how if h)}), "
+            f"published {_age(m.published, now)}"
+        )
         if m.dp is not None:
             lines.append(privacy_line(m.dp))
     if r is not None:
         what = "round" if r.mode == "sync" else "async window"
-        line = (f"{what} {r.round_id}: {r.state}, base version {r.base_version}, "
-                f"{len(r.selected)} selected")
+        line = (
+            f"{what} {r.round_id}: {r.state}, base version {r.base_version}, "
+            f"{len(r.selected)} selected"
+        )
         if r.state == "open" and r.deadline_ts is not None:
             line += f", deadline in {max(0.0, r.deadline_ts - now):.0f} s"
         lines.append(line)
     if not status.agents:
-        lines.append("agents: none heard of (none connected yet, or this identity may not "
-                     "read agents/+/status: use the coordinator's identity)")
+        lines.append(
+            "agents: none heard of (none connected yet, or this identity may not "
+            "read agents/+/status: use the coordinator's identity)"
+        )
     if status.ignored:
         lines.append(f"{status.ignored} message(s) ignored: undecodable or a wrong sender")
     return lines
@@ -318,15 +365,34 @@ def table(status: FederationStatus, now: float) -> Table:
     longest = max((len(a.agent_id) for a in status.agents), default=5)
     t.add_column("agent", no_wrap=True, min_width=longest)  # never cut an id
     t.add_column("state", no_wrap=True, min_width=7)
-    for column in ("last seen", "software", "heats", "new", "version",
-                   f"validation MAE\n{units}", f"recent MAE\n{units}", "drift", "rejected",
-                   "models\nrefused"):
+    for column in (
+        "last seen",
+        "software",
+        "heats",
+        "new",
+        "version",
+        f"validation MAE\n{units}",
+        f"recent MAE\n{units}",
+        "drift",
+        "rejected",
+        "models\nrefused",
+    ):
         t.add_column(column, justify="left" if column == "software" else "right")
     for a in status.agents:
-        t.add_row(a.agent_id, a.state or "?", _age(a.last_seen, now), a.software or "-",
-                  str(a.heats), _num(a.new_heats), _version(a),
-                  _errors(a, "validation", "mae_"), _errors(a, "prequential", "mae_recent_"),
-                  _num(a.drift_events), str(a.rejected), _num(a.models_rejected))
+        t.add_row(
+            a.agent_id,
+            a.state or "?",
+            _age(a.last_seen, now),
+            a.software or "-",
+            str(a.heats),
+            _num(a.new_heats),
+            _version(a),
+            _errors(a, "validation", "mae_"),
+            _errors(a, "prequential", "mae_recent_"),
+            _num(a.drift_events),
+            str(a.rejected),
+            _num(a.models_rejected),
+        )
     return t
 
 
@@ -340,8 +406,11 @@ def render(status: FederationStatus, now: float, console: Console) -> None:
 # -- the command -----------------------------------------------------------------------
 
 
-def collect(settings: NodeSettings, wait: float, connect_timeout: float = 10.0,
-            ) -> FederationStatus:
+def collect(
+    settings: NodeSettings,
+    wait: float,
+    connect_timeout: float = 10.0,
+) -> FederationStatus:
     """Listen to the federation's status topics for ``wait`` seconds after connecting."""
     view = FederationView(settings.federation)
     lock, connected = threading.Lock(), threading.Event()
@@ -364,8 +433,9 @@ def collect(settings: NodeSettings, wait: float, connect_timeout: float = 10.0,
     try:
         client.connect(host, port, keepalive=settings.keepalive)
     except OSError as exc:
-        raise ConnectionError(f"cannot connect to {settings.broker}: "
-                              f"{settings.diagnose_connection()} ({exc})") from None
+        raise ConnectionError(
+            f"cannot connect to {settings.broker}: {settings.diagnose_connection()} ({exc})"
+        ) from None
     client.loop_start()
     try:
         if not connected.wait(connect_timeout) or refused:
@@ -380,8 +450,9 @@ def collect(settings: NodeSettings, wait: float, connect_timeout: float = 10.0,
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {k: getattr(args, k, None) for k in
-                 ("broker", "federation", "username", "password")}
+    overrides = {
+        k: getattr(args, k, None) for k in ("broker", "federation", "username", "password")
+    }
     settings = StatusSettings.load(args.config, **overrides)
     if not args.wait >= 0:
         raise ValueError(f"--wait must be >= 0, got {args.wait}")

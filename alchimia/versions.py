@@ -15,22 +15,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="the coordinator's TOML config (its state_dir)")
     p.add_argument("--state-dir", type=Path, help="the coordinator's state directory")
     actions = p.add_subparsers(dest="action", required=True, metavar="{list,export}")
-    listing = actions.add_parser("list", help="every version: round, parent, time, strategy, "
-                                 "contributors, whether its file is kept")
+    listing = actions.add_parser(
+        "list",
+        help="every version: round, parent, time, strategy, contributors, whether its file is kept",
+    )
     listing.add_argument("--json", action="store_true", help="one JSON array")
     export = actions.add_parser("export", help="write one version's ONNX model to a file")
     export.add_argument("version", type=int)
     export.add_argument("--onnx", type=Path, required=True, metavar="FILE")
 
 
-def version_rows(versions: list[tuple[int, int | None, float, dict]],
-                 kept: set[int]) -> list[dict[str, Any]]:
+def version_rows(
+    versions: list[tuple[int, int | None, float, dict]], kept: set[int]
+) -> list[dict[str, Any]]:
     """One row per version (``CoordinatorDB.versions()``), newest last."""
-    return [{"version": v, "round_id": r,
-             "created": datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds"),
-             "strategy": m.get("strategy", ""), "contributors": m.get("contributors", []),
-             "rollback_of": m.get("rollback_of"), "initial": bool(m.get("initial")),
-             "kept": v in kept} for v, r, ts, m in versions]
+    return [
+        {
+            "version": v,
+            "round_id": r,
+            "created": datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds"),
+            "strategy": m.get("strategy", ""),
+            "contributors": m.get("contributors", []),
+            "rollback_of": m.get("rollback_of"),
+            "initial": bool(m.get("initial")),
+            "kept": v in kept,
+        }
+        for v, r, ts, m in versions
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,8 +57,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.action == "export":
             if not db.model_path(args.version).exists():
-                print(f"alchimia models: version {args.version} is not kept in {state_dir}",
-                      file=sys.stderr)
+                print(
+                    f"alchimia models: version {args.version} is not kept in {state_dir}",
+                    file=sys.stderr,
+                )
                 return 1
             body = decode(db.load_payload(args.version), ModelBody).body
             assert isinstance(body, ModelBody)
@@ -64,13 +77,23 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("version", "round", "created (UTC)", "strategy", "contributors", "note",
-                  "file")
+    table = Table("version", "round", "created (UTC)", "strategy", "contributors", "note", "file")
     for row in rows:
-        note = ("initial" if row["initial"] else
-                f"rollback of {row['rollback_of']}" if row["rollback_of"] is not None else "")
-        table.add_row(str(row["version"]), "" if row["round_id"] is None else str(row["round_id"]),
-                      row["created"], row["strategy"], ",".join(row["contributors"]), note,
-                      "kept" if row["kept"] else "pruned")
+        note = (
+            "initial"
+            if row["initial"]
+            else f"rollback of {row['rollback_of']}"
+            if row["rollback_of"] is not None
+            else ""
+        )
+        table.add_row(
+            str(row["version"]),
+            "" if row["round_id"] is None else str(row["round_id"]),
+            row["created"],
+            row["strategy"],
+            ",".join(row["contributors"]),
+            note,
+            "kept" if row["kept"] else "pruned",
+        )
     Console().print(table)
     return 0

@@ -69,8 +69,12 @@ def layout(params: int) -> dict[str, tuple[int, ...]]:
         return {"w": (params,)}
     rows = params // 2 // 256
     second = params // 4
-    return {"layer0.weight": (rows, 256), "layer1.weight": (second,),
-            "layer2.weight": (params - rows * 256 - second - 256,), "layer2.bias": (256,)}
+    return {
+        "layer0.weight": (rows, 256),
+        "layer1.weight": (second,),
+        "layer2.weight": (params - rows * 256 - second - 256,),
+        "layer2.bias": (256,),
+    }
 
 
 def make_pool(shapes: dict[str, tuple[int, ...]], n: int, seed: int = 0) -> list[bytes]:
@@ -127,12 +131,13 @@ def build(spec: str, params: int, k: int = 1) -> Aggregator:
         return FlowerInplace(k * NUM_SAMPLES)
     if spec.endswith(CLIP_SUFFIX):
         # clip at roughly the payloads' norm (0.01 * sqrt(P)) so about half are clipped
-        return make_strategy(spec[:-len(CLIP_SUFFIX)], clip_norm=0.01 * params**0.5)
+        return make_strategy(spec[: -len(CLIP_SUFFIX)], clip_norm=0.01 * params**0.5)
     return make_strategy(spec)
 
 
-def run_round(strategy: Aggregator, global_weights: dict[str, np.ndarray], pool: list[bytes],
-              k: int) -> dict[str, np.ndarray]:
+def run_round(
+    strategy: Aggregator, global_weights: dict[str, np.ndarray], pool: list[bytes], k: int
+) -> dict[str, np.ndarray]:
     acc = strategy.open_round(global_weights)
     for payload in arrivals(pool, k):
         body: UpdateBody = decode(payload, UpdateBody, check_finite=False).body  # type: ignore[assignment]
@@ -140,8 +145,9 @@ def run_round(strategy: Aggregator, global_weights: dict[str, np.ndarray], pool:
     return acc.finish()
 
 
-def measure(spec: str, k: int, params: int, pool: list[bytes],
-            shapes: dict[str, tuple[int, ...]]) -> tuple[float, float]:
+def measure(
+    spec: str, k: int, params: int, pool: list[bytes], shapes: dict[str, tuple[int, ...]]
+) -> tuple[float, float]:
     """(seconds, peak traced bytes) of one round, from separate runs: the median time of up
     to ``ROUND_REPEATS`` rounds (one round at K = 1000, so short rounds are not one noisy
     sample), then one traced round."""
@@ -208,21 +214,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=int, default=1_000_000)
     parser.add_argument("--k", default="10,100,1000", help="comma-separated update counts")
     default = ",".join([*STRATEGIES, "fedavg" + CLIP_SUFFIX])
-    parser.add_argument("--strategies", default=default,
-                        help=f"comma-separated; '<name>{CLIP_SUFFIX}' adds norm bounding")
-    parser.add_argument("--robust-max-k", type=int, default=100,
-                        help="largest K for non-streaming strategies (0: no cap)")
-    parser.add_argument("--threads", default="all",
-                        help="comma-separated aggregation thread counts; 'all': every core "
-                        "this process may run on (the default)")
+    parser.add_argument(
+        "--strategies",
+        default=default,
+        help=f"comma-separated; '<name>{CLIP_SUFFIX}' adds norm bounding",
+    )
+    parser.add_argument(
+        "--robust-max-k",
+        type=int,
+        default=100,
+        help="largest K for non-streaming strategies (0: no cap)",
+    )
+    parser.add_argument(
+        "--threads",
+        default="all",
+        help="comma-separated aggregation thread counts; 'all': every core "
+        "this process may run on (the default)",
+    )
     args = parser.parse_args(argv)
     ks = [int(x) for x in args.k.split(",") if x]
     specs = [s for s in args.strategies.split(",") if s]
     for spec in specs:
         base = spec.removesuffix(CLIP_SUFFIX)
         if spec != FLOWER and base not in STRATEGIES:
-            parser.error(f"unknown strategy {spec!r}; valid: {', '.join(STRATEGIES)} "
-                         f"(optionally with {CLIP_SUFFIX}), {FLOWER}")
+            parser.error(
+                f"unknown strategy {spec!r}; valid: {', '.join(STRATEGIES)} "
+                f"(optionally with {CLIP_SUFFIX}), {FLOWER}"
+            )
     cores = kernels.available_cores()
     try:
         counts = [cores if t == "all" else int(t) for t in args.threads.split(",") if t]
@@ -234,15 +252,22 @@ def main(argv: list[str] | None = None) -> int:
     shapes = layout(params)
     model_bytes = 4 * params
     pool = make_pool(shapes, min(max(ks), dram_pool_size(model_bytes)))
-    print(f"P = {params:,} float32 params ({model_bytes / 1e6:.1f} MB) in {len(shapes)} "
-          f"tensors; payload pool of {len(pool)} distinct updates, cycled")
+    print(
+        f"P = {params:,} float32 params ({model_bytes / 1e6:.1f} MB) in {len(shapes)} "
+        f"tensors; payload pool of {len(pool)} distinct updates, cycled"
+    )
     # Other load skews the numbers, BLAS-heavy Krum most (its threads spin on busy cores).
-    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs, "
-          f"{cores} available to this process")
-    run_round(build("fedavg", params), {n: np.zeros(s, np.float32) for n, s in shapes.items()},
-              pool, 1)  # compiles the aggregation kernels outside the timings
-    header = (f"{'strategy':<18}{'threads':>8}{'K':>6}{'seconds':>10}{'GB/s in':>9}"
-              f"{'peak MB':>10}{'x 4P':>8}")
+    print(
+        f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs, "
+        f"{cores} available to this process"
+    )
+    run_round(
+        build("fedavg", params), {n: np.zeros(s, np.float32) for n, s in shapes.items()}, pool, 1
+    )  # compiles the aggregation kernels outside the timings
+    header = (
+        f"{'strategy':<18}{'threads':>8}{'K':>6}{'seconds':>10}{'GB/s in':>9}"
+        f"{'peak MB':>10}{'x 4P':>8}"
+    )
     print(header)
     print("-" * len(header))
     skipped: list[str] = []
@@ -260,28 +285,40 @@ def main(argv: list[str] | None = None) -> int:
                 seconds, peak = measure(spec, k, params, pool, shapes)
                 rates[spec, count, k] = rate = k * model_bytes / seconds / 1e9
                 shown = 1 if spec == FLOWER else count
-                print(f"{spec:<18}{shown:>8}{k:>6}{seconds:>10.3f}{rate:>9.2f}"
-                      f"{peak / 1e6:>10.1f}{peak / model_bytes:>8.2f}", flush=True)
+                print(
+                    f"{spec:<18}{shown:>8}{k:>6}{seconds:>10.3f}{rate:>9.2f}"
+                    f"{peak / 1e6:>10.1f}{peak / model_bytes:>8.2f}",
+                    flush=True,
+                )
     if skipped:
-        print(f"skipped (non-streaming, K > --robust-max-k {args.robust_max_k}): "
-              f"{', '.join(skipped)}")
+        print(
+            f"skipped (non-streaming, K > --robust-max-k {args.robust_max_k}): {', '.join(skipped)}"
+        )
     one_core, all_cores = read_bandwidth()
     bound = max(one_core, all_cores)
-    print(f"\nmemory-read bound over 256 MB: {one_core:.2f} GB/s (numpy sum, one core), "
-          f"{all_cores:.2f} GB/s (compiled sum, {cores} threads); bound = {bound:.2f} GB/s")
-    print("fedavg reads each delta twice, each thread its own slice of the parameters: the "
-          "validating norm pass from memory, the float64 add from the cache it just filled")
+    print(
+        f"\nmemory-read bound over 256 MB: {one_core:.2f} GB/s (numpy sum, one core), "
+        f"{all_cores:.2f} GB/s (compiled sum, {cores} threads); bound = {bound:.2f} GB/s"
+    )
+    print(
+        "fedavg reads each delta twice, each thread its own slice of the parameters: the "
+        "validating norm pass from memory, the float64 add from the cache it just filled"
+    )
     for k in ks:
         for count in counts:
             if (rate := rates.get(("fedavg", count, k))) is None:
                 continue
-            line = (f"fedavg K={k}, {count} thread(s): {rate:.2f} GB/s of input = "
-                    f"{bound / rate:.2f}x the read bound's time (target <= 2x)")
+            line = (
+                f"fedavg K={k}, {count} thread(s): {rate:.2f} GB/s of input = "
+                f"{bound / rate:.2f}x the read bound's time (target <= 2x)"
+            )
             if count != counts[0]:
                 line += f"; {rate / rates['fedavg', counts[0], k]:.2f}x {counts[0]} thread(s)"
             if (FLOWER, counts[0], k) in rates:
-                line += (f"; {rate / rates[FLOWER, counts[0], k]:.2f}x flower's speed (target "
-                         ">= 3x with >= 4 cores)")
+                line += (
+                    f"; {rate / rates[FLOWER, counts[0], k]:.2f}x flower's speed (target "
+                    ">= 3x with >= 4 cores)"
+                )
             print(line)
     return 0
 

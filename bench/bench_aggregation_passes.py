@@ -91,28 +91,37 @@ def main(argv: list[str] | None = None) -> int:
         for w in workers:
             w.start()
         for i in range(n):
-            inboxes[i % 2].put(decode(pool[i % len(pool)], UpdateBody,
-                                      check_finite=False).body.delta)  # type: ignore[union-attr]
+            inboxes[i % 2].put(
+                decode(pool[i % len(pool)], UpdateBody, check_finite=False).body.delta
+            )  # type: ignore[union-attr]
         for q in inboxes:
             q.put(None)
         for w in workers:
             w.join()
 
     cores = kernels.available_cores()
-    print(f"P = {args.params:,} float32 params, {len(pool)} distinct updates cycled, "
-          f"{args.updates} per measurement")
-    rows = [("decode (envelope, zero-copy)", decode_only), ("validating norm pass", norm_only),
-            ("float64 add", add_only), ("all three, one thread", one_thread),
-            ("all three, two threads", two_threads),
-            (f"all three, passes on {cores} threads", one_thread)]
+    print(
+        f"P = {args.params:,} float32 params, {len(pool)} distinct updates cycled, "
+        f"{args.updates} per measurement"
+    )
+    rows = [
+        ("decode (envelope, zero-copy)", decode_only),
+        ("validating norm pass", norm_only),
+        ("float64 add", add_only),
+        ("all three, one thread", one_thread),
+        ("all three, two threads", two_threads),
+        (f"all three, passes on {cores} threads", one_thread),
+    ]
     times = {}
     for name, run in rows:
         kernels.set_threads(cores if name.endswith(f"{cores} threads") else 1)
         times[name] = ms = per_update_ms(run, args.updates)
         print(f"{name:<34} {ms:7.3f} ms per update  {nbytes / ms / 1e6:6.2f} GB/s of input")
     one = times["all three, one thread"]
-    print(f"second thread's speed-up: {one / times['all three, two threads']:.2f}x; "
-          f"passes split over {cores} threads: {one / times[rows[-1][0]]:.2f}x")
+    print(
+        f"second thread's speed-up: {one / times['all three, two threads']:.2f}x; "
+        f"passes split over {cores} threads: {one / times[rows[-1][0]]:.2f}x"
+    )
     return 0
 
 

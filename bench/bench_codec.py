@@ -44,8 +44,12 @@ MODELS = {
 
 def _update(delta: dict, codec: str, fraction: float) -> bytes:
     tensors = UpdateCompressor().encode(delta, codec, fraction)
-    return message("plant-1", UpdateBody(round_id=1, base_version=0, num_samples=100,
-                                         delta=tensors, metrics={"train_loss": 0.01}))
+    return message(
+        "plant-1",
+        UpdateBody(
+            round_id=1, base_version=0, num_samples=100, delta=tensors, metrics={"train_loss": 0.01}
+        ),
+    )
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -63,15 +67,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    print(f"top-k keeps {args.topk_fraction:g} of each tensor; int8 and sign blocks of 64; "
-          f"times are medians of {args.repeats} runs on one core")
-    print("| model | parameters | codec | bytes/update | x float32 | rel. L2 error | "
-          "encode ms | decode ms |")
+    print(
+        f"top-k keeps {args.topk_fraction:g} of each tensor; int8 and sign blocks of 64; "
+        f"times are medians of {args.repeats} runs on one core"
+    )
+    print(
+        "| model | parameters | codec | bytes/update | x float32 | rel. L2 error | "
+        "encode ms | decode ms |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, spec in MODELS.items():
         shapes = spec.parameter_shapes("shared")
-        delta = {k: (1e-3 * rng.standard_normal(s)).astype(np.float32)
-                 for k, s in shapes.items()}
+        delta = {k: (1e-3 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
         params = sum(v.size for v in delta.values())
         limits = Limits(max_total_elements=params)  # the coordinator's: its model's size
         raw_bytes = len(_update(delta, "raw", args.topk_fraction))
@@ -79,13 +86,20 @@ def main() -> None:
         for codec in CODECS:
             payload = _update(delta, codec, args.topk_fraction)
             back = decode(payload, UpdateBody, limits, check_finite=False).body.delta
-            err = np.sqrt(sum(float(((back[k] - delta[k]).astype(np.float64) ** 2).sum())
-                              for k in delta)) / norm
+            err = (
+                np.sqrt(
+                    sum(float(((back[k] - delta[k]).astype(np.float64) ** 2).sum()) for k in delta)
+                )
+                / norm
+            )
             enc = _median_ms(partial(_update, delta, codec, args.topk_fraction), args.repeats)
-            dec = _median_ms(partial(decode, payload, UpdateBody, limits, check_finite=False),
-                             args.repeats)
-            print(f"| {name} | {params:,} | {codec} | {len(payload):,} | "
-                  f"{len(payload) / raw_bytes:.3f} | {err:.2e} | {enc:.2f} | {dec:.2f} |")
+            dec = _median_ms(
+                partial(decode, payload, UpdateBody, limits, check_finite=False), args.repeats
+            )
+            print(
+                f"| {name} | {params:,} | {codec} | {len(payload):,} | "
+                f"{len(payload) / raw_bytes:.3f} | {err:.2e} | {enc:.2f} | {dec:.2f} |"
+            )
 
 
 if __name__ == "__main__":

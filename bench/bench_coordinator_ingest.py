@@ -36,8 +36,9 @@ def _start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:
     # No queue limit towards the coordinator: this measures the coordinator, not drops.
     conf.write_text(plain_config(port, workdir) + "max_queued_messages 0\n")
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
@@ -77,13 +78,36 @@ def run(n: int, architecture: str) -> dict[str, float]:
         work = Path(tmp)
         broker, port = _start_mosquitto(work)
         coord = subprocess.Popen(
-            [sys.executable, "-m", "alchimia", "coordinator", "--broker",
-             f"mqtt://127.0.0.1:{port}", "--federation", FED, "--state-dir",
-             str(work / "state"), "--mode", "async", "--buffer-k", str(n), "--min-agents",
-             "1", "--rounds", "1", "--architecture", architecture],
-            env={**os.environ, "ALCHIMIA_COORDINATOR_RATE_LIMIT_BURST": "100000",
-                 "ALCHIMIA_COORDINATOR_STALENESS": "constant"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                sys.executable,
+                "-m",
+                "alchimia",
+                "coordinator",
+                "--broker",
+                f"mqtt://127.0.0.1:{port}",
+                "--federation",
+                FED,
+                "--state-dir",
+                str(work / "state"),
+                "--mode",
+                "async",
+                "--buffer-k",
+                str(n),
+                "--min-agents",
+                "1",
+                "--rounds",
+                "1",
+                "--architecture",
+                architecture,
+            ],
+            env={
+                **os.environ,
+                "ALCHIMIA_COORDINATOR_RATE_LIMIT_BURST": "100000",
+                "ALCHIMIA_COORDINATOR_STALENESS": "constant",
+            },
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         watcher = Watcher(port, topics)
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ingest-agents")
         pub.max_inflight_messages_set(1000)
@@ -91,23 +115,36 @@ def run(n: int, architecture: str) -> dict[str, float]:
         pub.connect("127.0.0.1", port)
         pub.loop_start()
         try:
-            pub.publish(topics.agent_status("a0"),
-                        message("a0", StatusBody(role="agent", state="online")), qos=1,
-                        retain=True)
+            pub.publish(
+                topics.agent_status("a0"),
+                message("a0", StatusBody(role="agent", state="online")),
+                qos=1,
+                retain=True,
+            )
             watcher.wait("async task", lambda: watcher.tasks and watcher.models, 60)
             task, base = watcher.tasks[-1], watcher.models[-1]
             rng = np.random.default_rng(0)
-            delta = {k: (0.01 * rng.standard_normal(v.shape)).astype(np.float32)
-                     for k, v in base.weights.items()}
-            payloads = [message(f"a{i}", UpdateBody(
-                round_id=task.round_id, base_version=base.version, num_samples=10,
-                delta=delta)) for i in range(n)]
+            delta = {
+                k: (0.01 * rng.standard_normal(v.shape)).astype(np.float32)
+                for k, v in base.weights.items()
+            }
+            payloads = [
+                message(
+                    f"a{i}",
+                    UpdateBody(
+                        round_id=task.round_id,
+                        base_version=base.version,
+                        num_samples=10,
+                        delta=delta,
+                    ),
+                )
+                for i in range(n)
+            ]
             started = time.perf_counter()
             for i, payload in enumerate(payloads):
                 pub.publish(topics.agent_update(f"a{i}"), payload, qos=1)
             published = time.perf_counter() - started
-            watcher.wait("new version", lambda: any(m.version == 1 for m in watcher.models),
-                         600)
+            watcher.wait("new version", lambda: any(m.version == 1 for m in watcher.models), 600)
             elapsed = time.perf_counter() - started
         finally:
             pub.loop_stop()
@@ -119,8 +156,13 @@ def run(n: int, architecture: str) -> dict[str, float]:
             broker.terminate()
             broker.wait(10)
         size = len(payloads[0])
-    return {"updates": n, "bytes_per_update": size, "publish_s": published,
-            "total_s": elapsed, "accepted_per_s": n / elapsed}
+    return {
+        "updates": n,
+        "bytes_per_update": size,
+        "publish_s": published,
+        "total_s": elapsed,
+        "accepted_per_s": n / elapsed,
+    }
 
 
 def main() -> None:
@@ -129,9 +171,11 @@ def main() -> None:
     parser.add_argument("--architecture", default="eaf-hybrid-v1")
     args = parser.parse_args()
     r = run(args.updates, args.architecture)
-    print(f"{r['updates']} updates of {r['bytes_per_update']} B ({args.architecture}): "
-          f"published in {r['publish_s']:.2f} s, version made after {r['total_s']:.2f} s: "
-          f"{r['accepted_per_s']:.0f} accepted updates/s (durable, group commit)")
+    print(
+        f"{r['updates']} updates of {r['bytes_per_update']} B ({args.architecture}): "
+        f"published in {r['publish_s']:.2f} s, version made after {r['total_s']:.2f} s: "
+        f"{r['accepted_per_s']:.0f} accepted updates/s (durable, group commit)"
+    )
 
 
 if __name__ == "__main__":

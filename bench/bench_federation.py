@@ -32,17 +32,30 @@ from alchimia.monitor import Monitor
 def message_sizes(spec: ModelSpec) -> tuple[bytes, bytes]:
     weights = initial_weights(spec, 0)
     rng = np.random.default_rng(0)
-    delta = {k: (0.01 * rng.standard_normal(v.shape)).astype(np.float32)
-             for k, v in weights.items()}
-    update = message("plant-1", UpdateBody(round_id=1, base_version=0, num_samples=200,
-                                           delta=delta, metrics={"train_loss": 0.1}))
-    model = model_message("coordinator", spec, weights, version=1, parent=0, round_id=1,
-                          metadata={"strategy": "fedavg"})
+    delta = {
+        k: (0.01 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in weights.items()
+    }
+    update = message(
+        "plant-1",
+        UpdateBody(
+            round_id=1, base_version=0, num_samples=200, delta=delta, metrics={"train_loss": 0.1}
+        ),
+    )
+    model = model_message(
+        "coordinator",
+        spec,
+        weights,
+        version=1,
+        parent=0,
+        round_id=1,
+        metadata={"strategy": "fedavg"},
+    )
     return update, model
 
 
-def coordinator_round_seconds(spec: ModelSpec, update: bytes, agents: int,
-                              repeats: int = 10) -> float:
+def coordinator_round_seconds(
+    spec: ModelSpec, update: bytes, agents: int, repeats: int = 10
+) -> float:
     """Decode and aggregate ``agents`` updates, export, check, persist: one round's work."""
     weights = initial_weights(spec, 0)
     strategy = make_strategy("fedavg")
@@ -55,10 +68,16 @@ def coordinator_round_seconds(spec: ModelSpec, update: bytes, agents: int,
                 body = decode(update, UpdateBody).body
                 acc.add(body.delta, float(body.num_samples))
             weights = acc.finish()
-            payload = model_message("coordinator", spec, weights, version=version,
-                                    parent=version - 1, round_id=version, metadata={})
-            db.save_version(version, payload, round_id=version, parent=version - 1,
-                            metadata={})
+            payload = model_message(
+                "coordinator",
+                spec,
+                weights,
+                version=version,
+                parent=version - 1,
+                round_id=version,
+                metadata={},
+            )
+            db.save_version(version, payload, round_id=version, parent=version - 1, metadata={})
         db.close()
     return (time.perf_counter() - start) / repeats
 
@@ -66,16 +85,43 @@ def coordinator_round_seconds(spec: ModelSpec, update: bytes, agents: int,
 def agent_rss_mb(agents: int, rounds: int) -> list[tuple[float, float]]:
     """(current, peak) RSS in MB of separate ``alchimia agent`` processes after ``rounds``."""
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
-        settings = CoordinatorSettings.load(None, broker=broker.url, federation="rss",
-                                            state_dir=Path(tmp), rounds=rounds,
-                                            min_agents=agents, epochs=5, lr=5e-3)
+        settings = CoordinatorSettings.load(
+            None,
+            broker=broker.url,
+            federation="rss",
+            state_dir=Path(tmp),
+            rounds=rounds,
+            min_agents=agents,
+            epochs=5,
+            lr=5e-3,
+        )
         monitor = Monitor(broker.url, "rss", "rss-monitor").start()
         coordinator = CoordinatorThread(settings).start()
-        procs = [subprocess.Popen(
-            [sys.executable, "-m", "alchimia", "agent", "--broker", broker.url,
-             "--federation", "rss", "--agent-id", f"plant-{i}", "--plant", str(i),
-             "--history-heats", "300", "--heat-interval", "1", "--log-level", "WARNING"])
-            for i in range(1, agents + 1)]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "alchimia",
+                    "agent",
+                    "--broker",
+                    broker.url,
+                    "--federation",
+                    "rss",
+                    "--agent-id",
+                    f"plant-{i}",
+                    "--plant",
+                    str(i),
+                    "--history-heats",
+                    "300",
+                    "--heat-interval",
+                    "1",
+                    "--log-level",
+                    "WARNING",
+                ]
+            )
+            for i in range(1, agents + 1)
+        ]
         try:
             ids = {f"plant-{i}" for i in range(1, agents + 1)}
             if not monitor.wait_validation(rounds, ids, 300):
@@ -83,8 +129,11 @@ def agent_rss_mb(agents: int, rounds: int) -> list[tuple[float, float]]:
             figures = []
             for p in procs:
                 status = Path(f"/proc/{p.pid}/status").read_text().splitlines()
-                kb = {line.split(":")[0]: int(line.split()[1]) for line in status
-                      if line.startswith(("VmRSS", "VmHWM"))}
+                kb = {
+                    line.split(":")[0]: int(line.split()[1])
+                    for line in status
+                    if line.startswith(("VmRSS", "VmHWM"))
+                }
                 figures.append((kb["VmRSS"] / 1024, kb["VmHWM"] / 1024))
             return figures
         finally:
@@ -105,8 +154,12 @@ def main() -> None:
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        run_demo(agents=args.agents, rounds=args.rounds, out_dir=Path(tmp),
-                 console=Console(file=io.StringIO()))
+        run_demo(
+            agents=args.agents,
+            rounds=args.rounds,
+            out_dir=Path(tmp),
+            console=Console(file=io.StringIO()),
+        )
     demo_s = time.perf_counter() - start
 
     update, model = message_sizes(spec)
@@ -114,14 +167,17 @@ def main() -> None:
     rss = agent_rss_mb(args.agents, args.rounds)
 
     n_params = sum(int(np.prod(s)) for s in spec.parameter_shapes().values())
-    print(f"default model: {spec.architecture}, {n_params} shared parameters, hidden "
-          f"{spec.hidden}")
-    print(f"demo wall time ({args.agents} agents, {args.rounds} rounds, embedded broker): "
-          f"{demo_s:.1f} s")
+    print(f"default model: {spec.architecture}, {n_params} shared parameters, hidden {spec.hidden}")
+    print(
+        f"demo wall time ({args.agents} agents, {args.rounds} rounds, embedded broker): "
+        f"{demo_s:.1f} s"
+    )
     print(f"one update message: {len(update)} bytes")
     print(f"one model message:  {len(model)} bytes")
-    print(f"coordinator time per round excluding training ({args.agents} updates decoded and "
-          f"aggregated, ONNX export + parity check, durable save): {per_round * 1000:.1f} ms")
+    print(
+        f"coordinator time per round excluding training ({args.agents} updates decoded and "
+        f"aggregated, ONNX export + parity check, durable save): {per_round * 1000:.1f} ms"
+    )
     for i, (now, peak) in enumerate(rss, 1):
         print(f"agent process plant-{i} RSS: {now:.0f} MB (peak {peak:.0f} MB)")
 

@@ -46,9 +46,19 @@ from tests.fixtures.mosquitto import Mosquitto
 from tests.integration.helpers import RawClient, wait_for
 
 TARGET_P99_MS = 5.0
-PLAN = {"charge_E3_t": 40.0, "charge_E8_t": 30.0, "charge_HBI_t": 20.0, "hot_heel_t": 15.0,
-        "lime_t": 7.0, "carbon_kg": 1800.0, "oxygen_nm3": 3800.0, "gas_nm3": 800.0,
-        "power_on_min": 40.0, "power_off_min": 14.0, "tap_temp_aim_c": 1630.0}
+PLAN = {
+    "charge_E3_t": 40.0,
+    "charge_E8_t": 30.0,
+    "charge_HBI_t": 20.0,
+    "hot_heel_t": 15.0,
+    "lime_t": 7.0,
+    "carbon_kg": 1800.0,
+    "oxygen_nm3": 3800.0,
+    "gas_nm3": 800.0,
+    "power_on_min": 40.0,
+    "power_off_min": 14.0,
+    "tap_temp_aim_c": 1630.0,
+}
 
 
 def _stats(samples_s: list[float]) -> tuple[float, float, float]:
@@ -80,36 +90,58 @@ def main() -> int:
         broker = Mosquitto(Path(tmp))
         broker.start()
         fed = "bench"
-        settings = AgentSettings.load(None, broker=broker.url, federation=fed,
-                                      agent_id="plant-1", history_heats=150,
-                                      heat_interval_s=0, store_sensors=False,
-                                      state_dir=Path(tmp) / "agents")
+        settings = AgentSettings.load(
+            None,
+            broker=broker.url,
+            federation=fed,
+            agent_id="plant-1",
+            history_heats=150,
+            heat_interval_s=0,
+            store_sensors=False,
+            state_dir=Path(tmp) / "agents",
+        )
         agent = AgentThread(settings)
         coordinator = RawClient(broker.host, broker.port, f"{fed}-coordinator")
         try:
             agent.start()
-            coordinator.publish(f"alchimia/v1/{fed}/model/current", model_message(
-                "coordinator", spec, initial_weights(spec, 0), version=0, parent=None,
-                round_id=None, metadata={}), retain=True)
+            coordinator.publish(
+                f"alchimia/v1/{fed}/model/current",
+                model_message(
+                    "coordinator",
+                    spec,
+                    initial_weights(spec, 0),
+                    version=0,
+                    parent=None,
+                    round_id=None,
+                    metadata={},
+                ),
+                retain=True,
+            )
             wait_for(lambda: agent.agent.state is not None, 60, "the agent to serve")
             state = agent.agent.state
             one = [PlannedHeat(heat_id="H1", inputs=PLAN)]
             many = [PlannedHeat(heat_id=f"H{i}", inputs=PLAN) for i in range(args.batch)]
             responder = Responder("plant-1", agent.agent.topics, [INFER])
             topic = agent.agent.topics.agent_request("plant-1", "infer")
-            with Consumer(ConsumerSettings(broker=broker.url, federation=fed,
-                                           consumer_id="bench")) as consumer:
-                for label, heats, n in (("1 heat", one, args.requests),
-                                        (f"{args.batch} heats", many, args.requests // 10)):
-                    samples = _time(lambda h=heats: consumer.infer("plant-1", h, timeout=10),
-                                    n, args.warmup)
+            with Consumer(
+                ConsumerSettings(broker=broker.url, federation=fed, consumer_id="bench")
+            ) as consumer:
+                for label, heats, n in (
+                    ("1 heat", one, args.requests),
+                    (f"{args.batch} heats", many, args.requests // 10),
+                ):
+                    samples = _time(
+                        lambda h=heats: consumer.infer("plant-1", h, timeout=10), n, args.warmup
+                    )
                     rows.append((f"mqtt round trip, {label}", _stats(samples), n))
                     payload = message("bench", InferRequestBody(request_id="r", heats=heats))
-                    samples = _time(lambda p=payload: responder.handle(topic, p, state), n,
-                                    args.warmup)
+                    samples = _time(
+                        lambda p=payload: responder.handle(topic, p, state), n, args.warmup
+                    )
                     rows.append((f"handler in process, {label}", _stats(samples), n))
-                    x = np.array([[PLAN.get(f, 0.0) for f in spec.features]] * len(heats),
-                                 np.float32)
+                    x = np.array(
+                        [[PLAN.get(f, 0.0) for f in spec.features]] * len(heats), np.float32
+                    )
                     samples = _time(lambda x=x: state.predictor.predict(x), n, args.warmup)
                     rows.append((f"onnx in process, {label}", _stats(samples), n))
         finally:
@@ -121,8 +153,10 @@ def main() -> int:
         print(f"{label:<32}{p50:>10.3f}{p99:>10.3f}{mx:>10.3f}{n:>10}")
     p99 = rows[0][1][1]
     verdict = "MET" if p99 < TARGET_P99_MS else "MISSED"
-    print(f"{verdict} p99 of one-heat request/response over local mosquitto < "
-          f"{TARGET_P99_MS:g} ms: {p99:.2f} ms")
+    print(
+        f"{verdict} p99 of one-heat request/response over local mosquitto < "
+        f"{TARGET_P99_MS:g} ms: {p99:.2f} ms"
+    )
     return 0
 
 

@@ -26,9 +26,12 @@ def measure(label: str, store: object, heats: int, period: float) -> None:
     got = pipe.history()
     wall = time.perf_counter() - start
     assert len(got) == heats, f"assembled {len(got)} of {heats} heats"
-    print(f"{label:8s} period {period:4.1f} s: {pipe.points_written:8d} points in {wall:6.1f} s "
-          f"= {pipe.points_written / wall:8.0f} points/s, {heats / wall:6.1f} heats/s "
-          f"(ingest + assembly)", flush=True)
+    print(
+        f"{label:8s} period {period:4.1f} s: {pipe.points_written:8d} points in {wall:6.1f} s "
+        f"= {pipe.points_written / wall:8.0f} points/s, {heats / wall:6.1f} heats/s "
+        f"(ingest + assembly)",
+        flush=True,
+    )
     pipe.close()
 
 
@@ -42,8 +45,12 @@ def main() -> None:
     try:
         for i, period in enumerate(float(p) for p in args.periods.split(",")):
             measure("SQLite", SQLiteStore(tmp / f"s{i}.sqlite3"), args.heats, period)
-            measure("influxd", InfluxStore(server.url, f"bench{i}", tmp / f"spool{i}"),
-                    args.heats, period)
+            measure(
+                "influxd",
+                InfluxStore(server.url, f"bench{i}", tmp / f"spool{i}"),
+                args.heats,
+                period,
+            )
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -59,8 +59,13 @@ def payloads(n: int, rng: random.Random, seed: bytes) -> list[bytes]:
     return out
 
 
-def flood(name: str, handle: Callable[[str, bytes], None], topics: list[str],
-          messages: list[bytes], rejections: RejectionLog) -> None:
+def flood(
+    name: str,
+    handle: Callable[[str, bytes], None],
+    topics: list[str],
+    messages: list[bytes],
+    rejections: RejectionLog,
+) -> None:
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
     handler.setFormatter(logging.Formatter(TEXT_FORMAT))
@@ -76,12 +81,16 @@ def flood(name: str, handle: Callable[[str, bytes], None], topics: list[str],
     seconds = time.perf_counter() - start
     lines = buf.getvalue().splitlines()
     forged = sum(not line[:4].isdigit() for line in lines)  # a record starts with its date
-    print(f"{name}: {len(messages):,} messages in {seconds:.1f} s "
-          f"({len(messages) / seconds:,.0f}/s); log: {len(lines)} lines, "
-          f"{len(buf.getvalue()):,} bytes, {forged} not starting a record")
-    print(f"  rejections counted: {rejections.total:,} = {dict(rejections.counts.most_common())}"
-          f"; not rejected: {len(messages) - rejections.total:,} (empty: a cleared retained "
-          "message, or valid after all)")
+    print(
+        f"{name}: {len(messages):,} messages in {seconds:.1f} s "
+        f"({len(messages) / seconds:,.0f}/s); log: {len(lines)} lines, "
+        f"{len(buf.getvalue()):,} bytes, {forged} not starting a record"
+    )
+    print(
+        f"  rejections counted: {rejections.total:,} = {dict(rejections.counts.most_common())}"
+        f"; not rejected: {len(messages) - rejections.total:,} (empty: a cleared retained "
+        "message, or valid after all)"
+    )
 
 
 def main() -> None:
@@ -90,24 +99,45 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
     status = message("plant-1", StatusBody(role="agent", state="online"))
-    task = message("coordinator", TaskBody(round_id=1, state="open", base_version=0,
-                                           deadline_ts=0, selected=["plant-1"]))
+    task = message(
+        "coordinator",
+        TaskBody(round_id=1, state="open", base_version=0, deadline_ts=0, selected=["plant-1"]),
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        c = Coordinator(CoordinatorSettings.load(None, federation="bench",
-                                                 state_dir=Path(tmp) / "c"))
+        c = Coordinator(
+            CoordinatorSettings.load(None, federation="bench", state_dir=Path(tmp) / "c")
+        )
         try:
             t = c.topics
-            topics = [topic(f"forged-{i}") for i in range(100)
-                      for topic in (t.agent_update, t.agent_status, t.agent_metrics)]
-            flood("coordinator", c.handle, topics,
-                  payloads(args.n, random.Random(args.seed), status), c.rejection_log)
+            topics = [
+                topic(f"forged-{i}")
+                for i in range(100)
+                for topic in (t.agent_update, t.agent_status, t.agent_metrics)
+            ]
+            flood(
+                "coordinator",
+                c.handle,
+                topics,
+                payloads(args.n, random.Random(args.seed), status),
+                c.rejection_log,
+            )
         finally:
             c.db.close()
-        settings = AgentSettings(agent_id="plant-1", history_heats=10, heat_interval_s=0,
-                                 store_sensors=False, state_dir=Path(tmp) / "a")
+        settings = AgentSettings(
+            agent_id="plant-1",
+            history_heats=10,
+            heat_interval_s=0,
+            store_sensors=False,
+            state_dir=Path(tmp) / "a",
+        )
         agent = Agent(settings, build_heat_source(settings))
-        flood("agent", agent.handle, [agent.topics.model_current, agent.topics.round_current],
-              payloads(args.n, random.Random(args.seed), task), agent.rejections)
+        flood(
+            "agent",
+            agent.handle,
+            [agent.topics.model_current, agent.topics.round_current],
+            payloads(args.n, random.Random(args.seed), task),
+            agent.rejections,
+        )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,18 @@ from alchimia.agent.store.spool import DEFAULT_FSYNC_INTERVAL_S, Spool
 from tests.fixtures.influxd import start_influxd
 
 T0 = 1_700_000_000_000_000_000
-CHANNELS = ("power_mw", "current_ka", "voltage_v", "electrode_mm", "temp_c", "o2_nm3h",
-            "carbon_kgmin", "pf", "thd", "noise_db")
+CHANNELS = (
+    "power_mw",
+    "current_ka",
+    "voltage_v",
+    "electrode_mm",
+    "temp_c",
+    "o2_nm3h",
+    "carbon_kgmin",
+    "pf",
+    "thd",
+    "noise_db",
+)
 #: The issue's target, in ms of agent CPU per 1,000 field values.
 TARGET_MS = 1.0
 BATCH_SIZE = 5000  # InfluxStore's default points per POST
@@ -77,8 +87,9 @@ def sensor_chunk(start: int, n: int, fields: int, full_precision: bool) -> list[
         if full_precision:
             values = {CHANNELS[k]: rnd.random() * 1000 for k in range(fields)}
         else:
-            values = {CHANNELS[k]: round(500 + 400 * math.sin(i / 997 + k), 3)
-                      for k in range(fields)}
+            values = {
+                CHANNELS[k]: round(500 + 400 * math.sin(i / 997 + k), 3) for k in range(fields)
+            }
         out.append(Point("eaf", tags, values, T0 + i * 1_000_000))
     return out
 
@@ -124,8 +135,15 @@ class Segment:
     making: float  # making and dropping the synthetic points
 
 
-def run_store(store: Store, total: int, chunk: int, fields: int, full: bool,
-              flush: Callable[[], None], segments: int) -> tuple[list[Segment], float]:
+def run_store(
+    store: Store,
+    total: int,
+    chunk: int,
+    fields: int,
+    full: bool,
+    flush: Callable[[], None],
+    segments: int,
+) -> tuple[list[Segment], float]:
     """Write ``total`` points in ``chunk``-point calls; flush; per-segment CPU and the wall."""
     per_segment = max(chunk, total // segments // chunk * chunk)
     out = []
@@ -143,41 +161,58 @@ def run_store(store: Store, total: int, chunk: int, fields: int, full: bool,
             store.write(pts)
         if last == total:
             flush()  # the last segment also pays for sending what is still spooled
-        out.append(Segment(last - first, cpu_seconds() - cpu0 - making,
-                           time.thread_time() - caller0 - making, making))
+        out.append(
+            Segment(
+                last - first,
+                cpu_seconds() - cpu0 - making,
+                time.thread_time() - caller0 - making,
+                making,
+            )
+        )
     return out, time.perf_counter() - wall0
 
 
-def report(label: str, segs: list[Segment], fields: int, wall: float, idle_making: float,
-           threads: bool) -> None:
+def report(
+    label: str, segs: list[Segment], fields: int, wall: float, idle_making: float, threads: bool
+) -> None:
     total = sum(s.points for s in segs)
     per_point = [s.agent / s.points * 1e6 for s in segs]  # ms per 1,000 points
     med = statistics.median(per_point)
     value = med / fields
     whole = sum(s.agent for s in segs) / total * 1e6 / fields
-    print(f"{label}: {total:,} points x {fields} fields in {wall:.1f} s wall = "
-          f"{total / wall:,.0f} points/s ({total * fields / wall:,.0f} field values/s) sustained")
-    print(f"  agent CPU: {value:.3f} ms per 1,000 field values = {med:.2f} ms per 1,000 "
-          f"line-protocol points of {fields} fields (median of {len(segs)} segments of "
-          f"{segs[0].points:,} points: {min(per_point) / fields:.3f}-"
-          f"{max(per_point) / fields:.3f}; whole run {whole:.3f})")
-    print(f"  target <= {TARGET_MS:.1f} ms per 1,000 field values: "
-          f"{'met' if value <= TARGET_MS else 'NOT met'}; per-point cost of 1,000 field values/s: "
-          f"{value / 10:.3f}% of a core (the fixed costs per write() and per POST come on top: "
-          f"see --paced)")
+    print(
+        f"{label}: {total:,} points x {fields} fields in {wall:.1f} s wall = "
+        f"{total / wall:,.0f} points/s ({total * fields / wall:,.0f} field values/s) sustained"
+    )
+    print(
+        f"  agent CPU: {value:.3f} ms per 1,000 field values = {med:.2f} ms per 1,000 "
+        f"line-protocol points of {fields} fields (median of {len(segs)} segments of "
+        f"{segs[0].points:,} points: {min(per_point) / fields:.3f}-"
+        f"{max(per_point) / fields:.3f}; whole run {whole:.3f})"
+    )
+    print(
+        f"  target <= {TARGET_MS:.1f} ms per 1,000 field values: "
+        f"{'met' if value <= TARGET_MS else 'NOT met'}; per-point cost of 1,000 field values/s: "
+        f"{value / 10:.3f}% of a core (the fixed costs per write() and per POST come on top: "
+        f"see --paced)"
+    )
     if threads:
         caller = statistics.median(s.caller / s.points * 1e6 for s in segs)
         sender = statistics.median((s.agent - s.caller) / s.points * 1e6 for s in segs)
-        print(f"  of which the caller's thread (encode + spool + fsync) {caller:.2f} ms and the "
-              f"sender thread (read spool + gzip + HTTP) {sender:.2f} ms per 1,000 "
-              f"line-protocol points (medians)")
+        print(
+            f"  of which the caller's thread (encode + spool + fsync) {caller:.2f} ms and the "
+            f"sender thread (read spool + gzip + HTTP) {sender:.2f} ms per 1,000 "
+            f"line-protocol points (medians)"
+        )
     making = statistics.median(s.making / s.points * 1e6 for s in segs)
     ratio = statistics.median(s.agent / s.making for s in segs)
-    print(f"  machine speed: making the synthetic points took {making / idle_making:.2f}x the CPU "
-          f"they took just before the runs ({making:.2f} vs {idle_making:.2f} ms per 1,000 "
-          f"points): influxd sharing the cores and this VM's drift inflate the figures alike; "
-          f"scaled back to that speed (an estimate) the agent's CPU is "
-          f"{ratio * idle_making / fields:.3f} ms per 1,000 field values")
+    print(
+        f"  machine speed: making the synthetic points took {making / idle_making:.2f}x the CPU "
+        f"they took just before the runs ({making:.2f} vs {idle_making:.2f} ms per 1,000 "
+        f"points): influxd sharing the cores and this VM's drift inflate the figures alike; "
+        f"scaled back to that speed (an estimate) the agent's CPU is "
+        f"{ratio * idle_making / fields:.3f} ms per 1,000 field values"
+    )
 
 
 @contextlib.contextmanager
@@ -221,17 +256,20 @@ def breakdown(server_url: str, fields: int, chunk: int, fsync: bool) -> None:
             ms = {stage: median_ms(times, n) for stage, times in samples.items()}
             parts = ", ".join(f"{stage} {v:.2f}" for stage, v in ms.items())
             size = sum(len(b) for b in batches) / n
-            print(f"  breakdown, {'full-precision floats' if full else 'sensor values'}: "
-                  f"{parts} (gzip-1 alone {median_ms(gzip['gzip-1'], n):.2f}); "
-                  f"sum {sum(ms.values()):.2f} ms per 1,000 line-protocol points "
-                  f"= {sum(ms.values()) / fields:.3f} ms per 1,000 field values "
-                  f"({size:.0f} bytes of line protocol a point)")
+            print(
+                f"  breakdown, {'full-precision floats' if full else 'sensor values'}: "
+                f"{parts} (gzip-1 alone {median_ms(gzip['gzip-1'], n):.2f}); "
+                f"sum {sum(ms.values()):.2f} ms per 1,000 line-protocol points "
+                f"= {sum(ms.values()) / fields:.3f} ms per 1,000 field values "
+                f"({size:.0f} bytes of line protocol a point)"
+            )
     finally:
         http.close()
 
 
-def run_paced(store: Store, rate: float, seconds: float, period: float, fields: int,
-              full: bool) -> None:
+def run_paced(
+    store: Store, rate: float, seconds: float, period: float, fields: int, full: bool
+) -> None:
     """Write ``rate`` field values/s for ``seconds``, one ``write()`` every ``period``."""
     per_write = max(1, round(rate / fields * period))
     making = 0.0
@@ -254,18 +292,24 @@ def run_paced(store: Store, rate: float, seconds: float, period: float, fields: 
         syncs, posts = store.spool.syncs, store.stats.sent_batches
     caller = time.thread_time() - caller0 - making
     per_value = agent / (written * fields) * 1e6
-    print(f"{type(store).__name__} paced at {written * fields / wall:,.0f} field values/s "
-          f"({per_write} points of {fields} fields per write() every {period:g} s) for "
-          f"{wall:.0f} s:")
-    print(f"  agent CPU {agent / wall * 1e3:.2f} ms per second = {agent / wall * 100:.3f}% of a "
-          f"core = {per_value:.2f} ms per 1,000 field values (target <= {TARGET_MS:.1f}: "
-          f"{'met' if per_value <= TARGET_MS else 'NOT met'})")
+    print(
+        f"{type(store).__name__} paced at {written * fields / wall:,.0f} field values/s "
+        f"({per_write} points of {fields} fields per write() every {period:g} s) for "
+        f"{wall:.0f} s:"
+    )
+    print(
+        f"  agent CPU {agent / wall * 1e3:.2f} ms per second = {agent / wall * 100:.3f}% of a "
+        f"core = {per_value:.2f} ms per 1,000 field values (target <= {TARGET_MS:.1f}: "
+        f"{'met' if per_value <= TARGET_MS else 'NOT met'})"
+    )
     if isinstance(store, InfluxStore):
-        print(f"  of which the caller's thread {caller / wall * 1e3:.2f} ms/s (encode + spool + "
-              f"the fsyncs due at a write()), the sender thread "
-              f"{(agent - caller) / wall * 1e3:.2f} ms/s (read spool + gzip + HTTP + commit "
-              f"marker, one batch per flush interval; the fsyncs due between writes); "
-              f"{syncs / wall:.2f} fsyncs/s, {posts / wall:.2f} POSTs/s")
+        print(
+            f"  of which the caller's thread {caller / wall * 1e3:.2f} ms/s (encode + spool + "
+            f"the fsyncs due at a write()), the sender thread "
+            f"{(agent - caller) / wall * 1e3:.2f} ms/s (read spool + gzip + HTTP + commit "
+            f"marker, one batch per flush interval; the fsyncs due between writes); "
+            f"{syncs / wall:.2f} fsyncs/s, {posts / wall:.2f} POSTs/s"
+        )
 
 
 def main() -> None:
@@ -273,76 +317,138 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=1_000_000)
     ap.add_argument("--fields", type=int, default=10, choices=range(1, len(CHANNELS) + 1))
     ap.add_argument("--chunk", type=int, default=1000, help="points per write() call")
-    ap.add_argument("--segments", type=int, default=5,
-                    help="stretches of each run measured apart (the figure is their median)")
-    ap.add_argument("--full-precision", action="store_true",
-                    help="random 17-digit floats instead of sensor-like values")
+    ap.add_argument(
+        "--segments",
+        type=int,
+        default=5,
+        help="stretches of each run measured apart (the figure is their median)",
+    )
+    ap.add_argument(
+        "--full-precision",
+        action="store_true",
+        help="random 17-digit floats instead of sensor-like values",
+    )
     ap.add_argument("--no-fsync", action="store_true")
     ap.add_argument("--skip-sqlite", action="store_true")
-    ap.add_argument("--paced", type=float, metavar="VALUES_PER_S",
-                    help="instead: write at this many field values/s, as a furnace does")
+    ap.add_argument(
+        "--paced",
+        type=float,
+        metavar="VALUES_PER_S",
+        help="instead: write at this many field values/s, as a furnace does",
+    )
     ap.add_argument("--seconds", type=float, default=30.0, help="duration of a --paced run")
-    ap.add_argument("--period", type=float, default=1.0,
-                    help="seconds between write() calls in a --paced run (the agent writes "
-                         "simulated and CSV points once a second, StorePipeline."
-                         "write_interval_s; a live MQTT feed at every poll, about 0.2 s)")
-    ap.add_argument("--flush-interval", type=float, default=DEFAULT_FLUSH_INTERVAL_S,
-                    help="the InfluxDB store's flush_interval: at most this long between POSTs")
-    ap.add_argument("--fsync-interval", type=float, default=DEFAULT_FSYNC_INTERVAL_S,
-                    help="the spool's fsync_interval: at most one fsync this often (0: one per "
-                         "write())")
+    ap.add_argument(
+        "--period",
+        type=float,
+        default=1.0,
+        help="seconds between write() calls in a --paced run (the agent writes "
+        "simulated and CSV points once a second, StorePipeline."
+        "write_interval_s; a live MQTT feed at every poll, about 0.2 s)",
+    )
+    ap.add_argument(
+        "--flush-interval",
+        type=float,
+        default=DEFAULT_FLUSH_INTERVAL_S,
+        help="the InfluxDB store's flush_interval: at most this long between POSTs",
+    )
+    ap.add_argument(
+        "--fsync-interval",
+        type=float,
+        default=DEFAULT_FSYNC_INTERVAL_S,
+        help="the spool's fsync_interval: at most one fsync this often (0: one per write())",
+    )
     args = ap.parse_args()
     fsync = not args.no_fsync
     full = args.full_precision
     if args.paced:
-        paced(args.paced, args.seconds, args.period, args.flush_interval, args.fsync_interval,
-              args.fields, full, fsync, args.skip_sqlite)
+        paced(
+            args.paced,
+            args.seconds,
+            args.period,
+            args.flush_interval,
+            args.fsync_interval,
+            args.fields,
+            full,
+            fsync,
+            args.skip_sqlite,
+        )
         return
-    print(f"store benchmark: {args.points:,} points, {args.fields} fields each, "
-          f"{args.chunk} points per write(), fsync={fsync}, "
-          f"{'full-precision' if full else 'sensor'} values; target <= {TARGET_MS:.1f} ms of "
-          f"agent CPU per 1,000 field values")
+    print(
+        f"store benchmark: {args.points:,} points, {args.fields} fields each, "
+        f"{args.chunk} points per write(), fsync={fsync}, "
+        f"{'full-precision' if full else 'sensor'} values; target <= {TARGET_MS:.1f} ms of "
+        f"agent CPU per 1,000 field values"
+    )
     idle_making = generation_ms(args.fields, args.chunk, full)
     with tempfile.TemporaryDirectory(prefix="alchimia-bench-") as tmp:
         root = Path(tmp)
         server = start_influxd(root / "influxd")
         try:
-            store = InfluxStore(server.url, "bench", root / "spool", fsync=fsync,
-                                batch_size=BATCH_SIZE, flush_timeout=3600)
-            segs, wall = run_store(store, args.points, args.chunk, args.fields, full,
-                                   store.flush, args.segments)
+            store = InfluxStore(
+                server.url,
+                "bench",
+                root / "spool",
+                fsync=fsync,
+                batch_size=BATCH_SIZE,
+                flush_timeout=3600,
+            )
+            segs, wall = run_store(
+                store, args.points, args.chunk, args.fields, full, store.flush, args.segments
+            )
             report("InfluxDB store", segs, args.fields, wall, idle_making, threads=True)
-            check = sum(row[1] for s in store.http.query('SELECT COUNT("power_mw") FROM "eaf"')
-                        for row in s["values"])
-            print(f"  influxd holds {check:,} points (expected {args.points:,}); "
-                  f"stats {store.stats}")
+            check = sum(
+                row[1]
+                for s in store.http.query('SELECT COUNT("power_mw") FROM "eaf"')
+                for row in s["values"]
+            )
+            print(
+                f"  influxd holds {check:,} points (expected {args.points:,}); stats {store.stats}"
+            )
             store.close()
             breakdown(server.url, args.fields, args.chunk, fsync)
         finally:
             server.stop()
         if not args.skip_sqlite:
             sqlite = SQLiteStore(root / "bench.sqlite3", fsync=fsync)
-            segs, wall = run_store(sqlite, args.points, args.chunk, args.fields, full,
-                                   sqlite.flush, args.segments)
+            segs, wall = run_store(
+                sqlite, args.points, args.chunk, args.fields, full, sqlite.flush, args.segments
+            )
             report("SQLite store", segs, args.fields, wall, idle_making, threads=False)
             print(f"  SQLite holds {sqlite.count('eaf', {}):,} points")
             sqlite.close()
 
 
-def paced(rate: float, seconds: float, period: float, flush_interval: float,
-          fsync_interval: float, fields: int, full: bool, fsync: bool, skip_sqlite: bool) -> None:
-    print(f"store benchmark, paced: {rate:,.0f} field values/s for {seconds:g} s, fsync={fsync} "
-          f"(at most every {fsync_interval:g} s), a POST at least every {flush_interval:g} s, "
-          f"{'full-precision' if full else 'sensor'} values; target <= {TARGET_MS:.1f} ms of "
-          f"agent CPU per 1,000 field values, i.e. under {TARGET_MS * rate / 1e4:.2f}% of a "
-          f"core at this rate")
+def paced(
+    rate: float,
+    seconds: float,
+    period: float,
+    flush_interval: float,
+    fsync_interval: float,
+    fields: int,
+    full: bool,
+    fsync: bool,
+    skip_sqlite: bool,
+) -> None:
+    print(
+        f"store benchmark, paced: {rate:,.0f} field values/s for {seconds:g} s, fsync={fsync} "
+        f"(at most every {fsync_interval:g} s), a POST at least every {flush_interval:g} s, "
+        f"{'full-precision' if full else 'sensor'} values; target <= {TARGET_MS:.1f} ms of "
+        f"agent CPU per 1,000 field values, i.e. under {TARGET_MS * rate / 1e4:.2f}% of a "
+        f"core at this rate"
+    )
     with tempfile.TemporaryDirectory(prefix="alchimia-bench-") as tmp:
         root = Path(tmp)
         server = start_influxd(root / "influxd")
         try:
-            store = InfluxStore(server.url, "bench", root / "spool", fsync=fsync,
-                                fsync_interval=fsync_interval, batch_size=BATCH_SIZE,
-                                flush_interval=flush_interval)
+            store = InfluxStore(
+                server.url,
+                "bench",
+                root / "spool",
+                fsync=fsync,
+                fsync_interval=fsync_interval,
+                batch_size=BATCH_SIZE,
+                flush_interval=flush_interval,
+            )
             run_paced(store, rate, seconds, period, fields, full)
             store.close()
         finally:

@@ -97,8 +97,9 @@ class Decoded:
             assert isinstance(body, ModelBody)
             self._model = (payload, body)
             if self.delta is None:
-                self.delta = {k: np.full(v.shape, 1e-4, np.float32)
-                              for k, v in body.weights.items()}
+                self.delta = {
+                    k: np.full(v.shape, 1e-4, np.float32) for k, v in body.weights.items()
+                }
         return self._model[1]
 
     def task(self, payload: bytes) -> tuple[TaskBody, frozenset[str]]:
@@ -109,17 +110,36 @@ class Decoded:
         return self._task[1], self._task[2]
 
 
-async def _agent(agent_id: str, port: int, topics: Topics, shared: Decoded,
-                 report: WorkerReport, gate: asyncio.Semaphore,
-                 online: Callable[[], None]) -> None:
+async def _agent(
+    agent_id: str,
+    port: int,
+    topics: Topics,
+    shared: Decoded,
+    report: WorkerReport,
+    gate: asyncio.Semaphore,
+    online: Callable[[], None],
+) -> None:
     will = message(agent_id, StatusBody(role="agent", state="offline"))
     async with gate:
-        conn = await Connection.open("127.0.0.1", port, f"{FED}-{agent_id}",
-                                     topics.agent_status(agent_id), will)
+        conn = await Connection.open(
+            "127.0.0.1", port, f"{FED}-{agent_id}", topics.agent_status(agent_id), will
+        )
         conn.subscribe([topics.model_current, topics.round_current])
-        status_pid = conn.publish(topics.agent_status(agent_id), message(agent_id, StatusBody(
-            role="agent", state="online", software="swarm/1", samples=NUM_SAMPLES,
-            capabilities=["train"], new_heats=1)), retain=True)
+        status_pid = conn.publish(
+            topics.agent_status(agent_id),
+            message(
+                agent_id,
+                StatusBody(
+                    role="agent",
+                    state="online",
+                    software="swarm/1",
+                    samples=NUM_SAMPLES,
+                    capabilities=["train"],
+                    new_heats=1,
+                ),
+            ),
+            retain=True,
+        )
     held: int | None = None
     task: TaskBody | None = None
     selected: frozenset[str] = frozenset()
@@ -142,13 +162,27 @@ async def _agent(agent_id: str, port: int, topics: Topics, shared: Decoded,
                 report.model_last_ts[held] = time.time()
             elif pub.topic == topics.round_current:
                 task, selected = shared.task(pub.payload)
-            if (task is not None and task.state == "open" and held == task.base_version
-                    and task.round_id not in answered and agent_id in selected
-                    and shared.delta is not None):
+            if (
+                task is not None
+                and task.state == "open"
+                and held == task.base_version
+                and task.round_id not in answered
+                and agent_id in selected
+                and shared.delta is not None
+            ):
                 answered.add(task.round_id)
-                conn.publish(topics.agent_update(agent_id), message(agent_id, UpdateBody(
-                    round_id=task.round_id, base_version=task.base_version,
-                    num_samples=NUM_SAMPLES, delta=shared.delta)))
+                conn.publish(
+                    topics.agent_update(agent_id),
+                    message(
+                        agent_id,
+                        UpdateBody(
+                            round_id=task.round_id,
+                            base_version=task.base_version,
+                            num_samples=NUM_SAMPLES,
+                            delta=shared.delta,
+                        ),
+                    ),
+                )
                 now = time.time()
                 times = report.rounds.setdefault(task.base_version, RoundTimes())
                 times.merge(RoundTimes(now, now, 1))
@@ -169,8 +203,9 @@ async def _worker(ids: list[str], port: int, out: mp.Queue, stop: Event) -> None
             report.online_ts = time.time()
             out.put(("online", len(ids), report.online_ts))
 
-    tasks = [asyncio.create_task(_agent(i, port, topics, shared, report, gate, online))
-             for i in ids]
+    tasks = [
+        asyncio.create_task(_agent(i, port, topics, shared, report, gate, online)) for i in ids
+    ]
     while not stop.is_set():
         await asyncio.sleep(0.2)
         for t in tasks:
@@ -232,8 +267,9 @@ class Watcher:
             if pub.topic == topics.model_current and pub.payload:
                 model = decode(pub.payload, ModelBody).body
                 assert isinstance(model, ModelBody)
-                self.models.setdefault(model.version, (
-                    now, len(model.metadata.get("contributors", []))))
+                self.models.setdefault(
+                    model.version, (now, len(model.metadata.get("contributors", [])))
+                )
             elif pub.topic == topics.round_current and pub.payload:
                 task = decode(pub.payload, TaskBody).body
                 assert isinstance(task, TaskBody)
@@ -245,8 +281,9 @@ class Watcher:
 def _start_mosquitto(work: Path, n: int) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     conf = work / "mosquitto.conf"
-    conf.write_text(plain_config(port, work, persistence=False,
-                                 sizing=broker_sizing(n, MODEL_MESSAGE_BYTES)))
+    conf.write_text(
+        plain_config(port, work, persistence=False, sizing=broker_sizing(n, MODEL_MESSAGE_BYTES))
+    )
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     log = (work / "mosquitto.log").open("wb")
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
@@ -259,8 +296,7 @@ def _start_mosquitto(work: Path, n: int) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError("mosquitto did not start")
 
 
-async def _drain(out: mp.Queue, want: str, count: int, deadline: float,
-                 sink: list[Any]) -> bool:
+async def _drain(out: mp.Queue, want: str, count: int, deadline: float, sink: list[Any]) -> bool:
     """Collect ``count`` items tagged ``want`` from the workers' queue before ``deadline``."""
     while len([m for m in sink if m[0] == want]) < count:
         if time.time() > deadline:
@@ -272,8 +308,9 @@ async def _drain(out: mp.Queue, want: str, count: int, deadline: float,
     return True
 
 
-async def run(n: int, rounds: int, workers: int, timeout: float,
-              round_timeout: float) -> dict[str, Any]:
+async def run(
+    n: int, rounds: int, workers: int, timeout: float, round_timeout: float
+) -> dict[str, Any]:
     fds = raise_fd_limit(n + 1024)
     if fds < n + 64:
         raise SystemExit(f"open-file limit {fds} is too low for {n} agents")
@@ -284,11 +321,29 @@ async def run(n: int, rounds: int, workers: int, timeout: float,
         broker, port = _start_mosquitto(work, n)
         coord_log = (work / "coordinator.log").open("wb")
         coord = subprocess.Popen(
-            [sys.executable, "-m", "alchimia", "coordinator", "--broker",
-             f"mqtt://127.0.0.1:{port}", "--federation", FED, "--state-dir",
-             str(work / "state"), "--mode", "sync", "--min-agents", str(n),
-             "--round-timeout", str(round_timeout), "--min-new-heats", "0"],
-            stdout=coord_log, stderr=coord_log)
+            [
+                sys.executable,
+                "-m",
+                "alchimia",
+                "coordinator",
+                "--broker",
+                f"mqtt://127.0.0.1:{port}",
+                "--federation",
+                FED,
+                "--state-dir",
+                str(work / "state"),
+                "--mode",
+                "sync",
+                "--min-agents",
+                str(n),
+                "--round-timeout",
+                str(round_timeout),
+                "--min-new-heats",
+                "0",
+            ],
+            stdout=coord_log,
+            stderr=coord_log,
+        )
         coord_ps, broker_ps = psutil.Process(coord.pid), psutil.Process(broker.pid)
         watcher = Watcher()
         watch_task = asyncio.create_task(watcher.run(port, topics))
@@ -296,8 +351,10 @@ async def run(n: int, rounds: int, workers: int, timeout: float,
         out: mp.Queue = ctx.Queue()
         stop = ctx.Event()
         ids = [f"s{i:05d}" for i in range(n)]
-        procs = [ctx.Process(target=worker_main, args=(ids[w::workers], port, out, stop))
-                 for w in range(min(workers, n))]
+        procs = [
+            ctx.Process(target=worker_main, args=(ids[w::workers], port, out, stop))
+            for w in range(min(workers, n))
+        ]
         deadline = time.time() + timeout
         msgs: list[Any] = []
         try:
@@ -331,8 +388,9 @@ async def run(n: int, rounds: int, workers: int, timeout: float,
             result["task_bytes"] = watcher.task_bytes
         finally:
             stop.set()
-            await _drain(out, "report", len([p for p in procs if p.pid is not None]),
-                         time.time() + 60, msgs)
+            await _drain(
+                out, "report", len([p for p in procs if p.pid is not None]), time.time() + 60, msgs
+            )
             for p in procs:
                 if p.pid is not None:
                     p.join(10)
@@ -348,8 +406,9 @@ async def run(n: int, rounds: int, workers: int, timeout: float,
                 coord.kill()
             broker.terminate()
             broker.wait(10)
-            result["coordinator_log_tail"] = (work / "coordinator.log").read_text(
-                errors="replace").splitlines()[-5:]
+            result["coordinator_log_tail"] = (
+                (work / "coordinator.log").read_text(errors="replace").splitlines()[-5:]
+            )
         reports: list[WorkerReport] = [m[1] for m in msgs if m[0] == "report"]
     merged: dict[int, RoundTimes] = {}
     for rep in reports:
@@ -361,34 +420,46 @@ async def run(n: int, rounds: int, workers: int, timeout: float,
             continue
         seen, contributors = watcher.models[base + 1]
         times = merged[base]
-        last_agent = max((rep.model_last_ts.get(base + 1, -math.inf) for rep in reports),
-                         default=math.nan)
-        result["rounds"].append({
-            "round": base + 1, "sent": times.sent, "accepted": contributors,
-            "open_to_model_s": seen - watcher.opened.get(base, math.nan),
-            "last_update_to_model_s": seen - times.last_sent,
-            "model_to_last_agent_s": last_agent - seen,
-            "accepted_per_s": contributors / (seen - times.first_sent)})
+        last_agent = max(
+            (rep.model_last_ts.get(base + 1, -math.inf) for rep in reports), default=math.nan
+        )
+        result["rounds"].append(
+            {
+                "round": base + 1,
+                "sent": times.sent,
+                "accepted": contributors,
+                "open_to_model_s": seen - watcher.opened.get(base, math.nan),
+                "last_update_to_model_s": seen - times.last_sent,
+                "model_to_last_agent_s": last_agent - seen,
+                "accepted_per_s": contributors / (seen - times.first_sent),
+            }
+        )
     return result
 
 
 def _print(r: dict[str, Any]) -> None:
     n = r["agents"]
-    print(f"== {n} agents: connect (all statuses acknowledged) "
-          f"{r.get('connect_s', math.nan):.1f} s, first task (coordinator registered all) "
-          f"{r.get('registered_s', math.nan):.1f} s, task message {r.get('task_bytes', 0):,} B")
+    print(
+        f"== {n} agents: connect (all statuses acknowledged) "
+        f"{r.get('connect_s', math.nan):.1f} s, first task (coordinator registered all) "
+        f"{r.get('registered_s', math.nan):.1f} s, task message {r.get('task_bytes', 0):,} B"
+    )
     for rd in r["rounds"]:
-        print(f"   round {rd['round']}: {rd['sent']} sent, {rd['accepted']} accepted; open -> "
-              f"model {rd['open_to_model_s']:.2f} s, last update -> model "
-              f"{rd['last_update_to_model_s']:.2f} s, model -> last agent "
-              f"{rd['model_to_last_agent_s']:.2f} s; {rd['accepted_per_s']:.0f} accepted "
-              f"updates/s")
-    print(f"   coordinator CPU: {r.get('coordinator_cpu_connect_s', math.nan):.1f} s while "
-          f"agents connected, {r.get('coordinator_cpu_rounds_s', math.nan):.1f} s for the "
-          f"rounds; RSS peak {r.get('coordinator_peak_rss_mb', math.nan):.0f} MB "
-          f"(now {r.get('coordinator_rss_mb', math.nan):.0f} MB); mosquitto RSS peak "
-          f"{r.get('broker_peak_rss_mb', math.nan):.0f} MB (now "
-          f"{r.get('broker_rss_mb', math.nan):.0f} MB)")
+        print(
+            f"   round {rd['round']}: {rd['sent']} sent, {rd['accepted']} accepted; open -> "
+            f"model {rd['open_to_model_s']:.2f} s, last update -> model "
+            f"{rd['last_update_to_model_s']:.2f} s, model -> last agent "
+            f"{rd['model_to_last_agent_s']:.2f} s; {rd['accepted_per_s']:.0f} accepted "
+            f"updates/s"
+        )
+    print(
+        f"   coordinator CPU: {r.get('coordinator_cpu_connect_s', math.nan):.1f} s while "
+        f"agents connected, {r.get('coordinator_cpu_rounds_s', math.nan):.1f} s for the "
+        f"rounds; RSS peak {r.get('coordinator_peak_rss_mb', math.nan):.0f} MB "
+        f"(now {r.get('coordinator_rss_mb', math.nan):.0f} MB); mosquitto RSS peak "
+        f"{r.get('broker_peak_rss_mb', math.nan):.0f} MB (now "
+        f"{r.get('broker_rss_mb', math.nan):.0f} MB)"
+    )
     if r.get("timed_out"):
         print(f"   NOT COMPLETE: {len(r['rounds'])} round(s) within the time limit")
     for e in r["errors"]:
@@ -400,20 +471,27 @@ def _print(r: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--agents", default="100,1000",
-                        help="comma-separated swarm sizes, run one after the other")
+    parser.add_argument(
+        "--agents", default="100,1000", help="comma-separated swarm sizes, run one after the other"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4, help="agent processes")
-    parser.add_argument("--timeout", type=float, default=900.0,
-                        help="seconds a swarm size may take, start to last round")
-    parser.add_argument("--round-timeout", type=float, default=600.0,
-                        help="the coordinator's round deadline")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="seconds a swarm size may take, start to last round",
+    )
+    parser.add_argument(
+        "--round-timeout", type=float, default=600.0, help="the coordinator's round deadline"
+    )
     args = parser.parse_args()
-    print(f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; {args.workers} agent "
-          f"processes; sync FedAvg, quorum = all, eaf-hybrid-v1")
+    print(
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; {args.workers} agent "
+        f"processes; sync FedAvg, quorum = all, eaf-hybrid-v1"
+    )
     for n in (int(x) for x in args.agents.split(",")):
-        _print(asyncio.run(run(n, args.rounds, args.workers, args.timeout,
-                               args.round_timeout)))
+        _print(asyncio.run(run(n, args.rounds, args.workers, args.timeout, args.round_timeout)))
 
 
 if __name__ == "__main__":

@@ -47,8 +47,14 @@ def _packet(first: int, body: bytes) -> bytes:
 def connect_packet(client_id: str, will_topic: str, will_payload: bytes) -> bytes:
     """Clean session, keepalive 0, will at QoS 1 and retained (an agent's offline status)."""
     flags = 0x02 | 0x04 | (1 << 3) | 0x20
-    body = (_string("MQTT") + bytes([4, flags]) + struct.pack("!H", 0) + _string(client_id)
-            + _string(will_topic) + _string(will_payload))
+    body = (
+        _string("MQTT")
+        + bytes([4, flags])
+        + struct.pack("!H", 0)
+        + _string(client_id)
+        + _string(will_topic)
+        + _string(will_payload)
+    )
     return _packet(CONNECT << 4, body)
 
 
@@ -57,8 +63,9 @@ def subscribe_packet(packet_id: int, topics: Sequence[str], qos: int = 1) -> byt
     return _packet((SUBSCRIBE << 4) | 0x02, body)
 
 
-def publish_packet(topic: str, payload: bytes, *, qos: int = 0, packet_id: int = 0,
-                   retain: bool = False) -> bytes:
+def publish_packet(
+    topic: str, payload: bytes, *, qos: int = 0, packet_id: int = 0, retain: bool = False
+) -> bytes:
     if qos not in (0, 1):
         raise ValueError("QoS 0 or 1 only")
     head = _string(topic) + (struct.pack("!H", packet_id) if qos else b"")
@@ -87,7 +94,7 @@ def parse_publish(flags: int, body: bytes) -> Publish:
     if qos > 1:
         raise ValueError("QoS 2 is not used on this bus")
     (n,) = struct.unpack_from("!H", body)
-    topic = body[2:2 + n].decode()
+    topic = body[2 : 2 + n].decode()
     pos = 2 + n
     packet_id = 0
     if qos:
@@ -104,8 +111,9 @@ class Connection:
         self._next_id = 0
 
     @classmethod
-    async def open(cls, host: str, port: int, client_id: str, will_topic: str,
-                   will_payload: bytes) -> Connection:
+    async def open(
+        cls, host: str, port: int, client_id: str, will_topic: str, will_payload: bytes
+    ) -> Connection:
         reader, writer = await asyncio.open_connection(host, port, limit=4 * 1024 * 1024)
         conn = cls(reader, writer)
         writer.write(connect_packet(client_id, will_topic, will_payload))

@@ -76,8 +76,9 @@ def _header(obj: Any, limits: Limits, accept: Accepted) -> tuple[str, list[int],
     if codec not in CODECS:
         raise DecodeError(f"unknown tensor codec {codec!r}")
     if codec not in accept.codecs:
-        raise DecodeError(f"tensor codec {codec!r} is not accepted here; use "
-                          f"{', '.join(sorted(accept.codecs))}")
+        raise DecodeError(
+            f"tensor codec {codec!r} is not accepted here; use {', '.join(sorted(accept.codecs))}"
+        )
     keys = (*_BASE_KEYS, *EXTRA_KEYS[codec])
     if set(obj) != set(keys):
         raise DecodeError(f"{codec} tensor keys must be {', '.join(keys)}; got {sorted(obj)}")
@@ -86,8 +87,7 @@ def _header(obj: Any, limits: Limits, accept: Accepted) -> tuple[str, list[int],
         raise DecodeError(f"unknown tensor dtype {dtype!r}")
     allowed = sorted(accept.raw_dtypes) if codec == RAW else [CODEC_DTYPES[codec]]
     if dtype not in allowed:
-        raise DecodeError(f"{codec} tensors here carry dtype {' or '.join(allowed)}, "
-                          f"not {dtype!r}")
+        raise DecodeError(f"{codec} tensors here carry dtype {' or '.join(allowed)}, not {dtype!r}")
     shape = obj["shape"]
     if (
         not isinstance(shape, list | tuple)
@@ -101,8 +101,9 @@ def _header(obj: Any, limits: Limits, accept: Accepted) -> tuple[str, list[int],
     return codec, list(shape), count
 
 
-def _values(obj: Mapping[str, Any], codec: str, shape: list[int], count: int,
-            check_finite: bool) -> np.ndarray:
+def _values(
+    obj: Mapping[str, Any], codec: str, shape: list[int], count: int, check_finite: bool
+) -> np.ndarray:
     """The array of a tensor whose header ``_header`` accepted."""
     if codec == RAW:
         dtype = DTYPES[obj["dtype"]]
@@ -122,8 +123,13 @@ def _values(obj: Mapping[str, Any], codec: str, shape: list[int], count: int,
     return arr
 
 
-def decode_tensor(obj: Any, limits: Limits = DEFAULT_LIMITS, *, check_finite: bool = True,
-                  accept: Accepted = ANY_RAW) -> np.ndarray:
+def decode_tensor(
+    obj: Any,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    check_finite: bool = True,
+    accept: Accepted = ANY_RAW,
+) -> np.ndarray:
     """Array from its wire form; raises DecodeError for anything malformed, non-finite or
     not in ``accept`` (default: ``raw`` of any dtype).
 
@@ -135,12 +141,19 @@ def decode_tensor(obj: Any, limits: Limits = DEFAULT_LIMITS, *, check_finite: bo
 
 
 def encode_tensors(arrays: Mapping[str, np.ndarray | Encoded]) -> dict[str, Any]:
-    return {name: dict(a.wire) if isinstance(a, Encoded) else encode_tensor(a)
-            for name, a in arrays.items()}
+    return {
+        name: dict(a.wire) if isinstance(a, Encoded) else encode_tensor(a)
+        for name, a in arrays.items()
+    }
 
 
-def decode_tensors(obj: Any, limits: Limits = DEFAULT_LIMITS, *, check_finite: bool = True,
-                   accept: Accepted = ANY_RAW) -> dict[str, np.ndarray]:
+def decode_tensors(
+    obj: Any,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    check_finite: bool = True,
+    accept: Accepted = ANY_RAW,
+) -> dict[str, np.ndarray]:
     """Named arrays in wire order, with the per-message count and element limits (the
     total is checked before each tensor is decoded: a sparse codec allocates its shape)."""
     if not isinstance(obj, Mapping):
@@ -156,8 +169,7 @@ def decode_tensors(obj: Any, limits: Limits = DEFAULT_LIMITS, *, check_finite: b
             codec, shape, count = _header(value, limits, accept)
             total += count
             if total > limits.max_total_elements:
-                raise DecodeError(f"tensors exceed {limits.max_total_elements} elements in "
-                                  f"total")
+                raise DecodeError(f"tensors exceed {limits.max_total_elements} elements in total")
             out[name] = _values(value, codec, shape, count, check_finite)
         except DecodeError as exc:
             raise DecodeError(f"tensor {name!r}: {exc}") from None

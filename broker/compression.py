@@ -27,12 +27,22 @@ CODECS: tuple[str, ...] = get_args(Codec)
 LOSSY: tuple[str, ...] = tuple(c for c in CODECS if c != "raw")
 # The one dtype of ``data`` each codec allows in an update (raw: float32; sign: bytes of
 # four 2-bit codes).
-CODEC_DTYPES: dict[str, str] = {"raw": "f4", "fp16": "f2", "int8": "i1", "sign": "u1",
-                                "topk": "f4", "topk_int8": "i1"}
+CODEC_DTYPES: dict[str, str] = {
+    "raw": "f4",
+    "fp16": "f2",
+    "int8": "i1",
+    "sign": "u1",
+    "topk": "f4",
+    "topk_int8": "i1",
+}
 # Keys beyond codec, dtype, shape, data.
 EXTRA_KEYS: dict[str, tuple[str, ...]] = {
-    "raw": (), "fp16": (), "int8": ("block", "scales"), "sign": ("block", "scales"),
-    "topk": ("indices",), "topk_int8": ("indices", "block", "scales"),
+    "raw": (),
+    "fp16": (),
+    "int8": ("block", "scales"),
+    "sign": ("block", "scales"),
+    "topk": ("indices",),
+    "topk_int8": ("indices", "block", "scales"),
 }
 BLOCK = 64  # elements per scale (int8, sign), as the reference encoder writes them
 MAX_BLOCK = 65536
@@ -48,8 +58,13 @@ _F4 = np.dtype("<f4")
 _U4 = np.dtype("<u4")
 
 
-def compress(array: np.ndarray, codec: str, *, topk_fraction: float = DEFAULT_TOPK_FRACTION,
-             block: int = BLOCK) -> dict[str, Any]:
+def compress(
+    array: np.ndarray,
+    codec: str,
+    *,
+    topk_fraction: float = DEFAULT_TOPK_FRACTION,
+    block: int = BLOCK,
+) -> dict[str, Any]:
     """The wire map of a finite float array under a lossy ``codec``.
 
     ``topk_fraction``: top-k keeps ``ceil(fraction * size)`` entries (at least 1) of
@@ -70,8 +85,7 @@ def compress(array: np.ndarray, codec: str, *, topk_fraction: float = DEFAULT_TO
     flat = np.ascontiguousarray(arr, dtype=_F4).reshape(-1)
     if not np.isfinite(flat).all():
         raise ValueError("cannot compress NaN or infinity")
-    wire: dict[str, Any] = {"codec": codec, "dtype": CODEC_DTYPES[codec],
-                            "shape": list(arr.shape)}
+    wire: dict[str, Any] = {"codec": codec, "dtype": CODEC_DTYPES[codec], "shape": list(arr.shape)}
     if codec == "fp16":
         wire["data"] = np.clip(flat, -_F2_MAX, _F2_MAX).astype(_F2).tobytes()
         return wire
@@ -97,8 +111,9 @@ def decompress(obj: Mapping[str, Any], count: int) -> np.ndarray:
         return np.frombuffer(data, _F2).astype(_F4)
     if codec == "sign":
         _length("data", data, -(-count // 4))
-        return _scaled(_unpack_signs(np.frombuffer(data, _U1), count), obj["block"],
-                       _binary(obj, "scales"))
+        return _scaled(
+            _unpack_signs(np.frombuffer(data, _U1), count), obj["block"], _binary(obj, "scales")
+        )
     idx = None
     if codec in ("topk", "topk_int8"):
         idx = _indices(_binary(obj, "indices"), count)
@@ -108,8 +123,9 @@ def decompress(obj: Mapping[str, Any], count: int) -> np.ndarray:
         values = np.frombuffer(data, _F4)
     else:
         _length("data", data, n)
-        values = _scaled(np.frombuffer(data, _INT8).astype(_F4), obj["block"],
-                         _binary(obj, "scales"))
+        values = _scaled(
+            np.frombuffer(data, _INT8).astype(_F4), obj["block"], _binary(obj, "scales")
+        )
     if idx is None:
         return values
     out = np.zeros(count, _F4)
@@ -124,7 +140,7 @@ def _top_k(flat: np.ndarray, fraction: float) -> np.ndarray:
     if k == 0:
         return np.zeros(0, np.int64)
     mag = np.abs(flat)
-    idx = np.argpartition(mag, n - k)[n - k:] if k < n else np.arange(n)
+    idx = np.argpartition(mag, n - k)[n - k :] if k < n else np.arange(n)
     return np.sort(idx[mag[idx] > 0])
 
 
@@ -132,7 +148,7 @@ def _blocks(flat: np.ndarray, block: int) -> np.ndarray:
     """``flat`` padded with zeros to whole blocks, one row per block."""
     nblocks = -(-flat.size // block)
     padded = np.zeros(nblocks * block, _F4)
-    padded[:flat.size] = flat
+    padded[: flat.size] = flat
     return padded.reshape(nblocks, block)
 
 
@@ -142,7 +158,7 @@ def _quantise(flat: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     scales = (np.abs(blocks).max(axis=1, initial=0.0) / 127).astype(_F4)
     divisor = np.where(scales > 0, scales, 1)[:, None]
     codes = np.clip(np.rint(blocks / divisor), -127, 127).astype(_INT8)
-    return codes.reshape(-1)[:flat.size], scales
+    return codes.reshape(-1)[: flat.size], scales
 
 
 def _sign(flat: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +168,7 @@ def _sign(flat: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     blocks = np.abs(_blocks(flat, block))
     scales = (blocks.sum(axis=1) / np.maximum((blocks > 0).sum(axis=1), 1)).astype(_F4)
     codes = np.zeros(-(-flat.size // 4) * 4, _U1)
-    codes[:flat.size] = (flat > 0) + 2 * (flat < 0)
+    codes[: flat.size] = (flat > 0) + 2 * (flat < 0)
     quads = codes.reshape(-1, 4)
     return quads[:, 0] | quads[:, 1] << 2 | quads[:, 2] << 4 | quads[:, 3] << 6, scales
 
@@ -176,10 +192,10 @@ def _scaled(values: np.ndarray, block: Any, scale_bytes: bytes | memoryview) -> 
     if not (np.isfinite(scales).all() and (scales >= 0).all() and (scales <= MAX_SCALE).all()):
         raise DecodeError(f"scales must be finite and in [0, {MAX_SCALE:.3g}]")
     full = values.size // block
-    whole = values[:full * block].reshape(full, block)
+    whole = values[: full * block].reshape(full, block)
     whole *= scales[:full, None]
     if full < nblocks:
-        values[full * block:] *= scales[full]
+        values[full * block :] *= scales[full]
     return values
 
 

@@ -28,8 +28,9 @@ class EmbeddedBroker:
     def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
         self.host, self.port = host, port or free_port(host)
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="embedded-broker")
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name="embedded-broker"
+        )
         self._broker: Broker | None = None
 
     @property
@@ -43,8 +44,9 @@ class EmbeddedBroker:
         self._thread.start()
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
-                        {"allow_anonymous": True}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
         }
 
         async def start() -> None:

@@ -18,16 +18,27 @@ DEFAULT_MESSAGE_SIZE_LIMIT = 64 * 1024 * 1024
 NODELAY = "set_tcp_nodelay true"
 
 
-def plain_config(port: int, data_dir: Path, *, bind: str = "127.0.0.1",
-                 message_size_limit: int = DEFAULT_MESSAGE_SIZE_LIMIT,
-                 persistence: bool = True, sizing: BrokerSizing | None = None) -> str:
+def plain_config(
+    port: int,
+    data_dir: Path,
+    *,
+    bind: str = "127.0.0.1",
+    message_size_limit: int = DEFAULT_MESSAGE_SIZE_LIMIT,
+    persistence: bool = True,
+    sizing: BrokerSizing | None = None,
+) -> str:
     """A loopback listener without authentication: for tests and single-host demos.
 
     ``sizing`` (e.g. ``broker_sizing(10_000)`` for a swarm) replaces ``message_size_limit``
     and mosquitto's default queue limits."""
-    limits = sizing.lines() if sizing is not None else [
-        f"max_packet_size {message_size_limit + PACKET_HEADROOM}",
-        f"message_size_limit {message_size_limit}"]
+    limits = (
+        sizing.lines()
+        if sizing is not None
+        else [
+            f"max_packet_size {message_size_limit + PACKET_HEADROOM}",
+            f"message_size_limit {message_size_limit}",
+        ]
+    )
     lines = [
         f"listener {port} {bind}",
         "allow_anonymous true",
@@ -74,14 +85,20 @@ class BrokerSizing:
     max_queued_bytes: int
 
     def lines(self) -> list[str]:
-        return [f"max_packet_size {self.message_size_limit + PACKET_HEADROOM}",
-                f"message_size_limit {self.message_size_limit}",
-                f"max_queued_messages {self.max_queued_messages}",
-                f"max_queued_bytes {self.max_queued_bytes}"]
+        return [
+            f"max_packet_size {self.message_size_limit + PACKET_HEADROOM}",
+            f"message_size_limit {self.message_size_limit}",
+            f"max_queued_messages {self.max_queued_messages}",
+            f"max_queued_bytes {self.max_queued_bytes}",
+        ]
 
 
-def broker_sizing(agents: int, model_message_bytes: int = DEFAULT_MODEL_MESSAGE_BYTES, *,
-                  message_size_limit: int | None = None) -> BrokerSizing:
+def broker_sizing(
+    agents: int,
+    model_message_bytes: int = DEFAULT_MODEL_MESSAGE_BYTES,
+    *,
+    message_size_limit: int | None = None,
+) -> BrokerSizing:
     """Queue and message limits of a broker that ``agents`` agents reach (directly, or
     through a bridge for the central broker).
 
@@ -97,14 +114,18 @@ def broker_sizing(agents: int, model_message_bytes: int = DEFAULT_MODEL_MESSAGE_
     if agents < 0 or model_message_bytes < 1:
         raise ValueError("agents must be >= 0 and model_message_bytes >= 1")
     if message_size_limit is None:
-        message_size_limit = min(MAX_MESSAGE_SIZE_LIMIT, max(
-            MIN_MESSAGE_SIZE_LIMIT, math.ceil(2 * model_message_bytes / 65536) * 65536))
+        message_size_limit = min(
+            MAX_MESSAGE_SIZE_LIMIT,
+            max(MIN_MESSAGE_SIZE_LIMIT, math.ceil(2 * model_message_bytes / 65536) * 65536),
+        )
     sized = max(agents, MOSQUITTO_MAX_QUEUED_MESSAGES // MESSAGES_PER_AGENT)
     update_bytes = min(model_message_bytes, message_size_limit)
     per_agent = update_bytes + (MESSAGES_PER_AGENT - 1) * SMALL_MESSAGE_BYTES
-    return BrokerSizing(message_size_limit=message_size_limit,
-                        max_queued_messages=sized * MESSAGES_PER_AGENT,
-                        max_queued_bytes=sized * per_agent)
+    return BrokerSizing(
+        message_size_limit=message_size_limit,
+        max_queued_messages=sized * MESSAGES_PER_AGENT,
+        max_queued_bytes=sized * per_agent,
+    )
 
 
 def _conf_path(path: Path) -> str:
@@ -116,11 +137,22 @@ def _conf_path(path: Path) -> str:
     return text
 
 
-def secure_config(*, tls_port: int, ca_file: Path, cert_file: Path, key_file: Path,
-                  acl_file: Path, data_dir: Path, require_certificate: bool,
-                  crl_file: Path | None = None, password_file: Path | None = None,
-                  tls_bind: str | None = None, plain_port: int | None = None,
-                  sizing: BrokerSizing, user: str | None = None) -> str:
+def secure_config(
+    *,
+    tls_port: int,
+    ca_file: Path,
+    cert_file: Path,
+    key_file: Path,
+    acl_file: Path,
+    data_dir: Path,
+    require_certificate: bool,
+    crl_file: Path | None = None,
+    password_file: Path | None = None,
+    tls_bind: str | None = None,
+    plain_port: int | None = None,
+    sizing: BrokerSizing,
+    user: str | None = None,
+) -> str:
     """A production listener: TLS, no anonymous clients, ACLs for every identity.
 
     ``require_certificate`` selects mutual TLS with the certificate CN as the username
@@ -130,8 +162,10 @@ def secure_config(*, tls_port: int, ca_file: Path, cert_file: Path, key_file: Pa
     line out: mosquitto started as root then switches to ``mosquitto``.
     """
     if plain_port is not None and password_file is None:
-        raise ValueError("a plain listener needs a password file: without one mosquitto "
-                         "refuses every client on it")
+        raise ValueError(
+            "a plain listener needs a password file: without one mosquitto "
+            "refuses every client on it"
+        )
     if not require_certificate and password_file is None:
         raise ValueError("without client certificates a password file is required")
     lines = [
@@ -192,9 +226,15 @@ def _bridged_rules(topics: Topics, agents: Sequence[str]) -> list[tuple[str, str
     return list(dict.fromkeys(r for aid in sorted(agents) for r in agent_rules(topics, aid)))
 
 
-def acl_text(federation: str, *, coordinators: Sequence[str] = (), agents: Sequence[str] = (),
-             consumers: Sequence[str] = (), admins: Sequence[str] = (),
-             bridges: Mapping[str, Sequence[str]] | None = None) -> str:
+def acl_text(
+    federation: str,
+    *,
+    coordinators: Sequence[str] = (),
+    agents: Sequence[str] = (),
+    consumers: Sequence[str] = (),
+    admins: Sequence[str] = (),
+    bridges: Mapping[str, Sequence[str]] | None = None,
+) -> str:
     """Mosquitto ACL file binding each identity (its username) to its topics.
 
     Only ``user`` blocks: a ``pattern`` line applies to every user, so ``agents/%u/#``
@@ -205,8 +245,7 @@ def acl_text(federation: str, *, coordinators: Sequence[str] = (), agents: Seque
     """
     topics = Topics(federation)
     lines = [
-        "# Generated by `alchimia provision`: one block per identity of federation "
-        f"{federation}.",
+        f"# Generated by `alchimia provision`: one block per identity of federation {federation}.",
         "# Anything not granted here is denied.",
     ]
 
@@ -216,49 +255,74 @@ def acl_text(federation: str, *, coordinators: Sequence[str] = (), agents: Seque
         lines.extend(f"topic {access} {topic}" for access, topic in rules)
 
     for cid in sorted(coordinators):
-        block(cid, "coordinator", [
-            ("read", topics.all_agents("status")),
-            ("read", topics.all_agents("update")),
-            ("read", topics.all_agents("metrics")),
-            ("read", topics.coordinator_admin),
-            # readwrite: a restarted coordinator may read back what it retained.
-            ("readwrite", topics.coordinator_status),
-            ("readwrite", topics.model_current),
-            ("readwrite", topics.round_current),
-        ])
+        block(
+            cid,
+            "coordinator",
+            [
+                ("read", topics.all_agents("status")),
+                ("read", topics.all_agents("update")),
+                ("read", topics.all_agents("metrics")),
+                ("read", topics.coordinator_admin),
+                # readwrite: a restarted coordinator may read back what it retained.
+                ("readwrite", topics.coordinator_status),
+                ("readwrite", topics.model_current),
+                ("readwrite", topics.round_current),
+            ],
+        )
     for uid in sorted(admins):
         # Commands to the coordinator, what it publishes, and the agents' statuses and
         # metrics (versions, error figures, counts: what `alchimia status` shows); never
         # an agent's updates or predictions, which carry the plant's data.
-        block(uid, "admin", [
-            ("write", topics.coordinator_admin),
-            ("read", topics.coordinator_status),
-            ("read", topics.model_current),
-            ("read", topics.round_current),
-            ("read", topics.all_bridge_states),
-            ("read", topics.all_agents("status")),
-            ("read", topics.all_agents("metrics")),
-        ])
+        block(
+            uid,
+            "admin",
+            [
+                ("write", topics.coordinator_admin),
+                ("read", topics.coordinator_status),
+                ("read", topics.model_current),
+                ("read", topics.round_current),
+                ("read", topics.all_bridge_states),
+                ("read", topics.all_agents("status")),
+                ("read", topics.all_agents("metrics")),
+            ],
+        )
     for aid in sorted(agents):
         block(aid, "agent", agent_rules(topics, aid))
     for bid, behind in sorted((bridges or {}).items()):
-        block(bid, "bridge", [*_bridged_rules(topics, behind),
-                              ("write", topics.bridge_state(bid))])
+        block(bid, "bridge", [*_bridged_rules(topics, behind), ("write", topics.bridge_state(bid))])
     for uid in sorted(consumers):
-        block(uid, "consumer", [
-            ("read", topics.model_current),
-            ("read", topics.coordinator_status),
-            ("read", topics.all_agents("predictions")),
-            *(rule for s in SERVICES for rule in (
-                ("write", topics.all_agents(f"{s}/request")),
-                ("read", topics.client_responses(s, uid)))),
-        ])
+        block(
+            uid,
+            "consumer",
+            [
+                ("read", topics.model_current),
+                ("read", topics.coordinator_status),
+                ("read", topics.all_agents("predictions")),
+                *(
+                    rule
+                    for s in SERVICES
+                    for rule in (
+                        ("write", topics.all_agents(f"{s}/request")),
+                        ("read", topics.client_responses(s, uid)),
+                    )
+                ),
+            ],
+        )
     return "\n".join(lines) + "\n"
 
 
-def bridge_config(federation: str, *, bridge_id: str, agents: Sequence[str], host: str,
-                  port: int, ca_file: Path, cert_file: Path | None = None,
-                  key_file: Path | None = None, password: str | None = None) -> str:
+def bridge_config(
+    federation: str,
+    *,
+    bridge_id: str,
+    agents: Sequence[str],
+    host: str,
+    port: int,
+    ca_file: Path,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    password: str | None = None,
+) -> str:
     """The ``connection`` section of a plant broker bridged to the central broker.
 
     Mutual TLS with the bridge identity's certificate (``cert_file``/``key_file``), or
@@ -289,8 +353,10 @@ def bridge_config(federation: str, *, bridge_id: str, agents: Sequence[str], hos
         f"bridge_cafile {_conf_path(ca_file)}",
     ]
     if cert_file is not None and key_file is not None:
-        lines += [f"bridge_certfile {_conf_path(cert_file)}",
-                  f"bridge_keyfile {_conf_path(key_file)}"]
+        lines += [
+            f"bridge_certfile {_conf_path(cert_file)}",
+            f"bridge_keyfile {_conf_path(key_file)}",
+        ]
     if password is not None:
         lines += [f"remote_username {bridge_id}", f"remote_password {password}"]
     for access, topic in _bridged_rules(topics, agents):

@@ -74,10 +74,18 @@ class RejectionLog:
     counted in the summary line ("rejections", "failed steps").
     """
 
-    def __init__(self, logger: logging.Logger, *, burst: int = 5, per_s: float = 1 / 60,
-                 summary_s: float = 60.0, level: int = logging.WARNING,
-                 what: str = "rejections", max_reasons: int = 64,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        burst: int = 5,
+        per_s: float = 1 / 60,
+        summary_s: float = 60.0,
+        level: int = logging.WARNING,
+        what: str = "rejections",
+        max_reasons: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if burst < 1 or per_s <= 0 or summary_s <= 0 or max_reasons < 1:
             raise ValueError("need burst >= 1, per_s > 0, summary_s > 0, max_reasons >= 1")
         self.logger, self.level, self.what = logger, level, what
@@ -102,8 +110,9 @@ class RejectionLog:
         with self._lock:
             return dict(self.counts)
 
-    def reject(self, reason: str, msg: str, *args: object, level: int | None = None,
-               exc_info: bool = False) -> bool:
+    def reject(
+        self, reason: str, msg: str, *args: object, level: int | None = None, exc_info: bool = False
+    ) -> bool:
         """Count one refusal under ``reason`` and log ``msg % args`` (arguments escaped, at
         ``level``, else the log's) if the reason's bucket allows; True if it was logged."""
         now = self._clock()
@@ -127,8 +136,12 @@ class RejectionLog:
                     self._summary_at = now + self.summary_s
             summary = self._due_summary(now)
         if logged:
-            self.logger.log(self.level if level is None else level, msg,
-                            *map(_safe_arg, args), exc_info=exc_info)
+            self.logger.log(
+                self.level if level is None else level,
+                msg,
+                *map(_safe_arg, args),
+                exc_info=exc_info,
+            )
         if summary is not None:
             self.logger.log(self.level, *summary)
         return logged
@@ -151,5 +164,11 @@ class RejectionLog:
         self._held.clear()
         self._summary_at = None
         self.lines += 1
-        return ("%d more %s not logged in the last %.0f s (%s); since start: %s", held,
-                self.what, self.summary_s, escape(by_reason), escape(totals))
+        return (
+            "%d more %s not logged in the last %.0f s (%s); since start: %s",
+            held,
+            self.what,
+            self.summary_s,
+            escape(by_reason),
+            escape(totals),
+        )

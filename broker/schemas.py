@@ -63,14 +63,17 @@ def _check_finite(info: ValidationInfo) -> bool:
 def _tensor_validator(accept: Accepted, built: tuple[type, ...]) -> WrapValidator:
     """Decodes a tensor map from the wire under ``accept``; values of the ``built`` types
     were made in process and pass as they are."""
+
     def validate(value: Any, handler: Any, info: ValidationInfo) -> dict[str, Any]:
         if isinstance(value, dict) and all(isinstance(v, built) for v in value.values()):
             return value
         try:
-            return decode_tensors(value, _limits(info), check_finite=_check_finite(info),
-                                  accept=accept)
+            return decode_tensors(
+                value, _limits(info), check_finite=_check_finite(info), accept=accept
+            )
         except DecodeError as exc:
             raise ValueError(str(exc)) from None
+
     return WrapValidator(validate)
 
 
@@ -78,10 +81,10 @@ _SERIALIZER = PlainSerializer(encode_tensors, return_type=dict)
 # Model weights: raw float32. Update deltas: float32 under any codec (docs/PROTOCOL.md,
 # "Tensor codecs"); a sender may hand in tensors it has already encoded (``Encoded``),
 # a receiver always gets arrays.
-Tensors = Annotated[dict[str, np.ndarray], _tensor_validator(WEIGHTS, (np.ndarray,)),
-                    _SERIALIZER]
-Delta = Annotated[dict[str, np.ndarray | Encoded],
-                  _tensor_validator(DELTAS, (np.ndarray, Encoded)), _SERIALIZER]
+Tensors = Annotated[dict[str, np.ndarray], _tensor_validator(WEIGHTS, (np.ndarray,)), _SERIALIZER]
+Delta = Annotated[
+    dict[str, np.ndarray | Encoded], _tensor_validator(DELTAS, (np.ndarray, Encoded)), _SERIALIZER
+]
 
 
 class Body(BaseModel):
@@ -112,8 +115,9 @@ class StatusBody(Body):
     validation: Values | None = None
     prequential: Values | None = None
     # The coordinator: messages it rejected since it started, per agent it knows.
-    rejected: Annotated[dict[Identifier, Annotated[int, Field(ge=0)]],
-                        Field(max_length=100_000)] | None = None
+    rejected: (
+        Annotated[dict[Identifier, Annotated[int, Field(ge=0)]], Field(max_length=100_000)] | None
+    ) = None
 
 
 class TaskBody(Body):
@@ -133,14 +137,17 @@ class TaskBody(Body):
     # How agents encode their deltas (a coordinator setting; docs/PROTOCOL.md).
     update_codec: Codec = "raw"
     update_topk_fraction: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False, strict=True)] = (
-        DEFAULT_TOPK_FRACTION)
+        DEFAULT_TOPK_FRACTION
+    )
     # Client-level differential privacy (a coordinator setting; docs/PROTOCOL.md): agents
     # clip the delta's L2 norm to dp_clip_norm and add N(0, (dp_noise_multiplier *
     # dp_clip_norm)^2) per coordinate. Both set or both nil (off).
-    dp_clip_norm: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False,
-                                         strict=True)] | None = None
-    dp_noise_multiplier: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False,
-                                                strict=True)] | None = None
+    dp_clip_norm: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False, strict=True)] | None = (
+        None
+    )
+    dp_noise_multiplier: (
+        Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False, strict=True)] | None
+    ) = None
     signature: Blob | None = None
 
     @model_validator(mode="after")
@@ -308,9 +315,19 @@ class OptimizeResponseBody(ResponseBody):
 
 BODIES: dict[str, type[Body]] = {
     b.kind: b
-    for b in (StatusBody, TaskBody, UpdateBody, ModelBody, PredictionBody, MetricsBody,
-              AdminBody, InferRequestBody, InferResponseBody, OptimizeRequestBody,
-              OptimizeResponseBody)
+    for b in (
+        StatusBody,
+        TaskBody,
+        UpdateBody,
+        ModelBody,
+        PredictionBody,
+        MetricsBody,
+        AdminBody,
+        InferRequestBody,
+        InferResponseBody,
+        OptimizeRequestBody,
+        OptimizeResponseBody,
+    )
 }
 
 
@@ -334,8 +351,9 @@ class Envelope(BaseModel):
     @classmethod
     def wrap(cls, sender: str, body: Body) -> Envelope:
         """A new envelope with a fresh message id and the current time."""
-        return cls(kind=body.kind, sender=sender, ts=time.time(), msg_id=uuid.uuid4().hex,
-                   body=body)
+        return cls(
+            kind=body.kind, sender=sender, ts=time.time(), msg_id=uuid.uuid4().hex, body=body
+        )
 
 
 B = TypeVar("B", bound=Body)
@@ -362,8 +380,13 @@ def message(sender: str, body: Body) -> bytes:
     return encode(Envelope.wrap(sender, body))
 
 
-def decode(payload: bytes | bytearray, expect: type[Body] | None = None,
-           limits: Limits = DEFAULT_LIMITS, *, check_finite: bool = True) -> Envelope:
+def decode(
+    payload: bytes | bytearray,
+    expect: type[Body] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    check_finite: bool = True,
+) -> Envelope:
     """A validated envelope; raises DecodeError with a one-line reason otherwise.
 
     Tensors are read-only views into ``payload``. ``check_finite=False`` leaves the NaN/inf
@@ -382,8 +405,13 @@ class SchemaError(DecodeError):
         self.error_type, self.where = error_type, where
 
 
-def validate(raw: dict[str, Any], expect: type[Body] | None = None,
-             limits: Limits = DEFAULT_LIMITS, *, check_finite: bool = True) -> Envelope:
+def validate(
+    raw: dict[str, Any],
+    expect: type[Body] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    check_finite: bool = True,
+) -> Envelope:
     """The envelope of an unpacked message map (``decode`` without the unpacking)."""
     kind = raw.get("kind")
     body_cls = BODIES.get(kind) if isinstance(kind, str) else None
@@ -398,7 +426,6 @@ def validate(raw: dict[str, Any], expect: type[Body] | None = None,
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "message"
-        raise SchemaError(f"{kind} message invalid at {where}: {first['msg']}",
-                          first["type"], where) from None
-
-
+        raise SchemaError(
+            f"{kind} message invalid at {where}: {first['msg']}", first["type"], where
+        ) from None

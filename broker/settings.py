@@ -40,10 +40,13 @@ class NodeSettings(BaseSettings):
 
     config_file: ClassVar[Path | None] = None
 
-    broker: str = Field(default="mqtt://127.0.0.1:1883", description="the broker: "
-                        "mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS")
-    federation: str = Field(default="demo", description="federation name: topics live "
-                            "under alchimia/v1/NAME")
+    broker: str = Field(
+        default="mqtt://127.0.0.1:1883",
+        description="the broker: mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS",
+    )
+    federation: str = Field(
+        default="demo", description="federation name: topics live under alchimia/v1/NAME"
+    )
     username: str | None = Field(default=None, description="broker login (password mode)")
     password: str | None = Field(default=None, description="broker password")
     keepalive: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, seconds")
@@ -104,8 +107,12 @@ class NodeSettings(BaseSettings):
         Connecting, callbacks and the will are the caller's."""
         import paho.mqtt.client as mqtt
 
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv311, clean_session=True)
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
         if self.username:
             client.username_pw_set(self.username, self.password)
         tls = self.tls_context()
@@ -135,11 +142,15 @@ class ServiceSettings(NodeSettings):
     """Settings of a long-running service (coordinator, agent): its Prometheus endpoint."""
 
     metrics_port: int | None = Field(
-        default=None, ge=0, le=65535, description="serve Prometheus metrics over HTTP on this "
-        "port (/metrics); 0 or unset: off")
+        default=None,
+        ge=0,
+        le=65535,
+        description="serve Prometheus metrics over HTTP on this port (/metrics); 0 or unset: off",
+    )
     metrics_host: str = Field(
-        default="127.0.0.1", description="address the metrics port listens on (0.0.0.0: "
-        "every interface)")
+        default="127.0.0.1",
+        description="address the metrics port listens on (0.0.0.0: every interface)",
+    )
 
 
 def _no_delay(_client: object, _userdata: object, sock: object) -> None:

@@ -74,8 +74,10 @@ def verify_model(body: ModelBody, key: Ed25519PublicKey) -> None:
     try:
         digest = model_digest(body)
     except rfc8785.CanonicalizationError as exc:
-        raise SignatureError(f"model version {body.version} cannot be verified: its spec or "
-                             f"metadata has no canonical JSON form ({exc})") from None
+        raise SignatureError(
+            f"model version {body.version} cannot be verified: its spec or "
+            f"metadata has no canonical JSON form ({exc})"
+        ) from None
     try:
         key.verify(body.signature, digest)
     except InvalidSignature:

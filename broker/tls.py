@@ -20,65 +20,93 @@ _VERIFY_HINTS = {
     2: "the CA file does not hold the certificate that signed the broker's certificate",
     9: "the broker's certificate is not valid yet: check this machine's clock (NTP)",
     10: "the broker's certificate has expired: re-provision the broker certificate and "
-        "restart mosquitto",
+    "restart mosquitto",
     18: "the broker presents a self-signed certificate, not one signed by the federation CA",
     19: "the broker's certificate chain ends in a CA that is not the one in ca_file",
     20: "the broker's certificate was not signed by the CA in ca_file: use the ca.pem of "
-        "this federation's bundle, and check that broker points at this federation's broker",
+    "this federation's bundle, and check that broker points at this federation's broker",
     21: "the broker's certificate was not signed by the CA in ca_file: use the ca.pem of "
-        "this federation's bundle",
+    "this federation's bundle",
     23: "the broker's certificate has been revoked",
     62: "the broker's certificate does not name the host in the broker URL",
 }
 
 # Substrings of OpenSSL reasons and messages (lower case), most specific first.
 _TEXT_HINTS = (
-    ("alert unknown ca",
-     "the broker does not trust this client's certificate: it was issued by another CA. "
-     "Use the cert_file/key_file of this federation's bundle"),
-    ("certificate revoked",
-     "the broker rejected this client's certificate as revoked. Ask the federation admin "
-     "for a new identity (re-provision) and install the new bundle"),
-    ("alert certificate expired",
-     "this client's certificate has expired. Re-provision the identity and install the "
-     "new bundle"),
-    ("certificate required",
-     "the broker requires a client certificate: set cert_file and key_file to this "
-     "identity's bundle"),
-    ("peer did not return a certificate",
-     "the broker requires a client certificate: set cert_file and key_file to this "
-     "identity's bundle"),
-    ("alert bad certificate",
-     "the broker rejected this client's certificate: check that cert_file is the "
-     "identity's certificate from this federation's bundle and that the broker's CRL "
-     "and CA are current"),
-    ("key values mismatch",
-     "key_file does not belong to cert_file: take both from the same identity bundle"),
-    ("key_values_mismatch",
-     "key_file does not belong to cert_file: take both from the same identity bundle"),
-    ("no start line",
-     "a certificate or key file is not PEM: point ca_file, cert_file and key_file at the "
-     "bundle's .pem and .key files"),
-    ("pem lib",
-     "a certificate or key file could not be read as PEM: point cert_file and key_file "
-     "at the bundle's .pem and .key files"),
-    ("wrong version number",
-     "the broker port does not speak TLS: use the broker's TLS port with mqtts://, or "
-     "mqtt:// for a plain listener"),
+    (
+        "alert unknown ca",
+        "the broker does not trust this client's certificate: it was issued by another CA. "
+        "Use the cert_file/key_file of this federation's bundle",
+    ),
+    (
+        "certificate revoked",
+        "the broker rejected this client's certificate as revoked. Ask the federation admin "
+        "for a new identity (re-provision) and install the new bundle",
+    ),
+    (
+        "alert certificate expired",
+        "this client's certificate has expired. Re-provision the identity and install the "
+        "new bundle",
+    ),
+    (
+        "certificate required",
+        "the broker requires a client certificate: set cert_file and key_file to this "
+        "identity's bundle",
+    ),
+    (
+        "peer did not return a certificate",
+        "the broker requires a client certificate: set cert_file and key_file to this "
+        "identity's bundle",
+    ),
+    (
+        "alert bad certificate",
+        "the broker rejected this client's certificate: check that cert_file is the "
+        "identity's certificate from this federation's bundle and that the broker's CRL "
+        "and CA are current",
+    ),
+    (
+        "key values mismatch",
+        "key_file does not belong to cert_file: take both from the same identity bundle",
+    ),
+    (
+        "key_values_mismatch",
+        "key_file does not belong to cert_file: take both from the same identity bundle",
+    ),
+    (
+        "no start line",
+        "a certificate or key file is not PEM: point ca_file, cert_file and key_file at the "
+        "bundle's .pem and .key files",
+    ),
+    (
+        "pem lib",
+        "a certificate or key file could not be read as PEM: point cert_file and key_file "
+        "at the bundle's .pem and .key files",
+    ),
+    (
+        "wrong version number",
+        "the broker port does not speak TLS: use the broker's TLS port with mqtts://, or "
+        "mqtt:// for a plain listener",
+    ),
     ("hostname mismatch", _VERIFY_HINTS[62]),
     ("ip address mismatch", _VERIFY_HINTS[62]),
     ("certificate has expired", _VERIFY_HINTS[10]),
     ("self-signed certificate", _VERIFY_HINTS[19]),
     ("self signed certificate", _VERIFY_HINTS[19]),
     ("unable to get local issuer certificate", _VERIFY_HINTS[20]),
-    ("not authorized",
-     "the broker refused the login: check username and password (password mode), or "
-     "that this identity is provisioned and not revoked"),
-    ("not authorised",
-     "the broker refused the login: check username and password (password mode), or "
-     "that this identity is provisioned and not revoked"),
-    ("bad user name or password",
-     "the broker refused the username or password: copy them from the identity bundle"),
+    (
+        "not authorized",
+        "the broker refused the login: check username and password (password mode), or "
+        "that this identity is provisioned and not revoked",
+    ),
+    (
+        "not authorised",
+        "the broker refused the login: check username and password (password mode), or "
+        "that this identity is provisioned and not revoked",
+    ),
+    (
+        "bad user name or password",
+        "the broker refused the username or password: copy them from the identity bundle",
+    ),
 )
 
 
@@ -86,12 +114,14 @@ def _check_file(path: Path | str, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(
-            f"{what} {p} does not exist: point {what} at the file in this identity's bundle")
+            f"{what} {p} does not exist: point {what} at the file in this identity's bundle"
+        )
     return p
 
 
-def client_tls_context(ca_file: Path | str, cert_file: Path | str | None = None,
-                       key_file: Path | str | None = None) -> ssl.SSLContext:
+def client_tls_context(
+    ca_file: Path | str, cert_file: Path | str | None = None, key_file: Path | str | None = None
+) -> ssl.SSLContext:
     """A context that trusts only the federation CA and presents the identity's certificate.
 
     The system trust store is left out on purpose: any public CA could otherwise issue a
@@ -127,8 +157,15 @@ def _mqtt_string(value: str) -> bytes:
     return struct.pack("!H", len(data)) + data
 
 
-def tls_probe(host: str, port: int, context: ssl.SSLContext, *, username: str | None = None,
-              password: str | None = None, timeout: float = 10.0) -> int:
+def tls_probe(
+    host: str,
+    port: int,
+    context: ssl.SSLContext,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    timeout: float = 10.0,
+) -> int:
     """TLS handshake plus one MQTT 3.1.1 CONNECT; returns the CONNACK code (0 = accepted).
 
     With TLS 1.3 the broker judges the client certificate after the client considers the
@@ -147,8 +184,10 @@ def tls_probe(host: str, port: int, context: ssl.SSLContext, *, username: str | 
     body = _mqtt_string("MQTT") + bytes([4, flags]) + struct.pack("!H", 30) + payload
     if len(body) > 127:
         raise ValueError("username and password too long for the probe")
-    with socket.create_connection((host, port), timeout=timeout) as raw, \
-            context.wrap_socket(raw, server_hostname=host) as tls:
+    with (
+        socket.create_connection((host, port), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
         if tls.version() == "TLSv1.3":
             _await_verdict(tls, timeout)
         tls.sendall(bytes([0x10, len(body)]) + body)
@@ -211,14 +250,21 @@ def explain_tls_error(exc: BaseException) -> str:
             if hint:
                 return f"{hint} ({e.verify_message or e})"
         if isinstance(e, FileNotFoundError):
-            return str(e) if e.filename is None else (
-                f"file {e.filename} does not exist: check ca_file, cert_file and key_file")
+            return (
+                str(e)
+                if e.filename is None
+                else (f"file {e.filename} does not exist: check ca_file, cert_file and key_file")
+            )
         if isinstance(e, PermissionError):
-            return (f"cannot read {e.filename or 'a TLS file'}: the service user needs read "
-                    "access to the identity's key and certificates")
+            return (
+                f"cannot read {e.filename or 'a TLS file'}: the service user needs read "
+                "access to the identity's key and certificates"
+            )
         if isinstance(e, ConnectionRefusedError):
-            return ("nothing accepts connections at the broker address: check the host and "
-                    f"port in the broker URL and that mosquitto runs ({raw})")
+            return (
+                "nothing accepts connections at the broker address: check the host and "
+                f"port in the broker URL and that mosquitto runs ({raw})"
+            )
     for e in _chain(exc):
         text = " ".join(str(x) for x in (getattr(e, "reason", None) or "", e)).lower()
         text = text.replace("_", " ")
@@ -226,7 +272,9 @@ def explain_tls_error(exc: BaseException) -> str:
             if needle.replace("_", " ") in text:
                 return f"{hint} ({raw})"
     if any(isinstance(e, ssl.SSLEOFError | ConnectionResetError) for e in _chain(exc)):
-        return ("the broker closed the connection during the TLS handshake: it probably "
-                "rejected this client's certificate (another CA, revoked, or expired); see "
-                f"the broker's log ({raw})")
+        return (
+            "the broker closed the connection during the TLS handshake: it probably "
+            "rejected this client's certificate (another CA, revoked, or expired); see "
+            f"the broker's log ({raw})"
+        )
     return f"TLS connection to the broker failed: {raw}"

@@ -23,9 +23,7 @@ SERVICES = ("infer", "optimize")
 def check_id(value: str, what: str = "identifier") -> str:
     """Return ``value`` if it is safe as a topic level, else raise ValueError saying why."""
     if not isinstance(value, str) or not _ID_RE.match(value):
-        raise ValueError(
-            f"invalid {what} {value!r}: use 1-64 characters from A-Z a-z 0-9 _ . -"
-        )
+        raise ValueError(f"invalid {what} {value!r}: use 1-64 characters from A-Z a-z 0-9 _ . -")
     return value
 
 
@@ -107,9 +105,13 @@ class Topics:
         head = f"{self.root}/agents/"
         if not topic.startswith(head):
             return None
-        parts = topic[len(head):].split("/")
-        if (len(parts) != 3 or not _ID_RE.match(parts[0]) or parts[1] not in SERVICES
-                or parts[2] != "request"):
+        parts = topic[len(head) :].split("/")
+        if (
+            len(parts) != 3
+            or not _ID_RE.match(parts[0])
+            or parts[1] not in SERVICES
+            or parts[2] != "request"
+        ):
             return None
         return parts[0], parts[1]
 
@@ -118,9 +120,14 @@ class Topics:
         head = f"{self.root}/agents/"
         if not topic.startswith(head):
             return None
-        parts = topic[len(head):].split("/")
-        if (len(parts) != 4 or not _ID_RE.match(parts[0]) or parts[1] not in SERVICES
-                or parts[2] != "response" or not _ID_RE.match(parts[3])):
+        parts = topic[len(head) :].split("/")
+        if (
+            len(parts) != 4
+            or not _ID_RE.match(parts[0])
+            or parts[1] not in SERVICES
+            or parts[2] != "response"
+            or not _ID_RE.match(parts[3])
+        ):
             return None
         return parts[0], parts[1], parts[3]
 

@@ -33,16 +33,29 @@ _F64 = struct.Struct(">d").unpack_from
 
 # Fixed-width scalars: type byte -> (reader, width).
 _SCALARS = {
-    0xCA: (_F32, 4), 0xCB: (_F64, 8),
-    0xCC: (_U8, 1), 0xCD: (_U16, 2), 0xCE: (_U32, 4), 0xCF: (_U64, 8),
-    0xD0: (_I8, 1), 0xD1: (_I16, 2), 0xD2: (_I32, 4), 0xD3: (_I64, 8),
+    0xCA: (_F32, 4),
+    0xCB: (_F64, 8),
+    0xCC: (_U8, 1),
+    0xCD: (_U16, 2),
+    0xCE: (_U32, 4),
+    0xCF: (_U64, 8),
+    0xD0: (_I8, 1),
+    0xD1: (_I16, 2),
+    0xD2: (_I32, 4),
+    0xD3: (_I64, 8),
 }
 # Length-prefixed and container types: type byte -> (kind, reader of the length, its width).
 _SIZED = {
-    0xC4: ("bin", _U8, 1), 0xC5: ("bin", _U16, 2), 0xC6: ("bin", _U32, 4),
-    0xD9: ("str", _U8, 1), 0xDA: ("str", _U16, 2), 0xDB: ("str", _U32, 4),
-    0xDC: ("array", _U16, 2), 0xDD: ("array", _U32, 4),
-    0xDE: ("map", _U16, 2), 0xDF: ("map", _U32, 4),
+    0xC4: ("bin", _U8, 1),
+    0xC5: ("bin", _U16, 2),
+    0xC6: ("bin", _U32, 4),
+    0xD9: ("str", _U8, 1),
+    0xDA: ("str", _U16, 2),
+    0xDB: ("str", _U32, 4),
+    0xDC: ("array", _U16, 2),
+    0xDD: ("array", _U32, 4),
+    0xDE: ("map", _U16, 2),
+    0xDF: ("map", _U32, 4),
 }
 _EXT = frozenset({0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8})
 
@@ -70,8 +83,9 @@ class _Reader:
 
     def _need(self, pos: int, n: int) -> None:
         if pos + n > self.size:
-            raise DecodeError(f"message truncated: {n} bytes needed at offset {pos}, "
-                              f"{self.size - pos} left")
+            raise DecodeError(
+                f"message truncated: {n} bytes needed at offset {pos}, {self.size - pos} left"
+            )
 
     def read(self, pos: int, depth: int) -> tuple[Any, int]:
         """(object, position after it) of the item starting at ``pos``."""
@@ -118,22 +132,22 @@ class _Reader:
 
     def _bin(self, pos: int, n: int) -> tuple[memoryview, int]:
         self._need(pos, n)
-        return self.view[pos:pos + n], pos + n
+        return self.view[pos : pos + n], pos + n
 
     def _str(self, pos: int, n: int) -> tuple[str, int]:
         if n > self.limits.max_str_len:
-            raise DecodeError(f"string of {n} bytes exceeds the limit of "
-                              f"{self.limits.max_str_len}")
+            raise DecodeError(f"string of {n} bytes exceeds the limit of {self.limits.max_str_len}")
         self._need(pos, n)
         try:
-            return str(self.view[pos:pos + n], "utf-8"), pos + n
+            return str(self.view[pos : pos + n], "utf-8"), pos + n
         except UnicodeDecodeError as exc:
             raise DecodeError(f"string at offset {pos} is not valid UTF-8: {exc.reason}") from None
 
     def _container(self, pos: int, n: int, depth: int, items_per_entry: int) -> None:
         if n > self.limits.max_container_len:
-            raise DecodeError(f"container of {n} entries exceeds the limit of "
-                              f"{self.limits.max_container_len}")
+            raise DecodeError(
+                f"container of {n} entries exceeds the limit of {self.limits.max_container_len}"
+            )
         if depth >= self.limits.max_depth:
             raise DecodeError(f"containers nested deeper than {self.limits.max_depth}")
         # Every item takes at least one byte: a declared length can never outrun the data.

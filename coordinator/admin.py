@@ -26,29 +26,36 @@ def confirmation(command: AdminBody, reply: Body) -> str | None:
     """
     if command.action == "rollback":
         if isinstance(reply, ModelBody) and reply.metadata.get("rollback_of") == command.version:
-            return (f"rolled back to version {command.version}, published as version "
-                    f"{reply.version}")
+            return f"rolled back to version {command.version}, published as version {reply.version}"
         return None
     if not isinstance(reply, StatusBody) or reply.role != "coordinator":
         return None
     if command.action == "stop" and reply.state == "offline":
         return "the coordinator is offline"
     if reply.state == "online" and reply.activity == _ACTIVITY[command.action]:
-        return {"pause": "paused: no new round opens until resume (the open one finishes)",
-                "resume": "running: rounds open again",
-                "stop": "stopping after the current round"}[command.action]
+        return {
+            "pause": "paused: no new round opens until resume (the open one finishes)",
+            "resume": "running: rounds open again",
+            "stop": "stopping after the current round",
+        }[command.action]
     return None
 
 
-async def send_admin(settings: NodeSettings, command: AdminBody, admin_id: str = "admin",
-                     timeout: float = 60.0) -> str:
+async def send_admin(
+    settings: NodeSettings, command: AdminBody, admin_id: str = "admin", timeout: float = 60.0
+) -> str:
     """Send ``command`` on ``coordinator/admin`` and wait for its confirmation (raises
     TimeoutError without one)."""
     topics = Topics(settings.federation)
     host, port, _tls = settings.host_port_tls
-    async with aiomqtt.Client(host, port, identifier=f"{admin_id}-{uuid.uuid4().hex[:8]}",
-                              username=settings.username, password=settings.password,
-                              tls_context=settings.tls_context()) as client:
+    async with aiomqtt.Client(
+        host,
+        port,
+        identifier=f"{admin_id}-{uuid.uuid4().hex[:8]}",
+        username=settings.username,
+        password=settings.password,
+        tls_context=settings.tls_context(),
+    ) as client:
         await client.subscribe(topics.model_current, qos=1)
         await client.subscribe(topics.coordinator_status, qos=1)
         # A retained status that already shows the asked state confirms it at once: the

@@ -36,14 +36,18 @@ class AsyncWindow(Accepted):
             return Refusal("round_closed", f"window {self.window_id} is closed")
         s = self.base_version - base_version
         if s < 0:
-            return Refusal("wrong_base", f"update against version {base_version}, newer than "
-                           f"{self.base_version}")
+            return Refusal(
+                "wrong_base",
+                f"update against version {base_version}, newer than {self.base_version}",
+            )
         if s > self.max_staleness:
-            return Refusal("too_stale", f"staleness {s} exceeds the maximum of "
-                           f"{self.max_staleness}")
+            return Refusal(
+                "too_stale", f"staleness {s} exceeds the maximum of {self.max_staleness}"
+            )
         if (sender, base_version) in self._keys:
-            return Refusal("duplicate", f"{sender} already sent an update against version "
-                           f"{base_version}")
+            return Refusal(
+                "duplicate", f"{sender} already sent an update against version {base_version}"
+            )
         return None
 
     def weight(self, base_version: int, num_samples: int) -> float:

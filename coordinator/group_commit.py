@@ -37,6 +37,7 @@ class GroupCommit:
         self._wake.set()
         if len(self.pending) >= GROUP_COMMIT_MAX:
             self.commit()
+
     def commit(self) -> None:
         self.db.commit()
         for mid, qos in self.pending:
@@ -51,4 +52,3 @@ class GroupCommit:
             await asyncio.sleep(GROUP_COMMIT_S)
             self._wake.clear()
             self.commit()
-

@@ -73,13 +73,24 @@ class PlantAggregator:
     protection across rounds, kept by the caller).
     """
 
-    def __init__(self, plant: str, global_weights: Weights, round_id: int, base_version: int,
-                 selected: Iterable[str], seen: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        plant: str,
+        global_weights: Weights,
+        round_id: int,
+        base_version: int,
+        selected: Iterable[str],
+        seen: set[str] | None = None,
+    ) -> None:
         check_global(global_weights)
         self.plant = plant
-        self._round = SyncRound(window_id=round_id, base_version=base_version,
-                                selected=frozenset(selected), quorum=1,
-                                deadline_ts=math.inf)
+        self._round = SyncRound(
+            window_id=round_id,
+            base_version=base_version,
+            selected=frozenset(selected),
+            quorum=1,
+            deadline_ts=math.inf,
+        )
         self._acc = MeanAccumulator(global_weights, _refuse_finish)
         self._seen = set() if seen is None else seen
 
@@ -88,8 +99,15 @@ class PlantAggregator:
         """Updates accepted so far."""
         return self._acc.count
 
-    def offer(self, sender: str, msg_id: str, round_id: int, base_version: int,
-              num_samples: int, delta: Weights) -> Refusal | None:
+    def offer(
+        self,
+        sender: str,
+        msg_id: str,
+        round_id: int,
+        base_version: int,
+        num_samples: int,
+        delta: Weights,
+    ) -> Refusal | None:
         """Take one update, or say why not (the coordinator's codes); a refused update
         leaves the sums as they were."""
         if msg_id in self._seen:
@@ -109,11 +127,16 @@ class PlantAggregator:
         """The sums so far (copies), for the coordinator's ``merge_partial``."""
         if self.count == 0:
             raise ValueError(f"plant {self.plant}: no accepted update to send")
-        return Partial(self.plant, self._round.window_id, self._round.base_version,
-                       {k: v.copy() for k, v in self._acc._sums.items()},
-                       {k: v.copy() for k, v in self._acc._touched.items()},
-                       self._acc.total_weight, self.count,
-                       tuple(self._round.contributors))
+        return Partial(
+            self.plant,
+            self._round.window_id,
+            self._round.base_version,
+            {k: v.copy() for k, v in self._acc._sums.items()},
+            {k: v.copy() for k, v in self._acc._touched.items()},
+            self._acc.total_weight,
+            self.count,
+            tuple(self._round.contributors),
+        )
 
 
 def check_partial(global_weights: Weights, partial: Partial) -> None:
@@ -123,33 +146,41 @@ def check_partial(global_weights: Weights, partial: Partial) -> None:
     if not (math.isfinite(partial.total_weight) and partial.total_weight > 0.0):
         raise ValueError(f"partial of {partial.plant}: total weight {partial.total_weight}")
     if partial.count < 1 or len(partial.contributors) != partial.count:
-        raise ValueError(f"partial of {partial.plant}: count {partial.count} for "
-                         f"{len(partial.contributors)} contributors")
+        raise ValueError(
+            f"partial of {partial.plant}: count {partial.count} for "
+            f"{len(partial.contributors)} contributors"
+        )
     ceiling = partial.total_weight * (1.0 + 1e-12)
     for what, arrays in (("sums", partial.sums), ("touched", partial.touched)):
         if set(arrays) != set(global_weights):
-            raise ValueError(f"partial of {partial.plant}: {what} has parameters "
-                             f"{sorted(arrays)}, the model {sorted(global_weights)}")
+            raise ValueError(
+                f"partial of {partial.plant}: {what} has parameters "
+                f"{sorted(arrays)}, the model {sorted(global_weights)}"
+            )
         for name, ref in global_weights.items():
             arr = arrays[name]
             if arr.dtype != np.float64 or arr.shape != ref.shape:
-                raise ValueError(f"partial of {partial.plant}: {what}[{name!r}] is "
-                                 f"{arr.dtype} {arr.shape}, not float64 {ref.shape}")
+                raise ValueError(
+                    f"partial of {partial.plant}: {what}[{name!r}] is "
+                    f"{arr.dtype} {arr.shape}, not float64 {ref.shape}"
+                )
             if not np.isfinite(arr).all():
                 raise ValueError(f"partial of {partial.plant}: {what}[{name!r}] is not finite")
-            if what == "touched" and (arr.min(initial=0.0) < 0.0
-                                      or arr.max(initial=0.0) > ceiling):
-                raise ValueError(f"partial of {partial.plant}: touched[{name!r}] outside "
-                                 f"[0, total weight]")
+            if what == "touched" and (arr.min(initial=0.0) < 0.0 or arr.max(initial=0.0) > ceiling):
+                raise ValueError(
+                    f"partial of {partial.plant}: touched[{name!r}] outside [0, total weight]"
+                )
 
 
 def merge_partial(acc: Accumulator, global_weights: Weights, partial: Partial) -> None:
     """Add a plant's partial into a round's accumulator (a linear strategy's), all checks
     first: on ValueError the accumulator is unchanged."""
     if not isinstance(acc, MeanAccumulator):
-        raise ValueError(f"{type(acc).__name__} does not take partials: only the mean-based "
-                         "strategies do (median, trimmed mean and Krum need every update; "
-                         "with clip_norm each update is clipped before it is summed)")
+        raise ValueError(
+            f"{type(acc).__name__} does not take partials: only the mean-based "
+            "strategies do (median, trimmed mean and Krum need every update; "
+            "with clip_norm each update is clipped before it is summed)"
+        )
     acc._check_open()
     check_partial(global_weights, partial)
     for name in acc._sums:

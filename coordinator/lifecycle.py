@@ -148,8 +148,18 @@ class Wake:
     """Something changed that ``tick`` may act on: tick soon."""
 
 
-Store = (SaveUpdate | SaveAgent | SaveValidation | SaveDrift | SavePaused | SaveRound
-         | DropPending | SaveVersion | Reject | Wake)
+Store = (
+    SaveUpdate
+    | SaveAgent
+    | SaveValidation
+    | SaveDrift
+    | SavePaused
+    | SaveRound
+    | DropPending
+    | SaveVersion
+    | Reject
+    | Wake
+)
 
 
 # -- ... and those only ``tick`` and command results answer (they may await)
@@ -242,9 +252,18 @@ class _Building:
 
 
 class Lifecycle:
-    def __init__(self, settings: CoordinatorSettings, current: Checkpoint, *,
-                 registry: Registry, progress: ValidationProgress, next_round_id: int,
-                 paused: bool, now: float, privacy: PrivacyLedger | None = None) -> None:
+    def __init__(
+        self,
+        settings: CoordinatorSettings,
+        current: Checkpoint,
+        *,
+        registry: Registry,
+        progress: ValidationProgress,
+        next_round_id: int,
+        paused: bool,
+        now: float,
+        privacy: PrivacyLedger | None = None,
+    ) -> None:
         s = self.settings = settings
         self.registry, self.progress = registry, progress
         # Differential privacy: updates each agent sent (the service replays the stored
@@ -256,11 +275,11 @@ class Lifecycle:
         self.paused = paused
         self.stats = CoordinatorStats()  # for Prometheus (coordinator.metrics)
         self.rounds_completed = 0
-        self.selection = Selection(fraction=s.fraction, min_agents=s.min_agents,
-                                   max_agents=s.max_agents)
+        self.selection = Selection(
+            fraction=s.fraction, min_agents=s.min_agents, max_agents=s.max_agents
+        )
         self.trigger = RoundTrigger(s.min_new_heats, s.round_schedule_s)
-        self.staleness: Callable[[int], float] = make_staleness(s.staleness,
-                                                                **s.staleness_params)
+        self.staleness: Callable[[int], float] = make_staleness(s.staleness, **s.staleness_params)
         self.rng = random.Random(s.seed)
         self.window: Window | None = None
         self._accumulator: Accumulator | None = None
@@ -293,19 +312,43 @@ class Lifecycle:
         """Reopen the round a restart interrupted, with the updates it had accepted."""
         if left is None:
             return []
-        closed = SaveRound(left.round_id, left.mode, left.base_version, "closed",
-                           left.selected, left.opened_ts, left.deadline_ts, now)
+        closed = SaveRound(
+            left.round_id,
+            left.mode,
+            left.base_version,
+            "closed",
+            left.selected,
+            left.opened_ts,
+            left.deadline_ts,
+            now,
+        )
         if left.aggregated:
             return [closed]
-        if left.mode != self.settings.mode or (left.mode == "sync"
-                                               and left.base_version != self.version):
-            log.warning("round %d cannot be resumed (mode %s, base %d); abandoned",
-                        left.round_id, left.mode, left.base_version)
-            return [DropPending(left.round_id), SaveRound(
-                left.round_id, left.mode, left.base_version, "abandoned", left.selected,
-                left.opened_ts, left.deadline_ts, now)]
-        window = self._make_window(left.round_id, left.base_version, left.selected,
-                                   left.deadline_ts)
+        if left.mode != self.settings.mode or (
+            left.mode == "sync" and left.base_version != self.version
+        ):
+            log.warning(
+                "round %d cannot be resumed (mode %s, base %d); abandoned",
+                left.round_id,
+                left.mode,
+                left.base_version,
+            )
+            return [
+                DropPending(left.round_id),
+                SaveRound(
+                    left.round_id,
+                    left.mode,
+                    left.base_version,
+                    "abandoned",
+                    left.selected,
+                    left.opened_ts,
+                    left.deadline_ts,
+                    now,
+                ),
+            ]
+        window = self._make_window(
+            left.round_id, left.base_version, left.selected, left.deadline_ts
+        )
         acc = self.strategy.open_round(self.weights)
         for msg_id, agent, base_version, weight, payload in left.pending:
             update = body_of(decode(payload, UpdateBody, check_finite=False), UpdateBody)
@@ -327,8 +370,16 @@ class Lifecycle:
         body = body_of(env, StatusBody)
         if body.role != "agent":
             return []
-        info = AgentInfo(env.sender, body.state == "online", body.samples, body.software,
-                         now, body.new_heats, env.ts, body.model_version)
+        info = AgentInfo(
+            env.sender,
+            body.state == "online",
+            body.samples,
+            body.software,
+            now,
+            body.new_heats,
+            env.ts,
+            body.model_version,
+        )
         if self.registry.update(info):
             log.info("agent %s is %s", env.sender, body.state)
         return [SaveAgent(info), Wake()]
@@ -341,8 +392,7 @@ class Lifecycle:
         if body.scope == "validation" and body.model_version is not None:
             self.progress.report(body.model_version, env.sender, body.values)
             if body.model_version <= self.version:  # kept for the web page, per version
-                out.append(SaveValidation(body.model_version, env.sender, now,
-                                          dict(body.values)))
+                out.append(SaveValidation(body.model_version, env.sender, now, dict(body.values)))
             out.append(Wake())  # may decide the next round (trigger.py)
         if body.scope == "model_rejected" and (body.model_version or 0) < self.version:
             # Someone replayed an older model on model/current: retained, it would be
@@ -362,8 +412,13 @@ class Lifecycle:
         if body.action == "rollback":
             assert body.version is not None  # the schema requires it
             if not version_exists:
-                return [Reject(env.sender, "unknown_version",
-                               f"no model version {body.version} to roll back to")]
+                return [
+                    Reject(
+                        env.sender,
+                        "unknown_version",
+                        f"no model version {body.version} to roll back to",
+                    )
+                ]
             log.warning("admin %s asked to roll back to version %d", env.sender, body.version)
             self._rollback_to = body.version
         else:
@@ -395,16 +450,21 @@ class Lifecycle:
                 reason = Refusal("bad_delta", str(exc))
         if reason is not None:
             return [Reject(env.sender, reason.code, reason)]
-        return [SaveUpdate(env.msg_id, env.sender, window.window_id, body.base_version, weight,
-                           payload)]
+        return [
+            SaveUpdate(env.msg_id, env.sender, window.window_id, body.base_version, weight, payload)
+        ]
 
     def update_saved(self, saved: SaveUpdate) -> list[Store]:
         """The update ``on_update`` accepted is staged: the window counts it."""
         assert self.window is not None and self.window.window_id == saved.round_id
         self.window.accept(saved.agent_id, saved.msg_id, saved.base_version)
         self.stats.update_accepted()
-        log.debug("accepted update from %s for round %d (weight %.1f)", saved.agent_id,
-                  saved.round_id, saved.weight)
+        log.debug(
+            "accepted update from %s for round %d (weight %.1f)",
+            saved.agent_id,
+            saved.round_id,
+            saved.weight,
+        )
         return [Wake()]
 
     # -- the clock and command results
@@ -419,8 +479,9 @@ class Lifecycle:
         if self._replay_reported:
             due.append(self._republished + REPUBLISH_EVERY_S)
         elif self._behind():
-            due.append(max(self._published_at + BEHIND_AFTER_S,
-                           self._republished + REPUBLISH_EVERY_S))
+            due.append(
+                max(self._published_at + BEHIND_AFTER_S, self._republished + REPUBLISH_EVERY_S)
+            )
         return min(due, default=None)
 
     def tick(self, now: float) -> list[Command]:
@@ -441,8 +502,9 @@ class Lifecycle:
         """A BuildModel or LoadVersion is out: the driver waits for its answer."""
         return self._building is not None or self._loading
 
-    def on_loaded(self, version: int, payload: bytes, strategy_state: bytes | None,
-                  now: float) -> list[Command]:
+    def on_loaded(
+        self, version: int, payload: bytes, strategy_state: bytes | None, now: float
+    ) -> list[Command]:
         """A rollback's target, read: publish its weights as a new version, so every agent
         follows. Versions only ever increase: agents and consumers need no special case,
         and the history keeps both the bad version and the rollback."""
@@ -454,23 +516,41 @@ class Lifecycle:
         if strategy_state is not None:
             strategy.load_state_dict(unpack_state(strategy_state))
         self._building = _Building(weights, strategy, self.version + 1, None, now)
-        return [BuildModel(weights, self.version + 1, self.version, None,
-                           {"strategy": strategy.name, "rollback_of": version})]
+        return [
+            BuildModel(
+                weights,
+                self.version + 1,
+                self.version,
+                None,
+                {"strategy": strategy.name, "rollback_of": version},
+            )
+        ]
 
     def on_built(self, build: BuildModel, payload: bytes, now: float) -> list[Command]:
         """The new version's message: save it, make it current, publish it."""
         b = self._building
         assert b is not None and b.version == build.version
         self._building = None
-        out: list[Command] = [SaveVersion(build.version, payload, build.round_id, build.parent,
-                                          build.metadata, pack_state(b.strategy.state_dict()))]
+        out: list[Command] = [
+            SaveVersion(
+                build.version,
+                payload,
+                build.round_id,
+                build.parent,
+                build.metadata,
+                pack_state(b.strategy.state_dict()),
+            )
+        ]
         self.strategy, self.weights, self.version = b.strategy, b.weights, b.version
         self.model_payload = payload
         window = b.window
         if window is None:
             out += self._publish_model(now)
-            log.warning("rolled back to version %d, published as version %d",
-                        build.metadata["rollback_of"], build.version)
+            log.warning(
+                "rolled back to version %d, published as version %d",
+                build.metadata["rollback_of"],
+                build.version,
+            )
             return out
         out.append(self._round_row(window, "closed", now))
         out += self._publish_model(now)
@@ -479,10 +559,18 @@ class Lifecycle:
         self.rounds_completed += 1
         self.stats.round_finished("closed", now - self._opened)
         self._end_window(now)
-        log.info("round %d closed: %d updates from %s, version %d -> %d, %.1f s open, %.3f s "
-                 "to aggregate and build, %d bytes", window.window_id, len(window.accepted),
-                 ",".join(window.contributors), b.version - 1, b.version, now - self._opened,
-                 now - b.started, len(payload))
+        log.info(
+            "round %d closed: %d updates from %s, version %d -> %d, %.1f s open, %.3f s "
+            "to aggregate and build, %d bytes",
+            window.window_id,
+            len(window.accepted),
+            ",".join(window.contributors),
+            b.version - 1,
+            b.version,
+            now - self._opened,
+            now - b.started,
+            len(payload),
+        )
         return out
 
     # -- the driver
@@ -491,23 +579,28 @@ class Lifecycle:
         if (window := self.open_window) is not None:
             return self._drive_window(window, now, out)
         if self._pause_until is not None:
-            if (now < self._pause_until and self._early_round_for is None
-                    and not self._stop_requested and self._rollback_to is None):
+            if (
+                now < self._pause_until
+                and self._early_round_for is None
+                and not self._stop_requested
+                and self._rollback_to is None
+            ):
                 return False
             self._pause_until = None
             if self._early_round_for is not None:
-                log.info("opening the next round early: drift reported by %s",
-                         self._early_round_for)
+                log.info(
+                    "opening the next round early: drift reported by %s", self._early_round_for
+                )
         if self._rollback_to is not None:
             target, self._rollback_to = self._rollback_to, None
             self._loading = True
             out.append(LoadVersion(target))
             return False
-        if self._stop_requested or (self.settings.rounds
-                                    and self.rounds_completed >= self.settings.rounds):
+        if self._stop_requested or (
+            self.settings.rounds and self.rounds_completed >= self.settings.rounds
+        ):
             if self._stop_requested:
-                log.warning("stopping as an admin asked, after %d rounds",
-                            self.rounds_completed)
+                log.warning("stopping as an admin asked, after %d rounds", self.rounds_completed)
             else:
                 log.info("completed %d rounds; stopping", self.rounds_completed)
             self._stopped = True
@@ -537,16 +630,24 @@ class Lifecycle:
         window.close()
         if state is RoundState.FAILED:
             assert isinstance(window, SyncRound)
-            log.warning("round %d failed: %d of quorum %d updates by the deadline; missing %s",
-                        window.window_id, len(window.accepted), window.quorum, window.missing)
+            log.warning(
+                "round %d failed: %d of quorum %d updates by the deadline; missing %s",
+                window.window_id,
+                len(window.accepted),
+                window.quorum,
+                window.missing,
+            )
             self._finish_unaggregated(window, "failed", now, out)
             return True
         assert self._accumulator is not None
         weights = self._accumulator.finish()
         version = self.version + 1
         metadata: dict[str, object] = {
-            "strategy": self.strategy.name, "mode": self.settings.mode,
-            "contributors": window.contributors, "stragglers": window.missing}
+            "strategy": self.strategy.name,
+            "mode": self.settings.mode,
+            "contributors": window.contributors,
+            "stragglers": window.missing,
+        }
         s = self.settings
         if s.dp_clip_norm is not None and s.dp_noise_multiplier is not None:
             self.privacy.record(window.contributors, s.dp_noise_multiplier)
@@ -555,8 +656,9 @@ class Lifecycle:
         out.append(BuildModel(weights, version, self.version, window.window_id, metadata))
         return False
 
-    def _finish_unaggregated(self, window: Window, result: str, now: float,
-                             out: list[Command]) -> None:
+    def _finish_unaggregated(
+        self, window: Window, result: str, now: float, out: list[Command]
+    ) -> None:
         """Close a window without a new version; its accepted updates are forgotten."""
         window.close()
         out += [DropPending(window.window_id), self._round_row(window, result, now)]
@@ -580,11 +682,18 @@ class Lifecycle:
             return None
         online = self.registry.new_heats()
         decision = self.trigger.decide(
-            online, min_agents=s.min_agents, now=now, last_opened=self._last_opened,
+            online,
+            min_agents=s.min_agents,
+            now=now,
+            last_opened=self._last_opened,
             early=self._early_round_for if s.mode == "sync" else None,
-            improving=self.progress.improving(self.version, self.version - 1))
-        selected = (self.selection.choose(online, self.rng, prefer=decision.fresh)
-                    if decision.open else None)
+            improving=self.progress.improving(self.version, self.version - 1),
+        )
+        selected = (
+            self.selection.choose(online, self.rng, prefer=decision.fresh)
+            if decision.open
+            else None
+        )
         if selected is None:
             self._due = None if decision.wait_s is None else now + decision.wait_s
             self._waiting(decision.reason)
@@ -592,11 +701,13 @@ class Lifecycle:
         self._waiting_why, self._due = "", None
         self._last_opened, self._early_round_for = now, None
         window_id, self.next_round_id = self.next_round_id, self.next_round_id + 1
-        log.info("opening round %d: %s; selected %s", window_id, decision.reason,
-                 ",".join(selected))
+        log.info(
+            "opening round %d: %s; selected %s", window_id, decision.reason, ",".join(selected)
+        )
         window = self._make_window(window_id, self.version, selected, now + s.round_timeout_s)
-        out.append(SaveRound(window_id, s.mode, self.version, "open", selected, now,
-                             window.deadline_ts))
+        out.append(
+            SaveRound(window_id, s.mode, self.version, "open", selected, now, window.deadline_ts)
+        )
         return window
 
     def _waiting(self, why: str) -> None:
@@ -604,33 +715,54 @@ class Lifecycle:
             log.info("next round waits: %s", why)
             self._waiting_why = why
 
-    def _make_window(self, window_id: int, base: int, selected: list[str],
-                     deadline: float) -> Window:
+    def _make_window(
+        self, window_id: int, base: int, selected: list[str], deadline: float
+    ) -> Window:
         s = self.settings
         if s.mode == "async":
-            return AsyncWindow(window_id, base, s.buffer_k, s.max_staleness, self.staleness,
-                               frozenset(selected))
-        return SyncRound(window_id, base, frozenset(selected), min(s.min_agents, len(selected)),
-                         deadline)
+            return AsyncWindow(
+                window_id, base, s.buffer_k, s.max_staleness, self.staleness, frozenset(selected)
+            )
+        return SyncRound(
+            window_id, base, frozenset(selected), min(s.min_agents, len(selected)), deadline
+        )
 
     def _round_row(self, window: Window, state: str, now: float) -> SaveRound:
-        return SaveRound(window.window_id, self.settings.mode, window.base_version, state,
-                         sorted(window.selected), self._opened, window.deadline_ts, now,
-                         window.contributors)
+        return SaveRound(
+            window.window_id,
+            self.settings.mode,
+            window.base_version,
+            state,
+            sorted(window.selected),
+            self._opened,
+            window.deadline_ts,
+            now,
+            window.contributors,
+        )
 
     # -- publications
     def _task(self, window: Window, state: Literal["open", "closed"]) -> list[Command]:
         """The task; an open one with the status (fresh rejection counts for `alchimia
         status`)."""
         s = self.settings
-        task = PublishTask(TaskBody(
-            round_id=window.window_id, state=state, mode=s.mode,
-            base_version=window.base_version, deadline_ts=window.deadline_ts,
-            selected=sorted(window.selected), epochs=s.epochs, lr=s.lr,
-            batch_size=s.batch_size, hyper=self.strategy.task_params(),
-            update_codec=s.update_codec, update_topk_fraction=s.update_topk_fraction,
-            dp_clip_norm=s.dp_clip_norm, dp_noise_multiplier=s.dp_noise_multiplier,
-        ))
+        task = PublishTask(
+            TaskBody(
+                round_id=window.window_id,
+                state=state,
+                mode=s.mode,
+                base_version=window.base_version,
+                deadline_ts=window.deadline_ts,
+                selected=sorted(window.selected),
+                epochs=s.epochs,
+                lr=s.lr,
+                batch_size=s.batch_size,
+                hyper=self.strategy.task_params(),
+                update_codec=s.update_codec,
+                update_topk_fraction=s.update_topk_fraction,
+                dp_clip_norm=s.dp_clip_norm,
+                dp_noise_multiplier=s.dp_noise_multiplier,
+            )
+        )
         return [task, PublishStatus()] if state == "open" else [task]
 
     def _publish_model(self, now: float) -> list[Command]:
@@ -640,8 +772,11 @@ class Lifecycle:
         return [PublishModel(self.model_payload), PublishStatus()]
 
     def _behind(self) -> list[str]:
-        return [a.agent_id for a in self.registry.all() if a.online
-                and a.model_version is not None and a.model_version < self.version]
+        return [
+            a.agent_id
+            for a in self.registry.all()
+            if a.online and a.model_version is not None and a.model_version < self.version
+        ]
 
     def _bring_back_stale_agents(self, now: float, out: list[Command]) -> None:
         """Republish the current model (and the open task) when an agent reported a replay,
@@ -653,9 +788,13 @@ class Lifecycle:
         behind = [] if now - self._published_at < BEHIND_AFTER_S else self._behind()
         if not behind and not self._replay_reported:
             return
-        log.warning("republishing version %d: %s", self.version,
-                    f"agents on an older version ({','.join(behind)})" if behind
-                    else "an agent reported a replayed older model")
+        log.warning(
+            "republishing version %d: %s",
+            self.version,
+            f"agents on an older version ({','.join(behind)})"
+            if behind
+            else "an agent reported a replayed older model",
+        )
         self._replay_reported = False
         self._republished = now
         out += self._publish_model(now)

@@ -79,39 +79,56 @@ class CoordinatorCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         c = self.coordinator
         stats = c.stats
-        yield GaugeMetricFamily("alchimia_model_version", "Current global model version",
-                                value=c.version)
+        yield GaugeMetricFamily(
+            "alchimia_model_version", "Current global model version", value=c.version
+        )
         window = c.window
-        yield GaugeMetricFamily("alchimia_round_open",
-                                "1 while a round (sync) or buffer window (async) is open",
-                                value=int(window is not None and not window.closed))
-        rounds = CounterMetricFamily("alchimia_rounds", "Rounds and async windows ended "
-                                     "since the coordinator started, by result",
-                                     labels=["result"])
+        yield GaugeMetricFamily(
+            "alchimia_round_open",
+            "1 while a round (sync) or buffer window (async) is open",
+            value=int(window is not None and not window.closed),
+        )
+        rounds = CounterMetricFamily(
+            "alchimia_rounds",
+            "Rounds and async windows ended since the coordinator started, by result",
+            labels=["result"],
+        )
         for result in ROUND_RESULTS:
             rounds.add_metric([result], stats.rounds[result])
         yield rounds
         buckets, seconds = stats.round_histogram()
         yield HistogramMetricFamily(
-            "alchimia_round_duration_seconds", "Seconds from a round's opening to its new "
+            "alchimia_round_duration_seconds",
+            "Seconds from a round's opening to its new "
             "version being published (rounds that produced a version)",
-            buckets=buckets, sum_value=seconds)
-        updates = CounterMetricFamily("alchimia_updates", "Updates received since the "
-                                      "coordinator started, by result and rejection reason",
-                                      labels=["result", "reason"])
+            buckets=buckets,
+            sum_value=seconds,
+        )
+        updates = CounterMetricFamily(
+            "alchimia_updates",
+            "Updates received since the coordinator started, by result and rejection reason",
+            labels=["result", "reason"],
+        )
         updates.add_metric(["accepted", ""], stats.updates_accepted)
         for reason, n in sorted(stats.updates_rejected.items()):
             updates.add_metric(["rejected", reason], n)
         yield updates
-        rejected = CounterMetricFamily("alchimia_rejections", "Messages the coordinator "
-                                       "dropped (updates, statuses, metrics, admin commands), "
-                                       "by reason", labels=["reason"])
+        rejected = CounterMetricFamily(
+            "alchimia_rejections",
+            "Messages the coordinator "
+            "dropped (updates, statuses, metrics, admin commands), "
+            "by reason",
+            labels=["reason"],
+        )
         for reason, n in sorted(c.rejection_log.snapshot().items()):
             rejected.add_metric([reason], n)
         yield rejected
         agents = c.registry.all()
-        known = GaugeMetricFamily("alchimia_agents", "Agents known to the coordinator, by "
-                                  "state (their retained status)", labels=["state"])
+        known = GaugeMetricFamily(
+            "alchimia_agents",
+            "Agents known to the coordinator, by state (their retained status)",
+            labels=["state"],
+        )
         online = sum(a.online for a in agents)
         known.add_metric(["online"], online)
         known.add_metric(["offline"], len(agents) - online)

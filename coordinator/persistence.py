@@ -76,9 +76,16 @@ class CoordinatorDB:
     def state_path(self, version: int) -> Path:
         return self.models_dir / f"v{version:06d}.strategy.msgpack"
 
-    def save_version(self, version: int, payload: bytes, *, round_id: int | None,
-                     parent: int | None, metadata: dict,
-                     strategy_state: bytes | None = None) -> Path:
+    def save_version(
+        self,
+        version: int,
+        payload: bytes,
+        *,
+        round_id: int | None,
+        parent: int | None,
+        metadata: dict,
+        strategy_state: bytes | None = None,
+    ) -> Path:
         """Commit a new version; the updates of ``round_id`` are consumed in the same step."""
         path = self.model_path(version)
         atomic_write(path, payload)
@@ -102,8 +109,9 @@ class CoordinatorDB:
         if keep <= 0 or latest is None:
             return []
         pruned = []
-        for (version,) in self.db.execute("SELECT version FROM versions WHERE version <= ?",
-                                          (latest - keep,)).fetchall():
+        for (version,) in self.db.execute(
+            "SELECT version FROM versions WHERE version <= ?", (latest - keep,)
+        ).fetchall():
             path = self.model_path(version)
             if path.exists():
                 path.unlink()
@@ -127,8 +135,9 @@ class CoordinatorDB:
         return path.read_bytes() if path.exists() else None
 
     def version_of_round(self, round_id: int) -> int | None:
-        row = self.db.execute("SELECT version FROM versions WHERE round_id = ?",
-                              (round_id,)).fetchone()
+        row = self.db.execute(
+            "SELECT version FROM versions WHERE round_id = ?", (round_id,)
+        ).fetchone()
         return row[0] if row else None
 
     def latest_version(self) -> int | None:
@@ -145,14 +154,32 @@ class CoordinatorDB:
         return self.model_path(version).read_bytes()
 
     # -- rounds
-    def save_round(self, round_id: int, mode: str, base_version: int, state: str,
-                   selected: list[str], opened_ts: float, deadline_ts: float,
-                   closed_ts: float | None = None, accepted: list[str] | None = None) -> None:
+    def save_round(
+        self,
+        round_id: int,
+        mode: str,
+        base_version: int,
+        state: str,
+        selected: list[str],
+        opened_ts: float,
+        deadline_ts: float,
+        closed_ts: float | None = None,
+        accepted: list[str] | None = None,
+    ) -> None:
         with self.db:
             self.db.execute(
                 "INSERT OR REPLACE INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (round_id, mode, base_version, state, opened_ts, deadline_ts, closed_ts,
-                 json.dumps(selected), json.dumps(accepted or [])),
+                (
+                    round_id,
+                    mode,
+                    base_version,
+                    state,
+                    opened_ts,
+                    deadline_ts,
+                    closed_ts,
+                    json.dumps(selected),
+                    json.dumps(accepted or []),
+                ),
             )
 
     def last_round_id(self) -> int | None:
@@ -162,15 +189,17 @@ class CoordinatorDB:
         """``(round_id, mode, base_version, selected, opened_ts, deadline_ts)`` left open."""
         row = self.db.execute(
             "SELECT round_id, mode, base_version, selected, opened_ts, deadline_ts FROM rounds "
-            "WHERE state = 'open' ORDER BY round_id DESC LIMIT 1").fetchone()
+            "WHERE state = 'open' ORDER BY round_id DESC LIMIT 1"
+        ).fetchone()
         if row is None:
             return None
         return row[0], row[1], row[2], json.loads(row[3]), row[4], row[5]
 
     def rounds(self) -> list[tuple[int, str, str, list[str]]]:
         """``(round_id, mode, state, accepted agents)`` of every round, oldest first."""
-        rows = self.db.execute("SELECT round_id, mode, state, accepted FROM rounds "
-                               "ORDER BY round_id")
+        rows = self.db.execute(
+            "SELECT round_id, mode, state, accepted FROM rounds ORDER BY round_id"
+        )
         return [(r, m, st, json.loads(a)) for r, m, st, a in rows]
 
     # -- agents
@@ -190,35 +219,53 @@ class CoordinatorDB:
         return [AgentInfo(a, bool(o), s, sw, ls) for a, o, s, sw, ls in rows]
 
     # -- what agents reported (the admin web page's history, coordinator/web.py)
-    def save_validation(self, version: int, agent_id: str, ts: float,
-                        metrics: dict[str, float], keep: int = 1000) -> None:
+    def save_validation(
+        self, version: int, agent_id: str, ts: float, metrics: dict[str, float], keep: int = 1000
+    ) -> None:
         """An agent's validation figures of a version (its latest report of it wins); those
         of versions more than ``keep`` older than this one are deleted."""
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO validation VALUES (?, ?, ?, ?)",
-                            (version, agent_id, ts, json.dumps(metrics)))
+            self.db.execute(
+                "INSERT OR REPLACE INTO validation VALUES (?, ?, ?, ?)",
+                (version, agent_id, ts, json.dumps(metrics)),
+            )
             self.db.execute("DELETE FROM validation WHERE version < ?", (version - keep,))
 
     def validation(self, since_version: int = 0) -> list[tuple[int, str, dict[str, float]]]:
         """``(version, agent, figures)`` of every version from ``since_version`` on."""
-        rows = self.db.execute("SELECT version, agent_id, metrics FROM validation WHERE "
-                               "version >= ? ORDER BY version, agent_id", (since_version,))
+        rows = self.db.execute(
+            "SELECT version, agent_id, metrics FROM validation WHERE "
+            "version >= ? ORDER BY version, agent_id",
+            (since_version,),
+        )
         return [(v, a, json.loads(m)) for v, a, m in rows]
 
-    def save_drift(self, ts: float, agent_id: str, version: int | None,
-                   metrics: dict[str, float], keep: int = 1000) -> None:
+    def save_drift(
+        self,
+        ts: float,
+        agent_id: str,
+        version: int | None,
+        metrics: dict[str, float],
+        keep: int = 1000,
+    ) -> None:
         """A drift an agent reported; only the newest ``keep`` are kept."""
         with self.db:
-            self.db.execute("INSERT INTO drift_events VALUES (?, ?, ?, ?)",
-                            (ts, agent_id, version, json.dumps(metrics)))
-            self.db.execute("DELETE FROM drift_events WHERE rowid <= "
-                            "(SELECT MAX(rowid) FROM drift_events) - ?", (keep,))
+            self.db.execute(
+                "INSERT INTO drift_events VALUES (?, ?, ?, ?)",
+                (ts, agent_id, version, json.dumps(metrics)),
+            )
+            self.db.execute(
+                "DELETE FROM drift_events WHERE rowid <= (SELECT MAX(rowid) FROM drift_events) - ?",
+                (keep,),
+            )
 
     def drift_events(self, limit: int) -> list[tuple[float, str, int | None, dict[str, float]]]:
         """``(ts, agent, version, figures)`` of the newest ``limit`` drift reports, newest
         first."""
-        rows = self.db.execute("SELECT ts, agent_id, version, metrics FROM drift_events "
-                               "ORDER BY rowid DESC LIMIT ?", (limit,))
+        rows = self.db.execute(
+            "SELECT ts, agent_id, version, metrics FROM drift_events ORDER BY rowid DESC LIMIT ?",
+            (limit,),
+        )
         return [(ts, a, v, json.loads(m)) for ts, a, v, m in rows]
 
     # -- replay protection
@@ -227,18 +274,29 @@ class CoordinatorDB:
         q = "SELECT 1 FROM seen_messages WHERE msg_id = ?"
         return self.db.execute(q, (msg_id,)).fetchone() is not None
 
-    def accept_update(self, msg_id: str, agent_id: str, round_id: int, base_version: int,
-                      weight: float, payload: bytes) -> None:
+    def accept_update(
+        self,
+        msg_id: str,
+        agent_id: str,
+        round_id: int,
+        base_version: int,
+        weight: float,
+        payload: bytes,
+    ) -> None:
         """Stage an accepted update (its exact payload); durable once ``commit`` returns.
         A failure leaves nothing of it staged."""
         if not self.db.in_transaction:
             self.db.execute("BEGIN")
         self.db.execute("SAVEPOINT accept")
         try:
-            self.db.execute("INSERT INTO seen_messages VALUES (?, ?, ?, ?)",
-                            (msg_id, agent_id, round_id, time.time()))
-            self.db.execute("INSERT INTO pending_updates VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (msg_id, round_id, agent_id, base_version, weight, "", payload))
+            self.db.execute(
+                "INSERT INTO seen_messages VALUES (?, ?, ?, ?)",
+                (msg_id, agent_id, round_id, time.time()),
+            )
+            self.db.execute(
+                "INSERT INTO pending_updates VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (msg_id, round_id, agent_id, base_version, weight, "", payload),
+            )
         except BaseException:
             self.db.execute("ROLLBACK TO accept")
             raise
@@ -253,10 +311,14 @@ class CoordinatorDB:
         """``(msg_id, agent, base_version, weight, payload)`` accepted for an open round."""
         rows = self.db.execute(
             "SELECT msg_id, agent_id, base_version, weight, file, payload FROM pending_updates "
-            "WHERE round_id = ? ORDER BY rowid", (round_id,)).fetchall()
+            "WHERE round_id = ? ORDER BY rowid",
+            (round_id,),
+        ).fetchall()
         # Updates accepted before group commit were kept as files.
-        return [(m, a, b, w, p if p is not None else (self.updates_dir / f).read_bytes())
-                for m, a, b, w, f, p in rows]
+        return [
+            (m, a, b, w, p if p is not None else (self.updates_dir / f).read_bytes())
+            for m, a, b, w, f, p in rows
+        ]
 
     def drop_pending(self, round_id: int) -> None:
         """Forget the updates of a round that will never be aggregated (failed, abandoned)."""
@@ -267,7 +329,8 @@ class CoordinatorDB:
 
     def _consume_pending(self, round_id: int | None) -> list[str]:
         """Delete a round's pending rows; the names of update files to remove after."""
-        rows = self.db.execute("SELECT file FROM pending_updates WHERE round_id = ? AND "
-                               "file != ''", (round_id,)).fetchall()
+        rows = self.db.execute(
+            "SELECT file FROM pending_updates WHERE round_id = ? AND file != ''", (round_id,)
+        ).fetchall()
         self.db.execute("DELETE FROM pending_updates WHERE round_id = ?", (round_id,))
         return [r[0] for r in rows]

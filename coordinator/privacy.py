@@ -97,9 +97,15 @@ class PrivacyLedger:
     def metadata(self, clip_norm: float, noise_multiplier: float) -> dict[str, Any]:
         """The ``dp`` entry of a version's metadata (docs/PROTOCOL.md, ``model``)."""
         eps, rounds = self.worst()
-        return {"epsilon": eps if math.isfinite(eps) else None, "delta": self.delta,
-                "noise_multiplier": noise_multiplier, "clip_norm": clip_norm,
-                "rounds": rounds, "relation": RELATION, "accountant": ACCOUNTANT}
+        return {
+            "epsilon": eps if math.isfinite(eps) else None,
+            "delta": self.delta,
+            "noise_multiplier": noise_multiplier,
+            "clip_norm": clip_norm,
+            "rounds": rounds,
+            "relation": RELATION,
+            "accountant": ACCOUNTANT,
+        }
 
     @classmethod
     def replay(cls, delta: float, metadata: Iterable[Mapping[str, Any]]) -> PrivacyLedger:

@@ -27,16 +27,28 @@ def reference_inputs(spec: ModelSpec, n: int = 64, seed: int = 0) -> np.ndarray:
     return np.maximum(x, 0.0).astype(np.float32)  # tonnes, minutes, Nm3: never negative
 
 
-def model_message(sender: str, spec: ModelSpec, weights: Weights, *, version: int,
-                  parent: int | None, round_id: int | None, metadata: dict[str, Any],
-                  signing_key: Ed25519PrivateKey | None = None) -> bytes:
+def model_message(
+    sender: str,
+    spec: ModelSpec,
+    weights: Weights,
+    *,
+    version: int,
+    parent: int | None,
+    round_id: int | None,
+    metadata: dict[str, Any],
+    signing_key: Ed25519PrivateKey | None = None,
+) -> bytes:
     """The encoded (and, given a key, signed) model message; raises if ONNX Runtime
     cannot run the built graph."""
     onnx_bytes = build_onnx(spec, weights)
     check_runs(onnx_bytes, spec, reference_inputs(spec))
     body = ModelBody(
-        version=version, parent_version=parent, round_id=round_id,
-        spec=spec.model_dump(mode="json"), onnx=onnx_bytes, weights=weights,
+        version=version,
+        parent_version=parent,
+        round_id=round_id,
+        spec=spec.model_dump(mode="json"),
+        onnx=onnx_bytes,
+        weights=weights,
         metadata=metadata,
     )
     if signing_key is not None:

@@ -51,8 +51,11 @@ class RateLimiter:
 
     def _forget_full(self, now: float) -> None:
         """Drop buckets that have refilled: they hold no information any more."""
-        full = [k for k, b in self._buckets.items()
-                if b.tokens + (now - b.stamp) * self.rate >= self.burst]
+        full = [
+            k
+            for k, b in self._buckets.items()
+            if b.tokens + (now - b.stamp) * self.rate >= self.burst
+        ]
         for k in full:
             del self._buckets[k]
         if len(self._buckets) >= self.max_senders:  # all busy: forget the oldest

@@ -94,8 +94,9 @@ class Selection:
         if self.max_agents is not None and self.max_agents < self.min_agents:
             raise ValueError("max_agents must be at least min_agents")
 
-    def choose(self, online: Iterable[str], rng: random.Random,
-               prefer: Iterable[str] = ()) -> list[str] | None:
+    def choose(
+        self, online: Iterable[str], rng: random.Random, prefer: Iterable[str] = ()
+    ) -> list[str] | None:
         """Sorted selected ids, or None while fewer than ``min_agents`` are online.
 
         When not every online agent is taken, those in ``prefer`` (the agents with new
@@ -140,15 +141,18 @@ class SyncRound(Accepted):
     def check(self, sender: str, round_id: int, base_version: int) -> Refusal | None:
         """Why an update must be rejected, or None if it may be accepted."""
         if round_id != self.window_id:
-            return Refusal("wrong_round",
-                           f"update for round {round_id}, open round is {self.window_id}")
+            return Refusal(
+                "wrong_round", f"update for round {round_id}, open round is {self.window_id}"
+            )
         if self.closed:
             return Refusal("round_closed", f"round {round_id} is closed")
         if sender not in self.selected:
             return Refusal("not_selected", f"{sender} is not selected for round {round_id}")
         if base_version != self.base_version:
-            return Refusal("wrong_base", f"update against version {base_version}, round base "
-                           f"is {self.base_version}")
+            return Refusal(
+                "wrong_base",
+                f"update against version {base_version}, round base is {self.base_version}",
+            )
         if sender in self._senders:
             return Refusal("duplicate", f"{sender} already sent an update for round {round_id}")
         return None

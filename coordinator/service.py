@@ -125,8 +125,9 @@ class Coordinator:
         self.topics = Topics(settings.federation)
         self.db = CoordinatorDB(settings.state_dir, settings.keep_versions)
         kernels.set_threads(settings.aggregation_threads)
-        self.signing_key = (load_private_key(settings.model_signing_key)
-                            if settings.model_signing_key else None)
+        self.signing_key = (
+            load_private_key(settings.model_signing_key) if settings.model_signing_key else None
+        )
         self.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         registry = Registry()
         for info in self.db.agents():
@@ -144,34 +145,44 @@ class Coordinator:
         self._outbox: deque[Command] = deque()
         current = self._restore_or_initialise()
         self.lifecycle = Lifecycle(
-            settings, current, registry=registry,
-            progress=ValidationProgress(self.spec.targets, self.spec.y_scale,
-                                        settings.min_improvement),
+            settings,
+            current,
+            registry=registry,
+            progress=ValidationProgress(
+                self.spec.targets, self.spec.y_scale, settings.min_improvement
+            ),
             # Differential privacy: updates each agent sent, from the stored versions.
-            privacy=PrivacyLedger.replay(settings.dp_delta,
-                                         (md for _, _, _, md in self.db.versions())),
+            privacy=PrivacyLedger.replay(
+                settings.dp_delta, (md for _, _, _, md in self.db.versions())
+            ),
             next_round_id=(self.db.last_round_id() or 0) + 1,
-            paused=self.db.flag("paused") is not None, now=time.time())
+            paused=self.db.flag("paused") is not None,
+            now=time.time(),
+        )
         for command in self.lifecycle.resume(self._left_open(), time.time()):
             self._store(command, "")
         # An update carries the shared part: it may decode to no more (a top-k tensor's
         # bytes do not bound the shape it declares).
         sizes = [math.prod(s) for s in self.spec.parameter_shapes("shared").values()]
-        self.limits = Limits(max_message_bytes=settings.max_update_bytes,
-                             max_tensor_elements=max(sizes), max_total_elements=sum(sizes))
+        self.limits = Limits(
+            max_message_bytes=settings.max_update_bytes,
+            max_tensor_elements=max(sizes),
+            max_total_elements=sum(sizes),
+        )
 
     # -- state
     def _restore_or_initialise(self) -> Checkpoint:
         strategy = strategy_from(self.settings)
         latest = self.db.latest_version()
         if latest is None:
-            self.spec = ModelSpec(architecture=self.settings.architecture,
-                                  # None: the architecture's default (ModelSpec validates)
-                                  hidden=self.settings.hidden)  # type: ignore[arg-type]
+            self.spec = ModelSpec(
+                architecture=self.settings.architecture,
+                # None: the architecture's default (ModelSpec validates)
+                hidden=self.settings.hidden,  # type: ignore[arg-type]
+            )
             weights = initial_weights(self.spec, self.settings.seed)
             payload = self._model_payload(weights, 0, None, None, {"initial": True})
-            self.db.save_version(0, payload, round_id=None, parent=None,
-                                 metadata={"initial": True})
+            self.db.save_version(0, payload, round_id=None, parent=None, metadata={"initial": True})
             log.info("initialised model version 0 in %s", self.settings.state_dir)
             return Checkpoint(0, weights, payload, strategy)
         payload = self.db.load_payload(latest)
@@ -181,8 +192,7 @@ class Coordinator:
         if state is not None:
             strategy.load_state_dict(unpack_state(state))
         log.info("resumed at model version %d from %s", latest, self.settings.state_dir)
-        return Checkpoint(latest, {k: v.copy() for k, v in body.weights.items()}, payload,
-                          strategy)
+        return Checkpoint(latest, {k: v.copy() for k, v in body.weights.items()}, payload, strategy)
 
     def _left_open(self) -> LeftOpen | None:
         """The round a restart interrupted, as the database has it."""
@@ -191,14 +201,35 @@ class Coordinator:
             return None
         round_id, mode, base, selected, opened, deadline = left
         aggregated = self.db.version_of_round(round_id) is not None
-        return LeftOpen(round_id, mode, base, selected, opened, deadline, aggregated,
-                        [] if aggregated else self.db.pending_updates(round_id))
+        return LeftOpen(
+            round_id,
+            mode,
+            base,
+            selected,
+            opened,
+            deadline,
+            aggregated,
+            [] if aggregated else self.db.pending_updates(round_id),
+        )
 
-    def _model_payload(self, weights: Weights, version: int, parent: int | None,
-                       round_id: int | None, metadata: dict) -> bytes:
-        return model_message(self.settings.coordinator_id, self.spec, weights, version=version,
-                             parent=parent, round_id=round_id, metadata=metadata,
-                             signing_key=self.signing_key)
+    def _model_payload(
+        self,
+        weights: Weights,
+        version: int,
+        parent: int | None,
+        round_id: int | None,
+        metadata: dict,
+    ) -> bytes:
+        return model_message(
+            self.settings.coordinator_id,
+            self.spec,
+            weights,
+            version=version,
+            parent=parent,
+            round_id=round_id,
+            metadata=metadata,
+            signing_key=self.signing_key,
+        )
 
     # What the web page, the metrics and tests read: the lifecycle's.
     @property
@@ -239,11 +270,22 @@ class Coordinator:
 
     def _status(self, state: Literal["online", "offline"]) -> bytes:
         # Messages rejected per known agent: `alchimia status` shows them.
-        rejected = {a.agent_id: n for a in self.registry.all()
-                    if (n := self._rejected_by_sender.get(a.agent_id))}
-        return message(self.settings.coordinator_id, StatusBody(
-            role="coordinator", state=state, software=SOFTWARE, model_version=self.version,
-            rejected=rejected, activity=self.activity))
+        rejected = {
+            a.agent_id: n
+            for a in self.registry.all()
+            if (n := self._rejected_by_sender.get(a.agent_id))
+        }
+        return message(
+            self.settings.coordinator_id,
+            StatusBody(
+                role="coordinator",
+                state=state,
+                software=SOFTWARE,
+                model_version=self.version,
+                rejected=rejected,
+                activity=self.activity,
+            ),
+        )
 
     # -- I/O
     @property
@@ -272,8 +314,9 @@ class Coordinator:
         self._client_never_connected = True
         delay = 1.0
         while not stop.is_set():
-            will = aiomqtt.Will(self.topics.coordinator_status, self._status("offline"),
-                                qos=1, retain=True)
+            will = aiomqtt.Will(
+                self.topics.coordinator_status, self._status("offline"), qos=1, retain=True
+            )
             try:
                 # A persistent session (clean_session=False) and acknowledgements sent only
                 # after a message is handled: while the coordinator is down or restarting
@@ -281,9 +324,14 @@ class Coordinator:
                 # handled (and saved) yet is delivered again. An agent sends each update
                 # once, so otherwise a restart would lose it.
                 client = aiomqtt.Client(
-                    host, port, identifier=self._client_id, clean_session=False,
-                    username=self.settings.username, password=self.settings.password,
-                    keepalive=self.settings.keepalive, will=will,
+                    host,
+                    port,
+                    identifier=self._client_id,
+                    clean_session=False,
+                    username=self.settings.username,
+                    password=self.settings.password,
+                    keepalive=self.settings.keepalive,
+                    will=will,
                     tls_context=self.settings.tls_context(),
                 )
                 _paho(client).manual_ack_set(True)
@@ -293,13 +341,17 @@ class Coordinator:
                     delay = 1.0
                     await self._announce(client)
                     await self._serve(client, stop)
-                    await client.publish(self.topics.coordinator_status,
-                                         self._status("offline"), qos=1, retain=True)
+                    await client.publish(
+                        self.topics.coordinator_status, self._status("offline"), qos=1, retain=True
+                    )
             except aiomqtt.MqttError as exc:
                 if stop.is_set():
                     break
-                why = (await asyncio.to_thread(self.settings.diagnose_connection)
-                       if self._client_never_connected else str(exc))
+                why = (
+                    await asyncio.to_thread(self.settings.diagnose_connection)
+                    if self._client_never_connected
+                    else str(exc)
+                )
                 log.warning("broker connection failed (%s); retrying in %.0f s", why, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -310,22 +362,36 @@ class Coordinator:
         # QoS 1 only where the broker should keep messages while the coordinator is away
         # (updates, admin commands): queued statuses and metrics would only crowd the
         # session's queue, and the retained statuses come again with every subscribe.
-        granted = await client.subscribe([(self.topics.all_agents("update"), 1),
-                                          (self.topics.coordinator_admin, 1),
-                                          (self.topics.all_agents("status"), 0),
-                                          (self.topics.all_agents("metrics"), 0)])
+        granted = await client.subscribe(
+            [
+                (self.topics.all_agents("update"), 1),
+                (self.topics.coordinator_admin, 1),
+                (self.topics.all_agents("status"), 0),
+                (self.topics.all_agents("metrics"), 0),
+            ]
+        )
         if not granted or not 1 <= _qos(granted[0]) <= 2:
-            log.warning("the broker granted QoS %s, not 1, for agents' updates: updates sent "
-                        "while the coordinator is away will be lost", granted[:1])
+            log.warning(
+                "the broker granted QoS %s, not 1, for agents' updates: updates sent "
+                "while the coordinator is away will be lost",
+                granted[:1],
+            )
         # Status, model and open task; then what a lost connection left unexecuted.
         await self._execute(self.lifecycle.announce())
-        log.info("coordinator %s online, federation %s, model version %d",
-                 self.settings.coordinator_id, self.settings.federation, self.version)
+        log.info(
+            "coordinator %s online, federation %s, model version %d",
+            self.settings.coordinator_id,
+            self.settings.federation,
+            self.version,
+        )
 
     async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         acks = GroupCommit(self.db, _paho(client))
-        tasks = [asyncio.create_task(self._receive(client, acks)), asyncio.create_task(acks.run()),
-                 asyncio.create_task(self._drive_rounds())]
+        tasks = [
+            asyncio.create_task(self._receive(client, acks)),
+            asyncio.create_task(acks.run()),
+            asyncio.create_task(self._drive_rounds()),
+        ]
         stopper = asyncio.create_task(stop.wait())
         try:
             done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -380,8 +446,9 @@ class Coordinator:
         if not payload and leaf == "status":
             return  # a cleared retained status
         if leaf not in self._EXPECT:
-            self._reject(agent_id, topic, "unread_topic",
-                         f"the coordinator does not read {leaf} messages")
+            self._reject(
+                agent_id, topic, "unread_topic", f"the coordinator does not read {leaf} messages"
+            )
             return
         expect = self._EXPECT[leaf]
         try:
@@ -391,8 +458,9 @@ class Coordinator:
             self._reject(agent_id, topic, _decode_code(exc), str(exc))
             return
         if env.sender != agent_id:
-            self._reject(agent_id, topic, "wrong_sender",
-                         f"sender {env.sender!r} does not match topic")
+            self._reject(
+                agent_id, topic, "wrong_sender", f"sender {env.sender!r} does not match topic"
+            )
             return
         now = time.time()
         if leaf == "status":
@@ -405,7 +473,10 @@ class Coordinator:
             self._store(command, topic)
 
     _EXPECT: ClassVar[dict[str, type[Body]]] = {
-        "status": StatusBody, "update": UpdateBody, "metrics": MetricsBody}
+        "status": StatusBody,
+        "update": UpdateBody,
+        "metrics": MetricsBody,
+    }
 
     def _on_admin(self, topic: str, payload: bytes) -> None:
         try:
@@ -422,8 +493,15 @@ class Coordinator:
         """Count a dropped message under ``code`` and log why (``broker.rejections``: a
         flood gets a few escaped lines per reason and a summary a minute, not thousands)."""
         count = self._rejected_by_sender[sender] = self._rejected_by_sender.get(sender, 0) + 1
-        self.rejection_log.reject(code, "rejected message from %s on %s: %s: %s (%d from this "
-                                  "sender)", sender, topic, code, reason, count)
+        self.rejection_log.reject(
+            code,
+            "rejected message from %s on %s: %s: %s (%d from this sender)",
+            sender,
+            topic,
+            code,
+            reason,
+            count,
+        )
         self.rejections.append(Rejection(sender, topic, reason, code))
         self.stats.message_rejected(topic, code)
         del self.rejections[:-1000]  # keep the recent ones for admins and tests
@@ -436,8 +514,14 @@ class Coordinator:
         db = self.db
         match command:
             case SaveUpdate():
-                db.accept_update(command.msg_id, command.agent_id, command.round_id,
-                                 command.base_version, command.weight, command.payload)
+                db.accept_update(
+                    command.msg_id,
+                    command.agent_id,
+                    command.round_id,
+                    command.base_version,
+                    command.weight,
+                    command.payload,
+                )
                 for follow in self.lifecycle.update_saved(command):
                     self._store(follow, topic)
             case SaveAgent(info):
@@ -449,15 +533,28 @@ class Coordinator:
             case SavePaused(paused):
                 db.set_flag("paused", "1" if paused else None)
             case SaveRound():
-                db.save_round(command.round_id, command.mode, command.base_version,
-                              command.state, command.selected, command.opened_ts,
-                              command.deadline_ts, command.closed_ts, command.accepted)
+                db.save_round(
+                    command.round_id,
+                    command.mode,
+                    command.base_version,
+                    command.state,
+                    command.selected,
+                    command.opened_ts,
+                    command.deadline_ts,
+                    command.closed_ts,
+                    command.accepted,
+                )
             case DropPending(round_id):
                 db.drop_pending(round_id)
             case SaveVersion():
-                db.save_version(command.version, command.payload, round_id=command.round_id,
-                                parent=command.parent, metadata=command.metadata,
-                                strategy_state=command.strategy_state)
+                db.save_version(
+                    command.version,
+                    command.payload,
+                    round_id=command.round_id,
+                    parent=command.parent,
+                    metadata=command.metadata,
+                    strategy_state=command.strategy_state,
+                )
             case Reject(sender, code, reason):
                 self._reject(sender, topic, code, reason)
             case Wake():
@@ -475,23 +572,34 @@ class Coordinator:
                 case PublishModel(payload):
                     await self._publish(self.topics.model_current, payload, retain=True)
                 case PublishStatus():
-                    await self._publish(self.topics.coordinator_status, self._status("online"),
-                                        retain=True)
+                    await self._publish(
+                        self.topics.coordinator_status, self._status("online"), retain=True
+                    )
                 case PublishTask(task):
                     if self.signing_key is not None:
                         task = sign_task(task, self.signing_key)
-                    await self._publish(self.topics.round_current,
-                                        message(self.settings.coordinator_id, task),
-                                        retain=True)
+                    await self._publish(
+                        self.topics.round_current,
+                        message(self.settings.coordinator_id, task),
+                        retain=True,
+                    )
                 case BuildModel():
                     payload = await asyncio.to_thread(
-                        self._model_payload, command.weights, command.version, command.parent,
-                        command.round_id, command.metadata)
+                        self._model_payload,
+                        command.weights,
+                        command.version,
+                        command.parent,
+                        command.round_id,
+                        command.metadata,
+                    )
                     follow = self.lifecycle.on_built(command, payload, time.time())
                 case LoadVersion(version):
                     follow = self.lifecycle.on_loaded(
-                        version, self.db.load_payload(version),
-                        self.db.load_strategy_state(version), time.time())
+                        version,
+                        self.db.load_payload(version),
+                        self.db.load_strategy_state(version),
+                        time.time(),
+                    )
                 case Stop():
                     self._stop.set()
                 case _:
@@ -518,8 +626,9 @@ class Coordinator:
                 continue
             deadline = self.lifecycle.next_deadline()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(None if deadline is None
-                                           else max(0.0, deadline - time.time())):
+                async with asyncio.timeout(
+                    None if deadline is None else max(0.0, deadline - time.time())
+                ):
                     await self.changed.wait()
 
     async def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:

@@ -17,97 +17,151 @@ from alchimia.models.spec import Architecture
 class CoordinatorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ALCHIMIA_COORDINATOR_", extra="forbid")
 
-    coordinator_id: str = Field(default="coordinator", description="its id on the bus "
-                                "(MQTT client id {federation}-{id})")
-    state_dir: Path = Field(default=Path("coordinator-state"), description="SQLite database "
-                            "and model version files")
-    strategy: str = Field(default="fedavg", description="fedavg, fedavgm, fedprox, fedadam, "
-                          "fedyogi, fedadagrad, median, trimmed_mean, krum, multikrum")
-    strategy_params: dict[str, float] = Field(default_factory=dict,
-                                              description="e.g. server_lr, beta, mu")
-    clip_norm: float | None = Field(default=None, gt=0,
-                                    description="bound each delta's L2 norm first")
+    coordinator_id: str = Field(
+        default="coordinator", description="its id on the bus (MQTT client id {federation}-{id})"
+    )
+    state_dir: Path = Field(
+        default=Path("coordinator-state"), description="SQLite database and model version files"
+    )
+    strategy: str = Field(
+        default="fedavg",
+        description="fedavg, fedavgm, fedprox, fedadam, "
+        "fedyogi, fedadagrad, median, trimmed_mean, krum, multikrum",
+    )
+    strategy_params: dict[str, float] = Field(
+        default_factory=dict, description="e.g. server_lr, beta, mu"
+    )
+    clip_norm: float | None = Field(
+        default=None, gt=0, description="bound each delta's L2 norm first"
+    )
     aggregation_threads: int | None = Field(
-        default=None, ge=1, description="threads that aggregate each update, each on its own "
+        default=None,
+        ge=1,
+        description="threads that aggregate each update, each on its own "
         "slice of the parameters (the result is the same for any count); unset: the cores "
-        "this process may run on")
-    mode: Literal["sync", "async"] = Field(default="sync", description="sync rounds, or "
-                                           "async buffered windows (FedBuff)")
+        "this process may run on",
+    )
+    mode: Literal["sync", "async"] = Field(
+        default="sync", description="sync rounds, or async buffered windows (FedBuff)"
+    )
     buffer_k: int = Field(default=3, ge=1, description="async: updates per new version")
     max_staleness: int = Field(default=5, ge=0, description="async: oldest base accepted")
-    staleness: str = Field(default="polynomial", description="async weighting of a stale "
-                           "update: constant, polynomial, hinge")
-    staleness_params: dict[str, float] = Field(default_factory=dict,
-                                               description="e.g. alpha, b")
+    staleness: str = Field(
+        default="polynomial",
+        description="async weighting of a stale update: constant, polynomial, hinge",
+    )
+    staleness_params: dict[str, float] = Field(default_factory=dict, description="e.g. alpha, b")
     rounds: int = Field(default=0, ge=0, description="stop after this many rounds; 0 = never")
     min_agents: int = Field(default=2, ge=1, description="quorum: fewest updates a round needs")
-    fraction: float = Field(default=1.0, gt=0, le=1,
-                            description="share of the online agents selected per round")
-    max_agents: int | None = Field(default=None, ge=1,
-                                   description="most agents selected per round")
-    round_timeout_s: float = Field(default=120.0, gt=0, description="a round's deadline, "
-                                   "seconds after it opens")
+    fraction: float = Field(
+        default=1.0, gt=0, le=1, description="share of the online agents selected per round"
+    )
+    max_agents: int | None = Field(default=None, ge=1, description="most agents selected per round")
+    round_timeout_s: float = Field(
+        default=120.0, gt=0, description="a round's deadline, seconds after it opens"
+    )
     round_interval_s: float = Field(
-        default=0.0, ge=0, description="sync: pause between rounds; a drift report cuts it short")
+        default=0.0, ge=0, description="sync: pause between rounds; a drift report cuts it short"
+    )
     min_new_heats: int = Field(
-        default=1, ge=0, description="sync and async: a round opens when min_agents online "
-        "agents report at least this many new heats since their last update; 0 = always")
+        default=1,
+        ge=0,
+        description="sync and async: a round opens when min_agents online "
+        "agents report at least this many new heats since their last update; 0 = always",
+    )
     min_improvement: float = Field(
-        default=0.01, ge=0, description="without new heats, rounds go on while the mean "
-        "validation error of the agents improves by at least this fraction per version")
+        default=0.01,
+        ge=0,
+        description="without new heats, rounds go on while the mean "
+        "validation error of the agents improves by at least this fraction per version",
+    )
     round_schedule_s: float | None = Field(
-        default=None, gt=0, description="open a round anyway this long after the last opened")
+        default=None, gt=0, description="open a round anyway this long after the last opened"
+    )
     epochs: int = Field(default=2, ge=1, description="local epochs (sent in the task)")
     lr: float = Field(default=3e-3, gt=0, description="local learning rate (in the task)")
     batch_size: int = Field(default=32, ge=1, description="local batch size (in the task)")
     architecture: Architecture = Field(
-        default="eaf-hybrid-v1", description="model of a new federation (docs/PROTOCOL.md); "
-        "a federation keeps the architecture it started with")
+        default="eaf-hybrid-v1",
+        description="model of a new federation (docs/PROTOCOL.md); "
+        "a federation keeps the architecture it started with",
+    )
     hidden: tuple[int, ...] | None = Field(
-        default=None, description="hidden layers (the hybrid's residual network); default: "
-        "the architecture's")
+        default=None,
+        description="hidden layers (the hybrid's residual network); default: the architecture's",
+    )
     seed: int = Field(default=0, description="seed of the first weights and of selection")
     keep_versions: int = Field(
-        default=200, ge=0, description="model version files kept on disk (the newest); older "
-        "ones are deleted, their history stays in the database; 0 = keep all")
+        default=200,
+        ge=0,
+        description="model version files kept on disk (the newest); older "
+        "ones are deleted, their history stays in the database; 0 = keep all",
+    )
     model_signing_key: Path | None = Field(
-        default=None, description="Ed25519 private key (PEM) that signs every model")
+        default=None, description="Ed25519 private key (PEM) that signs every model"
+    )
     # A flood guard, far above what an agent sends of its own accord (about one metrics
     # message per heat, at most ~5/s whatever the heat rate, plus a status every few
     # seconds); answers to each task and model are credited on top (service.ANSWER_CREDIT).
     rate_limit_per_s: float = Field(default=20.0, gt=0, description="messages per agent")
-    rate_limit_burst: int = Field(default=200, ge=1, description="messages per agent "
-                                  "allowed at once above the rate")
-    max_update_bytes: int = Field(default=16 * 1024 * 1024, ge=1024,
-                                  description="largest message the coordinator decodes")
+    rate_limit_burst: int = Field(
+        default=200, ge=1, description="messages per agent allowed at once above the rate"
+    )
+    max_update_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="largest message the coordinator decodes"
+    )
     update_codec: Codec = Field(
-        default="raw", description="how agents encode their deltas (told in the task): raw "
+        default="raw",
+        description="how agents encode their deltas (told in the task): raw "
         "(float32), fp16, int8 (blockwise), sign (2 bits a value), topk, topk_int8 (top-k "
         "of int8); lossy codecs keep error feedback at the agent (docs/FEDERATION.md, "
-        "'Compressed updates')")
+        "'Compressed updates')",
+    )
     update_topk_fraction: float = Field(
-        default=DEFAULT_TOPK_FRACTION, gt=0, le=1,
-        description="topk codecs: share of each tensor's entries an update sends")
+        default=DEFAULT_TOPK_FRACTION,
+        gt=0,
+        le=1,
+        description="topk codecs: share of each tensor's entries an update sends",
+    )
     dp_clip_norm: float | None = Field(
-        default=None, gt=0, le=1e6, description="differential privacy (told in the task): "
+        default=None,
+        gt=0,
+        le=1e6,
+        description="differential privacy (told in the task): "
         "agents clip their delta's L2 norm to this and add Gaussian noise of std "
         "dp_noise_multiplier x this per coordinate; set both or neither (off) "
-        "(docs/FEDERATION.md, 'Differential privacy')")
+        "(docs/FEDERATION.md, 'Differential privacy')",
+    )
     dp_noise_multiplier: float | None = Field(
-        default=None, gt=0, le=1e6, description="differential privacy: the noise's std over "
-        "dp_clip_norm (z); the accountant reports epsilon in each model's metadata")
+        default=None,
+        gt=0,
+        le=1e6,
+        description="differential privacy: the noise's std over "
+        "dp_clip_norm (z); the accountant reports epsilon in each model's metadata",
+    )
     dp_delta: float = Field(
-        default=1e-5, gt=0, lt=1, description="differential privacy: the delta at which "
-        "epsilon is reported (well below 1 / plants)")
+        default=1e-5,
+        gt=0,
+        lt=1,
+        description="differential privacy: the delta at which "
+        "epsilon is reported (well below 1 / plants)",
+    )
     web_port: int | None = Field(
-        default=None, ge=0, le=65535, description="serve the admin web page (/ and "
-        "/api/status) over HTTP on this port; 0 or unset: off")
+        default=None,
+        ge=0,
+        le=65535,
+        description="serve the admin web page (/ and "
+        "/api/status) over HTTP on this port; 0 or unset: off",
+    )
     web_host: str = Field(
-        default="127.0.0.1", description="address the web page listens on (0.0.0.0: every "
-        "interface)")
+        default="127.0.0.1",
+        description="address the web page listens on (0.0.0.0: every interface)",
+    )
     web_token_file: Path | None = Field(
-        default=None, description="file holding the token the web page asks for (Bearer or "
-        "?token=); default {state_dir}/web-token, created with a random token if missing")
+        default=None,
+        description="file holding the token the web page asks for (Bearer or "
+        "?token=); default {state_dir}/web-token, created with a random token if missing",
+    )
 
     @field_validator("coordinator_id")
     @classmethod

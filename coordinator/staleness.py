@@ -31,8 +31,7 @@ def _check_staleness(s: int) -> int:
 def _check_param(name: str, value: float) -> float:
     v = float(value)
     if not (math.isfinite(v) and v >= 0.0):
-        raise ValueError(f"staleness parameter {name} must be a finite number >= 0, "
-                         f"got {value!r}")
+        raise ValueError(f"staleness parameter {name} must be a finite number >= 0, got {value!r}")
     return v
 
 
@@ -105,8 +104,9 @@ def make_staleness(name: str, **params: Any) -> StalenessFn:
     """Build a staleness factor by name; unknown names or parameters raise ValueError."""
     factory = STALENESS.get(name)
     if factory is None:
-        raise ValueError(f"unknown staleness function {name!r}; valid names: "
-                         f"{', '.join(sorted(STALENESS))}")
+        raise ValueError(
+            f"unknown staleness function {name!r}; valid names: {', '.join(sorted(STALENESS))}"
+        )
     try:
         return factory(**params)
     except TypeError as exc:

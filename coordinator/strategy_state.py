@@ -15,10 +15,10 @@ StateValue = np.ndarray | float | int
 
 
 def pack_state(state: Mapping[str, StateValue]) -> bytes:
-    return pack({k: encode_tensor(v) if isinstance(v, np.ndarray) else v
-                 for k, v in state.items()})
+    return pack({k: encode_tensor(v) if isinstance(v, np.ndarray) else v for k, v in state.items()})
 
 
 def unpack_state(data: bytes) -> dict[str, StateValue]:
-    return {k: decode_tensor(v).copy() if isinstance(v, dict) else v
-            for k, v in unpack(data).items()}
+    return {
+        k: decode_tensor(v).copy() if isinstance(v, dict) else v for k, v in unpack(data).items()
+    }

@@ -41,9 +41,16 @@ class RoundTrigger:
     def has_new_data(self, new_heats: int | None) -> bool:
         return new_heats is None or new_heats >= self.min_new_heats
 
-    def decide(self, online: Mapping[str, int | None], *, min_agents: int, now: float,
-               last_opened: float, early: str | None = None,
-               improving: str | None = None) -> Decision:
+    def decide(
+        self,
+        online: Mapping[str, int | None],
+        *,
+        min_agents: int,
+        now: float,
+        last_opened: float,
+        early: str | None = None,
+        improving: str | None = None,
+    ) -> Decision:
         """Whether to open a round now.
 
         ``online`` maps each online agent to its latest ``new_heats`` (None: not reported);
@@ -63,8 +70,9 @@ class RoundTrigger:
             due = last_opened + self.schedule_s
             if now >= due:
                 return Decision(True, f"schedule ({self.schedule_s:g} s)", fresh)
-            return Decision(False, f"new heats at {len(fresh)} of {min_agents} agents needed",
-                            fresh, due - now)
+            return Decision(
+                False, f"new heats at {len(fresh)} of {min_agents} agents needed", fresh, due - now
+            )
         return Decision(False, f"new heats at {len(fresh)} of {min_agents} agents needed", fresh)
 
 
@@ -79,8 +87,11 @@ class ValidationProgress:
     _errors: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def report(self, version: int, agent: str, values: Mapping[str, float]) -> None:
-        scaled = [values[f"mae_{t}"] / s for t, s in zip(self.targets, self.y_scale,
-                                                         strict=True) if f"mae_{t}" in values]
+        scaled = [
+            values[f"mae_{t}"] / s
+            for t, s in zip(self.targets, self.y_scale, strict=True)
+            if f"mae_{t}" in values
+        ]
         if len(scaled) == len(self.targets):
             self._errors.setdefault(version, {})[agent] = sum(scaled) / len(scaled)
             for old in [v for v in self._errors if v < version - 8]:

@@ -53,7 +53,7 @@ RECENT_REJECTIONS = 50
 HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                               "frame-ancestors 'none'; form-action 'none'",
+    "frame-ancestors 'none'; form-action 'none'",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -98,29 +98,59 @@ def snapshot(c: Coordinator) -> Dashboard:
     latest = latest_validation(validation)
     drift = [DriftRow(ts, a, v, m) for ts, a, v, m in c.db.drift_events(DRIFT_ROWS)]
     rejected = c._rejected_by_sender  # what its retained status carries (_status)
-    agents = [AgentRow(a.agent_id, a.online, a.last_seen, a.software, a.samples,
-                       a.model_version, latest.get(a.agent_id, (None, {}))[0],
-                       latest.get(a.agent_id, (None, {}))[1],
-                       sum(d.agent_id == a.agent_id for d in drift),
-                       rejected.get(a.agent_id, 0)) for a in c.registry.all()]
+    agents = [
+        AgentRow(
+            a.agent_id,
+            a.online,
+            a.last_seen,
+            a.software,
+            a.samples,
+            a.model_version,
+            latest.get(a.agent_id, (None, {}))[0],
+            latest.get(a.agent_id, (None, {}))[1],
+            sum(d.agent_id == a.agent_id for d in drift),
+            rejected.get(a.agent_id, 0),
+        )
+        for a in c.registry.all()
+    ]
     w = c.window
-    window = None if w is None or w.closed else RoundRow(
-        w.window_id, c.settings.mode, w.base_version, sorted(w.selected),
-        w.contributors, w.deadline_ts)
+    window = (
+        None
+        if w is None or w.closed
+        else RoundRow(
+            w.window_id,
+            c.settings.mode,
+            w.base_version,
+            sorted(w.selected),
+            w.contributors,
+            w.deadline_ts,
+        )
+    )
     return Dashboard(
-        federation=c.settings.federation, coordinator_id=c.settings.coordinator_id,
-        taken_ts=time.time(), version=c.version, activity=c.activity, mode=c.settings.mode,
-        targets=tuple(c.spec.targets), round=window, agents=agents,
+        federation=c.settings.federation,
+        coordinator_id=c.settings.coordinator_id,
+        taken_ts=time.time(),
+        version=c.version,
+        activity=c.activity,
+        mode=c.settings.mode,
+        targets=tuple(c.spec.targets),
+        round=window,
+        agents=agents,
         versions=version_rows(c.db.versions()[-PLOT_VERSIONS:], validation),
-        drift=drift[:50], rejection_counts=c.rejection_log.snapshot(),
+        drift=drift[:50],
+        rejection_counts=c.rejection_log.snapshot(),
         # Topics and reasons may hold anything a client sent: control and bidi characters
         # escaped, long ones cut, as in the log (HTML escaping is the page's).
-        rejections=[RejectionRow(escape(r.sender), escape(r.topic), r.code, escape(r.reason))
-                    for r in reversed(c.rejections[-RECENT_REJECTIONS:])])
+        rejections=[
+            RejectionRow(escape(r.sender), escape(r.topic), r.code, escape(r.reason))
+            for r in reversed(c.rejections[-RECENT_REJECTIONS:])
+        ],
+    )
 
 
-def on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], T],
-            timeout: float = SNAPSHOT_TIMEOUT_S) -> T:
+def on_loop(
+    loop: asyncio.AbstractEventLoop, fn: Callable[[], T], timeout: float = SNAPSHOT_TIMEOUT_S
+) -> T:
     """``fn()`` run on ``loop`` (from another thread), its result or its exception;
     TimeoutError when the loop does not run it in time, RuntimeError when it is closed."""
     future: concurrent.futures.Future[T] = concurrent.futures.Future()
@@ -142,17 +172,20 @@ def on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], T],
 class WebServer:
     """The page on ``host:port`` from threads of its own, until ``close``."""
 
-    def __init__(self, take: Callable[[], Dashboard], host: str, port: int, token: str,
-                 refresh_s: int = 10) -> None:
-        handler = type("Handler", (_Handler,), {"take": staticmethod(take), "token": token,
-                                                "refresh_s": refresh_s})
+    def __init__(
+        self, take: Callable[[], Dashboard], host: str, port: int, token: str, refresh_s: int = 10
+    ) -> None:
+        handler = type(
+            "Handler",
+            (_Handler,),
+            {"take": staticmethod(take), "token": token, "refresh_s": refresh_s},
+        )
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:  # a settings problem: say which
             raise ValueError(f"cannot serve the web page on {host}:{port}: {exc}") from None
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="web",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="web", daemon=True)
         self._thread.start()
 
     @property
@@ -178,8 +211,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, "text/plain", b"not found\n")
             return
         if not authorized(self.headers.get("Authorization"), url.query, self.token):
-            self._send(401, "text/plain", b"a token is needed: Authorization: Bearer TOKEN "
-                       b"or ?token=TOKEN\n", {"WWW-Authenticate": 'Bearer realm="alchimia"'})
+            self._send(
+                401,
+                "text/plain",
+                b"a token is needed: Authorization: Bearer TOKEN or ?token=TOKEN\n",
+                {"WWW-Authenticate": 'Bearer realm="alchimia"'},
+            )
             return
         try:
             page = self.take()
@@ -197,11 +234,16 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.dumps(page.as_json(), allow_nan=False).encode()
             self._send(200, "application/json", body)
 
-    def _send(self, status: int, kind: str, body: bytes,
-              extra: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, kind: str, body: bytes, extra: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
-        for name, value in {**HEADERS, "Content-Type": kind,
-                            "Content-Length": str(len(body)), **(extra or {})}.items():
+        for name, value in {
+            **HEADERS,
+            "Content-Type": kind,
+            "Content-Length": str(len(body)),
+            **(extra or {}),
+        }.items():
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
@@ -218,8 +260,13 @@ def serve_web(c: Coordinator) -> WebServer | None:
     if not s.web_port:
         return None
     loop = asyncio.get_running_loop()
-    server = WebServer(lambda: on_loop(loop, lambda: snapshot(c)), s.web_host, s.web_port,
-                       web_token(s))
-    log.info("admin web page on http://%s:%d/ (token: %s)", s.web_host, server.port,
-             s.web_token_file or Path(s.state_dir) / "web-token")
+    server = WebServer(
+        lambda: on_loop(loop, lambda: snapshot(c)), s.web_host, s.web_port, web_token(s)
+    )
+    log.info(
+        "admin web page on http://%s:%d/ (token: %s)",
+        s.web_host,
+        server.port,
+        s.web_token_file or Path(s.state_dir) / "web-token",
+    )
     return server

@@ -23,8 +23,10 @@ from alchimia.broker.topics import check_id
 
 Role = Literal["coordinator", "admin", "agent", "consumer", "bridge"]
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                      r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_HOST_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 
 
 class FederationFileError(ValueError):
@@ -66,8 +68,10 @@ class _Listener(_Strict):
                 host = str(ipaddress.ip_address(host))
             except ValueError:
                 if not _HOST_RE.match(host):
-                    raise ValueError(f"invalid broker host {raw!r}: use a DNS name or an IP "
-                                     "address, without scheme or port") from None
+                    raise ValueError(
+                        f"invalid broker host {raw!r}: use a DNS name or an IP "
+                        "address, without scheme or port"
+                    ) from None
                 host = host.lower()
             if host in out:
                 raise ValueError(f"broker host {raw!r} is listed twice")
@@ -106,7 +110,8 @@ class BrokerSpec(_Listener):
             raise ValueError(
                 "user must not be empty: without a `user` line mosquitto started as root "
                 "still switches to 'mosquitto', which cannot read the broker's 0600 files; "
-                "name the user mosquitto runs as ('root' keeps root)")
+                "name the user mosquitto runs as ('root' keeps root)"
+            )
         if not _USER_RE.match(v):
             raise ValueError(f"invalid user {v!r}: use a plain system user name")
         return v
@@ -134,8 +139,9 @@ class FederationFile(_Strict):
     federation: str
     auth: Literal["certificates", "passwords"] = "certificates"
     # Bytes of the largest model message (model/current): sizes the brokers (docs/SCALE.md).
-    model_message_bytes: int = Field(default=DEFAULT_MODEL_MESSAGE_BYTES, ge=1024,
-                                     le=MAX_MESSAGE_SIZE_LIMIT)
+    model_message_bytes: int = Field(
+        default=DEFAULT_MODEL_MESSAGE_BYTES, ge=1024, le=MAX_MESSAGE_SIZE_LIMIT
+    )
     # Largest payload the brokers accept; default: derived from model_message_bytes.
     message_size_limit: int | None = Field(default=None, ge=1024, le=MAX_MESSAGE_SIZE_LIMIT)
     # Each identity is a bare id or a table {id = "...", revoked = true}.
@@ -184,17 +190,22 @@ class FederationFile(_Strict):
         for plant in self.plant_brokers:
             for aid in plant.agents:
                 if aid not in agents:
-                    raise ValueError(f"plant broker {plant.id!r} lists agent {aid!r}, which "
-                                     "`agents` does not list")
+                    raise ValueError(
+                        f"plant broker {plant.id!r} lists agent {aid!r}, which "
+                        "`agents` does not list"
+                    )
                 if aid in seen:
-                    raise ValueError(f"agent {aid!r} is behind two plant brokers "
-                                     f"({seen[aid]!r} and {plant.id!r})")
+                    raise ValueError(
+                        f"agent {aid!r} is behind two plant brokers "
+                        f"({seen[aid]!r} and {plant.id!r})"
+                    )
                 seen[aid] = plant.id
         return self
 
     def _listed(self) -> list[tuple[Role, IdentitySpec | PlantBrokerSpec]]:
         listed: list[tuple[Role, IdentitySpec | PlantBrokerSpec]] = [
-            ("coordinator", self.coordinator)]
+            ("coordinator", self.coordinator)
+        ]
         listed += [("admin", a) for a in self.admins]
         listed += [("agent", a) for a in self.agents]
         listed += [("consumer", c) for c in self.consumers]
@@ -208,7 +219,8 @@ class FederationFile(_Strict):
         for role, spec in self._listed():
             if spec.id in out:
                 raise FederationFileError(
-                    f"identity {spec.id!r} is listed twice: ids are usernames and must be unique")
+                    f"identity {spec.id!r} is listed twice: ids are usernames and must be unique"
+                )
             out[spec.id] = (role, spec.revoked)
         for name in self.revoked:
             if name in out:
@@ -226,8 +238,9 @@ class FederationFile(_Strict):
 
     def sizing(self, agents: int) -> BrokerSizing:
         """Queue and message limits of a broker that ``agents`` agents reach."""
-        return broker_sizing(agents, self.model_message_bytes,
-                             message_size_limit=self.message_size_limit)
+        return broker_sizing(
+            agents, self.model_message_bytes, message_size_limit=self.message_size_limit
+        )
 
 
 def load_federation(path: Path) -> FederationFile:
@@ -243,5 +256,6 @@ def load_federation(path: Path) -> FederationFile:
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
-            for e in exc.errors())
+            for e in exc.errors()
+        )
         raise FederationFileError(f"{path}: {problems}") from None

@@ -27,8 +27,9 @@ def generate_password() -> str:
     return secrets.token_urlsafe(24)
 
 
-def hash_password(password: str, *, iterations: int = DEFAULT_ITERATIONS,
-                  salt: bytes | None = None) -> str:
+def hash_password(
+    password: str, *, iterations: int = DEFAULT_ITERATIONS, salt: bytes | None = None
+) -> str:
     """The ``$7$...`` string mosquitto 2 stores for ``password`` (without the ``user:``)."""
     if iterations < 1:
         raise ValueError("iterations must be positive")

@@ -33,8 +33,9 @@ def new_key() -> ec.EllipticCurvePrivateKey:
 
 def key_pem(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
     """Unencrypted PKCS8: services start unattended, so the file mode is the protection."""
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
@@ -53,10 +54,12 @@ def load_cert(path: Path) -> x509.Certificate:
 
 
 def _name(common_name: str, organisation: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -71,18 +74,30 @@ class CertificateAuthority:
         now = utcnow()
         cert = (
             x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name)
+            .subject_name(name)
+            .issuer_name(name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - CLOCK_SKEW)
             .not_valid_after(now + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
             .sign(key, hashes.SHA256())
         )
         return cls(key, cert)
@@ -91,8 +106,15 @@ class CertificateAuthority:
     def load(cls, key_file: Path, cert_file: Path) -> CertificateAuthority:
         return cls(load_key(key_file), load_cert(cert_file))
 
-    def issue(self, common_name: str, key: ec.EllipticCurvePrivateKey, *, days: int,
-              server_names: Sequence[str] = (), serial: int | None = None) -> x509.Certificate:
+    def issue(
+        self,
+        common_name: str,
+        key: ec.EllipticCurvePrivateKey,
+        *,
+        days: int,
+        server_names: Sequence[str] = (),
+        serial: int | None = None,
+    ) -> x509.Certificate:
         """A leaf certificate: a server one when ``server_names`` (SANs) is given, else a client.
 
         Client certificates carry the identity as CN because mosquitto's
@@ -111,25 +133,38 @@ class CertificateAuthority:
             .not_valid_before(now - CLOCK_SKEW)
             .not_valid_after(min(now + dt.timedelta(days=days), self.cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-                critical=False)
+                critical=False,
+            )
         )
         if server_names:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([general_name(n) for n in server_names]),
-                critical=False)
+                x509.SubjectAlternativeName([general_name(n) for n in server_names]), critical=False
+            )
         return builder.sign(self.key, hashes.SHA256())
 
-    def crl(self, revoked: Iterable[tuple[int, dt.datetime]], *,
-            days: int) -> x509.CertificateRevocationList:
+    def crl(
+        self, revoked: Iterable[tuple[int, dt.datetime]], *, days: int
+    ) -> x509.CertificateRevocationList:
         """A CRL of ``(serial, revocation time)``.
 
         OpenSSL refuses every client once the CRL's nextUpdate has passed, and the broker
@@ -143,13 +178,15 @@ class CertificateAuthority:
             .issuer_name(self.cert.subject)
             .last_update(now - CLOCK_SKEW)
             .next_update(next_update)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                self.key.public_key()), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                critical=False,
+            )
         )
         for serial, when in sorted(revoked):
             builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when)
-                .build())
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+            )
         return builder.sign(self.key, hashes.SHA256())
 
 
@@ -179,8 +216,9 @@ def new_signing_key() -> ed25519.Ed25519PrivateKey:
 
 
 def public_pem(key: ed25519.Ed25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.PEM,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def write_private(path: Path, data: bytes) -> None:

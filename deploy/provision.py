@@ -35,13 +35,17 @@ from alchimia.deploy.passwords import generate_password, hash_password, password
 STATE_FORMAT = 1
 # A bridge has no config of its own: its plant broker's mosquitto.conf holds it.
 CONFIG_NAMES: dict[Role, str] = {
-    "agent": "agent.toml", "coordinator": "coordinator.toml", "consumer": "consumer.toml",
+    "agent": "agent.toml",
+    "coordinator": "coordinator.toml",
+    "consumer": "consumer.toml",
     "admin": "admin.toml",
 }
 # The admin commands read their connection from the coordinator's settings model, which
 # has no admin id: admin.toml names it in its usage line (--admin-id) instead.
 ID_KEYS: dict[Role, str] = {
-    "agent": "agent_id", "coordinator": "coordinator_id", "consumer": "consumer_id",
+    "agent": "agent_id",
+    "coordinator": "coordinator_id",
+    "consumer": "consumer_id",
 }
 # The first line of every ready config, and the hint above its broker URL.
 _CONFIG_HEADER = "# {role} {name} of federation {federation}; written by `alchimia provision`.\n"
@@ -49,9 +53,12 @@ _BROKER_HINT = (
     "# broker: the first of the `hosts` of this identity's broker in the federation file\n"
     "# ([broker], or its [[plant_brokers]] entry). If this machine reaches the broker by\n"
     "# another name, use one of those `hosts` here (the broker's certificate names them),\n"
-    "# or add the name there and re-provision.\n")
-_ADMIN_USAGE = ("# Use: alchimia coordinator --config THIS_FILE rollback VERSION "
-                "--admin-id {name}\n# (or pause, resume, stop in place of rollback VERSION)\n")
+    "# or add the name there and re-provision.\n"
+)
+_ADMIN_USAGE = (
+    "# Use: alchimia coordinator --config THIS_FILE rollback VERSION "
+    "--admin-id {name}\n# (or pause, resume, stop in place of rollback VERSION)\n"
+)
 
 
 class ProvisionError(RuntimeError):
@@ -90,15 +97,21 @@ class ProvisionReport:
 
     def summary(self) -> str:
         lines = [f"federation {self.federation}: provisioned in {self.out_dir}"]
-        for label, names in (("issued", self.issued), ("re-issued", self.reissued),
-                             ("revoked", self.revoked), ("unchanged", self.unchanged)):
+        for label, names in (
+            ("issued", self.issued),
+            ("re-issued", self.reissued),
+            ("revoked", self.revoked),
+            ("unchanged", self.unchanged),
+        ):
             if names:
                 lines.append(f"  {label}: {', '.join(names)}")
         lines.append(f"  {len(self.written)} file(s) written")
         if self.broker_changed:
             lines.append(f"  broker files changed: restart mosquitto -c {self.broker_config}")
-        lines += [f"  plant broker files changed: restart mosquitto -c {conf}"
-                  for conf in self.plant_brokers_changed]
+        lines += [
+            f"  plant broker files changed: restart mosquitto -c {conf}"
+            for conf in self.plant_brokers_changed
+        ]
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -133,14 +146,18 @@ class _State:
             federation=raw["federation"],
             server_names=list(raw["server_names"]),
             identities={
-                name: _Identity(role=v["role"],
-                                serial=None if v["serial"] is None else int(v["serial"], 16),
-                                revoked=v["revoked"], password_hash=v.get("password_hash"))
+                name: _Identity(
+                    role=v["role"],
+                    serial=None if v["serial"] is None else int(v["serial"], 16),
+                    revoked=v["revoked"],
+                    password_hash=v.get("password_hash"),
+                )
                 for name, v in raw["identities"].items()
             },
-            revocations=[(int(r["serial"], 16), r["identity"],
-                          dt.datetime.fromisoformat(r["revoked_at"]))
-                         for r in raw["revocations"]],
+            revocations=[
+                (int(r["serial"], 16), r["identity"], dt.datetime.fromisoformat(r["revoked_at"]))
+                for r in raw["revocations"]
+            ],
         )
 
     def dump(self) -> bytes:
@@ -150,13 +167,18 @@ class _State:
             "federation": self.federation,
             "server_names": self.server_names,
             "identities": {
-                name: {"role": i.role,
-                       "serial": None if i.serial is None else f"{i.serial:x}",
-                       "revoked": i.revoked, "password_hash": i.password_hash}
+                name: {
+                    "role": i.role,
+                    "serial": None if i.serial is None else f"{i.serial:x}",
+                    "revoked": i.revoked,
+                    "password_hash": i.password_hash,
+                }
                 for name, i in sorted(self.identities.items())
             },
-            "revocations": [{"serial": f"{s:x}", "identity": n, "revoked_at": t.isoformat()}
-                            for s, n, t in self.revocations],
+            "revocations": [
+                {"serial": f"{s:x}", "identity": n, "revoked_at": t.isoformat()}
+                for s, n, t in self.revocations
+            ],
         }
         return (json.dumps(raw, indent=2) + "\n").encode()
 
@@ -214,23 +236,34 @@ def provision(config_path: Path, out_dir: Path) -> ProvisionReport:  # noqa: C90
     state = _State.load(state_path)
     if state is None:
         if (out / "ca" / "ca.key").exists():
-            raise ProvisionError(f"{out} holds a CA but no state.json: restore state.json "
-                                 "or provision into an empty directory")
+            raise ProvisionError(
+                f"{out} holds a CA but no state.json: restore state.json "
+                "or provision into an empty directory"
+            )
         state = _State(federation=cfg.federation)
     elif state.federation != cfg.federation:
-        raise ProvisionError(f"{out} belongs to federation {state.federation!r}, not "
-                             f"{cfg.federation!r}: use another output directory")
+        raise ProvisionError(
+            f"{out} belongs to federation {state.federation!r}, not "
+            f"{cfg.federation!r}: use another output directory"
+        )
     wanted = cfg.identities()
     for name in cfg.unlisted_revoked():
         if name not in state.identities:
             # Not a silent no-op: a typo here would leave the real identity trusted.
-            raise ProvisionError(f"revoked identity {name!r} is neither listed nor was it "
-                                 "ever provisioned here: check the spelling")
+            raise ProvisionError(
+                f"revoked identity {name!r} is neither listed nor was it "
+                "ever provisioned here: check the spelling"
+            )
         wanted[name] = (state.identities[name].role, True)
     _check_identities(wanted, state)
 
-    for sub, mode in (("ca", 0o700), ("signing", 0o700), ("identities", 0o755),
-                      ("mosquitto", 0o755), ("mosquitto/data", 0o755)):
+    for sub, mode in (
+        ("ca", 0o700),
+        ("signing", 0o700),
+        ("identities", 0o755),
+        ("mosquitto", 0o755),
+        ("mosquitto/data", 0o755),
+    ):
         w.mkdir(out / sub, mode)
     if cfg.plant_brokers:
         w.mkdir(out / "plant-brokers", 0o755)
@@ -283,11 +316,13 @@ def _check_identities(wanted: dict[str, tuple[Role, bool]], state: _State) -> No
                 continue
             raise ProvisionError(
                 f"identity {name!r} was provisioned before and is missing from the "
-                f"federation file: list it in `revoked` to retire it")
+                f"federation file: list it in `revoked` to retire it"
+            )
         if wanted[name][0] != known.role:
             raise ProvisionError(
                 f"identity {name!r} was provisioned as {known.role}, now listed as "
-                f"{wanted[name][0]}: revoke it and give the new role another id")
+                f"{wanted[name][0]}: revoke it and give the new role another id"
+            )
 
 
 def _certificate_authority(cfg: FederationFile, out: Path, w: _Writer) -> pki.CertificateAuthority:
@@ -295,8 +330,10 @@ def _certificate_authority(cfg: FederationFile, out: Path, w: _Writer) -> pki.Ce
     if key_file.exists() and cert_file.exists():
         return pki.CertificateAuthority.load(key_file, cert_file)
     if key_file.exists() or cert_file.exists():
-        raise ProvisionError(f"only one of {key_file} and {cert_file} exists: restore the "
-                             "other (re-creating the CA would invalidate every identity)")
+        raise ProvisionError(
+            f"only one of {key_file} and {cert_file} exists: restore the "
+            "other (re-creating the CA would invalidate every identity)"
+        )
     ca = pki.CertificateAuthority.create(cfg.federation, cfg.pki.ca_days)
     w.put(key_file, pki.key_pem(ca.key), private=True)
     w.put(cert_file, pki.cert_pem(ca.cert), private=False)
@@ -316,8 +353,13 @@ def _signing_key(out: Path, w: _Writer) -> bytes:
     return key_file.read_bytes()
 
 
-def _server_certificate(names: list[str], cfg: FederationFile, ca: pki.CertificateAuthority,
-                        broker_dir: Path, w: _Writer) -> None:
+def _server_certificate(
+    names: list[str],
+    cfg: FederationFile,
+    ca: pki.CertificateAuthority,
+    broker_dir: Path,
+    w: _Writer,
+) -> None:
     """A broker's key and certificate (SANs = ``names``), and the CA beside them."""
     key_file, cert_file = broker_dir / "server.key", broker_dir / "server.pem"
     if key_file.exists():
@@ -338,12 +380,14 @@ def _check_sizes_and_hosts(cfg: FederationFile, report: ProvisionReport) -> None
     if limit < cfg.model_message_bytes:
         report.warnings.append(
             f"message_size_limit {limit} is below model_message_bytes "
-            f"{cfg.model_message_bytes}: the brokers would drop every model")
+            f"{cfg.model_message_bytes}: the brokers would drop every model"
+        )
     for host in (cfg.broker.hosts[0], *(p.hosts[0] for p in cfg.plant_brokers)):
         if host == "example" or host.endswith(".example"):
             report.warnings.append(
                 f"broker host {host!r} is a placeholder (.example): its clients' configs "
-                "point there; put the broker's real name first in its `hosts` and re-run")
+                "point there; put the broker's real name first in its `hosts` and re-run"
+            )
 
 
 def _bundle(out: Path, name: str, role: Role) -> Path:
@@ -351,8 +395,9 @@ def _bundle(out: Path, name: str, role: Role) -> Path:
     return out / ("plant-brokers" if role == "bridge" else "identities") / name
 
 
-def _issue(name: str, role: Role, ca: pki.CertificateAuthority, cfg: FederationFile, out: Path,
-           w: _Writer) -> _Identity:
+def _issue(
+    name: str, role: Role, ca: pki.CertificateAuthority, cfg: FederationFile, out: Path, w: _Writer
+) -> _Identity:
     bundle = _bundle(out, name, role)
     w.mkdir(bundle, 0o700)
     key = pki.new_key()
@@ -364,8 +409,16 @@ def _issue(name: str, role: Role, ca: pki.CertificateAuthority, cfg: FederationF
     return _Identity(role=role, serial=cert.serial_number)
 
 
-def _identity_files(name: str, entry: _Identity, cfg: FederationFile, out: Path, w: _Writer,
-                    signing_key: bytes, needs_passwords: bool, report: ProvisionReport) -> None:
+def _identity_files(
+    name: str,
+    entry: _Identity,
+    cfg: FederationFile,
+    out: Path,
+    w: _Writer,
+    signing_key: bytes,
+    needs_passwords: bool,
+    report: ProvisionReport,
+) -> None:
     bundle = _bundle(out, name, entry.role)
     w.mkdir(bundle, 0o700)
     w.put(bundle / "ca.pem", (out / "ca" / "ca.pem").read_bytes(), private=False)
@@ -378,7 +431,8 @@ def _identity_files(name: str, entry: _Identity, cfg: FederationFile, out: Path,
         if not (bundle / f"{name}{suffix}").exists():
             report.warnings.append(
                 f"{bundle / (name + suffix)} is missing; it is never re-created (that would "
-                f"leave two valid certificates): restore it, or revoke {name} and re-issue")
+                f"leave two valid certificates): restore it, or revoke {name} and re-issue"
+            )
 
     password: str | None = None
     password_path = bundle / "password"
@@ -389,8 +443,10 @@ def _identity_files(name: str, entry: _Identity, cfg: FederationFile, out: Path,
             password = generate_password()
             w.put(password_path, (password + "\n").encode(), private=True)
         else:
-            report.warnings.append(f"{password_path} is missing; its hash stays in the broker's "
-                                   f"password file, but {name}'s config cannot be rendered")
+            report.warnings.append(
+                f"{password_path} is missing; its hash stays in the broker's "
+                f"password file, but {name}'s config cannot be rendered"
+            )
         if password is not None and entry.password_hash is None:
             entry.password_hash = hash_password(password)
     if entry.role == "bridge":
@@ -407,8 +463,11 @@ def _identity_files(name: str, entry: _Identity, cfg: FederationFile, out: Path,
         if password is None:
             return
         values += [("username", name), ("password", password)]
-    values += [("ca_file", root / "ca.pem"), ("cert_file", root / f"{name}.pem"),
-               ("key_file", root / f"{name}.key")]
+    values += [
+        ("ca_file", root / "ca.pem"),
+        ("cert_file", root / f"{name}.pem"),
+        ("key_file", root / f"{name}.key"),
+    ]
     if entry.role == "coordinator":
         values.append(("model_signing_key", root / "model_signing.key"))
     elif entry.role in ("agent", "consumer"):
@@ -420,8 +479,9 @@ def _identity_files(name: str, entry: _Identity, cfg: FederationFile, out: Path,
     w.put(bundle / CONFIG_NAMES[entry.role], text.encode(), private=True)
 
 
-def _crl(cfg: FederationFile, state: _State, ca: pki.CertificateAuthority, out: Path,
-         w: _Writer) -> None:
+def _crl(
+    cfg: FederationFile, state: _State, ca: pki.CertificateAuthority, out: Path, w: _Writer
+) -> None:
     crl_file = out / "ca" / "crl.pem"
     serials = {s for s, _, _ in state.revocations}
     # ECDSA signatures differ on every signing: re-sign only when the list changes.
@@ -431,34 +491,55 @@ def _crl(cfg: FederationFile, state: _State, ca: pki.CertificateAuthority, out: 
     w.put(out / "mosquitto" / "crl.pem", crl_file.read_bytes(), private=False)
 
 
-def _broker_files(cfg: FederationFile, state: _State, out: Path, w: _Writer,
-                  needs_passwords: bool) -> None:
+def _broker_files(
+    cfg: FederationFile, state: _State, out: Path, w: _Writer, needs_passwords: bool
+) -> None:
     broker = out / "mosquitto"
     root = cfg.broker.install_dir or broker
-    active: dict[Role, list[str]] = {r: [] for r in ("coordinator", "admin", "agent",
-                                                     "consumer", "bridge")}
+    active: dict[Role, list[str]] = {
+        r: [] for r in ("coordinator", "admin", "agent", "consumer", "bridge")
+    }
     for name, entry in state.identities.items():
         if not entry.revoked:
             active[entry.role].append(name)
-    bridges = {p.id: _active(p.agents, state) for p in cfg.plant_brokers
-               if p.id in active["bridge"]}
-    w.put(broker / "acl", acl_text(cfg.federation, coordinators=active["coordinator"],
-                                   admins=active["admin"], agents=active["agent"],
-                                   consumers=active["consumer"], bridges=bridges).encode(),
-          private=True)
+    bridges = {
+        p.id: _active(p.agents, state) for p in cfg.plant_brokers if p.id in active["bridge"]
+    }
+    w.put(
+        broker / "acl",
+        acl_text(
+            cfg.federation,
+            coordinators=active["coordinator"],
+            admins=active["admin"],
+            agents=active["agent"],
+            consumers=active["consumer"],
+            bridges=bridges,
+        ).encode(),
+        private=True,
+    )
     if needs_passwords:
-        hashes = {n: e.password_hash for n, e in state.identities.items()
-                  if not e.revoked and e.password_hash is not None}
+        hashes = {
+            n: e.password_hash
+            for n, e in state.identities.items()
+            if not e.revoked and e.password_hash is not None
+        }
         w.put(broker / "passwd", password_file(hashes).encode(), private=True)
     conf = secure_config(
-        tls_port=cfg.broker.tls_port, tls_bind=cfg.broker.tls_bind,
+        tls_port=cfg.broker.tls_port,
+        tls_bind=cfg.broker.tls_bind,
         plain_port=cfg.broker.plain_port,
-        ca_file=root / "ca.pem", cert_file=root / "server.pem", key_file=root / "server.key",
-        crl_file=root / "crl.pem", acl_file=root / "acl", data_dir=root / "data",
+        ca_file=root / "ca.pem",
+        cert_file=root / "server.pem",
+        key_file=root / "server.key",
+        crl_file=root / "crl.pem",
+        acl_file=root / "acl",
+        data_dir=root / "data",
         password_file=root / "passwd" if needs_passwords else None,
         require_certificate=cfg.auth == "certificates",
         # Every agent reaches the coordinator through this broker, bridged or not.
-        sizing=cfg.sizing(len(active["agent"])), user=cfg.broker.user)
+        sizing=cfg.sizing(len(active["agent"])),
+        user=cfg.broker.user,
+    )
     w.put(broker / "mosquitto.conf", conf.encode(), private=False)
 
 
@@ -466,9 +547,15 @@ def _active(names: list[str], state: _State) -> list[str]:
     return [n for n in names if not state.identities[n].revoked]
 
 
-def _plant_broker_files(plant: PlantBrokerSpec, cfg: FederationFile, state: _State,
-                        ca: pki.CertificateAuthority, out: Path, w: _Writer,
-                        report: ProvisionReport) -> None:
+def _plant_broker_files(
+    plant: PlantBrokerSpec,
+    cfg: FederationFile,
+    state: _State,
+    ca: pki.CertificateAuthority,
+    out: Path,
+    w: _Writer,
+    report: ProvisionReport,
+) -> None:
     """A plant broker's bundle: its listener for its agents, and its bridge to the centre."""
     bundle = _bundle(out, plant.id, "bridge")
     root = plant.install_dir or bundle
@@ -483,22 +570,36 @@ def _plant_broker_files(plant: PlantBrokerSpec, cfg: FederationFile, state: _Sta
         hashes = {a: h for a in agents if (h := state.identities[a].password_hash) is not None}
         w.put(bundle / "passwd", password_file(hashes).encode(), private=True)
         if not (bundle / "password").exists():
-            report.warnings.append(f"{bundle / 'mosquitto.conf'} not written: the bridge's "
-                                   "password file is missing")
+            report.warnings.append(
+                f"{bundle / 'mosquitto.conf'} not written: the bridge's password file is missing"
+            )
             return
         bridge_password = (bundle / "password").read_text().strip()
     conf = secure_config(
-        tls_port=plant.tls_port, tls_bind=plant.tls_bind,
-        ca_file=root / "ca.pem", cert_file=root / "server.pem", key_file=root / "server.key",
-        crl_file=root / "crl.pem", acl_file=root / "acl", data_dir=root / "data",
+        tls_port=plant.tls_port,
+        tls_bind=plant.tls_bind,
+        ca_file=root / "ca.pem",
+        cert_file=root / "server.pem",
+        key_file=root / "server.key",
+        crl_file=root / "crl.pem",
+        acl_file=root / "acl",
+        data_dir=root / "data",
         password_file=root / "passwd" if passwords else None,
-        require_certificate=not passwords, sizing=cfg.sizing(len(agents)),
-        user=cfg.broker.user)
+        require_certificate=not passwords,
+        sizing=cfg.sizing(len(agents)),
+        user=cfg.broker.user,
+    )
     conf += "\n" + bridge_config(
-        cfg.federation, bridge_id=plant.id, agents=agents, host=cfg.broker.hosts[0],
-        port=cfg.broker.tls_port, ca_file=root / "ca.pem",
+        cfg.federation,
+        bridge_id=plant.id,
+        agents=agents,
+        host=cfg.broker.hosts[0],
+        port=cfg.broker.tls_port,
+        ca_file=root / "ca.pem",
         cert_file=None if passwords else root / f"{plant.id}.pem",
-        key_file=None if passwords else root / f"{plant.id}.key", password=bridge_password)
+        key_file=None if passwords else root / f"{plant.id}.key",
+        password=bridge_password,
+    )
     # Private: in password mode it holds the bridge's password.
     w.put(bundle / "mosquitto.conf", conf.encode(), private=True)
 
@@ -511,17 +612,31 @@ def _chown_broker_files(cfg: FederationFile, out: Path, report: ProvisionReport)
     try:
         user = pwd.getpwnam(cfg.broker.user)
     except KeyError:
-        report.warnings.append(f"user {cfg.broker.user!r} does not exist here: chown "
-                               f"{out / 'mosquitto'} (and plant-brokers/*) to the broker's "
-                               "user where it runs")
+        report.warnings.append(
+            f"user {cfg.broker.user!r} does not exist here: chown "
+            f"{out / 'mosquitto'} (and plant-brokers/*) to the broker's "
+            "user where it runs"
+        )
         return
     broker = out / "mosquitto"
     paths = [broker / n for n in ("data", "server.key", "acl", "passwd")]
     for plant in cfg.plant_brokers:
         bundle = _bundle(out, plant.id, "bridge")
-        paths += [bundle, *(bundle / n for n in ("data", "server.key", "acl", "passwd",
-                                                  "mosquitto.conf", f"{plant.id}.key",
-                                                  "password"))]
+        paths += [
+            bundle,
+            *(
+                bundle / n
+                for n in (
+                    "data",
+                    "server.key",
+                    "acl",
+                    "passwd",
+                    "mosquitto.conf",
+                    f"{plant.id}.key",
+                    "password",
+                )
+            ),
+        ]
     for path in paths:
         if path.exists():
             os.chown(path, user.pw_uid, user.pw_gid)
@@ -532,10 +647,20 @@ def _chown_broker_files(cfg: FederationFile, out: Path, report: ProvisionReport)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``alchimia provision``."""
-    parser.add_argument("--config", required=True, type=Path, metavar="FEDERATION_FILE",
-                        help="federation file (TOML), see deploy/federation.example.toml")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
-                        help="output directory; re-use it for later runs (it keeps the CA)")
+    parser.add_argument(
+        "--config",
+        required=True,
+        type=Path,
+        metavar="FEDERATION_FILE",
+        help="federation file (TOML), see deploy/federation.example.toml",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="output directory; re-use it for later runs (it keeps the CA)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,8 +30,13 @@ DEFAULT_WINDOW = 200
 class Calibration:
     """Signed residuals of one serving model per target, newest last (module doc)."""
 
-    def __init__(self, targets: Sequence[str], level: float = DEFAULT_LEVEL,
-                 window: int = DEFAULT_WINDOW, version: int | None = None) -> None:
+    def __init__(
+        self,
+        targets: Sequence[str],
+        level: float = DEFAULT_LEVEL,
+        window: int = DEFAULT_WINDOW,
+        version: int | None = None,
+    ) -> None:
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must be in (0, 1), got {level}")
         if window < 1:
@@ -53,7 +58,7 @@ class Calibration:
         if r.shape[1] != len(self.targets):
             raise ValueError(f"expected {len(self.targets)} targets, got {r.shape[1]}")
         r = r[np.isfinite(r).all(axis=1)]
-        self._res = np.concatenate([self._res, r])[-self.window:]
+        self._res = np.concatenate([self._res, r])[-self.window :]
 
     @property
     def n(self) -> int:
@@ -81,8 +86,11 @@ class Calibration:
             out = np.sort(self._res, axis=0)[k - 1]
         return out
 
-    def interval(self, pred: np.ndarray, level: float | None = None,
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def interval(
+        self,
+        pred: np.ndarray,
+        level: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper bounds for predictions ``pred`` ([batch, targets]) at ``level``
         (default: this calibration's); infinite where too few heats are held."""
         alpha = 1.0 - (self.level if level is None else level)
@@ -106,9 +114,13 @@ class Calibration:
 
     # -- files and messages (plain JSON: any language can read it)
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "level": self.level, "window": self.window,
-                "targets": list(self.targets),
-                "residuals": {t: self._res[:, i].tolist() for i, t in enumerate(self.targets)}}
+        return {
+            "version": self.version,
+            "level": self.level,
+            "window": self.window,
+            "targets": list(self.targets),
+            "residuals": {t: self._res[:, i].tolist() for i, t in enumerate(self.targets)},
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
@@ -116,6 +128,7 @@ class Calibration:
         cols = [np.asarray(data["residuals"][t], np.float64) for t in cal.targets]
         if len({len(c) for c in cols}) > 1:
             raise ValueError("calibration residuals differ in length between targets")
-        cal._res = (np.stack(cols, axis=1) if cols and len(cols[0])
-                    else np.empty((0, len(cal.targets))))[-cal.window:]
+        cal._res = (
+            np.stack(cols, axis=1) if cols and len(cols[0]) else np.empty((0, len(cal.targets)))
+        )[-cal.window :]
         return cal

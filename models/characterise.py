@@ -55,8 +55,15 @@ from alchimia.models.spec import ModelSpec
 ARCHITECTURE: Final = hl.ARCHITECTURE
 ELEMENTS = hl.ELEMENT_TARGETS  # cu_pct .. mo_pct
 PROPERTIES = ("yield", *ELEMENTS, "energy_kwh_per_t")
-PROPERTY_LABELS = {"yield": "yield t/t", "cu_pct": "Cu %", "sn_pct": "Sn %", "ni_pct": "Ni %",
-                   "cr_pct": "Cr %", "mo_pct": "Mo %", "energy_kwh_per_t": "kWh per t"}
+PROPERTY_LABELS = {
+    "yield": "yield t/t",
+    "cu_pct": "Cu %",
+    "sn_pct": "Sn %",
+    "ni_pct": "Ni %",
+    "cr_pct": "Cr %",
+    "mo_pct": "Mo %",
+    "energy_kwh_per_t": "kWh per t",
+}
 DEFAULT_LEVEL = 0.9
 
 # Prior standard deviations of the Laplace approximation (docs/CHARACTERISATION.md). They
@@ -84,12 +91,15 @@ _LOG_HEEL_PRIOR = np.log([TARGET_REFERENCE[t][0] for t in ELEMENTS])
 
 
 def architecture_error(architecture: str) -> ValueError:
-    return ValueError(f"characterisation needs the physics-structured model {ARCHITECTURE} "
-                      f"(its grade yields and contents are parameters); this model is "
-                      f"{architecture}, a network whose weights describe no grade")
+    return ValueError(
+        f"characterisation needs the physics-structured model {ARCHITECTURE} "
+        f"(its grade yields and contents are parameters); this model is "
+        f"{architecture}, a network whose weights describe no grade"
+    )
 
 
 # -- reading a model --------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -109,13 +119,15 @@ def load_model(path: Path) -> LoadedModel:
     directory = path.parent if path.suffix == ".onnx" else path
     if (directory / INFO_FILE).is_file():
         served = load_served(path)
-        return LoadedModel(served.predictor.onnx_bytes, served.spec, served.version,
-                           served.power_on, str(path))
+        return LoadedModel(
+            served.predictor.onnx_bytes, served.spec, served.version, served.power_on, str(path)
+        )
     if path.suffix == ".onnx" and path.is_file():
         data = path.read_bytes()
         return LoadedModel(data, spec_from_onnx(data), None, None, str(path))
-    raise FileNotFoundError(f"{path}: expected a site's serving directory (model.onnx and "
-                            f"model.json) or an .onnx file")
+    raise FileNotFoundError(
+        f"{path}: expected a site's serving directory (model.onnx and model.json) or an .onnx file"
+    )
 
 
 def _initializers(onnx_bytes: bytes) -> dict[str, np.ndarray]:
@@ -133,8 +145,10 @@ def spec_from_onnx(onnx_bytes: bytes) -> ModelSpec:
     if "layers.0.weight" in inits:
         raise architecture_error("mlp-v1")
     if "linear_shared" not in inits and "yield_shared" not in inits:
-        raise ValueError("this ONNX file is not a model of this project (no eaf-hybrid-v1 "
-                         "or mlp-v1 tensors): pass the site's serving directory")
+        raise ValueError(
+            "this ONNX file is not a model of this project (no eaf-hybrid-v1 "
+            "or mlp-v1 tensors): pass the site's serving directory"
+        )
     hidden, i = [], 0
     while f"residual_w{i + 1}" in inits:
         hidden.append(int(inits[f"residual_w{i}"].shape[0]))
@@ -156,8 +170,11 @@ def _probe_rows(n: int = 48, seed: int = 0) -> np.ndarray:
     return x
 
 
-def read_weights(onnx_bytes: bytes, spec: ModelSpec, tolerance: float = 1e-3,
-                 ) -> dict[str, np.ndarray]:
+def read_weights(
+    onnx_bytes: bytes,
+    spec: ModelSpec,
+    tolerance: float = 1e-3,
+) -> dict[str, np.ndarray]:
     """Every trainable tensor of an ``eaf-hybrid-v1`` ONNX file (shared and site), float64.
 
     ``models.onnx_build`` writes each tensor as an initializer under its own name. The
@@ -172,24 +189,30 @@ def read_weights(onnx_bytes: bytes, spec: ModelSpec, tolerance: float = 1e-3,
     weights: dict[str, np.ndarray] = {}
     for name, (shape, _part) in spec.tensor_parts().items():
         if name not in inits:
-            raise ValueError(f"{name} is missing from the ONNX file: not a model built by "
-                             "this project's models.onnx_build (a serving file from before "
-                             "it is rewritten at the agent's next model swap)")
+            raise ValueError(
+                f"{name} is missing from the ONNX file: not a model built by "
+                "this project's models.onnx_build (a serving file from before "
+                "it is rewritten at the agent's next model swap)"
+            )
         if tuple(inits[name].shape) != shape:
-            raise ValueError(f"{name}: shape {inits[name].shape} in the ONNX file, "
-                             f"{shape} in the spec")
+            raise ValueError(
+                f"{name}: shape {inits[name].shape} in the ONNX file, {shape} in the spec"
+            )
         weights[name] = inits[name].astype(np.float64)
     x = _probe_rows()
     expected = OnnxPredictor(onnx_bytes).predict(x).astype(np.float64)
     scale = np.maximum(np.abs(expected), np.asarray(spec.y_scale))
     err = float(np.max(np.abs(forward(weights, spec, x) - expected) / scale))
     if not err <= tolerance:
-        raise ValueError(f"the ONNX graph does not compute {ARCHITECTURE} as documented "
-                         f"(docs/PROTOCOL.md): numpy and ONNX Runtime differ by {err:.1e}")
+        raise ValueError(
+            f"the ONNX graph does not compute {ARCHITECTURE} as documented "
+            f"(docs/PROTOCOL.md): numpy and ONNX Runtime differ by {err:.1e}"
+        )
     return weights
 
 
 # -- the model in numpy -----------------------------------------------------------------
+
 
 def _w(weights: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
     value = weights.get(name)
@@ -214,26 +237,43 @@ def _balance(weights: Mapping[str, np.ndarray], x: np.ndarray) -> _Balance:
     def col(name: str) -> np.ndarray:
         return x[:, _COL[name]]
 
-    terms = np.column_stack([
-        charges / charged[:, None], charged / metal - 1.0, 1e3 * col("lime_t") / metal,
-        col("carbon_kg") / metal, col("oxygen_nm3") / metal, col("gas_nm3") / metal,
-        heel / metal, col("power_on_min"), col("power_off_min"),
-        col("tap_temp_aim_c") - 1600.0, col("power_on_min") / metal])
+    terms = np.column_stack(
+        [
+            charges / charged[:, None],
+            charged / metal - 1.0,
+            1e3 * col("lime_t") / metal,
+            col("carbon_kg") / metal,
+            col("oxygen_nm3") / metal,
+            col("gas_nm3") / metal,
+            heel / metal,
+            col("power_on_min"),
+            col("power_off_min"),
+            col("tap_temp_aim_c") - 1600.0,
+            col("power_on_min") / metal,
+        ]
+    )
     return _Balance(charges, heel, metal, (terms - _TERM_CENTER) / _TERM_SCALE)
 
 
 def _heel_pct(weights: Mapping[str, np.ndarray]) -> np.ndarray:
-    return np.exp(_LOG_HEEL_PRIOR + _w(weights, "heel_pct_shared", (hl.E,))
-                  + _w(weights, "heel_pct_site", (hl.E,)))
+    return np.exp(
+        _LOG_HEEL_PRIOR
+        + _w(weights, "heel_pct_shared", (hl.E,))
+        + _w(weights, "heel_pct_site", (hl.E,))
+    )
 
 
-def _last_hidden(weights: Mapping[str, np.ndarray], spec: ModelSpec, x: np.ndarray,
-                 ) -> np.ndarray:
+def _last_hidden(
+    weights: Mapping[str, np.ndarray],
+    spec: ModelSpec,
+    x: np.ndarray,
+) -> np.ndarray:
     """The residual network's last hidden layer (its output layer's input) on ``x``."""
     h = (x - np.asarray(spec.x_center)) / np.asarray(spec.x_scale)
     for i in range(len(spec.hidden)):
-        h = np.maximum(h @ np.asarray(weights[f"residual_w{i}"], np.float64).T
-                       + weights[f"residual_b{i}"], 0.0)
+        h = np.maximum(
+            h @ np.asarray(weights[f"residual_w{i}"], np.float64).T + weights[f"residual_b{i}"], 0.0
+        )
     return h
 
 
@@ -243,30 +283,37 @@ def forward(weights: Mapping[str, np.ndarray], spec: ModelSpec, x: np.ndarray) -
     x = np.atleast_2d(np.asarray(x, np.float64))
     b = _balance(weights, x)
     last = len(spec.hidden)
-    h = (_last_hidden(weights, spec, x) @ np.asarray(weights[f"residual_w{last}"]).T
-         + weights[f"residual_b{last}"])
+    h = (
+        _last_hidden(weights, spec, x) @ np.asarray(weights[f"residual_w{last}"]).T
+        + weights[f"residual_b{last}"]
+    )
     bias = _w(weights, "bias_shared", (hl.C,)) + _w(weights, "bias_site", (hl.C,))
-    linear = (_w(weights, "linear_shared", (hl.L, hl.K))
-              + _w(weights, "linear_site", (hl.L, hl.K)))
+    linear = _w(weights, "linear_shared", (hl.L, hl.K)) + _w(weights, "linear_site", (hl.L, hl.K))
     lin = b.tn @ linear.T + h
     yc, ys = np.asarray(spec.y_center), np.asarray(spec.y_scale)
     e, t = _OUT["energy_kwh_t"], _OUT["tap_temp_c"]
     out = np.empty((len(x), len(TARGETS)))
     out[:, e] = yc[e] + ys[e] * (bias[0] + lin[:, 0])
     out[:, t] = x[:, _COL["tap_temp_aim_c"]] + ys[t] * (bias[2] + lin[:, 1])
-    out[:, _OUT["tapped_t"]] = (b.metal + _w(weights, "heel_coef", (1,))[0]
-                                * (b.heel - hl.HEEL_REFERENCE_T)
-                                + ys[_OUT["tapped_t"]] * bias[1])
+    out[:, _OUT["tapped_t"]] = (
+        b.metal
+        + _w(weights, "heel_coef", (1,))[0] * (b.heel - hl.HEEL_REFERENCE_T)
+        + ys[_OUT["tapped_t"]] * bias[1]
+    )
     recovery = np.exp(b.tn[:, _O2_TERM, None] * _w(weights, "recovery_o2", (hl.E,)))
-    elements = (recovery * (b.charges @ hl.grade_contents(weights))
-                + b.heel[:, None] * _heel_pct(weights)) / (b.metal + b.heel)[:, None]
+    elements = (
+        recovery * (b.charges @ hl.grade_contents(weights)) + b.heel[:, None] * _heel_pct(weights)
+    ) / (b.metal + b.heel)[:, None]
     for j, name in enumerate(ELEMENTS):
         out[:, _OUT[name]] = elements[:, j]
     return out
 
 
-def scope_weights(weights: Mapping[str, np.ndarray], spec: ModelSpec, scope: str,
-                  ) -> dict[str, np.ndarray]:
+def scope_weights(
+    weights: Mapping[str, np.ndarray],
+    spec: ModelSpec,
+    scope: str,
+) -> dict[str, np.ndarray]:
     """``site``: the weights as served; ``global``: the site tensors set to zero (the
     federation's model, what a site that has learned nothing of its own would serve)."""
     if scope not in ("site", "global"):
@@ -279,6 +326,7 @@ def scope_weights(weights: Mapping[str, np.ndarray], spec: ModelSpec, scope: str
 
 
 # -- heats ------------------------------------------------------------------------------
+
 
 def read_heat_table(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A heat table CSV: one row per heat in time order, one column per model feature and
@@ -296,13 +344,13 @@ def read_heat_table(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 f"{path}: missing columns {missing}. The heat table needs every model "
                 f"input and outcome: the CSV replay's heats.csv plus what heat assembly "
                 f"computes from signals.csv (carbon_kg, oxygen_nm3, gas_nm3, power_on_min, "
-                f"power_off_min, energy_kwh_t); docs/CHARACTERISATION.md")
+                f"power_off_min, energy_kwh_t); docs/CHARACTERISATION.md"
+            )
         xs, ys = [], []
         for raw in reader:
             row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
             try:
-                x = [float(row.get(c) or 0.0) if c in optional else float(row[c])
-                     for c in FEATURES]
+                x = [float(row.get(c) or 0.0) if c in optional else float(row[c]) for c in FEATURES]
                 y = [float(row[c]) for c in TARGETS]
             except (KeyError, ValueError):
                 continue
@@ -328,6 +376,7 @@ def write_heat_table(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
 
 # -- the Laplace approximation -----------------------------------------------------------
 
+
 def _autocorrelation_factor(r: np.ndarray) -> float:
     """Variance inflation for AR(1)-correlated residuals, ``(1 + rho) / (1 - rho)`` with
     ``rho`` the lag-1 autocorrelation in heat order (>= 1; capped at 10)."""
@@ -347,9 +396,12 @@ class _Block:
     inflation: float
 
 
-def _laplace(theta: np.ndarray, resid_jac: Callable[[np.ndarray], tuple[np.ndarray,
-                                                                        np.ndarray]],
-             prior_sd: np.ndarray, iterations: int = 1) -> _Block:
+def _laplace(
+    theta: np.ndarray,
+    resid_jac: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    prior_sd: np.ndarray,
+    iterations: int = 1,
+) -> _Block:
     """Gaussian posterior of one block's parameters given the heats (module doc).
 
     The prior is centred on the model's values ``theta`` with ``prior_sd``; the likelihood
@@ -379,6 +431,7 @@ def _laplace(theta: np.ndarray, resid_jac: Callable[[np.ndarray], tuple[np.ndarr
 
 # -- results ----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Estimate:
     """One learned property (module doc): ``value`` is what the model serves; ``fit`` and
@@ -395,9 +448,15 @@ class Estimate:
 
     def to_dict(self) -> dict[str, float | bool | None]:
         out: dict[str, float | bool | None] = {
-            k: (None if math.isnan(v) else v) for k, v in
-            (("value", self.value), ("lo", self.lo), ("hi", self.hi), ("sd", self.sd),
-             ("fit", self.fit))}
+            k: (None if math.isnan(v) else v)
+            for k, v in (
+                ("value", self.value),
+                ("lo", self.lo),
+                ("hi", self.hi),
+                ("sd", self.sd),
+                ("fit", self.fit),
+            )
+        }
         out["flagged"] = self.flagged
         return out
 
@@ -412,9 +471,14 @@ class Estimate:
         """Interval ``fit exp(+-z sd_log)``, widened to contain ``value``; ``sd`` in the
         property's units (of the lognormal)."""
         lo, hi = fit * math.exp(-z * sd_log), fit * math.exp(z * sd_log)
-        return cls(value, min(lo, value), max(hi, value),
-                   fit * math.exp(sd_log ** 2 / 2) * math.sqrt(math.expm1(sd_log ** 2)), fit,
-                   not lo <= value <= hi)
+        return cls(
+            value,
+            min(lo, value),
+            max(hi, value),
+            fit * math.exp(sd_log**2 / 2) * math.sqrt(math.expm1(sd_log**2)),
+            fit,
+            not lo <= value <= hi,
+        )
 
 
 @dataclass(frozen=True)
@@ -450,20 +514,31 @@ class Characterisation:
             return None if isinstance(v, float) and math.isnan(v) else v
 
         return {
-            "scope": self.scope, "level": self.level, "version": self.version,
-            "source": self.source, "n_heats": self.n_heats,
-            "units": {"yield": "t metal per t charged",
-                      **{e: "% of the charged mass: wt% x recovery at 35 Nm3 O2 per t"
-                         for e in ELEMENTS},
-                      "energy_kwh_per_t": "kWh per heat per t of the grade replacing 1 t of "
-                                          "the average charge (power-on time re-planned)"},
-            "residual_sd": self.residual_sd, "autocorrelation_inflation": self.inflation,
-            "recovery_factor_at_site_o2": self.recovery_factor, "power_on": self.power_on,
+            "scope": self.scope,
+            "level": self.level,
+            "version": self.version,
+            "source": self.source,
+            "n_heats": self.n_heats,
+            "units": {
+                "yield": "t metal per t charged",
+                **{e: "% of the charged mass: wt% x recovery at 35 Nm3 O2 per t" for e in ELEMENTS},
+                "energy_kwh_per_t": "kWh per heat per t of the grade replacing 1 t of "
+                "the average charge (power-on time re-planned)",
+            },
+            "residual_sd": self.residual_sd,
+            "autocorrelation_inflation": self.inflation,
+            "recovery_factor_at_site_o2": self.recovery_factor,
+            "power_on": self.power_on,
             "notes": self.notes,
-            "grades": [{"grade": g.grade, "mean_charge_t": num(g.mean_charge_t),
-                        "heats_charged": g.heats_charged,
-                        **{p: e.to_dict() for p, e in g.properties.items()}}
-                       for g in self.grades],
+            "grades": [
+                {
+                    "grade": g.grade,
+                    "mean_charge_t": num(g.mean_charge_t),
+                    "heats_charged": g.heats_charged,
+                    **{p: e.to_dict() for p, e in g.properties.items()},
+                }
+                for g in self.grades
+            ],
         }
 
     def write_json(self, path: Path) -> Path:
@@ -492,8 +567,14 @@ class Characterisation:
                 row = [self.scope, g.grade, cell(g.mean_charge_t), g.heats_charged]
                 for p in PROPERTIES:
                     e = g.properties[p]
-                    row += [cell(e.value), cell(e.lo), cell(e.hi), cell(e.sd), cell(e.fit),
-                            int(e.flagged)]
+                    row += [
+                        cell(e.value),
+                        cell(e.lo),
+                        cell(e.hi),
+                        cell(e.sd),
+                        cell(e.fit),
+                        int(e.flagged),
+                    ]
                 w.writerow(row)
         return path
 
@@ -501,10 +582,16 @@ class Characterisation:
         """Plain text, two blocks of one row per grade (yield, energy, Cu; then Sn, Ni,
         Cr, Mo): each property as ``value (lo..hi)``; ``!`` marks a property whose served
         value lies outside the heats' own interval (:attr:`Estimate.flagged`)."""
-        fmt = {"yield": "{:.3f}", "energy_kwh_per_t": "{:+.0f}",
-               **dict.fromkeys(ELEMENTS, "{:.3g}")}
-        bound = {"yield": "{:.3f}", "energy_kwh_per_t": "{:+.0f}",
-                 **dict.fromkeys(ELEMENTS, "{:.3g}")}
+        fmt = {
+            "yield": "{:.3f}",
+            "energy_kwh_per_t": "{:+.0f}",
+            **dict.fromkeys(ELEMENTS, "{:.3g}"),
+        }
+        bound = {
+            "yield": "{:.3f}",
+            "energy_kwh_per_t": "{:+.0f}",
+            **dict.fromkeys(ELEMENTS, "{:.3g}"),
+        }
 
         def cell(p: str, e: Estimate) -> str:
             if math.isnan(e.value):
@@ -515,20 +602,32 @@ class Characterisation:
             return text + ("!" if e.flagged else "")
 
         blocks = []
-        for props in (("yield", "energy_kwh_per_t", "cu_pct"),
-                      ("sn_pct", "ni_pct", "cr_pct", "mo_pct")):
+        for props in (
+            ("yield", "energy_kwh_per_t", "cu_pct"),
+            ("sn_pct", "ni_pct", "cr_pct", "mo_pct"),
+        ):
             head = ["grade", "t/heat", "heats", *(PROPERTY_LABELS[p] for p in props)]
-            rows = [[g.grade, "" if math.isnan(g.mean_charge_t) else f"{g.mean_charge_t:.1f}",
-                     str(g.heats_charged), *(cell(p, g.properties[p]) for p in props)]
-                    for g in self.grades]
+            rows = [
+                [
+                    g.grade,
+                    "" if math.isnan(g.mean_charge_t) else f"{g.mean_charge_t:.1f}",
+                    str(g.heats_charged),
+                    *(cell(p, g.properties[p]) for p in props),
+                ]
+                for g in self.grades
+            ]
             widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-            blocks.append("\n".join("  ".join(c.rjust(wd) for c, wd in
-                                              zip(r, widths, strict=True))
-                                    for r in [head, *rows]))
+            blocks.append(
+                "\n".join(
+                    "  ".join(c.rjust(wd) for c, wd in zip(r, widths, strict=True))
+                    for r in [head, *rows]
+                )
+            )
         return "\n\n".join(blocks)
 
 
 # -- characterisation -------------------------------------------------------------------
+
 
 def substituted(x0: np.ndarray, grade: int, tonnes: float) -> np.ndarray:
     """``x0`` with ``tonnes`` of its average charge replaced by as much of ``grade``."""
@@ -540,10 +639,16 @@ def substituted(x0: np.ndarray, grade: int, tonnes: float) -> np.ndarray:
     return x
 
 
-def characterise(onnx_bytes: bytes, spec: ModelSpec, x: np.ndarray | None = None,  # noqa: C901
-                 y: np.ndarray | None = None, power_on: PowerOnEstimate | None = None,
-                 scope: str = "site", level: float = DEFAULT_LEVEL,
-                 weights: Mapping[str, np.ndarray] | None = None) -> Characterisation:
+def characterise(  # noqa: C901
+    onnx_bytes: bytes,
+    spec: ModelSpec,
+    x: np.ndarray | None = None,
+    y: np.ndarray | None = None,
+    power_on: PowerOnEstimate | None = None,
+    scope: str = "site",
+    level: float = DEFAULT_LEVEL,
+    weights: Mapping[str, np.ndarray] | None = None,
+) -> Characterisation:
     """The learned properties of every grade (module doc) of the model ``onnx_bytes``.
 
     ``scope`` ``site``: the model as served (shared + site tensors); ``global``: the
@@ -557,8 +662,9 @@ def characterise(onnx_bytes: bytes, spec: ModelSpec, x: np.ndarray | None = None
         raise architecture_error(spec.architecture)
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    w = scope_weights(weights if weights is not None else read_weights(onnx_bytes, spec),
-                      spec, scope)
+    w = scope_weights(
+        weights if weights is not None else read_weights(onnx_bytes, spec), spec, scope
+    )
     yields, contents = hl.grade_yields(w), hl.grade_contents(w)
     nan = math.nan
     result = Characterisation(scope, level, [])
@@ -574,8 +680,9 @@ def characterise(onnx_bytes: bytes, spec: ModelSpec, x: np.ndarray | None = None
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     if x.shape[1:] != (len(FEATURES),) or y.shape != (len(x), len(TARGETS)):
-        raise ValueError(f"heats must be [n, {len(FEATURES)}] inputs and "
-                         f"[n, {len(TARGETS)}] outcomes")
+        raise ValueError(
+            f"heats must be [n, {len(FEATURES)}] inputs and [n, {len(TARGETS)}] outcomes"
+        )
     keep = np.isfinite(x).all(axis=1) & np.isfinite(y).all(axis=1)
     x, y = x[keep], y[keep]
     if len(x) < 2:
@@ -595,8 +702,11 @@ def characterise(onnx_bytes: bytes, spec: ModelSpec, x: np.ndarray | None = None
     def tapped_rj(th: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return resid[:, t_col] - jac_t @ (th - theta), jac_t
 
-    blk = _laplace(theta, tapped_rj, np.r_[np.full(n_grades, YIELD_PRIOR_SD),
-                                           HEEL_COEF_PRIOR_SD, TAPPED_BIAS_PRIOR_SD_T])
+    blk = _laplace(
+        theta,
+        tapped_rj,
+        np.r_[np.full(n_grades, YIELD_PRIOR_SD), HEEL_COEF_PRIOR_SD, TAPPED_BIAS_PRIOR_SD_T],
+    )
     yield_fit, yield_sd = blk.fit[:n_grades], np.sqrt(np.diag(blk.cov)[:n_grades])
     result.residual_sd["tapped_t"] = blk.sigma
     result.inflation["tapped_t"] = blk.inflation
@@ -611,19 +721,28 @@ def characterise(onnx_bytes: bytes, spec: ModelSpec, x: np.ndarray | None = None
     for j, name in enumerate(ELEMENTS):
         target = y[:, _OUT[name]]
 
-        def element_rj(th: np.ndarray, target: np.ndarray = target,
-                       ) -> tuple[np.ndarray, np.ndarray]:
-            per_grade = (np.exp(o2 * th[n_grades])[:, None] * b.charges
-                         * np.exp(th[:n_grades])[None, :] / denom[:, None])
+        def element_rj(
+            th: np.ndarray,
+            target: np.ndarray = target,
+        ) -> tuple[np.ndarray, np.ndarray]:
+            per_grade = (
+                np.exp(o2 * th[n_grades])[:, None]
+                * b.charges
+                * np.exp(th[:n_grades])[None, :]
+                / denom[:, None]
+            )
             heel_part = b.heel * np.exp(th[n_grades + 1]) / denom
             pred = per_grade.sum(axis=1) + heel_part
             jac = np.column_stack([per_grade, o2 * per_grade.sum(axis=1), heel_part])
             return target - pred, jac
 
         theta = np.r_[np.log(contents[:, j]), rec_o2[j], np.log(heel_pct[j])]
-        blk = _laplace(theta, element_rj, np.r_[np.full(n_grades, LOG_CONTENT_PRIOR_SD),
-                                                RECOVERY_O2_PRIOR_SD, LOG_HEEL_PRIOR_SD],
-                       GN_ITERATIONS)
+        blk = _laplace(
+            theta,
+            element_rj,
+            np.r_[np.full(n_grades, LOG_CONTENT_PRIOR_SD), RECOVERY_O2_PRIOR_SD, LOG_HEEL_PRIOR_SD],
+            GN_ITERATIONS,
+        )
         log_fit[:, j] = blk.fit[:n_grades]
         log_sd[:, j] = np.sqrt(np.diag(blk.cov)[:n_grades])
         result.residual_sd[name] = blk.sigma
@@ -635,8 +754,7 @@ def characterise(onnx_bytes: bytes, spec: ModelSpec, x: np.ndarray | None = None
     ys_e = spec.y_scale[_OUT["energy_kwh_t"]]
 
     def energy_jac(bal: _Balance, rows: np.ndarray) -> np.ndarray:
-        return ys_e * np.column_stack([np.ones(len(rows)), bal.tn,
-                                       _last_hidden(w, spec, rows)])
+        return ys_e * np.column_stack([np.ones(len(rows)), bal.tn, _last_hidden(w, spec, rows)])
 
     jac_e = energy_jac(b, x)
     e_col = _OUT["energy_kwh_t"]
@@ -645,8 +763,11 @@ def characterise(onnx_bytes: bytes, spec: ModelSpec, x: np.ndarray | None = None
         return resid[:, e_col] - jac_e @ th, jac_e
 
     n_hidden = jac_e.shape[1] - 1 - hl.K
-    energy = _laplace(np.zeros(jac_e.shape[1]), energy_rj, np.r_[
-        ENERGY_BIAS_PRIOR_SD, np.full(hl.K + n_hidden, ENERGY_COEF_PRIOR_SD)])
+    energy = _laplace(
+        np.zeros(jac_e.shape[1]),
+        energy_rj,
+        np.r_[ENERGY_BIAS_PRIOR_SD, np.full(hl.K + n_hidden, ENERGY_COEF_PRIOR_SD)],
+    )
     result.residual_sd["energy_kwh_t"] = energy.sigma
     result.inflation["energy_kwh_t"] = energy.inflation
 
@@ -665,29 +786,35 @@ def characterise(onnx_bytes: bytes, spec: ModelSpec, x: np.ndarray | None = None
 
     charged = b.charges > 0
     for k, g in enumerate(GRADES):
-        props = {"yield": Estimate.normal(float(yields[k]), float(yield_fit[k]),
-                                          float(yield_sd[k]), z)}
+        props = {
+            "yield": Estimate.normal(float(yields[k]), float(yield_fit[k]), float(yield_sd[k]), z)
+        }
         for j, name in enumerate(ELEMENTS):
-            props[name] = Estimate.lognormal(float(contents[k, j]),
-                                             float(np.exp(log_fit[k, j])),
-                                             float(log_sd[k, j]), z)
+            props[name] = Estimate.lognormal(
+                float(contents[k, j]), float(np.exp(log_fit[k, j])), float(log_sd[k, j]), z
+            )
         effect = float(kwh[k + 1] - kwh[0]) / SUBSTITUTION_T
         grad = (grad_rows[k + 1] - grad_rows[0]) / SUBSTITUTION_T
         sd = math.sqrt(max(float(grad @ energy.cov @ grad), 0.0))
-        props["energy_kwh_per_t"] = Estimate.normal(effect, effect + float(grad @ energy.fit),
-                                                    sd, z)
-        result.grades.append(GradeCharacterisation(
-            g, float(b.charges[:, k].mean()), int(charged[:, k].sum()), props))
+        props["energy_kwh_per_t"] = Estimate.normal(
+            effect, effect + float(grad @ energy.fit), sd, z
+        )
+        result.grades.append(
+            GradeCharacterisation(g, float(b.charges[:, k].mean()), int(charged[:, k].sum()), props)
+        )
     absent = [g.grade for g in result.grades if g.heats_charged == 0]
     if absent:
-        result.notes.append(f"never charged in these heats: {', '.join(absent)}: their "
-                            f"intervals are the prior's (the estimate is the "
-                            f"federation's, or the prior)")
+        result.notes.append(
+            f"never charged in these heats: {', '.join(absent)}: their "
+            f"intervals are the prior's (the estimate is the "
+            f"federation's, or the prior)"
+        )
     return result
 
 
-def characterise_path(path: Path, heats: Path | None = None, scope: str = "site",
-                      level: float = DEFAULT_LEVEL) -> Characterisation:
+def characterise_path(
+    path: Path, heats: Path | None = None, scope: str = "site", level: float = DEFAULT_LEVEL
+) -> Characterisation:
     """:func:`characterise` on a serving directory or ONNX file (:func:`load_model`) and an
     optional heat table CSV (:func:`read_heat_table`)."""
     model = load_model(path)

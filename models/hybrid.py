@@ -57,12 +57,14 @@ class EafHybrid(nn.Module):
         self.register_buffer("y_center", torch.tensor(spec.y_center, dtype=f))
         self.register_buffer("y_scale", torch.tensor(spec.y_scale, dtype=f))
         self.register_buffer("grade_cols", torch.tensor([_COL[f"charge_{g}_t"] for g in GRADES]))
-        self.register_buffer("yield_prior", torch.tensor([hl.YIELD_PRIOR[g] for g in GRADES],
-                                                         dtype=f))
-        self.register_buffer("log_content_prior", torch.tensor(np.log(_content_prior()),
-                                                               dtype=f))
-        self.register_buffer("log_heel_prior", torch.tensor(
-            np.log([TARGET_REFERENCE[t][0] for t in hl.ELEMENT_TARGETS]), dtype=f))
+        self.register_buffer(
+            "yield_prior", torch.tensor([hl.YIELD_PRIOR[g] for g in GRADES], dtype=f)
+        )
+        self.register_buffer("log_content_prior", torch.tensor(np.log(_content_prior()), dtype=f))
+        self.register_buffer(
+            "log_heel_prior",
+            torch.tensor(np.log([TARGET_REFERENCE[t][0] for t in hl.ELEMENT_TARGETS]), dtype=f),
+        )
         self.register_buffer("term_center", torch.tensor([t[1] for t in hl.TERMS], dtype=f))
         self.register_buffer("term_scale", torch.tensor([t[2] for t in hl.TERMS], dtype=f))
         self.n_residual = len(spec.hidden) + 1
@@ -72,7 +74,7 @@ class EafHybrid(nn.Module):
         # the model starts as pure physics and learns only what the balances miss.
         for i in range(self.n_residual - 1):
             w = getattr(self, f"residual_w{i}")
-            nn.init.kaiming_uniform_(w, a=5 ** 0.5)
+            nn.init.kaiming_uniform_(w, a=5**0.5)
             bound = 1 / w.shape[1] ** 0.5
             nn.init.uniform_(getattr(self, f"residual_b{i}"), -bound, bound)
 
@@ -100,21 +102,27 @@ class EafHybrid(nn.Module):
         per_t = metal.detach()
         charged = charges.sum(dim=1).clamp(min=1.0)  # G_E, t
 
-        terms = torch.cat([
-            charges / charged[:, None],
-            torch.stack([
-                charged / per_t - 1.0,
-                1e3 * self._col(x, "lime_t") / per_t,
-                self._col(x, "carbon_kg") / per_t,
-                self._col(x, "oxygen_nm3") / per_t,
-                self._col(x, "gas_nm3") / per_t,
-                heel / per_t,
-                self._col(x, "power_on_min"),
-                self._col(x, "power_off_min"),
-                self._col(x, "tap_temp_aim_c") - 1600.0,
-                self._col(x, "power_on_min") / per_t,
-            ], dim=1),
-        ], dim=1)
+        terms = torch.cat(
+            [
+                charges / charged[:, None],
+                torch.stack(
+                    [
+                        charged / per_t - 1.0,
+                        1e3 * self._col(x, "lime_t") / per_t,
+                        self._col(x, "carbon_kg") / per_t,
+                        self._col(x, "oxygen_nm3") / per_t,
+                        self._col(x, "gas_nm3") / per_t,
+                        heel / per_t,
+                        self._col(x, "power_on_min"),
+                        self._col(x, "power_off_min"),
+                        self._col(x, "tap_temp_aim_c") - 1600.0,
+                        self._col(x, "power_on_min") / per_t,
+                    ],
+                    dim=1,
+                ),
+            ],
+            dim=1,
+        )
         terms = (terms - self.term_center) / self.term_scale  # [B, K]
 
         # Energy and temperature: linear balance + residual network (normalised units).
@@ -130,14 +138,18 @@ class EafHybrid(nn.Module):
         temp = self._col(x, "tap_temp_aim_c") + self.y_scale[t] * (bias[2] + linear[:, 1])
 
         # Mass balance: tapped steel and tap chemistry.
-        tapped = (metal + self.heel_coef * (heel - hl.HEEL_REFERENCE_T)
-                  + self.y_scale[_OUT["tapped_t"]] * bias[1])
+        tapped = (
+            metal
+            + self.heel_coef * (heel - hl.HEEL_REFERENCE_T)
+            + self.y_scale[_OUT["tapped_t"]] * bias[1]
+        )
         oxygen = terms[:, hl.TERM_NAMES.index("oxygen_nm3_t")]
         recovery = torch.exp(oxygen[:, None] * self.recovery_o2)  # [B, E]
         content = self._content()
         heel_pct = torch.exp(self.log_heel_prior + self.heel_pct_shared + self.heel_pct_site)
-        elements = (recovery * (charges @ content) + heel[:, None] * heel_pct) / (
-            per_t + heel)[:, None]
+        elements = (recovery * (charges @ content) + heel[:, None] * heel_pct) / (per_t + heel)[
+            :, None
+        ]
 
         columns = {"energy_kwh_t": energy, "tapped_t": tapped, "tap_temp_c": temp}
         columns.update({name: elements[:, j] for j, name in enumerate(hl.ELEMENT_TARGETS)})

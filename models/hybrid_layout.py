@@ -61,15 +61,33 @@ HEEL_REFERENCE_T = 15.0
 # Metallic yield ~85-95 % by grade, shredded >= 92 %; DRI/HBI ~90 % Fe; pig iron ~94 %
 # (4-4.5 % C, ~0.7 % Si, ~0.75 % Mn burn off).
 YIELD_PRIOR: dict[str, float] = {
-    **dict.fromkeys(GRADES, 0.90), "E40": 0.92, "E2": 0.93, "E8": 0.92, "E6": 0.92,
-    "E46": 0.87, "E5H": 0.87, "DRI": 0.90, "HBI": 0.90, "PIG": 0.94,
+    **dict.fromkeys(GRADES, 0.90),
+    "E40": 0.92,
+    "E2": 0.93,
+    "E8": 0.92,
+    "E6": 0.92,
+    "E46": 0.87,
+    "E5H": 0.87,
+    "DRI": 0.90,
+    "HBI": 0.90,
+    "PIG": 0.94,
 }
 # Residual aims (sum of Cu+Sn+Cr+Ni+Mo, %) of the EU scrap specification; DRI/HBI and pig
 # iron are nearly residual-free (DRI Cu ~0.01 %). A grade starts at half its aim, split
 # over the elements in the proportions of the typical tap chemistry (models.schema).
 RESIDUAL_AIM_PCT: dict[str, float] = {
-    "E3": 0.25, "E1": 0.40, "E2": 0.30, "E8": 0.30, "E6": 0.30, "E40": 0.30, "E46": 0.60,
-    "EHRB": 0.45, "E5H": 0.30, "DRI": 0.02, "HBI": 0.02, "PIG": 0.02,
+    "E3": 0.25,
+    "E1": 0.40,
+    "E2": 0.30,
+    "E8": 0.30,
+    "E6": 0.30,
+    "E40": 0.30,
+    "E46": 0.60,
+    "EHRB": 0.45,
+    "E5H": 0.30,
+    "DRI": 0.02,
+    "HBI": 0.02,
+    "PIG": 0.02,
 }
 YIELD_STEP = 0.1  # one unit of a yield tensor moves the yield by this much
 # The site prior's strength per site tensor, relative to TrainConfig.site_l2 (1 if absent):
@@ -81,12 +99,18 @@ YIELD_STEP = 0.1  # one unit of a yield tensor moves the yield by this much
 SITE_PRIOR_SCALE: dict[str, float] = {"content_site": 0.1}
 
 # Name -> (shape builder, part). Order is the wire order of each part.
-G, E, K, L, C = len(GRADES), len(ELEMENT_TARGETS), len(TERMS), len(LINEAR_TARGETS), len(
-    CALIBRATED_TARGETS)
+G, E, K, L, C = (
+    len(GRADES),
+    len(ELEMENT_TARGETS),
+    len(TERMS),
+    len(LINEAR_TARGETS),
+    len(CALIBRATED_TARGETS),
+)
 
 
-def tensor_shapes(n_features: int, hidden: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...],
-                                                                              str]]:
+def tensor_shapes(
+    n_features: int, hidden: tuple[int, ...]
+) -> dict[str, tuple[tuple[int, ...], str]]:
     """Every tensor of the hybrid: name -> (shape, "shared" | "site"), in order."""
     shapes: dict[str, tuple[tuple[int, ...], str]] = {
         "yield_shared": ((G,), "shared"),
@@ -101,13 +125,15 @@ def tensor_shapes(n_features: int, hidden: tuple[int, ...]) -> dict[str, tuple[t
     for i in range(len(sizes) - 1):
         shapes[f"residual_w{i}"] = ((sizes[i + 1], sizes[i]), "shared")
         shapes[f"residual_b{i}"] = ((sizes[i + 1],), "shared")
-    shapes.update({
-        "yield_site": ((G,), "site"),
-        "content_site": ((G, E), "site"),
-        "heel_pct_site": ((E,), "site"),
-        "bias_site": ((C,), "site"),
-        "linear_site": ((L, K), "site"),
-    })
+    shapes.update(
+        {
+            "yield_site": ((G,), "site"),
+            "content_site": ((G, E), "site"),
+            "heel_pct_site": ((E,), "site"),
+            "bias_site": ((C,), "site"),
+            "linear_site": ((L, K), "site"),
+        }
+    )
     return shapes
 
 
@@ -116,6 +142,7 @@ def tensor_shapes(n_features: int, hidden: tuple[int, ...]) -> dict[str, tuple[t
 # tensors; the federation's model: the shared ones, a missing site tensor counts as 0).
 # ``models.hybrid.EafHybrid`` computes the same in torch (tests/unit/test_hybrid.py and
 # tests/unit/test_characterise.py check that they agree).
+
 
 def yield_prior() -> np.ndarray:
     """Prior metallic yield per grade (``GRADES`` order)."""
@@ -131,8 +158,11 @@ def content_prior() -> np.ndarray:
     return 0.5 * aims[:, None] * split[None, :]
 
 
-def _tensor(weights: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...],
-            ) -> np.ndarray:
+def _tensor(
+    weights: Mapping[str, np.ndarray],
+    name: str,
+    shape: tuple[int, ...],
+) -> np.ndarray:
     value = weights.get(name)
     if value is None:
         return np.zeros(shape, np.float64)
@@ -145,12 +175,14 @@ def _tensor(weights: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]
 def grade_yields(weights: Mapping[str, np.ndarray]) -> np.ndarray:
     """Metallic yield per grade, t metal per t charged: the prior, the federation's
     offset, the site's (``y_g = prior_g + YIELD_STEP (yield_shared + yield_site)``)."""
-    return yield_prior() + YIELD_STEP * (_tensor(weights, "yield_shared", (G,))
-                                         + _tensor(weights, "yield_site", (G,)))
+    return yield_prior() + YIELD_STEP * (
+        _tensor(weights, "yield_shared", (G,)) + _tensor(weights, "yield_site", (G,))
+    )
 
 
 def grade_contents(weights: Mapping[str, np.ndarray]) -> np.ndarray:
     """Effective content per grade and element [G, E], % of the charged mass: wt% x
     recovery at the reference oxygen (``c = prior exp(content_shared + content_site)``)."""
-    return content_prior() * np.exp(_tensor(weights, "content_shared", (G, E))
-                                    + _tensor(weights, "content_site", (G, E)))
+    return content_prior() * np.exp(
+        _tensor(weights, "content_shared", (G, E)) + _tensor(weights, "content_site", (G, E))
+    )

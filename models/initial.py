@@ -15,16 +15,21 @@ import numpy as np
 from alchimia.models.spec import ModelSpec, Part
 
 
-def initial_weights(spec: ModelSpec, seed: int = 0, part: Part = "shared",
-                    ) -> dict[str, np.ndarray]:
+def initial_weights(
+    spec: ModelSpec,
+    seed: int = 0,
+    part: Part = "shared",
+) -> dict[str, np.ndarray]:
     """One part's initial tensors, in the spec's order; the same seed, the same values."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x1A17]))
     parts = spec.tensor_parts()
     values = {name: np.zeros(shape, np.float32) for name, (shape, _) in parts.items()}
     n = len(spec.hidden)
-    random_layers = ([(f"residual_w{i}", f"residual_b{i}") for i in range(n)]
-                     if spec.architecture == "eaf-hybrid-v1" else
-                     [(f"layers.{2 * i}.weight", f"layers.{2 * i}.bias") for i in range(n + 1)])
+    random_layers = (
+        [(f"residual_w{i}", f"residual_b{i}") for i in range(n)]
+        if spec.architecture == "eaf-hybrid-v1"
+        else [(f"layers.{2 * i}.weight", f"layers.{2 * i}.bias") for i in range(n + 1)]
+    )
     for weight, bias in random_layers:
         bound = 1.0 / np.sqrt(values[weight].shape[1])
         for name in (weight, bias):

@@ -14,8 +14,9 @@ OUTPUT_NAME = "outputs"
 class OnnxPredictor:
     """One ONNX Runtime session over a model's bytes, with named columns."""
 
-    def __init__(self, onnx_bytes: bytes, features: Sequence[str] = (),
-                 targets: Sequence[str] = ()) -> None:
+    def __init__(
+        self, onnx_bytes: bytes, features: Sequence[str] = (), targets: Sequence[str] = ()
+    ) -> None:
         opts = ort.SessionOptions()
         # A gateway shares its cores with data collection; one thread is plenty for an MLP.
         opts.intra_op_num_threads = 1

@@ -33,13 +33,11 @@ def get_weights(model: HeatModel, part: Part = "shared") -> Weights:
     }
 
 
-def set_weights(model: HeatModel, weights: Mapping[str, np.ndarray],
-                part: Part = "shared") -> None:
+def set_weights(model: HeatModel, weights: Mapping[str, np.ndarray], part: Part = "shared") -> None:
     """Load one part's weights; names and shapes must match the spec exactly."""
     shapes = model.spec.parameter_shapes(part)
     if list(weights) != list(shapes):
-        raise ValueError(f"{part} weight names {list(weights)} do not match model "
-                         f"{list(shapes)}")
+        raise ValueError(f"{part} weight names {list(weights)} do not match model {list(shapes)}")
     import torch
 
     params = dict(model.named_parameters())
@@ -59,8 +57,9 @@ def add(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> Weights:
     return {k: (a[k] + b[k]).astype(np.float32) for k in a}
 
 
-def compose(spec: ModelSpec, shared: Mapping[str, np.ndarray],
-            site: Mapping[str, np.ndarray] | None = None) -> HeatModel:
+def compose(
+    spec: ModelSpec, shared: Mapping[str, np.ndarray], site: Mapping[str, np.ndarray] | None = None
+) -> HeatModel:
     """A model of ``spec`` holding the shared weights and, given, a site's own tensors
     (else the site part's initial zeros: the federation's model as such)."""
     from alchimia.models.regressor import build_model

@@ -24,9 +24,14 @@ RIDGE = 1e-6  # relative: only keeps the solve defined when a grade is never cha
 class PowerOnEstimate:
     """``power_on_min ~ b0 + sum_f b_f x_f`` over every other input column."""
 
-    def __init__(self, features: Sequence[str], coef: Sequence[float] | np.ndarray,
-                 intercept: float,
-                 rmse: float, n: int) -> None:
+    def __init__(
+        self,
+        features: Sequence[str],
+        coef: Sequence[float] | np.ndarray,
+        intercept: float,
+        rmse: float,
+        n: int,
+    ) -> None:
         self.features = tuple(features)
         if TARGET not in self.features:
             raise ValueError(f"the model's inputs have no {TARGET} column")
@@ -73,8 +78,13 @@ class PowerOnEstimate:
         return x
 
     def to_dict(self) -> dict[str, Any]:
-        return {"features": list(self.features), "coef": self.coef.tolist(),
-                "intercept": self.intercept, "rmse": self.rmse, "n": self.n}
+        return {
+            "features": list(self.features),
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept,
+            "rmse": self.rmse,
+            "n": self.n,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PowerOnEstimate:

@@ -60,8 +60,7 @@ def build_model(spec: ModelSpec, seed: int = 0) -> HeatModel:
     Site tensors start at zero (the federation's physics)."""
     gen_state = torch.random.get_rng_state()  # module constructors draw from it
     try:
-        model = EafHybrid(spec) if spec.architecture == "eaf-hybrid-v1" else HeatRegressor(
-            spec)
+        model = EafHybrid(spec) if spec.architecture == "eaf-hybrid-v1" else HeatRegressor(spec)
     finally:
         torch.random.set_rng_state(gen_state)
     set_weights(model, initial_weights(spec, seed))

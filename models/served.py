@@ -48,14 +48,17 @@ def load_served(path: Path) -> ServedModel:
     info_path = directory / INFO_FILE
     for p in (onnx_path, info_path):
         if not p.is_file():
-            raise FileNotFoundError(f"{p} not found: expected a site's serving directory "
-                                    f"({ONNX_FILE} and {INFO_FILE})")
+            raise FileNotFoundError(
+                f"{p} not found: expected a site's serving directory ({ONNX_FILE} and {INFO_FILE})"
+            )
     info = json.loads(info_path.read_text())
     spec = ModelSpec.model_validate(info["spec"])
     predictor = OnnxPredictor(onnx_path.read_bytes(), spec.features, spec.targets)
     cal_path, pon_path = directory / CALIBRATION_FILE, directory / POWER_ON_FILE
-    calibration = (Calibration.from_dict(json.loads(cal_path.read_text()))
-                   if cal_path.is_file() else None)
-    power_on = (PowerOnEstimate.from_dict(json.loads(pon_path.read_text()))
-                if pon_path.is_file() else None)
+    calibration = (
+        Calibration.from_dict(json.loads(cal_path.read_text())) if cal_path.is_file() else None
+    )
+    power_on = (
+        PowerOnEstimate.from_dict(json.loads(pon_path.read_text())) if pon_path.is_file() else None
+    )
     return ServedModel(int(info["version"]), spec, predictor, calibration, power_on)

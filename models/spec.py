@@ -50,9 +50,13 @@ class ModelSpec(BaseModel):
         if any(h < 1 or h > 4096 for h in self.hidden):
             raise ValueError("hidden layer sizes must be in 1..4096")
         if self.architecture == "eaf-hybrid-v1" and (self.features, self.targets) != (
-                FEATURES, TARGETS):
-            raise ValueError("eaf-hybrid-v1 is built on the standard columns of "
-                             "models.schema (FEATURES, TARGETS) in their order")
+            FEATURES,
+            TARGETS,
+        ):
+            raise ValueError(
+                "eaf-hybrid-v1 is built on the standard columns of "
+                "models.schema (FEATURES, TARGETS) in their order"
+            )
         return self
 
     def tensor_parts(self) -> dict[str, tuple[tuple[int, ...], Part]]:
@@ -74,8 +78,7 @@ class ModelSpec(BaseModel):
     def site_prior_scale(self) -> dict[str, float]:
         """Strength of the site prior per site tensor, relative to the trainer's
         ``site_l2`` (1 where absent)."""
-        return dict(hybrid_layout.SITE_PRIOR_SCALE) if self.architecture == "eaf-hybrid-v1" \
-            else {}
+        return dict(hybrid_layout.SITE_PRIOR_SCALE) if self.architecture == "eaf-hybrid-v1" else {}
 
     def parameter_shapes(self, part: Part = "shared") -> dict[str, tuple[int, ...]]:
         """Names and shapes of one part's tensors, in the stable wire order.

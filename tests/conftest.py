@@ -1,2 +1,6 @@
-pytest_plugins = ["tests.fixtures.chromium", "tests.fixtures.influxd", "tests.fixtures.mosquitto",
-                  "tests.fixtures.prometheus"]
+pytest_plugins = [
+    "tests.fixtures.chromium",
+    "tests.fixtures.influxd",
+    "tests.fixtures.mosquitto",
+    "tests.fixtures.prometheus",
+]

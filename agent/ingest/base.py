@@ -66,7 +66,11 @@ CHARGE_FIELDS: tuple[str, ...] = (
 CHARGE_REQUIRED: tuple[str, ...] = ("hot_heel_t", "lime_t", "tap_temp_aim_c")
 #: Features heat assembly computes from the ``eaf_signal`` samples.
 COMPUTED_FEATURES: tuple[str, ...] = (
-    "carbon_kg", "oxygen_nm3", "gas_nm3", "power_on_min", "power_off_min",
+    "carbon_kg",
+    "oxygen_nm3",
+    "gas_nm3",
+    "power_on_min",
+    "power_off_min",
 )
 #: The outcome measured at tap; energy_kwh_t is computed from active power instead.
 TAP_FIELDS: tuple[str, ...] = tuple(t for t in TARGETS if t != "energy_kwh_t")
@@ -217,8 +221,9 @@ def parse_ts(value: object) -> int | Rejected:
             except OverflowError:
                 return Rejected(Reason.BAD_TS, f"out of range: {value[:40]!r}")
     else:
-        return Rejected(Reason.BAD_TS, f"ts must be integer ns or ISO text, got "
-                                       f"{type(value).__name__}")
+        return Rejected(
+            Reason.BAD_TS, f"ts must be integer ns or ISO text, got {type(value).__name__}"
+        )
     if not TS_MIN_NS <= ns < TS_MAX_NS:
         return Rejected(Reason.BAD_TS, f"ts {ns} ns is outside 2000..2100 (not nanoseconds?)")
     return ns

@@ -48,8 +48,13 @@ HEAT_OPTIONAL: tuple[str, ...] = tuple(f for f in CHARGE_FIELDS if f not in CHAR
 SIGNAL_ID_COLUMNS: tuple[str, ...] = ("ts", "heat")
 
 
-def _check_header(path: Path, header: list[str] | None, required: tuple[str, ...],
-                  optional: tuple[str, ...], at_least_one: bool = False) -> list[str]:
+def _check_header(
+    path: Path,
+    header: list[str] | None,
+    required: tuple[str, ...],
+    optional: tuple[str, ...],
+    at_least_one: bool = False,
+) -> list[str]:
     if not header:
         raise ValueError(f"{path}: empty file, expected a header row")
     header = [h.strip() for h in header]
@@ -89,8 +94,9 @@ def parse_heat_row(header: list[str], row: list[str]) -> _Heat | Rejected:
         return Rejected(Reason.BAD_HEAT, f"{cells['heat'][:80]!r}")
     plant, furnace = check_id(cells["plant"]), check_id(cells["furnace"])
     if plant is None or furnace is None:
-        return Rejected(Reason.BAD_ID, f"plant {cells['plant'][:40]!r}, "
-                                       f"furnace {cells['furnace'][:40]!r}")
+        return Rejected(
+            Reason.BAD_ID, f"plant {cells['plant'][:40]!r}, furnace {cells['furnace'][:40]!r}"
+        )
     times: list[int] = []
     for col in ("charge_ts", "tap_ts"):
         if not cells[col]:
@@ -115,12 +121,16 @@ def parse_heat_row(header: list[str], row: list[str]) -> _Heat | Rejected:
     tags = {"plant": plant, "furnace": furnace, "heat": heat}
     charge = {k: v for k, v in values.items() if k in CHARGE_FIELDS}
     tap = {k: values[k] for k in TAP_FIELDS}
-    return _Heat(tags, Point(CHARGE_MEASUREMENT, tags, charge, times[0]),
-                 Point(TAP_MEASUREMENT, tags, tap, times[1]))
+    return _Heat(
+        tags,
+        Point(CHARGE_MEASUREMENT, tags, charge, times[0]),
+        Point(TAP_MEASUREMENT, tags, tap, times[1]),
+    )
 
 
-def parse_signal_row(header: list[str], row: list[str],
-                     heats: dict[str, dict[str, str]]) -> Point | Rejected:
+def parse_signal_row(
+    header: list[str], row: list[str], heats: dict[str, dict[str, str]]
+) -> Point | Rejected:
     """One signals.csv row -> a sample point (tags from the heat table); never raises."""
     if len(row) != len(header):
         return Rejected(Reason.BAD_ROW, f"{len(row)} cells, header has {len(header)}")
@@ -164,10 +174,16 @@ class CsvReplaySource:
     way wait for their heat, which costs memory only if the file is not in time order.
     """
 
-    def __init__(self, heats_csv: Path, signals_csv: Path, *,
-                 max_points: int = 50_000, pace: float | None = None,
-                 history_heats: int = 0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        heats_csv: Path,
+        signals_csv: Path,
+        *,
+        max_points: int = 50_000,
+        pace: float | None = None,
+        history_heats: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if pace is not None and not (math.isfinite(pace) and pace > 0):
             raise ValueError(f"pace must be a positive number of heats per second, got {pace}")
         if history_heats < 0:
@@ -181,11 +197,13 @@ class CsvReplaySource:
         self.stats = IngestStats(log)
         self.volatile = False  # a restarted agent reads the files again
         with self.heats_path.open(newline="", encoding="utf-8-sig") as f:
-            self._heat_header = _check_header(self.heats_path, next(csv.reader(f), None),
-                                              HEAT_REQUIRED, HEAT_OPTIONAL)
+            self._heat_header = _check_header(
+                self.heats_path, next(csv.reader(f), None), HEAT_REQUIRED, HEAT_OPTIONAL
+            )
         with self.signals_path.open(newline="", encoding="utf-8-sig") as f:
-            self._signal_header = _check_header(self.signals_path, next(csv.reader(f), None),
-                                                SIGNAL_ID_COLUMNS, SIGNAL_FIELDS, True)
+            self._signal_header = _check_header(
+                self.signals_path, next(csv.reader(f), None), SIGNAL_ID_COLUMNS, SIGNAL_FIELDS, True
+            )
         self._stream: Generator[Point, None, None] | None = None
         self._groups: Generator[list[Point], None, None] | None = None
         self._next_group: list[Point] | None = None
@@ -202,8 +220,9 @@ class CsvReplaySource:
         return self._done or self.heats_released >= self.history_heats
 
     def _reject(self, path: Path, line: int, r: Rejected) -> None:
-        self.stats.reject(r.reason, "%s line %d skipped (%s): %s", path.name, line, r.reason,
-                          r.detail)
+        self.stats.reject(
+            r.reason, "%s line %d skipped (%s): %s", path.name, line, r.reason, r.detail
+        )
 
     def _rows(self, path: Path, count_errors: bool = True) -> Iterator[tuple[int, list[str]]]:
         f = path.open(newline="", encoding="utf-8-sig", errors="replace")

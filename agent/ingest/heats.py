@@ -60,8 +60,15 @@ class AssembledHeat:
 
     def to_heat(self) -> Heat:
         """The agent's heat type, so a store-backed source is a drop-in HeatSource."""
-        return Heat(self.heat_id, self.plant, self.furnace, self.start_ns / NS,
-                    dict(self.inputs), dict(self.outcome), self.end_ns)
+        return Heat(
+            self.heat_id,
+            self.plant,
+            self.furnace,
+            self.start_ns / NS,
+            dict(self.inputs),
+            dict(self.outcome),
+            self.end_ns,
+        )
 
 
 class IncompleteHeat(ValueError):
@@ -135,8 +142,7 @@ def compute_heat(
     dur_s = np.minimum(next_ts - ts, round(max_gap_s * NS)) / NS
 
     def column(name: str) -> np.ndarray:
-        return np.fromiter((p.fields.get(name, np.nan) for p in signals), dtype=np.float64,
-                           count=n)
+        return np.fromiter((p.fields.get(name, np.nan) for p in signals), dtype=np.float64, count=n)
 
     def integral(name: str) -> float:
         x = column(name)
@@ -230,8 +236,13 @@ class HeatAssembler:
                 assembled = self._assemble(heat_id, taps)
             except IncompleteHeat as exc:
                 if self.pending.get(heat_id) != exc.reason:
-                    log.info("heat %s of %s/%s not assembled yet: %s", heat_id, self.plant,
-                             self.furnace, exc)
+                    log.info(
+                        "heat %s of %s/%s not assembled yet: %s",
+                        heat_id,
+                        self.plant,
+                        self.furnace,
+                        exc,
+                    )
                 pending[heat_id] = exc.reason
                 continue
             out.append(assembled)
@@ -253,8 +264,12 @@ class HeatAssembler:
         charge = self.store.query_points(CHARGE_MEASUREMENT, tags)
         signals = self.store.query_points(SIGNAL_MEASUREMENT, tags, None, end_ns)
         inputs, outcome, start_ns, end_ns = compute_heat(
-            charge, signals, taps, power_on_threshold_mw=self.power_on_threshold_mw,
+            charge,
+            signals,
+            taps,
+            power_on_threshold_mw=self.power_on_threshold_mw,
             max_gap_s=self.max_gap_s,
         )
-        return AssembledHeat(heat_id, self.plant, self.furnace, start_ns, end_ns, inputs,
-                             outcome, len(signals))
+        return AssembledHeat(
+            heat_id, self.plant, self.furnace, start_ns, end_ns, inputs, outcome, len(signals)
+        )

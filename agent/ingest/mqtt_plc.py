@@ -68,10 +68,11 @@ def parse_topic(topic: str, prefix: str = "") -> tuple[str, str, str] | Rejected
     pre = _prefix(prefix)
     if not topic.startswith(pre):
         return Rejected(Reason.BAD_TOPIC, f"{topic[:120]!r} is not under {pre!r}")
-    levels = topic[len(pre):].split("/")
+    levels = topic[len(pre) :].split("/")
     if len(levels) != 5 or levels[0] != "plant" or levels[2] != "eaf":
-        return Rejected(Reason.BAD_TOPIC, f"{topic[:120]!r} is not plant/{{plant}}/eaf/"
-                                          "{furnace}/{kind}")
+        return Rejected(
+            Reason.BAD_TOPIC, f"{topic[:120]!r} is not plant/{{plant}}/eaf/{{furnace}}/{{kind}}"
+        )
     plant, furnace, kind = levels[1], levels[3], levels[4]
     if check_id(plant) is None or check_id(furnace) is None:
         return Rejected(Reason.BAD_TOPIC, f"bad plant or furnace id in {topic[:120]!r}")
@@ -80,8 +81,13 @@ def parse_topic(topic: str, prefix: str = "") -> tuple[str, str, str] | Rejected
     return plant, furnace, kind
 
 
-def parse_payload(plant: str, furnace: str, kind: str, payload: bytes | bytearray,
-                  max_bytes: int = MAX_PAYLOAD_BYTES) -> Point | Rejected:
+def parse_payload(
+    plant: str,
+    furnace: str,
+    kind: str,
+    payload: bytes | bytearray,
+    max_bytes: int = MAX_PAYLOAD_BYTES,
+) -> Point | Rejected:
     """One message body of a known topic -> a Point; never raises."""
     if len(payload) > max_bytes:
         return Rejected(Reason.OVERSIZED, f"{len(payload)} bytes > {max_bytes}")
@@ -90,8 +96,7 @@ def parse_payload(plant: str, furnace: str, kind: str, payload: bytes | bytearra
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         return Rejected(Reason.BAD_JSON, str(exc)[:120])
     if not isinstance(doc, dict):
-        return Rejected(Reason.BAD_TYPE, f"payload must be a JSON object, got "
-                                         f"{type(doc).__name__}")
+        return Rejected(Reason.BAD_TYPE, f"payload must be a JSON object, got {type(doc).__name__}")
     extra = doc.keys() - _PAYLOAD_KEYS
     if extra:
         return Rejected(Reason.UNKNOWN_FIELD, f"unknown keys {sorted(extra)[:5]}")
@@ -134,8 +139,9 @@ def parse_values(values: object, allowed: frozenset[str]) -> dict[str, float] | 
     return out
 
 
-def parse_message(topic: str, payload: bytes | bytearray, *, prefix: str = "",
-                  max_bytes: int = MAX_PAYLOAD_BYTES) -> Point | Rejected:
+def parse_message(
+    topic: str, payload: bytes | bytearray, *, prefix: str = "", max_bytes: int = MAX_PAYLOAD_BYTES
+) -> Point | Rejected:
     """A sensor message -> a Point, or the reason it is refused; never raises."""
     try:
         where = parse_topic(topic, prefix)
@@ -183,12 +189,17 @@ class MqttPlcSource:
         self.stats = IngestStats(log)
         self.volatile = True  # paho acknowledged each message on receipt
         self._inbox: queue.Queue[tuple[str, bytes | bytearray, int]] = queue.Queue(
-            maxsize=max_inbox)
+            maxsize=max_inbox
+        )
         self._subscribed = threading.Event()
         self._closing = False
         persistent = client_id is not None
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "",
-                                  protocol=mqtt.MQTTv311, clean_session=not persistent)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or "",
+            protocol=mqtt.MQTTv311,
+            clean_session=not persistent,
+        )
         if username:
             self.client.username_pw_set(username, password)
         if tls:
@@ -215,40 +226,67 @@ class MqttPlcSource:
         """True once the broker acknowledged the subscription (after each reconnect)."""
         return self._subscribed.wait(timeout)
 
-    def _on_connect(self, client: mqtt.Client, _userdata: object, _flags: object,
-                    reason: mqtt.ReasonCode, _props: object) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        _userdata: object,
+        _flags: object,
+        reason: mqtt.ReasonCode,
+        _props: object,
+    ) -> None:
         if reason.is_failure:
-            log.error("broker %s:%d refused the sensor connection: %s", self.host, self.port,
-                      reason)
+            log.error(
+                "broker %s:%d refused the sensor connection: %s", self.host, self.port, reason
+            )
             return
-        log.info("sensor feed connected to %s:%d, subscribing to %s", self.host, self.port,
-                 self.topic)
+        log.info(
+            "sensor feed connected to %s:%d, subscribing to %s", self.host, self.port, self.topic
+        )
         client.subscribe(self.topic, qos=self.qos)
 
-    def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int,
-                      reasons: list[mqtt.ReasonCode], _props: object) -> None:
+    def _on_subscribe(
+        self,
+        _client: mqtt.Client,
+        _userdata: object,
+        _mid: int,
+        reasons: list[mqtt.ReasonCode],
+        _props: object,
+    ) -> None:
         if any(r.is_failure for r in reasons):
             log.error("broker refused the subscription to %s: %s", self.topic, reasons)
             return
         self._subscribed.set()
 
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object,
-                       reason: mqtt.ReasonCode, _props: object) -> None:
+    def _on_disconnect(
+        self,
+        _client: mqtt.Client,
+        _userdata: object,
+        _flags: object,
+        reason: mqtt.ReasonCode,
+        _props: object,
+    ) -> None:
         self._subscribed.clear()
         if not self._closing:
-            log.warning("sensor feed disconnected from %s:%d (%s); reconnecting", self.host,
-                        self.port, reason)
+            log.warning(
+                "sensor feed disconnected from %s:%d (%s); reconnecting",
+                self.host,
+                self.port,
+                reason,
+            )
 
-    def _on_message(self, _client: mqtt.Client, _userdata: object,
-                    msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         size = len(msg.payload)
         # An oversized payload is refused at once rather than held in the inbox.
         payload = msg.payload if size <= self.max_bytes else b""
         try:
             self._inbox.put_nowait((msg.topic, payload, size))
         except queue.Full:
-            self.stats.reject(Reason.OVERFLOW, "sensor inbox full (%d messages): message on "
-                              "%s dropped; poll more often", self._inbox.maxsize, msg.topic)
+            self.stats.reject(
+                Reason.OVERFLOW,
+                "sensor inbox full (%d messages): message on %s dropped; poll more often",
+                self._inbox.maxsize,
+                msg.topic,
+            )
 
     def poll(self) -> list[Point]:
         out: list[Point] = []
@@ -258,14 +296,19 @@ class MqttPlcSource:
             except queue.Empty:
                 break
             if size > self.max_bytes:
-                result: Point | Rejected = Rejected(Reason.OVERSIZED,
-                                                   f"{size} bytes > {self.max_bytes}")
+                result: Point | Rejected = Rejected(
+                    Reason.OVERSIZED, f"{size} bytes > {self.max_bytes}"
+                )
             else:
-                result = parse_message(topic, payload, prefix=self.prefix,
-                                       max_bytes=self.max_bytes)
+                result = parse_message(topic, payload, prefix=self.prefix, max_bytes=self.max_bytes)
             if isinstance(result, Rejected):
-                self.stats.reject(result.reason, "sensor message on %s rejected (%s): %s",
-                                  topic, result.reason, result.detail)
+                self.stats.reject(
+                    result.reason,
+                    "sensor message on %s rejected (%s): %s",
+                    topic,
+                    result.reason,
+                    result.detail,
+                )
             else:
                 out.append(result)
         self.stats.accept(len(out))
@@ -275,4 +318,3 @@ class MqttPlcSource:
         self._closing = True
         self.client.disconnect()
         self.client.loop_stop()
-

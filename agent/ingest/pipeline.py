@@ -45,10 +45,17 @@ class StorePipeline:
     a finished heat is never held back; ``close()`` writes what waits.
     """
 
-    def __init__(self, source: PointSource, store: Store, assembler: HeatAssembler, *,
-                 max_backlog: int = 1_000_000, write_interval_s: float = 1.0,
-                 retry_pending_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        source: PointSource,
+        store: Store,
+        assembler: HeatAssembler,
+        *,
+        max_backlog: int = 1_000_000,
+        write_interval_s: float = 1.0,
+        retry_pending_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not write_interval_s >= 0 or not retry_pending_s >= 0:
             raise ValueError("write_interval_s and retry_pending_s must be >= 0")
         self.source = source
@@ -88,9 +95,13 @@ class StorePipeline:
             self._tap_waiting = self._tap_waiting or _has_tap(new)
             self._backlog += new
         now = self._clock()
-        if not (write_now or self._volatile or self._tap_waiting
-                or len(self._backlog) >= self.max_backlog
-                or now - self._last_write >= self.write_interval_s):
+        if not (
+            write_now
+            or self._volatile
+            or self._tap_waiting
+            or len(self._backlog) >= self.max_backlog
+            or now - self._last_write >= self.write_interval_s
+        ):
             return 0
         return self.write_backlog()
 
@@ -106,8 +117,9 @@ class StorePipeline:
             return self._write_one_by_one(points)
         except BaseException as exc:  # a disk error too: nothing polled is dropped
             self._backlog = points  # _tap_waiting still describes them
-            self._log.reject("write", "store did not take %d points (%s); kept to retry",
-                              len(points), exc)
+            self._log.reject(
+                "write", "store did not take %d points (%s); kept to retry", len(points), exc
+            )
             raise
         self._written(len(points), self._tap_waiting)
         return len(points)
@@ -125,8 +137,13 @@ class StorePipeline:
             try:
                 self.store.write([p])
             except (ValueError, TypeError) as exc:
-                self.source.stats.reject(Reason.STORE_REFUSED, "store refused %s point of heat "
-                                         "%s: %s", p.measurement, p.tags.get("heat"), exc)
+                self.source.stats.reject(
+                    Reason.STORE_REFUSED,
+                    "store refused %s point of heat %s: %s",
+                    p.measurement,
+                    p.tags.get("heat"),
+                    exc,
+                )
             except BaseException:
                 self._written(len(stored), _has_tap(stored))
                 self._backlog = points[i:]
@@ -166,8 +183,12 @@ class StorePipeline:
             self.ingest()
             return self._assemble()
         except StoreError as exc:
-            self._log.reject("poll", "store unavailable, heats wait in the store or the "
-                              "backlog (%d points): %s", len(self._backlog), exc)
+            self._log.reject(
+                "poll",
+                "store unavailable, heats wait in the store or the backlog (%d points): %s",
+                len(self._backlog),
+                exc,
+            )
             return []
 
     def close(self) -> None:
@@ -183,4 +204,3 @@ class StorePipeline:
 
 def _has_tap(points: Sequence[Point]) -> bool:
     return any(p.measurement == TAP_MEASUREMENT for p in points)
-

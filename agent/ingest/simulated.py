@@ -90,8 +90,7 @@ class _HeatFeed:
             self.emitted = stop
         if self.emitted == self.n and (elapsed_ns is None or elapsed_ns >= self.duration_ns):
             fields = {k: float(self.heat.outcome[k]) for k in TAP_FIELDS}
-            out.append(Point(TAP_MEASUREMENT, self.tags, fields,
-                             self.start_ns + self.duration_ns))
+            out.append(Point(TAP_MEASUREMENT, self.tags, fields, self.start_ns + self.duration_ns))
             self.tapped = True
         return out
 
@@ -100,8 +99,10 @@ class _HeatFeed:
         tags, names = self.tags, SIGNAL_FIELDS
         ts = (self.offsets[lo:hi] + self.start_ns).tolist()
         rows = self.columns[lo:hi].tolist()
-        return [Point(SIGNAL_MEASUREMENT, tags, dict(zip(names, row, strict=True)), t)
-                for t, row in zip(ts, rows, strict=True)]
+        return [
+            Point(SIGNAL_MEASUREMENT, tags, dict(zip(names, row, strict=True)), t)
+            for t, row in zip(ts, rows, strict=True)
+        ]
 
 
 def heat_points(heat: SimulatedHeat, period_s: float = 1.0) -> list[Point]:
@@ -244,8 +245,9 @@ class SimulatedHeats:
     finished heats straight to the agent, without store or assembly (``store_sensors``
     off)."""
 
-    def __init__(self, plant: int, seed: int, history: int, interval_s: float,
-                 drifts: Sequence[Drift] = ()) -> None:
+    def __init__(
+        self, plant: int, seed: int, history: int, interval_s: float, drifts: Sequence[Drift] = ()
+    ) -> None:
         profile, plant_seed = default_plants(plant, base_seed=seed)[plant - 1]
         self.plant = SimulatedPlant(profile, plant_seed, drifts)
         self.name = profile.name
@@ -302,25 +304,39 @@ def simulated_pipeline(
             except StoreError as exc:
                 # InfluxDB down at start: write every history heat again (the same points,
                 # so the store keeps one copy of each) rather than wait for it.
-                log.info("cannot ask the store which history heats it holds (%s); writing "
-                         "them all", exc)
+                log.info(
+                    "cannot ask the store which history heats it holds (%s); writing them all", exc
+                )
                 tapped = set()
         return heat.heat_id in tapped
 
-    source = SimulatedSensorSource(sim, history, period_s=period_s,
-                                   heat_interval_s=interval_s if live else None, live=live,
-                                   skip_heat=stored)
+    source = SimulatedSensorSource(
+        sim,
+        history,
+        period_s=period_s,
+        heat_interval_s=interval_s if live else None,
+        live=live,
+        skip_heat=stored,
+    )
     return StorePipeline(source, store, HeatAssembler(store, profile.name, profile.furnace))
 
 
-def simulated_heat_source(settings: AgentSettings,
-                          store: Store | None = None) -> SimulatedHeats | StorePipeline:
+def simulated_heat_source(
+    settings: AgentSettings, store: Store | None = None
+) -> SimulatedHeats | StorePipeline:
     """The simulated plant of the agent's settings (``plant``, ``seed``, ``history_heats``,
     ``heat_interval_s``, ``drift``): through ``store`` if given, else finished heats."""
     drifts = [parse_drift(spec) for spec in settings.drift]
     if store is None:
-        return SimulatedHeats(settings.plant, settings.seed, settings.history_heats,
-                              settings.heat_interval_s, drifts)
-    return simulated_pipeline(settings.plant, settings.seed, settings.history_heats,
-                              settings.heat_interval_s, store,
-                              period_s=settings.signal_period_s, drifts=drifts)
+        return SimulatedHeats(
+            settings.plant, settings.seed, settings.history_heats, settings.heat_interval_s, drifts
+        )
+    return simulated_pipeline(
+        settings.plant,
+        settings.seed,
+        settings.history_heats,
+        settings.heat_interval_s,
+        store,
+        period_s=settings.signal_period_s,
+        drifts=drifts,
+    )

@@ -44,12 +44,26 @@ def build_heat_source(settings: AgentSettings) -> HeatSource:
 
     state = settings.state_dir / settings.agent_id
     state.mkdir(parents=True, exist_ok=True)
-    spooled = ({"flush_interval": settings.store_flush_interval_s,
-                "fsync_interval": settings.spool_fsync_interval_s} if settings.influx else {})
-    store = open_store(settings.influx, settings.database, spool_dir=state / "spool",
-                       sqlite_path=state / "sensors.sqlite3", **spooled)
-    where = (f"InfluxDB {settings.influx} database {settings.database!r}" if settings.influx
-             else f"SQLite {state / 'sensors.sqlite3'}")
+    spooled = (
+        {
+            "flush_interval": settings.store_flush_interval_s,
+            "fsync_interval": settings.spool_fsync_interval_s,
+        }
+        if settings.influx
+        else {}
+    )
+    store = open_store(
+        settings.influx,
+        settings.database,
+        spool_dir=state / "spool",
+        sqlite_path=state / "sensors.sqlite3",
+        **spooled,
+    )
+    where = (
+        f"InfluxDB {settings.influx} database {settings.database!r}"
+        if settings.influx
+        else f"SQLite {state / 'sensors.sqlite3'}"
+    )
     log.info("agent %s stores sensor data in %s", settings.agent_id, where)
     if settings.plant_id is None or settings.furnace_id is None:  # the settings check both
         from alchimia.agent.ingest.simulated import simulated_heat_source
@@ -63,15 +77,28 @@ def build_heat_source(settings: AgentSettings) -> HeatSource:
 
     source: PointSource
     if settings.sensor_feed:
-        source = MqttPlcSource(settings.sensor_feed, plant=settings.plant_id,
-                               furnace=settings.furnace_id, prefix=settings.sensor_prefix,
-                               client_id=f"{settings.agent_id}-sensors")
-        log.info("agent %s reads furnace %s/%s from %s", settings.agent_id, settings.plant_id,
-                 settings.furnace_id, settings.sensor_feed)
+        source = MqttPlcSource(
+            settings.sensor_feed,
+            plant=settings.plant_id,
+            furnace=settings.furnace_id,
+            prefix=settings.sensor_prefix,
+            client_id=f"{settings.agent_id}-sensors",
+        )
+        log.info(
+            "agent %s reads furnace %s/%s from %s",
+            settings.agent_id,
+            settings.plant_id,
+            settings.furnace_id,
+            settings.sensor_feed,
+        )
     else:
         assert settings.replay_heats is not None and settings.replay_signals is not None
-        source = CsvReplaySource(settings.replay_heats, settings.replay_signals,
-                                 pace=settings.replay_pace,
-                                 history_heats=settings.history_heats)
-    return StorePipeline(source, store,
-                         HeatAssembler(store, settings.plant_id, settings.furnace_id))
+        source = CsvReplaySource(
+            settings.replay_heats,
+            settings.replay_signals,
+            pace=settings.replay_pace,
+            history_heats=settings.history_heats,
+        )
+    return StorePipeline(
+        source, store, HeatAssembler(store, settings.plant_id, settings.furnace_id)
+    )

@@ -40,8 +40,9 @@ def min_heats(level: float) -> int:
     statistics of ``Calibration.interval``, in its floating-point arithmetic)."""
     alpha = 1.0 - level
     n = max(1, math.floor(2.0 / alpha) - 2)
-    while not (math.ceil((n + 1) * (1 - alpha / 2)) <= n
-               and math.floor((n + 1) * (alpha / 2)) >= 1):
+    while not (
+        math.ceil((n + 1) * (1 - alpha / 2)) <= n and math.floor((n + 1) * (alpha / 2)) >= 1
+    ):
         n += 1
     return n
 
@@ -57,8 +58,9 @@ class Coverage:
 
     def add(self, actual: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
         """Score one batch ([heats, targets]); heats without a finite interval are skipped."""
-        actual, lower, upper = (np.atleast_2d(np.asarray(a, np.float64))
-                                for a in (actual, lower, upper))
+        actual, lower, upper = (
+            np.atleast_2d(np.asarray(a, np.float64)) for a in (actual, lower, upper)
+        )
         bounded = np.isfinite(lower).all(axis=1) & np.isfinite(upper).all(axis=1)
         hits = (actual >= lower) & (actual <= upper)
         for row in hits[bounded]:
@@ -85,8 +87,13 @@ class Coverage:
 class SiteCalibrator:
     """Calibration of the site's serving model (module doc)."""
 
-    def __init__(self, targets: Sequence[str], level: float = DEFAULT_LEVEL,
-                 window: int = DEFAULT_WINDOW, min_reset_heats: int = MIN_RESET_HEATS) -> None:
+    def __init__(
+        self,
+        targets: Sequence[str],
+        level: float = DEFAULT_LEVEL,
+        window: int = DEFAULT_WINDOW,
+        min_reset_heats: int = MIN_RESET_HEATS,
+    ) -> None:
         self.calibration = Calibration(targets, level, window)
         self.targets = self.calibration.targets
         self.level, self.window = level, window
@@ -107,13 +114,17 @@ class SiteCalibrator:
     def held_out(self) -> int:
         return len(self._held_out)
 
-    def reset(self, predict: Callable[[np.ndarray], np.ndarray], version: int | None = None,
-              regime_start: int = 1) -> int:
+    def reset(
+        self,
+        predict: Callable[[np.ndarray], np.ndarray],
+        version: int | None = None,
+        regime_start: int = 1,
+    ) -> int:
         """A new serving model (``predict``: raw inputs to raw outputs): recalibrate on the
         held-out heats (module doc). Returns how many it used."""
         rows = [r for r in self._held_out if r[0] >= regime_start]
         if len(rows) < self.min_reset_heats:
-            rows = list(self._held_out)[-self.min_reset_heats:]
+            rows = list(self._held_out)[-self.min_reset_heats :]
         width = len(self.targets)
         if rows:
             x, y = np.stack([r[1] for r in rows]), np.stack([r[2] for r in rows])
@@ -122,7 +133,7 @@ class SiteCalibrator:
             pred = y = np.empty((0, width))
         used = {r[0] for r in rows}
         fill = [r for c, r in self._stream if c >= regime_start and c not in used]
-        fill = fill[len(fill) - (self.window - len(rows)):] if len(rows) < self.window else []
+        fill = fill[len(fill) - (self.window - len(rows)) :] if len(rows) < self.window else []
         if fill:  # oldest first: the first to leave the window as new heats come
             stream = np.stack(fill)
             pred = np.concatenate([np.zeros_like(stream), pred])
@@ -131,13 +142,22 @@ class SiteCalibrator:
         self.resets += 1
         return len(rows)
 
-    def interval(self, pred: np.ndarray, level: float | None = None,
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def interval(
+        self,
+        pred: np.ndarray,
+        level: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Bounds for predictions ``pred`` ([heats, targets]); infinite while too few heats."""
         return self.calibration.interval(pred, level)
 
-    def observe(self, pred: np.ndarray, actual: np.ndarray, lower: np.ndarray,
-                upper: np.ndarray, counts: Sequence[int] | None = None) -> None:
+    def observe(
+        self,
+        pred: np.ndarray,
+        actual: np.ndarray,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        counts: Sequence[int] | None = None,
+    ) -> None:
         """New heats' outcomes: score the intervals issued before them, then add their
         residuals (``pred`` was made before the outcome was known). ``counts``: the heats'
         counts (default: the ones after the latest observed)."""
@@ -156,8 +176,11 @@ class SiteCalibrator:
     # -- reporting
     def values(self) -> dict[str, float]:
         """Figures of the ``calibration`` metrics scope (docs/PROTOCOL.md)."""
-        out: dict[str, float] = {"level": self.level, "n": float(self.calibration.n),
-                                 "heats": float(self.coverage.n)}
+        out: dict[str, float] = {
+            "level": self.level,
+            "n": float(self.calibration.n),
+            "heats": float(self.coverage.n),
+        }
         recent = self.coverage.recent()
         lo, hi = self.calibration.interval(np.zeros((1, len(self.targets))))
         for j, t in enumerate(self.targets):

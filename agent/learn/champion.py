@@ -26,8 +26,14 @@ def scaled_error(pred: np.ndarray, actual: np.ndarray, y_scale: np.ndarray) -> f
     return float((np.abs(pred - actual).mean(axis=0) / y_scale).mean())
 
 
-def judge(champion: np.ndarray, challenger: np.ndarray, actual: np.ndarray,
-          y_scale: np.ndarray, tolerance: float, min_heats: int) -> Verdict:
+def judge(
+    champion: np.ndarray,
+    challenger: np.ndarray,
+    actual: np.ndarray,
+    y_scale: np.ndarray,
+    tolerance: float,
+    min_heats: int,
+) -> Verdict:
     """Swap unless the challenger's error exceeds the champion's by more than ``tolerance``
     (a fraction) on at least ``min_heats`` recent heats."""
     if len(actual) < min_heats:
@@ -35,6 +41,11 @@ def judge(champion: np.ndarray, challenger: np.ndarray, actual: np.ndarray,
     old = scaled_error(champion, actual, y_scale)
     new = scaled_error(challenger, actual, y_scale)
     if new > old * (1 + tolerance):
-        return Verdict(False, f"error {new:.4f} vs serving {old:.4f} on {len(actual)} heats "
-                              f"exceeds the tolerance of {tolerance:.0%}", old, new)
+        return Verdict(
+            False,
+            f"error {new:.4f} vs serving {old:.4f} on {len(actual)} heats "
+            f"exceeds the tolerance of {tolerance:.0%}",
+            old,
+            new,
+        )
     return Verdict(True, f"error {new:.4f} vs serving {old:.4f}", old, new)

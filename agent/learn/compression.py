@@ -44,13 +44,18 @@ class UpdateCompressor:
             self.residual = None
         self._version = version
 
-    def encode(self, delta: Weights, codec: str, topk_fraction: float,
-               ) -> dict[str, np.ndarray | Encoded]:
+    def encode(
+        self,
+        delta: Weights,
+        codec: str,
+        topk_fraction: float,
+    ) -> dict[str, np.ndarray | Encoded]:
         """The tensors to send for ``delta`` (arrays for ``raw``, else wire forms); the
         residual becomes what this update owes."""
         owed = delta
-        if self.residual is not None and ({k: v.shape for k, v in self.residual.items()}
-                                          == {k: v.shape for k, v in delta.items()}):
+        if self.residual is not None and (
+            {k: v.shape for k, v in self.residual.items()} == {k: v.shape for k, v in delta.items()}
+        ):
             owed = {k: (v + self.residual[k]).astype(np.float32) for k, v in delta.items()}
         self.residual = None
         if codec == "raw":

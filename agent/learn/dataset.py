@@ -14,8 +14,13 @@ class HeatTable:
     and drift shows in both.
     """
 
-    def __init__(self, features: Sequence[str], targets: Sequence[str], val_every: int = 5,
-                 max_val: int = 500) -> None:
+    def __init__(
+        self,
+        features: Sequence[str],
+        targets: Sequence[str],
+        val_every: int = 5,
+        max_val: int = 500,
+    ) -> None:
         self.features, self.targets = tuple(features), tuple(targets)
         self.val_every, self.max_val = val_every, max_val
         self._train_x: list[np.ndarray] = []
@@ -49,12 +54,16 @@ class HeatTable:
         return np.stack(rows) if rows else np.empty((0, width), np.float32)
 
     def train(self) -> tuple[np.ndarray, np.ndarray]:
-        return (self._stack(self._train_x, len(self.features)),
-                self._stack(self._train_y, len(self.targets)))
+        return (
+            self._stack(self._train_x, len(self.features)),
+            self._stack(self._train_y, len(self.targets)),
+        )
 
     def validation(self) -> tuple[np.ndarray, np.ndarray]:
-        return (self._stack(self._val_x, len(self.features)),
-                self._stack(self._val_y, len(self.targets)))
+        return (
+            self._stack(self._val_x, len(self.features)),
+            self._stack(self._val_y, len(self.targets)),
+        )
 
     @property
     def n_train(self) -> int:

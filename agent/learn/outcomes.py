@@ -63,16 +63,25 @@ def prediction_points(heat: Heat, prediction: PredictionBody) -> list[Point]:
     lower: Mapping[str, float] = prediction.lower or {}
     upper: Mapping[str, float] = prediction.upper or {}
     version = float(prediction.model_version)
-    fields = _finite([*((f"predicted_{t}", v) for t, v in predicted.items()),
-                      *((f"actual_{t}", v) for t, v in actual.items()),
-                      *((f"lower_{t}", v) for t, v in lower.items()),
-                      *((f"upper_{t}", v) for t, v in upper.items())])
+    fields = _finite(
+        [
+            *((f"predicted_{t}", v) for t, v in predicted.items()),
+            *((f"actual_{t}", v) for t, v in actual.items()),
+            *((f"lower_{t}", v) for t, v in lower.items()),
+            *((f"upper_{t}", v) for t, v in upper.items()),
+        ]
+    )
     errors = _finite((f"abs_error_{t}", abs(predicted[t] - v)) for t, v in actual.items())
-    errors.update((f"covered_{t}", float(lower[t] <= v <= upper[t])) for t, v in actual.items()
-                  if t in lower and t in upper and math.isfinite(v))
+    errors.update(
+        (f"covered_{t}", float(lower[t] <= v <= upper[t]))
+        for t, v in actual.items()
+        if t in lower and t in upper and math.isfinite(v)
+    )
     tags, ts = heat_tags(heat), heat_ts_ns(heat)
-    return [Point(PREDICTION_MEASUREMENT, tags, {**fields, "model_version": version}, ts),
-            Point(ERROR_MEASUREMENT, tags, {**errors, "model_version": version}, ts)]
+    return [
+        Point(PREDICTION_MEASUREMENT, tags, {**fields, "model_version": version}, ts),
+        Point(ERROR_MEASUREMENT, tags, {**errors, "model_version": version}, ts),
+    ]
 
 
 def drift_point(heat: Heat, event: DriftEvent, model_version: int | None) -> Point:
@@ -80,8 +89,11 @@ def drift_point(heat: Heat, event: DriftEvent, model_version: int | None) -> Poi
     fields: dict[str, FieldValue] = {**event.values(), "onset_heat": float(event.onset)}
     if model_version is not None:
         fields["model_version"] = float(model_version)
-    parts = [f"{kind}: {', '.join(names)}" for kind, names in
-             (("errors", event.error_targets), ("inputs", event.input_features)) if names]
+    parts = [
+        f"{kind}: {', '.join(names)}"
+        for kind, names in (("errors", event.error_targets), ("inputs", event.input_features))
+        if names
+    ]
     detail = "; ".join(parts) or "no detail"
     fields["summary"] = f"drift at heat {heat.heat_id} ({detail}), onset at heat {event.onset}"
     return Point(DRIFT_MEASUREMENT, heat_tags(heat), fields, heat_ts_ns(heat))

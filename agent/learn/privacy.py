@@ -34,8 +34,12 @@ from alchimia.models.params import Weights
 
 def l2_norm(delta: Weights) -> float:
     """L2 norm of all tensors of ``delta`` together (in float64)."""
-    return math.sqrt(sum(float(np.dot(v.ravel().astype(np.float64),
-                                      v.ravel().astype(np.float64))) for v in delta.values()))
+    return math.sqrt(
+        sum(
+            float(np.dot(v.ravel().astype(np.float64), v.ravel().astype(np.float64)))
+            for v in delta.values()
+        )
+    )
 
 
 def clip(delta: Weights, clip_norm: float) -> Weights:
@@ -49,14 +53,17 @@ def clip(delta: Weights, clip_norm: float) -> Weights:
     return {k: (v * scale).astype(np.float32) for k, v in delta.items()}
 
 
-def privatize(delta: Weights, clip_norm: float, noise_multiplier: float,
-              rng: np.random.Generator) -> Weights:
+def privatize(
+    delta: Weights, clip_norm: float, noise_multiplier: float, rng: np.random.Generator
+) -> Weights:
     """The clipped delta plus N(0, (noise_multiplier * clip_norm)^2) on every coordinate."""
     if not noise_multiplier > 0:
         raise ValueError(f"noise multiplier must be positive, got {noise_multiplier}")
     sigma = noise_multiplier * clip_norm
-    return {k: (v + sigma * rng.standard_normal(v.shape)).astype(np.float32)
-            for k, v in clip(delta, clip_norm).items()}
+    return {
+        k: (v + sigma * rng.standard_normal(v.shape)).astype(np.float32)
+        for k, v in clip(delta, clip_norm).items()
+    }
 
 
 def entropy_rng() -> np.random.Generator:
@@ -71,8 +78,9 @@ class UpdatePrivatizer:
     def __init__(self, rng: np.random.Generator | None = None) -> None:
         self.rng = rng if rng is not None else entropy_rng()
 
-    def apply(self, delta: Weights, clip_norm: float | None,
-              noise_multiplier: float | None) -> Weights:
+    def apply(
+        self, delta: Weights, clip_norm: float | None, noise_multiplier: float | None
+    ) -> Weights:
         if clip_norm is None or noise_multiplier is None:
             return delta
         return privatize(delta, clip_norm, noise_multiplier, self.rng)

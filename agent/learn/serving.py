@@ -55,8 +55,12 @@ class ServingFiles:
         that is not on disk."""
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.onnx_path, onnx_bytes)
-        info = {"version": version, "spec": spec.model_dump(mode="json"),
-                "site_tensors": list(spec.parameter_shapes("site")), "updated_ts": time.time()}
+        info = {
+            "version": version,
+            "spec": spec.model_dump(mode="json"),
+            "site_tensors": list(spec.parameter_shapes("site")),
+            "updated_ts": time.time(),
+        }
         atomic_write(self.info_path, json.dumps(info, indent=1).encode())
 
     def save_calibration(self, calibration: Calibration) -> None:

@@ -80,10 +80,22 @@ class SitePolicy:
     detect: bool = True  # False: score and remember only, never start a regime (ablation)
 
     def __post_init__(self) -> None:
-        if min(self.train_window, self.adapt_heats, self.adapt_epochs, self.adapt_every,
-               self.min_regime_heats, self.batch_size, self.window) < 1:
-            raise ValueError("train_window, adapt_heats, adapt_epochs, adapt_every, "
-                             "min_regime_heats, batch_size and window must be >= 1")
+        if (
+            min(
+                self.train_window,
+                self.adapt_heats,
+                self.adapt_epochs,
+                self.adapt_every,
+                self.min_regime_heats,
+                self.batch_size,
+                self.window,
+            )
+            < 1
+        ):
+            raise ValueError(
+                "train_window, adapt_heats, adapt_epochs, adapt_every, "
+                "min_regime_heats, batch_size and window must be >= 1"
+            )
         if self.replay_rows < 0 or not self.adapt_lr > 0:
             raise ValueError("need replay_rows >= 0 and adapt_lr > 0")
 
@@ -91,13 +103,20 @@ class SitePolicy:
 class SiteLearner:
     """Test-then-train bookkeeping and the adaptation policy of one site (module doc)."""
 
-    def __init__(self, features: Sequence[str], targets: Sequence[str],
-                 y_scale: Sequence[float], policy: SitePolicy | None = None, *,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        features: Sequence[str],
+        targets: Sequence[str],
+        y_scale: Sequence[float],
+        policy: SitePolicy | None = None,
+        *,
+        seed: int = 0,
+    ) -> None:
         self.policy = p = policy or SitePolicy()
         self.prequential = Prequential(targets, p.window)
-        self.errors = ErrorDriftMonitor(targets, y_scale,
-                                        lambda: PageHinkley(threshold=p.ph_threshold))
+        self.errors = ErrorDriftMonitor(
+            targets, y_scale, lambda: PageHinkley(threshold=p.ph_threshold)
+        )
         self.inputs = InputDriftMonitor(features, p.input_reference, p.input_window)
         self.replay = RegimeReplayBuffer(p.replay_capacity, seed)
         self.observed = 0  # heats seen (1-based counts below refer to it)
@@ -110,11 +129,13 @@ class SiteLearner:
         # Training heats only, newest last, with their heat counts: a round and a re-fit
         # train on the current regime's part of it.
         self._rows: deque[tuple[int, np.ndarray, np.ndarray]] = deque(
-            maxlen=max(p.train_window, p.adapt_heats))
+            maxlen=max(p.train_window, p.adapt_heats)
+        )
 
     # -- observing
-    def observe(self, x: np.ndarray, y: np.ndarray, pred: np.ndarray | None, *,
-                learn: bool = True) -> DriftEvent | None:
+    def observe(
+        self, x: np.ndarray, y: np.ndarray, pred: np.ndarray | None, *, learn: bool = True
+    ) -> DriftEvent | None:
         """Score the prediction made before the outcome (None: there was none, e.g. a
         history heat), watch errors and inputs, and remember the heat as a training heat
         unless ``learn`` is False (a validation heat: scored and watched, never trained
@@ -143,9 +164,11 @@ class SiteLearner:
     def _lag(self, targets: list[str]) -> int:
         """How many heats back the error rise began: the longest estimate of the targets
         that fired (the other detectors' estimates belong to older alarms)."""
-        lags = [d.change_lag or 0 for t, d in zip(self.errors.targets, self.errors.detectors,
-                                                  strict=True)
-                if t in targets and isinstance(d, PageHinkley)]
+        lags = [
+            d.change_lag or 0
+            for t, d in zip(self.errors.targets, self.errors.detectors, strict=True)
+            if t in targets and isinstance(d, PageHinkley)
+        ]
         return max(lags, default=0)
 
     @property
@@ -158,8 +181,10 @@ class SiteLearner:
         rows = [r for r in self._rows if r[0] >= self.regime_start][-n:] if n > 0 else []
         width_x = len(self.inputs.features)
         if not rows:
-            return (np.empty((0, width_x), np.float32),
-                    np.empty((0, len(self.prequential.targets)), np.float32))
+            return (
+                np.empty((0, width_x), np.float32),
+                np.empty((0, len(self.prequential.targets)), np.float32),
+            )
         return np.stack([r[1] for r in rows]), np.stack([r[2] for r in rows])
 
     @property
@@ -181,7 +206,7 @@ class SiteLearner:
         p = self.policy
         x, y = self.regime_rows(p.train_window)
         if len(x) == 0 and self._rows:
-            rows = list(self._rows)[-p.min_regime_heats:]
+            rows = list(self._rows)[-p.min_regime_heats :]
             x, y = np.stack([r[1] for r in rows]), np.stack([r[2] for r in rows])
         return x, y, self.replay_rows()
 
@@ -195,11 +220,17 @@ class SiteLearner:
             return False
         if self._last_refit is None:
             return True
-        return (self.observed - self._last_refit >= p.adapt_every
-                and self._last_refit_rows < p.adapt_heats)
+        return (
+            self.observed - self._last_refit >= p.adapt_every
+            and self._last_refit_rows < p.adapt_heats
+        )
 
-    def refit(self, spec: ModelSpec, shared: Mapping[str, np.ndarray],
-              site: Mapping[str, np.ndarray] | None) -> Weights | None:
+    def refit(
+        self,
+        spec: ModelSpec,
+        shared: Mapping[str, np.ndarray],
+        site: Mapping[str, np.ndarray] | None,
+    ) -> Weights | None:
         """Re-fit the site part on the current regime's newest ``adapt_heats`` training
         heats, with ``shared`` frozen; the new site part, or None if the architecture has
         no site tensors or the regime holds too few heats. Marks the re-fit done."""
@@ -210,9 +241,15 @@ class SiteLearner:
         self._last_refit, self._last_refit_rows = self.observed, len(x)
         if not spec.parameter_shapes("site"):
             return None
-        cfg = TrainConfig(epochs=0, lr=p.adapt_lr, batch_size=p.batch_size,
-                          seed=self.observed, site_epochs=p.adapt_epochs,
-                          site_l2=p.adapt_prior, site_anchor=True)
+        cfg = TrainConfig(
+            epochs=0,
+            lr=p.adapt_lr,
+            batch_size=p.batch_size,
+            seed=self.observed,
+            site_epochs=p.adapt_epochs,
+            site_l2=p.adapt_prior,
+            site_anchor=True,
+        )
         self.refits += 1
         return train_delta(spec, shared, x, y, cfg, site=site).site
 

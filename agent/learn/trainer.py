@@ -48,9 +48,16 @@ class TrainResult:
     metrics: dict[str, float]
 
 
-def _epochs(model: HeatModel, params: list[torch.nn.Parameter], xs: torch.Tensor,
-            ys: torch.Tensor, epochs: int, cfg: TrainConfig, gen: torch.Generator,
-            penalty: Callable[[], torch.Tensor] | None) -> float:
+def _epochs(
+    model: HeatModel,
+    params: list[torch.nn.Parameter],
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    epochs: int,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    penalty: Callable[[], torch.Tensor] | None,
+) -> float:
     """Adam over ``params`` only, MSE on normalised targets; returns the mean batch loss."""
     opt = torch.optim.Adam(params, lr=cfg.lr)
     loss_sum, batches = 0.0, 0
@@ -67,12 +74,17 @@ def _epochs(model: HeatModel, params: list[torch.nn.Parameter], xs: torch.Tensor
     return loss_sum / max(batches, 1)
 
 
-def train_delta(spec: ModelSpec, base: Mapping[str, np.ndarray], x: np.ndarray,  # noqa: C901
-                y: np.ndarray, cfg: TrainConfig, *,
-                site: Mapping[str, np.ndarray] | None = None,
-                replay: tuple[np.ndarray, np.ndarray] | None = None,
-                fisher: Mapping[str, np.ndarray] | None = None,
-                ) -> TrainResult:
+def train_delta(  # noqa: C901
+    spec: ModelSpec,
+    base: Mapping[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: TrainConfig,
+    *,
+    site: Mapping[str, np.ndarray] | None = None,
+    replay: tuple[np.ndarray, np.ndarray] | None = None,
+    fisher: Mapping[str, np.ndarray] | None = None,
+) -> TrainResult:
     """Train a copy of the base model (with ``site``, or a fresh site part) on (x, y).
 
     Adam with MSE on normalised targets, so every target counts alike whatever its unit.
@@ -112,28 +124,36 @@ def train_delta(spec: ModelSpec, base: Mapping[str, np.ndarray], x: np.ndarray, 
     metrics: dict[str, float] = {}
     if site_params and cfg.site_epochs > 0:
         prior = cfg.site_l2 / n_site
-        centre = [p.detach().clone() if cfg.site_anchor else torch.zeros_like(p)
-                  for p in site_params]
+        centre = [
+            p.detach().clone() if cfg.site_anchor else torch.zeros_like(p) for p in site_params
+        ]
 
         scales = spec.site_prior_scale()
         strength = [prior * scales.get(k, 1.0) for k in spec.parameter_shapes("site")]
 
         def shrink() -> torch.Tensor:
-            return torch.stack([s * ((p - c) ** 2).sum() for p, c, s in
-                                zip(site_params, centre, strength, strict=True)]).sum()
+            return torch.stack(
+                [
+                    s * ((p - c) ** 2).sum()
+                    for p, c, s in zip(site_params, centre, strength, strict=True)
+                ]
+            ).sum()
 
         for p in shared:
             p.requires_grad_(False)
-        metrics["site_loss"] = _epochs(model, site_params, xs[:n_site], ys[:n_site],
-                                       cfg.site_epochs, cfg, gen, shrink)
+        metrics["site_loss"] = _epochs(
+            model, site_params, xs[:n_site], ys[:n_site], cfg.site_epochs, cfg, gen, shrink
+        )
         for p in shared:
             p.requires_grad_(True)
     if cfg.epochs > 0:
+
         def shared_penalty() -> torch.Tensor:
             loss = torch.zeros(())
             if cfg.proximal_mu > 0:
                 loss = loss + 0.5 * cfg.proximal_mu * sum(
-                    ((p - a) ** 2).sum() for p, a in zip(shared, anchor, strict=True))
+                    ((p - a) ** 2).sum() for p, a in zip(shared, anchor, strict=True)
+                )
             if ewc is not None:
                 loss = loss + ewc(model)
             return loss
@@ -141,8 +161,15 @@ def train_delta(spec: ModelSpec, base: Mapping[str, np.ndarray], x: np.ndarray, 
         for p in site_params:
             p.requires_grad_(False)
         metrics["train_loss"] = _epochs(
-            model, shared, xs, ys, cfg.epochs, cfg, gen,
-            shared_penalty if cfg.proximal_mu > 0 or ewc is not None else None)
+            model,
+            shared,
+            xs,
+            ys,
+            cfg.epochs,
+            cfg,
+            gen,
+            shared_penalty if cfg.proximal_mu > 0 or ewc is not None else None,
+        )
     if ewc is not None:
         metrics["ewc_penalty"] = ewc.value(get_weights(model))
     return TrainResult(subtract(get_weights(model), base), get_weights(model, "site"), metrics)

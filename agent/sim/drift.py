@@ -232,8 +232,7 @@ def parse_drift(spec: str) -> Drift:
             if key not in defaults:
                 allowed = ", ".join(defaults) or "none"
                 raise ValueError(
-                    f"bad drift spec {spec!r}: {name} has no parameter {key!r} "
-                    f"(allowed: {allowed})"
+                    f"bad drift spec {spec!r}: {name} has no parameter {key!r} (allowed: {allowed})"
                 )
             if key in kwargs:
                 raise ValueError(f"bad drift spec {spec!r}: parameter {key!r} given twice")

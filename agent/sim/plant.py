@@ -291,8 +291,19 @@ class SimulatedPlant:
         # and the transformer, so it does not leak the actual outcome.
         metal_nom = float(masses @ g.YIELD)
         planned = _energy_kwh_t(
-            masses, total_t, metal_nom, lime_t, oxygen_nm3, gas_nm3, carbon_kg,
-            38.0 + off_min, aim_c, 0.0, p.efficiency, p.base_loss_kwh_t, 0.0,
+            masses,
+            total_t,
+            metal_nom,
+            lime_t,
+            oxygen_nm3,
+            gas_nm3,
+            carbon_kg,
+            38.0 + off_min,
+            aim_c,
+            0.0,
+            p.efficiency,
+            p.base_loss_kwh_t,
+            0.0,
         )
         power_mw = p.transformer_mva * POWER_FACTOR * UTILISATION
         on_min = planned * metal_nom / (power_mw * 1e3) * 60.0 * math.exp(0.03 * z[5])
@@ -328,9 +339,19 @@ class SimulatedPlant:
         # Long waits before tapping cool the bath a little (invented, check).
         tap_c = aim_c + 9.0 * rng.standard_normal() - 0.5 * max(off_min - 20.0, 0.0)
         energy = _energy_kwh_t(
-            masses, dry_t, tapped_true, lime_t, oxygen_nm3, gas_nm3, carbon_kg,
-            on_min + off_min, tap_c, heel_t - p.hot_heel_t, p.efficiency,
-            p.base_loss_kwh_t + fx.extra_loss_kwh_t, water_kg,
+            masses,
+            dry_t,
+            tapped_true,
+            lime_t,
+            oxygen_nm3,
+            gas_nm3,
+            carbon_kg,
+            on_min + off_min,
+            tap_c,
+            heel_t - p.hot_heel_t,
+            p.efficiency,
+            p.base_loss_kwh_t + fx.extra_loss_kwh_t,
+            water_kg,
         )
         energy *= 1.0 + 0.025 * rng.standard_normal()
         energy_kwh_t = round(energy, 1)
@@ -429,16 +450,23 @@ class _Executed:
 
 
 #: The process plan :meth:`SimulatedPlant.execute` takes besides the charge.
-EXECUTED_PLAN = ("lime_t", "carbon_kg", "oxygen_nm3", "gas_nm3", "power_off_min",
-                 "tap_temp_aim_c")
+EXECUTED_PLAN = ("lime_t", "carbon_kg", "oxygen_nm3", "gas_nm3", "power_off_min", "tap_temp_aim_c")
 
 
 # Practice archetypes cycled through by default_plants: (label, mix, practice overrides).
 _ARCHETYPES: tuple[tuple[str, dict[str, float], dict[str, float]], ...] = (
     (
         "mixed",
-        {"E3": 0.30, "E1": 0.08, "E2": 0.10, "E8": 0.05, "E40": 0.35, "EHRB": 0.07,
-         "E46": 0.03, "E5H": 0.02},
+        {
+            "E3": 0.30,
+            "E1": 0.08,
+            "E2": 0.10,
+            "E8": 0.05,
+            "E40": 0.35,
+            "EHRB": 0.07,
+            "E46": 0.03,
+            "E5H": 0.02,
+        },
         {},
     ),
     (
@@ -535,8 +563,18 @@ def _size_transformer(profile: PlantProfile, t_on_min: float) -> float:
     masses = mix * charge
     lime = profile.lime_kg_t * charge / 1e3 + LIME_PER_GANGUE * float(masses @ g.GANGUE)
     energy = _energy_kwh_t(
-        masses, charge, tap, lime, profile.oxygen_nm3_t * charge, profile.gas_nm3_t * charge,
-        profile.carbon_kg_t * charge, t_on_min + profile.power_off_min,
-        profile.tap_temp_aim_c, 0.0, profile.efficiency, profile.base_loss_kwh_t, 0.0,
+        masses,
+        charge,
+        tap,
+        lime,
+        profile.oxygen_nm3_t * charge,
+        profile.gas_nm3_t * charge,
+        profile.carbon_kg_t * charge,
+        t_on_min + profile.power_off_min,
+        profile.tap_temp_aim_c,
+        0.0,
+        profile.efficiency,
+        profile.base_loss_kwh_t,
+        0.0,
     )
     return energy * tap / (t_on_min / 60.0) / 1e3 / (POWER_FACTOR * UTILISATION)

@@ -93,11 +93,14 @@ def signal_arrays(
     rated_v = 1250.0 * math.sqrt(spec.transformer_mva / 120.0)  # DSP-120: 120 MVA, 1,250 V
     voltage = rated_v * _TAP_VOLTAGE[phase] * (1.0 + 0.005 * rng.standard_normal(n))
 
-    electrode = np.select(
-        [phase == BORE, phase == MELT, phase == FLAT],
-        [3.0 - 2.1 * progress, 0.9 + 0.6 * progress, np.full(n, 1.6)],
-        default=4.0,
-    ) + 0.03 * _smooth_noise(rng, n, 8.0) * on
+    electrode = (
+        np.select(
+            [phase == BORE, phase == MELT, phase == FLAT],
+            [3.0 - 2.1 * progress, 0.9 + 0.6 * progress, np.full(n, 1.6)],
+            default=4.0,
+        )
+        + 0.03 * _smooth_noise(rng, n, 8.0) * on
+    )
 
     co = 4.0 + 20.0 * lance_rel + 12.0 * lance_rel * carbon_rel
     co = _ema(np.where(on, co, 1.0), 20.0) + 1.0 * rng.standard_normal(n)
@@ -107,9 +110,7 @@ def signal_arrays(
     offgas_t = 350.0 + 1000.0 * _ema(heat_load, 180.0) + 15.0 * rng.standard_normal(n)
     water_in = 32.0 + 0.3 * _smooth_noise(rng, n, 300.0)
     panel_load = _ema(_RADIATION[phase] * p_rel, 120.0)
-    water_out = (
-        water_in + 4.0 + 9.0 * spec.loss_factor * panel_load + 0.1 * rng.standard_normal(n)
-    )
+    water_out = water_in + 4.0 + 9.0 * spec.loss_factor * panel_load + 0.1 * rng.standard_normal(n)
 
     # Resample at the requested period.
     total_s = float(n)

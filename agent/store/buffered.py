@@ -147,8 +147,9 @@ class BufferedWriter:
             ]
             self.spool.append(records)
         # Wake the sender for a full batch, or for an fsync due before it would wake anyway.
-        if ((self.spool.pending_points >= n and self._outage_since is None)
-                or time.monotonic() + self.spool.until_sync() < self._wakes_at):
+        if (
+            self.spool.pending_points >= n and self._outage_since is None
+        ) or time.monotonic() + self.spool.until_sync() < self._wakes_at:
             with self._cond:
                 self._cond.notify_all()
 
@@ -196,15 +197,20 @@ class BufferedWriter:
         try:
             self.flush(timeout)
         except StoreError as exc:
-            log.info("closing with %d points spooled in %s (%s); they are replayed on the "
-                     "next start", self.spool.pending_points, self.spool.directory, exc)
+            log.info(
+                "closing with %d points spooled in %s (%s); they are replayed on the next start",
+                self.spool.pending_points,
+                self.spool.directory,
+                exc,
+            )
         with self._cond:
             self._stop = True
             self._cond.notify_all()
         self._thread.join(timeout=30.0)
         if self._thread.is_alive():
-            log.warning("sender thread did not stop; leaving spool %s to process exit",
-                        self.spool.directory)
+            log.warning(
+                "sender thread did not stop; leaving spool %s to process exit", self.spool.directory
+            )
             return
         self.sink.close()
         self.spool.close()
@@ -224,8 +230,13 @@ class BufferedWriter:
                 if self._stop:
                     return
                 now = time.monotonic()
-                if not self._wake and now < send_at and (
-                    self._outage_since is not None or self.spool.pending_points < self.batch_size
+                if (
+                    not self._wake
+                    and now < send_at
+                    and (
+                        self._outage_since is not None
+                        or self.spool.pending_points < self.batch_size
+                    )
                 ):
                     timeout = min(send_at - now, self.spool.until_sync())
                     self._wakes_at = now + timeout
@@ -273,9 +284,12 @@ class BufferedWriter:
             result = self.sink.send(batch.payload, batch.points)
             if result.outcome is Outcome.OK:
                 if self._outage_since is not None:
-                    log.info("%s is reachable again after %.1fs; replaying %d spooled points",
-                             self.sink.describe(), time.monotonic() - self._outage_since,
-                             self.spool.pending_points)
+                    log.info(
+                        "%s is reachable again after %.1fs; replaying %d spooled points",
+                        self.sink.describe(),
+                        time.monotonic() - self._outage_since,
+                        self.spool.pending_points,
+                    )
                     self._outage_since = None
                 # Stats first: flush() returns as soon as the commit lands.
                 self.stats.sent_points += batch.points
@@ -286,19 +300,31 @@ class BufferedWriter:
                 self.stats.rejected_points += refused
                 self.stats.rejected_batches += 1
                 self.stats.sent_points += batch.points - refused
-                path = self.spool.reject(batch, result.reason, result.status,
-                                         payload=result.rejected, points=refused)
-                log.error("%s refused %d of a batch of %d points (HTTP %s): %s; moved to %s",
-                          self.sink.describe(), refused, batch.points, result.status,
-                          result.reason, path)
+                path = self.spool.reject(
+                    batch, result.reason, result.status, payload=result.rejected, points=refused
+                )
+                log.error(
+                    "%s refused %d of a batch of %d points (HTTP %s): %s; moved to %s",
+                    self.sink.describe(),
+                    refused,
+                    batch.points,
+                    result.status,
+                    result.reason,
+                    path,
+                )
             else:
                 self.stats.last_error = result.reason
                 if self._outage_since is None:
                     self._outage_since = time.monotonic()
                     self.stats.outages += 1
-                    log.warning("%s unavailable (%s); keeping %d points in the spool %s and "
-                                "retrying with backoff", self.sink.describe(), result.reason,
-                                self.spool.pending_points, self.spool.directory)
+                    log.warning(
+                        "%s unavailable (%s); keeping %d points in the spool %s and "
+                        "retrying with backoff",
+                        self.sink.describe(),
+                        result.reason,
+                        self.spool.pending_points,
+                        self.spool.directory,
+                    )
                 return False
             with self._cond:
                 self._cond.notify_all()

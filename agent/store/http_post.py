@@ -36,8 +36,15 @@ class PostError(Exception):
 class PostConnection:
     """POSTs to one server over a reused connection; safe to share between threads."""
 
-    def __init__(self, url: str, *, username: str | None = None, password: str | None = None,
-                 timeout: float = 10.0, connect_timeout: float = 3.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 10.0,
+        connect_timeout: float = 3.0,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"InfluxDB URL must be http(s)://host[:port][/path], got {url!r}")
@@ -55,8 +62,9 @@ class PostConnection:
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
 
-    def post(self, path: str, query: Mapping[str, str], body: bytes,
-             headers: Mapping[str, str]) -> tuple[int, bytes]:
+    def post(
+        self, path: str, query: Mapping[str, str], body: bytes, headers: Mapping[str, str]
+    ) -> tuple[int, bytes]:
         """(status, response body). A connection the server closed while idle is reopened
         and the request sent once more; every other failure raises :class:`PostError`."""
         target = f"{self._prefix}{path}?{urlencode(query)}" if query else self._prefix + path
@@ -68,12 +76,16 @@ class PostConnection:
                     # InfluxDB answers some errors (401, 404 database not found) before it
                     # reads a large body, then closes: sending fails, but the answer waits.
                     with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-                        conn.request("POST", target, body=body,
-                                     headers={**self._headers, **headers})
+                        conn.request(
+                            "POST", target, body=body, headers={**self._headers, **headers}
+                        )
                     response = conn.getresponse()
                     data = response.read()
-                except (http.client.RemoteDisconnected, ConnectionResetError,
-                        BrokenPipeError) as exc:
+                except (
+                    http.client.RemoteDisconnected,
+                    ConnectionResetError,
+                    BrokenPipeError,
+                ) as exc:
                     self._drop()
                     if retry_stale:
                         # The server closed the idle connection; sending again is safe
@@ -95,12 +107,14 @@ class PostConnection:
     def _connect(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection
         if self._https:
-            conn = http.client.HTTPSConnection(self._host, self._port,
-                                               timeout=self._connect_timeout,
-                                               context=ssl.create_default_context())
+            conn = http.client.HTTPSConnection(
+                self._host,
+                self._port,
+                timeout=self._connect_timeout,
+                context=ssl.create_default_context(),
+            )
         else:
-            conn = http.client.HTTPConnection(self._host, self._port,
-                                              timeout=self._connect_timeout)
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self._connect_timeout)
         try:
             conn.connect()
         except OSError as exc:

@@ -126,18 +126,25 @@ class InfluxHTTP:
         self.database = database
         self.retention_policy = retention_policy
         if not 0 <= gzip_level <= isal_zlib.ISAL_BEST_COMPRESSION:
-            raise ValueError(f"gzip_level must be 0 (no compression) to "
-                             f"{isal_zlib.ISAL_BEST_COMPRESSION}, not {gzip_level}")
+            raise ValueError(
+                f"gzip_level must be 0 (no compression) to "
+                f"{isal_zlib.ISAL_BEST_COMPRESSION}, not {gzip_level}"
+            )
         self.gzip_level = gzip_level
         auth = (username, password or "") if username else None
         connect = min(timeout, 3.0)
         # Two connections: the sender thread and query callers never wait on each other.
-        self._write = PostConnection(self.url, username=username, password=password,
-                                     timeout=timeout, connect_timeout=connect)
+        self._write = PostConnection(
+            self.url, username=username, password=password, timeout=timeout, connect_timeout=connect
+        )
         # Like the write connection: the system's CA store, no proxy from the environment.
         self._query_client = httpx.Client(
-            base_url=self.url, auth=auth, timeout=httpx.Timeout(timeout, connect=connect),
-            verify=ssl.create_default_context(), trust_env=False)
+            base_url=self.url,
+            auth=auth,
+            timeout=httpx.Timeout(timeout, connect=connect),
+            verify=ssl.create_default_context(),
+            trust_env=False,
+        )
         self._write_params = {"db": database, "precision": "ns"}
         if retention_policy:
             self._write_params["rp"] = retention_policy
@@ -155,7 +162,8 @@ class InfluxHTTP:
         form = urlencode({"q": f"CREATE DATABASE {quote_ident(self.database)}"}).encode()
         try:
             status, body = self._write.post(
-                "/query", {}, form, {"Content-Type": "application/x-www-form-urlencoded"})
+                "/query", {}, form, {"Content-Type": "application/x-www-form-urlencoded"}
+            )
         except PostError as exc:
             log.debug("CREATE DATABASE failed: %s", exc)
             return False
@@ -200,8 +208,9 @@ class InfluxHTTP:
                 return SendResult(Outcome.RETRY, reason, status)
             if status in (401, 403):
                 # Not this batch's fault: keep it until the credentials are fixed.
-                return SendResult(Outcome.RETRY, f"not authorised (HTTP {status}): {reason}",
-                                  status)
+                return SendResult(
+                    Outcome.RETRY, f"not authorised (HTTP {status}): {reason}", status
+                )
             if status in (408, 429) or status >= 500:
                 return SendResult(Outcome.RETRY, f"HTTP {status}: {reason}", status)
             return SendResult(Outcome.REJECT, reason, status)
@@ -226,8 +235,12 @@ class InfluxHTTP:
             if result.outcome is Outcome.RETRY:
                 return result
             match = _DROPPED.search(result.reason)
-            if (len(chunk) == 1 or budget <= 0 or "partial write" not in result.reason
-                    or (match is not None and int(match.group(1)) >= len(chunk))):
+            if (
+                len(chunk) == 1
+                or budget <= 0
+                or "partial write" not in result.reason
+                or (match is not None and int(match.group(1)) >= len(chunk))
+            ):
                 refused.extend(chunk)
                 reasons[result.reason] = None
                 return None
@@ -251,15 +264,20 @@ class InfluxHTTP:
 
     def query(self, q: str) -> Iterator[dict[str, Any]]:
         """Stream the series of a one-statement query (chunked, so no server row limit bites)."""
-        params = {"db": self.database, "epoch": "ns", "chunked": "true",
-                  "chunk_size": str(QUERY_CHUNK_ROWS)}
+        params = {
+            "db": self.database,
+            "epoch": "ns",
+            "chunked": "true",
+            "chunk_size": str(QUERY_CHUNK_ROWS),
+        }
         try:
-            with self._query_client.stream("POST", "/query", params=params,
-                                           data={"q": q}) as r:
+            with self._query_client.stream("POST", "/query", params=params, data={"q": q}) as r:
                 if r.status_code != 200:
                     r.read()
-                    raise StoreError(f"InfluxDB query failed (HTTP {r.status_code}): "
-                                     f"{_error_text(r.content)} [{q}]")
+                    raise StoreError(
+                        f"InfluxDB query failed (HTTP {r.status_code}): "
+                        f"{_error_text(r.content)} [{q}]"
+                    )
                 for line in r.iter_lines():
                     if not line.strip():
                         continue
@@ -330,22 +348,39 @@ class InfluxStore:
     ) -> None:
         if spool_dir is None:
             spool_dir = default_state_dir() / "spool" / database
-        self.http = InfluxHTTP(url, database, username=username, password=password,
-                               retention_policy=retention_policy, timeout=timeout,
-                               gzip_level=gzip_level)
+        self.http = InfluxHTTP(
+            url,
+            database,
+            username=username,
+            password=password,
+            retention_policy=retention_policy,
+            timeout=timeout,
+            gzip_level=gzip_level,
+        )
         if not self.http.create_database():
-            log.warning("%s is not reachable at start; points are spooled in %s until it is",
-                        self.http.describe(), spool_dir)
+            log.warning(
+                "%s is not reachable at start; points are spooled in %s until it is",
+                self.http.describe(),
+                spool_dir,
+            )
         try:
-            spool = Spool(Path(spool_dir), max_bytes=max_spool_bytes,
-                          segment_bytes=segment_bytes, fsync=fsync,
-                          fsync_interval=fsync_interval)
+            spool = Spool(
+                Path(spool_dir),
+                max_bytes=max_spool_bytes,
+                segment_bytes=segment_bytes,
+                fsync=fsync,
+                fsync_interval=fsync_interval,
+            )
         except BaseException:
             self.http.close()
             raise
         self._writer = BufferedWriter(
-            spool, self.http, batch_size=batch_size, flush_interval=flush_interval,
-            backoff_initial=backoff_initial, backoff_max=backoff_max,
+            spool,
+            self.http,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
             flush_timeout=flush_timeout,
         )
 
@@ -371,11 +406,16 @@ class InfluxStore:
         self._writer.flush(fail_fast=True)
 
     def _select(
-        self, measurement: str, tags: Mapping[str, str], start_ns: int | None,
+        self,
+        measurement: str,
+        tags: Mapping[str, str],
+        start_ns: int | None,
         end_ns: int | None,
     ) -> str:
-        return (f"SELECT * FROM {quote_ident(measurement)}"
-                f"{where_clause(tags, start_ns, end_ns)} GROUP BY *")
+        return (
+            f"SELECT * FROM {quote_ident(measurement)}"
+            f"{where_clause(tags, start_ns, end_ns)} GROUP BY *"
+        )
 
     def query_points(
         self,
@@ -395,8 +435,9 @@ class InfluxStore:
             cols = series["columns"][1:]
             conv = [_CONVERTERS.get(types.get(c, ""), _identity) for c in cols]
             for row in series.get("values") or ():
-                fields = {c: f(v) for c, f, v in zip(cols, conv, row[1:], strict=True)
-                          if v is not None}
+                fields = {
+                    c: f(v) for c, f, v in zip(cols, conv, row[1:], strict=True) if v is not None
+                }
                 if fields:
                     out.append(Point(measurement, stags, fields, int(row[0])))
         streams = [[(p.ts_ns, key, p) for p in pts] for key, (_, pts) in sorted(rows.items())]
@@ -415,8 +456,10 @@ class InfluxStore:
     ) -> list[str]:
         """Sorted values of ``tag`` among the series matching ``where``."""
         self._flush_for_read()
-        q = (f"SHOW TAG VALUES FROM {quote_ident(measurement)} WITH KEY = {quote_ident(tag)}"
-             f"{where_clause(where)}")
+        q = (
+            f"SHOW TAG VALUES FROM {quote_ident(measurement)} WITH KEY = {quote_ident(tag)}"
+            f"{where_clause(where)}"
+        )
         values: set[str] = set()
         for series in self.http.query(q):
             values.update(v for _k, v in series.get("values") or ())
@@ -428,6 +471,7 @@ class InfluxStore:
 
 def default_state_dir() -> Path:
     """Where the agent keeps durable state when not told: ``$XDG_STATE_HOME/alchimia``."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
-                                                             "state")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
     return Path(base) / "alchimia"

@@ -169,8 +169,12 @@ def normalize_point(point: Point) -> Point:
     """Validate a point and return it with plain Python values (what a store will return)."""
     check_measurement(point.measurement)
     check_tags(point.tags)
-    return Point(point.measurement, dict(point.tags), normalize_fields(point.fields),
-                 normalize_ts(point.ts_ns))
+    return Point(
+        point.measurement,
+        dict(point.tags),
+        normalize_fields(point.fields),
+        normalize_ts(point.ts_ns),
+    )
 
 
 def escape_measurement(name: str) -> str:
@@ -282,15 +286,22 @@ class LineEncoder:
                 return None
             try:
                 prefix = series_prefix(point.measurement, point.tags).replace("%", "%%")
-                names = [escape_key(check_field_key(k)).replace("%", "%%")
-                         for k in point.fields]
+                names = [escape_key(check_field_key(k)).replace("%", "%%") for k in point.fields]
             except (TypeError, ValueError):
                 return None  # encode_line raises the error it would raise for this point
-            specs = [f"{name}=%r" if t is float else f"{name}=%di"
-                     for name, t in zip(names, types, strict=True)]
+            specs = [
+                f"{name}=%r" if t is float else f"{name}=%di"
+                for name, t in zip(names, types, strict=True)
+            ]
             ints = tuple(i for i, t in enumerate(types) if t is int)
-            entry = _Template(dict(point.tags), f"{prefix} {','.join(specs)} %d\n", types, ints,
-                              list(point.fields), list(types))
+            entry = _Template(
+                dict(point.tags),
+                f"{prefix} {','.join(specs)} %d\n",
+                types,
+                ints,
+                list(point.fields),
+                list(types),
+            )
             if len(self._by_items) >= _TEMPLATE_CACHE_MAX:
                 self._by_items.clear()
             self._by_items[key] = entry
@@ -324,11 +335,13 @@ class LineEncoder:
         if entry is None:
             return False
         n = len(run)
-        if (list(map(_MEASUREMENT, run)).count(head.measurement) != n
-                # Equal, not identical: a source may build a new tags dict per point.
-                or list(map(_TAGS, run)).count(entry.tags) != n
-                or list(map(len, fields)).count(len(entry.keys)) != n
-                or list(chain.from_iterable(fields)) != entry.keys * n):
+        if (
+            list(map(_MEASUREMENT, run)).count(head.measurement) != n
+            # Equal, not identical: a source may build a new tags dict per point.
+            or list(map(_TAGS, run)).count(entry.tags) != n
+            or list(map(len, fields)).count(len(entry.keys)) != n
+            or list(chain.from_iterable(fields)) != entry.keys * n
+        ):
             return False
         values = list(chain.from_iterable(map(dict.values, fields)))
         if list(map(type, values)) != entry.type_list * n:
@@ -341,8 +354,7 @@ class LineEncoder:
         if not sum_is_finite(values):  # overflowing finite values go point by point
             return False
         stamps = list(map(_TS, run))
-        if (list(map(type, stamps)).count(int) != n or min(stamps) < TS_MIN
-                or max(stamps) > TS_MAX):
+        if list(map(type, stamps)).count(int) != n or min(stamps) < TS_MIN or max(stamps) > TS_MAX:
             return False
         args: list[object] = [None] * (n * (k + 1))
         for i in range(k):
@@ -364,7 +376,10 @@ def _runs(points: Sequence[Point]) -> list[tuple[int, int]]:
         return [(0, len(points))]
     measurements = list(map(_MEASUREMENT, points))
     tags = list(map(_TAGS, points))
-    same = map(and_, map(and_, map(eq, measurements[1:], measurements),
-                         map(eq, tags[1:], tags)), map(eq, sizes[1:], sizes))
+    same = map(
+        and_,
+        map(and_, map(eq, measurements[1:], measurements), map(eq, tags[1:], tags)),
+        map(eq, sizes[1:], sizes),
+    )
     starts = [0, *compress(count(1), map(not_, same))]
     return list(zip(starts, [*starts[1:], len(points)], strict=True))

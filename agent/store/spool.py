@@ -80,8 +80,9 @@ class SpoolCorruptError(StoreError):
     """A record failed its checksum; the caller should quarantine the rest of the segment."""
 
     def __init__(self, position: Position, reason: str) -> None:
-        super().__init__(f"corrupt spool record at segment {position[0]} offset {position[1]}: "
-                         f"{reason}")
+        super().__init__(
+            f"corrupt spool record at segment {position[0]} offset {position[1]}: {reason}"
+        )
         self.position = position
         self.reason = reason
 
@@ -251,8 +252,11 @@ class Spool:
         self._committed = committed or (self._active, len(MAGIC))
         self._write_committed()
         if self._pending_points:
-            log.info("spool %s: %d points from a previous run await replay",
-                     self.directory, self._pending_points)
+            log.info(
+                "spool %s: %d points from a previous run await replay",
+                self.directory,
+                self._pending_points,
+            )
 
     def _scan(self, seg_id: int, start: int, *, last: bool) -> tuple[int, int] | None:
         """Size and points of a segment; cuts a torn tail (invalid records) of the last one.
@@ -270,9 +274,13 @@ class Spool:
             bad = self._check_record(data, off)
             if bad:
                 if last:
-                    log.warning("spool %s: cutting %d bytes of an incomplete last record (%s); "
-                                "the write that produced them had not returned",
-                                path.name, len(data) - off, bad)
+                    log.warning(
+                        "spool %s: cutting %d bytes of an incomplete last record (%s); "
+                        "the write that produced them had not returned",
+                        path.name,
+                        len(data) - off,
+                        bad,
+                    )
                     with path.open("r+b") as f:
                         f.truncate(off)
                         os.fsync(f.fileno())
@@ -400,14 +408,20 @@ class Spool:
                     log.warning(
                         "spool %s is FULL (%d of %d bytes pending, InfluxDB is not keeping up "
                         "or unreachable): new points are refused until it drains",
-                        self.directory, pending, self.max_bytes)
+                        self.directory,
+                        pending,
+                        self.max_bytes,
+                    )
                 raise SpoolFullError(
                     f"spool {self.directory} is full: {pending} bytes pending, limit "
                     f"{self.max_bytes}; refused {points} points (nothing accepted was dropped)"
                 )
             if self._full:
-                log.info("spool %s accepts points again; %d points were refused while full",
-                         self.directory, self._refused)
+                log.info(
+                    "spool %s accepts points again; %d points were refused while full",
+                    self.directory,
+                    self._refused,
+                )
                 self._full, self._refused = False, 0
             if self._sizes[self._active] >= self.segment_bytes:
                 self._open_segment(self._active + 1)
@@ -506,8 +520,10 @@ class Spool:
         """Mark a batch acknowledged: advance the committed position, drop finished segments."""
         with self._lock:
             if batch.start != self._committed:
-                raise StoreError(f"commit out of order: batch starts at {batch.start}, "
-                                 f"committed is {self._committed}")
+                raise StoreError(
+                    f"commit out of order: batch starts at {batch.start}, "
+                    f"committed is {self._committed}"
+                )
             self._advance_locked(batch.end, batch.points)
 
     def _advance_locked(self, end: Position, points: int) -> None:
@@ -534,8 +550,11 @@ class Spool:
     ) -> Path:
         """Write the refused lines (default: the whole batch) to ``rejected/``, then commit."""
         path = self._quarantine_bytes(
-            batch.payload if payload is None else payload, reason, status=status,
-            points=batch.points if points is None else points, position=batch.start,
+            batch.payload if payload is None else payload,
+            reason,
+            status=status,
+            points=batch.points if points is None else points,
+            position=batch.start,
         )
         self.commit(batch)
         return path
@@ -587,18 +606,28 @@ class Spool:
         base = self.rejected_dir / f"{stamp}-{where}-{time.monotonic_ns() % 1_000_000_000}"
         data_path = base.with_suffix(".lp")
         data_path.write_bytes(data)
-        meta = {"reason": reason, "status": status, "points": points,
-                "position": list(position) if position else None,
-                "rejected_at": stamp, "spool": str(self.directory)}
+        meta = {
+            "reason": reason,
+            "status": status,
+            "points": points,
+            "position": list(position) if position else None,
+            "rejected_at": stamp,
+            "spool": str(self.directory),
+        }
         base.with_suffix(".reason.json").write_text(json.dumps(meta, indent=1) + "\n")
         if self.fsync:
             for p in (data_path, base.with_suffix(".reason.json")):
                 with p.open("rb") as f:
                     os.fsync(f.fileno())
             _fsync_dir(self.rejected_dir)
-        log.error("spool %s: moved %d bytes (%s points) to %s: %s",
-                  self.directory, len(data), points if points is not None else "?",
-                  data_path, reason)
+        log.error(
+            "spool %s: moved %d bytes (%s points) to %s: %s",
+            self.directory,
+            len(data),
+            points if points is not None else "?",
+            data_path,
+            reason,
+        )
         return data_path
 
     def close(self) -> None:

@@ -119,7 +119,8 @@ class SQLiteStore:
         if type(fields) is dict and set(map(type, fields.values())) == _FLOAT_ONLY:
             keys = tuple(fields)
             if sum_is_finite(fields.values()) and (
-                    keys in self._field_keys or self._remember_keys(keys)):
+                keys in self._field_keys or self._remember_keys(keys)
+            ):
                 return fields
         return normalize_fields(fields)
 
@@ -144,8 +145,11 @@ class SQLiteStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 rows = [
-                    (self._series_id(p.measurement, p.tags), normalize_ts(p.ts_ns),
-                     msgpack.packb(self._fields(p.fields)))
+                    (
+                        self._series_id(p.measurement, p.tags),
+                        normalize_ts(p.ts_ns),
+                        msgpack.packb(self._fields(p.fields)),
+                    )
                     for p in points
                 ]
                 cur = self._db.executemany(
@@ -183,8 +187,7 @@ class SQLiteStore:
         sql = "SELECT id, tagset, tags FROM series WHERE measurement = ?"
         args: list[Any] = [measurement]
         for k, v in tags.items():
-            sql += (" AND id IN (SELECT series_id FROM series_tags"
-                    " WHERE key = ? AND value = ?)")
+            sql += " AND id IN (SELECT series_id FROM series_tags WHERE key = ? AND value = ?)"
             args += [k, v]
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY tagset", args).fetchall()
@@ -205,7 +208,8 @@ class SQLiteStore:
             with self._lock:
                 rows = self._db.execute(
                     "SELECT ts, fields FROM points WHERE series_id = ? AND ts >= ? AND ts < ?"
-                    " ORDER BY ts", (sid, lo, hi),
+                    " ORDER BY ts",
+                    (sid, lo, hi),
                 ).fetchall()
             streams.append(
                 [(ts, tagset, Point(measurement, stags, msgpack.unpackb(f), ts)) for ts, f in rows]
@@ -226,12 +230,13 @@ class SQLiteStore:
         self, measurement: str, tag: str, where: Mapping[str, str] = NO_TAGS
     ) -> list[str]:
         """Sorted values of ``tag`` among the series matching ``where``."""
-        sql = ("SELECT DISTINCT value FROM series_tags WHERE key = ? AND series_id IN"
-               " (SELECT id FROM series WHERE measurement = ?")
+        sql = (
+            "SELECT DISTINCT value FROM series_tags WHERE key = ? AND series_id IN"
+            " (SELECT id FROM series WHERE measurement = ?"
+        )
         args: list[Any] = [tag, measurement]
         for k, v in where.items():
-            sql += (" AND id IN (SELECT series_id FROM series_tags"
-                    " WHERE key = ? AND value = ?)")
+            sql += " AND id IN (SELECT series_id FROM series_tags WHERE key = ? AND value = ?)"
             args += [k, v]
         with self._lock:
             rows = self._db.execute(sql + ") ORDER BY value", args).fetchall()

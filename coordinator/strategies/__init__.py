@@ -24,8 +24,18 @@ from alchimia.coordinator.strategies.server_opt import FedAdagrad, FedAdam, FedA
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (FedAvg, FedAvgM, FedProx, FedAdagrad, FedAdam, FedYogi,
-                Median, TrimmedMean, Krum, MultiKrum)
+    for cls in (
+        FedAvg,
+        FedAvgM,
+        FedProx,
+        FedAdagrad,
+        FedAdam,
+        FedYogi,
+        Median,
+        TrimmedMean,
+        Krum,
+        MultiKrum,
+    )
 }
 
 
@@ -42,8 +52,10 @@ def make_strategy(name: str, **params: Any) -> Strategy:
     accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise ValueError(f"strategy {name!r} got unknown parameter(s) {unknown}; "
-                         f"it accepts {[*accepted, 'clip_norm']}")
+        raise ValueError(
+            f"strategy {name!r} got unknown parameter(s) {unknown}; "
+            f"it accepts {[*accepted, 'clip_norm']}"
+        )
     strategy = cls(**params)
     return strategy if clip_norm is None else NormBound(strategy, clip_norm)
 

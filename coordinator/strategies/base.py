@@ -51,16 +51,19 @@ def check_global(global_weights: Mapping[str, np.ndarray]) -> None:
             raise ValueError(f"global weights[{name!r}] must be a floating numpy array")
 
 
-def validate_delta(global_weights: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray],
-                   ) -> float:
+def validate_delta(
+    global_weights: Mapping[str, np.ndarray],
+    delta: Mapping[str, np.ndarray],
+) -> float:
     """Reject a malformed delta before it touches any accumulator; return its squared norm.
 
     Keys must match the global weights exactly (order free), shapes must match, dtypes must
     be floating and every value finite.
     """
     if not isinstance(delta, Mapping):
-        raise ValueError(f"delta must be a mapping of parameter name to array, "
-                         f"got {type(delta).__name__}")
+        raise ValueError(
+            f"delta must be a mapping of parameter name to array, got {type(delta).__name__}"
+        )
     missing = [k for k in global_weights if k not in delta]
     if missing:
         raise ValueError(f"delta is missing parameter(s) {missing}")
@@ -74,8 +77,9 @@ def validate_delta(global_weights: Mapping[str, np.ndarray], delta: Mapping[str,
         if arr.dtype.kind != "f":
             raise ValueError(f"delta[{name!r}] has dtype {arr.dtype}; a float dtype is required")
         if arr.shape != ref.shape:
-            raise ValueError(f"delta[{name!r}] has shape {arr.shape} but the global weights "
-                             f"have {ref.shape}")
+            raise ValueError(
+                f"delta[{name!r}] has shape {arr.shape} but the global weights have {ref.shape}"
+            )
     # One pass over every tensor, on the kernels' threads. Non-finite iff the array holds
     # NaN/inf or float64 squares overflow (float32 ones cannot): the NaN check rides on the
     # norm pass, no P-byte boolean temporary.
@@ -161,8 +165,11 @@ class Strategy(ABC):
     @abstractmethod
     def open_round(self, global_weights: Weights) -> Accumulator: ...
 
-    def aggregate(self, global_weights: Weights, updates: Sequence[tuple[Weights, float]],
-                  ) -> Weights:
+    def aggregate(
+        self,
+        global_weights: Weights,
+        updates: Sequence[tuple[Weights, float]],
+    ) -> Weights:
         """Convenience: open_round, add each (delta, weight), finish.
 
         weight = sample count (times any staleness factor).

@@ -1,5 +1,4 @@
-"""Weighted averaging of deltas, streamed: the base of FedAvg, FedProx and the server optimisers.
-"""
+"""Weighted averaging of deltas, streamed: the base of FedAvg, FedProx and the server optimisers."""
 
 from __future__ import annotations
 
@@ -36,8 +35,9 @@ class MeanAccumulator(Accumulator):
     thread's slice comes from the cache.
     """
 
-    def __init__(self, global_weights: Weights,
-                 apply: Callable[[dict[str, np.ndarray], float], Weights]) -> None:
+    def __init__(
+        self, global_weights: Weights, apply: Callable[[dict[str, np.ndarray], float], Weights]
+    ) -> None:
         super().__init__(global_weights)
         self._sums = {k: np.zeros(v.shape, np.float64) for k, v in global_weights.items()}
         self._touched = {k: np.zeros(v.shape, np.float64) for k, v in global_weights.items()}
@@ -49,8 +49,13 @@ class MeanAccumulator(Accumulator):
         return self._total
 
     def _accept(self, delta: Weights, weight: float, scale: float) -> None:
-        kernels.add_scaled_touched(list(self._sums.values()), list(self._touched.values()),
-                                   [delta[name] for name in self._sums], weight * scale, weight)
+        kernels.add_scaled_touched(
+            list(self._sums.values()),
+            list(self._touched.values()),
+            [delta[name] for name in self._sums],
+            weight * scale,
+            weight,
+        )
         self._total += weight
 
     def _finish(self) -> Weights:
@@ -77,18 +82,19 @@ class FedAvg(Strategy):
     def open_round(self, global_weights: Weights) -> Accumulator:
         check_global(global_weights)
         self._check_state(global_weights)
-        return MeanAccumulator(global_weights,
-                               lambda sums, total: self._apply(global_weights, sums, total))
+        return MeanAccumulator(
+            global_weights, lambda sums, total: self._apply(global_weights, sums, total)
+        )
 
     def _check_state(self, global_weights: Weights) -> None:
         """Stateful subclasses verify their state still fits the model (e.g. after a load)."""
 
-    def _apply(self, global_weights: Weights, sums: dict[str, np.ndarray],
-               total: float) -> Weights:
+    def _apply(self, global_weights: Weights, sums: dict[str, np.ndarray], total: float) -> Weights:
         """Turn the weighted sums into new weights (the mean delta is ``sums / total``);
         commits state. May consume ``sums``."""
-        out = {name: kernels.shift_by_mean(g, sums[name], total)
-               for name, g in global_weights.items()}
+        out = {
+            name: kernels.shift_by_mean(g, sums[name], total) for name, g in global_weights.items()
+        }
         self._commit_round()
         return out
 

@@ -53,10 +53,11 @@ Segment = tuple[int, int, int]
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_FASTMATH)
-def _sum_squares(x: np.ndarray, partials: np.ndarray, base: int, c0: int,
-                 c1: int) -> None:  # pragma: no cover - compiled
+def _sum_squares(
+    x: np.ndarray, partials: np.ndarray, base: int, c0: int, c1: int
+) -> None:  # pragma: no cover - compiled
     for c in range(c0, c1):
-        part = x[c * CHUNK:(c + 1) * CHUNK]  # loops from 0 vectorise (no negative index)
+        part = x[c * CHUNK : (c + 1) * CHUNK]  # loops from 0 vectorise (no negative index)
         total = 0.0
         for i in range(part.size):
             v = np.float64(part[i])
@@ -73,17 +74,29 @@ def _ordered_sum(values: np.ndarray) -> float:  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _add_scaled(acc: np.ndarray, x: np.ndarray, factor: float, c0: int,
-                c1: int) -> None:  # pragma: no cover - compiled
-    a, d = acc[c0 * CHUNK:c1 * CHUNK], x[c0 * CHUNK:c1 * CHUNK]
+def _add_scaled(
+    acc: np.ndarray, x: np.ndarray, factor: float, c0: int, c1: int
+) -> None:  # pragma: no cover - compiled
+    a, d = acc[c0 * CHUNK : c1 * CHUNK], x[c0 * CHUNK : c1 * CHUNK]
     for i in range(d.size):
         a[i] += factor * np.float64(d[i])
 
 
 @numba.njit(nogil=True, cache=True)
-def _add_scaled_touched(acc: np.ndarray, touched: np.ndarray, x: np.ndarray, factor: float,
-                        weight: float, c0: int, c1: int) -> None:  # pragma: no cover - compiled
-    a, t, d = acc[c0 * CHUNK:c1 * CHUNK], touched[c0 * CHUNK:c1 * CHUNK], x[c0 * CHUNK:c1 * CHUNK]
+def _add_scaled_touched(
+    acc: np.ndarray,
+    touched: np.ndarray,
+    x: np.ndarray,
+    factor: float,
+    weight: float,
+    c0: int,
+    c1: int,
+) -> None:  # pragma: no cover - compiled
+    a, t, d = (
+        acc[c0 * CHUNK : c1 * CHUNK],
+        touched[c0 * CHUNK : c1 * CHUNK],
+        x[c0 * CHUNK : c1 * CHUNK],
+    )
     for i in range(d.size):
         v = np.float64(d[i])
         a[i] += factor * v
@@ -92,9 +105,14 @@ def _add_scaled_touched(acc: np.ndarray, touched: np.ndarray, x: np.ndarray, fac
 
 
 @numba.njit(nogil=True, cache=True)
-def _shift_by_mean(out: np.ndarray, g: np.ndarray, sums: np.ndarray, total: float, c0: int,
-                   c1: int) -> None:  # pragma: no cover - compiled
-    o, a, b = out[c0 * CHUNK:c1 * CHUNK], g[c0 * CHUNK:c1 * CHUNK], sums[c0 * CHUNK:c1 * CHUNK]
+def _shift_by_mean(
+    out: np.ndarray, g: np.ndarray, sums: np.ndarray, total: float, c0: int, c1: int
+) -> None:  # pragma: no cover - compiled
+    o, a, b = (
+        out[c0 * CHUNK : c1 * CHUNK],
+        g[c0 * CHUNK : c1 * CHUNK],
+        sums[c0 * CHUNK : c1 * CHUNK],
+    )
     for i in range(o.size):
         o[i] = a[i] + b[i] / total
 
@@ -194,8 +212,10 @@ def sum_squares_each(xs: Sequence[np.ndarray]) -> list[float]:
     partials = np.empty(bases[-1])  # every array's chunk sums, one after the other
     _for_chunks(sizes, lambda i, c0, c1: _sum_squares(flats[i], partials, bases[i], c0, c1))
     values = partials.tolist()
-    return [values[lo] if hi - lo == 1 else float(_ordered_sum(partials[lo:hi]))
-            for lo, hi in itertools.pairwise(bases)]
+    return [
+        values[lo] if hi - lo == 1 else float(_ordered_sum(partials[lo:hi]))
+        for lo, hi in itertools.pairwise(bases)
+    ]
 
 
 def sum_squares(x: np.ndarray) -> float:
@@ -206,8 +226,9 @@ def sum_squares(x: np.ndarray) -> float:
 def add_scaled(acc: np.ndarray, x: np.ndarray, factor: float) -> None:
     """``acc += factor * x`` in place; ``acc`` is a float64 array of the same size as ``x``."""
     if acc.dtype != np.float64 or acc.size != x.size:
-        raise ValueError(f"accumulator must be float64 of {x.size} elements, "
-                         f"got {acc.dtype} of {acc.size}")
+        raise ValueError(
+            f"accumulator must be float64 of {x.size} elements, got {acc.dtype} of {acc.size}"
+        )
     if not acc.flags.c_contiguous:  # else a flat view of it would be a copy
         raise ValueError("accumulator must be contiguous")
     flat = acc.reshape(-1)
@@ -215,8 +236,13 @@ def add_scaled(acc: np.ndarray, x: np.ndarray, factor: float) -> None:
     _for_chunks([x.size], lambda _, c0, c1: _add_scaled(flat, flat_x, f, c0, c1))
 
 
-def add_scaled_touched(accs: Sequence[np.ndarray], toucheds: Sequence[np.ndarray],
-                       xs: Sequence[np.ndarray], factor: float, weight: float) -> None:
+def add_scaled_touched(
+    accs: Sequence[np.ndarray],
+    toucheds: Sequence[np.ndarray],
+    xs: Sequence[np.ndarray],
+    factor: float,
+    weight: float,
+) -> None:
     """``add_scaled`` plus ``touched += weight`` where ``x != 0``, in the same pass, for each
     (acc, touched, x) in one pass over them all: the weight behind each coordinate's sum,
     for submodel averaging (``MeanAccumulator``)."""
@@ -225,26 +251,31 @@ def add_scaled_touched(accs: Sequence[np.ndarray], toucheds: Sequence[np.ndarray
     for acc, touched, x in zip(accs, toucheds, xs, strict=True):
         for arr in (acc, touched):
             if arr.dtype != np.float64 or arr.size != x.size:
-                raise ValueError(f"accumulators must be float64 of {x.size} elements, "
-                                 f"got {arr.dtype} of {arr.size}")
+                raise ValueError(
+                    f"accumulators must be float64 of {x.size} elements, "
+                    f"got {arr.dtype} of {arr.size}"
+                )
             if not arr.flags.c_contiguous:  # else a flat view of it would be a copy
                 raise ValueError("accumulators must be contiguous")
     a = [arr.reshape(-1) for arr in accs]
     t = [arr.reshape(-1) for arr in toucheds]
     d = [x.reshape(-1) for x in xs]
     f, w = float(factor), float(weight)
-    _for_chunks([x.size for x in d],
-                lambda i, c0, c1: _add_scaled_touched(a[i], t[i], d[i], f, w, c0, c1))
+    _for_chunks(
+        [x.size for x in d], lambda i, c0, c1: _add_scaled_touched(a[i], t[i], d[i], f, w, c0, c1)
+    )
 
 
 def shift_by_mean(g: np.ndarray, sums: np.ndarray, total: float) -> np.ndarray:
     """``(g + sums / total).astype(g.dtype)`` in one pass and one allocation (bit-identical:
     the same float64 operations in the same order, then the same rounding to ``g.dtype``)."""
     if sums.dtype != np.float64 or sums.shape != g.shape:
-        raise ValueError(f"sums must be float64 of shape {g.shape}, got {sums.dtype} of "
-                         f"{sums.shape}")
+        raise ValueError(
+            f"sums must be float64 of shape {g.shape}, got {sums.dtype} of {sums.shape}"
+        )
     out = np.empty(g.shape, g.dtype)
     flat_out, flat_g, flat_sums, t = out.reshape(-1), g.reshape(-1), sums.reshape(-1), float(total)
-    _for_chunks([out.size],
-                lambda _, c0, c1: _shift_by_mean(flat_out, flat_g, flat_sums, t, c0, c1))
+    _for_chunks(
+        [out.size], lambda _, c0, c1: _shift_by_mean(flat_out, flat_g, flat_sums, t, c0, c1)
+    )
     return out

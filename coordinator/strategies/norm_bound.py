@@ -1,5 +1,4 @@
-"""Norm bounding in front of any strategy: one agent cannot move the model arbitrarily far.
-"""
+"""Norm bounding in front of any strategy: one agent cannot move the model arbitrarily far."""
 
 from __future__ import annotations
 
@@ -57,8 +56,7 @@ class NormBound(Strategy):
         if not isinstance(inner, Strategy):
             raise ValueError(f"norm_bound: inner must be a Strategy, got {type(inner).__name__}")
         if not (math.isfinite(max_norm) and max_norm > 0.0):
-            raise ValueError(f"norm_bound: max_norm must be a finite number > 0, "
-                             f"got {max_norm!r}")
+            raise ValueError(f"norm_bound: max_norm must be a finite number > 0, got {max_norm!r}")
         self.inner = inner
         self.max_norm = float(max_norm)
 
@@ -71,8 +69,9 @@ class NormBound(Strategy):
         return self.inner.rounds
 
     def open_round(self, global_weights: Weights) -> Accumulator:
-        return _ClippingAccumulator(self.inner.open_round(global_weights), global_weights,
-                                    self.max_norm)
+        return _ClippingAccumulator(
+            self.inner.open_round(global_weights), global_weights, self.max_norm
+        )
 
     def task_params(self) -> dict[str, float]:
         return self.inner.task_params()

@@ -57,8 +57,9 @@ class _StoredAccumulator(Accumulator):
     def _accept(self, delta: Weights, weight: float, scale: float) -> None:
         limit = self._strategy.max_updates
         if len(self.rows) >= limit:
-            raise ValueError(f"{self._strategy.name}: this round already holds max_updates="
-                             f"{limit} updates")
+            raise ValueError(
+                f"{self._strategy.name}: this round already holds max_updates={limit} updates"
+            )
         row = np.empty(self.size, self._dtype)
         for name, lo, hi in self.layout:
             src = delta[name].reshape(-1)
@@ -69,8 +70,11 @@ class _StoredAccumulator(Accumulator):
         self.rows.append(row)
         self.weights.append(weight)
 
-    def blocks(self, rows: list[np.ndarray] | None = None, by_column: bool = False,
-               ) -> Iterator[tuple[str, int, int, np.ndarray]]:
+    def blocks(
+        self,
+        rows: list[np.ndarray] | None = None,
+        by_column: bool = False,
+    ) -> Iterator[tuple[str, int, int, np.ndarray]]:
         """(param name, start, stop within the param, stacked values) per block.
 
         The stack is (n, width), or (width, n) with ``by_column``: then each coordinate's n
@@ -81,8 +85,12 @@ class _StoredAccumulator(Accumulator):
         for name, lo, hi in self.layout:
             for a in range(lo, hi, width):
                 b = min(a + width, hi)
-                yield name, a - lo, b - lo, np.stack([r[a:b] for r in rows],
-                                                     axis=1 if by_column else 0)
+                yield (
+                    name,
+                    a - lo,
+                    b - lo,
+                    np.stack([r[a:b] for r in rows], axis=1 if by_column else 0),
+                )
 
     def new_weights(self, reduced: Iterator[tuple[str, int, int, np.ndarray]]) -> Weights:
         """Global + reduced delta, written block by block into fresh per-tensor arrays."""
@@ -136,7 +144,8 @@ class Median(_RobustStrategy):
             return mean
 
         return acc.new_weights(
-            (name, a, b, median(block)) for name, a, b, block in acc.blocks(by_column=True))
+            (name, a, b, median(block)) for name, a, b, block in acc.blocks(by_column=True)
+        )
 
     def __repr__(self) -> str:
         return f"Median(max_updates={self.max_updates})"
@@ -159,8 +168,7 @@ class TrimmedMean(_RobustStrategy):
 
     name: ClassVar[str] = "trimmed_mean"
 
-    def __init__(self, beta: float = 0.1, max_updates: int = 1000,
-                 flower: bool = False) -> None:
+    def __init__(self, beta: float = 0.1, max_updates: int = 1000, flower: bool = False) -> None:
         super().__init__(max_updates)
         if not (math.isfinite(beta) and 0.0 <= beta < 0.5):
             raise ValueError(f"trimmed_mean: beta must be in [0, 0.5), got {beta!r}")
@@ -181,15 +189,17 @@ class TrimmedMean(_RobustStrategy):
         def trimmed(block: np.ndarray) -> np.ndarray:
             if t:
                 block.sort(axis=1)
-            kept: np.ndarray = block[:, t:n - t].mean(axis=1, dtype=np.float64)
+            kept: np.ndarray = block[:, t : n - t].mean(axis=1, dtype=np.float64)
             return kept
 
         return acc.new_weights(
-            (name, a, b, trimmed(block)) for name, a, b, block in acc.blocks(by_column=True))
+            (name, a, b, trimmed(block)) for name, a, b, block in acc.blocks(by_column=True)
+        )
 
     def __repr__(self) -> str:
-        return (f"TrimmedMean(beta={self.beta}, max_updates={self.max_updates}, "
-                f"flower={self.flower})")
+        return (
+            f"TrimmedMean(beta={self.beta}, max_updates={self.max_updates}, flower={self.flower})"
+        )
 
 
 class Krum(_RobustStrategy):
@@ -219,8 +229,10 @@ class Krum(_RobustStrategy):
         if self.f is None:
             return max(0, (n - 3) // 2)
         if n <= 2 * self.f + 2:
-            raise ValueError(f"{self.name} with f={self.f} needs more than {2 * self.f + 2} "
-                             f"updates (n > 2f + 2), got {n}")
+            raise ValueError(
+                f"{self.name} with f={self.f} needs more than {2 * self.f + 2} "
+                f"updates (n > 2f + 2), got {n}"
+            )
         return self.f
 
     def scores(self, acc: _StoredAccumulator) -> np.ndarray:
@@ -249,12 +261,15 @@ class Krum(_RobustStrategy):
         w = self.mean_weights(acc, chosen)
 
         def mean(block: np.ndarray) -> np.ndarray:
-            out: np.ndarray = (block.mean(axis=0, dtype=np.float64) if w is None
-                               else (w @ block) / w.sum())
+            out: np.ndarray = (
+                block.mean(axis=0, dtype=np.float64) if w is None else (w @ block) / w.sum()
+            )
             return out
 
-        return acc.new_weights((name, a, b, mean(block))
-                               for name, a, b, block in acc.blocks([acc.rows[i] for i in chosen]))
+        return acc.new_weights(
+            (name, a, b, mean(block))
+            for name, a, b, block in acc.blocks([acc.rows[i] for i in chosen])
+        )
 
     def __repr__(self) -> str:
         return f"Krum(f={self.f}, max_updates={self.max_updates})"
@@ -273,8 +288,13 @@ class MultiKrum(Krum):
 
     name: ClassVar[str] = "multikrum"
 
-    def __init__(self, f: int | None = None, m: int | None = None, max_updates: int = 1000,
-                 flower: bool = False) -> None:
+    def __init__(
+        self,
+        f: int | None = None,
+        m: int | None = None,
+        max_updates: int = 1000,
+        flower: bool = False,
+    ) -> None:
         super().__init__(f, max_updates)
         if m is not None and (isinstance(m, bool) or int(m) != m or m < 1):
             raise ValueError(f"multikrum: m must be None or an integer >= 1, got {m!r}")
@@ -294,5 +314,7 @@ class MultiKrum(Krum):
         return w
 
     def __repr__(self) -> str:
-        return (f"MultiKrum(f={self.f}, m={self.m}, max_updates={self.max_updates}, "
-                f"flower={self.flower})")
+        return (
+            f"MultiKrum(f={self.f}, m={self.m}, max_updates={self.max_updates}, "
+            f"flower={self.flower})"
+        )

@@ -28,8 +28,15 @@ from alchimia.coordinator.strategies.fedavg import FedAvg
 TensorState = dict[str, dict[str, np.ndarray]]  # slot -> parameter name -> float64 array
 
 
-def _check_real(strategy: str, pname: str, value: float, lo: float, hi: float,
-                lo_open: bool = False, hi_open: bool = True) -> float:
+def _check_real(
+    strategy: str,
+    pname: str,
+    value: float,
+    lo: float,
+    hi: float,
+    lo_open: bool = False,
+    hi_open: bool = True,
+) -> float:
     """Range check of a hyper-parameter with a message naming strategy and parameter."""
     v = float(value)
     ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
@@ -55,17 +62,22 @@ class _StatefulAvg(FedAvg):
             return
         for slot, arrays in self._state.items():
             if set(arrays) != set(global_weights):
-                raise ValueError(f"{self.name}: state {slot!r} has parameters {sorted(arrays)} "
-                                 f"but the global weights have {sorted(global_weights)}")
+                raise ValueError(
+                    f"{self.name}: state {slot!r} has parameters {sorted(arrays)} "
+                    f"but the global weights have {sorted(global_weights)}"
+                )
             for name, arr in arrays.items():
                 if arr.shape != global_weights[name].shape:
-                    raise ValueError(f"{self.name}: state {slot}/{name} has shape {arr.shape} "
-                                     f"but the global weights have {global_weights[name].shape}")
-        self._state = {slot: {name: arrays[name] for name in global_weights}
-                       for slot, arrays in self._state.items()}
+                    raise ValueError(
+                        f"{self.name}: state {slot}/{name} has shape {arr.shape} "
+                        f"but the global weights have {global_weights[name].shape}"
+                    )
+        self._state = {
+            slot: {name: arrays[name] for name in global_weights}
+            for slot, arrays in self._state.items()
+        }
 
-    def _apply(self, global_weights: Weights, sums: dict[str, np.ndarray],
-               total: float) -> Weights:
+    def _apply(self, global_weights: Weights, sums: dict[str, np.ndarray], total: float) -> Weights:
         avg = sums
         for arr in avg.values():
             arr /= total  # in place: the sums become the weighted mean delta
@@ -82,8 +94,11 @@ class _StatefulAvg(FedAvg):
         return out
 
     @abstractmethod
-    def _step(self, delta: np.ndarray, old: dict[str, np.ndarray] | None,
-              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def _step(
+        self,
+        delta: np.ndarray,
+        old: dict[str, np.ndarray] | None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Return (float64 change to the global tensor, new slot arrays) for one tensor."""
 
     def state_dict(self) -> StateDict:
@@ -102,8 +117,10 @@ class _StatefulAvg(FedAvg):
                 continue
             slot, sep, name = key.partition("/")
             if not sep or slot not in parsed or not name:
-                raise ValueError(f"{self.name}: unexpected state key {key!r} "
-                                 f"(expected 'rounds' or '<slot>/<param>', slots {self.slots})")
+                raise ValueError(
+                    f"{self.name}: unexpected state key {key!r} "
+                    f"(expected 'rounds' or '<slot>/<param>', slots {self.slots})"
+                )
             arr = np.array(value, dtype=np.float64)  # copy: the caller keeps its own
             if not np.isfinite(arr).all():
                 raise ValueError(f"{self.name}: state {key!r} contains NaN or infinite values")
@@ -133,12 +150,14 @@ class FedAvgM(_StatefulAvg):
 
     def __init__(self, server_lr: float = 1.0, beta: float = 0.9) -> None:
         super().__init__()
-        self.server_lr = _check_real(self.name, "server_lr", server_lr, 0.0, math.inf,
-                                     lo_open=True)
+        self.server_lr = _check_real(self.name, "server_lr", server_lr, 0.0, math.inf, lo_open=True)
         self.beta = _check_real(self.name, "beta", beta, 0.0, 1.0)
 
-    def _step(self, delta: np.ndarray, old: dict[str, np.ndarray] | None,
-              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def _step(
+        self,
+        delta: np.ndarray,
+        old: dict[str, np.ndarray] | None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         v = delta.copy() if old is None else self.beta * old["momentum"] + delta
         return self.server_lr * v, {"momentum": v}
 
@@ -163,8 +182,9 @@ class _FedOpt(_StatefulAvg):
 
     slots: ClassVar[tuple[str, ...]] = ("m", "v")
 
-    def __init__(self, eta: float, beta_1: float, beta_2: float, tau: float,
-                 flower: bool = False) -> None:
+    def __init__(
+        self, eta: float, beta_1: float, beta_2: float, tau: float, flower: bool = False
+    ) -> None:
         super().__init__()
         self.eta = _check_real(self.name, "eta", eta, 0.0, math.inf, lo_open=True)
         self.beta_1 = _check_real(self.name, "beta_1", beta_1, 0.0, 1.0)
@@ -172,8 +192,11 @@ class _FedOpt(_StatefulAvg):
         self.tau = _check_real(self.name, "tau", tau, 0.0, math.inf, lo_open=True)
         self.flower = check_flag(self.name, "flower", flower)
 
-    def _step(self, delta: np.ndarray, old: dict[str, np.ndarray] | None,
-              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def _step(
+        self,
+        delta: np.ndarray,
+        old: dict[str, np.ndarray] | None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if old is None:
             m0 = np.zeros_like(delta)
             v0 = np.full_like(delta, 0.0 if self.flower else self.tau * self.tau)
@@ -191,8 +214,10 @@ class _FedOpt(_StatefulAvg):
     def _second_moment(self, v: np.ndarray, d2: np.ndarray) -> np.ndarray: ...
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(eta={self.eta}, beta_1={self.beta_1}, "
-                f"beta_2={self.beta_2}, tau={self.tau}, flower={self.flower})")
+        return (
+            f"{type(self).__name__}(eta={self.eta}, beta_1={self.beta_1}, "
+            f"beta_2={self.beta_2}, tau={self.tau}, flower={self.flower})"
+        )
 
 
 class FedAdagrad(_FedOpt):
@@ -207,8 +232,14 @@ class FedAdagrad(_FedOpt):
 
     name: ClassVar[str] = "fedadagrad"
 
-    def __init__(self, eta: float = 1e-1, beta_1: float = 0.0, beta_2: float = 0.0,
-                 tau: float = 1e-9, flower: bool = False) -> None:
+    def __init__(
+        self,
+        eta: float = 1e-1,
+        beta_1: float = 0.0,
+        beta_2: float = 0.0,
+        tau: float = 1e-9,
+        flower: bool = False,
+    ) -> None:
         super().__init__(eta, beta_1, beta_2, tau, flower)
 
     def _second_moment(self, v: np.ndarray, d2: np.ndarray) -> np.ndarray:
@@ -231,16 +262,21 @@ class FedAdam(_FedOpt):
 
     name: ClassVar[str] = "fedadam"
 
-    def __init__(self, eta: float = 1e-1, beta_1: float = 0.9, beta_2: float = 0.99,
-                 tau: float = 1e-9, flower: bool = False) -> None:
+    def __init__(
+        self,
+        eta: float = 1e-1,
+        beta_1: float = 0.9,
+        beta_2: float = 0.99,
+        tau: float = 1e-9,
+        flower: bool = False,
+    ) -> None:
         super().__init__(eta, beta_1, beta_2, tau, flower)
 
     def _step_size(self) -> float:
         if not self.flower:
             return self.eta
         power = self._rounds + 2  # Flower's server_round + 1; _rounds counts finished rounds
-        return (self.eta * math.sqrt(1.0 - self.beta_2 ** power)
-                / (1.0 - self.beta_1 ** power))
+        return self.eta * math.sqrt(1.0 - self.beta_2**power) / (1.0 - self.beta_1**power)
 
     def _second_moment(self, v: np.ndarray, d2: np.ndarray) -> np.ndarray:
         return self.beta_2 * v + (1.0 - self.beta_2) * d2
@@ -263,8 +299,14 @@ class FedYogi(_FedOpt):
 
     name: ClassVar[str] = "fedyogi"
 
-    def __init__(self, eta: float = 1e-2, beta_1: float = 0.9, beta_2: float = 0.99,
-                 tau: float = 1e-3, flower: bool = False) -> None:
+    def __init__(
+        self,
+        eta: float = 1e-2,
+        beta_1: float = 0.9,
+        beta_2: float = 0.99,
+        tau: float = 1e-3,
+        flower: bool = False,
+    ) -> None:
         super().__init__(eta, beta_1, beta_2, tau, flower)
 
     def _second_moment(self, v: np.ndarray, d2: np.ndarray) -> np.ndarray:

@@ -91,8 +91,11 @@ class Rewriter:
         lines = src.splitlines(keepends=True)
         skip: set[tuple[int, int]] = set()  # start of docstrings and bare string statements
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-                    and isinstance(node.value.value, str)):
+            if (
+                isinstance(node, ast.Expr)
+                and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+            ):
                 skip.add((node.lineno, node.col_offset))
         edits: dict[int, str] = {}  # line index -> new line
         for node in ast.walk(tree):
@@ -112,7 +115,8 @@ class Rewriter:
                         self.problems.append(
                             f"{path}:{node.lineno}: `import {alias.name}` binds a name that "
                             f"changes; write `from {NS} import ...` or `import {NS}.{alias.name}"
-                            " as ...` by hand")
+                            " as ...` by hand"
+                        )
                         continue
                     i = node.lineno - 1
                     line = edits.get(i, lines[i])
@@ -145,14 +149,17 @@ class Rewriter:
 
     def _string_token(self, s: str, toks: list[tokenize.TokenInfo], k: int) -> str:
         prefix = re.match(r"[A-Za-z]*", s).group(0).lower()  # type: ignore[union-attr]
-        body = s[len(prefix):]
+        body = s[len(prefix) :]
         quote = body[:3] if body[:3] in ('"""', "'''") else body[:1]
-        inner = body[len(quote):-len(quote)]
+        inner = body[len(quote) : -len(quote)]
         if inner in OLD:  # a bare package name: only where it is a module name
-            before = " ".join(t.string for t in toks[max(0, k - 6):k])
-            if re.search(r"(import_module|find_spec|__import__)\s*\($|sys \. modules \[$|"
-                         r"sys \. modules ,?$", before.replace("  ", " ")):
-                return f"{s[:len(prefix) + len(quote)]}{NS}.{inner}{quote}"
+            before = " ".join(t.string for t in toks[max(0, k - 6) : k])
+            if re.search(
+                r"(import_module|find_spec|__import__)\s*\($|sys \. modules \[$|"
+                r"sys \. modules ,?$",
+                before.replace("  ", " "),
+            ):
+                return f"{s[: len(prefix) + len(quote)]}{NS}.{inner}{quote}"
             return s
         if "f" in prefix:  # leave the {expressions} of f-strings alone
             parts = re.split(r"(\{\{|\}\}|\{[^{}]*\})", inner)
@@ -162,7 +169,7 @@ class Rewriter:
             # name); in a message it is prose, like a docstring
             whole = re.fullmatch(r"[\w.]+", inner) is not None
             inner = self.text(inner, dotted=whole)
-        return s[:len(prefix)] + quote + inner + quote
+        return s[: len(prefix)] + quote + inner + quote
 
     # -- pyproject ----------------------------------------------------------------------
     def pyproject(self, src: str) -> str:
@@ -170,8 +177,9 @@ class Rewriter:
         out = []
         for sec in sections:
             head = sec.split("\n", 1)[0]
-            if head.startswith(("[tool.importlinter", "[[tool.importlinter",
-                                "[[tool.mypy.overrides]]")):
+            if head.startswith(
+                ("[tool.importlinter", "[[tool.importlinter", "[[tool.mypy.overrides]]")
+            ):
                 sec = re.sub(r'"([^"\n]*)"', self._toml_string, sec)
                 roots = re.compile(r"(?m)^(root_packages\s*=\s*)\[[^\]]*\]")
                 sec = roots.sub(lambda m: f'{m.group(1)}["{NS}"]', sec)
@@ -201,8 +209,9 @@ class Rewriter:
 
 
 def tracked(root: Path) -> list[Path]:
-    names = subprocess.run(["git", "ls-files", "-z"], cwd=root, check=True,
-                           capture_output=True, text=True).stdout.split("\0")
+    names = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=root, check=True, capture_output=True, text=True
+    ).stdout.split("\0")
     return [root / n for n in names if n and (root / n).is_file()]
 
 
@@ -211,8 +220,11 @@ OTHER_TEXT = re.compile(r"(\.sh|\.yaml|\.yml|\.service|\.conf|Makefile|Dockerfil
 
 def main(argv: list[str]) -> int:
     check = "--check" in argv
-    root = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], check=True,
-                               capture_output=True, text=True).stdout.strip())
+    root = Path(
+        subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+    )
     rw = Rewriter(root)
     changed = []
     for path in tracked(root):
@@ -243,8 +255,9 @@ def main(argv: list[str]) -> int:
         ruff = root / ".venv" / "bin" / "ruff"
         cmd = str(ruff) if ruff.exists() else shutil.which("ruff")
         if cmd:
-            subprocess.run([cmd, "check", "--fix", "--select", "I001", "--quiet", *py],
-                           cwd=root, check=False)
+            subprocess.run(
+                [cmd, "check", "--fix", "--select", "I001", "--quiet", *py], cwd=root, check=False
+            )
         else:
             print("no ruff found: run `ruff check --fix --select I001 .` now", file=sys.stderr)
     for p in rw.problems:

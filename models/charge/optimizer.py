@@ -41,8 +41,16 @@ from scipy.optimize import linprog
 from alchimia.models.charge.inputs import Order, Stock
 
 POWER_ON = "power_on_min"
-PLAN_FEATURES = ("hot_heel_t", "lime_t", "carbon_kg", "oxygen_nm3", "gas_nm3", POWER_ON,
-                 "power_off_min", "tap_temp_aim_c")
+PLAN_FEATURES = (
+    "hot_heel_t",
+    "lime_t",
+    "carbon_kg",
+    "oxygen_nm3",
+    "gas_nm3",
+    POWER_ON,
+    "power_off_min",
+    "tap_temp_aim_c",
+)
 ENERGY, TAPPED = "energy_kwh_t", "tapped_t"
 VOLUME_WEIGHT = 100.0
 
@@ -67,8 +75,11 @@ class Calibrated(Protocol):
 
     def residuals(self, target: str) -> np.ndarray: ...
 
-    def interval(self, pred: np.ndarray, level: float | None = None,
-                 ) -> tuple[np.ndarray, np.ndarray]: ...
+    def interval(
+        self,
+        pred: np.ndarray,
+        level: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class PowerOn(Protocol):
@@ -140,13 +151,24 @@ class ChargePlan:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "status": self.status, "message": self.message, "order": self.order,
-            "charge": self.charge, "predicted": self.predicted, "level": self.level,
-            "cost": self.cost, "co2_t": self.co2_t, "risk": self.risk,
-            "risk_asked": self.risk_asked, "risk_per_element": self.risk_per_element,
-            "risk_any": self.risk_any, "margins": self.margins, "binding": self.binding,
-            "infeasible": self.infeasible, "inputs": self.inputs,
-            "model_version": self.model_version, "warnings": self.warnings,
+            "status": self.status,
+            "message": self.message,
+            "order": self.order,
+            "charge": self.charge,
+            "predicted": self.predicted,
+            "level": self.level,
+            "cost": self.cost,
+            "co2_t": self.co2_t,
+            "risk": self.risk,
+            "risk_asked": self.risk_asked,
+            "risk_per_element": self.risk_per_element,
+            "risk_any": self.risk_any,
+            "margins": self.margins,
+            "binding": self.binding,
+            "infeasible": self.infeasible,
+            "inputs": self.inputs,
+            "model_version": self.model_version,
+            "warnings": self.warnings,
             "solver": self.solver,
         }
         if self.baskets is not None:
@@ -155,6 +177,7 @@ class ChargePlan:
 
 
 # -- the problem as arrays -------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _Constraint:
@@ -170,10 +193,18 @@ class _Constraint:
 class _Problem:
     """An order, a stock and a model as functions of x (tonnes per stocked grade)."""
 
-    def __init__(self, order: Order, stock: Stock, predictor: Predictor,
-                 calibration: Calibrated | None, power_on: PowerOn | None,
-                 risk: float, reference: Mapping[str, float] | None = None,
-                 fd_step_t: float = 0.5, backoff: float = 1e-5) -> None:
+    def __init__(
+        self,
+        order: Order,
+        stock: Stock,
+        predictor: Predictor,
+        calibration: Calibrated | None,
+        power_on: PowerOn | None,
+        risk: float,
+        reference: Mapping[str, float] | None = None,
+        fd_step_t: float = 0.5,
+        backoff: float = 1e-5,
+    ) -> None:
         self.order, self.stock, self.predictor, self.risk = order, stock, predictor, risk
         self.calibration, self.power_on = calibration, power_on
         self.backoff = backoff
@@ -189,21 +220,28 @@ class _Problem:
             raise ValueError("no grade in the stock has tonnes available")
         for g in stock.grades:
             if f"charge_{g}_t" not in self.col:
-                raise ValueError(f"grade {g} is not an input of the model (no column "
-                                 f"charge_{g}_t)")
-        unknown = [f for f in features if not (f.startswith("charge_") and f.endswith("_t"))
-                   and f not in PLAN_FEATURES]
+                raise ValueError(f"grade {g} is not an input of the model (no column charge_{g}_t)")
+        unknown = [
+            f
+            for f in features
+            if not (f.startswith("charge_") and f.endswith("_t")) and f not in PLAN_FEATURES
+        ]
         if unknown:
             raise ValueError(f"the model has inputs the optimiser cannot plan: {unknown}")
         if POWER_ON in self.col and power_on is None:
-            raise ValueError("the model takes power_on_min, an outcome of the charge: the "
-                             "site's power-on estimate (power_on.json) is needed")
+            raise ValueError(
+                "the model takes power_on_min, an outcome of the charge: the "
+                "site's power-on estimate (power_on.json) is needed"
+            )
         gs = [stock.grades[g] for g in self.grades]
         plan = order.plan
         # rows(x) = base + x @ lin, power-on filled afterwards
         self.base = np.zeros(len(features))
-        fixed = {"hot_heel_t": plan.hot_heel_t, "power_off_min": plan.power_off_min,
-                 "tap_temp_aim_c": order.tap_temp_aim_c}
+        fixed = {
+            "hot_heel_t": plan.hot_heel_t,
+            "power_off_min": plan.power_off_min,
+            "tap_temp_aim_c": order.tap_temp_aim_c,
+        }
         for name, value in fixed.items():
             if name in self.col:
                 self.base[self.col[name]] = value
@@ -230,10 +268,12 @@ class _Problem:
             raise ValueError(f"grade {grade} is not an input of the model (no column {col})")
         row = np.zeros(len(self.features))
         row[self.col[col]] = 1.0
-        per_t = {"lime_t": (plan.lime_kg_t + (s.extra_lime_kg_t if s else 0.0)) / 1e3,
-                 "carbon_kg": plan.carbon_kg_t,
-                 "oxygen_nm3": plan.oxygen_nm3_t + (s.extra_oxygen_nm3_t if s else 0.0),
-                 "gas_nm3": plan.gas_nm3_t}
+        per_t = {
+            "lime_t": (plan.lime_kg_t + (s.extra_lime_kg_t if s else 0.0)) / 1e3,
+            "carbon_kg": plan.carbon_kg_t,
+            "oxygen_nm3": plan.oxygen_nm3_t + (s.extra_oxygen_nm3_t if s else 0.0),
+            "gas_nm3": plan.gas_nm3_t,
+        }
         for name, value in per_t.items():
             if name in self.col:
                 row[self.col[name]] = value
@@ -267,13 +307,13 @@ class _Problem:
         dx = h + np.minimum(xr, h)
         m = y[:, self.out[TAPPED]]
         d0 = m[0] + self.heel_t
-        dm = (m[1:n + 1] - m[n + 1:]) / dx
+        dm = (m[1 : n + 1] - m[n + 1 :]) / dx
         stocked = [grades.index(g) for g in self.grades]
         for c in self.constraints:
             if c.element is None or c.element in self.spread:
                 continue
             mu = y[:, self.out[f"{c.element}_pct"]]
-            b = np.maximum(d0 * (mu[1:n + 1] - mu[n + 1:]) / dx + mu[0] * dm, 0.0)
+            b = np.maximum(d0 * (mu[1 : n + 1] - mu[n + 1 :]) / dx + mu[0] * dm, 0.0)
             sigma_ref = float(np.sqrt(np.sum((b * xr) ** 2)) / d0)
             if sigma_ref > 0:
                 self.spread[c.element] = (b[stocked], sigma_ref)
@@ -294,23 +334,34 @@ class _Problem:
 
     def _constraints(self) -> list[_Constraint]:
         o, w = self.order, self.order.tapped_t
-        cons = [_Constraint("tapped_t min", "tapped_lo", w - o.tapped_tolerance_t, w),
-                _Constraint("tapped_t max", "tapped_hi", w + o.tapped_tolerance_t, w)]
+        cons = [
+            _Constraint("tapped_t min", "tapped_lo", w - o.tapped_tolerance_t, w),
+            _Constraint("tapped_t max", "tapped_hi", w + o.tapped_tolerance_t, w),
+        ]
         for el, window in o.chemistry.items():
             target = f"{el}_pct"
             if target not in self.out:
                 raise ValueError(f"the model does not predict {target} (order window {el})")
             scale = max(window.max or 0.0, window.min or 0.0)
             if window.max is not None:
-                cons.append(_Constraint(f"{el} max", "max", window.max, scale, el,
-                                        self.margin(target, upper=True)))
+                cons.append(
+                    _Constraint(
+                        f"{el} max", "max", window.max, scale, el, self.margin(target, upper=True)
+                    )
+                )
             if window.min is not None and window.min > 0:
-                cons.append(_Constraint(f"{el} min", "min", window.min, scale, el,
-                                        self.margin(target, upper=False)))
+                cons.append(
+                    _Constraint(
+                        f"{el} min", "min", window.min, scale, el, self.margin(target, upper=False)
+                    )
+                )
         # A basket cannot be overfilled: in an order that cannot be met, the tonnage or the
         # chemistry gives way first (the answer then says the volume is at its limit).
-        cons.append(_Constraint("volume", "volume", self.stock.volume_m3,
-                                self.stock.volume_m3, weight=VOLUME_WEIGHT))
+        cons.append(
+            _Constraint(
+                "volume", "volume", self.stock.volume_m3, self.stock.volume_m3, weight=VOLUME_WEIGHT
+            )
+        )
         return cons
 
     def margin(self, target: str, upper: bool) -> float:
@@ -329,7 +380,8 @@ class _Problem:
             raise InfeasibleCalibration(
                 f"the calibration of {target} holds {n} heats: a risk of {self.risk:g} needs "
                 f"at least {math.ceil(1.0 / self.risk) - 1} (ask a larger risk, or let the "
-                f"site calibrate on more heats)")
+                f"site calibrate on more heats)"
+            )
         return q
 
     # -- evaluation
@@ -399,15 +451,20 @@ def _evaluate(p: _Problem, x: np.ndarray, h: float) -> _Point:
     f, c = p.quantities(batch, y)
     n = len(x)
     dx = plus[np.arange(n), np.arange(n)] - minus[np.arange(n), np.arange(n)]
-    gf = (f[1:n + 1] - f[n + 1:]) / dx
-    gc = ((c[1:n + 1] - c[n + 1:]) / dx[:, None]).T
+    gf = (f[1 : n + 1] - f[n + 1 :]) / dx
+    gc = ((c[1 : n + 1] - c[n + 1 :]) / dx[:, None]).T
     if not (np.isfinite(f).all() and np.isfinite(c).all()):
         f[0] = math.inf  # the model has no answer here: never accepted
     return _Point(x, y[0], float(f[0]), c[0], gf, gc)
 
 
-def _lp(p: _Problem, pt: _Point, delta: float, weight: float, mu: float,
-        ) -> tuple[np.ndarray, float, Any]:
+def _lp(
+    p: _Problem,
+    pt: _Point,
+    delta: float,
+    weight: float,
+    mu: float,
+) -> tuple[np.ndarray, float, Any]:
     """The elastic LP at ``pt`` within the trust region; (x, model merit, result)."""
     n, k = len(pt.x), len(pt.c)
     lo = np.maximum(p.lo, pt.x - delta)
@@ -429,8 +486,9 @@ def _merit(p: _Problem, pt: _Point, weight: float, mu: float) -> float:
     return weight * pt.f + mu * float(p.weights @ pt.violation())
 
 
-def _slp(p: _Problem, x: np.ndarray, opts: Options, weight: float, mu: float,
-         stats: dict[str, int]) -> _Point:
+def _slp(
+    p: _Problem, x: np.ndarray, opts: Options, weight: float, mu: float, stats: dict[str, int]
+) -> _Point:
     """Trust-region SLP from ``x`` on merit ``weight f + mu sum(max(c, 0))``."""
     h = opts.fd_step_t
     delta = opts.trust_t or max(p.w / 10.0, 1.0)
@@ -481,39 +539,52 @@ def _start(p: _Problem, start: Mapping[str, float] | None) -> np.ndarray:
 
 # -- the answer ------------------------------------------------------------------------
 
+
 def _at_limits(p: _Problem, x: np.ndarray) -> str:
     """The hard limits the charge sits on: why there is no more of it."""
-    held = [f"stock {g} {p.hi[j]:g} t" for j, g in enumerate(p.grades)
-            if x[j] >= p.hi[j] - 1e-3]
+    held = [f"stock {g} {p.hi[j]:g} t" for j, g in enumerate(p.grades) if x[j] >= p.hi[j] - 1e-3]
     volume = float(x @ p.inv_rho)
     if volume >= p.stock.volume_m3 * (1 - 1e-3):
         held.insert(0, f"basket volume {p.stock.volume_m3:g} m3")
     return f" (at its limits: {', '.join(held)})" if held else ""
 
 
-def _explain(p: _Problem, c: _Constraint, x: np.ndarray, y: np.ndarray, confidence: str,
-             ) -> dict[str, Any]:
+def _explain(
+    p: _Problem,
+    c: _Constraint,
+    x: np.ndarray,
+    y: np.ndarray,
+    confidence: str,
+) -> dict[str, Any]:
     value = float(p.value(c, x, y)[0])
     gap = value - c.limit if c.kind in ("max", "tapped_hi", "volume") else c.limit - value
     if c.kind in ("max", "min"):
         el = c.element.capitalize()  # type: ignore[union-attr]
         margin = float(p.margin_at(c, x, y)[0])
         word, reach = ("max", "lowest") if c.kind == "max" else ("min", "highest")
-        msg = (f"{el} {word} {c.limit:.4g} % cannot be met{confidence}: {reach} reachable "
-               f"{value:.4g} % (predicted {value - margin:.4g} % "
-               f"{'+' if margin >= 0 else '-'} margin {abs(margin):.3g} %) with this stock, "
-               f"{gap:.3g} % {'over' if c.kind == 'max' else 'under'}")
+        msg = (
+            f"{el} {word} {c.limit:.4g} % cannot be met{confidence}: {reach} reachable "
+            f"{value:.4g} % (predicted {value - margin:.4g} % "
+            f"{'+' if margin >= 0 else '-'} margin {abs(margin):.3g} %) with this stock, "
+            f"{gap:.3g} % {'over' if c.kind == 'max' else 'under'}"
+        )
     elif c.kind == "tapped_lo":
-        msg = (f"tapped mass {p.w:.1f} t (tolerance {p.order.tapped_tolerance_t:g} t) cannot "
-               f"be reached: at most {value:.1f} t with this stock, basket volume and "
-               f"chemistry, {gap:.1f} t short{_at_limits(p, x)}")
+        msg = (
+            f"tapped mass {p.w:.1f} t (tolerance {p.order.tapped_tolerance_t:g} t) cannot "
+            f"be reached: at most {value:.1f} t with this stock, basket volume and "
+            f"chemistry, {gap:.1f} t short{_at_limits(p, x)}"
+        )
     elif c.kind == "tapped_hi":
-        msg = (f"tapped mass {p.w:.1f} t (tolerance {p.order.tapped_tolerance_t:g} t) is "
-               f"exceeded: at least {value:.1f} t with the minimum tonnes of the stock, "
-               f"{gap:.1f} t over")
+        msg = (
+            f"tapped mass {p.w:.1f} t (tolerance {p.order.tapped_tolerance_t:g} t) is "
+            f"exceeded: at least {value:.1f} t with the minimum tonnes of the stock, "
+            f"{gap:.1f} t over"
+        )
     else:
-        msg = (f"basket volume {c.limit:.1f} m3 is exceeded: the charge needs {value:.1f} m3, "
-               f"{gap:.1f} m3 over")
+        msg = (
+            f"basket volume {c.limit:.1f} m3 is exceeded: the charge needs {value:.1f} m3, "
+            f"{gap:.1f} m3 over"
+        )
     return {"constraint": c.name, "limit": c.limit, "best": value, "gap": gap, "message": msg}
 
 
@@ -554,8 +625,14 @@ def _shadow_prices(p: _Problem, pt: _Point, opts: Options) -> dict[int, float] |
     return out
 
 
-def _plan(p: _Problem, pt: _Point, opts: Options, version: int | None, stats: dict[str, Any],
-          warnings: list[str]) -> ChargePlan:
+def _plan(
+    p: _Problem,
+    pt: _Point,
+    opts: Options,
+    version: int | None,
+    stats: dict[str, Any],
+    warnings: list[str],
+) -> ChargePlan:
     x = pt.x
     y = pt.y[None, :]
     cal = p.calibration
@@ -576,10 +653,14 @@ def _plan(p: _Problem, pt: _Point, opts: Options, version: int | None, stats: di
     else:
         lo = hi = None
         level = None
-    predicted = {t: {"mean": float(y[0, i]),
-                     "lo": None if lo is None else float(lo[0, i]),
-                     "hi": None if hi is None else float(hi[0, i])}
-                 for i, t in enumerate(p.targets)}
+    predicted = {
+        t: {
+            "mean": float(y[0, i]),
+            "lo": None if lo is None else float(lo[0, i]),
+            "hi": None if hi is None else float(hi[0, i]),
+        }
+        for i, t in enumerate(p.targets)
+    }
     risk: dict[str, float | None] = {}
     for el, window in p.order.chemistry.items():
         if window.max is not None:
@@ -588,37 +669,73 @@ def _plan(p: _Problem, pt: _Point, opts: Options, version: int | None, stats: di
             risk[el] = None if cal is None else cal.exceed_probability(t, gap)
     viol = pt.violation()
     confidence = f" with {1 - p.risk:.1%} confidence" if cal is not None else ""
-    infeasible = [_explain(p, c, x, y, confidence)
-                  for k, c in enumerate(p.constraints) if viol[k] > opts.feasible_tol]
+    infeasible = [
+        _explain(p, c, x, y, confidence)
+        for k, c in enumerate(p.constraints)
+        if viol[k] > opts.feasible_tol
+    ]
     status = "infeasible" if infeasible else "optimal"
     prices = _shadow_prices(p, pt, opts) if not infeasible else None
     binding: list[dict[str, Any]] = []
     for k, c in enumerate(p.constraints):
         if pt.c[k] >= -opts.binding_tol:
-            binding.append({"constraint": c.name, "value": float(p.value(c, x, y)[0]),
-                            "limit": c.limit,
-                            "shadow_price": None if prices is None else prices[k]})
+            binding.append(
+                {
+                    "constraint": c.name,
+                    "value": float(p.value(c, x, y)[0]),
+                    "limit": c.limit,
+                    "shadow_price": None if prices is None else prices[k],
+                }
+            )
     for j, g in enumerate(p.grades):
         if x[j] >= p.hi[j] - 1e-3:
-            binding.append({"constraint": f"stock {g}", "value": float(x[j]),
-                            "limit": float(p.hi[j]), "shadow_price": None})
+            binding.append(
+                {
+                    "constraint": f"stock {g}",
+                    "value": float(x[j]),
+                    "limit": float(p.hi[j]),
+                    "shadow_price": None,
+                }
+            )
         elif p.lo[j] > 0 and x[j] <= p.lo[j] + 1e-3:
-            binding.append({"constraint": f"min {g}", "value": float(x[j]),
-                            "limit": float(p.lo[j]), "shadow_price": None})
+            binding.append(
+                {
+                    "constraint": f"min {g}",
+                    "value": float(x[j]),
+                    "limit": float(p.lo[j]),
+                    "shadow_price": None,
+                }
+            )
     charge = {g: 0.0 for g in p.stock.grades}
     charge.update({g: round(float(v), 3) for g, v in zip(p.grades, x, strict=True)})
     return ChargePlan(
-        status=status, charge=charge,
+        status=status,
+        charge=charge,
         inputs=dict(zip(p.features, map(float, p.rows(x)[0]), strict=True)),
-        predicted=predicted, level=level,
-        cost={"material": material, "energy": energy, "co2": co2, "total": total,
-              "per_t": total / tapped if tapped > 0 else math.inf},
+        predicted=predicted,
+        level=level,
+        cost={
+            "material": material,
+            "energy": energy,
+            "co2": co2,
+            "total": total,
+            "per_t": total / tapped if tapped > 0 else math.inf,
+        },
         co2_t={"material": co2_mat, "electricity": co2_el, "total": co2_mat + co2_el},
-        risk=risk, binding=binding, infeasible=infeasible, model_version=version,
-        order=p.order.name, risk_asked=p.risk, risk_per_element=p.risk,
-        margins={c.name: float(p.margin_at(c, x, y)[0]) for c in p.constraints
-                 if c.element is not None},
-        baskets=_baskets(p, x), warnings=warnings, solver=stats)
+        risk=risk,
+        binding=binding,
+        infeasible=infeasible,
+        model_version=version,
+        order=p.order.name,
+        risk_asked=p.risk,
+        risk_per_element=p.risk,
+        margins={
+            c.name: float(p.margin_at(c, x, y)[0]) for c in p.constraints if c.element is not None
+        },
+        baskets=_baskets(p, x),
+        warnings=warnings,
+        solver=stats,
+    )
 
 
 def _joint_share(p: _Problem, pt: _Point, risk: float, opts: Options) -> float:
@@ -646,11 +763,20 @@ def _joint_share(p: _Problem, pt: _Point, risk: float, opts: Options) -> float:
     return max((risk - rest) / binding, risk / n_max, 1.0 / (n_cal + 1) * (1 + 1e-9))
 
 
-def optimize(order: Order, stock: Stock, model: Any, risk: float = 0.05, *,
-             calibration: Calibrated | None = None, power_on: PowerOn | None = None,
-             version: int | None = None, reference: Mapping[str, float] | None = None,
-             joint: bool = True, start: Mapping[str, float] | None = None,
-             options: Options | None = None) -> ChargePlan:
+def optimize(
+    order: Order,
+    stock: Stock,
+    model: Any,
+    risk: float = 0.05,
+    *,
+    calibration: Calibrated | None = None,
+    power_on: PowerOn | None = None,
+    version: int | None = None,
+    reference: Mapping[str, float] | None = None,
+    joint: bool = True,
+    start: Mapping[str, float] | None = None,
+    options: Options | None = None,
+) -> ChargePlan:
     """The cheapest charge for ``order`` from ``stock`` on ``model``.
 
     ``model`` is a site's serving model (``models.served.ServedModel`` or anything with
@@ -674,20 +800,34 @@ def optimize(order: Order, stock: Stock, model: Any, risk: float = 0.05, *,
     opts = options or Options()
     started = time.perf_counter()
     predictor = getattr(model, "predictor", model)
-    calibration = calibration if calibration is not None else getattr(model, "calibration",
-                                                                      None)
+    calibration = calibration if calibration is not None else getattr(model, "calibration", None)
     power_on = power_on if power_on is not None else getattr(model, "power_on", None)
     version = version if version is not None else getattr(model, "version", None)
     warnings = []
     if calibration is None:
-        warnings.append("no calibration: chemistry limits hold on the predicted mean only, "
-                        "risks are unknown")
-    stats: dict[str, Any] = {"iterations": 0, "lp_solves": 0, "model_calls": 0,
-                             "converged": 0, "solves": 0}
+        warnings.append(
+            "no calibration: chemistry limits hold on the predicted mean only, risks are unknown"
+        )
+    stats: dict[str, Any] = {
+        "iterations": 0,
+        "lp_solves": 0,
+        "model_calls": 0,
+        "converged": 0,
+        "solves": 0,
+    }
     per_element, first = risk, start
     for _ in range(opts.max_joint_solves):
-        p = _Problem(order, stock, predictor, calibration, power_on, per_element, reference,
-                     opts.fd_step_t, opts.backoff)
+        p = _Problem(
+            order,
+            stock,
+            predictor,
+            calibration,
+            power_on,
+            per_element,
+            reference,
+            opts.fd_step_t,
+            opts.backoff,
+        )
         stats["solves"] += 1
         pt = _slp(p, _start(p, first), opts, 1.0, opts.penalty, stats)
         feasible = float(pt.violation().max(initial=0.0)) <= opts.feasible_tol
@@ -716,5 +856,6 @@ def optimize_request(data: Mapping[str, Any], model: Any) -> dict[str, Any]:
     from alchimia.models.charge.inputs import request_from
 
     req = request_from(data)
-    return optimize(req.order, req.stock, model, req.risk, joint=req.joint,
-                    reference=req.reference_charge).to_dict()
+    return optimize(
+        req.order, req.stock, model, req.risk, joint=req.joint, reference=req.reference_charge
+    ).to_dict()

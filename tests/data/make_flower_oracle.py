@@ -34,8 +34,13 @@ def _inputs() -> dict[str, Any]:
     rng = np.random.default_rng(20251)
     rounds = []
     for _ in range(ROUNDS):
-        deltas = [{k: 0.01 * rng.standard_normal(s) * (10.0 if i == K - 1 else 1.0)
-                   for k, s in SHAPES.items()} for i in range(K)]
+        deltas = [
+            {
+                k: 0.01 * rng.standard_normal(s) * (10.0 if i == K - 1 else 1.0)
+                for k, s in SHAPES.items()
+            }
+            for i in range(K)
+        ]
         rounds.append({"deltas": deltas, "num_samples": rng.integers(20, 400, K).tolist()})
     initial = {k: rng.standard_normal(s) for k, s in SHAPES.items()}
     return {"initial": initial, "rounds": rounds}
@@ -66,17 +71,22 @@ def _strategy(cls: str, kwargs: dict[str, Any], initial: list[np.ndarray]) -> An
 
 
 def _fit_res(params: list[np.ndarray], n: int) -> FitRes:
-    return FitRes(status=Status(code=Code.OK, message=""),
-                  parameters=ndarrays_to_parameters(params), num_examples=n, metrics={})
+    return FitRes(
+        status=Status(code=Code.OK, message=""),
+        parameters=ndarrays_to_parameters(params),
+        num_examples=n,
+        metrics={},
+    )
 
 
 def _run(k: int, strategy: Any, inputs: dict[str, Any]) -> list[list[list[float]]]:
     current = [inputs["initial"][name] for name in SHAPES]
     outputs = []
     for server_round, rnd in enumerate(inputs["rounds"], start=1):
-        results = [(None, _fit_res([g + d[name] for g, name in zip(current, SHAPES,
-                                                                   strict=True)], n))
-                   for d, n in zip(rnd["deltas"][:k], rnd["num_samples"][:k], strict=True)]
+        results = [
+            (None, _fit_res([g + d[name] for g, name in zip(current, SHAPES, strict=True)], n))
+            for d, n in zip(rnd["deltas"][:k], rnd["num_samples"][:k], strict=True)
+        ]
         params, _ = strategy.aggregate_fit(server_round, results, [])
         current = parameters_to_ndarrays(params)
         outputs.append([arr.ravel().tolist() for arr in current])
@@ -89,16 +99,25 @@ def main() -> None:
     record = {
         "flwr_version": flwr.__version__,
         "about": "Written by tests/data/make_flower_oracle.py; float64 throughout. outputs: "
-                 "per case, per round, the new global tensors (flattened, in 'shapes' "
-                 "order) that Flower's strategy returned.",
+        "per case, per round, the new global tensors (flattened, in 'shapes' "
+        "order) that Flower's strategy returned.",
         "shapes": {k: list(s) for k, s in SHAPES.items()},
         "initial": {k: v.ravel().tolist() for k, v in inputs["initial"].items()},
-        "rounds": [{"num_samples": r["num_samples"],
-                    "deltas": [{k: v.ravel().tolist() for k, v in d.items()}
-                               for d in r["deltas"]]} for r in inputs["rounds"]],
-        "cases": {name: {"agents": k, "flower": {"class": cls, "kwargs": kwargs},
-                         "outputs": _run(k, _strategy(cls, kwargs, initial), inputs)}
-                  for name, (k, cls, kwargs) in CASES.items()},
+        "rounds": [
+            {
+                "num_samples": r["num_samples"],
+                "deltas": [{k: v.ravel().tolist() for k, v in d.items()} for d in r["deltas"]],
+            }
+            for r in inputs["rounds"]
+        ],
+        "cases": {
+            name: {
+                "agents": k,
+                "flower": {"class": cls, "kwargs": kwargs},
+                "outputs": _run(k, _strategy(cls, kwargs, initial), inputs),
+            }
+            for name, (k, cls, kwargs) in CASES.items()
+        },
     }
     OUT.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {OUT} with flwr {flwr.__version__}")

@@ -53,13 +53,18 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None
 
 def alchimia(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """The ``alchimia`` command as a separate process, output captured as text."""
-    return subprocess.Popen([sys.executable, "-m", "alchimia", *args],
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "alchimia", *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
-def run_until_coordinator_exits(coordinator: subprocess.Popen, agents: list[subprocess.Popen],
-                                timeout: float = 180) -> tuple[int, str, list[str]]:
+def run_until_coordinator_exits(
+    coordinator: subprocess.Popen, agents: list[subprocess.Popen], timeout: float = 180
+) -> tuple[int, str, list[str]]:
     """Wait for a coordinator started with ``--rounds``; stop the agents; return
     (coordinator exit code, coordinator output, agent outputs)."""
     try:

@@ -17,23 +17,51 @@ from tests.integration.helpers import wait_for
 
 
 def _admin(url: str, federation: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "alchimia", "coordinator", "--broker", url,
-                           "--federation", federation, *args, "--timeout", "30"],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alchimia",
+            "coordinator",
+            "--broker",
+            url,
+            "--federation",
+            federation,
+            *args,
+            "--timeout",
+            "30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _models(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "alchimia", "models", "--state-dir",
-                           str(state_dir), *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "alchimia", "models", "--state-dir", str(state_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_pause_resume_stop_and_the_version_files(mosquitto, tmp_path: Path) -> None:
     state = tmp_path / "coord"
-    fed = LocalFederation(mosquitto.url, "adm", 2, state,
-                          coordinator={"min_agents": 2, "rounds": 0, "epochs": 1,
-                                       "round_schedule_s": 0.5, "keep_versions": 3},
-                          agent={"history_heats": 60, "heat_interval_s": 0,
-                                 "signal_period_s": 10.0})
+    fed = LocalFederation(
+        mosquitto.url,
+        "adm",
+        2,
+        state,
+        coordinator={
+            "min_agents": 2,
+            "rounds": 0,
+            "epochs": 1,
+            "round_schedule_s": 0.5,
+            "keep_versions": 3,
+        },
+        agent={"history_heats": 60, "heat_interval_s": 0, "signal_period_s": 10.0},
+    )
     try:
         thread = fed.start_coordinator()
         coordinator = thread.coordinator

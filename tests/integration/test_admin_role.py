@@ -60,20 +60,31 @@ user = "{getpass.getuser()}"
 def _client(out: Path, name: str, port: int) -> Client:
     bundle = out / "identities" / name
     password = bundle / "password"
-    kw = ({"username": name, "password": password.read_text().strip()}
-          if password.exists() else {})
-    client = Client(port, f"test-{name}", client_tls_context(
-        bundle / "ca.pem", bundle / f"{name}.pem", bundle / f"{name}.key"), **kw)
+    kw = {"username": name, "password": password.read_text().strip()} if password.exists() else {}
+    client = Client(
+        port,
+        f"test-{name}",
+        client_tls_context(bundle / "ca.pem", bundle / f"{name}.pem", bundle / f"{name}.key"),
+        **kw,
+    )
     assert client.connected, client.outcome
     return client
 
 
 def test_the_provisioned_admin_rolls_back_and_an_agent_cannot(
-        federation: tuple[Path, int], tmp_path: Path) -> None:
+    federation: tuple[Path, int], tmp_path: Path
+) -> None:
     out, port = federation
     ids = out / "identities"
-    coordinator = alchimia("coordinator", "--config", str(ids / "coordinator/coordinator.toml"),
-                           "--state-dir", str(tmp_path / "state"), "--min-agents", "1")
+    coordinator = alchimia(
+        "coordinator",
+        "--config",
+        str(ids / "coordinator/coordinator.toml"),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--min-agents",
+        "1",
+    )
     clients: list[Client] = []
     try:
         admin = _client(out, "ops-admin", port)
@@ -88,22 +99,40 @@ def test_the_provisioned_admin_rolls_back_and_an_agent_cannot(
 
         agent = _client(out, "plant-1", port)
         clients.append(agent)
-        agent.publish(T.coordinator_admin,
-                      message("plant-1", AdminBody(action="rollback", version=0)))
+        agent.publish(
+            T.coordinator_admin, message("plant-1", AdminBody(action="rollback", version=0))
+        )
         agent.publish(T.agent_update("plant-1"), b"delta")
         agent.publish(T.agent_status("plant-1"), b"status", retain=True)
 
         done = subprocess.run(
-            [sys.executable, "-m", "alchimia", "coordinator", "--config",
-             str(ids / "ops-admin/admin.toml"), "rollback", "0", "--admin-id", "ops-admin",
-             "--timeout", "60"], capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "alchimia",
+                "coordinator",
+                "--config",
+                str(ids / "ops-admin/admin.toml"),
+                "rollback",
+                "0",
+                "--admin-id",
+                "ops-admin",
+                "--timeout",
+                "60",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "rolled back to version 0, published as version 1" in done.stdout, done.stdout
 
         def rolled_back() -> bool:
             models = [decode(p, ModelBody).body for p in admin.payloads(T.model_current)]
-            return any(m.version == 1 and m.metadata.get("rollback_of") == 0  # type: ignore[attr-defined]
-                       for m in models)
+            return any(
+                m.version == 1 and m.metadata.get("rollback_of") == 0  # type: ignore[attr-defined]
+                for m in models
+            )
 
         wait_for(rolled_back, WAIT, "version 1 at the admin")
         # Only the admin's command reached the coordinator's topic; the agent's was dropped.

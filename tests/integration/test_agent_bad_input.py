@@ -21,10 +21,14 @@ from tests.integration.helpers import RawClient, wait_for
 
 def test_agent_survives_garbage_models_and_tasks(mosquitto, tmp_path: Path) -> None:
     topics = Topics("agentbad")
-    fed = LocalFederation(mosquitto.url, "agentbad", 1, tmp_path / "coord",
-                          coordinator={"min_agents": 1, "rounds": 1, "epochs": 1},
-                          agent={"history_heats": 40, "heat_interval_s": 0,
-                                 "signal_period_s": 10.0})
+    fed = LocalFederation(
+        mosquitto.url,
+        "agentbad",
+        1,
+        tmp_path / "coord",
+        coordinator={"min_agents": 1, "rounds": 1, "epochs": 1},
+        agent={"history_heats": 40, "heat_interval_s": 0, "signal_period_s": 10.0},
+    )
     monitor = Monitor(mosquitto.url, "agentbad", "agentbad-monitor").start()
     evil = RawClient(mosquitto.host, mosquitto.port, "agentbad-evil")
     evil.subscribe(topics.model_current)
@@ -35,16 +39,28 @@ def test_agent_survives_garbage_models_and_tasks(mosquitto, tmp_path: Path) -> N
         wait_for(lambda: agent.serving_version == 1, 60, "version 1")
         good: ModelBody = decode(evil.received(topics.model_current)[-1], ModelBody).body
         bad_onnx = good.model_copy(update={"version": 9, "onnx": b"not an onnx graph"})
-        bad_shape = good.model_copy(update={
-            "version": 10, "weights": {k: np.zeros(3, np.float32) for k in good.weights}})
+        bad_shape = good.model_copy(
+            update={"version": 10, "weights": {k: np.zeros(3, np.float32) for k in good.weights}}
+        )
         bad_spec = good.model_copy(update={"version": 11, "spec": {"architecture": "gpt"}})
-        for payload in (b"\xc1garbage", msgpack.packb({"kind": "model"}),
-                        message("coordinator", bad_onnx), message("coordinator", bad_shape),
-                        message("coordinator", bad_spec)):
+        for payload in (
+            b"\xc1garbage",
+            msgpack.packb({"kind": "model"}),
+            message("coordinator", bad_onnx),
+            message("coordinator", bad_shape),
+            message("coordinator", bad_spec),
+        ):
             evil.publish(topics.model_current, payload)
             evil.publish(topics.round_current, payload)
-        evil.publish(topics.round_current, message("coordinator", TaskBody(
-            round_id=99, state="open", base_version=42, deadline_ts=0, selected=["plant-1"])))
+        evil.publish(
+            topics.round_current,
+            message(
+                "coordinator",
+                TaskBody(
+                    round_id=99, state="open", base_version=42, deadline_ts=0, selected=["plant-1"]
+                ),
+            ),
+        )
         wait_for(lambda: agent.link.inbox.empty(), 30, "the agent to work through its inbox")
         assert agent_thread.thread.is_alive()
         assert agent.serving_version == 1 and agent.model_version == 1
@@ -55,25 +71,49 @@ def test_agent_survives_garbage_models_and_tasks(mosquitto, tmp_path: Path) -> N
 
 
 def test_a_flood_of_hostile_messages_is_counted_exactly_in_a_bounded_log(
-        mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Issue 17 item 5: ~25,000 hostile messages once wrote 21,162 WARNING lines (5.8 MB),
     and a spec key with a newline wrote a fake ERROR line. Now 10,000 of them are all
     counted by reason and cost a few lines, each on one line."""
     topics, spec = Topics("agentflood"), ModelSpec(architecture="eaf-hybrid-v1")
-    settings = AgentSettings.load(None, broker=mosquitto.url, federation="agentflood",
-                                  agent_id="plant-1", history_heats=30, heat_interval_s=0,
-                                  store_sensors=False, state_dir=tmp_path / "agents")
+    settings = AgentSettings.load(
+        None,
+        broker=mosquitto.url,
+        federation="agentflood",
+        agent_id="plant-1",
+        history_heats=30,
+        heat_interval_s=0,
+        store_sensors=False,
+        state_dir=tmp_path / "agents",
+    )
     evil = RawClient(mosquitto.host, mosquitto.port, "agentflood-evil")
     agent = AgentThread(settings).start()
     a = agent.agent
-    good = model_message("coordinator", spec, initial_weights(spec, 0), version=0,
-                         parent=None, round_id=None, metadata={})
+    good = model_message(
+        "coordinator",
+        spec,
+        initial_weights(spec, 0),
+        version=0,
+        parent=None,
+        round_id=None,
+        metadata={},
+    )
     body = decode(good, ModelBody).body
-    forged = message("coordinator", body.model_copy(update={"version": 9, "spec": {
-        "architecture": "mlp-v1", "x\nERROR alchimia.agent: forged line": 1}}))
-    hostile = [(topics.model_current, b"\xc1garbage"),  # malformed
-               (topics.round_current, msgpack.packb({"kind": "task", "body": {}})),  # schema
-               (topics.model_current, forged)]  # invalid: the spec breaks its schema
+    forged = message(
+        "coordinator",
+        body.model_copy(
+            update={
+                "version": 9,
+                "spec": {"architecture": "mlp-v1", "x\nERROR alchimia.agent: forged line": 1},
+            }
+        ),
+    )
+    hostile = [
+        (topics.model_current, b"\xc1garbage"),  # malformed
+        (topics.round_current, msgpack.packb({"kind": "task", "body": {}})),  # schema
+        (topics.model_current, forged),
+    ]  # invalid: the spec breaks its schema
     n = 10_000
     try:
         evil.publish(topics.model_current, good, retain=True)

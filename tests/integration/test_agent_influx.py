@@ -23,13 +23,23 @@ from tests.integration.helpers import RawClient, alchimia, wait_for
 
 
 def test_agent_streams_sensor_data_into_influxdb_and_trains_on_it(
-        mosquitto, influxd, tmp_path: Path) -> None:
+    mosquitto, influxd, tmp_path: Path
+) -> None:
     database = "agent_e2e"
     fed = LocalFederation(
-        mosquitto.url, "influx", 1, tmp_path / "coord",
+        mosquitto.url,
+        "influx",
+        1,
+        tmp_path / "coord",
         coordinator={"min_agents": 1, "rounds": 1, "epochs": 1},
-        agent={"history_heats": 20, "heat_interval_s": 0, "influx": influxd.url,
-               "database": database, "signal_period_s": 10.0})
+        agent={
+            "history_heats": 20,
+            "heat_interval_s": 0,
+            "influx": influxd.url,
+            "database": database,
+            "signal_period_s": 10.0,
+        },
+    )
     monitor = Monitor(mosquitto.url, "influx", "influx-monitor").start()
     try:
         fed.start_coordinator()
@@ -50,40 +60,72 @@ def test_agent_streams_sensor_data_into_influxdb_and_trains_on_it(
         store.close()
 
 
-PLAN = {"charge_E3_t": 40.0, "charge_E8_t": 30.0, "charge_HBI_t": 20.0, "hot_heel_t": 15.0,
-        "lime_t": 7.0, "carbon_kg": 1800.0, "oxygen_nm3": 3800.0, "gas_nm3": 800.0,
-        "power_on_min": 40.0, "power_off_min": 14.0, "tap_temp_aim_c": 1630.0}
+PLAN = {
+    "charge_E3_t": 40.0,
+    "charge_E8_t": 30.0,
+    "charge_HBI_t": 20.0,
+    "hot_heel_t": 15.0,
+    "lime_t": 7.0,
+    "carbon_kg": 1800.0,
+    "oxygen_nm3": 3800.0,
+    "gas_nm3": 800.0,
+    "power_on_min": 40.0,
+    "power_off_min": 14.0,
+    "tap_temp_aim_c": 1630.0,
+}
 
 
 def test_an_agent_started_while_influxdb_is_down_serves_then_learns_its_history(
-        mosquitto, influxd_factory: Callable[[], InfluxdServer], tmp_path: Path) -> None:
+    mosquitto, influxd_factory: Callable[[], InfluxdServer], tmp_path: Path
+) -> None:
     """Issue 17 item 3: the agent used to exit (FlushTimeout from its history, before it
     even connected). Now it connects, serves and spools at once, and learns from the
     history when InfluxDB answers, with every point delivered."""
     server = influxd_factory()
     server.stop()
     topics, spec = Topics("down"), ModelSpec(architecture="eaf-hybrid-v1")
-    settings = AgentSettings.load(None, broker=mosquitto.url, federation="down",
-                                  agent_id="plant-1", history_heats=20, heat_interval_s=0,
-                                  influx=server.url, database="down", signal_period_s=10.0,
-                                  state_dir=tmp_path / "agents")
+    settings = AgentSettings.load(
+        None,
+        broker=mosquitto.url,
+        federation="down",
+        agent_id="plant-1",
+        history_heats=20,
+        heat_interval_s=0,
+        influx=server.url,
+        database="down",
+        signal_period_s=10.0,
+        state_dir=tmp_path / "agents",
+    )
     watcher = RawClient(mosquitto.host, mosquitto.port, "down-watcher")
     watcher.subscribe(topics.agent_status("plant-1"))
     agent = AgentThread(settings).start()
     a = agent.agent
     try:
-        watcher.publish(topics.model_current, model_message(
-            "coordinator", spec, initial_weights(spec, 0), version=0, parent=None,
-            round_id=None, metadata={}), retain=True)
+        watcher.publish(
+            topics.model_current,
+            model_message(
+                "coordinator",
+                spec,
+                initial_weights(spec, 0),
+                version=0,
+                parent=None,
+                round_id=None,
+                metadata={},
+            ),
+            retain=True,
+        )
 
         def online() -> bool:
-            return any(decode(p, StatusBody).body.state == "online"
-                       for p in watcher.received(topics.agent_status("plant-1")))
+            return any(
+                decode(p, StatusBody).body.state == "online"
+                for p in watcher.received(topics.agent_status("plant-1"))
+            )
 
         wait_for(online, 30, "the agent's online status while InfluxDB is down")
         wait_for(lambda: a.state is not None, 30, "the model served")
-        with Consumer(ConsumerSettings(broker=mosquitto.url, federation="down",
-                                       consumer_id="hmi-1")) as consumer:
+        with Consumer(
+            ConsumerSettings(broker=mosquitto.url, federation="down", consumer_id="hmi-1")
+        ) as consumer:
             answer = consumer.infer("plant-1", [{"inputs": PLAN}], timeout=30)
         assert answer.model_version == 0 and len(answer.predictions) == 1
         source = a.source
@@ -92,8 +134,11 @@ def test_an_agent_started_while_influxdb_is_down_serves_then_learns_its_history(
         assert a.table is not None and a.table.seen == 0  # nothing read from the store yet
         assert source.points_written > 0  # ... but the history is spooled
         server.start()
-        wait_for(lambda: a.table is not None and a.table.seen == 20, 60,
-                 "the history learned once InfluxDB answers")
+        wait_for(
+            lambda: a.table is not None and a.table.seen == 20,
+            60,
+            "the history learned once InfluxDB answers",
+        )
         assert a.new_heats == 20
     finally:
         agent.stop()
@@ -112,10 +157,29 @@ def test_a_sigtermed_agent_delivers_its_spool(mosquitto, influxd, tmp_path: Path
     """SIGTERM (systemd's stop) closes the store: what is spooled goes to InfluxDB then,
     not at the next start (points wait up to the flush interval, 5 s by default)."""
     state = tmp_path / "agents"
-    agent = alchimia("agent", "--broker", mosquitto.url, "--federation", "term",
-                     "--agent-id", "plant-1", "--plant", "1", "--influx", influxd.url,
-                     "--database", "term", "--state-dir", str(state), "--history-heats", "5",
-                     "--heat-interval", "0.5", "--signal-period", "10")
+    agent = alchimia(
+        "agent",
+        "--broker",
+        mosquitto.url,
+        "--federation",
+        "term",
+        "--agent-id",
+        "plant-1",
+        "--plant",
+        "1",
+        "--influx",
+        influxd.url,
+        "--database",
+        "term",
+        "--state-dir",
+        str(state),
+        "--history-heats",
+        "5",
+        "--heat-interval",
+        "0.5",
+        "--signal-period",
+        "10",
+    )
     try:
         spool = state / "plant-1" / "spool"
         # The history went in (its tap points flush at once); live heats then follow.

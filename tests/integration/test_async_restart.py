@@ -71,40 +71,63 @@ class AsyncWindow:
 def open_window(mosquitto: Mosquitto, tmp_path: Path) -> AsyncWindow:
     topics = Topics(FED)
     settings = CoordinatorSettings.load(
-        None, broker=mosquitto.url, federation=FED, state_dir=tmp_path / "state",
-        mode="async", buffer_k=3, min_agents=1, rounds=1, staleness="constant")
-    agents = {name: RawClient(mosquitto.host, mosquitto.port, f"{FED}-{name}")
-              for name in SAMPLES}
+        None,
+        broker=mosquitto.url,
+        federation=FED,
+        state_dir=tmp_path / "state",
+        mode="async",
+        buffer_k=3,
+        min_agents=1,
+        rounds=1,
+        staleness="constant",
+    )
+    agents = {name: RawClient(mosquitto.host, mosquitto.port, f"{FED}-{name}") for name in SAMPLES}
     watcher = RawClient(mosquitto.host, mosquitto.port, f"{FED}-watcher")
     watcher.subscribe(topics.model_current)
     watcher.subscribe(topics.round_current)
     for name, client in agents.items():
-        client.publish(topics.agent_status(name),
-                       message(name, StatusBody(role="agent", state="online")), retain=True)
+        client.publish(
+            topics.agent_status(name),
+            message(name, StatusBody(role="agent", state="online")),
+            retain=True,
+        )
     first = CoordinatorThread(settings).start()
     wait_for(lambda: watcher.received(topics.round_current), 30, "the async task")
     task: TaskBody = decode(watcher.received(topics.round_current)[-1], TaskBody).body
     assert task.mode == "async" and task.state == "open"
     base: ModelBody = decode(watcher.received(topics.model_current)[0], ModelBody).body
     rng = np.random.default_rng(3)
-    deltas = {name: {k: (0.01 * rng.standard_normal(v.shape)).astype(np.float32)
-                     for k, v in base.weights.items()} for name in agents}
+    deltas = {
+        name: {
+            k: (0.01 * rng.standard_normal(v.shape)).astype(np.float32)
+            for k, v in base.weights.items()
+        }
+        for name in agents
+    }
 
     def update(name: str) -> bytes:
-        return message(name, UpdateBody(round_id=task.round_id, base_version=base.version,
-                                        num_samples=SAMPLES[name], delta=deltas[name]))
+        return message(
+            name,
+            UpdateBody(
+                round_id=task.round_id,
+                base_version=base.version,
+                num_samples=SAMPLES[name],
+                delta=deltas[name],
+            ),
+        )
 
     return AsyncWindow(settings, topics, agents, watcher, first, base, update, deltas)
 
 
 def accepted(coordinator: CoordinatorThread, n: int) -> Callable[[], bool]:
-    return lambda: (coordinator.coordinator is not None
-                    and coordinator.coordinator.window is not None
-                    and len(coordinator.coordinator.window.accepted) == n)
+    return lambda: (
+        coordinator.coordinator is not None
+        and coordinator.coordinator.window is not None
+        and len(coordinator.coordinator.window.accepted) == n
+    )
 
 
-def test_restart_mid_window_keeps_accepted_updates_exactly_once(mosquitto,
-                                                                tmp_path: Path) -> None:
+def test_restart_mid_window_keeps_accepted_updates_exactly_once(mosquitto, tmp_path: Path) -> None:
     with open_window(mosquitto, tmp_path) as w:
         sent_a1 = w.send("a1")
         w.send("a2")
@@ -124,7 +147,8 @@ def test_restart_mid_window_keeps_accepted_updates_exactly_once(mosquitto,
 
 
 def test_updates_sent_while_the_coordinator_is_down_count_when_it_returns(
-        mosquitto, tmp_path: Path) -> None:
+    mosquitto, tmp_path: Path
+) -> None:
     """The coordinator's MQTT session outlives it, so the broker keeps what agents sent
     meanwhile (an agent does not send an update twice, so that one would be lost)."""
     with open_window(mosquitto, tmp_path) as w:
@@ -141,9 +165,11 @@ def test_updates_sent_while_the_coordinator_is_down_count_when_it_returns(
 
 
 def test_an_update_the_coordinator_could_not_save_is_delivered_again(
-        mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Acknowledged only once handled: a coordinator that stops on a disk error before
     saving an update gets it from the broker again when it is back."""
+
     def disk_full(*args: object, **kwargs: object) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
@@ -161,7 +187,8 @@ def test_an_update_the_coordinator_could_not_save_is_delivered_again(
 
 
 def test_a_message_the_database_refuses_is_dropped_not_retried_for_ever(
-        mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Only machine faults stop the coordinator; a refusal caused by the message does not."""
     with open_window(mosquitto, tmp_path) as w:
         db = w.first.coordinator.db

@@ -42,8 +42,7 @@ class Bridged:
         kw: dict[str, str] = {}
         if self.auth == "passwords":
             kw = {"username": name, "password": (bundle / "password").read_text().strip()}
-        ctx = client_tls_context(bundle / "ca.pem", bundle / f"{name}.pem",
-                                 bundle / f"{name}.key")
+        ctx = client_tls_context(bundle / "ca.pem", bundle / f"{name}.pem", bundle / f"{name}.key")
         client = Client(port, f"{name}-{len(self.clients)}", ctx, **kw)
         self.clients.append(client)
         assert client.connected, f"{name} refused on port {port}: {client.outcome}"
@@ -99,18 +98,23 @@ def test_agent_topics_go_up_and_the_model_comes_down(bridged: Bridged) -> None:
     admin = b.connect("admin", b.central_port)
     admin.subscribe(T.all_bridge_states)
     # The bridge logs in with its own identity and announces itself (retained, will "0").
-    wait_for(lambda: admin.payloads(T.bridge_state("bridge-north")) == [b"1"], WAIT,
-             "the bridge's state at the centre")
+    wait_for(
+        lambda: admin.payloads(T.bridge_state("bridge-north")) == [b"1"],
+        WAIT,
+        "the bridge's state at the centre",
+    )
 
     coordinator = b.connect("coordinator", b.central_port)
-    coordinator.subscribe(T.all_agents("status"), T.all_agents("update"),
-                          T.all_agents("metrics"))
+    coordinator.subscribe(T.all_agents("status"), T.all_agents("update"), T.all_agents("metrics"))
     agent = b.connect("plant-1", b.plant_port)
     agent.subscribe(T.model_current, T.round_current)
     agent.publish(T.agent_status("plant-1"), b"online", retain=True)
     agent.publish(T.agent_update("plant-1"), b"delta of plant-1")
-    wait_for(lambda: coordinator.payloads(T.agent_update("plant-1")), WAIT,
-             "plant-1's update at the coordinator")
+    wait_for(
+        lambda: coordinator.payloads(T.agent_update("plant-1")),
+        WAIT,
+        "plant-1's update at the coordinator",
+    )
     assert coordinator.payloads(T.agent_status("plant-1")) == [b"online"]
     assert coordinator.payloads(T.agent_update("plant-1")) == [b"delta of plant-1"]
     # Retained at the centre too: a coordinator that (re)subscribes reads the status.
@@ -125,8 +129,11 @@ def test_agent_topics_go_up_and_the_model_comes_down(bridged: Bridged) -> None:
     # Retained at the plant: an agent that connects later picks the model up there.
     later = b.connect("plant-1", b.plant_port)
     later.subscribe(T.model_current)
-    wait_for(lambda: later.payloads(T.model_current) == [b"model v1"], WAIT,
-             "the retained model at the plant broker")
+    wait_for(
+        lambda: later.payloads(T.model_current) == [b"model v1"],
+        WAIT,
+        "the retained model at the plant broker",
+    )
     # The admin's reads at the centre stayed on the coordinator's topics and the bridge.
     assert set(admin.topics()) == {T.bridge_state("bridge-north")}
 
@@ -139,14 +146,17 @@ def test_consumers_at_the_centre_reach_an_agent_behind_the_bridge(bridged: Bridg
     hmi.subscribe(T.client_responses("infer", "hmi-1"))
     admin = b.connect("admin", b.central_port)
     admin.subscribe(T.all_bridge_states)
-    wait_for(lambda: admin.payloads(T.bridge_state("bridge-north")) == [b"1"], WAIT,
-             "the bridge")
+    wait_for(lambda: admin.payloads(T.bridge_state("bridge-north")) == [b"1"], WAIT, "the bridge")
     hmi.publish(T.agent_request("plant-1", "infer"), b"request")
-    wait_for(lambda: agent.payloads(T.agent_request("plant-1", "infer")), WAIT,
-             "the request at plant-1")
+    wait_for(
+        lambda: agent.payloads(T.agent_request("plant-1", "infer")), WAIT, "the request at plant-1"
+    )
     agent.publish(T.agent_response("plant-1", "infer", "hmi-1"), b"response")
-    wait_for(lambda: hmi.payloads(T.agent_response("plant-1", "infer", "hmi-1")), WAIT,
-             "the response at the consumer")
+    wait_for(
+        lambda: hmi.payloads(T.agent_response("plant-1", "infer", "hmi-1")),
+        WAIT,
+        "the response at the consumer",
+    )
 
 
 def test_the_bridge_carries_only_its_own_agents(bridged: Bridged) -> None:
@@ -156,10 +166,16 @@ def test_the_bridge_carries_only_its_own_agents(bridged: Bridged) -> None:
     # plant-2 belongs to the central broker: the plant broker refuses its identity, and
     # what plant-1 forges in another agent's name is refused by the plant broker's ACL.
     bundle = b.out / "identities/plant-2"
-    stray = Client(b.plant_port, "plant-2-stray", client_tls_context(
-        bundle / "ca.pem", bundle / "plant-2.pem", bundle / "plant-2.key"),
-        **({"username": "plant-2", "password": (bundle / "password").read_text().strip()}
-           if b.auth == "passwords" else {}))
+    stray = Client(
+        b.plant_port,
+        "plant-2-stray",
+        client_tls_context(bundle / "ca.pem", bundle / "plant-2.pem", bundle / "plant-2.key"),
+        **(
+            {"username": "plant-2", "password": (bundle / "password").read_text().strip()}
+            if b.auth == "passwords"
+            else {}
+        ),
+    )
     b.clients.append(stray)
     if stray.connected:  # certificate mode: the same CA, but no ACL rights there
         stray.publish(T.agent_update("plant-2"), b"stray")

@@ -35,9 +35,16 @@ LIMIT = 4096
 WAIT = 10.0  # seconds before a wait counts as a failure; never a measured figure
 
 
-def write_federation(path: Path, *, auth: str, tls_port: int, plain_port: int | None = None,
-                     agents: list[str] | None = None, revoked: list[str] | None = None,
-                     message_size_limit: int = LIMIT) -> Path:
+def write_federation(
+    path: Path,
+    *,
+    auth: str,
+    tls_port: int,
+    plain_port: int | None = None,
+    agents: list[str] | None = None,
+    revoked: list[str] | None = None,
+    message_size_limit: int = LIMIT,
+) -> Path:
     agents = ["plant-1", "plant-2"] if agents is None else agents
     lines = [
         f'federation = "{FED}"',
@@ -73,16 +80,24 @@ class Refused(Exception):
 class Client:
     """A paho 2.x client over TLS that records messages and waits for acknowledgements."""
 
-    def __init__(self, port: int, client_id: str, context: ssl.SSLContext | None, *,
-                 username: str | None = None, password: str | None = None,
-                 host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int,
+        client_id: str,
+        context: ssl.SSLContext | None,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self._answer = threading.Event()
         self._subacks: dict[int, threading.Event] = {}
         self.outcome: str | None = None
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv311)
+        self.c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311
+        )
         if context is not None:
             self.c.tls_set_context(context)
         if username is not None:
@@ -102,14 +117,16 @@ class Client:
         if self.outcome != "Success":
             self.close()
 
-    def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, rc: mqtt.ReasonCode,
-                    _p: object) -> None:
+    def _on_connect(
+        self, _c: mqtt.Client, _u: object, _f: object, rc: mqtt.ReasonCode, _p: object
+    ) -> None:
         if self.outcome is None:
             self.outcome = str(rc)
         self._answer.set()
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: mqtt.ReasonCode,
-                       _p: object) -> None:
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: object, _f: object, rc: mqtt.ReasonCode, _p: object
+    ) -> None:
         if self.outcome is None:
             self.outcome = f"disconnected: {rc}"
         self._answer.set()
@@ -118,8 +135,7 @@ class Client:
         with self._lock:
             self.messages.append((msg.topic, msg.payload))
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: object, mid: int, _rc: object,
-                      _p: object) -> None:
+    def _on_subscribe(self, _c: mqtt.Client, _u: object, mid: int, _rc: object, _p: object) -> None:
         self._subacks.setdefault(mid, threading.Event()).set()
 
     @property
@@ -157,8 +173,9 @@ class Federation:
         self.out = root / "out"
         self.tls_port = free_port()
         self.plain_port = free_port() if plain else None
-        self.config = write_federation(root / "federation.toml", auth=auth,
-                                       tls_port=self.tls_port, plain_port=self.plain_port)
+        self.config = write_federation(
+            root / "federation.toml", auth=auth, tls_port=self.tls_port, plain_port=self.plain_port
+        )
         self.report = provision(self.config, self.out)
         self.broker = secure_broker(self.out, self.tls_port)
         self.clients: list[Client] = []
@@ -210,24 +227,36 @@ def fed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Federation]:
 
 def test_agent_cannot_read_another_agents_update(fed: Federation) -> None:
     a, b, coord = fed.online("plant-1"), fed.online("plant-2"), fed.online("coordinator")
-    a.subscribe(T.agent_update("plant-2"), T.all_agents("update"), f"{T.root}/#",
-                T.model_current)
+    a.subscribe(T.agent_update("plant-2"), T.all_agents("update"), f"{T.root}/#", T.model_current)
     coord.subscribe(T.all_agents("update"))
     b.publish(T.agent_update("plant-2"), b"delta of plant-2")
     coord.publish(T.model_current, b"sentinel")
     wait_for(lambda: a.payloads(T.model_current), WAIT, "the sentinel at plant-1")
-    wait_for(lambda: coord.payloads(T.agent_update("plant-2")), WAIT,
-             "plant-2's update at the coordinator")
+    wait_for(
+        lambda: coord.payloads(T.agent_update("plant-2")),
+        WAIT,
+        "plant-2's update at the coordinator",
+    )
     assert a.payloads(T.agent_update("plant-2")) == []
     assert coord.payloads(T.agent_update("plant-2")) == [b"delta of plant-2"]
 
 
 def test_agent_cannot_publish_as_coordinator_or_as_another_agent(fed: Federation) -> None:
     a, coord = fed.online("plant-1"), fed.online("coordinator")
-    coord.subscribe(T.model_current, T.round_current, T.coordinator_status,
-                    T.all_agents("status"), T.all_agents("update"))
-    for topic in (T.model_current, T.round_current, T.coordinator_status,
-                  T.agent_status("plant-2"), T.agent_update("plant-2")):
+    coord.subscribe(
+        T.model_current,
+        T.round_current,
+        T.coordinator_status,
+        T.all_agents("status"),
+        T.all_agents("update"),
+    )
+    for topic in (
+        T.model_current,
+        T.round_current,
+        T.coordinator_status,
+        T.agent_status("plant-2"),
+        T.agent_update("plant-2"),
+    ):
         a.publish(topic, b"forged", retain=topic != T.agent_update("plant-2"))
     a.publish(T.agent_status("plant-1"), b"sentinel", retain=True)
     wait_for(lambda: coord.payloads(T.agent_status("plant-1")), WAIT, "plant-1's status")
@@ -236,16 +265,23 @@ def test_agent_cannot_publish_as_coordinator_or_as_another_agent(fed: Federation
 
 def test_consumer_reads_predictions_and_only_its_own_responses(fed: Federation) -> None:
     agent, hmi = fed.online("plant-1"), fed.online("hmi-1")
-    hmi.subscribe(T.all_agents("update"), T.all_agents("metrics"), T.all_agents("predictions"),
-                  T.all_agents("infer/response/#"), T.all_agents("infer/response/hmi-1"))
+    hmi.subscribe(
+        T.all_agents("update"),
+        T.all_agents("metrics"),
+        T.all_agents("predictions"),
+        T.all_agents("infer/response/#"),
+        T.all_agents("infer/response/hmi-1"),
+    )
     agent.publish(T.agent_update("plant-1"), b"delta")
     agent.publish(T.agent_metrics("plant-1"), b"metrics")
     agent.publish(T.agent("plant-1", "infer/response/hmi-2"), b"for hmi-2")
     agent.publish(T.agent("plant-1", "infer/response/hmi-1"), b"for hmi-1")
     agent.publish(T.agent_predictions("plant-1"), b"prediction")
     wait_for(lambda: hmi.payloads(T.agent_predictions("plant-1")), WAIT, "the prediction")
-    assert hmi.topics() == [T.agent("plant-1", "infer/response/hmi-1"),
-                            T.agent_predictions("plant-1")]
+    assert hmi.topics() == [
+        T.agent("plant-1", "infer/response/hmi-1"),
+        T.agent_predictions("plant-1"),
+    ]
 
 
 def test_inference_requests_reach_only_the_addressed_agent(fed: Federation) -> None:
@@ -281,15 +317,15 @@ def test_client_without_credentials_is_refused(fed: Federation) -> None:
             tls_probe("127.0.0.1", fed.tls_port, ca_only)
         assert "client certificate" in explain_tls_error(err.value)
         # A password does not replace the certificate.
-        with_password = Client(fed.tls_port, "pw", ca_only, username="plant-1",
-                               password="anything")
+        with_password = Client(fed.tls_port, "pw", ca_only, username="plant-1", password="anything")
         assert not with_password.connected
     else:
         assert tls_probe("127.0.0.1", fed.tls_port, ca_only) == 5
         wrong = Client(fed.tls_port, "wrong", ca_only, username="plant-1", password="nope")
         assert not wrong.connected, wrong.outcome
-        right = Client(fed.tls_port, "right", ca_only, username="plant-1",
-                       password=fed.password("plant-1"))
+        right = Client(
+            fed.tls_port, "right", ca_only, username="plant-1", password=fed.password("plant-1")
+        )
         assert right.connected, right.outcome
         right.close()
     assert fed.online("plant-1").connected
@@ -302,10 +338,12 @@ def test_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:
         rogue_ca = pki.CertificateAuthority.create(FED, 30)
         key = pki.new_key()
         pki.write_private(tmp_path / "rogue.key", pki.key_pem(key))
-        pki.write_public(tmp_path / "rogue.pem", pki.cert_pem(rogue_ca.issue("plant-1", key,
-                                                                              days=30)))
-        ctx = client_tls_context(fed.bundle("plant-1") / "ca.pem", tmp_path / "rogue.pem",
-                                 tmp_path / "rogue.key")
+        pki.write_public(
+            tmp_path / "rogue.pem", pki.cert_pem(rogue_ca.issue("plant-1", key, days=30))
+        )
+        ctx = client_tls_context(
+            fed.bundle("plant-1") / "ca.pem", tmp_path / "rogue.pem", tmp_path / "rogue.key"
+        )
         rogue = Client(fed.tls_port, "rogue", ctx)
         assert not rogue.connected, rogue.outcome
         with pytest.raises(ssl.SSLError) as err:
@@ -314,8 +352,9 @@ def test_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:
         # And the other way round: a client trusting another CA refuses the broker.
         pki.write_public(tmp_path / "rogue-ca.pem", pki.cert_pem(rogue_ca.cert))
         b = fed.bundle("plant-1")
-        wrong_trust = client_tls_context(tmp_path / "rogue-ca.pem", b / "plant-1.pem",
-                                         b / "plant-1.key")
+        wrong_trust = client_tls_context(
+            tmp_path / "rogue-ca.pem", b / "plant-1.pem", b / "plant-1.key"
+        )
         with pytest.raises(ssl.SSLCertVerificationError) as err2:
             tls_probe("127.0.0.1", fed.tls_port, wrong_trust)
         assert "ca_file" in explain_tls_error(err2.value)
@@ -332,10 +371,16 @@ def test_revoked_identity_is_refused_after_reprovisioning(tmp_path: Path, auth: 
         assert fed.online("plant-2").connected
         fed.close()
         fed.clients.clear()
-        keep = {p: p.read_bytes() for p in (fed.out / "ca/ca.pem", fed.out / "ca/ca.key",
-                                             fed.out / "mosquitto/server.pem",
-                                             fed.bundle("plant-1") / "plant-1.pem",
-                                             fed.bundle("plant-1") / "plant-1.key")}
+        keep = {
+            p: p.read_bytes()
+            for p in (
+                fed.out / "ca/ca.pem",
+                fed.out / "ca/ca.key",
+                fed.out / "mosquitto/server.pem",
+                fed.bundle("plant-1") / "plant-1.pem",
+                fed.bundle("plant-1") / "plant-1.key",
+            )
+        }
         write_federation(fed.config, auth=auth, tls_port=fed.tls_port, revoked=["plant-2"])
         report = provision(fed.config, fed.out)
         assert report.revoked == ["plant-2"]
@@ -348,8 +393,16 @@ def test_revoked_identity_is_refused_after_reprovisioning(tmp_path: Path, auth: 
                 tls_probe("127.0.0.1", fed.tls_port, fed.context("plant-2"))
             assert "revoked" in explain_tls_error(err.value)
         else:
-            assert tls_probe("127.0.0.1", fed.tls_port, fed.context("plant-2"),
-                             username="plant-2", password=fed.password("plant-2")) == 5
+            assert (
+                tls_probe(
+                    "127.0.0.1",
+                    fed.tls_port,
+                    fed.context("plant-2"),
+                    username="plant-2",
+                    password=fed.password("plant-2"),
+                )
+                == 5
+            )
         assert fed.online("plant-1").connected
     finally:
         fed.close()
@@ -362,8 +415,13 @@ def test_plain_loopback_listener_needs_a_password(tmp_path: Path) -> None:
     try:
         anonymous = Client(fed.plain_port, "anonymous", None)
         assert not anonymous.connected, anonymous.outcome
-        local = Client(fed.plain_port, "local", None, username="coordinator",
-                       password=fed.password("coordinator"))
+        local = Client(
+            fed.plain_port,
+            "local",
+            None,
+            username="coordinator",
+            password=fed.password("coordinator"),
+        )
         assert local.connected, local.outcome
         fed.clients.append(local)
         # ACLs apply there too.
@@ -383,8 +441,10 @@ def test_broker_name_in_url_is_checked(tmp_path: Path) -> None:
         fed.clients.append(by_name)
         assert by_name.connected, by_name.outcome
         ctx = fed.context("plant-1")
-        with socket.create_connection(("127.0.0.1", fed.tls_port), timeout=WAIT) as raw, \
-                pytest.raises(ssl.SSLCertVerificationError) as err:
+        with (
+            socket.create_connection(("127.0.0.1", fed.tls_port), timeout=WAIT) as raw,
+            pytest.raises(ssl.SSLCertVerificationError) as err,
+        ):
             ctx.wrap_socket(raw, server_hostname="broker.elsewhere.example")
         assert "does not name the host" in explain_tls_error(err.value)
     finally:
@@ -398,8 +458,9 @@ def test_a_sighup_makes_mosquitto_refuse_a_certificate_revoked_since(tmp_path: P
     try:
         fed.broker.start()
         assert fed.online("plant-2").connected
-        write_federation(fed.config, auth="certificates", tls_port=fed.tls_port,
-                         revoked=["plant-2"])
+        write_federation(
+            fed.config, auth="certificates", tls_port=fed.tls_port, revoked=["plant-2"]
+        )
         assert provision(fed.config, fed.out).revoked == ["plant-2"]
         assert fed.broker.proc is not None
         fed.broker.proc.send_signal(signal.SIGHUP)

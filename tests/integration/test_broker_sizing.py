@@ -49,15 +49,18 @@ def _burst(workdir: Path, sizing: BrokerSizing | None) -> tuple[int, int]:
         for _ in range(30):
             agents.publish(T.agent_metrics("sentinel"), b"last")
             try:
-                wait_for(lambda: coordinator.payloads(T.agent_metrics("sentinel")), 1,
-                         "the sentinel")
+                wait_for(
+                    lambda: coordinator.payloads(T.agent_metrics("sentinel")), 1, "the sentinel"
+                )
                 break
             except AssertionError:
                 continue
         assert coordinator.payloads(T.agent_metrics("sentinel")), "no sentinel arrived"
         topics = coordinator.topics()
-        return (sum(t.endswith("/update") for t in topics),
-                sum(t.endswith("/status") for t in topics))
+        return (
+            sum(t.endswith("/update") for t in topics),
+            sum(t.endswith("/status") for t in topics),
+        )
     finally:
         for c in clients:
             c.close()

@@ -24,8 +24,10 @@ from tests.integration.test_broker_security import WAIT, secure_broker
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
-                       reason="only root can start mosquitto as root"),
+    pytest.mark.skipif(
+        not hasattr(os, "geteuid") or os.geteuid() != 0,
+        reason="only root can start mosquitto as root",
+    ),
 ]
 
 T = Topics("steel")
@@ -77,8 +79,11 @@ agents = ["plant-1"]
     try:
         admin = b.connect("admin", central_port)
         admin.subscribe(T.all_bridge_states)
-        wait_for(lambda: admin.payloads(T.bridge_state("bridge-north")) == [b"1"], WAIT,
-                 "the bridge, dialling out as the mosquitto user")
+        wait_for(
+            lambda: admin.payloads(T.bridge_state("bridge-north")) == [b"1"],
+            WAIT,
+            "the bridge, dialling out as the mosquitto user",
+        )
         agent = b.connect("plant-1", plant_port)
         agent.publish(T.agent_status("plant-1"), b"online", retain=True)
     finally:

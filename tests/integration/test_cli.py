@@ -13,16 +13,34 @@ def test_processes_federate_with_file_env_and_flag_settings(mosquitto, tmp_path:
     state = tmp_path / "state"
     config = tmp_path / "coordinator.toml"
     # The file says 9 rounds and another federation; env and flags must win over it.
-    config.write_text(f'federation = "wrong"\nrounds = 9\nmin_agents = 2\n'
-                      f'state_dir = "{state}"\nepochs = 1\n')
-    coordinator = alchimia("coordinator", "--config", str(config), "--broker", mosquitto.url,
-                            "--rounds", "2",
-                            env={"ALCHIMIA_COORDINATOR_FEDERATION": "cli"})
+    config.write_text(
+        f'federation = "wrong"\nrounds = 9\nmin_agents = 2\nstate_dir = "{state}"\nepochs = 1\n'
+    )
+    coordinator = alchimia(
+        "coordinator",
+        "--config",
+        str(config),
+        "--broker",
+        mosquitto.url,
+        "--rounds",
+        "2",
+        env={"ALCHIMIA_COORDINATOR_FEDERATION": "cli"},
+    )
     agents = [
-        alchimia("agent", "--broker", mosquitto.url, "--plant", str(i),
-                  "--history-heats", "50", "--heat-interval", "0",
-                  "--state-dir", str(tmp_path / "agents"),
-                  env={"ALCHIMIA_AGENT_FEDERATION": "cli", "ALCHIMIA_AGENT_AGENT_ID": f"p{i}"})
+        alchimia(
+            "agent",
+            "--broker",
+            mosquitto.url,
+            "--plant",
+            str(i),
+            "--history-heats",
+            "50",
+            "--heat-interval",
+            "0",
+            "--state-dir",
+            str(tmp_path / "agents"),
+            env={"ALCHIMIA_AGENT_FEDERATION": "cli", "ALCHIMIA_AGENT_AGENT_ID": f"p{i}"},
+        )
         for i in (1, 2)
     ]
     code, out, agent_logs = run_until_coordinator_exits(coordinator, agents)

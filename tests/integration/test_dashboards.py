@@ -45,8 +45,13 @@ PROVISIONING = COMPOSE_DIR / "grafana" / "provisioning"
 DATABASE = "site_dashboards"
 PLANT, FURNACE = "P1", "P1-EAF1"
 # What Grafana puts in place of its own variables, for running a query outside it.
-BUILTIN = {"timeFilter": "time >= 0", "__interval": "1h", "__rate_interval": "5m",
-           "__range": "1h", "col": "col"}
+BUILTIN = {
+    "timeFilter": "time >= 0",
+    "__interval": "1h",
+    "__rate_interval": "5m",
+    "__range": "1h",
+    "col": "col",
+}
 
 
 # -- the agent's data in InfluxDB -------------------------------------------------------
@@ -61,8 +66,9 @@ class Site:
 
 def influxql(server: InfluxdServer, query: str) -> dict[str, Any]:
     """InfluxDB's answer to one statement over its HTTP API (nanosecond timestamps)."""
-    response = httpx.get(f"{server.url}/query", params={"db": DATABASE, "q": query,
-                                                        "epoch": "ns"}, timeout=30)
+    response = httpx.get(
+        f"{server.url}/query", params={"db": DATABASE, "q": query, "epoch": "ns"}, timeout=30
+    )
     answer: dict[str, Any] = response.json()
     return answer
 
@@ -73,8 +79,11 @@ def rows(server: InfluxdServer, query: str) -> list[dict[str, Any]]:
     assert "error" not in answer, (query, answer["error"])  # e.g. a syntax error
     (result,) = answer["results"]
     assert "error" not in result, (query, result["error"])
-    return [dict(zip(s["columns"], values, strict=True))
-            for s in result.get("series", []) for values in s["values"]]
+    return [
+        dict(zip(s["columns"], values, strict=True))
+        for s in result.get("series", [])
+        for values in s["values"]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -85,34 +94,60 @@ def site(influxd: InfluxdServer, tmp_path_factory: pytest.TempPathFactory) -> It
     broker = Mosquitto(work)
     broker.start()
     topics, spec = Topics("site"), ModelSpec(architecture="eaf-hybrid-v1")
-    settings = AgentSettings.load(None, broker=broker.url, federation="site",
-                                  agent_id="plant-1", history_heats=60,
-                                  heat_interval_s=0.02, influx=influxd.url,
-                                  database=DATABASE, signal_period_s=60.0,
-                                  state_dir=work / "agents",
-                                  drift=["supplier_change@100:cu_factor=4.0"])
+    settings = AgentSettings.load(
+        None,
+        broker=broker.url,
+        federation="site",
+        agent_id="plant-1",
+        history_heats=60,
+        heat_interval_s=0.02,
+        influx=influxd.url,
+        database=DATABASE,
+        signal_period_s=60.0,
+        state_dir=work / "agents",
+        drift=["supplier_change@100:cu_factor=4.0"],
+    )
     spy = RawClient(broker.host, broker.port, "site-spy")
     agent = AgentThread(settings)
     a = agent.agent
     try:
         spy.subscribe(topics.agent_predictions("plant-1"))
-        spy.publish(topics.model_current, model_message(
-            "coordinator", spec, initial_weights(spec, 0), version=0, parent=None,
-            round_id=None, metadata={}), retain=True)
+        spy.publish(
+            topics.model_current,
+            model_message(
+                "coordinator",
+                spec,
+                initial_weights(spec, 0),
+                version=0,
+                parent=None,
+                round_id=None,
+                metadata={},
+            ),
+            retain=True,
+        )
         agent.start()
-        wait_for(lambda: a.learner is not None and a.learner.drift_events > 0, 120,
-                 "a drift detection")
+        wait_for(
+            lambda: a.learner is not None and a.learner.drift_events > 0, 120, "a drift detection"
+        )
         agent.stop()
         assert not agent.thread.is_alive()
         assert a.learner is not None and a.table is not None
         seen = a.table.seen
-        wait_for(lambda: len(spy.received(topics.agent_predictions("plant-1")))
-                 == seen - 60, 30, "every prediction published")
-        published = [decode(p, PredictionBody).body  # type: ignore[misc]
-                     for p in spy.received(topics.agent_predictions("plant-1"))]
+        wait_for(
+            lambda: len(spy.received(topics.agent_predictions("plant-1"))) == seen - 60,
+            30,
+            "every prediction published",
+        )
+        published = [
+            decode(p, PredictionBody).body  # type: ignore[misc]
+            for p in spy.received(topics.agent_predictions("plant-1"))
+        ]
         count = f'SELECT count("model_version") FROM "{ERROR_MEASUREMENT}"'
-        wait_for(lambda: [r["count"] for r in rows(influxd, count)] == [len(published)], 30,
-                 "the spooled points delivered")
+        wait_for(
+            lambda: [r["count"] for r in rows(influxd, count)] == [len(published)],
+            30,
+            "the spooled points delivered",
+        )
         yield Site(influxd, published, list(a.learner.drift_at))  # type: ignore[arg-type]
     finally:
         agent.stop()
@@ -140,7 +175,7 @@ def test_influxdb_holds_what_the_agent_published(site: Site) -> None:
             assert point[f"upper_{t}"] == (sent.upper or {}).get(t)
             assert error[f"abs_error_{t}"] == pytest.approx(abs(value - point[f"actual_{t}"]))
     # The actual outcome is the one the plant's gateway wrote (tap fields as stored).
-    tap = rows(server, f"SELECT * FROM \"eaf_tap\" WHERE \"heat\" = '{published[0].heat_id}'")
+    tap = rows(server, f'SELECT * FROM "eaf_tap" WHERE "heat" = \'{published[0].heat_id}\'')
     assert by_heat[published[0].heat_id]["actual_cu_pct"] == tap[0]["cu_pct"]
     (drift,) = rows(server, f'SELECT * FROM "{DRIFT_MEASUREMENT}"')
     assert drift["heat"] == f"P1-{site.drift_at[0] - 1:06d}"
@@ -156,8 +191,11 @@ def dashboards() -> dict[str, dict[str, Any]]:
 
 def provisioned_sources() -> dict[str, str]:
     """uid -> type of every data source Grafana is provisioned with."""
-    return {s["uid"]: s["type"] for f in (PROVISIONING / "datasources").glob("*.yaml")
-            for s in yaml.safe_load(f.read_text())["datasources"]}
+    return {
+        s["uid"]: s["type"]
+        for f in (PROVISIONING / "datasources").glob("*.yaml")
+        for s in yaml.safe_load(f.read_text())["datasources"]
+    }
 
 
 def panels(board: dict[str, Any]) -> list[dict[str, Any]]:
@@ -189,11 +227,13 @@ def queries(board: dict[str, Any], kind: str) -> list[tuple[str, str]]:
 
 def substitute(text: str, values: dict[str, str]) -> str:
     """``text`` with each ``$name`` / ``${name}`` replaced; raises on an unknown one."""
+
     def one(m: re.Match[str]) -> str:
         name = m.group(1) or m.group(2)
         if name not in values:
             raise KeyError(f"undefined variable ${name} in {text!r}")
         return values[name]
+
     return re.sub(r"\$(?:\{(\w+)\}|(\w+))", one, text)
 
 
@@ -201,14 +241,26 @@ def source_findings(board: dict[str, Any]) -> list[str]:
     """Every data source a panel target, annotation or variable names that is not a
     provisioned one (by uid, of that type)."""
     sources = provisioned_sources()
-    used = [(f"panel {p['title']!r}", t.get("datasource") or p["datasource"])
-            for p in panels(board) for t in p["targets"]]
-    used += [(f"annotation {a['name']!r}", a["datasource"])
-             for a in board["annotations"]["list"] if not a.get("builtIn")]
-    used += [(f"variable {v['name']!r}", v["datasource"])
-             for v in board["templating"]["list"] if v["type"] == "query"]
-    return [f"{where}: {source}" for where, source in used
-            if sources.get(source["uid"]) != source["type"]]
+    used = [
+        (f"panel {p['title']!r}", t.get("datasource") or p["datasource"])
+        for p in panels(board)
+        for t in p["targets"]
+    ]
+    used += [
+        (f"annotation {a['name']!r}", a["datasource"])
+        for a in board["annotations"]["list"]
+        if not a.get("builtIn")
+    ]
+    used += [
+        (f"variable {v['name']!r}", v["datasource"])
+        for v in board["templating"]["list"]
+        if v["type"] == "query"
+    ]
+    return [
+        f"{where}: {source}"
+        for where, source in used
+        if sources.get(source["uid"]) != source["type"]
+    ]
 
 
 def test_the_dashboards_are_the_coordinator_and_the_site() -> None:
@@ -220,8 +272,9 @@ def test_a_dashboard_is_grafana_json_on_the_provisioned_sources(name: str) -> No
     board = dashboards()[name]
     assert board["uid"] == f"alchimia-{name}" and board["title"]
     assert isinstance(board["schemaVersion"], int) and board["schemaVersion"] >= 36
-    ids = [p["id"] for p in board["panels"]] + [q["id"] for p in board["panels"]
-                                                  for q in p.get("panels", [])]
+    ids = [p["id"] for p in board["panels"]] + [
+        q["id"] for p in board["panels"] for q in p.get("panels", [])
+    ]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for p in panels(board):
         assert p["type"] and p["title"] and set(p["gridPos"]) == {"h", "w", "x", "y"}
@@ -253,8 +306,14 @@ def test_undefined_variables_and_unknown_sources_are_found() -> None:
 def promql_findings(exprs: list[str], tmp_path: Path) -> str:
     """What ``promtool check rules`` says of these expressions (recording rules); ""
     when every one parses."""
-    rules = {"groups": [{"name": "dashboards", "rules": [
-        {"record": f"dashboard:expr{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboards",
+                "rules": [{"record": f"dashboard:expr{i}", "expr": e} for i, e in enumerate(exprs)],
+            }
+        ]
+    }
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump(rules))
     checked = run(tool("promtool", "prometheus"), "check", "rules", str(path))
@@ -266,15 +325,24 @@ def test_every_promql_query_parses_and_uses_exported_metrics(tmp_path: Path) -> 
     for board in dashboards().values():
         values = {**BUILTIN, **{v["name"]: ".*" for v in board["templating"]["list"]}}
         # A variable's label_values(EXPR, LABEL) is Grafana's: EXPR is the PromQL.
-        exprs += [re.sub(r"^label_values\((.+),\s*\w+\)$", r"\1", substitute(q, values))
-                  for _, q in queries(board, "prometheus")]
+        exprs += [
+            re.sub(r"^label_values\((.+),\s*\w+\)$", r"\1", substitute(q, values))
+            for _, q in queries(board, "prometheus")
+        ]
     assert len(exprs) > 20
     text = "\n".join(exprs)
     assert not unknown_metrics(text), unknown_metrics(text)
-    for metric in ("alchimia_model_version", "alchimia_rounds_total",
-                   "alchimia_round_duration_seconds_bucket", "alchimia_updates_total",
-                   "alchimia_agents", "alchimia_rejections_total", "alchimia_heats_total",
-                   "alchimia_spool_bytes", "alchimia_store_points_total"):
+    for metric in (
+        "alchimia_model_version",
+        "alchimia_rounds_total",
+        "alchimia_round_duration_seconds_bucket",
+        "alchimia_updates_total",
+        "alchimia_agents",
+        "alchimia_rejections_total",
+        "alchimia_heats_total",
+        "alchimia_spool_bytes",
+        "alchimia_store_points_total",
+    ):
         assert metric in text, metric
     assert promql_findings(exprs, tmp_path) == ""
     # Negative control: a broken expression is reported.
@@ -282,9 +350,17 @@ def test_every_promql_query_parses_and_uses_exported_metrics(tmp_path: Path) -> 
 
 
 def influx_values(board: dict[str, Any], target: str) -> dict[str, str]:
-    return {**BUILTIN, "plant": PLANT, "furnace": FURNACE, "target": target,
-            **{v["name"]: ".*" for v in board["templating"]["list"]
-               if v.get("datasource", {}).get("type") == "prometheus"}}
+    return {
+        **BUILTIN,
+        "plant": PLANT,
+        "furnace": FURNACE,
+        "target": target,
+        **{
+            v["name"]: ".*"
+            for v in board["templating"]["list"]
+            if v.get("datasource", {}).get("type") == "prometheus"
+        },
+    }
 
 
 def test_every_influxql_query_runs_on_the_agents_data(site: Site) -> None:
@@ -299,8 +375,9 @@ def test_every_influxql_query_runs_on_the_agents_data(site: Site) -> None:
         for target in TARGETS if "$target" in query else TARGETS[:1]:
             text = substitute(query, influx_values(board, target))
             got = rows(site.influxd, text)
-            assert got and any(v is not None for r in got for k, v in r.items()
-                               if k != "time"), f"{where} ({target}): no data for {text}"
+            assert got and any(v is not None for r in got for k, v in r.items() if k != "time"), (
+                f"{where} ({target}): no data for {text}"
+            )
 
 
 def test_a_wrong_influxql_query_is_found(site: Site) -> None:

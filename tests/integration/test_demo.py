@@ -14,8 +14,7 @@ from alchimia.demo import run_demo
 
 def test_the_demo_federates_and_plans_a_charge(tmp_path: Path) -> None:
     out = io.StringIO()
-    result = run_demo(agents=2, rounds=2, out_dir=tmp_path,
-                      console=Console(file=out, width=120))
+    result = run_demo(agents=2, rounds=2, out_dir=tmp_path, console=Console(file=out, width=120))
     first, last = result.validation[0], result.validation[2]
     for agent in first:  # the untrained physics prior is far off; two rounds fix most of it
         assert last[agent]["mae_energy_kwh_t"] < 0.5 * first[agent]["mae_energy_kwh_t"]

@@ -31,11 +31,20 @@ COMPOSE = COMPOSE_DIR / "compose.yaml"
 INSTALLED = "/opt/alchimia/venv/bin/alchimia"
 UNITS = {"coordinator": "alchimia-coordinator.service", "agent": "alchimia-agent@.service"}
 HARDENING = {
-    "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
-    "PrivateTmp": "yes", "PrivateDevices": "yes", "ProtectKernelTunables": "yes",
-    "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes", "ProtectControlGroups": "yes",
-    "RestrictNamespaces": "yes", "LockPersonality": "yes", "RestrictSUIDSGID": "yes",
-    "RestrictRealtime": "yes", "SystemCallArchitectures": "native",
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "RestrictNamespaces": "yes",
+    "LockPersonality": "yes",
+    "RestrictSUIDSGID": "yes",
+    "RestrictRealtime": "yes",
+    "SystemCallArchitectures": "native",
     "CapabilityBoundingSet": "",
 }
 ALCHIMIA_SERVICES = {"coordinator", "plant-1", "plant-2"}
@@ -50,10 +59,17 @@ def tool(name: str, package: str) -> str:
     return path
 
 
-def run(*cmd: str, env: dict[str, str] | None = None, cwd: Path | None = None
-        ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd,
-                          env=None if env is None else {**os.environ, **env})
+def run(
+    *cmd: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
+    )
 
 
 # -- systemd -------------------------------------------------------------------------
@@ -92,8 +108,14 @@ def installable_units(dest: Path, alchimia: Path, texts: dict[str, str] | None =
 
 def verify(units: Path) -> subprocess.CompletedProcess[str]:
     # A template is verified through an instance; the file is found beside it.
-    return run(tool("systemd-analyze", "systemd"), "verify", "--man=no", "--generators=no",
-               str(units / UNITS["coordinator"]), str(units / "alchimia-agent@plant-1.service"))
+    return run(
+        tool("systemd-analyze", "systemd"),
+        "verify",
+        "--man=no",
+        "--generators=no",
+        str(units / UNITS["coordinator"]),
+        str(units / "alchimia-agent@plant-1.service"),
+    )
 
 
 def checkout_alchimia() -> Path:
@@ -108,18 +130,25 @@ def test_systemd_units_verify_clean(tmp_path: Path) -> None:
     # verify exits 0 on an unknown key or a bad value ("..., ignoring"): any output is a
     # finding.
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
-        result.stdout + result.stderr)
+        result.stdout + result.stderr
+    )
 
 
-@pytest.mark.parametrize(("mistake", "reported"), [
-    (("ProtectSystem=strict", "ProtectSytem=strict"), "Unknown key"),
-    (("Restart=on-failure", "Restart=on-failur"), "restart specifier"),
-    (("SystemCallFilter=@system-service", "SystemCallFilter=@system-servic"),
-     "system call group"),
-    (("StateDirectory=alchimia/", "StateDirectory=/var/lib/alchimia/"), "StateDirectory"),
-])
-def test_systemd_verify_reports_mistakes(tmp_path: Path, mistake: tuple[str, str],
-                                         reported: str) -> None:
+@pytest.mark.parametrize(
+    ("mistake", "reported"),
+    [
+        (("ProtectSystem=strict", "ProtectSytem=strict"), "Unknown key"),
+        (("Restart=on-failure", "Restart=on-failur"), "restart specifier"),
+        (
+            ("SystemCallFilter=@system-service", "SystemCallFilter=@system-servic"),
+            "system call group",
+        ),
+        (("StateDirectory=alchimia/", "StateDirectory=/var/lib/alchimia/"), "StateDirectory"),
+    ],
+)
+def test_systemd_verify_reports_mistakes(
+    tmp_path: Path, mistake: tuple[str, str], reported: str
+) -> None:
     """Negative control: the same check on a unit with one typical mistake."""
     old, new = mistake
     texts = {}
@@ -174,31 +203,49 @@ def test_systemd_units_exposure(tmp_path: Path) -> None:
     installable_units(tmp_path, checkout_alchimia())
     analyze = tool("systemd-analyze", "systemd")
     for unit in (UNITS["coordinator"], "alchimia-agent@plant-1.service"):
-        result = run(analyze, "security", "--offline=yes", "--threshold=20", "--no-pager",
-                     str(tmp_path / unit))
+        result = run(
+            analyze,
+            "security",
+            "--offline=yes",
+            "--threshold=20",
+            "--no-pager",
+            str(tmp_path / unit),
+        )
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr
     # Negative control: the same units without their hardening score worse than 2.0.
     bare = {}
     for name in UNITS.values():
         lines = (SYSTEMD / name).read_text().splitlines()
-        bare[name] = "\n".join(x for x in lines
-                               if x.split("=")[0] not in {*HARDENING, "ProtectProc",
-                                                          "SystemCallFilter", "PrivateUsers"})
+        bare[name] = "\n".join(
+            x
+            for x in lines
+            if x.split("=")[0]
+            not in {*HARDENING, "ProtectProc", "SystemCallFilter", "PrivateUsers"}
+        )
     installable_units(tmp_path, checkout_alchimia(), bare)
-    result = run(analyze, "security", "--offline=yes", "--threshold=20", "--no-pager",
-                 str(tmp_path / UNITS["coordinator"]))
+    result = run(
+        analyze,
+        "security",
+        "--offline=yes",
+        "--threshold=20",
+        "--no-pager",
+        str(tmp_path / UNITS["coordinator"]),
+    )
     assert result.returncode != 0, result.stdout[-2000:]
 
 
 def test_sysusers_creates_the_service_user(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
-    result = run(tool("systemd-sysusers", "systemd"), f"--root={tmp_path}",
-                 str(SYSTEMD / "alchimia.conf"))
+    result = run(
+        tool("systemd-sysusers", "systemd"), f"--root={tmp_path}", str(SYSTEMD / "alchimia.conf")
+    )
     # It reports what it creates on stderr; anything else is a finding.
     findings = [x for x in result.stderr.splitlines() if not x.startswith("Creating ")]
     assert result.returncode == 0 and not findings, result.stderr
-    users = {line.split(":")[0]: line.split(":") for line in
-             (tmp_path / "etc" / "passwd").read_text().splitlines()}
+    users = {
+        line.split(":")[0]: line.split(":")
+        for line in (tmp_path / "etc" / "passwd").read_text().splitlines()
+    }
     name, _, uid, _gid, _, home, shell = users["alchimia"]
     assert int(uid) < 1000, "a system user"
     assert home == "/var/lib/alchimia" and shell == "/usr/sbin/nologin"
@@ -210,12 +257,18 @@ def test_sysusers_creates_the_service_user(tmp_path: Path) -> None:
 # -- compose -------------------------------------------------------------------------
 
 
-def compose_config(provisioned: Path, compose_file: Path = COMPOSE
-                   ) -> subprocess.CompletedProcess[str]:
-    return run(tool("docker-compose", "docker-compose"), "--project-directory",
-               str(COMPOSE_DIR), "-f", str(compose_file), "config",
-               env={"GRAFANA_ADMIN_PASSWORD": "test-only",
-                    "ALCHIMIA_PROVISIONED": str(provisioned)})
+def compose_config(
+    provisioned: Path, compose_file: Path = COMPOSE
+) -> subprocess.CompletedProcess[str]:
+    return run(
+        tool("docker-compose", "docker-compose"),
+        "--project-directory",
+        str(COMPOSE_DIR),
+        "-f",
+        str(compose_file),
+        "config",
+        env={"GRAFANA_ADMIN_PASSWORD": "test-only", "ALCHIMIA_PROVISIONED": str(provisioned)},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -264,8 +317,13 @@ def published(service: dict) -> set[tuple[int, int]]:
 
 
 def test_compose_config_is_valid(stack: dict) -> None:
-    assert set(stack["services"]) == {"mosquitto", "influxdb", "prometheus", "grafana",
-                                      *ALCHIMIA_SERVICES}
+    assert set(stack["services"]) == {
+        "mosquitto",
+        "influxdb",
+        "prometheus",
+        "grafana",
+        *ALCHIMIA_SERVICES,
+    }
     for name in ALCHIMIA_SERVICES:
         service = stack["services"][name]
         assert service["build"]["context"] == str(ROOT)
@@ -278,15 +336,23 @@ def test_compose_config_is_valid(stack: dict) -> None:
 def test_compose_config_reports_mistakes(tmp_path: Path, provisioned: Path) -> None:
     """Negative control: an unknown key, a dangling named volume, a missing variable."""
     text = COMPOSE.read_text()
-    for old, new in (("    restart: unless-stopped", "    restrat: unless-stopped"),
-                     ("- influxdb:/var/lib/influxdb", "- influxdbx:/var/lib/influxdb")):
+    for old, new in (
+        ("    restart: unless-stopped", "    restrat: unless-stopped"),
+        ("- influxdb:/var/lib/influxdb", "- influxdbx:/var/lib/influxdb"),
+    ):
         assert old in text
         bad = tmp_path / "compose.yaml"
         bad.write_text(text.replace(old, new))
         result = compose_config(provisioned, bad)
         assert result.returncode != 0, new
-    result = run(tool("docker-compose", "docker-compose"), "-f", str(COMPOSE), "config",
-                 "-q", env={"GRAFANA_ADMIN_PASSWORD": ""})
+    result = run(
+        tool("docker-compose", "docker-compose"),
+        "-f",
+        str(COMPOSE),
+        "config",
+        "-q",
+        env={"GRAFANA_ADMIN_PASSWORD": ""},
+    )
     assert result.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in result.stderr
 
 
@@ -305,8 +371,7 @@ def test_compose_mounts_what_provisioning_wrote(stack: dict, provisioned: Path) 
     listeners = []
     for line in conf.read_text().splitlines():
         key, _, value = line.partition(" ")
-        if key in ("cafile", "certfile", "keyfile", "crlfile", "acl_file",
-                   "persistence_location"):
+        if key in ("cafile", "certfile", "keyfile", "crlfile", "acl_file", "persistence_location"):
             assert (found := host_path(broker, value)) is not None and found.exists(), line
         if key == "listener":
             listeners.append(value.split()[0])
@@ -317,10 +382,10 @@ def test_compose_mounts_what_provisioning_wrote(stack: dict, provisioned: Path) 
         config = host_path(service, flags(service)["--config"])
         assert config is not None and config.is_file(), name
         assert config.parent == provisioned / "identities" / (
-            name if name in agents else "coordinator")
+            name if name in agents else "coordinator"
+        )
         settings = tomllib.loads(config.read_text())
-        for key in ("ca_file", "cert_file", "key_file", "model_signing_key",
-                    "model_public_key"):
+        for key in ("ca_file", "cert_file", "key_file", "model_signing_key", "model_public_key"):
             if key in settings:
                 assert (found := host_path(service, settings[key])) and found.is_file(), key
         host, port = re.fullmatch(r"mqtts://([^:]+):(\d+)", settings["broker"]).groups()
@@ -333,8 +398,10 @@ def test_compose_mounts_what_provisioning_wrote(stack: dict, provisioned: Path) 
             assert "influxdb" in service["depends_on"]
         # Named volumes for state, so it outlives the container.
         state = flags(service)["--state-dir"]
-        assert any(v.split(":")[1] == state and v.split(":")[0] in stack["volumes"]
-                   for v in service["volumes"]), name
+        assert any(
+            v.split(":")[1] == state and v.split(":")[0] in stack["volumes"]
+            for v in service["volumes"]
+        ), name
 
     # The admin bundle in the coordinator's container, for the admin commands.
     admin = host_path(services["coordinator"], "/etc/alchimia/identities/admin/admin.toml")
@@ -348,8 +415,12 @@ def test_prometheus_scrapes_every_service(stack: dict) -> None:
     prometheus = stack["services"]["prometheus"]
     assert host_path(prometheus, "/etc/prometheus/prometheus.yml") == config_file
     config = yaml.safe_load(config_file.read_text())
-    targets = {t for job in config["scrape_configs"] for group in job["static_configs"]
-               for t in group["targets"]}
+    targets = {
+        t
+        for job in config["scrape_configs"]
+        for group in job["static_configs"]
+        for t in group["targets"]
+    }
     for name in ALCHIMIA_SERVICES:
         f = flags(stack["services"][name])
         assert f"{name}:{f['--metrics-port']}" in targets, name
@@ -371,22 +442,24 @@ def unknown_metrics(text: str) -> set[str]:
     for source in ("coordinator/metrics.py", "agent/metrics.py"):
         exported |= set(re.findall(r'"(alchimia_\w+)"', (ROOT / source).read_text()))
     used = set(re.findall(r"\balchimia_\w+", text))
-    return {m for m in used
-            if re.sub(r"_(total|sum|count|bucket)$", "", m) not in exported}
+    return {m for m in used if re.sub(r"_(total|sum|count|bucket)$", "", m) not in exported}
 
 
 def test_unknown_metrics_are_found() -> None:
     """Negative control of the metric-name check above."""
     assert unknown_metrics("alchimia_agents + alchimia_rounds_total") == set()
     assert unknown_metrics("alchimia_round_total + alchimia_agent") == {
-        "alchimia_round_total", "alchimia_agent"}
+        "alchimia_round_total",
+        "alchimia_agent",
+    }
 
 
 def test_prometheus_check_reports_mistakes(tmp_path: Path) -> None:
     """Negative control: promtool refuses a misspelt key."""
     bad = tmp_path / "prometheus.yml"
-    bad.write_text((COMPOSE_DIR / "prometheus.yml").read_text().replace(
-        "static_configs", "static_config", 1))
+    bad.write_text(
+        (COMPOSE_DIR / "prometheus.yml").read_text().replace("static_configs", "static_config", 1)
+    )
     assert run(tool("promtool", "prometheus"), "check", "config", str(bad)).returncode != 0
 
 
@@ -402,11 +475,17 @@ def test_grafana_provisioning_points_at_the_stack(stack: dict) -> None:
     assert sources["prometheus"]["url"] == "http://prometheus:9090"
     assert sources["influxdb"]["url"] == "http://influxdb:8086"
     # The database the agents write (their default, alchimia) and InfluxDB creates.
-    assert (sources["influxdb"]["jsonData"]["dbName"]
-            == stack["services"]["influxdb"]["environment"]["INFLUXDB_DB"] == "alchimia")
+    assert (
+        sources["influxdb"]["jsonData"]["dbName"]
+        == stack["services"]["influxdb"]["environment"]["INFLUXDB_DB"]
+        == "alchimia"
+    )
     assert not any("--database" in flags(stack["services"][n]) for n in ALCHIMIA_SERVICES)
-    providers = [p for f in (provisioning / "dashboards").glob("*.yaml")
-                 for p in yaml.safe_load(f.read_text())["providers"]]
+    providers = [
+        p
+        for f in (provisioning / "dashboards").glob("*.yaml")
+        for p in yaml.safe_load(f.read_text())["providers"]
+    ]
     assert len(providers) == 1
     dashboards = host_path(grafana, providers[0]["options"]["path"])
     assert dashboards == COMPOSE_DIR / "grafana" / "dashboards" and dashboards.is_dir()
@@ -421,8 +500,9 @@ def test_image_build_inputs() -> None:
     # No registry host is named: the CPU torch build comes from a wheelhouse or an
     # index the builder passes (see the Dockerfile's header).
     assert not re.search(r"https?://", dockerfile)
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())[
-        "project"]["optional-dependencies"]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
     default = re.search(r"^ARG EXTRAS=(\S*)$", dockerfile, re.M).group(1)
     assert all(e in extras for e in default.split(",") if e)
     assert any(r.startswith("torch==") for e in default.split(",") for r in extras.get(e, []))

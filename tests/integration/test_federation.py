@@ -38,10 +38,16 @@ def _retained_status(mosquitto) -> StatusBody:
 
 
 def test_three_rounds_improve_the_model_and_the_retained_onnx_matches_torch(
-        mosquitto, tmp_path: Path) -> None:
-    fed = LocalFederation(mosquitto.url, "e2e", 3, tmp_path / "coord",
-                          coordinator={**FAST_COORDINATOR, "rounds": 3},
-                          agent={**FAST_AGENT, "heat_interval_s": 0.2})
+    mosquitto, tmp_path: Path
+) -> None:
+    fed = LocalFederation(
+        mosquitto.url,
+        "e2e",
+        3,
+        tmp_path / "coord",
+        coordinator={**FAST_COORDINATOR, "rounds": 3},
+        agent={**FAST_AGENT, "heat_interval_s": 0.2},
+    )
     monitor = Monitor(mosquitto.url, "e2e", "e2e-monitor").start()
     consumer = RawClient(mosquitto.host, mosquitto.port, "e2e-consumer")
     consumer.subscribe(Topics("e2e").all_agents("predictions"))
@@ -55,8 +61,11 @@ def test_three_rounds_improve_the_model_and_the_retained_onnx_matches_torch(
                 # Its retained status names the current version, not the first.
                 status = _retained_status(mosquitto)
                 assert status.state == "online" and status.model_version >= 1
-        wait_for(lambda: consumer.received(Topics("e2e").agent_predictions("plant-1")), 30,
-                 "a prediction")
+        wait_for(
+            lambda: consumer.received(Topics("e2e").agent_predictions("plant-1")),
+            30,
+            "a prediction",
+        )
     finally:
         fed.stop()
         monitor.stop()
@@ -64,8 +73,10 @@ def test_three_rounds_improve_the_model_and_the_retained_onnx_matches_torch(
     assert _mean_energy_mae(monitor, 3) < _mean_energy_mae(monitor, 1)
     assert all(a.agent.updates_sent == 3 for a in fed.agents)
     # One prediction per new heat (history heats are learned from, never predicted).
-    preds = [decode(p, PredictionBody) for p in
-             consumer.received(Topics("e2e").agent_predictions("plant-1"))]
+    preds = [
+        decode(p, PredictionBody)
+        for p in consumer.received(Topics("e2e").agent_predictions("plant-1"))
+    ]
     heat_ids = [p.body.heat_id for p in preds]
     assert len(heat_ids) == len(set(heat_ids)) and all(p.sender == "plant-1" for p in preds)
     assert int(heat_ids[0].split("-")[1]) >= FAST_AGENT["history_heats"]
@@ -83,8 +94,12 @@ def test_three_rounds_improve_the_model_and_the_retained_onnx_matches_torch(
     assert sorted(body.metadata["contributors"]) == sorted(ids)
     spec = ModelSpec.model_validate(body.spec)
     profile, seed = default_plants(1)[0]
-    x = np.stack([fed.agents[0].agent.table.row(h.inputs)
-                  for h in SimulatedPlant(profile, seed + 1).heats(16)])
+    x = np.stack(
+        [
+            fed.agents[0].agent.table.row(h.inputs)
+            for h in SimulatedPlant(profile, seed + 1).heats(16)
+        ]
+    )
     torch_model = build_model(spec)
     set_weights(torch_model, body.weights)
     with torch.no_grad():
@@ -94,17 +109,21 @@ def test_three_rounds_improve_the_model_and_the_retained_onnx_matches_torch(
 
 
 def test_coordinator_restart_resumes_at_the_persisted_version(mosquitto, tmp_path: Path) -> None:
-    fed = LocalFederation(mosquitto.url, "restart", 2, tmp_path / "coord",
-                          coordinator={**FAST_COORDINATOR, "min_agents": 2, "rounds": 0},
-                          # New heats keep coming, so rounds go on after the history is
-                          # learned (they wait for new data once its error levels off).
-                          agent={**FAST_AGENT, "heat_interval_s": 0.2})
+    fed = LocalFederation(
+        mosquitto.url,
+        "restart",
+        2,
+        tmp_path / "coord",
+        coordinator={**FAST_COORDINATOR, "min_agents": 2, "rounds": 0},
+        # New heats keep coming, so rounds go on after the history is
+        # learned (they wait for new data once its error levels off).
+        agent={**FAST_AGENT, "heat_interval_s": 0.2},
+    )
     monitor = Monitor(mosquitto.url, "restart", "restart-monitor").start()
     try:
         first = fed.start_coordinator()
         fed.start_agents()
-        wait_for(lambda: monitor.model is not None and monitor.model.version >= 2, 120,
-                 "version 2")
+        wait_for(lambda: monitor.model is not None and monitor.model.version >= 2, 120, "version 2")
         first.stop()
         assert first.done
         db = CoordinatorDB(fed.coordinator_settings.state_dir)
@@ -115,8 +134,11 @@ def test_coordinator_restart_resumes_at_the_persisted_version(mosquitto, tmp_pat
         second = CoordinatorThread(fed.coordinator_settings).start()
         fed.coordinator = second
         assert second.coordinator.version == persisted  # type: ignore[union-attr]
-        wait_for(lambda: monitor.model is not None and monitor.model.version > persisted + 1,
-                 120, "two more versions after the restart")
+        wait_for(
+            lambda: monitor.model is not None and monitor.model.version > persisted + 1,
+            120,
+            "two more versions after the restart",
+        )
         assert monitor.model.parent_version == monitor.model.version - 1
     finally:
         fed.stop()

@@ -52,25 +52,51 @@ pytestmark = pytest.mark.integration
 WAIT = 30.0  # seconds before a wait counts as a failure; never a measured figure
 HISTORY = 150  # 30 held-out heats: enough for a 90 % interval (20)
 SPEC = ModelSpec(architecture="eaf-hybrid-v1")
-PLAN = {"charge_E3_t": 40.0, "charge_E8_t": 30.0, "charge_HBI_t": 20.0, "hot_heel_t": 15.0,
-        "lime_t": 7.0, "carbon_kg": 1800.0, "oxygen_nm3": 3800.0, "gas_nm3": 800.0,
-        "power_on_min": 40.0, "power_off_min": 14.0, "tap_temp_aim_c": 1630.0}
+PLAN = {
+    "charge_E3_t": 40.0,
+    "charge_E8_t": 30.0,
+    "charge_HBI_t": 20.0,
+    "hot_heel_t": 15.0,
+    "lime_t": 7.0,
+    "carbon_kg": 1800.0,
+    "oxygen_nm3": 3800.0,
+    "gas_nm3": 800.0,
+    "power_on_min": 40.0,
+    "power_off_min": 14.0,
+    "tap_temp_aim_c": 1630.0,
+}
 
 
 def _model(signing_key: Path | None = None) -> bytes:
     key = load_private_key(signing_key) if signing_key is not None else None
-    return model_message("coordinator", SPEC, initial_weights(SPEC, 0), version=0,
-                         parent=None, round_id=None, metadata={}, signing_key=key)
+    return model_message(
+        "coordinator",
+        SPEC,
+        initial_weights(SPEC, 0),
+        version=0,
+        parent=None,
+        round_id=None,
+        metadata={},
+        signing_key=key,
+    )
 
 
 def test_agent_publishes_calibrated_predictions_coverage_and_answers(
-        mosquitto, tmp_path: Path) -> None:
+    mosquitto, tmp_path: Path
+) -> None:
     fed = "calib"
     topics = Topics(fed)
-    settings = AgentSettings.load(None, broker=mosquitto.url, federation=fed,
-                                  agent_id="plant-1", history_heats=HISTORY,
-                                  heat_interval_s=0.02, store_sensors=False,
-                                  status_interval_s=0.5, state_dir=tmp_path / "agents")
+    settings = AgentSettings.load(
+        None,
+        broker=mosquitto.url,
+        federation=fed,
+        agent_id="plant-1",
+        history_heats=HISTORY,
+        heat_interval_s=0.02,
+        store_sensors=False,
+        status_interval_s=0.5,
+        state_dir=tmp_path / "agents",
+    )
     watcher = RawClient(mosquitto.host, mosquitto.port, f"{fed}-watcher")
     watcher.subscribe(topics.agent_predictions("plant-1"))
     watcher.subscribe(topics.agent_metrics("plant-1"))
@@ -78,8 +104,9 @@ def test_agent_publishes_calibrated_predictions_coverage_and_answers(
     try:
         # Before any model: a request is refused, not left unanswered.
         agent.start()
-        with Consumer(ConsumerSettings(broker=mosquitto.url, federation=fed,
-                                       consumer_id="hmi-1")) as consumer:
+        with Consumer(
+            ConsumerSettings(broker=mosquitto.url, federation=fed, consumer_id="hmi-1")
+        ) as consumer:
             refused: list[RequestFailed] = []
 
             def ask_too_early() -> bool:
@@ -96,8 +123,10 @@ def test_agent_publishes_calibrated_predictions_coverage_and_answers(
             watcher.publish(topics.model_current, _model(), retain=True)
 
             def bounded() -> list[PredictionBody]:
-                bodies = [decode(p, PredictionBody).body
-                          for p in watcher.received(topics.agent_predictions("plant-1"))]
+                bodies = [
+                    decode(p, PredictionBody).body
+                    for p in watcher.received(topics.agent_predictions("plant-1"))
+                ]
                 return [b for b in bodies if b.lower is not None]
 
             wait_for(lambda: len(bounded()) >= 20, WAIT, "predictions with intervals")
@@ -108,10 +137,13 @@ def test_agent_publishes_calibrated_predictions_coverage_and_answers(
             assert all(p.lower[t] < p.upper[t] for t in SPEC.targets)
 
             def coverage() -> list[MetricsBody]:
-                bodies = [decode(m, MetricsBody).body
-                          for m in watcher.received(topics.agent_metrics("plant-1"))]
-                return [b for b in bodies if b.scope == "calibration"
-                        and b.values.get("heats", 0) >= 20]
+                bodies = [
+                    decode(m, MetricsBody).body
+                    for m in watcher.received(topics.agent_metrics("plant-1"))
+                ]
+                return [
+                    b for b in bodies if b.scope == "calibration" and b.values.get("heats", 0) >= 20
+                ]
 
             wait_for(coverage, WAIT, "calibration metrics")
             values = coverage()[-1].values
@@ -127,15 +159,21 @@ def test_agent_publishes_calibrated_predictions_coverage_and_answers(
             # The same model answers a request, with an interval and an estimated power-on.
             plan = dict(PLAN)
             del plan["power_on_min"]
-            answer = consumer.infer("plant-1", [{"heat_id": "H1", "inputs": plan}],
-                                    level=0.8, timeout=WAIT)
+            answer = consumer.infer(
+                "plant-1", [{"heat_id": "H1", "inputs": plan}], level=0.8, timeout=WAIT
+            )
             assert answer.model_version == 0 and answer.level == 0.8
             (pred,) = answer.predictions
             assert pred.heat_id == "H1" and 5 < pred.power_on_min < 120
             assert all(pred.lower[t] < pred.upper[t] for t in SPEC.targets)
-        wait_for(lambda: any(decode(m, MetricsBody).body.scope == "requests" for m in
-                             watcher.received(topics.agent_metrics("plant-1"))),
-                 WAIT, "request counts in the metrics")
+        wait_for(
+            lambda: any(
+                decode(m, MetricsBody).body.scope == "requests"
+                for m in watcher.received(topics.agent_metrics("plant-1"))
+            ),
+            WAIT,
+            "request counts in the metrics",
+        )
     finally:
         agent.stop()
         watcher.close()
@@ -148,8 +186,12 @@ def test_agent_publishes_calibrated_predictions_coverage_and_answers(
 class Secured:
     def __init__(self, root: Path) -> None:
         self.port = free_port()
-        conf = write_federation(root / "federation.toml", auth="certificates",
-                                tls_port=self.port, message_size_limit=1024 * 1024)
+        conf = write_federation(
+            root / "federation.toml",
+            auth="certificates",
+            tls_port=self.port,
+            message_size_limit=1024 * 1024,
+        )
         self.out = root / "fed"
         provision(conf, self.out)
         self.broker = secure_broker(self.out, self.port)
@@ -160,8 +202,11 @@ class Secured:
 
     def online(self, name: str) -> Client:
         b = self.ids(name)
-        client = Client(self.port, f"{FED}-{name}-raw",
-                        client_tls_context(b / "ca.pem", b / f"{name}.pem", b / f"{name}.key"))
+        client = Client(
+            self.port,
+            f"{FED}-{name}-raw",
+            client_tls_context(b / "ca.pem", b / f"{name}.pem", b / f"{name}.key"),
+        )
         self.clients.append(client)
         assert client.connected, client.outcome
         return client
@@ -184,10 +229,13 @@ def secured(tmp_path: Path) -> Iterator[Secured]:
 
 def _no_torch(command: str, *args: str) -> subprocess.CompletedProcess:
     """``alchimia COMMAND`` in a process where ``import torch`` fails."""
-    code = ("import sys; sys.modules['torch'] = None; "
-            "from alchimia.cli import main; sys.exit(main(sys.argv[1:]))")
-    return subprocess.run([sys.executable, "-c", code, command, *args], capture_output=True,
-                          text=True, timeout=90)
+    code = (
+        "import sys; sys.modules['torch'] = None; "
+        "from alchimia.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, command, *args], capture_output=True, text=True, timeout=90
+    )
 
 
 def _no_torch_infer(*args: str) -> subprocess.CompletedProcess:
@@ -195,19 +243,29 @@ def _no_torch_infer(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_consumer_identity_gets_answers_others_cannot_read_them_bad_requests_get_errors(
-        secured: Secured, tmp_path: Path) -> None:
+    secured: Secured, tmp_path: Path
+) -> None:
     T = Topics(FED)
     coordinator = secured.online("coordinator")
-    coordinator.publish(T.model_current, _model(secured.out / "signing/model_signing.key"),
-                        retain=True)
-    settings = AgentSettings.load(secured.ids("plant-1") / "agent.toml",
-                                  history_heats=HISTORY, heat_interval_s=0,
-                                  store_sensors=False, max_request_bytes=16 * 1024,
-                                  state_dir=tmp_path / "agents")
+    coordinator.publish(
+        T.model_current, _model(secured.out / "signing/model_signing.key"), retain=True
+    )
+    settings = AgentSettings.load(
+        secured.ids("plant-1") / "agent.toml",
+        history_heats=HISTORY,
+        heat_interval_s=0,
+        store_sensors=False,
+        max_request_bytes=16 * 1024,
+        state_dir=tmp_path / "agents",
+    )
     agent = AgentThread(settings).start()
     spy = secured.online("plant-2")  # another agent's identity
-    spy.subscribe(T.all_agents("infer/response/#"), T.all_agents("infer/response/hmi-1"),
-                  T.all_agents("optimize/response/#"), T.coordinator_status)
+    spy.subscribe(
+        T.all_agents("infer/response/#"),
+        T.all_agents("infer/response/hmi-1"),
+        T.all_agents("optimize/response/#"),
+        T.coordinator_status,
+    )
     try:
         wait_for(lambda: agent.agent.state is not None, WAIT, "the agent to serve version 0")
 
@@ -215,12 +273,22 @@ def test_consumer_identity_gets_answers_others_cannot_read_them_bad_requests_get
         # to be estimated.
         plan = tmp_path / "plan.csv"
         cols = list(PLAN)
-        rows = [",".join(["heat_id", *cols]),
-                ",".join(["A", *(str(PLAN[c]) for c in cols)]),
-                ",".join(["B", *("" if c == "power_on_min" else str(PLAN[c]) for c in cols)])]
+        rows = [
+            ",".join(["heat_id", *cols]),
+            ",".join(["A", *(str(PLAN[c]) for c in cols)]),
+            ",".join(["B", *("" if c == "power_on_min" else str(PLAN[c]) for c in cols)]),
+        ]
         plan.write_text("\n".join(rows) + "\n")
-        done = _no_torch_infer("--config", str(secured.ids("hmi-1") / "consumer.toml"),
-                               "--agent-id", "plant-1", str(plan), "--json", "--timeout", "20")
+        done = _no_torch_infer(
+            "--config",
+            str(secured.ids("hmi-1") / "consumer.toml"),
+            "--agent-id",
+            "plant-1",
+            str(plan),
+            "--json",
+            "--timeout",
+            "20",
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         answer = json.loads(done.stdout)
         assert answer["error"] is None and answer["model_version"] == 0
@@ -228,8 +296,13 @@ def test_consumer_identity_gets_answers_others_cannot_read_them_bad_requests_get
         assert (a["heat_id"], b["heat_id"]) == ("A", "B")
         assert a["power_on_min"] is None and b["power_on_min"] > 0
         assert a["lower"]["cu_pct"] < a["upper"]["cu_pct"]
-        table = _no_torch_infer("--config", str(secured.ids("hmi-1") / "consumer.toml"),
-                                "--agent-id", "plant-1", str(plan))
+        table = _no_torch_infer(
+            "--config",
+            str(secured.ids("hmi-1") / "consumer.toml"),
+            "--agent-id",
+            "plant-1",
+            str(plan),
+        )
         assert table.returncode == 0 and "heat B" in table.stdout, table.stdout + table.stderr
         assert "power_on_min estimated" in table.stdout
 
@@ -240,16 +313,23 @@ def test_consumer_identity_gets_answers_others_cannot_read_them_bad_requests_get
         malformed = msgpack.unpackb(message("hmi-1", good))
         malformed["body"]["heats"] = [{"inputs": {"slag": "lots"}}]
         malformed["body"]["request_id"] = "bad-1"
-        big = InferRequestBody(request_id="big-1",
-                               heats=[PlannedHeat(inputs=PLAN) for _ in range(100)])
+        big = InferRequestBody(
+            request_id="big-1", heats=[PlannedHeat(inputs=PLAN) for _ in range(100)]
+        )
         assert 16 * 1024 < len(message("hmi-1", big)) < 1024 * 1024
-        for payload in (b"\x93garbage", msgpack.packb(malformed), message("hmi-1", big),
-                        message("hmi-1", good)):
+        for payload in (
+            b"\x93garbage",
+            msgpack.packb(malformed),
+            message("hmi-1", big),
+            message("hmi-1", good),
+        ):
             hmi.publish(T.agent_request("plant-1", "infer"), payload)
         answers = T.agent_response("plant-1", "infer", "hmi-1")
         wait_for(lambda: len(hmi.payloads(answers)) >= 3, WAIT, "three answers")
-        got = {b.request_id: b for b in (decode(p, InferResponseBody).body
-                                         for p in hmi.payloads(answers))}
+        got = {
+            b.request_id: b
+            for b in (decode(p, InferResponseBody).body for p in hmi.payloads(answers))
+        }
         assert got["bad-1"].error.code == "malformed"
         assert got["big-1"].error.code == "oversized"
         assert got["ok-1"].error is None and len(got["ok-1"].predictions) == 1
@@ -260,9 +340,20 @@ def test_consumer_identity_gets_answers_others_cannot_read_them_bad_requests_get
         # The charge optimiser over the bus, as a plant HMI calls it: torch-free command.
         examples = Path(__file__).resolve().parents[2] / "deploy" / "examples"
         hmi_conf = str(secured.ids("hmi-1") / "consumer.toml")
-        planned = _no_torch("optimize", "--config", hmi_conf, "--agent-id", "plant-1",
-                            "--order", str(examples / "order.toml"), "--stock",
-                            str(examples / "stock.toml"), "--risk", "0.2", "--json")
+        planned = _no_torch(
+            "optimize",
+            "--config",
+            hmi_conf,
+            "--agent-id",
+            "plant-1",
+            "--order",
+            str(examples / "order.toml"),
+            "--stock",
+            str(examples / "stock.toml"),
+            "--risk",
+            "0.2",
+            "--json",
+        )
         assert planned.returncode in (0, 1), planned.stdout + planned.stderr
         plan = json.loads(planned.stdout)
         assert plan["model_version"] == 0 and plan["status"] in ("optimal", "infeasible")

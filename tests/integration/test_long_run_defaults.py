@@ -15,17 +15,25 @@ RUN_S = 40.0
 
 
 def test_default_settings_reject_nothing_and_rounds_follow_the_heats(
-        mosquitto, tmp_path: Path) -> None:
-    fed = LocalFederation(mosquitto.url, "longrun", 3, tmp_path / "coord",
-                          coordinator={"min_agents": 3},  # everything else: the defaults
-                          agent={"history_heats": 100, "heat_interval_s": 0.05,
-                                 "store_sensors": False})
+    mosquitto, tmp_path: Path
+) -> None:
+    fed = LocalFederation(
+        mosquitto.url,
+        "longrun",
+        3,
+        tmp_path / "coord",
+        coordinator={"min_agents": 3},  # everything else: the defaults
+        agent={"history_heats": 100, "heat_interval_s": 0.05, "store_sensors": False},
+    )
     monitor = Monitor(mosquitto.url, "longrun", "longrun-monitor").start()
     try:
         coordinator = fed.start_coordinator().coordinator
         agents = [a.agent for a in fed.start_agents()]
-        wait_for(lambda: monitor.model is not None and monitor.model.version >= 1, 120,
-                 "the first version")
+        wait_for(
+            lambda: monitor.model is not None and monitor.model.version >= 1,
+            120,
+            "the first version",
+        )
         started = time.monotonic()
         time.sleep(RUN_S)
         elapsed = time.monotonic() - started

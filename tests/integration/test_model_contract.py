@@ -20,16 +20,31 @@ RENAMED = ModelSpec(features=(*FEATURES[:-1], "tap_temp_aim_k"))  # unsigned: th
 
 
 def _model(spec: ModelSpec, version: int) -> bytes:
-    return model_message("coordinator", spec, initial_weights(spec, version), version=version,
-                         parent=version - 1, round_id=None, metadata={})
+    return model_message(
+        "coordinator",
+        spec,
+        initial_weights(spec, version),
+        version=version,
+        parent=version - 1,
+        round_id=None,
+        metadata={},
+    )
 
 
 def test_a_model_with_a_renamed_feature_is_refused_and_no_heat_is_lost(
-        mosquitto, tmp_path: Path) -> None:
+    mosquitto, tmp_path: Path
+) -> None:
     topics = Topics("contract")
-    settings = AgentSettings.load(None, broker=mosquitto.url, federation="contract",
-                                  agent_id="plant-1", history_heats=30, heat_interval_s=0.05,
-                                  store_sensors=False, state_dir=tmp_path / "agents")
+    settings = AgentSettings.load(
+        None,
+        broker=mosquitto.url,
+        federation="contract",
+        agent_id="plant-1",
+        history_heats=30,
+        heat_interval_s=0.05,
+        store_sensors=False,
+        state_dir=tmp_path / "agents",
+    )
     coordinator = RawClient(mosquitto.host, mosquitto.port, "contract-coordinator")
     coordinator.subscribe(topics.agent_metrics("plant-1"))
     coordinator.subscribe(topics.agent_predictions("plant-1"))
@@ -44,8 +59,10 @@ def test_a_model_with_a_renamed_feature_is_refused_and_no_heat_is_lost(
         assert a.rejections.counts["model_contract"] == 1
 
         def reported() -> bool:
-            reports = [decode(p, MetricsBody).body for p in
-                       coordinator.received(topics.agent_metrics("plant-1"))]
+            reports = [
+                decode(p, MetricsBody).body
+                for p in coordinator.received(topics.agent_metrics("plant-1"))
+            ]
             return any(r.scope == "model_rejected" and r.model_version == 2 for r in reports)
 
         wait_for(reported, 30, "the refusal reported")
@@ -54,8 +71,11 @@ def test_a_model_with_a_renamed_feature_is_refused_and_no_heat_is_lost(
         seen = a.table.seen
         wait_for(lambda: a.table.seen >= seen + 20, 30, "20 more heats learned")
         live = a.table.seen - 30  # every live heat is predicted before it is learned
-        wait_for(lambda: len(coordinator.received(topics.agent_predictions("plant-1"))) >= live,
-                 30, "a prediction for every live heat")
+        wait_for(
+            lambda: len(coordinator.received(topics.agent_predictions("plant-1"))) >= live,
+            30,
+            "a prediction for every live heat",
+        )
         assert not a.step_failures.counts
         coordinator.publish(topics.model_current, _model(GOOD, 3), retain=True)
         wait_for(lambda: a.serving_version == 3, 30, "version 3 served")

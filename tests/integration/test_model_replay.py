@@ -17,15 +17,29 @@ SPEC = ModelSpec(architecture="eaf-hybrid-v1")
 
 
 def _model(version: int) -> bytes:
-    return model_message("coordinator", SPEC, initial_weights(SPEC, version), version=version,
-                         parent=version - 1 if version else None, round_id=None, metadata={})
+    return model_message(
+        "coordinator",
+        SPEC,
+        initial_weights(SPEC, version),
+        version=version,
+        parent=version - 1 if version else None,
+        round_id=None,
+        metadata={},
+    )
 
 
 def test_an_older_model_is_not_adopted(mosquitto, tmp_path: Path) -> None:
     topics = Topics("replay")
-    settings = AgentSettings.load(None, broker=mosquitto.url, federation="replay",
-                                  agent_id="plant-1", history_heats=30, heat_interval_s=0,
-                                  store_sensors=False, state_dir=tmp_path / "agents")
+    settings = AgentSettings.load(
+        None,
+        broker=mosquitto.url,
+        federation="replay",
+        agent_id="plant-1",
+        history_heats=30,
+        heat_interval_s=0,
+        store_sensors=False,
+        state_dir=tmp_path / "agents",
+    )
     coordinator = RawClient(mosquitto.host, mosquitto.port, "replay-coordinator")
     coordinator.subscribe(topics.agent_metrics("plant-1"))
     agent = AgentThread(settings).start()
@@ -38,8 +52,10 @@ def test_an_older_model_is_not_adopted(mosquitto, tmp_path: Path) -> None:
         assert agent.agent.model_version == 3 and agent.agent.serving_version == 3
 
         def reported() -> bool:  # the coordinator's admins hear why
-            reports = [decode(p, MetricsBody).body for p in
-                       coordinator.received(topics.agent_metrics("plant-1"))]
+            reports = [
+                decode(p, MetricsBody).body
+                for p in coordinator.received(topics.agent_metrics("plant-1"))
+            ]
             return any(r.scope == "model_rejected" and r.model_version == 2 for r in reports)
 
         wait_for(reported, 30, "the refusal reported")
@@ -55,10 +71,14 @@ def test_the_coordinator_undoes_a_replayed_model(mosquitto, tmp_path: Path) -> N
     refuse it, a new agent adopts it, and the coordinator, seeing both, republishes the
     current version; the new agent catches up and rounds go on."""
     topics = Topics("undo")
-    fed = LocalFederation(mosquitto.url, "undo", 2, tmp_path / "coord",
-                          coordinator={"min_agents": 2, "rounds": 0, "epochs": 1},
-                          agent={"history_heats": 60, "heat_interval_s": 0,
-                                 "signal_period_s": 10.0})
+    fed = LocalFederation(
+        mosquitto.url,
+        "undo",
+        2,
+        tmp_path / "coord",
+        coordinator={"min_agents": 2, "rounds": 0, "epochs": 1},
+        agent={"history_heats": 60, "heat_interval_s": 0, "signal_period_s": 10.0},
+    )
     attacker = RawClient(mosquitto.host, mosquitto.port, "undo-replayer")
     late: AgentThread | None = None
     try:
@@ -66,13 +86,24 @@ def test_the_coordinator_undoes_a_replayed_model(mosquitto, tmp_path: Path) -> N
         fed.start_agents()
         wait_for(lambda: coordinator.version >= 2, 120, "version 2")
         attacker.publish(topics.model_current, coordinator.db.load_payload(0), retain=True)
-        late = AgentThread(AgentSettings.load(
-            None, broker=mosquitto.url, federation="undo", agent_id="plant-9",
-            history_heats=30, heat_interval_s=0, store_sensors=False,
-            state_dir=tmp_path / "late")).start()
+        late = AgentThread(
+            AgentSettings.load(
+                None,
+                broker=mosquitto.url,
+                federation="undo",
+                agent_id="plant-9",
+                history_heats=30,
+                heat_interval_s=0,
+                store_sensors=False,
+                state_dir=tmp_path / "late",
+            )
+        ).start()
         replayed_at = coordinator.version
-        wait_for(lambda: (late.agent.model_version or 0) >= replayed_at, 60,
-                 "the late agent brought to the current version")
+        wait_for(
+            lambda: (late.agent.model_version or 0) >= replayed_at,
+            60,
+            "the late agent brought to the current version",
+        )
         wait_for(lambda: coordinator.version > replayed_at + 1, 120, "rounds going on")
         assert all((a.agent.model_version or 0) >= replayed_at for a in fed.agents)
     finally:

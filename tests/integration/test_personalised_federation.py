@@ -29,13 +29,23 @@ def _initializers(path: Path) -> dict[str, np.ndarray]:
 
 
 def test_each_site_serves_the_global_shared_part_with_its_own_site_part(
-        mosquitto, tmp_path: Path) -> None:
-    fed = LocalFederation(mosquitto.url, FEDERATION, 3, tmp_path / "coord",
-                          coordinator={"min_agents": 3, "epochs": 2, "lr": 5e-3,
-                                       "round_timeout_s": 60, "rounds": 2,
-                                       "architecture": "eaf-hybrid-v1"},
-                          agent={"history_heats": 120, "heat_interval_s": 0,
-                                 "signal_period_s": 10.0})
+    mosquitto, tmp_path: Path
+) -> None:
+    fed = LocalFederation(
+        mosquitto.url,
+        FEDERATION,
+        3,
+        tmp_path / "coord",
+        coordinator={
+            "min_agents": 3,
+            "epochs": 2,
+            "lr": 5e-3,
+            "round_timeout_s": 60,
+            "rounds": 2,
+            "architecture": "eaf-hybrid-v1",
+        },
+        agent={"history_heats": 120, "heat_interval_s": 0, "signal_period_s": 10.0},
+    )
     monitor = Monitor(mosquitto.url, FEDERATION, f"{FEDERATION}-monitor").start()
     spy = RawClient(mosquitto.host, mosquitto.port, f"{FEDERATION}-spy")
     spy.subscribe(Topics(FEDERATION).all_agents("update"))
@@ -43,11 +53,16 @@ def test_each_site_serves_the_global_shared_part_with_its_own_site_part(
     try:
         fed.start_coordinator()
         fed.start_agents()
-        wait_for(lambda: monitor.model is not None and monitor.model.version == 2, 180,
-                 "version 2")
+        wait_for(lambda: monitor.model is not None and monitor.model.version == 2, 180, "version 2")
         files = [a.agent.files for a in fed.agents]
-        wait_for(lambda: all(f.info_path.exists() and json.loads(f.info_path.read_text())[
-            "version"] == 2 for f in files), 60, "every site serving version 2")
+        wait_for(
+            lambda: all(
+                f.info_path.exists() and json.loads(f.info_path.read_text())["version"] == 2
+                for f in files
+            ),
+            60,
+            "every site serving version 2",
+        )
         served = [_initializers(f.onnx_path) for f in files]
         infos = [json.loads(f.info_path.read_text()) for f in files]
         updates = [p for a in ids for p in spy.received(Topics(FEDERATION).agent_update(a))]

@@ -61,14 +61,20 @@ def sqlite_store(tmp_path: Path) -> Iterator[SQLiteStore]:
 
 @pytest.fixture
 def influx_store(influxd: InfluxdServer, tmp_path: Path) -> Iterator[InfluxStore]:
-    store = InfluxStore(influxd.url, f"pipe{os.getpid()}_{next(_names)}", tmp_path / "spool",
-                        fsync=False, gzip_level=0)
+    store = InfluxStore(
+        influxd.url,
+        f"pipe{os.getpid()}_{next(_names)}",
+        tmp_path / "spool",
+        fsync=False,
+        gzip_level=0,
+    )
     yield store
     store.close()
 
 
 def test_features_are_identical_from_sqlite_and_influxdb(
-        sqlite_store: SQLiteStore, influx_store: InfluxStore) -> None:
+    sqlite_store: SQLiteStore, influx_store: InfluxStore
+) -> None:
     history = 4
     from_sqlite = simulated_pipeline(3, 11, history, 0.0, sqlite_store).history()
     influx_pipe = simulated_pipeline(3, 11, history, 0.0, influx_store)
@@ -109,14 +115,26 @@ class Gateway:
     def charge_and_signals(self, heat: str) -> None:
         """The charge, then 20 min at 60 MW with 1,800 Nm3/h lance O2 and 10 min off, one
         sample a second."""
-        charge = {"charge_E3_t": 60.0, "charge_E40_t": 45.5, "hot_heel_t": 15.0, "lime_t": 7.2,
-                  "tap_temp_aim_c": 1640}
+        charge = {
+            "charge_E3_t": 60.0,
+            "charge_E40_t": 45.5,
+            "hot_heel_t": 15.0,
+            "lime_t": 7.2,
+            "tap_temp_aim_c": 1640,
+        }
         self.send("charge", heat, "2026-01-01T00:00:00Z", charge)
         for i in range(1800):
             on = i < 1200
-            self.send("signal", heat, T0 + i * SEC, {
-                "active_power_mw": 60.0 if on else 0.0, "lance_o2_nm3h": 1800.0 if on else 0.0,
-                "voltage_v": 950.0 if on else 0.0})
+            self.send(
+                "signal",
+                heat,
+                T0 + i * SEC,
+                {
+                    "active_power_mw": 60.0 if on else 0.0,
+                    "lance_o2_nm3h": 1800.0 if on else 0.0,
+                    "voltage_v": 950.0 if on else 0.0,
+                },
+            )
 
     def tap(self, heat: str) -> None:
         tap = dict.fromkeys(TAP_FIELDS, 0.05) | {"tapped_t": 100.0, "tap_temp_c": 1638}
@@ -128,8 +146,7 @@ class Gateway:
 
 
 def test_mqtt_plc_feed_into_the_store(mosquitto: Mosquitto, sqlite_store: SQLiteStore) -> None:
-    source = MqttPlcSource(mosquitto.url, plant="P7", client_id="agent-p7-sensors",
-                           max_bytes=4096)
+    source = MqttPlcSource(mosquitto.url, plant="P7", client_id="agent-p7-sensors", max_bytes=4096)
     gateway = Gateway(mosquitto)
     try:
         assert source.wait_subscribed(20)
@@ -140,19 +157,44 @@ def test_mqtt_plc_feed_into_the_store(mosquitto: Mosquitto, sqlite_store: SQLite
         base = gateway.base
         malformed: dict[str, list[tuple[str, bytes]]] = {
             Reason.BAD_JSON: [(f"{base}/signal", b"{oops")],
-            Reason.UNKNOWN_FIELD: [(f"{base}/signal", json.dumps(
-                {"ts": T0, "heat": heat, "values": {"active_power_kw": 1.0}}).encode())],
-            Reason.NON_FINITE: [(f"{base}/signal", b'{"ts": %d, "heat": "H-0042", '
-                                 b'"values": {"voltage_v": NaN}}' % T0)],
-            Reason.MISSING_HEAT: [(f"{base}/signal", json.dumps(
-                {"ts": T0, "values": {"voltage_v": 1.0}}).encode())],
-            Reason.BAD_TYPE: [(f"{base}/signal", json.dumps(
-                {"ts": T0, "heat": heat, "values": {"voltage_v": "950"}}).encode())],
-            Reason.BAD_TS: [(f"{base}/signal", json.dumps(
-                {"ts": 1767225600.5, "heat": heat, "values": {"voltage_v": 1.0}}).encode())],
+            Reason.UNKNOWN_FIELD: [
+                (
+                    f"{base}/signal",
+                    json.dumps(
+                        {"ts": T0, "heat": heat, "values": {"active_power_kw": 1.0}}
+                    ).encode(),
+                )
+            ],
+            Reason.NON_FINITE: [
+                (
+                    f"{base}/signal",
+                    b'{"ts": %d, "heat": "H-0042", "values": {"voltage_v": NaN}}' % T0,
+                )
+            ],
+            Reason.MISSING_HEAT: [
+                (f"{base}/signal", json.dumps({"ts": T0, "values": {"voltage_v": 1.0}}).encode())
+            ],
+            Reason.BAD_TYPE: [
+                (
+                    f"{base}/signal",
+                    json.dumps({"ts": T0, "heat": heat, "values": {"voltage_v": "950"}}).encode(),
+                )
+            ],
+            Reason.BAD_TS: [
+                (
+                    f"{base}/signal",
+                    json.dumps(
+                        {"ts": 1767225600.5, "heat": heat, "values": {"voltage_v": 1.0}}
+                    ).encode(),
+                )
+            ],
             Reason.OVERSIZED: [(f"{base}/signal", b"{" + b" " * 5000 + b"}")],
-            Reason.BAD_TOPIC: [(f"{base}/pressure", json.dumps(
-                {"ts": T0, "heat": heat, "values": {"voltage_v": 1.0}}).encode())],
+            Reason.BAD_TOPIC: [
+                (
+                    f"{base}/pressure",
+                    json.dumps({"ts": T0, "heat": heat, "values": {"voltage_v": 1.0}}).encode(),
+                )
+            ],
         }
         for items in malformed.values():
             for topic, payload in items:
@@ -192,13 +234,20 @@ def check_gateway_heat(got: Heat) -> None:
     assert got.outcome["tap_temp_c"] == 1638.0
 
 
-def test_an_agent_learns_from_its_furnace_on_the_plc_feed(mosquitto: Mosquitto,
-                                                          tmp_path: Path) -> None:
+def test_an_agent_learns_from_its_furnace_on_the_plc_feed(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
     """``alchimia agent --sensor-feed URL --plant-id P7 --furnace-id EAF2``: the settings
     build a pipeline from the feed through the store to assembled heats."""
-    settings = AgentSettings.load(None, broker=mosquitto.url, agent_id="agent-p7",
-                                  sensor_feed=mosquitto.url, plant_id="P7",
-                                  furnace_id="EAF2", state_dir=tmp_path)
+    settings = AgentSettings.load(
+        None,
+        broker=mosquitto.url,
+        agent_id="agent-p7",
+        sensor_feed=mosquitto.url,
+        plant_id="P7",
+        furnace_id="EAF2",
+        state_dir=tmp_path,
+    )
     source = build_heat_source(settings)
     assert isinstance(source, StorePipeline) and isinstance(source.source, MqttPlcSource)
     gateway = Gateway(mosquitto)
@@ -217,16 +266,31 @@ def test_an_agent_learns_from_its_furnace_on_the_plc_feed(mosquitto: Mosquitto,
         source.close()
 
 
-@pytest.mark.parametrize(("settings", "error"), [
-    ({"sensor_feed": "mqtt://127.0.0.1:1"}, "needs plant_id and furnace_id"),
-    ({"sensor_feed": "mqtt://127.0.0.1:1", "plant_id": "P7"}, "needs plant_id and furnace_id"),
-    ({"replay_heats": "h.csv", "plant_id": "P7", "furnace_id": "EAF2"},
-     "needs both replay_heats and replay_signals"),
-    ({"replay_heats": "h.csv", "replay_signals": "s.csv", "sensor_feed": "mqtt://127.0.0.1:1",
-      "plant_id": "P7", "furnace_id": "EAF2"}, "choose one data source"),
-    ({"sensor_feed": "mqtt://127.0.0.1:1", "plant_id": "P 7", "furnace_id": "EAF2"},
-     "plant or furnace id"),
-])
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        ({"sensor_feed": "mqtt://127.0.0.1:1"}, "needs plant_id and furnace_id"),
+        ({"sensor_feed": "mqtt://127.0.0.1:1", "plant_id": "P7"}, "needs plant_id and furnace_id"),
+        (
+            {"replay_heats": "h.csv", "plant_id": "P7", "furnace_id": "EAF2"},
+            "needs both replay_heats and replay_signals",
+        ),
+        (
+            {
+                "replay_heats": "h.csv",
+                "replay_signals": "s.csv",
+                "sensor_feed": "mqtt://127.0.0.1:1",
+                "plant_id": "P7",
+                "furnace_id": "EAF2",
+            },
+            "choose one data source",
+        ),
+        (
+            {"sensor_feed": "mqtt://127.0.0.1:1", "plant_id": "P 7", "furnace_id": "EAF2"},
+            "plant or furnace id",
+        ),
+    ],
+)
 def test_real_data_settings_are_checked(settings: dict[str, str], error: str) -> None:
     with pytest.raises(ValueError, match=error):
         AgentSettings.load(None, **settings)
@@ -251,18 +315,30 @@ def test_mqtt_inbox_overflow_is_counted_not_fatal(mosquitto: Mosquitto) -> None:
 
 
 def test_a_tap_record_reaches_influxdb_at_once_other_points_wait_for_the_flush_interval(
-        influxd: InfluxdServer, tmp_path: Path) -> None:
+    influxd: InfluxdServer, tmp_path: Path
+) -> None:
     """Spooled points wait for the flush interval (an hour here), but a heat's tap record is
     POSTed at once, with every point spooled before it: the pipeline writes it at once and
     assembling the heat reads the store, which sends what is spooled first."""
-    store = InfluxStore(influxd.url, f"tap{os.getpid()}_{next(_names)}", tmp_path / "spool",
-                        flush_interval=3600, gzip_level=0)
+    store = InfluxStore(
+        influxd.url,
+        f"tap{os.getpid()}_{next(_names)}",
+        tmp_path / "spool",
+        flush_interval=3600,
+        gzip_level=0,
+    )
     profile, seed = default_plants(1)[0]
     now = [0.0]
-    src = SimulatedSensorSource(SimulatedPlant(profile, seed), 0, heat_interval_s=60.0,
-                                period_s=5.0, clock=lambda: now[0])
-    pipe = StorePipeline(src, store, HeatAssembler(store, profile.name, profile.furnace),
-                         write_interval_s=0.0, clock=lambda: now[0])
+    src = SimulatedSensorSource(
+        SimulatedPlant(profile, seed), 0, heat_interval_s=60.0, period_s=5.0, clock=lambda: now[0]
+    )
+    pipe = StorePipeline(
+        src,
+        store,
+        HeatAssembler(store, profile.name, profile.furnace),
+        write_interval_s=0.0,
+        clock=lambda: now[0],
+    )
 
     def in_influxdb(measurement: str) -> int:  # asked of the server, with no flush first
         return sum(len(s["values"]) for s in store.http.query(f'SELECT * FROM "{measurement}"'))

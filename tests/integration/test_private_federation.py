@@ -27,19 +27,33 @@ FED = "private"
 CLIP, Z, DELTA = 0.05, 2.0, 1e-6
 
 
-def test_rounds_with_dp_complete_and_the_model_carries_epsilon(mosquitto,
-                                                               tmp_path: Path) -> None:
+def test_rounds_with_dp_complete_and_the_model_carries_epsilon(mosquitto, tmp_path: Path) -> None:
     key = Ed25519PrivateKey.generate()
     key_file = tmp_path / "model-signing.pem"
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     topics = Topics(FED)
-    coordinator_cfg = {"min_agents": 2, "rounds": 2, "round_timeout_s": 120, "epochs": 1,
-                       "dp_clip_norm": CLIP, "dp_noise_multiplier": Z, "dp_delta": DELTA,
-                       "model_signing_key": key_file}
+    coordinator_cfg = {
+        "min_agents": 2,
+        "rounds": 2,
+        "round_timeout_s": 120,
+        "epochs": 1,
+        "dp_clip_norm": CLIP,
+        "dp_noise_multiplier": Z,
+        "dp_delta": DELTA,
+        "model_signing_key": key_file,
+    }
     fed = LocalFederation(
-        mosquitto.url, FED, 2, tmp_path / "coord", coordinator=coordinator_cfg,
+        mosquitto.url,
+        FED,
+        2,
+        tmp_path / "coord",
+        coordinator=coordinator_cfg,
         agent={"history_heats": 60, "heat_interval_s": 0, "signal_period_s": 10.0},
     )
     spy = RawClient(mosquitto.host, mosquitto.port, f"{FED}-spy")
@@ -57,7 +71,11 @@ def test_rounds_with_dp_complete_and_the_model_carries_epsilon(mosquitto,
         assert dp["epsilon"] == pytest.approx(epsilon(((Z, 2),), DELTA))
         assert dp["epsilon"] > epsilon(((Z, 1),), DELTA)  # version 1 spent less
         assert (dp["delta"], dp["noise_multiplier"], dp["clip_norm"], dp["rounds"]) == (
-            DELTA, Z, CLIP, 2)
+            DELTA,
+            Z,
+            CLIP,
+            2,
+        )
         # The signed task told the agents.
         task = decode(spy.received(topics.round_current)[-1], TaskBody).body
         assert isinstance(task, TaskBody)

@@ -22,8 +22,14 @@ AGENTS = ("p1", "p2")
 def test_rounds_open_only_on_new_heats(mosquitto, tmp_path: Path) -> None:
     topics = Topics(FED)
     settings = CoordinatorSettings.load(
-        None, broker=mosquitto.url, federation=FED, state_dir=tmp_path / "state",
-        min_agents=2, min_new_heats=3, round_timeout_s=60)
+        None,
+        broker=mosquitto.url,
+        federation=FED,
+        state_dir=tmp_path / "state",
+        min_agents=2,
+        min_new_heats=3,
+        round_timeout_s=60,
+    )
     agents = {a: RawClient(mosquitto.host, mosquitto.port, f"{FED}-{a}") for a in AGENTS}
     watcher = RawClient(mosquitto.host, mosquitto.port, f"{FED}-watcher")
     watcher.subscribe(topics.model_current)
@@ -33,8 +39,13 @@ def test_rounds_open_only_on_new_heats(mosquitto, tmp_path: Path) -> None:
     assert c is not None
 
     def status(agent: str, new_heats: int) -> None:
-        agents[agent].publish(topics.agent_status(agent), message(agent, StatusBody(
-            role="agent", state="online", samples=100, new_heats=new_heats)), retain=True)
+        agents[agent].publish(
+            topics.agent_status(agent),
+            message(
+                agent, StatusBody(role="agent", state="online", samples=100, new_heats=new_heats)
+            ),
+            retain=True,
+        )
 
     def tasks() -> list[TaskBody]:
         return [decode(p, TaskBody).body for p in watcher.received(topics.round_current)]
@@ -60,9 +71,18 @@ def test_rounds_open_only_on_new_heats(mosquitto, tmp_path: Path) -> None:
         assert task.round_id == 1 and task.selected == list(AGENTS)
         for a in AGENTS:
             delta = {k: np.full(v.shape, 0.01, np.float32) for k, v in base.weights.items()}
-            agents[a].publish(topics.agent_update(a), message(a, UpdateBody(
-                round_id=task.round_id, base_version=task.base_version, num_samples=10,
-                delta=delta)))
+            agents[a].publish(
+                topics.agent_update(a),
+                message(
+                    a,
+                    UpdateBody(
+                        round_id=task.round_id,
+                        base_version=task.base_version,
+                        num_samples=10,
+                        delta=delta,
+                    ),
+                ),
+            )
         wait_for(lambda: c.version == 1 and tasks()[-1].state == "closed", 30, "version 1")
 
         # The updates consumed the heats: nothing new, no round 2, however long we wait.
@@ -71,8 +91,11 @@ def test_rounds_open_only_on_new_heats(mosquitto, tmp_path: Path) -> None:
         assert c.version == 1 and c.next_round_id == 2 and len(tasks()) == 2
         for a in AGENTS:
             status(a, 4)
-        wait_for(lambda: tasks()[-1].state == "open" and tasks()[-1].round_id == 2, 30,
-                 "round 2 on new heats")
+        wait_for(
+            lambda: tasks()[-1].state == "open" and tasks()[-1].round_id == 2,
+            30,
+            "round 2 on new heats",
+        )
         assert tasks()[-1].base_version == 1
         assert coordinator.error is None and not c.rejections
     finally:

@@ -34,18 +34,23 @@ def furnace_points(n: int, heat: str = "H0001", start: int = 0, step: int = SEC)
     """Synthetic furnace channels (the simulator is written elsewhere): 10 fields a point."""
     tags = {"plant": "plant-a", "furnace": "eaf-1", "heat": heat}
     return [
-        Point("eaf", tags, {
-            "power_mw": (i % 997) * 0.1013 + 60.0,
-            "current_ka": math.sin(i / 300) * 20 + 50,
-            "voltage_v": 900.0 + (i % 13) / 7,
-            "electrode_pos_mm": (i * 7919 % 2000) / 3,
-            "temp_c": 1550.0 + (i % 50),
-            "o2_nm3h": float(i % 400),
-            "carbon_kgmin": i / 86_400,
-            "tap": i % 9,
-            "slag_foaming": i % 5 == 0,
-            "phase": ("melt", "refine", "tap")[i % 3],
-        }, T0 + i * step)
+        Point(
+            "eaf",
+            tags,
+            {
+                "power_mw": (i % 997) * 0.1013 + 60.0,
+                "current_ka": math.sin(i / 300) * 20 + 50,
+                "voltage_v": 900.0 + (i % 13) / 7,
+                "electrode_pos_mm": (i * 7919 % 2000) / 3,
+                "temp_c": 1550.0 + (i % 50),
+                "o2_nm3h": float(i % 400),
+                "carbon_kgmin": i / 86_400,
+                "tap": i % 9,
+                "slag_foaming": i % 5 == 0,
+                "phase": ("melt", "refine", "tap")[i % 3],
+            },
+            T0 + i * step,
+        )
         for i in range(start, start + n)
     ]
 
@@ -99,11 +104,21 @@ def test_special_characters_and_extreme_values_round_trip(
 ) -> None:
     store = make_store(influxd.url, db)
     meas = 'eaf, "x"=y\\z'
-    tags = {"plant": "a b,c=d", "furnace": "it's \\ \"q\"", "heat": "ünï\tcode", "k e=y": "v"}
+    tags = {"plant": "a b,c=d", "furnace": 'it\'s \\ "q"', "heat": "ünï\tcode", "k e=y": "v"}
     fields = {
-        "s": 'say "hi" \\ bye\\', "nl": "a\nb", "empty": "", "f k=,": 0.1 + 0.2,
-        "tiny": 5e-324, "huge": 1.7976931348623157e308, "negz": -0.0, "whole": 1500.0,
-        "bigneg": -1e21, "imax": 2**63 - 1, "imin": -(2**63), "t": True, "f": False,
+        "s": 'say "hi" \\ bye\\',
+        "nl": "a\nb",
+        "empty": "",
+        "f k=,": 0.1 + 0.2,
+        "tiny": 5e-324,
+        "huge": 1.7976931348623157e308,
+        "negz": -0.0,
+        "whole": 1500.0,
+        "bigneg": -1e21,
+        "imax": 2**63 - 1,
+        "imin": -(2**63),
+        "t": True,
+        "f": False,
     }
     points = [Point(meas, tags, fields, T0), Point(meas, tags, {**fields, "i": 1}, T0 + 1)]
     store.write(points)
@@ -114,7 +129,7 @@ def test_special_characters_and_extreme_values_round_trip(
     assert math.copysign(1.0, back[0].fields["negz"]) == -1.0  # type: ignore[arg-type]
     for key, value in tags.items():
         assert store.distinct_tag_values(meas, key, {"plant": "a b,c=d"}) == [value]
-    assert store.count(meas, {"furnace": "it's \\ \"q\""}) == 2
+    assert store.count(meas, {"furnace": 'it\'s \\ "q"'}) == 2
 
 
 def test_ordering_ties_and_several_heats(
@@ -133,8 +148,10 @@ def test_ordering_ties_and_several_heats(
 
 
 def test_influxd_killed_mid_run_loses_and_duplicates_nothing(
-    influxd_factory: Callable[[], InfluxdServer], db: str,
-    make_store: Callable[..., InfluxStore], caplog: pytest.LogCaptureFixture,
+    influxd_factory: Callable[[], InfluxdServer],
+    db: str,
+    make_store: Callable[..., InfluxStore],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = influxd_factory()
     store = make_store(server.url, db, batch_size=500, flush_interval=0.05)
@@ -161,8 +178,10 @@ def test_influxd_killed_mid_run_loses_and_duplicates_nothing(
 
 @pytest.mark.parametrize("in_url", [False, True], ids=["keywords", "in-url"])
 def test_credentials_are_sent_never_shown_and_a_refusal_keeps_the_points(
-    influxd_factory: Callable[..., InfluxdServer], db: str,
-    make_store: Callable[..., InfluxStore], in_url: bool,
+    influxd_factory: Callable[..., InfluxdServer],
+    db: str,
+    make_store: Callable[..., InfluxStore],
+    in_url: bool,
 ) -> None:
     server = influxd_factory(auth=True)
     admin = "CREATE USER admin WITH PASSWORD 's3 cr3t' WITH ALL PRIVILEGES"
@@ -190,14 +209,18 @@ def test_credentials_are_sent_never_shown_and_a_refusal_keeps_the_points(
 
 
 def test_a_dropped_database_is_recreated_under_a_large_batch(
-    influxd: InfluxdServer, db: str, make_store: Callable[..., InfluxStore],
+    influxd: InfluxdServer,
+    db: str,
+    make_store: Callable[..., InfluxStore],
 ) -> None:
     """InfluxDB answers 404 before it reads a large body and closes; the answer still
     counts (the database is created again), not a broken connection retried for ever."""
     rng = random.Random(5)
     tags = {"plant": "p", "furnace": "f", "heat": "h"}
-    points = [Point("eaf", tags, {f"v{j}": rng.random() for j in range(10)}, T0 + i)
-              for i in range(50_000)]  # 12 MB of random floats, sent uncompressed
+    points = [
+        Point("eaf", tags, {f"v{j}": rng.random() for j in range(10)}, T0 + i)
+        for i in range(50_000)
+    ]  # 12 MB of random floats, sent uncompressed
     store = make_store(influxd.url, db, batch_size=50_000, gzip_level=0)
     store.write(points[:10])
     store.flush()
@@ -208,7 +231,8 @@ def test_a_dropped_database_is_recreated_under_a_large_batch(
 
 
 def test_unreachable_at_start_then_delivered(
-    influxd_factory: Callable[[], InfluxdServer], db: str,
+    influxd_factory: Callable[[], InfluxdServer],
+    db: str,
     make_store: Callable[..., InfluxStore],
 ) -> None:
     server = influxd_factory()
@@ -247,8 +271,11 @@ _CRASHER = textwrap.dedent("""
 
 @pytest.mark.parametrize("server_up", [True, False], ids=["sending", "server-down"])
 def test_crashed_agent_replays_its_spool(
-    influxd_factory: Callable[[], InfluxdServer], db: str, tmp_path: Path,
-    make_store: Callable[..., InfluxStore], server_up: bool,
+    influxd_factory: Callable[[], InfluxdServer],
+    db: str,
+    tmp_path: Path,
+    make_store: Callable[..., InfluxStore],
+    server_up: bool,
 ) -> None:
     server = influxd_factory()
     if not server_up:
@@ -256,8 +283,9 @@ def test_crashed_agent_replays_its_spool(
     n = 30_000
     spool = tmp_path / "crash-spool"
     script = _CRASHER.format(repo=str(REPO), url=server.url, db=db, spool=str(spool), n=n)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     sent, pending, syncs = map(int, proc.stdout.split())
     assert syncs == 1  # 59 of the 60 writes were never fsync'd: a crash loses none of them
@@ -274,8 +302,10 @@ def test_crashed_agent_replays_its_spool(
 
 
 def test_full_spool_refuses_with_a_clear_error_and_drops_nothing_accepted(
-    influxd_factory: Callable[[], InfluxdServer], db: str,
-    make_store: Callable[..., InfluxStore], caplog: pytest.LogCaptureFixture,
+    influxd_factory: Callable[[], InfluxdServer],
+    db: str,
+    make_store: Callable[..., InfluxStore],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = influxd_factory()
     server.stop()

@@ -27,8 +27,9 @@ ENERGY = '{target="energy_kwh_t"}'
 
 
 def _federation(url: str, name: str, tmp_path: Path, **coordinator: object) -> LocalFederation:
-    return LocalFederation(url, name, 2, tmp_path / "coord",
-                           coordinator={**COORDINATOR, **coordinator}, agent=AGENT)
+    return LocalFederation(
+        url, name, 2, tmp_path / "coord", coordinator={**COORDINATOR, **coordinator}, agent=AGENT
+    )
 
 
 def _forge_update(mosquitto, federation: str, agent_id: str) -> None:
@@ -51,14 +52,20 @@ def test_status_shows_coordinator_round_and_every_agent(mosquitto, tmp_path: Pat
         assert monitor.wait_validation(1, ids, 90), "no version 1"
         _forge_update(mosquitto, "watch", "plant-1")
         # The coordinator's retained status carries it from its next round on.
-        wait_for(lambda: (c := collect(settings, 0.3).coordinator) is not None
-                 and c.rejected.get("plant-1"), 60, "the rejection in the coordinator status")
+        wait_for(
+            lambda: (
+                (c := collect(settings, 0.3).coordinator) is not None and c.rejected.get("plant-1")
+            ),
+            60,
+            "the rejection in the coordinator status",
+        )
 
-        proc = alchimia("status", "--broker", mosquitto.url, "--federation", "watch",
-                        "--json", "--wait", "1")
+        proc = alchimia(
+            "status", "--broker", mosquitto.url, "--federation", "watch", "--json", "--wait", "1"
+        )
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
-        doc = json.loads(out[out.index("{"):])
+        doc = json.loads(out[out.index("{") :])
         assert doc["coordinator"]["state"] == "online"
         assert doc["coordinator"]["model_version"] >= 1 and doc["model"]["version"] >= 1
         assert doc["round"]["mode"] == "sync" and sorted(doc["round"]["selected"]) == sorted(ids)
@@ -73,11 +80,18 @@ def test_status_shows_coordinator_round_and_every_agent(mosquitto, tmp_path: Pat
         assert agents["plant-1"]["rejected"] >= 1 and agents["plant-2"]["rejected"] == 0
 
         fed.agents[1].stop()  # a clean stop: its retained status says offline
-        wait_for(lambda: [a.state for a in collect(settings, 0.3).agents
-                          if a.agent_id == "plant-2"] == ["offline"], 30, "plant-2 offline")
+        wait_for(
+            lambda: (
+                [a.state for a in collect(settings, 0.3).agents if a.agent_id == "plant-2"]
+                == ["offline"]
+            ),
+            30,
+            "plant-2 offline",
+        )
         fed.coordinator.stop()
-        proc = alchimia("status", "--broker", mosquitto.url, "--federation", "watch",
-                        "--wait", "0.5")
+        proc = alchimia(
+            "status", "--broker", mosquitto.url, "--federation", "watch", "--wait", "0.5"
+        )
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 1, out  # the coordinator is down
         assert "coordinator coordinator: DOWN" in out, out
@@ -88,30 +102,48 @@ def test_status_shows_coordinator_round_and_every_agent(mosquitto, tmp_path: Pat
         monitor.stop()
 
 
-def test_prometheus_scrapes_the_coordinator_and_the_agents(mosquitto, influxd, prometheus,
-                                                           tmp_path: Path) -> None:
+def test_prometheus_scrapes_the_coordinator_and_the_agents(
+    mosquitto, influxd, prometheus, tmp_path: Path
+) -> None:
     ports = {"coordinator": free_port(), "plant-1": free_port(), "plant-2": free_port()}
     fed = _federation(mosquitto.url, "scraped", tmp_path, metrics_port=ports["coordinator"])
     # plant-2 stores its sensor data in a real InfluxDB: its points are sent from the spool.
-    fed.agent_settings = [s.model_copy(update={"metrics_port": ports[s.agent_id]} | (
-        {"influx": influxd.url, "database": "scraped"} if s.agent_id == "plant-2" else {}))
-                          for s in fed.agent_settings]
-    prom = prometheus({"coordinator": [f"127.0.0.1:{ports['coordinator']}"],
-                       "agent": [f"127.0.0.1:{ports['plant-1']}", f"127.0.0.1:{ports['plant-2']}"]})
+    fed.agent_settings = [
+        s.model_copy(
+            update={"metrics_port": ports[s.agent_id]}
+            | ({"influx": influxd.url, "database": "scraped"} if s.agent_id == "plant-2" else {})
+        )
+        for s in fed.agent_settings
+    ]
+    prom = prometheus(
+        {
+            "coordinator": [f"127.0.0.1:{ports['coordinator']}"],
+            "agent": [f"127.0.0.1:{ports['plant-1']}", f"127.0.0.1:{ports['plant-2']}"],
+        }
+    )
     try:
         fed.start_coordinator()
         fed.start_agents()
         _forge_update(mosquitto, "scraped", "plant-2")
-        wait_for(lambda: prom.query('alchimia_model_version{job="coordinator"} >= 1')
-                 and len(prom.query(f"alchimia_prediction_abs_error_count{ENERGY} > 0")) == 2
-                 and prom.query('alchimia_store_points_total{result="sent"} > 0')
-                 and prom.query('alchimia_updates_total{result="rejected"} > 0'), 90,
-                 "Prometheus to scrape a new version, scored heats and the forged update")
+        wait_for(
+            lambda: (
+                prom.query('alchimia_model_version{job="coordinator"} >= 1')
+                and len(prom.query(f"alchimia_prediction_abs_error_count{ENERGY} > 0")) == 2
+                and prom.query('alchimia_store_points_total{result="sent"} > 0')
+                and prom.query('alchimia_updates_total{result="rejected"} > 0')
+            ),
+            90,
+            "Prometheus to scrape a new version, scored heats and the forged update",
+        )
 
         assert set(prom.query("up == 1")) == {
-            (("instance", f"127.0.0.1:{p}"), ("job", job)) for job, p in (
-                ("coordinator", ports["coordinator"]), ("agent", ports["plant-1"]),
-                ("agent", ports["plant-2"]))}
+            (("instance", f"127.0.0.1:{p}"), ("job", job))
+            for job, p in (
+                ("coordinator", ports["coordinator"]),
+                ("agent", ports["plant-1"]),
+                ("agent", ports["plant-2"]),
+            )
+        }
         value = prom.value
         assert value('alchimia_rounds_total{result="closed"}') >= 1
         assert value('alchimia_rounds_total{result="failed"}') == 0
@@ -119,8 +151,10 @@ def test_prometheus_scrapes_the_coordinator_and_the_agents(mosquitto, influxd, p
         assert value("alchimia_round_duration_seconds_count") >= 1
         assert value('alchimia_agents{state="online"}') == 2
         assert value('sum(alchimia_rejections_total{job="coordinator"})') >= 1
-        per_agent = {dict(k)["instance"]: v for k, v in
-                     prom.query('alchimia_heats_total{job="agent"}').items()}
+        per_agent = {
+            dict(k)["instance"]: v
+            for k, v in prom.query('alchimia_heats_total{job="agent"}').items()
+        }
         assert all(v > AGENT["history_heats"] for v in per_agent.values()), per_agent
         assert len(prom.query('alchimia_prediction_abs_error_count{target="cu_pct"}')) == 2
         assert len(prom.query("alchimia_drift_events_total == 0")) == 2

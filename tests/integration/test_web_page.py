@@ -37,11 +37,20 @@ def test_the_admin_page_in_chromium(mosquitto, chromium, tmp_path: Path, capsys)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     port = free_port()
-    fed = LocalFederation(mosquitto.url, "web", 2, tmp_path / "coord",
-                          coordinator={"min_agents": 2, "epochs": 1, "round_schedule_s": 0.5,
-                                       "web_port": port, "web_token_file": token_file},
-                          agent={"history_heats": 60, "heat_interval_s": 0,
-                                 "signal_period_s": 10.0})
+    fed = LocalFederation(
+        mosquitto.url,
+        "web",
+        2,
+        tmp_path / "coord",
+        coordinator={
+            "min_agents": 2,
+            "epochs": 1,
+            "round_schedule_s": 0.5,
+            "web_port": port,
+            "web_token_file": token_file,
+        },
+        agent={"history_heats": 60, "heat_interval_s": 0, "signal_period_s": 10.0},
+    )
     base = f"http://127.0.0.1:{port}"
     ids = {"plant-1", "plant-2"}
     raw = RawClient(mosquitto.host, mosquitto.port, "web-forger")
@@ -49,15 +58,23 @@ def test_the_admin_page_in_chromium(mosquitto, chromium, tmp_path: Path, capsys)
         coordinator = fed.start_coordinator().coordinator
         assert coordinator is not None
         fed.start_agents()
-        wait_for(lambda: _validated(_status(base), 2, ids), 120,
-                 "both plants' validation of version 2")
+        wait_for(
+            lambda: _validated(_status(base), 2, ids), 120, "both plants' validation of version 2"
+        )
         # Anyone on an open broker can publish: a forged update, and a drift report.
         topics = Topics("web")
         raw.publish(topics.agent_update("plant-1"), b"forged: not an update")
-        raw.publish(topics.agent_metrics("plant-2"), message("plant-2", MetricsBody(
-            model_version=1, scope="drift", values={"energy_kwh_t": 4.5})))
-        wait_for(lambda: (d := _status(base))["rejections"] and d["drift"], 30,
-                 "the rejection and the drift report")
+        raw.publish(
+            topics.agent_metrics("plant-2"),
+            message(
+                "plant-2", MetricsBody(model_version=1, scope="drift", values={"energy_kwh_t": 4.5})
+            ),
+        )
+        wait_for(
+            lambda: (d := _status(base))["rejections"] and d["drift"],
+            30,
+            "the rejection and the drift report",
+        )
 
         # No token, no page: not over HTTP, not in a browser.
         for url in (f"{base}/", f"{base}/api/status", f"{base}/?token=wrong"):
@@ -96,8 +113,7 @@ def test_the_admin_page_in_chromium(mosquitto, chromium, tmp_path: Path, capsys)
     energy = re.search(r'<svg class="plot" data-target="energy_kwh_t".*?</svg>', dom, re.S)
     assert energy is not None
     for agent in ids:
-        series = re.search(rf'<g class="series" data-agent="{agent}".*?</g>', energy.group(),
-                           re.S)
+        series = re.search(rf'<g class="series" data-agent="{agent}".*?</g>', energy.group(), re.S)
         assert series is not None and "<polyline" in series.group()
         assert series.group().count("<circle") >= 3  # versions 0, 1, 2 at least
     drift = _section(dom, "drift")

@@ -24,22 +24,36 @@ SPEC = ModelSpec(architecture="eaf-hybrid-v1")
 
 @pytest.fixture(scope="module")
 def model() -> bytes:
-    return model_message("coordinator", SPEC, initial_weights(SPEC, 0), version=0,
-                         parent=None, round_id=None, metadata={})
+    return model_message(
+        "coordinator",
+        SPEC,
+        initial_weights(SPEC, 0),
+        version=0,
+        parent=None,
+        round_id=None,
+        metadata={},
+    )
 
 
 def _agent(tmp_path: Path, model: bytes) -> Agent:
-    settings = AgentSettings(agent_id="plant-1", history_heats=150, heat_interval_s=0,
-                             store_sensors=False, state_dir=tmp_path, status_interval_s=0.001,
-                             calibration_window=50)
+    settings = AgentSettings(
+        agent_id="plant-1",
+        history_heats=150,
+        heat_interval_s=0,
+        store_sensors=False,
+        state_dir=tmp_path,
+        status_interval_s=0.001,
+        calibration_window=50,
+    )
     agent = Agent(settings, build_heat_source(settings))
     agent._history = agent.source.history()
     agent._on_model(decode(model, ModelBody))
     return agent
 
 
-def test_a_swap_calibrates_on_held_out_heats_and_saves_the_files(tmp_path: Path,
-                                                                 model: bytes) -> None:
+def test_a_swap_calibrates_on_held_out_heats_and_saves_the_files(
+    tmp_path: Path, model: bytes
+) -> None:
     agent = _agent(tmp_path, model)
     cal = agent.calibrator
     assert agent.serving_version == 0 and cal is not None
@@ -56,8 +70,9 @@ def test_a_swap_calibrates_on_held_out_heats_and_saves_the_files(tmp_path: Path,
     assert state.calibration is not cal.calibration  # a snapshot, not the live object
 
 
-def test_new_heats_add_residuals_score_coverage_and_a_refit_resets(tmp_path: Path,
-                                                                   model: bytes) -> None:
+def test_new_heats_add_residuals_score_coverage_and_a_refit_resets(
+    tmp_path: Path, model: bytes
+) -> None:
     agent = _agent(tmp_path, model)
     cal = agent.calibrator
     profile, seed = default_plants(1)[0]
@@ -72,8 +87,11 @@ def test_new_heats_add_residuals_score_coverage_and_a_refit_resets(tmp_path: Pat
     saved = json.loads((tmp_path / "plant-1/serving/calibration.json").read_text())
     assert len(saved["residuals"]["cu_pct"]) == 50  # written as heats arrive
     # A new site part serves at once: recalibrated on the held-out heats, not the stream.
-    site = {k: v + 0.01 for k, v in agent.site_weights.items()} if agent.site_weights \
+    site = (
+        {k: v + 0.01 for k, v in agent.site_weights.items()}
+        if agent.site_weights
         else {k: np.full(s, 0.01, np.float32) for k, s in SPEC.parameter_shapes("site").items()}
+    )
     agent._keep_site_part(site)
     # 38 held out, filled up to the window with 12 of the 32 new training heats' residuals.
     assert cal.resets == 2 and cal.calibration.n == 50 and cal.calibration.version == 0

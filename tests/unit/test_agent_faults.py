@@ -24,28 +24,45 @@ RENAMED = (*FEATURES[:-1], "tap_temp_aim_k")  # one feature renamed, as the fuzz
 
 
 def _model(spec: ModelSpec, version: int) -> ModelBody:
-    return decode(model_message("coordinator", spec, initial_weights(spec, version),
-                                version=version, parent=None, round_id=None, metadata={}),
-                  ModelBody)
+    return decode(
+        model_message(
+            "coordinator",
+            spec,
+            initial_weights(spec, version),
+            version=version,
+            parent=None,
+            round_id=None,
+            metadata={},
+        ),
+        ModelBody,
+    )
 
 
 def test_the_contract_names_what_a_model_asks_for_and_the_site_lacks() -> None:
     assert STANDARD_CONTRACT.check(FEATURES, TARGETS) is None
     assert STANDARD_CONTRACT.check(FEATURES[:5], TARGETS[:1]) is None  # fewer is fine
     assert STANDARD_CONTRACT.check(RENAMED, TARGETS) == (
-        "1 feature(s) this site's data does not have: tap_temp_aim_k")
+        "1 feature(s) this site's data does not have: tap_temp_aim_k"
+    )
     assert STANDARD_CONTRACT.check(FEATURES, (*TARGETS, "s_pct")) == (
-        "1 target(s) this site's data does not have: s_pct")
+        "1 target(s) this site's data does not have: s_pct"
+    )
     assert STANDARD_CONTRACT.check((*FEATURES, FEATURES[0]), TARGETS) == (
-        f"feature(s) listed twice: {FEATURES[0]}")
+        f"feature(s) listed twice: {FEATURES[0]}"
+    )
     many = DataContract.of([], TARGETS).check([f"f{i}" for i in range(7)], TARGETS)
     assert many == "7 feature(s) this site's data does not have: f0, f1, f2, f3, f4, ..."
 
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Agent:
-    settings = AgentSettings(agent_id="plant-1", history_heats=30, heat_interval_s=0,
-                             store_sensors=False, state_dir=tmp_path)
+    settings = AgentSettings(
+        agent_id="plant-1",
+        history_heats=30,
+        heat_interval_s=0,
+        store_sensors=False,
+        state_dir=tmp_path,
+    )
     agent = Agent(settings, build_heat_source(settings))
     agent._history = agent.source.history()
     return agent
@@ -56,8 +73,7 @@ def _heats(n: int) -> list:
     return list(SimulatedPlant(profile, seed + 1).heats(n))
 
 
-def test_a_model_with_a_renamed_feature_is_rejected_and_heats_keep_coming_in(
-        agent: Agent) -> None:
+def test_a_model_with_a_renamed_feature_is_rejected_and_heats_keep_coming_in(agent: Agent) -> None:
     agent._on_model(_model(ModelSpec(), 1))
     assert agent.model_version == 1 and agent.table is not None
     bad = ModelSpec(features=RENAMED)  # mlp-v1 takes any columns: a valid model otherwise

@@ -25,17 +25,34 @@ SPEC = ModelSpec(architecture="eaf-hybrid-v1")
 
 
 def test_a_scrape_reads_heats_errors_and_the_store(tmp_path: Path) -> None:
-    settings = AgentSettings(agent_id="plant-1", history_heats=60, heat_interval_s=0,
-                             signal_period_s=30.0, state_dir=tmp_path, status_interval_s=0.001)
+    settings = AgentSettings(
+        agent_id="plant-1",
+        history_heats=60,
+        heat_interval_s=0,
+        signal_period_s=30.0,
+        state_dir=tmp_path,
+        status_interval_s=0.001,
+    )
     agent = Agent(settings, build_heat_source(settings))  # the simulator through SQLite
     registry = CollectorRegistry()
     registry.register(AgentCollector(agent))
     try:
         assert ("alchimia_model_version", ()) not in scrape(registry)  # none adopted yet
         agent._history = agent.source.history()
-        agent._on_model(decode(model_message("coordinator", SPEC, initial_weights(SPEC, 0),
-                                             version=0, parent=None, round_id=None,
-                                             metadata={}), ModelBody))
+        agent._on_model(
+            decode(
+                model_message(
+                    "coordinator",
+                    SPEC,
+                    initial_weights(SPEC, 0),
+                    version=0,
+                    parent=None,
+                    round_id=None,
+                    metadata={},
+                ),
+                ModelBody,
+            )
+        )
         profile, seed = default_plants(1)[0]
         agent._waiting = SimulatedPlant(profile, seed + 1).heats(20)
         agent._ingest()
@@ -51,8 +68,9 @@ def test_a_scrape_reads_heats_errors_and_the_store(tmp_path: Path) -> None:
         assert got[("alchimia_prediction_abs_error_sum", energy)] / 20 == pytest.approx(mae)
         assert got[("alchimia_prediction_abs_error_recent", energy)] == pytest.approx(mae)
         stored = agent.source.points_written
-        assert stored > 0 and got[("alchimia_store_points_total", (("result", "stored"),))] \
-            == stored
+        assert (
+            stored > 0 and got[("alchimia_store_points_total", (("result", "stored"),))] == stored
+        )
         assert got[("alchimia_spool_bytes", ())] == 0  # SQLite: nothing waits to be sent
 
         # The retained status carries what `alchimia status` shows, without metrics.
@@ -60,8 +78,7 @@ def test_a_scrape_reads_heats_errors_and_the_store(tmp_path: Path) -> None:
         view.feed(agent.topics.agent_status("plant-1"), agent._status("online"))
         (seen,) = view.status().agents
         assert (seen.state, seen.model_version, seen.serving_version) == ("online", 0, 0)
-        assert (seen.drift_events, seen.models_rejected, seen.heats) == (
-            0, 0, agent.table.n_train)
+        assert (seen.drift_events, seen.models_rejected, seen.heats) == (0, 0, agent.table.n_train)
         assert seen.metrics["validation"].values["n"] == 60 // 5  # when version 0 came
         assert seen.metrics["prequential"].values["n"] == 20
         assert np.isfinite(seen.metrics["validation"].values["mae_cu_pct"])
@@ -71,9 +88,14 @@ def test_a_scrape_reads_heats_errors_and_the_store(tmp_path: Path) -> None:
 
 
 def test_points_for_an_unreachable_influxdb_wait_in_the_spool(tmp_path: Path) -> None:
-    settings = AgentSettings(agent_id="plant-1", history_heats=3, heat_interval_s=0,
-                             signal_period_s=30.0, state_dir=tmp_path,
-                             influx=f"http://127.0.0.1:{free_port()}")
+    settings = AgentSettings(
+        agent_id="plant-1",
+        history_heats=3,
+        heat_interval_s=0,
+        signal_period_s=30.0,
+        state_dir=tmp_path,
+        influx=f"http://127.0.0.1:{free_port()}",
+    )
     source = build_heat_source(settings)
     try:
         source.ingest(write_now=True)

@@ -57,8 +57,7 @@ def test_observe_scores_the_intervals_issued_and_adds_the_residuals() -> None:
     assert cal.coverage.overall() == pytest.approx([0.8, 0.8], abs=0.03)
     values = cal.values()
     assert values["level"] == 0.8 and values["n"] == 50 and values["heats"] == 50
-    assert set(values) == {"level", "n", "heats", "coverage_a", "coverage_b", "width_a",
-                           "width_b"}
+    assert set(values) == {"level", "n", "heats", "coverage_a", "coverage_b", "width_a", "width_b"}
     assert 1.5 < values["width_a"] < 4.0  # ~2 x 1.28 for a standard normal
 
 
@@ -66,8 +65,9 @@ def test_a_heat_outside_its_interval_counts_as_a_miss() -> None:
     cal = SiteCalibrator(TARGETS, 0.9, window=30)
     cal.coverage.add(np.array([[0.0, 5.0]]), np.array([[-1.0, -1.0]]), np.array([[1.0, 1.0]]))
     assert list(cal.coverage.recent()) == [1.0, 0.0]
-    cal.coverage.add(np.array([[0.0, 0.0]]), np.array([[-np.inf, -1.0]]),
-                     np.array([[1.0, 1.0]]))  # unbounded: skipped
+    cal.coverage.add(
+        np.array([[0.0, 0.0]]), np.array([[-np.inf, -1.0]]), np.array([[1.0, 1.0]])
+    )  # unbounded: skipped
     assert cal.coverage.n == 1
 
 
@@ -90,7 +90,8 @@ def test_a_young_regime_is_filled_up_with_the_streams_residuals() -> None:
     # other heats of the stream.
     assert cal.reset(model, regime_start=31) == 4
     assert sorted(cal.calibration.residuals("a")) == sorted(
-        [c - 0.5 for c in (25, 30, 35, 40)] + [c for c in range(31, 41) if c % 5])
+        [c - 0.5 for c in (25, 30, 35, 40)] + [c for c in range(31, 41) if c % 5]
+    )
     # A full window of held-out heats needs nothing from the stream.
     full = SiteCalibrator(TARGETS, 0.9, window=8)
     for count in range(1, 41):

@@ -80,7 +80,7 @@ def test_power_on_estimate_follows_the_charge() -> None:
     est = PowerOnEstimate.fit(x[:200], FEATURES)
     err = est.estimate(x[200:]) - x[200:, col]
     spread = x[200:, col].std()
-    assert np.sqrt(np.mean(err ** 2)) < 0.75 * spread  # explains most of the variation
+    assert np.sqrt(np.mean(err**2)) < 0.75 * spread  # explains most of the variation
     planned = x[200:202].copy()
     planned[:, col] = np.nan
     filled = PowerOnEstimate.from_dict(est.to_dict()).fill(planned)

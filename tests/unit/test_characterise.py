@@ -48,8 +48,10 @@ def _weights(seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     shared = get_weights(build_model(SPEC, seed=seed))
     for name, value in shared.items():
         shared[name] = (value + 0.05 * rng.standard_normal(value.shape)).astype(np.float32)
-    site = {k: (0.1 * rng.standard_normal(s)).astype(np.float32)
-            for k, s in SPEC.parameter_shapes("site").items()}
+    site = {
+        k: (0.1 * rng.standard_normal(s)).astype(np.float32)
+        for k, s in SPEC.parameter_shapes("site").items()
+    }
     return shared, site
 
 
@@ -147,16 +149,16 @@ def test_an_uncharged_grade_keeps_its_prior_width_a_charged_one_is_narrow() -> N
         assert e.hi - e.lo == pytest.approx(2 * z * YIELD_PRIOR_SD, rel=1e-3)
         for el in ELEMENTS:
             c = char.grade(g).properties[el]
-            assert c.hi / c.value == pytest.approx(math.exp(z * LOG_CONTENT_PRIOR_SD),
-                                                   rel=1e-3)
+            assert c.hi / c.value == pytest.approx(math.exp(z * LOG_CONTENT_PRIOR_SD), rel=1e-3)
         assert char.grade(g).heats_charged == 0
     for g in ("E3", "E40"):  # the two main grades of this plant
         e = char.grade(g).properties["yield"]
         assert e.sd < YIELD_PRIOR_SD / 3
-        assert char.grade(g).properties["cu_pct"].hi / char.grade(g).properties[
-            "cu_pct"].lo < 1.5
-        assert (char.grade(g).properties["energy_kwh_per_t"].sd * 5
-                < char.grade("E6").properties["energy_kwh_per_t"].sd)
+        assert char.grade(g).properties["cu_pct"].hi / char.grade(g).properties["cu_pct"].lo < 1.5
+        assert (
+            char.grade(g).properties["energy_kwh_per_t"].sd * 5
+            < char.grade("E6").properties["energy_kwh_per_t"].sd
+        )
     # The served model generated these heats, so its values are the truth: the heats'
     # own 90 % intervals should miss them about one time in ten (flagged), not often.
     charged = [g for g in char.grades if g.heats_charged]
@@ -204,22 +206,29 @@ def test_energy_effects_use_the_planned_power_on_time() -> None:
     y = _synthetic(weights, x)
     onnx_bytes = _site_model(shared, site)
     fitted = PowerOnEstimate.fit(x, FEATURES)
-    slower = PowerOnEstimate(FEATURES, fitted.coef + 2.0 * np.eye(len(FEATURES))[
-        FEATURES.index("charge_E40_t")], fitted.intercept, fitted.rmse, fitted.n)
+    slower = PowerOnEstimate(
+        FEATURES,
+        fitted.coef + 2.0 * np.eye(len(FEATURES))[FEATURES.index("charge_E40_t")],
+        fitted.intercept,
+        fitted.rmse,
+        fitted.n,
+    )
     a = characterise(onnx_bytes, SPEC, x, y, fitted)
     b = characterise(onnx_bytes, SPEC, x, y, slower)
-    effect_a, effect_b = (c.grade("E40").properties["energy_kwh_per_t"].value
-                          for c in (a, b))
+    effect_a, effect_b = (c.grade("E40").properties["energy_kwh_per_t"].value for c in (a, b))
     assert effect_a != pytest.approx(effect_b, abs=1.0)  # 2 min more per t of E40 counts
-    assert (a.grade("E3").properties["energy_kwh_per_t"].value
-            != b.grade("E3").properties["energy_kwh_per_t"].value)  # via the average
+    assert (
+        a.grade("E3").properties["energy_kwh_per_t"].value
+        != b.grade("E3").properties["energy_kwh_per_t"].value
+    )  # via the average
     assert a.power_on.startswith("the site's estimate")
     assert characterise(onnx_bytes, SPEC, x, y).power_on.startswith("fitted on")
 
 
-def test_cli_exports_csv_and_json_from_a_serving_directory(tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture,
-                                                            ) -> None:
+def test_cli_exports_csv_and_json_from_a_serving_directory(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
     shared, site = _weights(6)
     serving = ServingFiles(tmp_path / "serving")
     serving.save_model(12, SPEC, _site_model(shared, site))
@@ -228,8 +237,19 @@ def test_cli_exports_csv_and_json_from_a_serving_directory(tmp_path: Path,
     serving.save_power_on(PowerOnEstimate.fit(x, FEATURES))
     heats = write_heat_table(tmp_path / "heats.csv", x, y)
     out_json, out_csv = tmp_path / "out" / "c.json", tmp_path / "out" / "c.csv"
-    rc = main(["characterise", "--model", str(serving.dir), "--heats", str(heats),
-               "--json", str(out_json), "--csv", str(out_csv)])
+    rc = main(
+        [
+            "characterise",
+            "--model",
+            str(serving.dir),
+            "--heats",
+            str(heats),
+            "--json",
+            str(out_json),
+            "--csv",
+            str(out_csv),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "site characterisation" in printed and "E40" in printed
@@ -243,12 +263,16 @@ def test_cli_exports_csv_and_json_from_a_serving_directory(tmp_path: Path,
         rows = list(csv.DictReader(f))
     assert len(rows) == G and rows[0]["grade"] == GRADES[0]
     assert {f"{p}_lo" for p in PROPERTIES} <= set(rows[0])
-    assert float(rows[GRADES.index("E3")]["yield_lo"]) < float(rows[GRADES.index("E3")][
-        "yield"]) < float(rows[GRADES.index("E3")]["yield_hi"])
+    assert (
+        float(rows[GRADES.index("E3")]["yield_lo"])
+        < float(rows[GRADES.index("E3")]["yield"])
+        < float(rows[GRADES.index("E3")]["yield_hi"])
+    )
 
     # --global: the shared tensors alone, read from the bare .onnx file as well.
-    rc = main(["characterise", "--model", str(serving.onnx_path), "--global",
-               "--json", str(out_json)])
+    rc = main(
+        ["characterise", "--model", str(serving.onnx_path), "--global", "--json", str(out_json)]
+    )
     assert rc == 0
     data = json.loads(out_json.read_text())
     got = np.array([g["yield"]["value"] for g in data["grades"]])
@@ -257,10 +281,12 @@ def test_cli_exports_csv_and_json_from_a_serving_directory(tmp_path: Path,
 
 def test_heat_table_needs_the_computed_columns(tmp_path: Path) -> None:
     replay = tmp_path / "heats.csv"  # the CSV replay's heats.csv: no signal-derived columns
-    replay.write_text("heat,plant,furnace,charge_ts,tap_ts,charge_E3_t,hot_heel_t,lime_t,"
-                      "tap_temp_aim_c,tapped_t,tap_temp_c,cu_pct,sn_pct,ni_pct,cr_pct,"
-                      "mo_pct\nH1,P1,F1,2026-01-01T00:00:00Z,2026-01-01T00:50:00Z,90,15,7,"
-                      "1640,100,1636,0.19,0.015,0.08,0.06,0.012\n")
+    replay.write_text(
+        "heat,plant,furnace,charge_ts,tap_ts,charge_E3_t,hot_heel_t,lime_t,"
+        "tap_temp_aim_c,tapped_t,tap_temp_c,cu_pct,sn_pct,ni_pct,cr_pct,"
+        "mo_pct\nH1,P1,F1,2026-01-01T00:00:00Z,2026-01-01T00:50:00Z,90,15,7,"
+        "1640,100,1636,0.19,0.015,0.08,0.06,0.012\n"
+    )
     with pytest.raises(ValueError, match=r"missing columns.*oxygen_nm3"):
         read_heat_table(replay)
     x = _plant_heats(5)

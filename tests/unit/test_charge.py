@@ -38,9 +38,15 @@ class ToyHeatModel:
     features = FEATURES
     targets = TARGETS
 
-    def __init__(self, yields: dict[str, float], cu: dict[str, float],
-                 sn: dict[str, float] | None = None, heel_cu: float = 0.2,
-                 heel_sn: float = 0.02, kwh_per_min: float = 0.0) -> None:
+    def __init__(
+        self,
+        yields: dict[str, float],
+        cu: dict[str, float],
+        sn: dict[str, float] | None = None,
+        heel_cu: float = 0.2,
+        heel_sn: float = 0.02,
+        kwh_per_min: float = 0.0,
+    ) -> None:
         self.yields, self.cu, self.sn = yields, cu, sn or dict.fromkeys(yields, 0.01)
         self.heel_cu, self.heel_sn, self.kwh_per_min = heel_cu, heel_sn, kwh_per_min
         self.calls = 0
@@ -53,8 +59,7 @@ class ToyHeatModel:
         metal = sum(x[:, COL[f"charge_{g}_t"]] * y for g, y in self.yields.items())
         out = np.zeros((len(x), len(TARGETS)))
         out[:, OUT["tapped_t"]] = metal
-        for el, table, heel_pct in (("cu", self.cu, self.heel_cu),
-                                    ("sn", self.sn, self.heel_sn)):
+        for el, table, heel_pct in (("cu", self.cu, self.heel_cu), ("sn", self.sn, self.heel_sn)):
             mass = sum(x[:, COL[f"charge_{g}_t"]] * self.yields[g] * c for g, c in table.items())
             out[:, OUT[f"{el}_pct"]] = (mass + heel * heel_pct) / (metal + heel)
         out[:, OUT["energy_kwh_t"]] = 400.0 + self.kwh_per_min * x[:, COL["power_on_min"]]
@@ -68,12 +73,23 @@ def power_on(per_t: dict[str, float], intercept: float = 0.0) -> PowerOnEstimate
     return PowerOnEstimate(FEATURES, coef, intercept, rmse=1.0, n=100)
 
 
-def stock(grades: dict[str, tuple[float, float]], energy_price: float = 0.0,
-          volume: float = 1000.0, density: float = 0.6, **extra: object) -> Stock:
+def stock(
+    grades: dict[str, tuple[float, float]],
+    energy_price: float = 0.0,
+    volume: float = 1000.0,
+    density: float = 0.6,
+    **extra: object,
+) -> Stock:
     """grade -> (available t, price per t)."""
-    return Stock(energy_price_per_kwh=energy_price, basket_volume_m3=volume, grades={
-        g: {"available_t": a, "price_per_t": p, "density_t_m3": density}
-        for g, (a, p) in grades.items()}, **extra)
+    return Stock(
+        energy_price_per_kwh=energy_price,
+        basket_volume_m3=volume,
+        grades={
+            g: {"available_t": a, "price_per_t": p, "density_t_m3": density}
+            for g, (a, p) in grades.items()
+        },
+        **extra,
+    )
 
 
 def cu_calibration(residuals: np.ndarray, sn: np.ndarray | None = None) -> Calibration:
@@ -101,12 +117,14 @@ def toy(**kwargs: object) -> ToyHeatModel:
 PON2 = power_on({CHEAP: 0.3, CLEAN: 0.3})
 
 
-def order(cu_max: float | None = 0.2, tapped: float = 100.0, tol: float = 1.0,
-          **windows: float) -> Order:
+def order(
+    cu_max: float | None = 0.2, tapped: float = 100.0, tol: float = 1.0, **windows: float
+) -> Order:
     chemistry = {} if cu_max is None else {"cu": {"max": cu_max}}
     chemistry.update({el: {"max": v} for el, v in windows.items()})
-    return Order(tapped_t=tapped, tapped_tolerance_t=tol, chemistry=chemistry,
-                 plan={"hot_heel_t": 15.0})
+    return Order(
+        tapped_t=tapped, tapped_tolerance_t=tol, chemistry=chemistry, plan={"hot_heel_t": 15.0}
+    )
 
 
 # -- the optimum by hand -----------------------------------------------------------------
@@ -116,8 +134,7 @@ def test_hand_checkable_optimum_mixes_to_the_copper_limit() -> None:
     """Cu = (0.3 a + 0.1 b + 15 x 0.2) / (a + b + 15) <= 0.2 <=> a <= b; the cheap grade
     (300) is worth using up to a = b: 50/50, 350 per t, Cu exactly at 0.2 %."""
     model = toy()
-    plan = optimize(order(), stock({CHEAP: (200, 300), CLEAN: (200, 400)}), model,
-                    power_on=PON2)
+    plan = optimize(order(), stock({CHEAP: (200, 300), CLEAN: (200, 400)}), model, power_on=PON2)
     assert plan.feasible, plan.message
     a, b = plan.charge[CHEAP], plan.charge[CLEAN]
     assert a == pytest.approx(b, abs=0.05)
@@ -133,8 +150,9 @@ def test_hand_checkable_optimum_mixes_to_the_copper_limit() -> None:
 
 
 def test_loose_window_takes_the_cheap_grade_up_to_its_stock() -> None:
-    plan = optimize(order(cu_max=0.5), stock({CHEAP: (60, 300), CLEAN: (200, 400)}), toy(),
-                    power_on=PON2)
+    plan = optimize(
+        order(cu_max=0.5), stock({CHEAP: (60, 300), CLEAN: (200, 400)}), toy(), power_on=PON2
+    )
     assert plan.feasible
     assert plan.charge[CHEAP] == pytest.approx(60.0, abs=1e-3)
     # cost per tonne tapped falls with the cheap share: the lower tonnage edge (99 t).
@@ -149,13 +167,18 @@ def test_power_on_time_is_planned_by_the_site_estimate_not_held_fixed() -> None:
     slow, fast = CHEAP, CLEAN
     model = toy(cu={slow: 0.1, fast: 0.1}, kwh_per_min=5.0)
     pon = power_on({slow: 0.5, fast: 0.2}, intercept=5.0)
-    plan = optimize(order(cu_max=None), stock({slow: (200, 350), fast: (200, 350)},
-                                              energy_price=0.1), model, power_on=pon)
+    plan = optimize(
+        order(cu_max=None),
+        stock({slow: (200, 350), fast: (200, 350)}, energy_price=0.1),
+        model,
+        power_on=pon,
+    )
     assert plan.charge[slow] == pytest.approx(0.0, abs=1e-3)
     total = plan.charge[fast]
     assert plan.inputs["power_on_min"] == pytest.approx(5.0 + 0.2 * total, abs=1e-3)
     assert plan.predicted["energy_kwh_t"]["mean"] == pytest.approx(
-        400.0 + 5.0 * (5.0 + 0.2 * total), abs=0.05)
+        400.0 + 5.0 * (5.0 + 0.2 * total), abs=0.05
+    )
     with pytest.raises(ValueError, match="power_on"):
         optimize(order(), stock({slow: (200, 350), fast: (200, 350)}), model)
 
@@ -166,9 +189,17 @@ def test_power_on_time_is_planned_by_the_site_estimate_not_held_fixed() -> None:
 def test_chance_constraint_tightens_as_risk_falls() -> None:
     residuals = np.linspace(-0.03, 0.03, 199)
     cal = cu_calibration(residuals)
-    plans = {risk: optimize(order(), stock({CHEAP: (200, 300), CLEAN: (200, 400)}), toy(),
-                            risk, calibration=cal, power_on=PON2)
-             for risk in (0.3, 0.1, 0.05, 0.01)}
+    plans = {
+        risk: optimize(
+            order(),
+            stock({CHEAP: (200, 300), CLEAN: (200, 400)}),
+            toy(),
+            risk,
+            calibration=cal,
+            power_on=PON2,
+        )
+        for risk in (0.3, 0.1, 0.05, 0.01)
+    }
     cu = [plans[r].predicted["cu_pct"]["mean"] for r in sorted(plans, reverse=True)]
     cost = [plans[r].cost["per_t"] for r in sorted(plans, reverse=True)]
     assert all(a > b for a, b in itertools.pairwise(cu)), cu
@@ -202,16 +233,22 @@ def test_concentrated_charges_get_wider_margins_than_the_reference() -> None:
     """Spread of a charge's Cu ~ sqrt(sum (b_g x_g)^2) / (tapped + heel), b = Cu per t:
     all-cheap 100 t against the 50/50 reference: 30 / sqrt(15^2 + 5^2) = 1.897."""
     cal = cu_calibration(np.linspace(-0.01, 0.01, 99))
-    p = _Problem(order(), stock({CHEAP: (200, 300), CLEAN: (200, 400)}), toy(), cal, PON2,
-                 0.05, reference={CHEAP: 50.0, CLEAN: 50.0})
+    p = _Problem(
+        order(),
+        stock({CHEAP: (200, 300), CLEAN: (200, 400)}),
+        toy(),
+        cal,
+        PON2,
+        0.05,
+        reference={CHEAP: 50.0, CLEAN: 50.0},
+    )
     x = np.array([[100.0, 0.0], [50.0, 50.0], [25.0, 75.0]])
     y = p.predict(x)
     infl = p.inflation("cu", x, y)
     assert infl[0] == pytest.approx(30.0 / math.hypot(15.0, 5.0), rel=1e-3)
     assert infl[1] == pytest.approx(1.0, abs=1e-6)
     assert infl[2] == 1.0  # more diversified than the reference: never narrower
-    plain = _Problem(order(), stock({CHEAP: (200, 300), CLEAN: (200, 400)}), toy(), cal,
-                     PON2, 0.05)
+    plain = _Problem(order(), stock({CHEAP: (200, 300), CLEAN: (200, 400)}), toy(), cal, PON2, 0.05)
     assert (plain.inflation("cu", x, y) == 1.0).all()
 
 
@@ -221,8 +258,13 @@ def test_concentrated_charges_get_wider_margins_than_the_reference() -> None:
 def test_infeasible_copper_names_the_constraint_and_the_gap() -> None:
     cal = cu_calibration(np.linspace(-0.01, 0.01, 99))
     margin = cal.upper_margin("cu_pct", 0.05)
-    plan = optimize(order(cu_max=0.05), stock({CHEAP: (200, 300), CLEAN: (200, 400)}),
-                    toy(), calibration=cal, power_on=PON2)
+    plan = optimize(
+        order(cu_max=0.05),
+        stock({CHEAP: (200, 300), CLEAN: (200, 400)}),
+        toy(),
+        calibration=cal,
+        power_on=PON2,
+    )
     assert plan.status == "infeasible" and not plan.feasible
     (bad,) = plan.infeasible
     # The cleanest charge is all E2, as much as the tonnage allows (the heel is dirtier):
@@ -239,8 +281,9 @@ def test_infeasible_copper_names_the_constraint_and_the_gap() -> None:
 
 
 def test_infeasible_tonnage_says_how_short() -> None:
-    plan = optimize(order(cu_max=0.5), stock({CHEAP: (30, 300), CLEAN: (20, 400)}), toy(),
-                    power_on=PON2)
+    plan = optimize(
+        order(cu_max=0.5), stock({CHEAP: (30, 300), CLEAN: (20, 400)}), toy(), power_on=PON2
+    )
     (bad,) = plan.infeasible
     assert bad["constraint"] == "tapped_t min"
     assert bad["best"] == pytest.approx(50.0, abs=1e-3)
@@ -264,22 +307,32 @@ def test_basket_volume_binds_and_the_baskets_hold_the_charge() -> None:
         assert sum(basket.values()) / 0.5 <= 110.0 + 1e-3
     for grade in (CHEAP, CLEAN):
         assert sum(b.get(grade, 0.0) for b in plan.baskets) == pytest.approx(
-            plan.charge[grade], abs=0.01)
+            plan.charge[grade], abs=0.01
+        )
 
 
 def test_calibration_too_small_for_the_risk_is_refused() -> None:
     cal = cu_calibration(np.linspace(-0.01, 0.01, 10))
     with pytest.raises(InfeasibleCalibration, match=r"holds 10 heats.*at least 19"):
-        optimize(order(), stock({CHEAP: (200, 300), CLEAN: (200, 400)}), toy(), 0.05,
-                 calibration=cal, power_on=PON2)
+        optimize(
+            order(),
+            stock({CHEAP: (200, 300), CLEAN: (200, 400)}),
+            toy(),
+            0.05,
+            calibration=cal,
+            power_on=PON2,
+        )
 
 
 # -- the request form and the files ------------------------------------------------------
 
 
 def _request() -> dict:
-    return {"order": order().model_dump(), "risk": 0.1,
-            "stock": stock({CHEAP: (200, 300), CLEAN: (200, 400)}).model_dump()}
+    return {
+        "order": order().model_dump(),
+        "risk": 0.1,
+        "stock": stock({CHEAP: (200, 300), CLEAN: (200, 400)}).model_dump(),
+    }
 
 
 class _Served:
@@ -298,19 +351,23 @@ def test_request_in_plan_out_as_json() -> None:
     assert set(out["cost"]) == {"material", "energy", "co2", "total", "per_t"}
     assert set(out["predicted"]["cu_pct"]) == {"mean", "lo", "hi"}
     assert out["risk"]["cu"] <= 0.1 and out["risk_asked"] == 0.1
-    assert sum(out["charge"].values()) == pytest.approx(out["predicted"]["tapped_t"]["mean"],
-                                                         abs=0.1)
+    assert sum(out["charge"].values()) == pytest.approx(
+        out["predicted"]["tapped_t"]["mean"], abs=0.1
+    )
 
 
-@pytest.mark.parametrize("change", [
-    lambda r: r["stock"]["grades"][CHEAP].update(price_per_t=float("nan")),
-    lambda r: r["stock"]["grades"][CHEAP].update(available_t=-1.0),
-    lambda r: r["order"].update(tapped_t=1e9),
-    lambda r: r.update(risk=0.7),
-    lambda r: r["order"]["chemistry"].update(copper={"max": 0.2}),
-    lambda r: r["order"]["chemistry"].update(cu={}),
-    lambda r: r.update(surprise=1),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda r: r["stock"]["grades"][CHEAP].update(price_per_t=float("nan")),
+        lambda r: r["stock"]["grades"][CHEAP].update(available_t=-1.0),
+        lambda r: r["order"].update(tapped_t=1e9),
+        lambda r: r.update(risk=0.7),
+        lambda r: r["order"]["chemistry"].update(copper={"max": 0.2}),
+        lambda r: r["order"]["chemistry"].update(cu={}),
+        lambda r: r.update(surprise=1),
+    ],
+)
 def test_malformed_requests_are_rejected(change: Callable[[dict], None]) -> None:
     req = _request()
     change(req)

@@ -45,12 +45,19 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _args(serving: Path, order: Path = EXAMPLES / "order.toml", *extra: str) -> list[str]:
-    return ["optimize", "--order", str(order), "--stock", str(EXAMPLES / "stock.toml"),
-            "--model", str(serving), *extra]
+    return [
+        "optimize",
+        "--order",
+        str(order),
+        "--stock",
+        str(EXAMPLES / "stock.toml"),
+        "--model",
+        str(serving),
+        *extra,
+    ]
 
 
-def test_json_plan_for_the_example_order(serving: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_plan_for_the_example_order(serving: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_args(serving, EXAMPLES / "order.toml", "--json", "--risk", "0.1")) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["status"] == "optimal" and plan["model_version"] == 7
@@ -59,8 +66,17 @@ def test_json_plan_for_the_example_order(serving: Path,
     assert 109.0 - 1e-3 <= tapped["mean"] <= 111.0 + 1e-3
     assert tapped["lo"] < tapped["hi"] and plan["level"] == 0.9
     assert plan["predicted"]["cu_pct"]["mean"] + plan["margins"]["cu max"] <= 0.20
-    stock = {"E3": 60, "E1": 30, "E2": 40, "E8": 20, "E40": 60, "E46": 20, "EHRB": 25,
-             "DRI": 30, "PIG": 15}
+    stock = {
+        "E3": 60,
+        "E1": 30,
+        "E2": 40,
+        "E8": 20,
+        "E40": 60,
+        "E46": 20,
+        "EHRB": 25,
+        "DRI": 30,
+        "PIG": 15,
+    }
     assert set(plan["charge"]) == set(stock)
     assert all(0.0 <= plan["charge"][g] <= stock[g] + 1e-6 for g in stock)
     assert len(plan["baskets"]) == 3
@@ -72,23 +88,26 @@ def test_json_plan_for_the_example_order(serving: Path,
     assert c["total"] == pytest.approx(c["material"] + c["energy"] + c["co2"])
 
 
-def test_text_plan_and_an_order_that_cannot_be_met(serving: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_text_plan_and_an_order_that_cannot_be_met(
+    serving: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(_args(serving)) == 0
     out = capsys.readouterr().out
     assert "optimal" in out and "charge, t" in out and "planned power-on" in out
     tight = tmp_path / "tight.toml"
-    tight.write_text((EXAMPLES / "order.toml").read_text().replace(
-        "cu = { max = 0.20 }", "cu = { max = 0.02 }"))
+    tight.write_text(
+        (EXAMPLES / "order.toml").read_text().replace("cu = { max = 0.20 }", "cu = { max = 0.02 }")
+    )
     assert main(_args(serving, tight)) == 1
     out = capsys.readouterr().out
     assert "infeasible" in out and "Cu max 0.02 % cannot be met" in out
 
 
-def test_bad_files_are_reported_not_raised(serving: Path, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_files_are_reported_not_raised(
+    serving: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('tapped_t = -5\n')
+    bad.write_text("tapped_t = -5\n")
     assert main(_args(serving, bad)) == 2
     assert "tapped_t" in capsys.readouterr().err
     assert main(_args(tmp_path / "nowhere")) == 2
@@ -104,7 +123,8 @@ def test_alchimia_optimize_runs_without_torch(serving: Path) -> None:
         f"'--stock', {str(EXAMPLES / 'stock.toml')!r}, '--model', {str(serving)!r}, "
         "'--json']))\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["status"] == "optimal"

@@ -18,8 +18,13 @@ from alchimia.experiment_charge import (
     run_charge_experiment,
 )
 
-TINY = ChargeConfig(sizes=(80, 60), rounds=3, orders=8, calibration_heats=40,
-                    arms=("practice", "optimised", "plain", "mean"))
+TINY = ChargeConfig(
+    sizes=(80, 60),
+    rounds=3,
+    orders=8,
+    calibration_heats=40,
+    arms=("practice", "optimised", "plain", "mean"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +56,8 @@ def test_every_arm_executes_every_order_at_every_plant(result: ChargeResult) -> 
 
 
 def test_the_optimiser_saves_on_loose_orders_and_the_margin_keeps_it_in_spec(
-        result: ChargeResult) -> None:
+    result: ChargeResult,
+) -> None:
     fam = result.by_family()
     loose = FAMILIES[0][0]
     assert fam["optimised"][loose]["cost_t"] < fam["practice"][loose]["cost_t"] - 5.0
@@ -62,10 +68,28 @@ def test_the_optimiser_saves_on_loose_orders_and_the_margin_keeps_it_in_spec(
 
 
 def test_the_command_line_prints_the_table_and_writes_json(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "charge.json"
-    assert main(["experiment", "charge", "--sizes", "80", "60", "--rounds", "2",
-                 "--orders", "3", "--no-plot", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                "charge",
+                "--sizes",
+                "80",
+                "60",
+                "--rounds",
+                "2",
+                "--orders",
+                "3",
+                "--no-plot",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "seed 0" in text and "(b) optimiser" in text and "| all |" in text
     data = json.loads(out.read_text())

@@ -11,9 +11,13 @@ from alchimia.broker.schemas import ModelBody, StatusBody, TaskBody, UpdateBody,
 
 
 def _update(**delta: np.ndarray) -> bytes:
-    body = UpdateBody(round_id=3, base_version=2, num_samples=40,
-                      delta=delta or {"w": np.arange(6, dtype=np.float32).reshape(2, 3)},
-                      metrics={"train_loss": 0.5})
+    body = UpdateBody(
+        round_id=3,
+        base_version=2,
+        num_samples=40,
+        delta=delta or {"w": np.arange(6, dtype=np.float32).reshape(2, 3)},
+        metrics={"train_loss": 0.5},
+    )
     return message("plant-1", body)
 
 
@@ -57,8 +61,9 @@ def test_every_kind_round_trips() -> None:
         TaskBody(round_id=1, state="open", base_version=0, deadline_ts=1e9, selected=["a"]),
     ):
         assert decode(message("coordinator", body)).body == body
-    model = ModelBody(version=1, spec={"x": 1}, onnx=b"\x08\x01",
-                      weights={"b": np.arange(3, dtype=np.float32)})
+    model = ModelBody(
+        version=1, spec={"x": 1}, onnx=b"\x08\x01", weights={"b": np.arange(3, dtype=np.float32)}
+    )
     back = decode(message("coordinator", model), ModelBody).body
     assert (back.version, back.spec, back.onnx) == (1, {"x": 1}, b"\x08\x01")
     np.testing.assert_array_equal(back.weights["b"], [0, 1, 2])
@@ -96,9 +101,18 @@ def test_wrong_kind_for_topic_rejected() -> None:
         decode(_update(), ModelBody)
 
 
-@pytest.mark.parametrize("payload", [b"", b"\xc1", b"\x92\x01", b"not msgpack at all",
-                                     msgpack.packb([1, 2, 3]), msgpack.packb({1: 2}),
-                                     b"\xdd\xff\xff\xff\xff"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xc1",
+        b"\x92\x01",
+        b"not msgpack at all",
+        msgpack.packb([1, 2, 3]),
+        msgpack.packb({1: 2}),
+        b"\xdd\xff\xff\xff\xff",
+    ],
+)
 def test_garbage_is_rejected(payload: bytes) -> None:
     with pytest.raises(DecodeError):
         decode(payload)
@@ -114,8 +128,10 @@ def test_size_limits_apply_before_decoding() -> None:
     with pytest.raises(DecodeError, match="5 tensors exceed"):
         decode(_update(**many), limits=Limits(max_tensors=4))
     with pytest.raises(DecodeError, match="in total"):
-        decode(_update(a=np.zeros(6, np.float32), b=np.zeros(6, np.float32)),
-               limits=Limits(max_total_elements=10))
+        decode(
+            _update(a=np.zeros(6, np.float32), b=np.zeros(6, np.float32)),
+            limits=Limits(max_total_elements=10),
+        )
 
 
 def test_msgpack_ext_types_are_refused() -> None:

@@ -48,8 +48,8 @@ def test_int8_error_is_within_half_a_step_of_each_block(shape, block: int) -> No
     assert back.shape == a.shape and back.dtype == np.float32
     flat, err = a.reshape(-1), np.abs(back - a).reshape(-1)
     for start in range(0, flat.size, block):
-        step = np.abs(flat[start:start + block]).max() / 127
-        assert err[start:start + block].max() <= step / 2 * (1 + 1e-5) + 1e-12
+        step = np.abs(flat[start : start + block]).max() / 127
+        assert err[start : start + block].max() <= step / 2 * (1 + 1e-5) + 1e-12
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -72,10 +72,11 @@ def test_sign_keeps_signs_and_zeros_and_the_mean_magnitude_of_each_block(shape, 
     np.testing.assert_array_equal(np.sign(back), np.sign(a))
     flat, out = a.reshape(-1), np.abs(back).reshape(-1)
     for start in range(0, flat.size, block):
-        part = np.abs(flat[start:start + block])
+        part = np.abs(flat[start : start + block])
         if part.any():
-            np.testing.assert_allclose(out[start:start + block][part > 0],
-                                       part[part > 0].mean(), rtol=1e-6)
+            np.testing.assert_allclose(
+                out[start : start + block][part > 0], part[part > 0].mean(), rtol=1e-6
+            )
 
 
 def test_fp16_saturates_instead_of_sending_infinity() -> None:
@@ -138,6 +139,7 @@ def test_compress_refuses_what_it_cannot_encode(codec: str) -> None:
 
 # -- hostile payloads: each rejected with its reason, before any large allocation
 
+
 def _int8(**changes) -> dict:
     return {**compress(np.linspace(-1, 1, 10, dtype=np.float32), "int8", block=4), **changes}
 
@@ -147,8 +149,10 @@ def _sign(**changes) -> dict:
 
 
 def _topk(**changes) -> dict:
-    return {**compress(np.linspace(-1, 1, 10, dtype=np.float32), "topk", topk_fraction=0.3),
-            **changes}
+    return {
+        **compress(np.linspace(-1, 1, 10, dtype=np.float32), "topk", topk_fraction=0.3),
+        **changes,
+    }
 
 
 def _f4(values: list[float]) -> bytes:
@@ -184,8 +188,7 @@ def _u4(values: list[int]) -> bytes:
         (_topk(indices=_u4([9, 0, 5])), "increase strictly"),
         (_topk(indices=_u4([0, 5, 10])), "stay below 10"),
         (_topk(indices=b"\0\0\0"), "4 bytes each"),
-        (_topk(indices=_u4(list(range(11))), data=_f4([1.0] * 11)), "11 entries of a tensor "
-                                                                    "of 10"),
+        (_topk(indices=_u4(list(range(11))), data=_f4([1.0] * 11)), "11 entries of a tensor of 10"),
         (_topk(data=_f4([1.0, 2.0])), "data has 8 bytes, expected 12"),
         (_topk(data=_f4([1.0, np.nan, 2.0])), "NaN or infinity"),
         (_topk(dtype="f2"), "topk tensors here carry dtype f4"),
@@ -240,16 +243,15 @@ def test_the_total_limit_is_checked_before_a_sparse_tensor_is_expanded() -> None
 
 # -- what an update and a model may carry (docs/PROTOCOL.md, "Tensor codecs")
 
+
 def _update_payload(delta: dict) -> bytes:
-    return message("plant-1", UpdateBody(round_id=1, base_version=0, num_samples=5,
-                                         delta=delta))
+    return message("plant-1", UpdateBody(round_id=1, base_version=0, num_samples=5, delta=delta))
 
 
 @pytest.mark.parametrize("codec", LOSSY)
 def test_an_update_carries_any_codec_and_decodes_to_float32(codec: str) -> None:
     a = _array((4, 5))
-    body = decode(_update_payload({"w": Encoded(compress(a, codec)), "b": a[0]}),
-                  UpdateBody).body
+    body = decode(_update_payload({"w": Encoded(compress(a, codec)), "b": a[0]}), UpdateBody).body
     assert body.delta["w"].dtype == np.float32 and body.delta["w"].shape == (4, 5)
     np.testing.assert_array_equal(body.delta["b"], a[0])
 
@@ -263,13 +265,18 @@ def test_an_update_must_be_float32(dtype) -> None:
 
 def test_a_model_carries_raw_float32_only() -> None:
     weights = {"w": Encoded(compress(np.ones(3, np.float32), "int8"))}
-    raw = msgpack.unpackb(message("coordinator", ModelBody(
-        version=1, spec={}, onnx=b"", weights={"w": np.ones(3, np.float32)})))
+    raw = msgpack.unpackb(
+        message(
+            "coordinator",
+            ModelBody(version=1, spec={}, onnx=b"", weights={"w": np.ones(3, np.float32)}),
+        )
+    )
     raw["body"]["weights"] = {"w": weights["w"].wire}
     with pytest.raises(DecodeError, match="codec 'int8' is not accepted here; use raw"):
         decode(pack(raw), ModelBody)
-    raw["body"]["weights"] = {"w": {"codec": "raw", "dtype": "f8", "shape": [1],
-                                    "data": np.ones(1).tobytes()}}
+    raw["body"]["weights"] = {
+        "w": {"codec": "raw", "dtype": "f8", "shape": [1], "data": np.ones(1).tobytes()}
+    }
     with pytest.raises(DecodeError, match="dtype f4, not 'f8'"):
         decode(pack(raw), ModelBody)
 

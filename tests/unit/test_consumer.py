@@ -15,8 +15,9 @@ from alchimia.infer import table
 def test_the_forms_of_a_planned_heat() -> None:
     wire = planned_heat({"heat_id": "H1", "inputs": {"lime_t": 7.0}})
     assert wire.heat_id == "H1" and wire.inputs == {"lime_t": 7.0}
-    grades = planned_heat({"heat_id": 7, "charge": {"E3": 40, "HBI": 20.5},
-                           "process": {"lime_t": 7}})
+    grades = planned_heat(
+        {"heat_id": 7, "charge": {"E3": 40, "HBI": 20.5}, "process": {"lime_t": 7}}
+    )
     assert grades.heat_id == "7"
     assert grades.inputs == {"charge_E3_t": 40.0, "charge_HBI_t": 20.5, "lime_t": 7.0}
     flat = planned_heat({"charge_E3_t": 40, "lime_t": 7})
@@ -31,8 +32,14 @@ def test_the_forms_of_a_planned_heat() -> None:
 
 def test_heats_from_json_and_csv(tmp_path: Path) -> None:
     doc = tmp_path / "plan.json"
-    doc.write_text(json.dumps({"level": 0.8, "heats": [{"heat_id": "A", "charge": {"E3": 40},
-                                                        "process": {"lime_t": 7}}]}))
+    doc.write_text(
+        json.dumps(
+            {
+                "level": 0.8,
+                "heats": [{"heat_id": "A", "charge": {"E3": 40}, "process": {"lime_t": 7}}],
+            }
+        )
+    )
     heats, level = load_heats(doc)
     assert level == 0.8 and heats[0].inputs == {"charge_E3_t": 40.0, "lime_t": 7.0}
     one = tmp_path / "one.json"
@@ -52,11 +59,21 @@ def test_heats_from_json_and_csv(tmp_path: Path) -> None:
 
 def test_the_printed_table() -> None:
     answer = InferResponseBody(
-        request_id="r", model_version=3, level=0.9, calibration_heats=200,
-        predictions=[HeatPrediction(heat_id="H1", outputs={"cu_pct": 0.18123},
-                                    lower={"cu_pct": 0.15}, upper={"cu_pct": 0.2234},
-                                    power_on_min=41.26),
-                     HeatPrediction(outputs={"cu_pct": 0.2})])
+        request_id="r",
+        model_version=3,
+        level=0.9,
+        calibration_heats=200,
+        predictions=[
+            HeatPrediction(
+                heat_id="H1",
+                outputs={"cu_pct": 0.18123},
+                lower={"cu_pct": 0.15},
+                upper={"cu_pct": 0.2234},
+                power_on_min=41.26,
+            ),
+            HeatPrediction(outputs={"cu_pct": 0.2}),
+        ],
+    )
     text = table(answer)
     assert "heat H1: model version 3, 90% interval (calibrated on 200 heats)" in text
     assert "power_on_min estimated 41.3" in text

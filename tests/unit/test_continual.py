@@ -30,14 +30,19 @@ SPEC = ModelSpec(hidden=(8,))
 def _rows(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Plausible raw-unit rows: around the spec's reference centres."""
     rng = np.random.default_rng(seed)
-    x = np.asarray(SPEC.x_center) + rng.standard_normal((n, len(SPEC.features))) * np.asarray(
-        SPEC.x_scale) * 0.5
-    y = np.asarray(SPEC.y_center) + rng.standard_normal((n, len(SPEC.targets))) * np.asarray(
-        SPEC.y_scale) * 0.5
+    x = (
+        np.asarray(SPEC.x_center)
+        + rng.standard_normal((n, len(SPEC.features))) * np.asarray(SPEC.x_scale) * 0.5
+    )
+    y = (
+        np.asarray(SPEC.y_center)
+        + rng.standard_normal((n, len(SPEC.targets))) * np.asarray(SPEC.y_scale) * 0.5
+    )
     return x.astype(np.float32), y.astype(np.float32)
 
 
 # -- prequential -------------------------------------------------------------------------
+
 
 def test_prequential_matches_hand_computation() -> None:
     p = Prequential(("a", "b"), window=2)
@@ -45,11 +50,15 @@ def test_prequential_matches_hand_computation() -> None:
     p.update([1.0, 2.0], [0.0, 0.0])  # |err| = 1, 2
     p.update({"a": 3.0, "b": 0.0}, {"b": 1.0, "a": 0.0})  # |err| = 3, 1 (read by name)
     p.update(np.array([0.0, 0.0]), np.array([5.0, -5.0]))  # |err| = 5, 5
-    assert p.snapshot() == pytest.approx({
-        "n": 3.0,
-        "mae_a": 3.0, "mae_b": 8.0 / 3.0,  # all three heats
-        "mae_recent_a": 4.0, "mae_recent_b": 3.0,  # the last two
-    })
+    assert p.snapshot() == pytest.approx(
+        {
+            "n": 3.0,
+            "mae_a": 3.0,
+            "mae_b": 8.0 / 3.0,  # all three heats
+            "mae_recent_a": 4.0,
+            "mae_recent_b": 3.0,  # the last two
+        }
+    )
 
 
 def test_prequential_rejects_wrong_width_and_non_finite() -> None:
@@ -62,6 +71,7 @@ def test_prequential_rejects_wrong_width_and_non_finite() -> None:
 
 
 # -- error-stream detectors -------------------------------------------------------------
+
 
 def _abs_noise(seed: int, n: int) -> np.ndarray:
     """A right-skewed, stationary 'absolute error' stream."""
@@ -108,6 +118,7 @@ def test_error_monitor_names_the_target_whose_error_rose_and_resets_all() -> Non
 
 # -- input drift ---------------------------------------------------------------------------
 
+
 def test_psi_small_for_the_same_distribution_large_for_a_shift_and_a_new_value() -> None:
     rng = np.random.default_rng(1)
     ref = rng.standard_normal(500)
@@ -121,8 +132,11 @@ def test_psi_small_for_the_same_distribution_large_for_a_shift_and_a_new_value()
 def test_input_monitor_quiet_on_stationary_inputs() -> None:
     rng = np.random.default_rng(11)
     mon = InputDriftMonitor(["a", "b", "c", "d"])
-    rows = np.c_[rng.standard_normal((2500, 2)), rng.exponential(1.0, 2500),
-                 np.round(rng.uniform(0, 5, 2500), 1)]  # ties, like tonnes to 0.1 t
+    rows = np.c_[
+        rng.standard_normal((2500, 2)),
+        rng.exponential(1.0, 2500),
+        np.round(rng.uniform(0, 5, 2500), 1),
+    ]  # ties, like tonnes to 0.1 t
     assert all(mon.update(r) is None for r in rows)
     assert mon.last_scores  # it did compare
 
@@ -141,6 +155,7 @@ def test_input_monitor_fires_on_a_step_in_one_feature() -> None:
 
 
 # -- replay ------------------------------------------------------------------------------
+
 
 def test_reservoir_is_bounded_and_uniform_over_the_stream() -> None:
     buf = ReplayBuffer(2000, seed=5)
@@ -182,6 +197,7 @@ def test_regime_buffer_sample_gives_a_young_regime_its_share() -> None:
 
 # -- EWC and training ------------------------------------------------------------------------
 
+
 def test_fisher_matches_a_per_row_backward_loop() -> None:
     model = build_model(SPEC, seed=3)
     x, _ = _rows(4)
@@ -193,10 +209,11 @@ def test_fisher_matches_a_per_row_backward_loop() -> None:
             model.zero_grad()
             out[k].backward(retain_graph=True)
             for n, p in model.named_parameters():
-                expected[n] += p.grad ** 2
+                expected[n] += p.grad**2
     for n, e in expected.items():
-        np.testing.assert_allclose(fisher[n], e.numpy() * 2 / len(SPEC.targets) / 4,
-                                   rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(
+            fisher[n], e.numpy() * 2 / len(SPEC.targets) / 4, rtol=1e-4, atol=1e-7
+        )
 
 
 def test_ewc_penalty_zero_at_anchor_positive_away_and_same_in_torch() -> None:
@@ -212,8 +229,9 @@ def test_ewc_penalty_zero_at_anchor_positive_away_and_same_in_torch() -> None:
     assert float(ewc(model).detach()) == pytest.approx(expected, rel=1e-4)
 
 
-def _reference_train_delta(spec: ModelSpec, base: dict, x: np.ndarray, y: np.ndarray,
-                           cfg: TrainConfig) -> dict:
+def _reference_train_delta(
+    spec: ModelSpec, base: dict, x: np.ndarray, y: np.ndarray, cfg: TrainConfig
+) -> dict:
     """train_delta as it was before replay and EWC: the online agent's behaviour."""
     model = build_model(spec)
     set_weights(model, base)
@@ -228,7 +246,8 @@ def _reference_train_delta(spec: ModelSpec, base: dict, x: np.ndarray, y: np.nda
             loss = torch.nn.functional.mse_loss(model.normalized(xs[idx]), ys[idx])
             if cfg.proximal_mu > 0:
                 loss = loss + 0.5 * cfg.proximal_mu * sum(
-                    ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+                    ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
+                )
             loss.backward()
             opt.step()
     return subtract(get_weights(model), base)
@@ -255,8 +274,9 @@ def test_train_delta_replay_rows_are_trained_on_and_ewc_holds_weights_back() -> 
     plain = train_delta(SPEC, base, x, y, cfg).delta
     with_replay = train_delta(SPEC, base, x, y, cfg, replay=old).delta
     assert any(not np.array_equal(plain[k], with_replay[k]) for k in base)
-    held_result = train_delta(SPEC, base, x, y, TrainConfig(epochs=5, lr=1e-2, batch_size=16,
-                                                            ewc_lambda=1e4), replay=old)
+    held_result = train_delta(
+        SPEC, base, x, y, TrainConfig(epochs=5, lr=1e-2, batch_size=16, ewc_lambda=1e4), replay=old
+    )
     held, metrics = held_result.delta, held_result.metrics
     fisher = fisher_diagonal(SPEC, base, old[0])
     moved = {k: base[k] + with_replay[k] for k in base}
@@ -265,7 +285,8 @@ def test_train_delta_replay_rows_are_trained_on_and_ewc_holds_weights_back() -> 
     assert ewc.value(kept) < 0.1 * ewc.value(moved)
     assert metrics["ewc_penalty"] >= 0.0
     # Without replay rows or a Fisher there is nothing to protect: plain training.
-    alone = train_delta(SPEC, base, x, y, TrainConfig(epochs=5, lr=1e-2, batch_size=16,
-                                                      ewc_lambda=1e4)).delta
+    alone = train_delta(
+        SPEC, base, x, y, TrainConfig(epochs=5, lr=1e-2, batch_size=16, ewc_lambda=1e4)
+    ).delta
     for k in base:
         np.testing.assert_array_equal(alone[k], plain[k])

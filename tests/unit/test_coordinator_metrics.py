@@ -21,8 +21,11 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def scrape(registry: CollectorRegistry) -> Samples:
     """Every sample of one scrape, parsed back from the text exposition format."""
     text = generate_latest(registry).decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 @pytest.fixture
@@ -44,8 +47,9 @@ def test_a_scrape_reads_versions_agents_and_rejected_updates(coordinator: Coordi
     assert first[("alchimia_agents", (("state", "online"),))] == 0
 
     for agent, state in (("a1", "online"), ("a2", "online"), ("a2", "offline")):
-        c.handle(c.topics.agent_status(agent), message(agent, StatusBody(role="agent",
-                                                                         state=state)))
+        c.handle(
+            c.topics.agent_status(agent), message(agent, StatusBody(role="agent", state=state))
+        )
     update = UpdateBody(round_id=1, base_version=0, num_samples=10, delta=c.weights)
     c.handle(c.topics.agent_update("a1"), message("a1", update))  # no round is open
     c.handle(c.topics.agent_update("a1"), b"not msgpack")
@@ -66,8 +70,13 @@ def test_a_scrape_reads_versions_agents_and_rejected_updates(coordinator: Coordi
 
 def test_round_results_and_durations() -> None:
     stats = CoordinatorStats()
-    for result, seconds in (("closed", 0.2), ("closed", 3.0), ("closed", 4000.0),
-                            ("failed", 120.0), ("abandoned", 1.0)):
+    for result, seconds in (
+        ("closed", 0.2),
+        ("closed", 3.0),
+        ("closed", 4000.0),
+        ("failed", 120.0),
+        ("abandoned", 1.0),
+    ):
         stats.round_finished(result, seconds)
     buckets, total = stats.round_histogram()
     counts = dict(buckets)

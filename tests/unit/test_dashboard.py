@@ -46,35 +46,66 @@ def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
 
 def _validation(c: Coordinator, agent: str, version: int, energy: float) -> None:
     values = {f"mae_{t}": energy * (i + 1) for i, t in enumerate(c.spec.targets)}
-    c.handle(c.topics.agent_metrics(agent), message(agent, MetricsBody(
-        model_version=version, scope="validation", values=values)))
+    c.handle(
+        c.topics.agent_metrics(agent),
+        message(agent, MetricsBody(model_version=version, scope="validation", values=values)),
+    )
 
 
 def _dashboard(**changes: object) -> Dashboard:
     fields: dict[str, object] = dict(
-        federation="f", coordinator_id="coordinator", taken_ts=0.0, version=2,
-        activity="running", mode="sync", targets=("energy_kwh_t", "cu_pct"), round=None,
-        agents=[], versions=version_rows(
-            [(0, None, 1.0, {"initial": True}), (1, 1, 2.0, {"strategy": "fedavg"}),
-             (2, None, 3.0, {"strategy": "fedavg", "rollback_of": 0})],
-            [(0, "p1", {"mae_energy_kwh_t": 80.0}), (1, "p1", {"mae_energy_kwh_t": 10.0}),
-             (1, "p2", {"mae_energy_kwh_t": 20.0, "mae_cu_pct": 0.02})]),
-        drift=[], rejection_counts={}, rejections=[])
+        federation="f",
+        coordinator_id="coordinator",
+        taken_ts=0.0,
+        version=2,
+        activity="running",
+        mode="sync",
+        targets=("energy_kwh_t", "cu_pct"),
+        round=None,
+        agents=[],
+        versions=version_rows(
+            [
+                (0, None, 1.0, {"initial": True}),
+                (1, 1, 2.0, {"strategy": "fedavg"}),
+                (2, None, 3.0, {"strategy": "fedavg", "rollback_of": 0}),
+            ],
+            [
+                (0, "p1", {"mae_energy_kwh_t": 80.0}),
+                (1, "p1", {"mae_energy_kwh_t": 10.0}),
+                (1, "p2", {"mae_energy_kwh_t": 20.0, "mae_cu_pct": 0.02}),
+            ],
+        ),
+        drift=[],
+        rejection_counts={},
+        rejections=[],
+    )
     fields.update(changes)
     return Dashboard(**fields)  # type: ignore[arg-type]
 
 
 def test_the_snapshot_reads_agents_versions_validation_drift_and_rejections(
-        coordinator: Coordinator, tmp_path: Path) -> None:
+    coordinator: Coordinator, tmp_path: Path
+) -> None:
     c = coordinator
     for agent in ("plant-1", "plant-2"):
-        c.handle(c.topics.agent_status(agent), message(agent, StatusBody(
-            role="agent", state="online", samples=120, software="alchimia-agent/0.1")))
+        c.handle(
+            c.topics.agent_status(agent),
+            message(
+                agent,
+                StatusBody(
+                    role="agent", state="online", samples=120, software="alchimia-agent/0.1"
+                ),
+            ),
+        )
     _validation(c, "plant-1", 0, 50.0)
     _validation(c, "plant-2", 0, 70.0)
     _validation(c, "plant-2", 5, 1.0)  # a version that does not exist: not kept
-    c.handle(c.topics.agent_metrics("plant-2"), message("plant-2", MetricsBody(
-        model_version=0, scope="drift", values={"energy_kwh_t": 3.5})))
+    c.handle(
+        c.topics.agent_metrics("plant-2"),
+        message(
+            "plant-2", MetricsBody(model_version=0, scope="drift", values={"energy_kwh_t": 3.5})
+        ),
+    )
     c.handle(c.topics.agent_update("plant-1"), b"not msgpack")
     c.handle("alchimia/v1/w/agents/\u202eevil\n/status", b"")  # bidi, newline: escaped
 
@@ -102,7 +133,8 @@ def test_the_snapshot_reads_agents_versions_validation_drift_and_rejections(
         d2 = snapshot(again)
         assert d2.versions == d.versions and d2.drift == d.drift
         assert {a.agent_id: a.validation for a in d2.agents} == {
-            a.agent_id: a.validation for a in d.agents}
+            a.agent_id: a.validation for a in d.agents
+        }
         assert d2.rejections == []  # those are counted since the coordinator started
     finally:
         again.db.close()
@@ -115,8 +147,12 @@ def test_the_reports_kept_on_disk_are_bounded(tmp_path: Path) -> None:
         for version in range(6):
             db.save_validation(version, "a", 0.0, {"mae_x": float(version)}, keep=3)
         db.save_validation(5, "a", 1.0, {"mae_x": 0.5}, keep=3)  # the latest report wins
-        assert db.validation() == [(2, "a", {"mae_x": 2.0}), (3, "a", {"mae_x": 3.0}),
-                                   (4, "a", {"mae_x": 4.0}), (5, "a", {"mae_x": 0.5})]
+        assert db.validation() == [
+            (2, "a", {"mae_x": 2.0}),
+            (3, "a", {"mae_x": 3.0}),
+            (4, "a", {"mae_x": 4.0}),
+            (5, "a", {"mae_x": 0.5}),
+        ]
         assert [v for v, _, _ in db.validation(since_version=4)] == [4, 5]
         for i in range(5):
             db.save_drift(float(i), f"a{i}", None, {"x": 1.0}, keep=2)
@@ -127,13 +163,15 @@ def test_the_reports_kept_on_disk_are_bounded(tmp_path: Path) -> None:
 
 
 def test_every_string_from_the_wire_is_escaped() -> None:
-    d = _dashboard(agents=[AgentRow(EVIL, True, 0.0, EVIL, 1, 1, 1, {}, 0, 3)],
-                   rejections=[RejectionRow(EVIL, f"alchimia/v1/f/agents/{EVIL}/update",
-                                            "malformed", EVIL)],
-                   rejection_counts={"malformed": 1},
-                   versions=version_rows([(1, 1, 0.0, {"strategy": EVIL,
-                                                       "contributors": [EVIL]})],
-                                         [(1, EVIL, {"mae_energy_kwh_t": 5.0})]))
+    d = _dashboard(
+        agents=[AgentRow(EVIL, True, 0.0, EVIL, 1, 1, 1, {}, 0, 3)],
+        rejections=[RejectionRow(EVIL, f"alchimia/v1/f/agents/{EVIL}/update", "malformed", EVIL)],
+        rejection_counts={"malformed": 1},
+        versions=version_rows(
+            [(1, 1, 0.0, {"strategy": EVIL, "contributors": [EVIL]})],
+            [(1, EVIL, {"mae_energy_kwh_t": 5.0})],
+        ),
+    )
     page = render_html(d)
     assert "<script" not in page and "<img" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;&quot;&gt;&lt;img" in page
@@ -158,24 +196,36 @@ def test_the_plot_has_a_series_per_plant_and_a_point_per_reported_version() -> N
 def test_version_rows_join_validation_and_latest_report_per_agent() -> None:
     rows = _dashboard().versions
     assert [(r.version, r.note) for r in rows] == [(0, "initial"), (1, ""), (2, "rollback of 0")]
-    assert rows[1].errors == {"p1": {"mae_energy_kwh_t": 10.0},
-                              "p2": {"mae_energy_kwh_t": 20.0, "mae_cu_pct": 0.02}}
+    assert rows[1].errors == {
+        "p1": {"mae_energy_kwh_t": 10.0},
+        "p2": {"mae_energy_kwh_t": 20.0, "mae_cu_pct": 0.02},
+    }
     latest = latest_validation([(3, "a", {"x": 1.0}), (1, "a", {"x": 9.0}), (2, "b", {})])
     assert latest == {"a": (3, {"x": 1.0}), "b": (2, {})}
 
 
 def test_the_page_lists_versions_newest_first_with_each_plants_error() -> None:
     page = render_html(_dashboard())
-    table = page[page.index('id="versions"'):page.index("</table>", page.index('id="versions"'))]
+    table = page[page.index('id="versions"') : page.index("</table>", page.index('id="versions"'))]
     assert table.index("<td>2</td>") < table.index("<td>1</td>") < table.index("<td>0</td>")
     assert "<th>p1: MAE energy_kwh_t</th>" in table and "<td>20</td>" in table
     assert 'http-equiv="refresh" content="10"' in page
 
 
-@pytest.mark.parametrize(("header", "query", "ok"), [
-    (f"Bearer {TOKEN}", "", True), (f"bearer  {TOKEN} ", "", True), (None, f"token={TOKEN}", True),
-    (None, f"a=1&token=x&token={TOKEN}", True), (None, "", False), ("Bearer wrong", "", False),
-    (f"Basic {TOKEN}", "", False), (None, f"token={TOKEN}x", False), ("Bearer", "", False)])
+@pytest.mark.parametrize(
+    ("header", "query", "ok"),
+    [
+        (f"Bearer {TOKEN}", "", True),
+        (f"bearer  {TOKEN} ", "", True),
+        (None, f"token={TOKEN}", True),
+        (None, f"a=1&token=x&token={TOKEN}", True),
+        (None, "", False),
+        ("Bearer wrong", "", False),
+        (f"Basic {TOKEN}", "", False),
+        (None, f"token={TOKEN}x", False),
+        ("Bearer", "", False),
+    ],
+)
 def test_the_token_is_needed(header: str | None, query: str, ok: bool) -> None:
     assert authorized(header, query, TOKEN) is ok
 
@@ -187,12 +237,14 @@ def test_the_token_file_is_created_once_private_and_checked(tmp_path: Path) -> N
     assert len(token) >= 40 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert web_token(s) == token  # kept, not replaced
     with pytest.raises(ValueError, match="cannot read"):
-        web_token(CoordinatorSettings.load(None, state_dir=tmp_path,
-                                           web_token_file=tmp_path / "missing"))
+        web_token(
+            CoordinatorSettings.load(None, state_dir=tmp_path, web_token_file=tmp_path / "missing")
+        )
     (tmp_path / "short").write_text("abc\n")
     with pytest.raises(ValueError, match="shorter"):
-        web_token(CoordinatorSettings.load(None, state_dir=tmp_path,
-                                           web_token_file=tmp_path / "short"))
+        web_token(
+            CoordinatorSettings.load(None, state_dir=tmp_path, web_token_file=tmp_path / "short")
+        )
 
 
 def test_on_loop_runs_on_the_loop_thread_and_times_out_when_it_does_not_run() -> None:
@@ -215,8 +267,9 @@ def test_on_loop_runs_on_the_loop_thread_and_times_out_when_it_does_not_run() ->
 
 
 def _get(url: str, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}
-                                     if token else {})
+    request = urllib.request.Request(
+        url, headers={"Authorization": f"Bearer {token}"} if token else {}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as r:
             return r.status, dict(r.headers), r.read()

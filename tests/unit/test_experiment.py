@@ -17,10 +17,22 @@ from alchimia.experiment import (
     run_drift_experiment,
 )
 
-TINY = dict(plants=2, heats=130, drift_plant=2, drift_at=80, seed=3, history=40,
-            round_every=20, window=10, pretrain_rounds=2, epochs=1, holdout=20)
-TINY_CL = SitePolicy(train_window=60, replay_capacity=40, replay_rows=10, adapt_heats=20,
-                     adapt_epochs=5)
+TINY = dict(
+    plants=2,
+    heats=130,
+    drift_plant=2,
+    drift_at=80,
+    seed=3,
+    history=40,
+    round_every=20,
+    window=10,
+    pretrain_rounds=2,
+    epochs=1,
+    holdout=20,
+)
+TINY_CL = SitePolicy(
+    train_window=60, replay_capacity=40, replay_rows=10, adapt_heats=20, adapt_epochs=5
+)
 
 
 def test_tiny_experiment_returns_finite_figures_for_every_arm(tmp_path: Path) -> None:
@@ -45,8 +57,9 @@ def test_tiny_experiment_returns_finite_figures_for_every_arm(tmp_path: Path) ->
 
 def test_the_supplier_change_shows_in_the_static_models_cu_error() -> None:
     """The frozen model is scored on old and new supplier heats alike: Cu error must rise."""
-    result = run_drift_experiment(**TINY, policy=TINY_CL, ablations=False,
-                                  drift="supplier_change:cu_factor=2.0")
+    result = run_drift_experiment(
+        **TINY, policy=TINY_CL, ablations=False, drift="supplier_change:cu_factor=2.0"
+    )
     static = result.arms["static"]
     assert static.after["cu_pct"] > 1.5 * static.before["cu_pct"]
 
@@ -55,8 +68,9 @@ def test_arm_d_detects_and_refits_with_the_agents_site_learner() -> None:
     """A strong supplier change: (d)'s SiteLearner finds it after it happened, starts the
     regime near it and re-fits the site part between rounds; the frozen ablation without
     a detector never does."""
-    result = run_drift_experiment(**{**TINY, "heats": 160, "drift": "supplier_change:"
-                                     "cu_factor=3.0"}, policy=TINY_CL)
+    result = run_drift_experiment(
+        **{**TINY, "heats": 160, "drift": "supplier_change:cu_factor=3.0"}, policy=TINY_CL
+    )
     at_drift_plant = [h for p, h, _ in result.detections if p == "P2"]
     assert at_drift_plant and at_drift_plant[0] >= 80
     assert result.onsets and result.onsets[0] >= 70
@@ -74,9 +88,23 @@ def test_bad_configuration_is_refused() -> None:
 def test_command_line_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--plants", "2", "--heats", "100", "--drift-at", "70",
-                              "--history", "40", "--round-every", "30", "--window", "10",
-                              "--no-plot"])
+    args = parser.parse_args(
+        [
+            "--plants",
+            "2",
+            "--heats",
+            "100",
+            "--drift-at",
+            "70",
+            "--history",
+            "40",
+            "--round-every",
+            "30",
+            "--window",
+            "10",
+            "--no-plot",
+        ]
+    )
     assert run(args) == 0
     out = capsys.readouterr().out
     assert "(d) FedAvg hybrid + CL" in out and "supplier_change@70" in out

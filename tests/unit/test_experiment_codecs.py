@@ -14,8 +14,10 @@ from alchimia.experiment_federation import (
 
 
 def test_a_raw_channel_delivers_each_delta_unchanged_and_counts_its_bytes() -> None:
-    delta = {"a": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
-             "b": np.ones(2, np.float32)}
+    delta = {
+        "a": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
+        "b": np.ones(2, np.float32),
+    }
     channel = Channel("raw", 0.05, ["P1"])
     got = channel.send(0, 1, 0, delta, 10)
     for k in delta:
@@ -37,10 +39,10 @@ def test_a_lossy_channel_keeps_each_plants_residual() -> None:
 
 def test_every_codec_gets_its_arm_bytes_and_cost() -> None:
     cfg = FederationConfig(sizes=(40, 30), rounds=2, epochs=1)
-    result = run_federation_experiment(cfg, ("fed_hybrid", "local_ridge"),
-                                       codecs=("raw", "int8", "sign"))
-    assert set(result.mae) == {"fed_hybrid", "fed_hybrid:int8", "fed_hybrid:sign",
-                               "local_ridge"}
+    result = run_federation_experiment(
+        cfg, ("fed_hybrid", "local_ridge"), codecs=("raw", "int8", "sign")
+    )
+    assert set(result.mae) == {"fed_hybrid", "fed_hybrid:int8", "fed_hybrid:sign", "local_ridge"}
     assert set(result.traffic) == {"fed_hybrid", "fed_hybrid:int8", "fed_hybrid:sign"}
     sent, raw = result.traffic["fed_hybrid"]
     assert sent == raw
@@ -48,6 +50,8 @@ def test_every_codec_gets_its_arm_bytes_and_cost() -> None:
     table, criteria = codec_costs(result)
     assert len(table.splitlines()) == 2 + 3
     assert [name.split(",")[-1].split(":")[0].strip() for name, _, _ in criteria] == [
-        "int8", "sign"]
+        "int8",
+        "sign",
+    ]
     # At the demo model's size the message's names and keys alone exceed 0.1 x float32.
     assert not any(ok for _, ok, _ in criteria)

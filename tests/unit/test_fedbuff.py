@@ -9,8 +9,13 @@ from alchimia.coordinator.rounds import RoundState
 
 
 def _window(k: int = 3, max_staleness: int = 2) -> AsyncWindow:
-    return AsyncWindow(window_id=9, base_version=10, k=k, max_staleness=max_staleness,
-                       staleness=lambda s: (1 + s) ** -0.5)
+    return AsyncWindow(
+        window_id=9,
+        base_version=10,
+        k=k,
+        max_staleness=max_staleness,
+        staleness=lambda s: (1 + s) ** -0.5,
+    )
 
 
 def test_stale_updates_are_down_weighted_by_the_staleness_function() -> None:

@@ -21,8 +21,7 @@ from alchimia.broker.schemas import (
     decode,
 )
 
-MODELS: list[type[BaseModel]] = [Envelope, *BODIES.values(), PlannedHeat, HeatPrediction,
-                                 ErrorInfo]
+MODELS: list[type[BaseModel]] = [Envelope, *BODIES.values(), PlannedHeat, HeatPrediction, ErrorInfo]
 RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
@@ -54,18 +53,27 @@ def _leaves(value: Any) -> list[Any]:
     return [value]
 
 
-FLOAT_FIELDS = [(m, name) for m in MODELS for name, f in m.model_fields.items()
-                if _has_float(f.annotation)]
+FLOAT_FIELDS = [
+    (m, name) for m in MODELS for name, f in m.model_fields.items() if _has_float(f.annotation)
+]
 
 
 def test_the_float_fields_are_found() -> None:
     found = {f"{m.__name__}.{name}" for m, name in FLOAT_FIELDS}
-    assert {"Envelope.ts", "TaskBody.lr", "TaskBody.hyper", "UpdateBody.metrics",
-            "MetricsBody.values", "PlannedHeat.inputs", "OptimizeRequestBody.risk"} <= found
+    assert {
+        "Envelope.ts",
+        "TaskBody.lr",
+        "TaskBody.hyper",
+        "UpdateBody.metrics",
+        "MetricsBody.values",
+        "PlannedHeat.inputs",
+        "OptimizeRequestBody.risk",
+    } <= found
 
 
-@pytest.mark.parametrize(("model", "name"), FLOAT_FIELDS,
-                         ids=[f"{m.__name__}.{n}" for m, n in FLOAT_FIELDS])
+@pytest.mark.parametrize(
+    ("model", "name"), FLOAT_FIELDS, ids=[f"{m.__name__}.{n}" for m, n in FLOAT_FIELDS]
+)
 def test_each_float_field_takes_an_int(model: type[BaseModel], name: str) -> None:
     field = model.model_fields[name]
     adapter = TypeAdapter(field.rebuild_annotation())  # with its constraints
@@ -83,11 +91,22 @@ def test_each_float_field_takes_an_int(model: type[BaseModel], name: str) -> Non
 
 
 def test_an_int_valued_task_decodes_with_floats() -> None:
-    wire = {"v": 1, "kind": "task", "sender": "coordinator", "ts": 1767225600,
-            "msg_id": "ab" * 16,
-            "body": {"round_id": 3, "state": "open", "base_version": 2,
-                     "deadline_ts": 1767225720, "selected": ["plant-1"], "lr": 1,
-                     "hyper": {"proximal_mu": 0}}}
+    wire = {
+        "v": 1,
+        "kind": "task",
+        "sender": "coordinator",
+        "ts": 1767225600,
+        "msg_id": "ab" * 16,
+        "body": {
+            "round_id": 3,
+            "state": "open",
+            "base_version": 2,
+            "deadline_ts": 1767225720,
+            "selected": ["plant-1"],
+            "lr": 1,
+            "hyper": {"proximal_mu": 0},
+        },
+    }
     env = decode(pack(wire), TaskBody)
     assert isinstance(env.body, TaskBody)
     values = [env.ts, env.body.deadline_ts, env.body.lr, env.body.hyper["proximal_mu"]]
@@ -95,11 +114,13 @@ def test_an_int_valued_task_decodes_with_floats() -> None:
     assert values == [1767225600.0, 1767225720.0, 1.0, 0.0]
 
 
-@pytest.mark.parametrize(("model", "name"), FLOAT_FIELDS,
-                         ids=[f"{m.__name__}.{n}" for m, n in FLOAT_FIELDS])
+@pytest.mark.parametrize(
+    ("model", "name"), FLOAT_FIELDS, ids=[f"{m.__name__}.{n}" for m, n in FLOAT_FIELDS]
+)
 @pytest.mark.parametrize("leaf", [True, "0.5", "1"])
-def test_no_float_field_takes_a_bool_or_a_string(model: type[BaseModel], name: str,
-                                                 leaf: Any) -> None:
+def test_no_float_field_takes_a_bool_or_a_string(
+    model: type[BaseModel], name: str, leaf: Any
+) -> None:
     field = model.model_fields[name]
     adapter = TypeAdapter(field.rebuild_annotation())
     with pytest.raises(ValidationError):

@@ -16,7 +16,8 @@ import pytest
 from alchimia.coordinator.strategies import make_strategy
 
 ORACLE: dict[str, Any] = json.loads(
-    (Path(__file__).resolve().parents[1] / "data" / "flower_oracle.json").read_text())
+    (Path(__file__).resolve().parents[1] / "data" / "flower_oracle.json").read_text()
+)
 SHAPES = {k: tuple(s) for k, s in ORACLE["shapes"].items()}
 
 # Oracle case -> our strategy and parameters (as --strategy-param passes them: floats).
@@ -37,13 +38,17 @@ COMPATIBLE: dict[str, tuple[str, dict[str, float]]] = {
 
 def _tensors(flat: dict[str, list[float]] | list[list[float]]) -> dict[str, np.ndarray]:
     values = flat.values() if isinstance(flat, dict) else flat
-    return {k: np.asarray(v, np.float64).reshape(s)
-            for (k, s), v in zip(SHAPES.items(), values, strict=True)}
+    return {
+        k: np.asarray(v, np.float64).reshape(s)
+        for (k, s), v in zip(SHAPES.items(), values, strict=True)
+    }
 
 
 def _updates(rnd: dict[str, Any], k: int) -> list[tuple[dict[str, np.ndarray], float]]:
-    return [(_tensors(d), float(n))
-            for d, n in zip(rnd["deltas"][:k], rnd["num_samples"][:k], strict=True)]
+    return [
+        (_tensors(d), float(n))
+        for d, n in zip(rnd["deltas"][:k], rnd["num_samples"][:k], strict=True)
+    ]
 
 
 def _vector(w: dict[str, np.ndarray]) -> np.ndarray:
@@ -91,8 +96,9 @@ def test_fedadam_default_steps_are_flowers_without_its_bias_correction() -> None
 
 def test_fedyogi_default_first_step_is_smaller_by_the_documented_factor() -> None:
     rnd = ORACLE["rounds"][0]
-    d = np.average([_vector(_tensors(x)) for x in rnd["deltas"]], axis=0,
-                   weights=rnd["num_samples"])
+    d = np.average(
+        [_vector(_tensors(x)) for x in rnd["deltas"]], axis=0, weights=rnd["num_samples"]
+    )
     tau = 1e-3
     factor = (0.1 * np.abs(d) + tau) / (np.sqrt(tau * tau + 0.01 * d * d) + tau)
     first = steps(ours("fedyogi", "fedyogi", {}))[0] / steps(flower("fedyogi"))[0]
@@ -100,14 +106,17 @@ def test_fedyogi_default_first_step_is_smaller_by_the_documented_factor() -> Non
     assert (first < 1.0).all() and first.min() < 0.9
 
 
-@pytest.mark.parametrize(("case", "name", "params"), [
-    ("trimmed_mean_k5", "trimmed_mean", {"beta": 0.1}),  # trims one per side; Flower none
-    ("multikrum", "multikrum", {"f": 2.0, "m": 5.0}),  # unweighted; Flower by samples
-])
-def test_robust_defaults_differ_from_flower(case: str, name: str,
-                                            params: dict[str, float]) -> None:
-    gaps = [np.abs(m - t).max() for m, t in zip(ours(case, name, params), flower(case),
-                                                strict=True)]
+@pytest.mark.parametrize(
+    ("case", "name", "params"),
+    [
+        ("trimmed_mean_k5", "trimmed_mean", {"beta": 0.1}),  # trims one per side; Flower none
+        ("multikrum", "multikrum", {"f": 2.0, "m": 5.0}),  # unweighted; Flower by samples
+    ],
+)
+def test_robust_defaults_differ_from_flower(case: str, name: str, params: dict[str, float]) -> None:
+    gaps = [
+        np.abs(m - t).max() for m, t in zip(ours(case, name, params), flower(case), strict=True)
+    ]
     assert min(gaps) > 1e-4
 
 
@@ -117,9 +126,8 @@ def test_fedadam_flower_step_size_by_hand() -> None:
     g = {"p": np.zeros(1)}
     for t in (1, 2):
         new = ours_.aggregate(g, [({"p": np.full(1, 0.01)}, 1.0)])
-        m = 0.01 * (1 - 0.9 ** t)  # m and v of a constant delta, both from 0
-        v = 0.0001 * (1 - 0.99 ** t)
+        m = 0.01 * (1 - 0.9**t)  # m and v of a constant delta, both from 0
+        v = 0.0001 * (1 - 0.99**t)
         eta_t = 0.1 * math.sqrt(1 - 0.99 ** (t + 1)) / (1 - 0.9 ** (t + 1))
-        np.testing.assert_allclose(new["p"] - g["p"], eta_t * m / (math.sqrt(v) + 1e-9),
-                                   rtol=1e-12)
+        np.testing.assert_allclose(new["p"] - g["p"], eta_t * m / (math.sqrt(v) + 1e-9), rtol=1e-12)
         g = new

@@ -18,8 +18,10 @@ Update = tuple[str, str, Weights, int]  # sender, msg_id, delta, num_samples
 
 def _global() -> Weights:
     rng = np.random.default_rng(1)
-    return {"w": rng.standard_normal((6, 5)).astype(np.float32),
-            "b": rng.standard_normal(5).astype(np.float32)}
+    return {
+        "w": rng.standard_normal((6, 5)).astype(np.float32),
+        "b": rng.standard_normal(5).astype(np.float32),
+    }
 
 
 def _updates(k: int, *, grid: bool, seed: int = 2) -> list[Update]:
@@ -59,15 +61,19 @@ def _flat(strategy: str, updates: list[Update]) -> tuple[Weights, dict]:
     return acc.finish(), strat.state_dict()
 
 
-def _two_level(strategy: str, updates: list[Update], plants: list[list[int]],
-               ) -> tuple[Weights, dict]:
+def _two_level(
+    strategy: str,
+    updates: list[Update],
+    plants: list[list[int]],
+) -> tuple[Weights, dict]:
     """Plants pre-sum the updates given by index (each in that order), the top merges the
     partials in list order."""
     strat, g = make_strategy(strategy), _global()
     partials: list[Partial] = []
     for p, members in enumerate(plants):
-        plant = PlantAggregator(f"plant-{p}", g, ROUND, BASE,
-                                selected=[updates[i][0] for i in members])
+        plant = PlantAggregator(
+            f"plant-{p}", g, ROUND, BASE, selected=[updates[i][0] for i in members]
+        )
         for i in members:
             sender, msg_id, delta, n = updates[i]
             plant.offer(sender, msg_id, ROUND, BASE, n, delta)
@@ -90,15 +96,18 @@ def _splits(k: int) -> dict[str, list[list[int]]]:
         "interleaved, 3 plants": [list(range(r, k, 3)) for r in range(3)],
         "random, 5 plants, merged backwards": [
             sorted(np.flatnonzero(labels == p).tolist())
-            for labels in [rng.integers(0, 5, k)] for p in range(4, -1, -1)
-            if (labels == p).any()],
+            for labels in [rng.integers(0, 5, k)]
+            for p in range(4, -1, -1)
+            if (labels == p).any()
+        ],
     }
 
 
 def _same_bits(a: Weights, b: Weights) -> bool:
     return a.keys() == b.keys() and all(
         a[k].dtype == b[k].dtype and np.array_equal(a[k].view(np.uint32), b[k].view(np.uint32))
-        for k in a)
+        for k in a
+    )
 
 
 def _same_state(a: dict, b: dict) -> bool:
@@ -127,8 +136,9 @@ def test_two_level_within_one_float32_ulp_of_flat_for_any_deltas(strategy: str) 
     for name, plants in _splits(len(updates)).items():
         two, _ = _two_level(strategy, updates, plants)
         for k in flat:
-            ulps = np.abs(two[k].view(np.int32).astype(np.int64)
-                          - flat[k].view(np.int32).astype(np.int64))
+            ulps = np.abs(
+                two[k].view(np.int32).astype(np.int64) - flat[k].view(np.int32).astype(np.int64)
+            )
             assert ulps.max() <= 1, (name, k)
 
 
@@ -141,9 +151,16 @@ def test_dropping_a_plant_or_its_touched_weights_changes_the_result() -> None:
     for sender, msg_id, delta, n in updates:
         assert plant.offer(sender, msg_id, ROUND, BASE, n, delta) is None
     part = plant.partial()
-    no_touch = Partial(part.plant, ROUND, BASE, part.sums,
-                       {k: np.full_like(v, part.total_weight) for k, v in part.touched.items()},
-                       part.total_weight, part.count, part.contributors)
+    no_touch = Partial(
+        part.plant,
+        ROUND,
+        BASE,
+        part.sums,
+        {k: np.full_like(v, part.total_weight) for k, v in part.touched.items()},
+        part.total_weight,
+        part.count,
+        part.contributors,
+    )
     acc = make_strategy("fedavg").open_round(g)
     merge_partial(acc, g, no_touch)
     assert not _same_bits(acc.finish(), flat)  # the untrained zeros must not count
@@ -173,8 +190,12 @@ def test_plant_refuses_what_the_coordinator_refuses_and_keeps_its_sums() -> None
     assert all(np.array_equal(after.sums[k], before.sums[k]) for k in g)
     assert plant.offer(b, mb, ROUND, BASE, nb, db) is None  # refused, not consumed
     assert seen == {ma, mb}
-    assert PlantAggregator("q", g, ROUND, BASE, selected=[a], seen=seen).offer(
-        a, ma, ROUND, BASE, na, da).code == "replayed"  # across rounds, via ``seen``
+    assert (
+        PlantAggregator("q", g, ROUND, BASE, selected=[a], seen=seen)
+        .offer(a, ma, ROUND, BASE, na, da)
+        .code
+        == "replayed"
+    )  # across rounds, via ``seen``
 
 
 def test_a_plant_without_updates_sends_nothing() -> None:
@@ -212,12 +233,24 @@ def _corrupt(part: Partial, what: str) -> Partial:
         total = 0.0
     elif what == "count":
         count += 1
-    return Partial(part.plant, part.round_id, part.base_version, sums, touched, total, count,
-                   part.contributors)
+    return Partial(
+        part.plant, part.round_id, part.base_version, sums, touched, total, count, part.contributors
+    )
 
 
-@pytest.mark.parametrize("what", ["nan", "float32", "shape", "names", "touched above total",
-                                  "negative touched", "zero total", "count"])
+@pytest.mark.parametrize(
+    "what",
+    [
+        "nan",
+        "float32",
+        "shape",
+        "names",
+        "touched above total",
+        "negative touched",
+        "zero total",
+        "count",
+    ],
+)
 def test_a_bad_partial_is_refused_whole(what: str) -> None:
     updates = _updates(6, grid=True)
     g = _global()

@@ -52,8 +52,9 @@ def test_a_connection_closed_by_the_server_is_reopened_once(server: _Server) -> 
     for i in range(3):
         assert conn.post("/write", {"db": "x y"}, b"line %d" % i, {}) == (204, b"")
     conn.close()
-    assert [r[:2] for r in server.requests] == [("/prefix/write?db=x+y", b"line %d" % i)
-                                               for i in range(3)]
+    assert [r[:2] for r in server.requests] == [
+        ("/prefix/write?db=x+y", b"line %d" % i) for i in range(3)
+    ]
     assert {r[2] for r in server.requests} == {"Basic dTpwIHc="}  # base64 of "u:p w"
 
 

@@ -21,8 +21,10 @@ SPEC = ModelSpec(architecture="eaf-hybrid-v1")
 
 def _random_site(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {k: (0.1 * rng.standard_normal(s)).astype(np.float32)
-            for k, s in SPEC.parameter_shapes("site").items()}
+    return {
+        k: (0.1 * rng.standard_normal(s)).astype(np.float32)
+        for k, s in SPEC.parameter_shapes("site").items()
+    }
 
 
 def _heats(n: int, seed: int = 0) -> np.ndarray:
@@ -31,10 +33,16 @@ def _heats(n: int, seed: int = 0) -> np.ndarray:
     x = np.zeros((n, len(FEATURES)), np.float32)
     for g in ("E3", "E40", "E2", "DRI"):
         x[:, FEATURES.index(f"charge_{g}_t")] = rng.uniform(5, 40, n)
-    for name, lo, hi in (("hot_heel_t", 10, 20), ("lime_t", 4, 9), ("carbon_kg", 1000, 2500),
-                         ("oxygen_nm3", 3000, 4500), ("gas_nm3", 400, 1200),
-                         ("power_on_min", 30, 45), ("power_off_min", 8, 20),
-                         ("tap_temp_aim_c", 1620, 1660)):
+    for name, lo, hi in (
+        ("hot_heel_t", 10, 20),
+        ("lime_t", 4, 9),
+        ("carbon_kg", 1000, 2500),
+        ("oxygen_nm3", 3000, 4500),
+        ("gas_nm3", 400, 1200),
+        ("power_on_min", 30, 45),
+        ("power_off_min", 8, 20),
+        ("tap_temp_aim_c", 1620, 1660),
+    ):
         x[:, FEATURES.index(name)] = rng.uniform(lo, hi, n)
     return x
 
@@ -88,14 +96,18 @@ def test_shared_and_site_parts_survive_a_round_trip() -> None:
 
 def test_site_tensors_never_appear_in_an_update_message() -> None:
     x = _heats(48, seed=6)
-    y = compose(SPEC, get_weights(build_model(SPEC, seed=7)), _random_site(3))(
-        torch.from_numpy(x)).detach().numpy()
+    y = (
+        compose(SPEC, get_weights(build_model(SPEC, seed=7)), _random_site(3))(torch.from_numpy(x))
+        .detach()
+        .numpy()
+    )
     base = get_weights(build_model(SPEC))
     result = train_delta(SPEC, base, x, y, TrainConfig(epochs=1, site_epochs=3, lr=1e-2))
     assert list(result.delta) == list(SPEC.parameter_shapes("shared"))
     assert any(np.any(v != 0) for v in result.site.values())  # the site part did learn
-    payload = message("plant-1", UpdateBody(round_id=1, base_version=0, num_samples=48,
-                                            delta=result.delta))
+    payload = message(
+        "plant-1", UpdateBody(round_id=1, base_version=0, num_samples=48, delta=result.delta)
+    )
     for name, value in result.site.items():
         assert name.encode() not in payload
         assert value.tobytes() not in payload
@@ -112,8 +124,7 @@ def test_site_adaptation_leaves_the_shared_part_alone_and_fits_the_site() -> Non
     result = train_delta(SPEC, base, x, y, TrainConfig(epochs=0, site_epochs=40, lr=1e-2))
     assert all(np.all(d == 0) for d in result.delta.values())
     before = np.abs(compose(SPEC, base)(torch.from_numpy(x)).detach().numpy() - y)[:, 0]
-    after = np.abs(compose(SPEC, base, result.site)(torch.from_numpy(x)).detach().numpy()
-                   - y)[:, 0]
+    after = np.abs(compose(SPEC, base, result.site)(torch.from_numpy(x)).detach().numpy() - y)[:, 0]
     assert after.mean() < 0.25 * before.mean()
 
 
@@ -141,8 +152,9 @@ def test_an_anchored_site_prior_keeps_what_the_site_knew() -> None:
     y = compose(SPEC, base, site)(torch.from_numpy(x)).detach().numpy()
     strong = dict(epochs=0, site_epochs=20, lr=1e-2, site_l2=1e5)
     to_zero = train_delta(SPEC, base, x, y, TrainConfig(**strong), site=site).site
-    anchored = train_delta(SPEC, base, x, y, TrainConfig(**strong, site_anchor=True),
-                           site=site).site
+    anchored = train_delta(
+        SPEC, base, x, y, TrainConfig(**strong, site_anchor=True), site=site
+    ).site
     for k in site:
         assert np.abs(anchored[k] - site[k]).max() < 0.02
         assert np.abs(to_zero[k]).sum() < np.abs(site[k]).sum()

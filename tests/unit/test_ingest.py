@@ -73,34 +73,61 @@ def relative_errors(got: dict[str, float], want: dict[str, float]) -> dict[str, 
 # -- parsing primitives ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "ns"), [
-    (T0, T0),
-    (str(T0), T0),
-    ("2026-01-01T00:00:00Z", T0),
-    ("2026-01-01T01:00:00+01:00", T0),
-    ("2026-01-01T00:00:00.123456789Z", T0 + 123_456_789),
-    ("2026-01-01 00:00:00,5+00:00", T0 + 500_000_000),
-])
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [
+        (T0, T0),
+        (str(T0), T0),
+        ("2026-01-01T00:00:00Z", T0),
+        ("2026-01-01T01:00:00+01:00", T0),
+        ("2026-01-01T00:00:00.123456789Z", T0 + 123_456_789),
+        ("2026-01-01 00:00:00,5+00:00", T0 + 500_000_000),
+    ],
+)
 def test_parse_ts_is_exact(text: object, ns: int) -> None:
     assert parse_ts(text) == ns
 
 
-@pytest.mark.parametrize("bad", [
-    1.767e18, True, None, [T0], "2026-01-01T00:00:00", "yesterday", 1_767_225_600,
-    1_767_225_600_000, "9999-12-31T23:59:59Z", -T0,
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        1.767e18,
+        True,
+        None,
+        [T0],
+        "2026-01-01T00:00:00",
+        "yesterday",
+        1_767_225_600,
+        1_767_225_600_000,
+        "9999-12-31T23:59:59Z",
+        -T0,
+    ],
+)
 def test_parse_ts_refuses(bad: object) -> None:
     r = parse_ts(bad)
     assert isinstance(r, Rejected) and r.reason == Reason.BAD_TS
 
 
-@pytest.mark.parametrize(("value", "want"), [
-    (1, 1.0), (2.5, 2.5), ("3.25", 3.25), (" -1e3 ", -1000.0), (".5", 0.5),
-    ("nan", Reason.NON_FINITE), ("-Infinity", Reason.NON_FINITE), (math.inf, Reason.NON_FINITE),
-    (10**400, Reason.NON_FINITE), ("1e999", Reason.NON_FINITE), ("12,5", Reason.BAD_TYPE),
-    ("1_000", Reason.BAD_TYPE), (True, Reason.BAD_TYPE), (None, Reason.BAD_TYPE),
-    ("", Reason.BAD_TYPE),
-])
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [
+        (1, 1.0),
+        (2.5, 2.5),
+        ("3.25", 3.25),
+        (" -1e3 ", -1000.0),
+        (".5", 0.5),
+        ("nan", Reason.NON_FINITE),
+        ("-Infinity", Reason.NON_FINITE),
+        (math.inf, Reason.NON_FINITE),
+        (10**400, Reason.NON_FINITE),
+        ("1e999", Reason.NON_FINITE),
+        ("12,5", Reason.BAD_TYPE),
+        ("1_000", Reason.BAD_TYPE),
+        (True, Reason.BAD_TYPE),
+        (None, Reason.BAD_TYPE),
+        ("", Reason.BAD_TYPE),
+    ],
+)
 def test_parse_number(value: object, want: object) -> None:
     got = parse_number(value)
     if isinstance(want, float):
@@ -110,14 +137,17 @@ def test_parse_number(value: object, want: object) -> None:
 
 
 def test_ingest_stats_log_one_line_per_reason_and_escape_it(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     s = IngestStats(logging.getLogger("t.ingest"))
     with caplog.at_level(logging.WARNING, "t.ingest"):
         for i in range(100):
             s.reject(Reason.BAD_TOPIC, "sensor message on %s rejected", f"plc/{i}\nERROR x")
         s.reject(Reason.BAD_JSON)  # reasons are limited separately
     assert [r.getMessage() for r in caplog.records] == [
-        "sensor message on plc/0\\x0aERROR x rejected", "input rejected: bad_json"]
+        "sensor message on plc/0\\x0aERROR x rejected",
+        "input rejected: bad_json",
+    ]
     assert s.rejected == {"bad_topic": 100, "bad_json": 1}
 
 
@@ -135,8 +165,11 @@ def test_ingest_stats_counts_by_reason() -> None:
 
 
 def msg(values: object = None, **doc: object) -> bytes:
-    body: dict[str, object] = {"ts": T0, "heat": "H1",
-                               "values": {"active_power_mw": 55.5} if values is None else values}
+    body: dict[str, object] = {
+        "ts": T0,
+        "heat": "H1",
+        "values": {"active_power_mw": 55.5} if values is None else values,
+    }
     body.update(doc)
     return json.dumps({k: v for k, v in body.items() if v is not ...}).encode()
 
@@ -188,29 +221,52 @@ MALFORMED: list[tuple[str, str, bytes]] = [
     (Reason.UNKNOWN_FIELD, SIGNAL_TOPIC, msg({"active_power_mw": 1.0, "power_kw": 2.0})),
     (Reason.UNKNOWN_FIELD, "plant/P1/eaf/P1-EAF1/tap", msg({"active_power_mw": 1.0})),
     (Reason.UNKNOWN_FIELD, SIGNAL_TOPIC, msg(seq=5)),
-    (Reason.NON_FINITE, SIGNAL_TOPIC, b'{"ts": %d, "heat": "H1", "values": {"voltage_v": NaN}}'
-     % T0),
-    (Reason.NON_FINITE, SIGNAL_TOPIC, b'{"ts": %d, "heat": "H1", "values": {"voltage_v": '
-     b"-Infinity}}" % T0),
+    (
+        Reason.NON_FINITE,
+        SIGNAL_TOPIC,
+        b'{"ts": %d, "heat": "H1", "values": {"voltage_v": NaN}}' % T0,
+    ),
+    (
+        Reason.NON_FINITE,
+        SIGNAL_TOPIC,
+        b'{"ts": %d, "heat": "H1", "values": {"voltage_v": -Infinity}}' % T0,
+    ),
     (Reason.NON_FINITE, SIGNAL_TOPIC, msg({"voltage_v": 10**400})),
-    (Reason.NON_FINITE, SIGNAL_TOPIC, b'{"ts": %d, "heat": "H1", "values": {"voltage_v": 1e999}}'
-     % T0),
+    (
+        Reason.NON_FINITE,
+        SIGNAL_TOPIC,
+        b'{"ts": %d, "heat": "H1", "values": {"voltage_v": 1e999}}' % T0,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("reason", "topic", "payload"), MALFORMED,
-                         ids=[f"{r}-{i}" for i, (r, _, _) in enumerate(MALFORMED)])
+@pytest.mark.parametrize(
+    ("reason", "topic", "payload"),
+    MALFORMED,
+    ids=[f"{r}-{i}" for i, (r, _, _) in enumerate(MALFORMED)],
+)
 def test_malformed_messages_are_rejected_with_their_reason(
-        reason: str, topic: str, payload: bytes) -> None:
+    reason: str, topic: str, payload: bytes
+) -> None:
     got = parse_message(topic, payload, max_bytes=BIG)
     assert isinstance(got, Rejected), got
     assert got.reason == reason, got
 
 
 def test_malformed_cases_cover_every_message_reason() -> None:
-    message_reasons = {Reason.OVERSIZED, Reason.BAD_JSON, Reason.BAD_TOPIC, Reason.BAD_TYPE,
-                       Reason.MISSING_HEAT, Reason.BAD_HEAT, Reason.MISSING_TS, Reason.BAD_TS,
-                       Reason.NO_VALUES, Reason.UNKNOWN_FIELD, Reason.NON_FINITE}
+    message_reasons = {
+        Reason.OVERSIZED,
+        Reason.BAD_JSON,
+        Reason.BAD_TOPIC,
+        Reason.BAD_TYPE,
+        Reason.MISSING_HEAT,
+        Reason.BAD_HEAT,
+        Reason.MISSING_TS,
+        Reason.BAD_TS,
+        Reason.NO_VALUES,
+        Reason.UNKNOWN_FIELD,
+        Reason.NON_FINITE,
+    }
     assert {r for r, _, _ in MALFORMED} == message_reasons
 
 
@@ -221,16 +277,21 @@ def test_deep_nesting_is_bad_json_not_a_crash() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(["ts", "heat", "values", *SIGNAL_FIELDS[:3], "x"]),
-                      children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["ts", "heat", "values", *SIGNAL_FIELDS[:3], "x"]), children, max_size=4
+        )
+    ),
     max_leaves=12,
 )
 
 
 @settings(max_examples=300, deadline=None)
-@given(topic=st.sampled_from([SIGNAL_TOPIC, "plant/P1/eaf/F/tap", "plant/+/eaf/#", "a/b"]),
-       payload=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
+@given(
+    topic=st.sampled_from([SIGNAL_TOPIC, "plant/P1/eaf/F/tap", "plant/+/eaf/#", "a/b"]),
+    payload=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()),
+)
 def test_parser_never_raises(topic: str, payload: bytes) -> None:
     got = parse_message(topic, payload)
     assert isinstance(got, Point | Rejected)
@@ -250,8 +311,9 @@ def test_simulated_source_emits_exact_timestamps_and_the_simulators_values() -> 
     assert start == T0  # the simulator's clock starts on 2026-01-01
     charge, *signals, tap = points
     tags = {"plant": heat.plant, "furnace": heat.furnace, "heat": heat.heat_id}
-    assert charge == Point(CHARGE_MEASUREMENT, tags,
-                           {k: float(heat.inputs[k]) for k in CHARGE_FIELDS}, start)
+    assert charge == Point(
+        CHARGE_MEASUREMENT, tags, {k: float(heat.inputs[k]) for k in CHARGE_FIELDS}, start
+    )
     ts, arrays = heat.signal_arrays(5.0)
     assert [p.ts_ns for p in signals] == [start + i * 5 * SEC for i in range(len(ts))]
     assert all(type(p.ts_ns) is int for p in points)
@@ -259,8 +321,12 @@ def test_simulated_source_emits_exact_timestamps_and_the_simulators_values() -> 
         assert [p.fields[name] for p in signals] == arrays[name].tolist()
     spec = heat.signal_spec
     assert spec is not None
-    assert tap == Point(TAP_MEASUREMENT, tags, {k: float(heat.outcome[k]) for k in TAP_FIELDS},
-                        start + (spec.power_on_s + spec.power_off_s) * SEC)
+    assert tap == Point(
+        TAP_MEASUREMENT,
+        tags,
+        {k: float(heat.outcome[k]) for k in TAP_FIELDS},
+        start + (spec.power_on_s + spec.power_off_s) * SEC,
+    )
     assert src.stats.accepted == len(points)
 
 
@@ -285,8 +351,9 @@ def test_unpaced_live_heats_keep_coming() -> None:
 
 def test_heat_interval_pacing_follows_the_clock() -> None:
     now = [100.0]
-    src = SimulatedSensorSource(plant_sim(), history_heats=1, heat_interval_s=10.0,
-                                clock=lambda: now[0])
+    src = SimulatedSensorSource(
+        plant_sim(), history_heats=1, heat_interval_s=10.0, clock=lambda: now[0]
+    )
     history = src.poll()  # the history heat, whole, at once
     assert history[-1].measurement == TAP_MEASUREMENT and src.caught_up
     first = src.poll()  # live time starts: the charge only
@@ -303,9 +370,13 @@ def test_heat_interval_pacing_follows_the_clock() -> None:
     now[0] += 25.0  # a late poll: the next two heats end, the one after is half done
     late = src.poll()
     assert [p.tags["heat"] for p in late if p.measurement == TAP_MEASUREMENT] == [
-        "P1-000002", "P1-000003"]
+        "P1-000002",
+        "P1-000003",
+    ]
     assert [p.tags["heat"] for p in late if p.measurement == CHARGE_MEASUREMENT] == [
-        "P1-000003", "P1-000004"]
+        "P1-000003",
+        "P1-000004",
+    ]
     assert late[-1].measurement == SIGNAL_MEASUREMENT
     assert src.heats_emitted == 4
 
@@ -320,8 +391,16 @@ def test_realtime_speed_factor() -> None:
     assert samples[-1].ts_ns == T0 + 599 * SEC
 
 
-@pytest.mark.parametrize("bad", [{"period_s": 0.0}, {"period_s": 1e-10}, {"realtime": -1.0},
-                                 {"heat_interval_s": 0.0}, {"history_heats": -1}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"period_s": 0.0},
+        {"period_s": 1e-10},
+        {"realtime": -1.0},
+        {"heat_interval_s": 0.0},
+        {"history_heats": -1},
+    ],
+)
 def test_simulated_source_checks_its_arguments(bad: dict[str, object]) -> None:
     kwargs: dict[str, object] = {"history_heats": 0, **bad}
     with pytest.raises(ValueError):
@@ -331,16 +410,16 @@ def test_simulated_source_checks_its_arguments(bad: dict[str, object]) -> None:
 # -- heat assembly --------------------------------------------------------------------------
 
 
-def write_heat(store: SQLiteStore, heat: Heat, period_s: float = 1.0, *,
-               tap: bool = True) -> None:
+def write_heat(store: SQLiteStore, heat: Heat, period_s: float = 1.0, *, tap: bool = True) -> None:
     points = heat_points(heat, period_s)
     assert points[-1].measurement == TAP_MEASUREMENT
     store.write(points if tap else points[:-1])
 
 
 @pytest.mark.parametrize(("period_s", "tolerance"), [(1.0, 1e-3), (5.0, 0.01), (10.0, 0.01)])
-def test_assembled_features_match_the_simulator(store: SQLiteStore, period_s: float,
-                                                tolerance: float) -> None:
+def test_assembled_features_match_the_simulator(
+    store: SQLiteStore, period_s: float, tolerance: float
+) -> None:
     heats = plant_sim(2).heats(8)
     for h in heats:
         write_heat(store, h, period_s)
@@ -348,11 +427,11 @@ def test_assembled_features_match_the_simulator(store: SQLiteStore, period_s: fl
     assert [h.heat_id for h in got] == [h.heat_id for h in heats]
     for a, truth in zip(got, heats, strict=True):
         assert list(a.inputs) == list(FEATURES) and list(a.outcome) == list(TARGETS)
-        errors = relative_errors(a.inputs, truth.inputs) | relative_errors(a.outcome,
-                                                                          truth.outcome)
+        errors = relative_errors(a.inputs, truth.inputs) | relative_errors(a.outcome, truth.outcome)
         # Totals are exact by construction (interval averages); times within the tolerance.
-        assert max(errors[k] for k in ("oxygen_nm3", "gas_nm3", "carbon_kg",
-                                       "energy_kwh_t")) < 1e-9, errors
+        assert (
+            max(errors[k] for k in ("oxygen_nm3", "gas_nm3", "carbon_kg", "energy_kwh_t")) < 1e-9
+        ), errors
         assert errors["power_on_min"] < tolerance and errors["power_off_min"] < 3 * tolerance
         assert all(errors[k] == 0 for k in (*CHARGE_FIELDS, *TAP_FIELDS)), errors
         assert a.samples == len(truth.signal_arrays(period_s)[0])
@@ -394,30 +473,39 @@ def test_a_tapped_heat_waits_for_its_charge_and_its_chemistry(store: SQLiteStore
     (got,) = asm.new_heats()
     assert asm.pending == {}
     assert got.end_ns == tap.ts_ns  # the heat ends at its first tap point
-    assert got.outcome == {**heat.outcome, "energy_kwh_t": pytest.approx(
-        heat.outcome["energy_kwh_t"], rel=1e-9)}
+    assert got.outcome == {
+        **heat.outcome,
+        "energy_kwh_t": pytest.approx(heat.outcome["energy_kwh_t"], rel=1e-9),
+    }
 
 
 def sample(i: int, **fields: float) -> Point:
     return Point(SIGNAL_MEASUREMENT, TAGS, fields, T0 + i * SEC)
 
 
-CHARGE = Point(CHARGE_MEASUREMENT, TAGS, {"charge_E3_t": 100.0, "hot_heel_t": 15.0,
-                                          "lime_t": 6.0, "tap_temp_aim_c": 1640.0}, T0)
+CHARGE = Point(
+    CHARGE_MEASUREMENT,
+    TAGS,
+    {"charge_E3_t": 100.0, "hot_heel_t": 15.0, "lime_t": 6.0, "tap_temp_aim_c": 1640.0},
+    T0,
+)
 
 
 def tap_at(ts_ns: int, tapped_t: float = 90.0) -> Point:
-    return Point(TAP_MEASUREMENT, TAGS, {**dict.fromkeys(TAP_FIELDS, 0.1),
-                                         "tapped_t": tapped_t}, ts_ns)
+    return Point(
+        TAP_MEASUREMENT, TAGS, {**dict.fromkeys(TAP_FIELDS, 0.1), "tapped_t": tapped_t}, ts_ns
+    )
 
 
 def test_compute_heat_integrates_and_caps_gaps() -> None:
     # 100 s at 36 MW and 360 Nm3/h O2, a 1000 s hole in the data, 50 s at 0 MW, tap.
-    on = [sample(i, active_power_mw=36.0, lance_o2_nm3h=360.0, carbon_kgmin=6.0)
-          for i in range(100)]
+    on = [
+        sample(i, active_power_mw=36.0, lance_o2_nm3h=360.0, carbon_kgmin=6.0) for i in range(100)
+    ]
     off = [sample(1100 + i, active_power_mw=0.0) for i in range(50)]
-    inputs, outcome, start, end = compute_heat([CHARGE], on + off, [tap_at(T0 + 1150 * SEC)],
-                                               max_gap_s=60.0)
+    inputs, outcome, start, end = compute_heat(
+        [CHARGE], on + off, [tap_at(T0 + 1150 * SEC)], max_gap_s=60.0
+    )
     # The last on-sample holds for 60 s (the cap), not 1001 s.
     assert inputs["power_on_min"] == pytest.approx(159 / 60)
     assert inputs["power_off_min"] == pytest.approx(50 / 60)
@@ -432,42 +520,65 @@ def test_compute_heat_integrates_and_caps_gaps() -> None:
 def test_compute_heat_reads_a_switch_inside_a_sample() -> None:
     # 5 s samples; the arc goes on 2 s into sample 1 and off 3 s into sample 5.
     power = [0.0, 30.0 * 3 / 5, 30.0, 30.0, 30.0, 30.0 * 3 / 5, 0.0, 0.0]
-    signals = [Point(SIGNAL_MEASUREMENT, TAGS, {"active_power_mw": p}, T0 + i * 5 * SEC)
-               for i, p in enumerate(power)]
+    signals = [
+        Point(SIGNAL_MEASUREMENT, TAGS, {"active_power_mw": p}, T0 + i * 5 * SEC)
+        for i, p in enumerate(power)
+    ]
     inputs, *_ = compute_heat([CHARGE], signals, [tap_at(T0 + 40 * SEC)])
     assert inputs["power_on_min"] * 60 == pytest.approx(3.0 + 15.0 + 3.0)
     assert inputs["power_off_min"] * 60 == pytest.approx(40.0 - 21.0)
 
 
-@pytest.mark.parametrize(("charge", "signals", "taps", "reason"), [
-    ([], [sample(0, active_power_mw=1.0)], [tap_at(T0 + SEC)], "no_charge"),
-    ([CHARGE], [], [tap_at(T0 + SEC)], "no_signals"),
-    ([CHARGE], [sample(0, active_power_mw=1.0)], [], "no_tap"),
-    ([Point(CHARGE_MEASUREMENT, TAGS, {"hot_heel_t": 1.0}, T0)],
-     [sample(0, active_power_mw=1.0)], [tap_at(T0 + SEC)], "charge_missing_field"),
-    ([CHARGE], [sample(0, active_power_mw=1.0)], [tap_at(T0 + SEC, tapped_t=0.0)],
-     "tap_bad_field"),
-    ([Point(CHARGE_MEASUREMENT, TAGS, {**CHARGE.fields, "lime_t": "a lot"}, T0)],
-     [sample(0, active_power_mw=1.0)], [tap_at(T0 + SEC)], "charge_bad_field"),
-])
-def test_incomplete_heats_say_what_is_missing(charge: list[Point], signals: list[Point],
-                                              taps: list[Point], reason: str) -> None:
+@pytest.mark.parametrize(
+    ("charge", "signals", "taps", "reason"),
+    [
+        ([], [sample(0, active_power_mw=1.0)], [tap_at(T0 + SEC)], "no_charge"),
+        ([CHARGE], [], [tap_at(T0 + SEC)], "no_signals"),
+        ([CHARGE], [sample(0, active_power_mw=1.0)], [], "no_tap"),
+        (
+            [Point(CHARGE_MEASUREMENT, TAGS, {"hot_heel_t": 1.0}, T0)],
+            [sample(0, active_power_mw=1.0)],
+            [tap_at(T0 + SEC)],
+            "charge_missing_field",
+        ),
+        (
+            [CHARGE],
+            [sample(0, active_power_mw=1.0)],
+            [tap_at(T0 + SEC, tapped_t=0.0)],
+            "tap_bad_field",
+        ),
+        (
+            [Point(CHARGE_MEASUREMENT, TAGS, {**CHARGE.fields, "lime_t": "a lot"}, T0)],
+            [sample(0, active_power_mw=1.0)],
+            [tap_at(T0 + SEC)],
+            "charge_bad_field",
+        ),
+    ],
+)
+def test_incomplete_heats_say_what_is_missing(
+    charge: list[Point], signals: list[Point], taps: list[Point], reason: str
+) -> None:
     with pytest.raises(IncompleteHeat) as info:
         compute_heat(charge, signals, taps)
     assert info.value.reason == reason
 
 
 def test_samples_after_the_tap_are_not_part_of_the_heat(store: SQLiteStore) -> None:
-    store.write([CHARGE, *(sample(i, active_power_mw=36.0) for i in range(10)),
-                 sample(10, active_power_mw=0.0), tap_at(T0 + 11 * SEC),
-                 sample(11, active_power_mw=999.0)])
+    store.write(
+        [
+            CHARGE,
+            *(sample(i, active_power_mw=36.0) for i in range(10)),
+            sample(10, active_power_mw=0.0),
+            tap_at(T0 + 11 * SEC),
+            sample(11, active_power_mw=999.0),
+        ]
+    )
     (heat,) = HeatAssembler(store, "P1", "P1-EAF1").new_heats()
     assert heat.samples == 11
     assert heat.outcome["energy_kwh_t"] == pytest.approx(36.0 * 10 / 3.6 / 90.0)
     assert isinstance(heat, AssembledHeat)
     as_heat = heat.to_heat()
-    assert (as_heat.heat_id, as_heat.inputs, as_heat.outcome) == ("H1", heat.inputs,
-                                                                  heat.outcome)
+    assert (as_heat.heat_id, as_heat.inputs, as_heat.outcome) == ("H1", heat.inputs, heat.outcome)
     assert as_heat.start_ts == T0 / SEC
     assert as_heat.tap_ns == heat.end_ns == T0 + 11 * SEC  # the tap point's timestamp
 
@@ -475,8 +586,9 @@ def test_samples_after_the_tap_are_not_part_of_the_heat(store: SQLiteStore) -> N
 # -- CSV replay -----------------------------------------------------------------------------
 
 
-def write_csvs(tmp_path: Path, heats: list[Heat], period_s: float
-               ) -> tuple[Path, Path, list[list[str]], list[list[str]]]:
+def write_csvs(
+    tmp_path: Path, heats: list[Heat], period_s: float
+) -> tuple[Path, Path, list[list[str]], list[list[str]]]:
     heat_header = [*HEAT_REQUIRED[:5], *CHARGE_FIELDS, *TAP_FIELDS]
     heat_rows, signal_rows = [], []
     for h in heats:
@@ -484,16 +596,27 @@ def write_csvs(tmp_path: Path, heats: list[Heat], period_s: float
         spec = h.signal_spec
         assert spec is not None
         end = start + (spec.power_on_s + spec.power_off_s) * SEC
-        heat_rows.append([h.heat_id, h.plant, h.furnace, str(start), str(end),
-                          *(repr(float(h.inputs[k])) for k in CHARGE_FIELDS),
-                          *(repr(float(h.outcome[k])) for k in TAP_FIELDS)])
+        heat_rows.append(
+            [
+                h.heat_id,
+                h.plant,
+                h.furnace,
+                str(start),
+                str(end),
+                *(repr(float(h.inputs[k])) for k in CHARGE_FIELDS),
+                *(repr(float(h.outcome[k])) for k in TAP_FIELDS),
+            ]
+        )
         _, arrays = h.signal_arrays(period_s)
         cols = np.column_stack([arrays[f] for f in SIGNAL_FIELDS]).tolist()
         for i, row in enumerate(cols):
-            signal_rows.append([str(start + i * round(period_s * SEC)), h.heat_id,
-                                *map(repr, row)])
-    return (tmp_path / "heats.csv", tmp_path / "signals.csv", [heat_header, *heat_rows],
-            [["ts", "heat", *SIGNAL_FIELDS], *signal_rows])
+            signal_rows.append([str(start + i * round(period_s * SEC)), h.heat_id, *map(repr, row)])
+    return (
+        tmp_path / "heats.csv",
+        tmp_path / "signals.csv",
+        [heat_header, *heat_rows],
+        [["ts", "heat", *SIGNAL_FIELDS], *signal_rows],
+    )
 
 
 def dump(path: Path, rows: list[list[str]]) -> None:
@@ -502,7 +625,8 @@ def dump(path: Path, rows: list[list[str]]) -> None:
 
 
 def test_csv_replay_skips_bad_rows_and_assembles_the_good_heats(
-        tmp_path: Path, store: SQLiteStore) -> None:
+    tmp_path: Path, store: SQLiteStore
+) -> None:
     heats = plant_sim(3).heats(3)
     heats_csv, signals_csv, hrows, srows = write_csvs(tmp_path, heats, 10.0)
     header, good = hrows[0], hrows[1]
@@ -520,8 +644,10 @@ def test_csv_replay_skips_bad_rows_and_assembles_the_good_heats(
         Reason.BAD_HEAT: [bad_heat(heat="H 1")],
         Reason.BAD_ID: [bad_heat(heat="X1", plant="P/1")],
         Reason.MISSING_TS: [bad_heat(heat="X2", tap_ts="")],
-        Reason.BAD_TS: [bad_heat(heat="X3", charge_ts="2026-01-01"),
-                        bad_heat(heat="X4", tap_ts=good[col("charge_ts")])],
+        Reason.BAD_TS: [
+            bad_heat(heat="X3", charge_ts="2026-01-01"),
+            bad_heat(heat="X4", tap_ts=good[col("charge_ts")]),
+        ],
         Reason.MISSING_VALUE: [bad_heat(heat="X5", cu_pct="")],
         Reason.BAD_TYPE: [bad_heat(heat="X6", lime_t="six")],
         Reason.NON_FINITE: [bad_heat(heat="X7", tapped_t="inf")],
@@ -541,10 +667,21 @@ def test_csv_replay_skips_bad_rows_and_assembles_the_good_heats(
     # A sample without some sensors is fine: those fields are absent from its point.
     last = srows[-1]
     partial = [str(int(last[0]) + SEC), last[1], last[2], last[3], *[""] * 11]
-    dump(heats_csv, [header, *hrows[1:2], *[r for rs in bad_heat_rows.values() for r in rs],
-                     *hrows[2:]])
-    dump(signals_csv, [srows[0], *srows[1:50], *[r for rs in bad_signal_rows.values()
-                                                 for r in rs], [], *srows[50:], partial])
+    dump(
+        heats_csv,
+        [header, *hrows[1:2], *[r for rs in bad_heat_rows.values() for r in rs], *hrows[2:]],
+    )
+    dump(
+        signals_csv,
+        [
+            srows[0],
+            *srows[1:50],
+            *[r for rs in bad_signal_rows.values() for r in rs],
+            [],
+            *srows[50:],
+            partial,
+        ],
+    )
     src = CsvReplaySource(heats_csv, signals_csv, max_points=500)
     pipe = StorePipeline(src, store, HeatAssembler(store, heats[0].plant, heats[0].furnace))
     got = pipe.history()
@@ -560,14 +697,14 @@ def test_csv_replay_skips_bad_rows_and_assembles_the_good_heats(
     assert set(p.fields) == set(SIGNAL_FIELDS[:2])
     assert [h.heat_id for h in got] == [h.heat_id for h in heats]
     for a, truth in zip(got, heats, strict=True):
-        errors = relative_errors(a.inputs, truth.inputs) | relative_errors(a.outcome,
-                                                                          truth.outcome)
+        errors = relative_errors(a.inputs, truth.inputs) | relative_errors(a.outcome, truth.outcome)
         assert max(errors.values()) < 0.01, errors
     assert pipe.poll() == [] and src.caught_up
 
 
 def test_csv_replay_paced_releases_heats_one_by_one_like_a_live_feed(
-        tmp_path: Path, store: SQLiteStore) -> None:
+    tmp_path: Path, store: SQLiteStore
+) -> None:
     """``--replay-pace``: the first ``history_heats`` at once (history), then one heat per
     ``1 / pace`` seconds, in order of charge time, each with all its samples even when the
     signal file lists them late."""
@@ -578,14 +715,20 @@ def test_csv_replay_paced_releases_heats_one_by_one_like_a_live_feed(
     late = [r for r in srows[1:] if r[1] in (ids[1], ids[3])]
     dump(signals_csv, [srows[0], *(r for r in srows[1:] if r not in late), *late])
     now = [100.0]
-    src = CsvReplaySource(heats_csv, signals_csv, pace=0.5, history_heats=2,
-                          clock=lambda: now[0])
-    pipe = StorePipeline(src, store, HeatAssembler(store, heats[0].plant, heats[0].furnace),
-                         clock=lambda: now[0])
+    src = CsvReplaySource(heats_csv, signals_csv, pace=0.5, history_heats=2, clock=lambda: now[0])
+    pipe = StorePipeline(
+        src, store, HeatAssembler(store, heats[0].plant, heats[0].furnace), clock=lambda: now[0]
+    )
     assert [h.heat_id for h in pipe.history()] == ids[:2] and src.caught_up
     released = []
-    for t, want in ((100.0, []), (101.9, []), (102.0, ids[2:3]), (103.0, []),
-                    (106.5, ids[3:5]), (200.0, [])):
+    for t, want in (
+        (100.0, []),
+        (101.9, []),
+        (102.0, ids[2:3]),
+        (103.0, []),
+        (106.5, ids[3:5]),
+        (200.0, []),
+    ):
         now[0] = t
         got = pipe.poll()
         assert [h.heat_id for h in got] == want, t
@@ -594,8 +737,7 @@ def test_csv_replay_paced_releases_heats_one_by_one_like_a_live_feed(
     assert store.count(SIGNAL_MEASUREMENT, {}) == len(srows) - 1
     assert src.stats.rejected_total == 0
     for a, truth in zip(released, heats[2:], strict=True):
-        errors = relative_errors(a.inputs, truth.inputs) | relative_errors(a.outcome,
-                                                                          truth.outcome)
+        errors = relative_errors(a.inputs, truth.inputs) | relative_errors(a.outcome, truth.outcome)
         assert max(errors.values()) < 0.01, errors
 
 
@@ -604,8 +746,13 @@ def test_csv_replay_pace_reaches_the_source_from_the_agent_settings(tmp_path: Pa
     heats_csv, signals_csv, hrows, srows = write_csvs(tmp_path, heats, 60.0)
     dump(heats_csv, hrows)
     dump(signals_csv, srows)
-    real = dict(replay_heats=heats_csv, replay_signals=signals_csv, plant_id=heats[0].plant,
-                furnace_id=heats[0].furnace, state_dir=tmp_path / "state")
+    real = dict(
+        replay_heats=heats_csv,
+        replay_signals=signals_csv,
+        plant_id=heats[0].plant,
+        furnace_id=heats[0].furnace,
+        state_dir=tmp_path / "state",
+    )
     source = build_heat_source(AgentSettings(**real, replay_pace=2.0, history_heats=1))
     try:
         assert isinstance(source, StorePipeline)
@@ -615,8 +762,19 @@ def test_csv_replay_pace_reaches_the_source_from_the_agent_settings(tmp_path: Pa
     finally:
         source.close()
         source.store.close()
-    flags = ["agent", "--replay-heats", str(heats_csv), "--replay-signals", str(signals_csv),
-             "--plant-id", "P3", "--furnace-id", "EAF1", "--replay-pace", "2.5"]
+    flags = [
+        "agent",
+        "--replay-heats",
+        str(heats_csv),
+        "--replay-signals",
+        str(signals_csv),
+        "--plant-id",
+        "P3",
+        "--furnace-id",
+        "EAF1",
+        "--replay-pace",
+        "2.5",
+    ]
     given = settings_given(build_parser().parse_args(flags), AgentSettings)
     from_cli = AgentSettings.load(None, **given)
     assert from_cli.replay_pace == 2.5
@@ -628,16 +786,20 @@ def test_csv_replay_pace_reaches_the_source_from_the_agent_settings(tmp_path: Pa
         CsvReplaySource(heats_csv, signals_csv, pace=float("nan"))
 
 
-@pytest.mark.parametrize(("which", "header", "match"), [
-    ("heats", ["heat", "plant"], "missing columns"),
-    ("heats", [*HEAT_REQUIRED, "colour"], "unknown columns"),
-    ("heats", [*HEAT_REQUIRED, "lime_t"], "duplicate columns"),
-    ("signals", ["ts", "heat"], "no data column"),
-    ("signals", ["ts", "heat", "active_power_kw"], "unknown columns"),
-    ("signals", [], "empty file"),
-])
-def test_csv_header_errors_raise_at_once(tmp_path: Path, which: str, header: list[str],
-                                         match: str) -> None:
+@pytest.mark.parametrize(
+    ("which", "header", "match"),
+    [
+        ("heats", ["heat", "plant"], "missing columns"),
+        ("heats", [*HEAT_REQUIRED, "colour"], "unknown columns"),
+        ("heats", [*HEAT_REQUIRED, "lime_t"], "duplicate columns"),
+        ("signals", ["ts", "heat"], "no data column"),
+        ("signals", ["ts", "heat", "active_power_kw"], "unknown columns"),
+        ("signals", [], "empty file"),
+    ],
+)
+def test_csv_header_errors_raise_at_once(
+    tmp_path: Path, which: str, header: list[str], match: str
+) -> None:
     heats_csv, signals_csv = tmp_path / "heats.csv", tmp_path / "signals.csv"
     dump(heats_csv, [list(HEAT_REQUIRED)])
     dump(signals_csv, [["ts", "heat", "active_power_mw"]])
@@ -662,16 +824,22 @@ def test_simulated_pipeline_mirrors_simulated_heats(store: SQLiteStore) -> None:
     assert isinstance(got[0], Heat)
 
 
-def live_pipeline(store: SQLiteStore, history: int,
-                  write_interval_s: float) -> tuple[list[float], StorePipeline]:
+def live_pipeline(
+    store: SQLiteStore, history: int, write_interval_s: float
+) -> tuple[list[float], StorePipeline]:
     """A live simulated plant (a heat a minute, 5 s samples) on a settable clock."""
     now = [0.0]
     sim = plant_sim()
-    src = SimulatedSensorSource(sim, history, heat_interval_s=60.0, period_s=5.0,
-                                clock=lambda: now[0])
-    pipe = StorePipeline(src, store, HeatAssembler(store, sim.profile.name,
-                                                   sim.profile.furnace),
-                         write_interval_s=write_interval_s, clock=lambda: now[0])
+    src = SimulatedSensorSource(
+        sim, history, heat_interval_s=60.0, period_s=5.0, clock=lambda: now[0]
+    )
+    pipe = StorePipeline(
+        src,
+        store,
+        HeatAssembler(store, sim.profile.name, sim.profile.furnace),
+        write_interval_s=write_interval_s,
+        clock=lambda: now[0],
+    )
     return now, pipe
 
 
@@ -712,10 +880,12 @@ def test_pipeline_writes_waiting_points_at_close(store: SQLiteStore) -> None:
 
 
 @pytest.mark.parametrize("volatile", [True, False, None])
-def test_a_volatile_feed_is_written_at_every_poll(store: SQLiteStore,
-                                                  volatile: bool | None) -> None:
+def test_a_volatile_feed_is_written_at_every_poll(
+    store: SQLiteStore, volatile: bool | None
+) -> None:
     """Points that exist nowhere else (a live MQTT feed) do not wait for the interval; a
     source that does not say is treated as volatile."""
+
     class Feed:
         stats = IngestStats()
         caught_up = True
@@ -733,8 +903,13 @@ def test_a_volatile_feed_is_written_at_every_poll(store: SQLiteStore,
             pass
 
     now = [0.0]
-    pipe = StorePipeline(Feed(), store, HeatAssembler(store, "P1", "P1-EAF1"),
-                         write_interval_s=60.0, clock=lambda: now[0])
+    pipe = StorePipeline(
+        Feed(),
+        store,
+        HeatAssembler(store, "P1", "P1-EAF1"),
+        write_interval_s=60.0,
+        clock=lambda: now[0],
+    )
     written = [pipe.ingest() for _ in range(3)]
     assert written == ([1, 0, 0] if volatile is False else [1, 1, 1])
     assert store.count(SIGNAL_MEASUREMENT, TAGS) == (1 if volatile is False else 3)
@@ -749,8 +924,9 @@ def test_restarted_pipeline_returns_the_stores_heats_as_history(store: SQLiteSto
     assert isinstance(again.source, SimulatedSensorSource)
     assert (again.source.heats_skipped, again.source.heats_emitted) == (3, 1)
     new_heat = {"heat": "P1-000003"}
-    assert again.points_written == sum(store.count(m, new_heat) for m in (
-        CHARGE_MEASUREMENT, SIGNAL_MEASUREMENT, TAP_MEASUREMENT))
+    assert again.points_written == sum(
+        store.count(m, new_heat) for m in (CHARGE_MEASUREMENT, SIGNAL_MEASUREMENT, TAP_MEASUREMENT)
+    )
 
     class Idle:
         stats = IngestStats()
@@ -775,8 +951,11 @@ def test_a_point_the_store_refuses_does_not_stop_ingestion(store: SQLiteStore) -
         caught_up = True
 
         def poll(self) -> list[Point]:
-            return [sample(0, active_power_mw=1.0), sample(1, active_power_mw=math.nan),
-                    sample(2, active_power_mw=2.0)]
+            return [
+                sample(0, active_power_mw=1.0),
+                sample(1, active_power_mw=math.nan),
+                sample(2, active_power_mw=2.0),
+            ]
 
         def close(self) -> None:
             pass
@@ -804,8 +983,13 @@ class FlakyStore(SQLiteStore):
         self._check()
         super().write(points)
 
-    def query_points(self, measurement: str, tags: Mapping[str, str],
-                     start_ns: int | None = None, end_ns: int | None = None) -> list[Point]:
+    def query_points(
+        self,
+        measurement: str,
+        tags: Mapping[str, str],
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+    ) -> list[Point]:
         self._check()
         self.queries += 1
         if self.queries == self.fail_at:
@@ -840,8 +1024,9 @@ def test_pipeline_rides_out_a_store_outage(flaky: FlakyStore) -> None:
     assert pipe.backlog == 0
 
 
-def test_a_disk_error_keeps_every_polled_point(flaky: FlakyStore,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_disk_error_keeps_every_polled_point(
+    flaky: FlakyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = SimulatedSensorSource(plant_sim(), 1, live=False)
     pipe = StorePipeline(src, flaky, HeatAssembler(flaky, "P1", "P1-EAF1"))
     write = flaky.write
@@ -861,8 +1046,11 @@ def test_a_disk_error_keeps_every_polled_point(flaky: FlakyStore,
 
 def test_history_refuses_a_store_it_cannot_use(flaky: FlakyStore) -> None:
     flaky.down = True
-    pipe = StorePipeline(SimulatedSensorSource(plant_sim(), 1, live=False), flaky,
-                         HeatAssembler(flaky, "P1", "P1-EAF1"))
+    pipe = StorePipeline(
+        SimulatedSensorSource(plant_sim(), 1, live=False),
+        flaky,
+        HeatAssembler(flaky, "P1", "P1-EAF1"),
+    )
     with pytest.raises(StoreUnavailableError):
         pipe.history()
     assert pipe.backlog > 0

@@ -42,8 +42,16 @@ def on_threads(count: int, fn: Callable[[], object]) -> object:
     return fn()
 
 
-@pytest.mark.parametrize(("sizes", "n"), [([10 * CHUNK], 3), ([1, CHUNK + 1, 0, 7 * CHUNK], 4),
-                                      ([CHUNK] * 5, 5), ([3], 2), ([4 * CHUNK, 3 * CHUNK], 7)])
+@pytest.mark.parametrize(
+    ("sizes", "n"),
+    [
+        ([10 * CHUNK], 3),
+        ([1, CHUNK + 1, 0, 7 * CHUNK], 4),
+        ([CHUNK] * 5, 5),
+        ([3], 2),
+        ([4 * CHUNK, 3 * CHUNK], 7),
+    ],
+)
 def test_shares_cover_every_chunk_once_in_order_and_evenly(sizes: list[int], n: int) -> None:
     runs = kernels.shares(sizes, n)
     assert len(runs) == n
@@ -55,8 +63,7 @@ def test_shares_cover_every_chunk_once_in_order_and_evenly(sizes: list[int], n: 
 
 def test_sum_squares_is_the_same_bits_for_any_thread_count(split_everything: set[str]) -> None:
     rng = np.random.default_rng(3)
-    xs = [rng.standard_normal(s).astype(np.float32) * 10.0 ** rng.integers(-3, 3)
-          for s in SIZES]
+    xs = [rng.standard_normal(s).astype(np.float32) * 10.0 ** rng.integers(-3, 3) for s in SIZES]
     want = on_threads(1, lambda: kernels.sum_squares_each(xs))
     assert split_everything == {threading.current_thread().name}
     for count in (2, 3, 7):
@@ -97,15 +104,18 @@ def updates(seed: int, n: int) -> list[tuple[Weights, float]]:
 
 
 @pytest.mark.parametrize("spec", ["fedavg", "fedavg+clip", "fedadam"])
-def test_a_round_is_the_same_bits_for_any_thread_count(spec: str,
-                                                        split_everything: set[str]) -> None:
-    glob = {k: np.random.default_rng(9).standard_normal(s).astype(np.float32)
-            for k, s in SHAPES.items()}
+def test_a_round_is_the_same_bits_for_any_thread_count(
+    spec: str, split_everything: set[str]
+) -> None:
+    glob = {
+        k: np.random.default_rng(9).standard_normal(s).astype(np.float32) for k, s in SHAPES.items()
+    }
     ups = updates(5, 6)
 
     def run() -> Weights:
-        strategy = (make_strategy("fedavg", clip_norm=0.5) if spec == "fedavg+clip"
-                    else make_strategy(spec))
+        strategy = (
+            make_strategy("fedavg", clip_norm=0.5) if spec == "fedavg+clip" else make_strategy(spec)
+        )
         return strategy.aggregate(glob, ups)
 
     want = on_threads(1, run)
@@ -115,10 +125,12 @@ def test_a_round_is_the_same_bits_for_any_thread_count(spec: str,
             np.testing.assert_array_equal(got[k], want[k])
 
 
-@pytest.mark.parametrize(("where", "bad"), [("a", np.nan), ("c", np.inf), ("d", -np.inf),
-                                        ("c", 1e200)])
-def test_rejection_stays_exact_on_threads(where: str, bad: float,
-                                          split_everything: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("where", "bad"), [("a", np.nan), ("c", np.inf), ("d", -np.inf), ("c", 1e200)]
+)
+def test_rejection_stays_exact_on_threads(
+    where: str, bad: float, split_everything: set[str]
+) -> None:
     """The bad value sits in the last chunk, which a helper thread checks; the round's result
     is bit for bit the one without the rejected update."""
     kernels.set_threads(4)

@@ -50,11 +50,18 @@ W0: Weights = {"w": np.zeros(4, np.float32), "b": np.ones(2, np.float32)}
 
 
 def _lifecycle(version: int = 0, **settings: object) -> Lifecycle:
-    s = CoordinatorSettings.load(None, federation="t", **{"min_agents": 2,
-                                                          "round_timeout_s": 60.0, **settings})
-    return Lifecycle(s, Checkpoint(version, W0, b"model", strategy_from(s)),
-                     registry=Registry(), progress=ValidationProgress(["y"], [1.0]),
-                     next_round_id=1, paused=False, now=T0)
+    s = CoordinatorSettings.load(
+        None, federation="t", **{"min_agents": 2, "round_timeout_s": 60.0, **settings}
+    )
+    return Lifecycle(
+        s,
+        Checkpoint(version, W0, b"model", strategy_from(s)),
+        registry=Registry(),
+        progress=ValidationProgress(["y"], [1.0]),
+        next_round_id=1,
+        paused=False,
+        now=T0,
+    )
 
 
 def _env(sender: str, body: Body) -> Envelope:
@@ -63,19 +70,23 @@ def _env(sender: str, body: Body) -> Envelope:
 
 def _online(lc: Lifecycle, *agents: str, version: int | None = None) -> None:
     for agent in agents:
-        lc.on_status(_env(agent, StatusBody(role="agent", state="online",
-                                            model_version=version)), T0)
+        lc.on_status(
+            _env(agent, StatusBody(role="agent", state="online", model_version=version)), T0
+        )
 
 
 def _delta(scale: float) -> Weights:
     return {k: np.full(v.shape, scale, np.float32) for k, v in W0.items()}
 
 
-def _send(lc: Lifecycle, agent: str, scale: float, round_id: int = 1, base: int = 0,
-          samples: int = 10) -> list[Command]:
+def _send(
+    lc: Lifecycle, agent: str, scale: float, round_id: int = 1, base: int = 0, samples: int = 10
+) -> list[Command]:
     """An update through on_update and, if accepted, update_saved (what the service does)."""
-    payload = message(agent, UpdateBody(round_id=round_id, base_version=base,
-                                        num_samples=samples, delta=_delta(scale)))
+    payload = message(
+        agent,
+        UpdateBody(round_id=round_id, base_version=base, num_samples=samples, delta=_delta(scale)),
+    )
     out: list[Command] = [*lc.on_update(decode(payload, UpdateBody), payload, replayed=False)]
     for command in list(out):
         if isinstance(command, SaveUpdate):
@@ -110,8 +121,9 @@ def test_an_update_counts_only_once_saved_and_a_replay_is_rejected() -> None:
     lc = _lifecycle()
     _online(lc, "a1", "a2")
     _opened(lc)
-    payload = message("a1", UpdateBody(round_id=1, base_version=0, num_samples=10,
-                                       delta=_delta(1.0)))
+    payload = message(
+        "a1", UpdateBody(round_id=1, base_version=0, num_samples=10, delta=_delta(1.0))
+    )
     env = decode(payload, UpdateBody)
     [save] = lc.on_update(env, payload, replayed=False)
     assert isinstance(save, SaveUpdate) and save.payload == payload
@@ -150,8 +162,13 @@ def test_a_round_aggregates_builds_saves_then_publishes() -> None:
     np.testing.assert_allclose(build.weights["w"], (10 * 1 + 30 * 4) / 40)
     assert lc.tick(T0 + 6) == [] and lc.version == 0  # waits for the build
     out = lc.on_built(build, b"v1", T0 + 7)
-    assert [type(c) for c in out] == [SaveVersion, SaveRound, PublishModel, PublishStatus,
-                                      PublishTask]
+    assert [type(c) for c in out] == [
+        SaveVersion,
+        SaveRound,
+        PublishModel,
+        PublishStatus,
+        PublishTask,
+    ]
     assert out[0].payload == b"v1" and out[1].state == "closed"
     assert lc.version == 1 and lc.model_payload == b"v1" and lc.rounds_completed == 1
 
@@ -162,10 +179,16 @@ def _crash_mid_round() -> tuple[LeftOpen, Lifecycle]:
     _online(first, "a1", "a2")
     opened = _of(SaveRound, _opened(first))[0]
     save = _of(SaveUpdate, _send(first, "a1", 1.0))[0]
-    left = LeftOpen(opened.round_id, opened.mode, opened.base_version, opened.selected,
-                    opened.opened_ts, opened.deadline_ts, False,
-                    [(save.msg_id, save.agent_id, save.base_version, save.weight,
-                      save.payload)])
+    left = LeftOpen(
+        opened.round_id,
+        opened.mode,
+        opened.base_version,
+        opened.selected,
+        opened.opened_ts,
+        opened.deadline_ts,
+        False,
+        [(save.msg_id, save.agent_id, save.base_version, save.weight, save.payload)],
+    )
     return left, _lifecycle()
 
 
@@ -197,8 +220,7 @@ def test_rollback_in_the_middle_of_a_round_abandons_it_then_publishes_a_new_vers
     _opened(lc)
     _send(lc, "a1", 1.0, base=5)
     rollback = _env("admin", AdminBody(action="rollback", version=2))
-    assert _of(Reject, lc.on_admin(rollback, version_exists=False))[0].code == (
-        "unknown_version")
+    assert _of(Reject, lc.on_admin(rollback, version_exists=False))[0].code == ("unknown_version")
     assert lc.on_admin(rollback, version_exists=True) == [Wake()]
     out = lc.tick(T0 + 10)
     assert _of(SaveRound, out)[0].state == "abandoned" and _of(DropPending, out)
@@ -219,8 +241,7 @@ def test_rollback_in_the_middle_of_a_round_abandons_it_then_publishes_a_new_vers
 def test_a_reported_replay_or_an_agent_left_behind_gets_the_model_again() -> None:
     lc = _lifecycle(version=4, min_agents=3)  # no round opens meanwhile
     _online(lc, "a1", version=4)
-    lc.on_metrics(_env("a1", MetricsBody(model_version=2, scope="model_rejected",
-                                         values={})), T0)
+    lc.on_metrics(_env("a1", MetricsBody(model_version=2, scope="model_rejected", values={})), T0)
     assert _of(PublishModel, lc.tick(T0)) == [PublishModel(b"model")]
     assert lc.tick(T0 + 1) == [] and lc.next_deadline() is None
     _online(lc, "a2", version=3)  # joined while the broker held version 3
@@ -257,8 +278,9 @@ def test_a_drift_report_cuts_the_pause_between_rounds_short() -> None:
     [build] = lc.tick(T0 + 1)
     lc.on_built(build, b"v1", T0 + 2)
     assert lc.tick(T0 + 3) == [] and lc.next_deadline() == T0 + 302
-    lc.on_metrics(_env("a2", MetricsBody(model_version=1, scope="drift",
-                                         values={"mae": 9.0})), T0 + 4)
+    lc.on_metrics(
+        _env("a2", MetricsBody(model_version=1, scope="drift", values={"mae": 9.0})), T0 + 4
+    )
     assert _of(SaveRound, _opened(lc, T0 + 4))[0].round_id == 2
 
 

@@ -12,8 +12,15 @@ from alchimia.logs import JsonFormatter, configure
 
 
 def test_a_newline_in_a_message_stays_inside_one_json_line() -> None:
-    record = logging.LogRecord("alchimia.agent", logging.WARNING, __file__, 1,
-                               "rejected %s", ("spec key 'a\n2026 ERROR forged'",), None)
+    record = logging.LogRecord(
+        "alchimia.agent",
+        logging.WARNING,
+        __file__,
+        1,
+        "rejected %s",
+        ("spec key 'a\n2026 ERROR forged'",),
+        None,
+    )
     line = JsonFormatter().format(record)
     assert "\n" not in line
     parsed = json.loads(line)

@@ -9,8 +9,9 @@ BLOCK_TORCH = "import sys; sys.modules['torch'] = None\n"
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + code], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH + code], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_the_coordinator_builds_and_publishes_models_without_torch() -> None:
@@ -23,7 +24,8 @@ def test_the_coordinator_builds_and_publishes_models_without_torch() -> None:
         "    msg = model_message('c', spec, initial_weights(spec, 0), version=0, parent=None,\n"
         "                        round_id=None, metadata={})\n"
         "    assert len(msg) > 1000\n"
-        "print('ok')\n")
+        "print('ok')\n"
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
@@ -45,5 +47,6 @@ def test_the_command_line_parses_without_torch() -> None:
         "        main([cmd, '--help'])\n"
         "    except SystemExit as exc:\n"
         "        assert exc.code == 0, (cmd, exc.code)\n"
-        "print('ok')\n")
+        "print('ok')\n"
+    )
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr

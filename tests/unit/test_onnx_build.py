@@ -14,10 +14,16 @@ from alchimia.models.params import compose
 from alchimia.models.spec import ARCHITECTURES, ModelSpec
 
 
-def _random(spec: ModelSpec, part: str, rng: np.random.Generator, scale: float,
-            ) -> dict[str, np.ndarray]:
-    return {k: (scale * rng.standard_normal(s)).astype(np.float32)
-            for k, s in spec.parameter_shapes(part).items()}  # type: ignore[arg-type]
+def _random(
+    spec: ModelSpec,
+    part: str,
+    rng: np.random.Generator,
+    scale: float,
+) -> dict[str, np.ndarray]:
+    return {
+        k: (scale * rng.standard_normal(s)).astype(np.float32)
+        for k, s in spec.parameter_shapes(part).items()
+    }  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

@@ -27,33 +27,57 @@ from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.models.spec import ModelSpec
 
 TAP_NS = 1_767_225_600_123_456_789
-HEAT = Heat("H-24-01234", "P1", "P1-EAF1", 1_767_222_000.5, {"lime_t": 7.0},
-            {"energy_kwh_t": 380.0, "cu_pct": 0.25}, tap_ns=TAP_NS)
+HEAT = Heat(
+    "H-24-01234",
+    "P1",
+    "P1-EAF1",
+    1_767_222_000.5,
+    {"lime_t": 7.0},
+    {"energy_kwh_t": 380.0, "cu_pct": 0.25},
+    tap_ns=TAP_NS,
+)
 TAGS = {"plant": "P1", "furnace": "P1-EAF1", "heat": "H-24-01234"}
 
 
 def body(**kw: object) -> PredictionBody:
-    args: dict[str, object] = {"heat_id": "H-24-01234", "model_version": 7,
-                               "outputs": {"energy_kwh_t": 390.5, "cu_pct": 0.2}}
+    args: dict[str, object] = {
+        "heat_id": "H-24-01234",
+        "model_version": 7,
+        "outputs": {"energy_kwh_t": 390.5, "cu_pct": 0.2},
+    }
     return PredictionBody(**{**args, **kw})
 
 
 def test_a_prediction_with_its_interval_gives_prediction_and_error_points() -> None:
-    pred, err = prediction_points(HEAT, body(level=0.9,
-                                             lower={"energy_kwh_t": 370.0, "cu_pct": 0.1},
-                                             upper={"energy_kwh_t": 400.0, "cu_pct": 0.22}))
+    pred, err = prediction_points(
+        HEAT,
+        body(
+            level=0.9,
+            lower={"energy_kwh_t": 370.0, "cu_pct": 0.1},
+            upper={"energy_kwh_t": 400.0, "cu_pct": 0.22},
+        ),
+    )
     assert (pred.measurement, err.measurement) == (PREDICTION_MEASUREMENT, ERROR_MEASUREMENT)
     assert pred.tags == err.tags == TAGS
     assert pred.ts_ns == err.ts_ns == TAP_NS  # the eaf_tap point's timestamp
     assert pred.fields == {
-        "predicted_energy_kwh_t": 390.5, "predicted_cu_pct": 0.2,
-        "actual_energy_kwh_t": 380.0, "actual_cu_pct": 0.25,
-        "lower_energy_kwh_t": 370.0, "lower_cu_pct": 0.1,
-        "upper_energy_kwh_t": 400.0, "upper_cu_pct": 0.22, "model_version": 7.0}
-    assert err.fields == {"abs_error_energy_kwh_t": 10.5,
-                          "abs_error_cu_pct": pytest.approx(0.05),
-                          "covered_energy_kwh_t": 1.0, "covered_cu_pct": 0.0,
-                          "model_version": 7.0}
+        "predicted_energy_kwh_t": 390.5,
+        "predicted_cu_pct": 0.2,
+        "actual_energy_kwh_t": 380.0,
+        "actual_cu_pct": 0.25,
+        "lower_energy_kwh_t": 370.0,
+        "lower_cu_pct": 0.1,
+        "upper_energy_kwh_t": 400.0,
+        "upper_cu_pct": 0.22,
+        "model_version": 7.0,
+    }
+    assert err.fields == {
+        "abs_error_energy_kwh_t": 10.5,
+        "abs_error_cu_pct": pytest.approx(0.05),
+        "covered_energy_kwh_t": 1.0,
+        "covered_cu_pct": 0.0,
+        "model_version": 7.0,
+    }
     assert all(type(v) is float for v in (*pred.fields.values(), *err.fields.values()))
 
 
@@ -64,11 +88,16 @@ def test_without_an_interval_there_are_no_bounds_and_no_coverage() -> None:
 
 
 def test_missing_or_non_finite_actual_values_are_left_out_never_fatal() -> None:
-    heat = Heat("H2", "P1", "P1-EAF1", 1_767_222_000.5, {}, {"energy_kwh_t": math.nan},
-                tap_ns=None)
-    pred, err = prediction_points(heat, body(heat_id="H2", level=0.9,
-                                             lower={"energy_kwh_t": 1.0, "cu_pct": 0.0},
-                                             upper={"energy_kwh_t": 2.0, "cu_pct": 1.0}))
+    heat = Heat("H2", "P1", "P1-EAF1", 1_767_222_000.5, {}, {"energy_kwh_t": math.nan}, tap_ns=None)
+    pred, err = prediction_points(
+        heat,
+        body(
+            heat_id="H2",
+            level=0.9,
+            lower={"energy_kwh_t": 1.0, "cu_pct": 0.0},
+            upper={"energy_kwh_t": 2.0, "cu_pct": 1.0},
+        ),
+    )
     assert "actual_energy_kwh_t" not in pred.fields and "actual_cu_pct" not in pred.fields
     assert pred.fields["predicted_cu_pct"] == 0.2
     assert err.fields == {"model_version": 7.0}
@@ -88,16 +117,19 @@ def test_a_drift_point_names_the_detectors_that_fired() -> None:
     point = drift_point(HEAT, event, 3)
     assert (point.measurement, point.tags, point.ts_ns) == (DRIFT_MEASUREMENT, TAGS, TAP_NS)
     assert point.fields == {
-        "error_cu_pct": 1.0, "input_charge_E3_t": 1.0, "input_lime_t": 1.0,
-        "onset_heat": 141.0, "model_version": 3.0,
+        "error_cu_pct": 1.0,
+        "input_charge_E3_t": 1.0,
+        "input_lime_t": 1.0,
+        "onset_heat": 141.0,
+        "model_version": 3.0,
         "summary": "drift at heat H-24-01234 (errors: cu_pct; inputs: charge_E3_t, lime_t), "
-                   "onset at heat 141"}
+        "onset at heat 141",
+    }
     assert "model_version" not in drift_point(HEAT, event, None).fields
 
 
 def test_the_points_read_back_from_sqlite_as_written(tmp_path: Path) -> None:
-    points = [*prediction_points(HEAT, body()),
-              drift_point(HEAT, DriftEvent(("cu_pct",), ()), 7)]
+    points = [*prediction_points(HEAT, body()), drift_point(HEAT, DriftEvent(("cu_pct",), ()), 7)]
     store = SQLiteStore(tmp_path / "s.sqlite3")
     try:
         store.write(points)
@@ -112,13 +144,18 @@ def test_the_points_read_back_from_sqlite_as_written(tmp_path: Path) -> None:
 SPEC = ModelSpec(architecture="eaf-hybrid-v1")
 
 
-def run_agent(tmp_path: Path, live: int, **settings: object
-              ) -> tuple[Agent, list[PredictionBody]]:
+def run_agent(tmp_path: Path, live: int, **settings: object) -> tuple[Agent, list[PredictionBody]]:
     """An agent on the simulator through SQLite, model version 0, driven directly (no
     broker: the link only queues what it would send) until ``live`` heats were predicted
     or a drift was detected; the predictions it published."""
-    s = AgentSettings(agent_id="plant-1", history_heats=60, heat_interval_s=0.001,
-                      signal_period_s=60.0, state_dir=tmp_path, **settings)
+    s = AgentSettings(
+        agent_id="plant-1",
+        history_heats=60,
+        heat_interval_s=0.001,
+        signal_period_s=60.0,
+        state_dir=tmp_path,
+        **settings,
+    )
     agent = Agent(s, build_heat_source(s))
     published: list[PredictionBody] = []
     publish = agent.link.publish
@@ -130,9 +167,20 @@ def run_agent(tmp_path: Path, live: int, **settings: object
 
     agent.link.publish = spy  # type: ignore[method-assign]
     agent._history = agent.source.history()
-    agent._on_model(decode(model_message("coordinator", SPEC, initial_weights(SPEC, 0),
-                                         version=0, parent=None, round_id=None,
-                                         metadata={}), ModelBody))
+    agent._on_model(
+        decode(
+            model_message(
+                "coordinator",
+                SPEC,
+                initial_weights(SPEC, 0),
+                version=0,
+                parent=None,
+                round_id=None,
+                metadata={},
+            ),
+            ModelBody,
+        )
+    )
     assert agent.learner is not None
     while len(published) < live and not agent.learner.drift_events:
         agent._ingest()
@@ -140,10 +188,8 @@ def run_agent(tmp_path: Path, live: int, **settings: object
     return agent, published
 
 
-def test_the_agent_writes_what_it_published_and_its_drift_into_its_store(
-        tmp_path: Path) -> None:
-    agent, published = run_agent(tmp_path, 10_000,
-                                 drift=["supplier_change@100:cu_factor=4.0"])
+def test_the_agent_writes_what_it_published_and_its_drift_into_its_store(tmp_path: Path) -> None:
+    agent, published = run_agent(tmp_path, 10_000, drift=["supplier_change@100:cu_factor=4.0"])
     store = agent.store
     assert isinstance(store, SQLiteStore)
     preds = store.query_points(PREDICTION_MEASUREMENT, {"plant": "P1"})
@@ -162,11 +208,14 @@ def test_the_agent_writes_what_it_published_and_its_drift_into_its_store(
             assert error.fields[f"abs_error_{t}"] == pytest.approx(abs(value - actual))
             if sent.lower and sent.upper:
                 assert (point.fields[f"lower_{t}"], point.fields[f"upper_{t}"]) == (
-                    sent.lower[t], sent.upper[t])
+                    sent.lower[t],
+                    sent.upper[t],
+                )
     # The prequential error the agent reports is the mean of the stored errors.
     mae = agent.learner.prequential.snapshot()["mae_cu_pct"]
     assert sum(e.fields["abs_error_cu_pct"] for e in errors) / len(errors) == pytest.approx(
-        mae, rel=1e-5)
+        mae, rel=1e-5
+    )
     (drift,) = store.query_points(DRIFT_MEASUREMENT, {"plant": "P1"})
     # At the heat it was detected at (heat count n is the simulator's heat n - 1).
     assert drift.tags["heat"] == f"P1-{agent.learner.drift_at[0] - 1:06d}"

@@ -27,16 +27,18 @@ from alchimia.status import FederationView, summary
 
 
 def _delta(rng: np.random.Generator, scale: float) -> dict[str, np.ndarray]:
-    return {"a": (scale * rng.standard_normal((7, 5))).astype(np.float32),
-            "b": (scale * rng.standard_normal(11)).astype(np.float32),
-            "c": np.zeros(3, np.float32)}
+    return {
+        "a": (scale * rng.standard_normal((7, 5))).astype(np.float32),
+        "b": (scale * rng.standard_normal(11)).astype(np.float32),
+        "c": np.zeros(3, np.float32),
+    }
 
 
 # -- the agent: clipping and noise ---------------------------------------------------------
 
+
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), scale=st.floats(1e-6, 1e4),
-       clip_norm=st.floats(1e-3, 1e3))
+@given(seed=st.integers(0, 2**32 - 1), scale=st.floats(1e-6, 1e4), clip_norm=st.floats(1e-3, 1e3))
 def test_clipping_bounds_the_norm_and_keeps_the_direction(seed, scale, clip_norm) -> None:
     delta = _delta(np.random.default_rng(seed), scale)
     clipped = clip(delta, clip_norm)
@@ -92,6 +94,7 @@ def test_bad_parameters_are_refused() -> None:
 
 # -- the coordinator: accountant ----------------------------------------------------------
 
+
 def test_epsilon_grows_with_rounds_and_falls_with_noise() -> None:
     by_rounds = [epsilon(((1.0, n),), 1e-5) for n in (1, 2, 10, 100)]
     assert by_rounds == sorted(by_rounds) and len(set(by_rounds)) == 4
@@ -109,8 +112,11 @@ def test_epsilon_matches_dp_accounting_directly() -> None:
     # The PLD accountant is tighter than RDP and agrees to within a small factor.
     tight = pld.PLDAccountant()
     tight.compose(dp_accounting.GaussianDpEvent(z / 2), rounds)
-    assert 0.6 * epsilon(((z, rounds),), delta) < tight.get_epsilon(delta) \
+    assert (
+        0.6 * epsilon(((z, rounds),), delta)
+        < tight.get_epsilon(delta)
         <= epsilon(((z, rounds),), delta)
+    )
 
 
 def test_a_single_gaussian_round_matches_the_classical_bound() -> None:
@@ -130,13 +136,15 @@ def test_noise_for_epsilon_is_the_smallest_that_meets_the_target() -> None:
 
 def test_the_ledger_reports_the_worst_plant_and_replays_from_metadata() -> None:
     ledger = PrivacyLedger(1e-5)
-    history = [{"initial": True},
-               {"strategy": "fedavg", "contributors": ["p1", "p2"]},  # before DP: free
-               ]
+    history = [
+        {"initial": True},
+        {"strategy": "fedavg", "contributors": ["p1", "p2"]},  # before DP: free
+    ]
     for contributors, z in ((["p1", "p2"], 2.0), (["p1"], 2.0), (["p1", "p3"], 3.0)):
         ledger.record(contributors, z)
-        history.append({"strategy": "fedavg", "contributors": contributors,
-                        "dp": ledger.metadata(0.5, z)})
+        history.append(
+            {"strategy": "fedavg", "contributors": contributors, "dp": ledger.metadata(0.5, z)}
+        )
     assert ledger.epsilon_of("p1") == pytest.approx(epsilon(((2.0, 2), (3.0, 1)), 1e-5))
     assert ledger.epsilon_of("p1") > ledger.epsilon_of("p2") > 0
     assert ledger.epsilon_of("nobody") == 0.0
@@ -152,8 +160,15 @@ def test_the_ledger_reports_the_worst_plant_and_replays_from_metadata() -> None:
 # -- the task and the settings ------------------------------------------------------------
 
 KEY = Ed25519PrivateKey.generate()
-TASK = TaskBody(round_id=3, state="open", base_version=2, deadline_ts=1_800_000_000.0,
-                selected=["plant-1"], dp_clip_norm=0.3, dp_noise_multiplier=4.5)
+TASK = TaskBody(
+    round_id=3,
+    state="open",
+    base_version=2,
+    deadline_ts=1_800_000_000.0,
+    selected=["plant-1"],
+    dp_clip_norm=0.3,
+    dp_noise_multiplier=4.5,
+)
 
 
 def test_dp_fields_survive_signing_and_the_wire() -> None:
@@ -163,8 +178,14 @@ def test_dp_fields_survive_signing_and_the_wire() -> None:
     verify_task(body, KEY.public_key())
 
 
-@pytest.mark.parametrize("change", [{"dp_clip_norm": 3.0}, {"dp_noise_multiplier": 0.5},
-                                    {"dp_clip_norm": None, "dp_noise_multiplier": None}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"dp_clip_norm": 3.0},
+        {"dp_noise_multiplier": 0.5},
+        {"dp_clip_norm": None, "dp_noise_multiplier": None},
+    ],
+)
 def test_a_changed_dp_field_breaks_the_signature(change: dict) -> None:
     forged = sign_task(TASK, KEY).model_copy(update=change)
     with pytest.raises(SignatureError, match="invalid signature"):
@@ -173,8 +194,11 @@ def test_a_changed_dp_field_breaks_the_signature(change: dict) -> None:
 
 def test_dp_fields_come_together_and_positive() -> None:
     base = TASK.model_dump(exclude={"dp_clip_norm", "dp_noise_multiplier"})
-    for bad in ({"dp_clip_norm": 0.3}, {"dp_noise_multiplier": 1.0},
-                {"dp_clip_norm": 0.0, "dp_noise_multiplier": 1.0}):
+    for bad in (
+        {"dp_clip_norm": 0.3},
+        {"dp_noise_multiplier": 1.0},
+        {"dp_clip_norm": 0.0, "dp_noise_multiplier": 1.0},
+    ):
         with pytest.raises(ValidationError):
             TaskBody(**base, **bad)
     wire = message("coordinator", TASK).replace(b"dp_noise_multiplier", b"dp_noise_multiplieX")
@@ -188,15 +212,25 @@ def test_dp_fields_come_together_and_positive() -> None:
 
 # -- alchimia status -----------------------------------------------------------------------
 
+
 def test_status_shows_the_models_epsilon() -> None:
     spec = ModelSpec(architecture="mlp-v1")
     ledger = PrivacyLedger(1e-5)
     ledger.record(["plant-1", "plant-2"], 4.5)
     dp = ledger.metadata(0.3, 4.5)
     view = FederationView("steel")
-    view.feed(Topics("steel").model_current, model_message(
-        "coordinator", spec, initial_weights(spec, 0), version=1, parent=0, round_id=1,
-        metadata={"strategy": "fedavg", "contributors": ["plant-1", "plant-2"], "dp": dp}))
+    view.feed(
+        Topics("steel").model_current,
+        model_message(
+            "coordinator",
+            spec,
+            initial_weights(spec, 0),
+            version=1,
+            parent=0,
+            round_id=1,
+            metadata={"strategy": "fedavg", "contributors": ["plant-1", "plant-2"], "dp": dp},
+        ),
+    )
     status = view.status()
     assert status.model is not None and status.model.dp == dp
     line = next(x for x in summary(status, 0.0) if x.startswith("privacy:"))
@@ -206,6 +240,7 @@ def test_status_shows_the_models_epsilon() -> None:
 
 
 # -- the experiment ------------------------------------------------------------------------
+
 
 def test_the_experiment_calibrates_z_per_epsilon_and_tabulates() -> None:
     from alchimia.experiment_federation import FederationConfig
@@ -219,8 +254,10 @@ def test_the_experiment_calibrates_z_per_epsilon_and_tabulates() -> None:
     assert result.runs[None][0] is None and result.median_norm > 0
     assert 0.0 <= clipped <= 1.0
     # Almost no noise at epsilon 1e4: close to no DP; epsilon 2 costs more (or diverges).
-    base, loose, tight = (np.mean([v for p in result.runs[e][2].values() for v in p.values()])
-                          for e in (None, 1e4, 2.0))
+    base, loose, tight = (
+        np.mean([v for p in result.runs[e][2].values() for v in p.values()])
+        for e in (None, 1e4, 2.0)
+    )
     assert abs(loose / base - 1) < abs(tight / base - 1) or np.isnan(tight)
     text = report(result)
     assert "no DP" in text and "| 2 (" in text

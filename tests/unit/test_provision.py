@@ -38,14 +38,30 @@ from alchimia.deploy.passwords import hash_password, password_file, verify_passw
 from alchimia.deploy.pki import certificate_sans as pki_sans
 from alchimia.deploy.provision import ProvisionError, provision
 
-AGENT_KEYS = {"broker", "federation", "agent_id", "ca_file", "cert_file", "key_file",
-              "model_public_key"}
+AGENT_KEYS = {
+    "broker",
+    "federation",
+    "agent_id",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "model_public_key",
+}
 
 
-def fed_file(path: Path, *, auth: str = "certificates", agents: str = '["plant-1", "plant-2"]',
-             consumers: str = '["hmi-1"]', revoked: str = "[]", extra: str = "",
-             federation: str = "steel", hosts: str = '["broker.steel.example", "10.0.0.5"]',
-             coordinator: str = '"coordinator"', tail: str = "") -> Path:
+def fed_file(
+    path: Path,
+    *,
+    auth: str = "certificates",
+    agents: str = '["plant-1", "plant-2"]',
+    consumers: str = '["hmi-1"]',
+    revoked: str = "[]",
+    extra: str = "",
+    federation: str = "steel",
+    hosts: str = '["broker.steel.example", "10.0.0.5"]',
+    coordinator: str = '"coordinator"',
+    tail: str = "",
+) -> Path:
     """A federation file; ``tail`` goes after ``[broker]``'s keys (more of them, or
     ``[[plant_brokers]]`` tables)."""
     path.write_text(f"""
@@ -66,8 +82,9 @@ tls_port = 8883
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def mode(path: Path) -> int:
@@ -82,15 +99,33 @@ def out(tmp_path: Path) -> Path:
 def test_layout_and_file_modes(tmp_path: Path, out: Path) -> None:
     report = provision(fed_file(tmp_path / "f.toml"), out)
     assert sorted(report.issued) == ["coordinator", "hmi-1", "plant-1", "plant-2"]
-    private = ["ca/ca.key", "signing/model_signing.key", "mosquitto/server.key",
-               "mosquitto/acl", "state.json", "identities/plant-1/plant-1.key",
-               "identities/plant-1/agent.toml", "identities/coordinator/coordinator.key",
-               "identities/coordinator/model_signing.key", "identities/hmi-1/hmi-1.key",
-               "identities/hmi-1/consumer.toml", "identities/coordinator/coordinator.toml"]
-    public = ["ca/ca.pem", "ca/crl.pem", "signing/model_signing.pub", "mosquitto/ca.pem",
-              "mosquitto/crl.pem", "mosquitto/server.pem", "mosquitto/mosquitto.conf",
-              "identities/plant-1/ca.pem", "identities/plant-1/plant-1.pem",
-              "identities/plant-1/model_signing.pub", "identities/hmi-1/model_signing.pub"]
+    private = [
+        "ca/ca.key",
+        "signing/model_signing.key",
+        "mosquitto/server.key",
+        "mosquitto/acl",
+        "state.json",
+        "identities/plant-1/plant-1.key",
+        "identities/plant-1/agent.toml",
+        "identities/coordinator/coordinator.key",
+        "identities/coordinator/model_signing.key",
+        "identities/hmi-1/hmi-1.key",
+        "identities/hmi-1/consumer.toml",
+        "identities/coordinator/coordinator.toml",
+    ]
+    public = [
+        "ca/ca.pem",
+        "ca/crl.pem",
+        "signing/model_signing.pub",
+        "mosquitto/ca.pem",
+        "mosquitto/crl.pem",
+        "mosquitto/server.pem",
+        "mosquitto/mosquitto.conf",
+        "identities/plant-1/ca.pem",
+        "identities/plant-1/plant-1.pem",
+        "identities/plant-1/model_signing.pub",
+        "identities/hmi-1/model_signing.pub",
+    ]
     for rel in private:
         assert mode(out / rel) == 0o600, rel
     for rel in public:
@@ -104,8 +139,9 @@ def test_layout_and_file_modes(tmp_path: Path, out: Path) -> None:
     # The signing key goes to the coordinator only.
     assert not (out / "identities" / "plant-1" / "model_signing.key").exists()
     assert not (out / "identities" / "coordinator" / "model_signing.pub").exists()
-    assert (out / "identities/coordinator/model_signing.key").read_bytes() == \
-        (out / "signing/model_signing.key").read_bytes()
+    assert (out / "identities/coordinator/model_signing.key").read_bytes() == (
+        out / "signing/model_signing.key"
+    ).read_bytes()
 
 
 def test_certificates_and_keys(tmp_path: Path, out: Path) -> None:
@@ -120,7 +156,8 @@ def test_certificates_and_keys(tmp_path: Path, out: Path) -> None:
     assert [str(a) for a in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
     for name in ("plant-1", "coordinator", "hmi-1"):
         cert = x509.load_pem_x509_certificate(
-            (out / "identities" / name / f"{name}.pem").read_bytes())
+            (out / "identities" / name / f"{name}.pem").read_bytes()
+        )
         cert.verify_directly_issued_by(ca)
         assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == name
         # The key in the bundle belongs to the certificate (ssl checks the pair).
@@ -153,8 +190,9 @@ def test_password_mode(tmp_path: Path, out: Path) -> None:
     password = (out / "identities/plant-1/password").read_text().strip()
     assert agent["username"] == "plant-1" and agent["password"] == password
     assert mode(out / "identities/plant-1/password") == 0o600
-    entries = dict(line.split(":", 1)
-                   for line in (out / "mosquitto/passwd").read_text().splitlines())
+    entries = dict(
+        line.split(":", 1) for line in (out / "mosquitto/passwd").read_text().splitlines()
+    )
     assert sorted(entries) == ["coordinator", "hmi-1", "plant-1", "plant-2"]
     assert verify_password(password, entries["plant-1"])
     assert not verify_password(password, entries["plant-2"])
@@ -166,12 +204,21 @@ def test_password_mode(tmp_path: Path, out: Path) -> None:
 def test_broker_config(tmp_path: Path, out: Path) -> None:
     provision(fed_file(tmp_path / "f.toml"), out)
     conf = (out / "mosquitto/mosquitto.conf").read_text().splitlines()
-    for line in ("per_listener_settings false", "allow_anonymous false", "listener 8883",
-                 "require_certificate true", "use_identity_as_username true",
-                 f"cafile {out}/mosquitto/ca.pem", f"certfile {out}/mosquitto/server.pem",
-                 f"keyfile {out}/mosquitto/server.key", f"crlfile {out}/mosquitto/crl.pem",
-                 f"acl_file {out}/mosquitto/acl", "message_size_limit 1048576",
-                 f"persistence_location {out}/mosquitto/data/", "user mosquitto"):
+    for line in (
+        "per_listener_settings false",
+        "allow_anonymous false",
+        "listener 8883",
+        "require_certificate true",
+        "use_identity_as_username true",
+        f"cafile {out}/mosquitto/ca.pem",
+        f"certfile {out}/mosquitto/server.pem",
+        f"keyfile {out}/mosquitto/server.key",
+        f"crlfile {out}/mosquitto/crl.pem",
+        f"acl_file {out}/mosquitto/acl",
+        "message_size_limit 1048576",
+        f"persistence_location {out}/mosquitto/data/",
+        "user mosquitto",
+    ):
         assert line in conf, line
     assert not any(line.startswith("password_file") for line in conf)
     # Global options come before the first listener, or they would bind to it.
@@ -190,8 +237,9 @@ def test_rerun_leaves_every_file_byte_identical(tmp_path: Path, out: Path) -> No
 def test_adding_an_identity_keeps_existing_files(tmp_path: Path, out: Path) -> None:
     provision(fed_file(tmp_path / "f.toml"), out)
     before = snapshot(out)
-    report = provision(fed_file(tmp_path / "f.toml", agents='["plant-1", "plant-2", "plant-3"]'),
-                       out)
+    report = provision(
+        fed_file(tmp_path / "f.toml", agents='["plant-1", "plant-2", "plant-3"]'), out
+    )
     assert report.issued == ["plant-3"]
     after = snapshot(out)
     changed = {k for k in before if before[k] != after[k]}
@@ -207,10 +255,10 @@ def test_revocation_adds_the_serial_to_the_crl(tmp_path: Path, out: Path) -> Non
     crl = x509.load_pem_x509_crl((out / "ca/crl.pem").read_bytes())
     assert len(crl) == 0 and crl.is_signature_valid(ca.public_key())
     serial = x509.load_pem_x509_certificate(
-        (out / "identities/plant-2/plant-2.pem").read_bytes()).serial_number
+        (out / "identities/plant-2/plant-2.pem").read_bytes()
+    ).serial_number
 
-    report = provision(fed_file(tmp_path / "f.toml", auth="passwords", revoked='["plant-2"]'),
-                       out)
+    report = provision(fed_file(tmp_path / "f.toml", auth="passwords", revoked='["plant-2"]'), out)
     assert report.revoked == ["plant-2"] and report.broker_changed
     crl = x509.load_pem_x509_crl((out / "ca/crl.pem").read_bytes())
     assert crl.is_signature_valid(ca.public_key())
@@ -221,16 +269,21 @@ def test_revocation_adds_the_serial_to_the_crl(tmp_path: Path, out: Path) -> Non
     assert "plant-2:" not in (out / "mosquitto/passwd").read_text()
     after = snapshot(out)
     changed = {k for k in before if before[k] != after[k]}
-    assert changed == {"ca/crl.pem", "mosquitto/crl.pem", "mosquitto/acl", "mosquitto/passwd",
-                       "state.json"}
+    assert changed == {
+        "ca/crl.pem",
+        "mosquitto/crl.pem",
+        "mosquitto/acl",
+        "mosquitto/passwd",
+        "state.json",
+    }
 
 
-def test_reinstating_a_revoked_identity_issues_a_new_certificate(tmp_path: Path,
-                                                                  out: Path) -> None:
+def test_reinstating_a_revoked_identity_issues_a_new_certificate(tmp_path: Path, out: Path) -> None:
     provision(fed_file(tmp_path / "f.toml"), out)
     old = (out / "identities/plant-2/plant-2.pem").read_bytes()
-    provision(fed_file(tmp_path / "f.toml", agents='["plant-1", {id = "plant-2", revoked = true}]'),
-              out)
+    provision(
+        fed_file(tmp_path / "f.toml", agents='["plant-1", {id = "plant-2", revoked = true}]'), out
+    )
     report = provision(fed_file(tmp_path / "f.toml"), out)
     assert report.reissued == ["plant-2"]
     new = (out / "identities/plant-2/plant-2.pem").read_bytes()
@@ -244,23 +297,28 @@ def test_retired_identity_may_leave_the_lists_once_revoked(tmp_path: Path, out: 
     provision(fed_file(tmp_path / "f.toml"), out)
     with pytest.raises(ProvisionError, match="list it in `revoked`"):
         provision(fed_file(tmp_path / "f.toml", agents='["plant-1"]'), out)
-    report = provision(fed_file(tmp_path / "f.toml", agents='["plant-1"]',
-                                revoked='["plant-2"]'), out)
+    report = provision(
+        fed_file(tmp_path / "f.toml", agents='["plant-1"]', revoked='["plant-2"]'), out
+    )
     assert report.revoked == ["plant-2"]
     report = provision(fed_file(tmp_path / "f.toml", agents='["plant-1"]'), out)
     assert report.revoked == [] and report.written == []
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"revoked": '["plant-9"]'}, "check the spelling"),
-    ({"agents": '["plant-1", "plant-1"]'}, "listed twice"),
-    ({"agents": '["plant/1"]'}, "invalid identity id"),
-    ({"hosts": '["mqtts://broker:8883"]'}, "invalid broker host"),
-    ({"hosts": "[]"}, "broker.hosts"),
-    ({"extra": "colour = 1"}, "colour"),
-])
-def test_bad_federation_files_are_refused(tmp_path: Path, out: Path, kwargs: dict[str, str],
-                                          message: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"revoked": '["plant-9"]'}, "check the spelling"),
+        ({"agents": '["plant-1", "plant-1"]'}, "listed twice"),
+        ({"agents": '["plant/1"]'}, "invalid identity id"),
+        ({"hosts": '["mqtts://broker:8883"]'}, "invalid broker host"),
+        ({"hosts": "[]"}, "broker.hosts"),
+        ({"extra": "colour = 1"}, "colour"),
+    ],
+)
+def test_bad_federation_files_are_refused(
+    tmp_path: Path, out: Path, kwargs: dict[str, str], message: str
+) -> None:
     with pytest.raises((FederationFileError, ProvisionError), match=message):
         provision(fed_file(tmp_path / "f.toml", **kwargs), out)
 
@@ -270,8 +328,10 @@ def test_out_dir_of_another_federation_is_refused(tmp_path: Path, out: Path) -> 
     with pytest.raises(ProvisionError, match="belongs to federation 'steel'"):
         provision(fed_file(tmp_path / "g.toml", federation="other"), out)
     with pytest.raises(ProvisionError, match="provisioned as agent"):
-        provision(fed_file(tmp_path / "f.toml", agents='["plant-1"]',
-                           consumers='["hmi-1", "plant-2"]'), out)
+        provision(
+            fed_file(tmp_path / "f.toml", agents='["plant-1"]', consumers='["hmi-1", "plant-2"]'),
+            out,
+        )
 
 
 def test_cli_run(tmp_path: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -300,72 +360,104 @@ def test_install_dirs_are_used_in_rendered_paths(tmp_path: Path, out: Path) -> N
 
 
 def test_acl_text() -> None:
-    text = acl_text("f1", coordinators=["c"], agents=["a2", "a1"], consumers=["h"],
-                    admins=["adm"], bridges={"br": ["a2", "a1"]})
+    text = acl_text(
+        "f1",
+        coordinators=["c"],
+        agents=["a2", "a1"],
+        consumers=["h"],
+        admins=["adm"],
+        bridges={"br": ["a2", "a1"]},
+    )
     p = "alchimia/v1/f1"
     every = [b.splitlines() for b in text.split("\n\n")[1:]]
     blocks = list(every)
-    assert blocks.pop(0) == ["# coordinator", "user c",
-                             f"topic read {p}/agents/+/status", f"topic read {p}/agents/+/update",
-                             f"topic read {p}/agents/+/metrics",
-                             f"topic read {p}/coordinator/admin",
-                             f"topic readwrite {p}/coordinator/status",
-                             f"topic readwrite {p}/model/current",
-                             f"topic readwrite {p}/round/current"]
+    assert blocks.pop(0) == [
+        "# coordinator",
+        "user c",
+        f"topic read {p}/agents/+/status",
+        f"topic read {p}/agents/+/update",
+        f"topic read {p}/agents/+/metrics",
+        f"topic read {p}/coordinator/admin",
+        f"topic readwrite {p}/coordinator/status",
+        f"topic readwrite {p}/model/current",
+        f"topic readwrite {p}/round/current",
+    ]
     # The admin commands the coordinator and reads what it publishes and the agents'
     # statuses and metrics; never their updates or predictions.
-    assert blocks.pop(0) == ["# admin", "user adm", f"topic write {p}/coordinator/admin",
-                             f"topic read {p}/coordinator/status",
-                             f"topic read {p}/model/current", f"topic read {p}/round/current",
-                             f"topic read {p}/bridges/+/state",
-                             f"topic read {p}/agents/+/status",
-                             f"topic read {p}/agents/+/metrics"]
+    assert blocks.pop(0) == [
+        "# admin",
+        "user adm",
+        f"topic write {p}/coordinator/admin",
+        f"topic read {p}/coordinator/status",
+        f"topic read {p}/model/current",
+        f"topic read {p}/round/current",
+        f"topic read {p}/bridges/+/state",
+        f"topic read {p}/agents/+/status",
+        f"topic read {p}/agents/+/metrics",
+    ]
     # The bridge may do what its agents may (each rule once), and publish its own state.
     bridge = blocks.pop(2)
     assert bridge[:2] == ["# bridge", "user br"]
     assert bridge[-1] == f"topic write {p}/bridges/br/state"
     assert sorted(bridge[2:-1]) == sorted(set(blocks[0][2:]) | set(blocks[1][2:]))
     assert len(bridge[2:-1]) == len(set(bridge[2:-1]))
-    assert blocks[0] == ["# agent", "user a1",
-                         f"topic read {p}/model/current", f"topic read {p}/round/current",
-                         f"topic read {p}/coordinator/status",
-                         f"topic read {p}/agents/a1/infer/request",
-                         f"topic read {p}/agents/a1/optimize/request",
-                         f"topic write {p}/agents/a1/status", f"topic write {p}/agents/a1/update",
-                         f"topic write {p}/agents/a1/metrics",
-                         f"topic write {p}/agents/a1/predictions",
-                         f"topic write {p}/agents/a1/infer/response/#",
-                         f"topic write {p}/agents/a1/optimize/response/#"]
+    assert blocks[0] == [
+        "# agent",
+        "user a1",
+        f"topic read {p}/model/current",
+        f"topic read {p}/round/current",
+        f"topic read {p}/coordinator/status",
+        f"topic read {p}/agents/a1/infer/request",
+        f"topic read {p}/agents/a1/optimize/request",
+        f"topic write {p}/agents/a1/status",
+        f"topic write {p}/agents/a1/update",
+        f"topic write {p}/agents/a1/metrics",
+        f"topic write {p}/agents/a1/predictions",
+        f"topic write {p}/agents/a1/infer/response/#",
+        f"topic write {p}/agents/a1/optimize/response/#",
+    ]
     assert blocks[1][1] == "user a2"
-    assert blocks[2] == ["# consumer", "user h",
-                         f"topic read {p}/model/current", f"topic read {p}/coordinator/status",
-                         f"topic read {p}/agents/+/predictions",
-                         f"topic write {p}/agents/+/infer/request",
-                         f"topic read {p}/agents/+/infer/response/h",
-                         f"topic write {p}/agents/+/optimize/request",
-                         f"topic read {p}/agents/+/optimize/response/h"]
+    assert blocks[2] == [
+        "# consumer",
+        "user h",
+        f"topic read {p}/model/current",
+        f"topic read {p}/coordinator/status",
+        f"topic read {p}/agents/+/predictions",
+        f"topic write {p}/agents/+/infer/request",
+        f"topic read {p}/agents/+/infer/response/h",
+        f"topic write {p}/agents/+/optimize/request",
+        f"topic read {p}/agents/+/optimize/response/h",
+    ]
     assert len(blocks) == 3
     # Nobody but the coordinator may read an update topic, nor write a command.
     readers = [b[1] for b in every if any("update" in r and "read" in r for r in b)]
     assert readers == ["user c"]
-    commanders = [b[1] for b in every if any(r.startswith("topic write") and "admin" in r
-                                             for r in b)]
+    commanders = [
+        b[1] for b in every if any(r.startswith("topic write") and "admin" in r for r in b)
+    ]
     assert commanders == ["user adm"]
     assert "pattern" not in text
 
 
 def test_secure_config_rules() -> None:
-    base = {"tls_port": 8883, "ca_file": Path("/x/ca.pem"), "cert_file": Path("/x/s.pem"),
-            "key_file": Path("/x/s.key"), "acl_file": Path("/x/acl"), "data_dir": Path("/x/d"),
-            "sizing": broker_sizing(10, message_size_limit=1000)}
+    base = {
+        "tls_port": 8883,
+        "ca_file": Path("/x/ca.pem"),
+        "cert_file": Path("/x/s.pem"),
+        "key_file": Path("/x/s.key"),
+        "acl_file": Path("/x/acl"),
+        "data_dir": Path("/x/d"),
+        "sizing": broker_sizing(10, message_size_limit=1000),
+    }
     with pytest.raises(ValueError, match="plain listener needs a password file"):
         secure_config(**base, require_certificate=True, plain_port=1883)
     with pytest.raises(ValueError, match="password file is required"):
         secure_config(**base, require_certificate=False)
     with pytest.raises(ValueError, match="absolute"):
         secure_config(**{**base, "acl_file": Path("acl")}, require_certificate=True)
-    conf = secure_config(**base, require_certificate=True, plain_port=1883,
-                         password_file=Path("/x/passwd"))
+    conf = secure_config(
+        **base, require_certificate=True, plain_port=1883, password_file=Path("/x/passwd")
+    )
     assert conf.splitlines()[-1] == "listener 1883 127.0.0.1"
     assert "max_packet_size 66536" in conf and "message_size_limit 1000" in conf
     assert "max_queued_messages 1000" in conf.splitlines()
@@ -385,8 +477,10 @@ def test_password_hash_format_matches_mosquitto() -> None:
     assert digest == hashlib.pbkdf2_hmac("sha512", b"s3cret", salt, 101, 64)
     assert verify_password("s3cret", encoded) and not verify_password("s3cret!", encoded)
     # A known entry written by mosquitto_passwd 2.0.11 for password "zz".
-    known = ("$7$101$BOArQggPWzGZtd20$hBk0o50pmEwSePfhCeJb1dl6YvxPmi7l9TuD/rGOWne+U9bTQoCQq2/"
-             "EgSaMBScHUb1oLf8zlLA/ckVpTN1DBg==")
+    known = (
+        "$7$101$BOArQggPWzGZtd20$hBk0o50pmEwSePfhCeJb1dl6YvxPmi7l9TuD/rGOWne+U9bTQoCQq2/"
+        "EgSaMBScHUb1oLf8zlLA/ckVpTN1DBg=="
+    )
     assert verify_password("zz", known) and not verify_password("zy", known)
     assert not verify_password("zz", "$6$abc$def")
     assert password_file({"b": "$7$x", "a": "$7$y"}) == "a:$7$y\nb:$7$x\n"
@@ -395,8 +489,7 @@ def test_password_hash_format_matches_mosquitto() -> None:
 # -- TLS helpers ----------------------------------------------------------------------
 
 
-def test_client_tls_context_reports_missing_and_mismatched_files(tmp_path: Path,
-                                                                out: Path) -> None:
+def test_client_tls_context_reports_missing_and_mismatched_files(tmp_path: Path, out: Path) -> None:
     provision(fed_file(tmp_path / "f.toml"), out)
     b1, b2 = out / "identities/plant-1", out / "identities/plant-2"
     with pytest.raises(FileNotFoundError) as err:
@@ -415,8 +508,9 @@ def test_client_tls_context_reports_missing_and_mismatched_files(tmp_path: Path,
 def test_explain_tls_error_looks_through_wrappers() -> None:
     try:
         try:
-            raise ssl.SSLError(1, "[SSL: SSLV3_ALERT_CERTIFICATE_REVOKED] sslv3 alert "
-                                  "certificate revoked")
+            raise ssl.SSLError(
+                1, "[SSL: SSLV3_ALERT_CERTIFICATE_REVOKED] sslv3 alert certificate revoked"
+            )
         except ssl.SSLError as inner:
             raise RuntimeError("connection lost") from inner
     except RuntimeError as outer:
@@ -428,15 +522,21 @@ def test_explain_tls_error_looks_through_wrappers() -> None:
 def test_example_federation_file_provisions(tmp_path: Path) -> None:
     example = Path(__file__).resolve().parents[2] / "deploy" / "federation.example.toml"
     report = provision(example, tmp_path / "out")
-    assert sorted(report.issued) == ["admin", "coordinator", "hmi-1", "plant-1", "plant-2",
-                                     "scrap-planner"]
+    assert sorted(report.issued) == [
+        "admin",
+        "coordinator",
+        "hmi-1",
+        "plant-1",
+        "plant-2",
+        "scrap-planner",
+    ]
     # Its placeholder host is pointed out, in the report and in every config.
     assert any("'broker.steel.example' is a placeholder" in w for w in report.warnings)
     agent = (tmp_path / "out/identities/plant-1/agent.toml").read_text()
     assert "If this machine reaches the broker by" in agent.split("broker =")[0]
     # Its commented plant broker, uncommented, is a valid one too.
     text = example.read_text()
-    block = text[text.index("# [[plant_brokers]]"):]
+    block = text[text.index("# [[plant_brokers]]") :]
     uncommented = "\n".join(line.removeprefix("# ") for line in block.splitlines())
     (tmp_path / "plants.toml").write_text(text.replace(block, uncommented))
     report = provision(tmp_path / "plants.toml", tmp_path / "plants")
@@ -444,10 +544,13 @@ def test_example_federation_file_provisions(tmp_path: Path) -> None:
     assert (tmp_path / "plants/plant-brokers/bridge-north/mosquitto.conf").is_file()
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
-                    reason="only root can hand files to the broker's user")
-def test_broker_secrets_belong_to_the_broker_user_when_run_as_root(tmp_path: Path,
-                                                                   out: Path) -> None:
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0,
+    reason="only root can hand files to the broker's user",
+)
+def test_broker_secrets_belong_to_the_broker_user_when_run_as_root(
+    tmp_path: Path, out: Path
+) -> None:
     try:
         user = pwd.getpwnam("mosquitto")
     except KeyError:
@@ -462,10 +565,10 @@ def test_broker_secrets_belong_to_the_broker_user_when_run_as_root(tmp_path: Pat
 
 
 @pytest.mark.parametrize("auth", ["certificates", "passwords"])
-def test_admin_identity_gets_a_config_for_the_admin_commands(tmp_path: Path, out: Path,
-                                                            auth: str) -> None:
-    report = provision(fed_file(tmp_path / "f.toml", auth=auth, extra='admins = ["ops-1"]'),
-                       out)
+def test_admin_identity_gets_a_config_for_the_admin_commands(
+    tmp_path: Path, out: Path, auth: str
+) -> None:
+    report = provision(fed_file(tmp_path / "f.toml", auth=auth, extra='admins = ["ops-1"]'), out)
     assert "ops-1" in report.issued
     bundle = out / "identities/ops-1"
     text = (bundle / "admin.toml").read_text()
@@ -494,8 +597,7 @@ def test_admin_role_is_kept(tmp_path: Path, out: Path) -> None:
 # -- mosquitto's user -----------------------------------------------------------------
 
 
-def test_an_empty_broker_user_is_refused_and_root_is_written_out(tmp_path: Path,
-                                                                 out: Path) -> None:
+def test_an_empty_broker_user_is_refused_and_root_is_written_out(tmp_path: Path, out: Path) -> None:
     # mosquitto has no "no user": without the line, started as root it still switches to
     # "mosquitto", which cannot read the broker's 0600 files (issue 13 section 4).
     with pytest.raises(FederationFileError, match="switches to 'mosquitto'"):
@@ -507,8 +609,15 @@ def test_an_empty_broker_user_is_refused_and_root_is_written_out(tmp_path: Path,
 # -- broker sizing --------------------------------------------------------------------
 
 
-def _dropped(max_queued: int, max_bytes: int, agents: int, update_bytes: int, *,
-             qos0_held: bool, inflight: int = 20) -> tuple[int, int]:
+def _dropped(
+    max_queued: int,
+    max_bytes: int,
+    agents: int,
+    update_bytes: int,
+    *,
+    qos0_held: bool,
+    inflight: int = 20,
+) -> tuple[int, int]:
     """(updates, other messages) mosquitto drops for a coordinator that acknowledges
     nothing while a round's burst arrives: each agent's update (QoS 1) then a status and
     two metrics (QoS 0, as the coordinator subscribes to them).
@@ -529,10 +638,12 @@ def _dropped(max_queued: int, max_bytes: int, agents: int, update_bytes: int, *,
             if qos == 1:
                 ok = count12 < inflight or (
                     (max_queued == 0 or count12 - inflight < max_queued)
-                    and (max_bytes == 0 or bytes12 < max_bytes))
+                    and (max_bytes == 0 or bytes12 < max_bytes)
+                )
             else:
-                ok = ((max_queued == 0 or count - inflight < max_queued)
-                      and (max_bytes == 0 or bytes_all < max_bytes))
+                ok = (max_queued == 0 or count - inflight < max_queued) and (
+                    max_bytes == 0 or bytes_all < max_bytes
+                )
             if not ok:
                 dropped[qos == 0] += 1
             elif qos == 1:
@@ -545,12 +656,14 @@ def _dropped(max_queued: int, max_bytes: int, agents: int, update_bytes: int, *,
 
 @pytest.mark.parametrize("qos0_held", [False, True])
 @pytest.mark.parametrize("agents", [1, 2, 250, 1000, 2000, 10_000])
-def test_broker_sizing_holds_a_whole_round_for_the_coordinator(agents: int,
-                                                               qos0_held: bool) -> None:
+def test_broker_sizing_holds_a_whole_round_for_the_coordinator(
+    agents: int, qos0_held: bool
+) -> None:
     model = 32 * 1024
     sizing = broker_sizing(agents, model)
-    assert _dropped(sizing.max_queued_messages, sizing.max_queued_bytes, agents, model,
-                    qos0_held=qos0_held) == (0, 0)
+    assert _dropped(
+        sizing.max_queued_messages, sizing.max_queued_bytes, agents, model, qos0_held=qos0_held
+    ) == (0, 0)
     assert sizing.max_queued_messages >= MOSQUITTO_MAX_QUEUED_MESSAGES
     # Bytes bounded by that many updates and small messages, not by count x message limit.
     sized = max(agents, MOSQUITTO_MAX_QUEUED_MESSAGES // MESSAGES_PER_AGENT)
@@ -588,10 +701,16 @@ def test_broker_sizing_message_size_limit() -> None:
 
 def test_provisioned_brokers_are_sized_for_their_agents(tmp_path: Path, out: Path) -> None:
     agents = [f"p{i}" for i in range(300)]
-    plant = ('[[plant_brokers]]\nid = "north"\nhosts = ["north.steel.test"]\n'
-             "agents = [" + ", ".join(f'"{a}"' for a in agents[:260]) + "]\n")
-    config = fed_file(tmp_path / "f.toml", agents="[" + ", ".join(f'"{a}"' for a in agents)
-                      + "]", extra="model_message_bytes = 100000", tail=plant)
+    plant = (
+        '[[plant_brokers]]\nid = "north"\nhosts = ["north.steel.test"]\n'
+        "agents = [" + ", ".join(f'"{a}"' for a in agents[:260]) + "]\n"
+    )
+    config = fed_file(
+        tmp_path / "f.toml",
+        agents="[" + ", ".join(f'"{a}"' for a in agents) + "]",
+        extra="model_message_bytes = 100000",
+        tail=plant,
+    )
     config.write_text(config.read_text().replace("message_size_limit = 1048576\n", ""))
     report = provision(config, out)
     central = (out / "mosquitto/mosquitto.conf").read_text().splitlines()
@@ -599,28 +718,30 @@ def test_provisioned_brokers_are_sized_for_their_agents(tmp_path: Path, out: Pat
     # The central broker carries every agent's messages, the plant broker its own.
     for conf, n in ((central, 300), (north, 260)):
         sizing = broker_sizing(n, 100_000)
-        assert sizing.lines() == [line for line in conf if line.startswith(
-            ("max_packet_size", "message_size_limit", "max_queued_"))]
+        assert sizing.lines() == [
+            line
+            for line in conf
+            if line.startswith(("max_packet_size", "message_size_limit", "max_queued_"))
+        ]
         assert f"max_queued_messages {4 * n}" in conf
     assert "message_size_limit 1048576" in central
     assert not any("message_size_limit" in w for w in report.warnings)
 
 
 def test_a_message_size_limit_below_the_model_is_reported(tmp_path: Path, out: Path) -> None:
-    report = provision(fed_file(tmp_path / "f.toml", extra="model_message_bytes = 2097152"),
-                       out)
+    report = provision(fed_file(tmp_path / "f.toml", extra="model_message_bytes = 2097152"), out)
     assert any("would drop every model" in w for w in report.warnings)
 
 
 # -- plant brokers --------------------------------------------------------------------
 
-PLANT = '''
+PLANT = """
 [[plant_brokers]]
 id = "bridge-north"
 hosts = ["north.steel.test", "10.30.0.5"]
 tls_port = 18883
 agents = ["plant-1"]
-'''
+"""
 
 
 @pytest.mark.parametrize("auth", ["certificates", "passwords"])
@@ -651,7 +772,7 @@ def test_plant_broker_bundle(tmp_path: Path, out: Path, auth: str) -> None:
     local_acl = (bundle / "acl").read_text()
     assert "user plant-1" in local_acl and "plant-2" not in local_acl
     central_acl = (out / "mosquitto/acl").read_text()
-    block = central_acl[central_acl.index("user bridge-north"):].split("\n\n")[0]
+    block = central_acl[central_acl.index("user bridge-north") :].split("\n\n")[0]
     assert "topic write alchimia/v1/steel/agents/plant-1/update" in block
     assert "plant-2" not in block and "coordinator/admin" not in block
     conf = (bundle / "mosquitto.conf").read_text().splitlines()
@@ -665,11 +786,13 @@ def test_plant_broker_bundle(tmp_path: Path, out: Path, auth: str) -> None:
         password = (bundle / "password").read_text().strip()
         assert f"remote_password {password}" in conf and "remote_username bridge-north" in conf
         assert not any(line.startswith("bridge_certfile") for line in conf)
-        assert sorted(line.split(":")[0] for line in
-                      (bundle / "passwd").read_text().splitlines()) == ["plant-1"]
+        assert sorted(
+            line.split(":")[0] for line in (bundle / "passwd").read_text().splitlines()
+        ) == ["plant-1"]
         central = (out / "mosquitto/passwd").read_text()
-        assert verify_password(password, dict(
-            line.split(":", 1) for line in central.splitlines())["bridge-north"])
+        assert verify_password(
+            password, dict(line.split(":", 1) for line in central.splitlines())["bridge-north"]
+        )
     else:
         assert f"bridge_certfile {bundle}/bridge-north.pem" in conf
         assert "require_certificate true" in conf and f"crlfile {bundle}/crl.pem" in conf
@@ -682,10 +805,10 @@ def test_plant_broker_bundle(tmp_path: Path, out: Path, auth: str) -> None:
 def test_revoking_a_plant_broker(tmp_path: Path, out: Path) -> None:
     provision(fed_file(tmp_path / "f.toml", tail=PLANT), out)
     serial = x509.load_pem_x509_certificate(
-        (out / "plant-brokers/bridge-north/bridge-north.pem").read_bytes()).serial_number
+        (out / "plant-brokers/bridge-north/bridge-north.pem").read_bytes()
+    ).serial_number
     conf = (out / "plant-brokers/bridge-north/mosquitto.conf").read_bytes()
-    report = provision(fed_file(tmp_path / "f.toml", tail=PLANT, revoked='["bridge-north"]'),
-                       out)
+    report = provision(fed_file(tmp_path / "f.toml", tail=PLANT, revoked='["bridge-north"]'), out)
     assert report.revoked == ["bridge-north"] and report.plant_brokers_changed == []
     assert "bridge-north" not in (out / "mosquitto/acl").read_text()
     crl = x509.load_pem_x509_crl((out / "ca/crl.pem").read_bytes())
@@ -693,23 +816,32 @@ def test_revoking_a_plant_broker(tmp_path: Path, out: Path) -> None:
     assert (out / "plant-brokers/bridge-north/mosquitto.conf").read_bytes() == conf
 
 
-@pytest.mark.parametrize(("tail", "message"), [
-    (PLANT.replace('["plant-1"]', '["plant-9"]'), "which `agents` does not list"),
-    (PLANT + PLANT.replace("bridge-north", "bridge-south").replace("north", "south"),
-     "behind two plant brokers"),
-    (PLANT.replace('"bridge-north"', '"plant-2"'), "listed twice"),
-    (PLANT.replace('agents = ["plant-1"]', "agents = []"), "plant_brokers.0.agents"),
-    (PLANT.replace('"north.steel.test", ', '"mqtts://north", '), "invalid broker host"),
-])
-def test_bad_plant_brokers_are_refused(tmp_path: Path, out: Path, tail: str,
-                                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("tail", "message"),
+    [
+        (PLANT.replace('["plant-1"]', '["plant-9"]'), "which `agents` does not list"),
+        (
+            PLANT + PLANT.replace("bridge-north", "bridge-south").replace("north", "south"),
+            "behind two plant brokers",
+        ),
+        (PLANT.replace('"bridge-north"', '"plant-2"'), "listed twice"),
+        (PLANT.replace('agents = ["plant-1"]', "agents = []"), "plant_brokers.0.agents"),
+        (PLANT.replace('"north.steel.test", ', '"mqtts://north", '), "invalid broker host"),
+    ],
+)
+def test_bad_plant_brokers_are_refused(tmp_path: Path, out: Path, tail: str, message: str) -> None:
     with pytest.raises((FederationFileError, ProvisionError), match=message):
         provision(fed_file(tmp_path / "f.toml", tail=tail), out)
 
 
 def test_bridge_config_rules() -> None:
-    base = {"bridge_id": "br", "agents": ["a1", "a2"], "host": "central.test", "port": 8883,
-            "ca_file": Path("/x/ca.pem")}
+    base = {
+        "bridge_id": "br",
+        "agents": ["a1", "a2"],
+        "host": "central.test",
+        "port": 8883,
+        "ca_file": Path("/x/ca.pem"),
+    }
     with pytest.raises(ValueError, match="certificate and key, or a password"):
         bridge_config("f", **base)
     with pytest.raises(ValueError, match="whitespace"):

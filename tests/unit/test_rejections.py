@@ -77,15 +77,16 @@ def test_ten_thousand_rejections_give_a_bounded_log_and_exact_counts(stream) -> 
     assert rl.counts == {"malformed": 7500, "rate_limited": 2500}
     assert rl.total == 10_000
     assert len(lines) == 5 + 5 + 1 == rl.lines
-    assert lines[-1] == ("WARNING t.rejections: 9990 more rejections not logged in the last 60 s "
-                         "(malformed 7495, rate_limited 2495); since start: malformed 7500, "
-                         "rate_limited 2500")
+    assert lines[-1] == (
+        "WARNING t.rejections: 9990 more rejections not logged in the last 60 s "
+        "(malformed 7495, rate_limited 2495); since start: malformed 7500, "
+        "rate_limited 2500"
+    )
     rl.tick()
     assert len(buf.getvalue().splitlines()) == 11  # nothing held: no second summary
 
 
-def test_buckets_refill_per_reason_and_summaries_come_at_most_once_per_period(
-        stream) -> None:
+def test_buckets_refill_per_reason_and_summaries_come_at_most_once_per_period(stream) -> None:
     logger, buf = stream
     clock = Clock()
     rl = RejectionLog(logger, burst=2, per_s=0.1, summary_s=60, clock=clock)

@@ -54,10 +54,19 @@ class Linear:
 
 def planned(**over: float) -> dict[str, float]:
     """A plausible planned heat: a few grades charged, the process plan, power-on time."""
-    inputs = {"charge_E3_t": 40.0, "charge_E8_t": 30.0, "charge_HBI_t": 20.0,
-              "hot_heel_t": 15.0, "lime_t": 7.0, "carbon_kg": 1800.0, "oxygen_nm3": 3800.0,
-              "gas_nm3": 800.0, "power_on_min": 40.0, "power_off_min": 14.0,
-              "tap_temp_aim_c": 1630.0}
+    inputs = {
+        "charge_E3_t": 40.0,
+        "charge_E8_t": 30.0,
+        "charge_HBI_t": 20.0,
+        "hot_heel_t": 15.0,
+        "lime_t": 7.0,
+        "carbon_kg": 1800.0,
+        "oxygen_nm3": 3800.0,
+        "gas_nm3": 800.0,
+        "power_on_min": 40.0,
+        "power_off_min": 14.0,
+        "tap_temp_aim_c": 1630.0,
+    }
     inputs.update(over)
     return inputs
 
@@ -73,16 +82,22 @@ def state(*, residuals: int = 200, power_on: bool = True) -> ServingState:
     return ServingState(7, FEATURES, TARGETS, Linear(), cal, est, 0.9)
 
 
-def request(heats: list[dict], *, request_id: str = "r-1", level: float | None = None,
-            sender: str = "hmi-1") -> bytes:
-    body = InferRequestBody(request_id=request_id, level=level,
-                            heats=[PlannedHeat(heat_id=h.pop("heat_id", None), inputs=h)
-                                   for h in heats])
+def request(
+    heats: list[dict], *, request_id: str = "r-1", level: float | None = None, sender: str = "hmi-1"
+) -> bytes:
+    body = InferRequestBody(
+        request_id=request_id,
+        level=level,
+        heats=[PlannedHeat(heat_id=h.pop("heat_id", None), inputs=h) for h in heats],
+    )
     return message(sender, body)
 
 
-def ask(payload: bytes, st: ServingState | None = None, **limits: int,
-        ) -> tuple[str, InferResponseBody]:
+def ask(
+    payload: bytes,
+    st: ServingState | None = None,
+    **limits: int,
+) -> tuple[str, InferResponseBody]:
     responder = Responder("plant-1", T, [INFER], RequestLimits(**limits))
     reply = responder.handle(REQUEST, payload, st if st is not None else state())
     assert reply is not None
@@ -130,8 +145,7 @@ def test_missing_power_on_time_is_the_sites_estimate() -> None:
     del without["power_on_min"]
     _, body = ask(request([dict(without), planned()]), st)
     estimated, given = body.predictions
-    expected = float(st.power_on.estimate(
-        np.array([[without.get(f, 0.0) for f in FEATURES]]))[0])
+    expected = float(st.power_on.estimate(np.array([[without.get(f, 0.0) for f in FEATURES]]))[0])
     assert estimated.power_on_min == pytest.approx(expected)
     assert given.power_on_min is None
     _, explicit = ask(request([planned(power_on_min=expected)]), st)
@@ -153,12 +167,15 @@ def _error(payload: bytes, st: ServingState | None = None, **limits: int) -> tup
     return body.error.code, body.error.message
 
 
-@pytest.mark.parametrize(("change", "code", "words"), [
-    ({"slag_t": 3.0}, "unknown_feature", "slag_t"),
-    ({"lime_t": None}, "missing_feature", "lime_t"),
-    ({"charge_E3_t": -5.0}, "out_of_range", "charge_E3_t"),
-    ({"carbon_kg": 1e9}, "out_of_range", "carbon_kg"),
-])
+@pytest.mark.parametrize(
+    ("change", "code", "words"),
+    [
+        ({"slag_t": 3.0}, "unknown_feature", "slag_t"),
+        ({"lime_t": None}, "missing_feature", "lime_t"),
+        ({"charge_E3_t": -5.0}, "out_of_range", "charge_E3_t"),
+        ({"carbon_kg": 1e9}, "out_of_range", "carbon_kg"),
+    ],
+)
 def test_bad_inputs_are_refused_with_a_reason(change: dict, code: str, words: str) -> None:
     heat = planned()
     for k, v in change.items():
@@ -218,12 +235,18 @@ def test_wrong_kind_on_the_request_topic() -> None:
 
 def test_unreadable_requests_are_counted_not_answered() -> None:
     responder = Responder("plant-1", T, [INFER])
-    for payload in (b"", b"\xc1\xc1", msgpack.packb([1, 2]), msgpack.packb({"kind": 1}),
-                    msgpack.packb({"sender": "bad id!", "kind": "infer_request"})):
+    for payload in (
+        b"",
+        b"\xc1\xc1",
+        msgpack.packb([1, 2]),
+        msgpack.packb({"kind": 1}),
+        msgpack.packb({"sender": "bad id!", "kind": "infer_request"}),
+    ):
         assert responder.handle(REQUEST, payload, state()) is None
     # Requests for another agent or on another topic are not this agent's to answer.
-    assert responder.handle(T.agent_request("plant-2", "infer"), request([planned()]),
-                            state()) is None
+    assert (
+        responder.handle(T.agent_request("plant-2", "infer"), request([planned()]), state()) is None
+    )
     assert responder.handle(T.model_current, request([planned()]), state()) is None
     assert responder.counts == {"unanswerable": 7}
 
@@ -234,8 +257,9 @@ def test_a_failing_model_gives_an_internal_error_not_an_exception() -> None:
             raise RuntimeError("onnx session lost")
 
     st = state()
-    broken = ServingState(st.version, st.features, st.targets, Broken(), st.calibration,
-                          st.power_on, st.level)
+    broken = ServingState(
+        st.version, st.features, st.targets, Broken(), st.calibration, st.power_on, st.level
+    )
     code, text = _error(request([planned()]), broken)
     assert code == "internal" and "RuntimeError" in text
 
@@ -250,8 +274,11 @@ def test_a_failing_model_gives_an_internal_error_not_an_exception() -> None:
 def test_another_service_plugs_in_with_the_same_envelope() -> None:
     """The extension point: a service is a body pair and an answer function."""
 
-    def answer(req: InferRequestBody, st: ServingState | None, _l: RequestLimits,
-               ) -> InferResponseBody:
+    def answer(
+        req: InferRequestBody,
+        st: ServingState | None,
+        _l: RequestLimits,
+    ) -> InferResponseBody:
         if len(req.heats) > 1:
             raise RequestError("infeasible", "one heat at a time")
         return InferResponseBody(request_id=req.request_id, model_version=st.version)
@@ -259,8 +286,9 @@ def test_another_service_plugs_in_with_the_same_envelope() -> None:
     service = Service("optimize", InferRequestBody, InferResponseBody, answer)
     responder = Responder("plant-1", T, [INFER, service])
     assert responder.request_topics == [REQUEST, T.agent_request("plant-1", "optimize")]
-    reply = responder.handle(T.agent_request("plant-1", "optimize"),
-                             request([planned(), planned()]), state())
+    reply = responder.handle(
+        T.agent_request("plant-1", "optimize"), request([planned(), planned()]), state()
+    )
     assert reply.topic == T.agent_response("plant-1", "optimize", "hmi-1")
     body = decode(reply.payload, InferResponseBody).body
     assert body.error.code == "infeasible" and body.request_id == "r-1"
@@ -294,8 +322,9 @@ class Planning(Linear):
 
 def _planning(residuals: int) -> ServingState:
     st = state(residuals=residuals)
-    return ServingState(st.version, st.features, st.targets, Planning(), st.calibration,
-                        st.power_on, st.level)
+    return ServingState(
+        st.version, st.features, st.targets, Planning(), st.calibration, st.power_on, st.level
+    )
 
 
 def _optimize(body: dict, st: ServingState | None) -> OptimizeResponseBody:
@@ -307,10 +336,8 @@ def _optimize(body: dict, st: ServingState | None) -> OptimizeResponseBody:
     stock = tomllib.loads((examples / "stock.toml").read_text())
     req = OptimizeRequestBody(request_id="o-1", **{"order": order, "stock": stock, **body})
     responder = Responder("plant-1", T, [OPTIMIZE])
-    reply = responder.handle(T.agent_request("plant-1", "optimize"), message("hmi-1", req),
-                             st)
-    assert reply is not None and reply.topic == T.agent_response("plant-1", "optimize",
-                                                                   "hmi-1")
+    reply = responder.handle(T.agent_request("plant-1", "optimize"), message("hmi-1", req), st)
+    assert reply is not None and reply.topic == T.agent_response("plant-1", "optimize", "hmi-1")
     return decode(reply.payload, OptimizeResponseBody).body  # type: ignore[return-value]
 
 
@@ -319,8 +346,9 @@ def test_optimize_answers_a_plan_or_says_why_not() -> None:
     answer = _optimize({"risk": 0.2}, st)
     assert answer.error is None and answer.request_id == "o-1" and answer.model_version == 7
     assert answer.plan is not None and answer.plan["status"] in ("optimal", "infeasible")
-    assert set(answer.plan["charge"]) <= {f[len("charge_"):-2] for f in FEATURES
-                                          if f.startswith("charge_")}
+    assert set(answer.plan["charge"]) <= {
+        f[len("charge_") : -2] for f in FEATURES if f.startswith("charge_")
+    }
     assert _optimize({}, None).error.code == "no_model"  # type: ignore[union-attr]
     bad = _optimize({"order": {"tapped_t": -5}}, st)
     assert bad.error is not None and bad.error.code == "invalid_order" and bad.plan is None

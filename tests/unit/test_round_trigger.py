@@ -13,10 +13,18 @@ from alchimia.coordinator.rounds import Selection
 from alchimia.coordinator.trigger import RoundTrigger
 
 
-def _decide(trigger: RoundTrigger, online: dict[str, int | None], *, min_agents: int = 2,
-            now: float = 100.0, last_opened: float = 0.0, early: str | None = None):
-    return trigger.decide(online, min_agents=min_agents, now=now, last_opened=last_opened,
-                          early=early)
+def _decide(
+    trigger: RoundTrigger,
+    online: dict[str, int | None],
+    *,
+    min_agents: int = 2,
+    now: float = 100.0,
+    last_opened: float = 0.0,
+    early: str | None = None,
+):
+    return trigger.decide(
+        online, min_agents=min_agents, now=now, last_opened=last_opened, early=early
+    )
 
 
 def test_no_round_on_unchanged_data() -> None:
@@ -77,8 +85,7 @@ def test_selection_prefers_agents_with_new_data() -> None:
         assert len(picked) == 4 and {"p1", "p6"} <= set(picked)
         assert set(sel.choose(pool, rng, prefer=set(pool[:6])) or []) <= set(pool[:6])
     # Everyone is taken when the fraction says so, new data or not.
-    assert Selection(min_agents=2).choose(["b", "a"], random.Random(0), prefer={"a"}) == [
-        "a", "b"]
+    assert Selection(min_agents=2).choose(["b", "a"], random.Random(0), prefer={"a"}) == ["a", "b"]
 
 
 def test_selection_without_preference_draws_as_before() -> None:
@@ -86,11 +93,13 @@ def test_selection_without_preference_draws_as_before() -> None:
     sel = Selection(fraction=0.3, min_agents=1)
     for prefer in ((), pool):
         assert sel.choose(pool, random.Random(4), prefer=prefer) == sel.choose(
-            pool, random.Random(4))
+            pool, random.Random(4)
+        )
 
 
-def _status(registry: Registry, agent: str, new_heats: int | None, ts: float,
-            online: bool = True) -> None:
+def _status(
+    registry: Registry, agent: str, new_heats: int | None, ts: float, online: bool = True
+) -> None:
     registry.update(AgentInfo(agent, online, 10, "x", ts, new_heats, ts))
 
 
@@ -126,10 +135,11 @@ def test_an_update_sent_by_an_agent_that_never_reports_new_heats_changes_nothing
 
 
 def test_status_carries_new_heats_and_older_statuses_still_decode() -> None:
-    env = decode(message("a", StatusBody(role="agent", state="online", new_heats=3)),
-                 StatusBody)
+    env = decode(message("a", StatusBody(role="agent", state="online", new_heats=3)), StatusBody)
     assert env.body.new_heats == 3
-    assert decode(message("a", StatusBody(role="agent", state="online")),
-                  StatusBody).body.new_heats is None
+    assert (
+        decode(message("a", StatusBody(role="agent", state="online")), StatusBody).body.new_heats
+        is None
+    )
     with pytest.raises(ValueError):
         StatusBody(role="agent", state="online", new_heats=-1)

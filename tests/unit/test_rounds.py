@@ -10,8 +10,13 @@ from alchimia.coordinator.rounds import RoundState, Selection, SyncRound
 
 
 def _round(quorum: int = 2, deadline: float = 100.0) -> SyncRound:
-    return SyncRound(window_id=7, base_version=3, selected=frozenset({"a", "b", "c"}),
-                     quorum=quorum, deadline_ts=deadline)
+    return SyncRound(
+        window_id=7,
+        base_version=3,
+        selected=frozenset({"a", "b", "c"}),
+        quorum=quorum,
+        deadline_ts=deadline,
+    )
 
 
 def test_round_is_ready_when_all_selected_answered_before_the_deadline() -> None:
@@ -55,8 +60,9 @@ def test_late_update_after_close_is_rejected() -> None:
         ("a", 7, 2, "round base is 3"),
     ],
 )
-def test_wrong_round_sender_or_base_rejected(sender: str, round_id: int, base: int,
-                                             reason: str) -> None:
+def test_wrong_round_sender_or_base_rejected(
+    sender: str, round_id: int, base: int, reason: str
+) -> None:
     assert reason in (_round().check(sender, round_id, base) or "")
 
 
@@ -77,7 +83,8 @@ def test_selection_waits_for_enough_agents_and_respects_bounds() -> None:
     assert Selection(min_agents=3).choose(["a", "b"], rng) is None
     assert Selection(min_agents=2).choose(["b", "a", "c"], rng) == ["a", "b", "c"]
     picked = Selection(fraction=0.5, min_agents=1, max_agents=3).choose(
-        [f"p{i}" for i in range(10)], rng)
+        [f"p{i}" for i in range(10)], rng
+    )
     assert picked is not None and len(picked) == 3 and picked == sorted(picked)
     assert len(Selection(fraction=0.1, min_agents=2).choose(list("abcdef"), rng) or []) == 2
     with pytest.raises(ValueError):

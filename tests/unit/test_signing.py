@@ -11,9 +11,15 @@ from alchimia.broker.signing import SignatureError, sign_model, verify_model
 
 
 def _body() -> ModelBody:
-    return ModelBody(version=4, parent_version=3, round_id=7, spec={"hidden": [2]},
-                     onnx=b"onnx-bytes", weights={"w": np.arange(4, dtype=np.float32)},
-                     metadata={"contributors": ["a", "b"]})
+    return ModelBody(
+        version=4,
+        parent_version=3,
+        round_id=7,
+        spec={"hidden": [2]},
+        onnx=b"onnx-bytes",
+        weights={"w": np.arange(4, dtype=np.float32)},
+        metadata={"contributors": ["a", "b"]},
+    )
 
 
 def test_signed_model_verifies_after_a_trip_over_the_wire() -> None:
@@ -23,12 +29,19 @@ def test_signed_model_verifies_after_a_trip_over_the_wire() -> None:
     verify_model(received, key.public_key())
 
 
-@pytest.mark.parametrize("change", [
-    {"version": 5}, {"parent_version": None}, {"round_id": 8}, {"spec": {"hidden": [3]}},
-    {"onnx": b"onnx-bytez"}, {"metadata": {"contributors": ["a"]}},
-    {"weights": {"w": np.array([0, 1, 2, 3.5], np.float32)}},
-    {"weights": {"v": np.arange(4, dtype=np.float32)}},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"version": 5},
+        {"parent_version": None},
+        {"round_id": 8},
+        {"spec": {"hidden": [3]}},
+        {"onnx": b"onnx-bytez"},
+        {"metadata": {"contributors": ["a"]}},
+        {"weights": {"w": np.array([0, 1, 2, 3.5], np.float32)}},
+        {"weights": {"v": np.arange(4, dtype=np.float32)}},
+    ],
+)
 def test_any_tampering_is_detected(change: dict) -> None:
     key = Ed25519PrivateKey.generate()
     forged = sign_model(_body(), key).model_copy(update=change)
@@ -49,11 +62,13 @@ def test_a_javascript_encoder_writing_integral_floats_as_ints_verifies() -> None
     """RFC 8785 writes 8.0 and 8 alike: a client whose msgpack encoder sends integral
     numbers as ints (JavaScript) computes the same digest."""
     key = Ed25519PrivateKey.generate()
-    body = _body().model_copy(update={"spec": {"x_scale": [8.0, 1e-05, 0.5]},
-                                      "metadata": {"lr": 2.0}})
+    body = _body().model_copy(
+        update={"spec": {"x_scale": [8.0, 1e-05, 0.5]}, "metadata": {"lr": 2.0}}
+    )
     signed = sign_model(body, key)
-    as_javascript = signed.model_copy(update={"spec": {"x_scale": [8, 0.00001, 0.5]},
-                                              "metadata": {"lr": 2}})
+    as_javascript = signed.model_copy(
+        update={"spec": {"x_scale": [8, 0.00001, 0.5]}, "metadata": {"lr": 2}}
+    )
     verify_model(as_javascript, key.public_key())
 
 

@@ -31,15 +31,20 @@ def _chunk(data: bytes) -> bytes:
 def documented_digest(body: dict[str, Any]) -> bytes:
     """The recipe of docs/PROTOCOL.md, step by step, on the plain msgpack map."""
     parts = [b"alchimia/v1/model\x00"]
-    parts += [struct.pack("<q", -1 if body.get(k) is None else body[k])
-              for k in ("version", "parent_version", "round_id")]
+    parts += [
+        struct.pack("<q", -1 if body.get(k) is None else body[k])
+        for k in ("version", "parent_version", "round_id")
+    ]
     parts += [_chunk(rfc8785.dumps(body["spec"])), _chunk(rfc8785.dumps(body["metadata"]))]
     parts.append(_chunk(hashlib.sha256(body["onnx"]).digest()))
     parts.append(struct.pack("<Q", len(body["weights"])))
     for name, tensor in body["weights"].items():
-        parts += [_chunk(name.encode()), _chunk(tensor["dtype"].encode()),
-                  _chunk(struct.pack(f"<{len(tensor['shape'])}Q", *tensor["shape"])),
-                  _chunk(tensor["data"])]
+        parts += [
+            _chunk(name.encode()),
+            _chunk(tensor["dtype"].encode()),
+            _chunk(struct.pack(f"<{len(tensor['shape'])}Q", *tensor["shape"])),
+            _chunk(tensor["data"]),
+        ]
     return hashlib.sha256(b"".join(parts)).digest()
 
 
@@ -52,12 +57,14 @@ def _public_key() -> Ed25519PublicKey:
 def test_the_published_file_is_what_the_script_writes() -> None:
     assert build_vectors() == PUBLISHED, (
         "the model message or its digest changed: if that is intended, say so in "
-        "docs/PROTOCOL.md and run .venv/bin/python -m tests.data.make_signing_vectors")
+        "docs/PROTOCOL.md and run .venv/bin/python -m tests.data.make_signing_vectors"
+    )
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v["description"][:30])
 def test_documented_recipe_gives_the_digest_and_the_signature_verifies(
-        vector: dict[str, str]) -> None:
+    vector: dict[str, str],
+) -> None:
     raw = msgpack.unpackb(bytes.fromhex(vector["message_hex"]), raw=False)
     body = raw["body"]
     assert rfc8785.dumps(body["spec"]).decode() == vector["spec_jcs"]

@@ -163,9 +163,7 @@ def test_chemistry_is_mix_weighted_lot_composition(heats_by_plant: dict[str, lis
             assert t is not None
             heel = h.inputs["hot_heel_t"]
             metal = _charge(h) * t.yields
-            expected = (heel * t.heel_pct + t.recovery * (metal @ t.lot_pct)) / (
-                heel + metal.sum()
-            )
+            expected = (heel * t.heel_pct + t.recovery * (metal @ t.lot_pct)) / (heel + metal.sum())
             np.testing.assert_allclose(t.tap_pct, expected, rtol=1e-12)
             assert h.outcome["cu_pct"] == pytest.approx(expected[0], rel=0.1, abs=0.008)
 
@@ -244,9 +242,7 @@ def test_signal_arguments_are_checked(heats_by_plant: dict[str, list[Heat]]) -> 
 # --- drift ----------------------------------------------------------------------------------
 
 
-def _pair(
-    profile: PlantProfile, seed: int, drift: Drift, n: int
-) -> tuple[list[Heat], list[Heat]]:
+def _pair(profile: PlantProfile, seed: int, drift: Drift, n: int) -> tuple[list[Heat], list[Heat]]:
     return SimulatedPlant(profile, seed).heats(n), SimulatedPlant(profile, seed, [drift]).heats(n)
 
 
@@ -425,8 +421,9 @@ def _plan_of(h: Heat, profile: PlantProfile) -> dict[str, float]:
     """A heat's own charge and process plan, as a plan to execute (power-off time as
     planned: the delays come on top)."""
     plan = {f: h.inputs[f] for f in FEATURES if f.startswith("charge_")}
-    plan.update({k: h.inputs[k] for k in ("lime_t", "carbon_kg", "oxygen_nm3", "gas_nm3",
-                                           "tap_temp_aim_c")})
+    plan.update(
+        {k: h.inputs[k] for k in ("lime_t", "carbon_kg", "oxygen_nm3", "gas_nm3", "tap_temp_aim_c")}
+    )
     plan["power_off_min"] = profile.power_off_min
     return plan
 
@@ -489,12 +486,18 @@ def test_a_cleaner_charge_at_the_same_index_taps_less_copper(
     assert plant.execute(plan, own_index).inputs["power_on_min"] > 15.0
 
 
-@pytest.mark.parametrize("change", [
-    {"charge_E3_t": -1.0}, {"lime_t": float("nan")}, {"charge_XX_t": 1.0},
-    {"oxygen_nm3": -5.0},
-])
-def test_execute_rejects_bad_plans(plants: list[tuple[PlantProfile, int]],
-                                   change: dict[str, float]) -> None:
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"charge_E3_t": -1.0},
+        {"lime_t": float("nan")},
+        {"charge_XX_t": 1.0},
+        {"oxygen_nm3": -5.0},
+    ],
+)
+def test_execute_rejects_bad_plans(
+    plants: list[tuple[PlantProfile, int]], change: dict[str, float]
+) -> None:
     profile, seed = plants[0]
     plant = SimulatedPlant(profile, seed)
     plan = _plan_of(plant.heats(1)[0], profile)

@@ -17,8 +17,15 @@ FEATURES = ("a", "b")
 TARGETS = ("t",)
 
 
-def _stream(learner: SiteLearner, n: int, err_sd: float, err_mean: float, seed: int,
-            x_shift: float = 0.0, learn_every: int = 0) -> None:
+def _stream(
+    learner: SiteLearner,
+    n: int,
+    err_sd: float,
+    err_mean: float,
+    seed: int,
+    x_shift: float = 0.0,
+    learn_every: int = 0,
+) -> None:
     """``n`` heats; with ``learn_every`` k, every k-th is a validation heat."""
     rng = np.random.default_rng(seed)
     for _ in range(n):
@@ -74,8 +81,15 @@ def test_refits_at_detection_then_every_few_heats_until_one_had_a_full_window() 
     policy = SitePolicy(adapt_heats=20, adapt_every=5, min_regime_heats=5, adapt_epochs=1)
     learner = SiteLearner(FEATURES, TARGETS, [1.0], policy)
     _stream(learner, 600, 0.1, 0.0, seed=8)
-    spec = ModelSpec(features=FEATURES, targets=TARGETS, x_center=(0.0, 0.0),
-                     x_scale=(1.0, 1.0), y_center=(0.0,), y_scale=(1.0,), hidden=(4,))
+    spec = ModelSpec(
+        features=FEATURES,
+        targets=TARGETS,
+        x_center=(0.0, 0.0),
+        x_scale=(1.0, 1.0),
+        y_center=(0.0,),
+        y_scale=(1.0,),
+        hidden=(4,),
+    )
     refits = []
     for step in range(150):
         _stream(learner, 1, 0.1, 2.0, seed=100 + step)
@@ -94,11 +108,14 @@ def test_refits_at_detection_then_every_few_heats_until_one_had_a_full_window() 
 def test_refit_moves_the_site_part_only() -> None:
     spec = ModelSpec(architecture="eaf-hybrid-v1")
     rng = np.random.default_rng(0)
-    x = (np.asarray(spec.x_center) + rng.standard_normal((40, len(spec.features)))
-         * np.asarray(spec.x_scale) * 0.3).astype(np.float32)
+    x = (
+        np.asarray(spec.x_center)
+        + rng.standard_normal((40, len(spec.features))) * np.asarray(spec.x_scale) * 0.3
+    ).astype(np.float32)
     y = (np.asarray(spec.y_center) * 1.05).astype(np.float32) * np.ones((40, 1), np.float32)
-    learner = SiteLearner(spec.features, spec.targets, spec.y_scale,
-                          SitePolicy(adapt_epochs=3, min_regime_heats=5))
+    learner = SiteLearner(
+        spec.features, spec.targets, spec.y_scale, SitePolicy(adapt_epochs=3, min_regime_heats=5)
+    )
     for row, out in zip(x, y, strict=True):
         learner.observe(row, out, None)
     shared = get_weights(build_model(spec, seed=1))
@@ -113,8 +130,15 @@ def test_refit_moves_the_site_part_only() -> None:
 
 def test_policy_defaults_are_the_agents() -> None:
     policy, settings = SitePolicy(), AgentSettings()
-    for name in ("train_window", "replay_rows", "adapt_heats", "adapt_epochs", "adapt_lr",
-                 "adapt_prior", "adapt_every"):
+    for name in (
+        "train_window",
+        "replay_rows",
+        "adapt_heats",
+        "adapt_epochs",
+        "adapt_lr",
+        "adapt_prior",
+        "adapt_every",
+    ):
         assert getattr(policy, name) == getattr(settings, name), name
 
 

@@ -82,7 +82,10 @@ def test_make_staleness() -> None:
         make_staleness("exp")
     with pytest.raises(ValueError, match="unexpected keyword"):
         make_staleness("constant", a=1.0)
-    for name, params in [("polynomial", {"a": -1.0}), ("hinge", {"b": -1.0}),
-                         ("hinge", {"a": math.nan})]:
+    for name, params in [
+        ("polynomial", {"a": -1.0}),
+        ("hinge", {"b": -1.0}),
+        ("hinge", {"a": math.nan}),
+    ]:
         with pytest.raises(ValueError, match="must be a finite number >= 0"):
             make_staleness(name, **params)

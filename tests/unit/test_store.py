@@ -61,8 +61,22 @@ def test_string_fields_escape_quotes_and_backslashes() -> None:
 
 
 def test_value_types() -> None:
-    p = Point("m", {}, {"i": 3, "neg": -(2**63), "t": True, "f": False, "x": 0.1, "e": 1e300,
-                        "tiny": 5e-324, "z": -0.0, "w": 1500.0}, 2)
+    p = Point(
+        "m",
+        {},
+        {
+            "i": 3,
+            "neg": -(2**63),
+            "t": True,
+            "f": False,
+            "x": 0.1,
+            "e": 1e300,
+            "tiny": 5e-324,
+            "z": -0.0,
+            "w": 1500.0,
+        },
+        2,
+    )
     assert encode_line(p) == (
         "m i=3i,neg=-9223372036854775808i,t=true,f=false,x=0.1,e=1e+300,tiny=5e-324,z=-0.0,"
         "w=1500.0 2"
@@ -126,7 +140,8 @@ def test_fast_path_follows_type_changes_of_the_same_shape() -> None:
         "eaf,furnace=f1,heat=H0001,plant=p1 v=1.0 1700000000000000001\n",
         "eaf,furnace=f1,heat=H0001,plant=p1 v=2i 1700000000000000002\n",
         "eaf,furnace=f1,heat=H0001,plant=p1 v=3.0 1700000000000000003\n",
-        'eaf,furnace=f1,heat=H0001,plant=p1 v="x" 1700000000000000004\n']
+        'eaf,furnace=f1,heat=H0001,plant=p1 v="x" 1700000000000000004\n',
+    ]
 
 
 def test_fast_path_notices_a_mutated_tags_dict() -> None:
@@ -143,8 +158,9 @@ def test_percent_signs_in_names_survive_the_template() -> None:
     assert LineEncoder().encode([p]).decode() == encode_line(p) + "\n" == "m%d,t%s=%r f%%=1.0 1\n"
 
 
-_names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"),
-                 min_size=1, max_size=8).filter(lambda s: not s.endswith("\\") and s != "time")
+_names = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"), min_size=1, max_size=8
+).filter(lambda s: not s.endswith("\\") and s != "time")
 _values = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.integers(-(2**63), 2**63 - 1),
@@ -167,6 +183,7 @@ def test_fast_path_matches_reference_encoding(
     p = Point(meas, tags, fields, ts)  # type: ignore[arg-type]
     expected = encode_line(p) + "\n"
     assert enc.encode([p, p]) == enc.encode([p, p]) == (expected * 2).encode()  # cached
+
 
 # Values that make the fast path hand a point to encode_line: refused ones, types without a
 # template, finite floats whose sum overflows, a subclass of float.
@@ -203,11 +220,13 @@ def _spoil(point: Point, rnd: random.Random) -> Point:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    measurements=st.lists(_names.filter(lambda s: not s.startswith("#")), min_size=1,
-                          max_size=2),
+    measurements=st.lists(_names.filter(lambda s: not s.startswith("#")), min_size=1, max_size=2),
     tag_sets=st.lists(st.dictionaries(_names, _names, max_size=3), min_size=1, max_size=2),
-    shapes=st.lists(st.dictionaries(_names, st.sampled_from([float, int]), min_size=1,
-                                    max_size=4), min_size=1, max_size=3),
+    shapes=st.lists(
+        st.dictionaries(_names, st.sampled_from([float, int]), min_size=1, max_size=4),
+        min_size=1,
+        max_size=3,
+    ),
     # Distinct values, so that a field read from the wrong place shows; no overflowing sum.
     floats=st.lists(st.floats(-1e300, 1e300), min_size=5, max_size=10, unique=True),
     ints=st.lists(st.integers(INT64_MIN, INT64_MAX), min_size=5, max_size=10, unique=True),
@@ -215,8 +234,13 @@ def _spoil(point: Point, rnd: random.Random) -> Point:
     seed=st.integers(0, 2**32),
 )
 def test_batches_of_mixed_shapes_match_the_reference_point_by_point(
-    measurements: list[str], tag_sets: list[dict[str, str]], shapes: list[dict[str, type]],
-    floats: list[float], ints: list[int], n: int, seed: int,
+    measurements: list[str],
+    tag_sets: list[dict[str, str]],
+    shapes: list[dict[str, type]],
+    floats: list[float],
+    ints: list[int],
+    n: int,
+    seed: int,
 ) -> None:
     """Runs of shared shapes, shape changes at any point, odd points: same bytes or error."""
     rnd = random.Random(seed)  # hypothesis' own randoms() favour edge cases: runs too short
@@ -232,8 +256,10 @@ def test_batches_of_mixed_shapes_match_the_reference_point_by_point(
                 tags = rnd.choice(tag_sets)
             else:
                 kinds = rnd.choice(shapes)
-        fields = {key: rnd.choice(floats) if kind is float else rnd.choice(ints)
-                  for key, kind in kinds.items()}
+        fields = {
+            key: rnd.choice(floats) if kind is float else rnd.choice(ints)
+            for key, kind in kinds.items()
+        }
         point_tags = dict(tags) if rnd.random() < 0.2 else tags  # equal, not the same dict
         points.append(Point(measurement, point_tags, fields, rnd.randint(TS_MIN, TS_MAX)))
     for _ in range(rnd.choice([0, 0, 1, 1, 3])):
@@ -329,7 +355,7 @@ def test_spool_quarantines_a_corrupt_record(tmp_path: Path) -> None:
     with pytest.raises(SpoolCorruptError) as exc:
         again.read_batch(100)
     moved = again.quarantine_rest_of_segment(exc.value.position, str(exc.value))
-    assert moved.read_bytes()[struct.calcsize("<III"):][:-2] == lines(1, 2)[0][:-2]
+    assert moved.read_bytes()[struct.calcsize("<III") :][:-2] == lines(1, 2)[0][:-2]
     assert "checksum" in moved.with_suffix(".reason.json").read_text()
     assert drain(again) == lines(2, 3)[0]
     again.close()
@@ -464,8 +490,7 @@ def test_the_spool_groups_its_fsyncs(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("interval", "syncs"), [(0.0, 10), (3600.0, 1)])
-def test_fsyncs_per_append_follow_the_interval(tmp_path: Path, interval: float,
-                                                syncs: int) -> None:
+def test_fsyncs_per_append_follow_the_interval(tmp_path: Path, interval: float, syncs: int) -> None:
     spool = Spool(tmp_path, fsync_interval=interval, clock=lambda: 7.0)
     for i in range(10):
         spool.append([lines(i, i + 1)])
@@ -547,8 +572,9 @@ def test_writer_keeps_data_through_retries_and_logs_the_outage_once(
 ) -> None:
     down = SendResult(Outcome.RETRY, "ConnectError: refused")
     sink = ScriptedSink([down] * 4)
-    w = BufferedWriter(spool, sink, batch_size=10, flush_interval=60, backoff_initial=0.01,
-                       backoff_max=0.02)
+    w = BufferedWriter(
+        spool, sink, batch_size=10, flush_interval=60, backoff_initial=0.01, backoff_max=0.02
+    )
     with caplog.at_level(logging.INFO, logger="alchimia.agent.store.buffered"):
         w.write([pt(i) for i in range(25)])
         w.flush(timeout=30)
@@ -561,8 +587,9 @@ def test_writer_keeps_data_through_retries_and_logs_the_outage_once(
 
 def test_flush_times_out_while_the_sink_is_down_and_data_stays_spooled(spool: Spool) -> None:
     sink = ScriptedSink([SendResult(Outcome.RETRY, "down")] * 10**6)
-    w = BufferedWriter(spool, sink, batch_size=10, flush_interval=60, backoff_initial=0.01,
-                       backoff_max=0.05)
+    w = BufferedWriter(
+        spool, sink, batch_size=10, flush_interval=60, backoff_initial=0.01, backoff_max=0.05
+    )
     w.write([pt(i) for i in range(5)])
     with pytest.raises(FlushTimeout, match="safe in the spool"):
         w.flush(timeout=0.3)
@@ -571,12 +598,14 @@ def test_flush_times_out_while_the_sink_is_down_and_data_stays_spooled(spool: Sp
 
 
 def test_a_fail_fast_flush_gives_up_at_the_first_failed_try_and_never_waits_out_backoff(
-        spool: Spool) -> None:
+    spool: Spool,
+) -> None:
     down = SendResult(Outcome.RETRY, "ConnectError: refused")
     sink = ScriptedSink([down] * 3)
     # A backoff far beyond the flush timeout: each flush must make its own attempt at once.
-    w = BufferedWriter(spool, sink, batch_size=10, flush_interval=3600,
-                       backoff_initial=3600, backoff_max=3600)
+    w = BufferedWriter(
+        spool, sink, batch_size=10, flush_interval=3600, backoff_initial=3600, backoff_max=3600
+    )
     w.write([pt(i) for i in range(5)])
     for tries in (1, 2, 3):
         with pytest.raises(FlushTimeout, match="at once: it is unavailable"):
@@ -611,8 +640,10 @@ def test_rejected_batch_is_moved_aside_and_the_rest_delivered(spool: Spool) -> N
         w.write([pt(j) for j in range(i, i + 10)])
     w.flush(timeout=30)
     enc = LineEncoder()
-    assert sink.received == [enc.encode([pt(j) for j in range(0, 10)]),
-                             enc.encode([pt(j) for j in range(20, 30)])]
+    assert sink.received == [
+        enc.encode([pt(j) for j in range(0, 10)]),
+        enc.encode([pt(j) for j in range(20, 30)]),
+    ]
     rejected = list((spool.directory / "rejected").glob("*.lp"))
     assert [p.read_bytes() for p in rejected] == [enc.encode([pt(j) for j in range(10, 20)])]
     assert "field type conflict" in rejected[0].with_suffix(".reason.json").read_text()
@@ -631,15 +662,31 @@ def test_invalid_points_write_nothing(spool: Spool) -> None:
 # -- SQLite store ---------------------------------------------------------------------------
 
 
-EXACT = {"third": 0.1 + 0.2, "tiny": 5e-324, "huge": 1.7976931348623157e308, "negz": -0.0,
-         "big": 2**63 - 1, "small": -(2**63), "yes": True, "no": False,
-         "text": 'a "quoted" \\ line\nbreak ünï', "whole": 1500.0}
+EXACT = {
+    "third": 0.1 + 0.2,
+    "tiny": 5e-324,
+    "huge": 1.7976931348623157e308,
+    "negz": -0.0,
+    "big": 2**63 - 1,
+    "small": -(2**63),
+    "yes": True,
+    "no": False,
+    "text": 'a "quoted" \\ line\nbreak ünï',
+    "whole": 1500.0,
+}
 
 
 def test_sqlite_reads_back_exactly_what_was_written(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "s.db")
-    points = [Point("eaf", {"plant": "p 1", "furnace": "f,1", "heat": f"H{i // 100}"},
-                    {**EXACT, "i": i, "x": i / 7}, T0 + i) for i in range(1000)]
+    points = [
+        Point(
+            "eaf",
+            {"plant": "p 1", "furnace": "f,1", "heat": f"H{i // 100}"},
+            {**EXACT, "i": i, "x": i / 7},
+            T0 + i,
+        )
+        for i in range(1000)
+    ]
     store.write(points[::-1][:500])  # out of order, and in two calls
     store.write(points[::-1][500:])
     back = store.query_points("eaf", {"plant": "p 1"})
@@ -661,10 +708,17 @@ def test_sqlite_reads_back_exactly_what_was_written(tmp_path: Path) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.dictionaries(
-    st.one_of(_names, st.sampled_from(["time", "k\\", "a b", "f,=x"])),
-    st.one_of(st.floats(), st.sampled_from([1.7e308, _Real(0.5), 1, True])),
-    max_size=4), min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.dictionaries(
+            st.one_of(_names, st.sampled_from(["time", "k\\", "a b", "f,=x"])),
+            st.one_of(st.floats(), st.sampled_from([1.7e308, _Real(0.5), 1, True])),
+            max_size=4,
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
 def test_sqlite_stores_float_fields_as_normalize_point_does(
     fields: list[dict[str, object]],
 ) -> None:
@@ -684,7 +738,8 @@ def test_sqlite_stores_float_fields_as_normalize_point_does(
                     (got,) = store.query_points("m", {}, i, i + 1)
                     assert got.fields == want.fields
                     assert list(map(type, got.fields.values())) == list(
-                        map(type, want.fields.values()))
+                        map(type, want.fields.values())
+                    )
         store.close()
 
 
@@ -692,8 +747,10 @@ def test_sqlite_one_day_of_one_furnace(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "day.db", fsync=False)
     tags = {"plant": "p1", "furnace": "f1", "heat": "H1"}
     sec = 1_000_000_000
-    points = [Point("eaf", tags, {f"ch{k}": (i * 31 + k) / 17 for k in range(10)}, T0 + i * sec)
-              for i in range(86_400)]
+    points = [
+        Point("eaf", tags, {f"ch{k}": (i * 31 + k) / 17 for k in range(10)}, T0 + i * sec)
+        for i in range(86_400)
+    ]
     for i in range(0, len(points), 3600):
         store.write(points[i : i + 3600])
     assert store.count("eaf", tags) == 86_400
@@ -716,15 +773,20 @@ def test_sqlite_orders_ties_by_tag_set(tmp_path: Path) -> None:
     pts = [Point("m", {"f": f}, {"v": 1.0}, ts) for ts in (2, 1) for f in ("b", "a")]
     store.write(pts)
     assert [(p.ts_ns, p.tags["f"]) for p in store.query_points("m", {})] == [
-        (1, "a"), (1, "b"), (2, "a"), (2, "b")]
+        (1, "a"),
+        (1, "b"),
+        (2, "a"),
+        (2, "b"),
+    ]
     store.close()
 
 
 def test_sqlite_invalid_point_writes_nothing(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "i.db")
     with pytest.raises(ValueError, match="NaN"):
-        store.write([Point("m", {"new": "series"}, {"v": 1.0}, 1),
-                     Point("m", {}, {"v": math.nan}, 2)])
+        store.write(
+            [Point("m", {"new": "series"}, {"v": 1.0}, 1), Point("m", {}, {"v": math.nan}, 2)]
+        )
     assert store.count("m", {}) == 0 and store.distinct_tag_values("m", "new") == []
     store.write([Point("m", {"new": "series"}, {"v": 1.0}, 1)])
     assert store.count("m", {"new": "series"}) == 1

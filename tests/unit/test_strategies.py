@@ -34,10 +34,18 @@ def W(**arrays: object) -> Weights:
     return {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
 
 
-def random_round(rng: np.random.Generator, shapes: dict[str, tuple[int, ...]], n: int,
-                 ) -> list[tuple[Weights, float]]:
-    return [({k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()},
-             float(rng.integers(1, 500))) for _ in range(n)]
+def random_round(
+    rng: np.random.Generator,
+    shapes: dict[str, tuple[int, ...]],
+    n: int,
+) -> list[tuple[Weights, float]]:
+    return [
+        (
+            {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()},
+            float(rng.integers(1, 500)),
+        )
+        for _ in range(n)
+    ]
 
 
 def delta_of(new: Weights, old: Weights) -> np.ndarray:
@@ -61,8 +69,7 @@ def g0() -> Weights:
 
 def test_fedavg_hand_computed() -> None:
     g = W(w=[1.0, 2.0, 3.0], b=[[0.5]])
-    new = FedAvg().aggregate(g, [(W(w=[1, 1, -1], b=[[2]]), 1.0),
-                                 (W(w=[3, 3, 3], b=[[-2]]), 3.0)])
+    new = FedAvg().aggregate(g, [(W(w=[1, 1, -1], b=[[2]]), 1.0), (W(w=[3, 3, 3], b=[[-2]]), 3.0)])
     # (1*d1 + 3*d2) / 4
     np.testing.assert_allclose(new["w"], [3.5, 4.5, 5.0], rtol=0, atol=1e-6)
     np.testing.assert_allclose(new["b"], [[0.5 - 1.0]], rtol=0, atol=1e-6)
@@ -141,8 +148,15 @@ def test_fedavgm_two_rounds_hand_computed() -> None:
     assert s.state_dict()["rounds"] == 2
 
 
-def fedopt_reference(variant: str, x0: np.ndarray, deltas: list[np.ndarray], eta: float,
-                     b1: float, b2: float, tau: float) -> list[tuple[np.ndarray, ...]]:
+def fedopt_reference(
+    variant: str,
+    x0: np.ndarray,
+    deltas: list[np.ndarray],
+    eta: float,
+    b1: float,
+    b2: float,
+    tau: float,
+) -> list[tuple[np.ndarray, ...]]:
     """Reddi et al. 2021, Algorithm 2, written out independently (v starts at tau**2).
 
     Returns (x, m, v) after each round.
@@ -163,21 +177,33 @@ def fedopt_reference(variant: str, x0: np.ndarray, deltas: list[np.ndarray], eta
 
 FEDOPT_CASES = [
     ("adagrad", FedAdagrad, {}, dict(eta=0.1, b1=0.0, b2=0.0, tau=1e-9)),
-    ("adagrad", FedAdagrad, dict(eta=0.3, beta_1=0.9, tau=1e-2),
-     dict(eta=0.3, b1=0.9, b2=0.0, tau=1e-2)),
+    (
+        "adagrad",
+        FedAdagrad,
+        dict(eta=0.3, beta_1=0.9, tau=1e-2),
+        dict(eta=0.3, b1=0.9, b2=0.0, tau=1e-2),
+    ),
     ("adam", FedAdam, {}, dict(eta=0.1, b1=0.9, b2=0.99, tau=1e-9)),
-    ("adam", FedAdam, dict(eta=0.05, beta_1=0.5, beta_2=0.9, tau=1e-3),
-     dict(eta=0.05, b1=0.5, b2=0.9, tau=1e-3)),
+    (
+        "adam",
+        FedAdam,
+        dict(eta=0.05, beta_1=0.5, beta_2=0.9, tau=1e-3),
+        dict(eta=0.05, b1=0.5, b2=0.9, tau=1e-3),
+    ),
     ("yogi", FedYogi, {}, dict(eta=0.01, b1=0.9, b2=0.99, tau=1e-3)),
-    ("yogi", FedYogi, dict(eta=0.2, beta_1=0.8, beta_2=0.9, tau=1e-2),
-     dict(eta=0.2, b1=0.8, b2=0.9, tau=1e-2)),
+    (
+        "yogi",
+        FedYogi,
+        dict(eta=0.2, beta_1=0.8, beta_2=0.9, tau=1e-2),
+        dict(eta=0.2, b1=0.8, b2=0.9, tau=1e-2),
+    ),
 ]
 
 
 @pytest.mark.parametrize(("variant", "cls", "params", "ref"), FEDOPT_CASES)
-def test_fedopt_two_rounds_match_algorithm_2(variant: str, cls: type[Strategy],
-                                             params: dict[str, float],
-                                             ref: dict[str, float]) -> None:
+def test_fedopt_two_rounds_match_algorithm_2(
+    variant: str, cls: type[Strategy], params: dict[str, float], ref: dict[str, float]
+) -> None:
     x0 = np.array([0.5, -1.0, 2.0], np.float64)
     # round 1 mean delta [1, 1, -2] (weights 1 and 3); round 2 mean delta [1/16, 1, 3]: for
     # Yogi, v1 - delta2**2 then has both signs, so both branches of the sign are exercised
@@ -220,12 +246,12 @@ def _npz_round_trip(state: dict[str, object]) -> dict[str, object]:
         return {k: z[k] for k in z.files}
 
 
-FLOWER_VARIANTS = [(n, {"flower": 1.0}) for n in
-                   ("fedadagrad", "fedadam", "fedyogi", "trimmed_mean", "multikrum")]
+FLOWER_VARIANTS = [
+    (n, {"flower": 1.0}) for n in ("fedadagrad", "fedadam", "fedyogi", "trimmed_mean", "multikrum")
+]
 
 
-@pytest.mark.parametrize(("name", "params"),
-                         [(n, {}) for n in ALL_NAMES] + FLOWER_VARIANTS)
+@pytest.mark.parametrize(("name", "params"), [(n, {}) for n in ALL_NAMES] + FLOWER_VARIANTS)
 def test_state_round_trip_continues_identically(name: str, params: dict[str, float]) -> None:
     rng = np.random.default_rng(7)
     rounds = [random_round(rng, SHAPES, 5) for _ in range(3)]
@@ -294,8 +320,13 @@ def test_load_state_dict_rejects_bad_state() -> None:
     loaded = FedAdam()
     loaded.load_state_dict(state)
     with pytest.raises(ValueError, match="shape"):
-        loaded.open_round({"w": np.zeros((2, 2), np.float32), "b": np.zeros(4, np.float32),
-                           "s": np.zeros((), np.float32)})
+        loaded.open_round(
+            {
+                "w": np.zeros((2, 2), np.float32),
+                "b": np.zeros(4, np.float32),
+                "s": np.zeros((), np.float32),
+            }
+        )
     with pytest.raises(ValueError, match="parameters"):
         loaded.open_round({"w": np.zeros((3, 4), np.float32)})
 
@@ -335,8 +366,9 @@ def test_validation_errors_leave_round_intact(name: str) -> None:
     for d, w in good[1:]:
         acc.add(d, w)
     got = acc.finish()
-    want = (make_strategy("fedavg", clip_norm=10.0) if name == "fedavg+clip"
-            else make_strategy(name)).aggregate(g0(), good)
+    want = (
+        make_strategy("fedavg", clip_norm=10.0) if name == "fedavg+clip" else make_strategy(name)
+    ).aggregate(g0(), good)
     for k in SHAPES:
         np.testing.assert_array_equal(got[k], want[k])
 
@@ -377,11 +409,14 @@ def test_memory_layout_does_not_matter(name: str) -> None:
     """Fortran-ordered or strided arrays must aggregate like C-ordered ones."""
     rng = np.random.default_rng(9)
     updates = random_round(rng, {"w": (5, 3), "b": (6,)}, 5)
-    g = {"w": rng.standard_normal((5, 3)).astype(np.float32),
-         "b": rng.standard_normal(6).astype(np.float32)}
+    g = {
+        "w": rng.standard_normal((5, 3)).astype(np.float32),
+        "b": rng.standard_normal(6).astype(np.float32),
+    }
     odd_g = {"w": np.asfortranarray(g["w"]), "b": np.repeat(g["b"], 2)[::2]}
-    odd_updates = [({"w": np.asfortranarray(d["w"]), "b": np.repeat(d["b"], 2)[::2]}, w)
-                   for d, w in updates]
+    odd_updates = [
+        ({"w": np.asfortranarray(d["w"]), "b": np.repeat(d["b"], 2)[::2]}, w) for d, w in updates
+    ]
     assert not odd_g["w"].flags.c_contiguous and not odd_g["b"].flags.contiguous
     want = make_strategy(name).aggregate(g, updates)
     got = make_strategy(name).aggregate(odd_g, odd_updates)
@@ -492,8 +527,7 @@ def test_multikrum_hand_computed() -> None:
 def test_multikrum_flower_weights_the_kept_deltas_by_samples() -> None:
     # Kept: a, b, c, d with weights 1, 2, 3, 4 (krum_round); e (weight 5) is rejected.
     out = MultiKrum(flower=True).aggregate(W(x=[0], y=[0]), krum_round())
-    np.testing.assert_allclose([out["x"][0], out["y"][0]], [(2 + 4) / 10, (6 + 4) / 10],
-                               rtol=1e-6)
+    np.testing.assert_allclose([out["x"][0], out["y"][0]], [(2 + 4) / 10, (6 + 4) / 10], rtol=1e-6)
     zero = [(d, 0.0) for d, _ in krum_round()]
     with pytest.raises(ValueError, match="total weight of 0"):
         MultiKrum(flower=True).aggregate(W(x=[0], y=[0]), zero)
@@ -528,7 +562,8 @@ def test_norm_bound_clips_global_norm() -> None:
     small = NormBound(FedAvg(), max_norm=1.0).aggregate(g, [(W(a=[0.3], b=[0.4]), 1.0)])
     np.testing.assert_allclose([small["a"][0], small["b"][0]], [0.3, 0.4], rtol=1e-6)
     mixed = NormBound(FedAvg(), max_norm=1.0).aggregate(
-        g, [(W(a=[3], b=[4]), 1.0), (W(a=[0.2], b=[0.4]), 3.0)])
+        g, [(W(a=[3], b=[4]), 1.0), (W(a=[0.2], b=[0.4]), 3.0)]
+    )
     # (0.6 + 3 * 0.2) / 4, (0.8 + 3 * 0.4) / 4
     np.testing.assert_allclose([mixed["a"][0], mixed["b"][0]], [0.3, 0.5], rtol=1e-6)
 
@@ -566,8 +601,10 @@ def test_robust_rules_resist_one_byzantine_agent(attack: str) -> None:
     shapes = {"w": (8, 8), "b": (16,)}
     g = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
     mu = {k: rng.standard_normal(s) for k, s in shapes.items()}
-    honest = [{k: (mu[k] + 0.05 * rng.standard_normal(s)).astype(np.float32)
-               for k, s in shapes.items()} for _ in range(4)]
+    honest = [
+        {k: (mu[k] + 0.05 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
+        for _ in range(4)
+    ]
     target = np.mean([flat(h) for h in honest], axis=0)
     scale = 1000.0 if attack == "huge" else -10.0
     evil = {k: (scale * mu[k]).astype(np.float32) for k in shapes}
@@ -593,8 +630,18 @@ def test_robust_rules_resist_one_byzantine_agent(attack: str) -> None:
 
 
 def test_registry_and_make_strategy_errors() -> None:
-    expected = ["fedavg", "fedavgm", "fedprox", "fedadagrad", "fedadam", "fedyogi", "median",
-                "trimmed_mean", "krum", "multikrum"]
+    expected = [
+        "fedavg",
+        "fedavgm",
+        "fedprox",
+        "fedadagrad",
+        "fedadam",
+        "fedyogi",
+        "median",
+        "trimmed_mean",
+        "krum",
+        "multikrum",
+    ]
     assert sorted(expected) == ALL_NAMES
     for name, cls in STRATEGIES.items():
         assert cls.name == name
@@ -612,12 +659,20 @@ def test_registry_and_make_strategy_errors() -> None:
         make_strategy("krum", max_updates=2.5)
     s = make_strategy("fedadam", eta=0.5, beta_2=0.9)
     assert isinstance(s, FedAdam) and (s.eta, s.beta_1, s.beta_2) == (0.5, 0.9, 0.9)
-    flags = [make_strategy(n, flower=v) for n, v in
-             [("fedadam", 1.0), ("fedyogi", 0.0), ("trimmed_mean", True), ("multikrum", 1)]]
+    flags = [
+        make_strategy(n, flower=v)
+        for n, v in [("fedadam", 1.0), ("fedyogi", 0.0), ("trimmed_mean", True), ("multikrum", 1)]
+    ]
     assert [getattr(f, "flower", None) for f in flags] == [True, False, True, True]
-    for name, bad in [("fedavgm", {"beta": 1.0}), ("fedavgm", {"server_lr": 0.0}),
-                      ("fedadam", {"tau": 0.0}), ("fedyogi", {"beta_2": -0.1}),
-                      ("median", {"max_updates": 0}), ("fedadam", {"flower": 2.0}),
-                      ("multikrum", {"flower": 0.5}), ("trimmed_mean", {"flower": "yes"})]:
+    for name, bad in [
+        ("fedavgm", {"beta": 1.0}),
+        ("fedavgm", {"server_lr": 0.0}),
+        ("fedadam", {"tau": 0.0}),
+        ("fedyogi", {"beta_2": -0.1}),
+        ("median", {"max_updates": 0}),
+        ("fedadam", {"flower": 2.0}),
+        ("multikrum", {"flower": 0.5}),
+        ("trimmed_mean", {"flower": "yes"}),
+    ]:
         with pytest.raises(ValueError, match=name):
             make_strategy(name, **bad)

@@ -17,9 +17,17 @@ from bench.swarm_mqtt import (
 )
 
 
-@pytest.mark.parametrize(("n", "encoded"), [
-    (0, b"\x00"), (127, b"\x7f"), (128, b"\x80\x01"), (16_383, b"\xff\x7f"),
-    (16_384, b"\x80\x80\x01"), (268_435_455, b"\xff\xff\xff\x7f")])
+@pytest.mark.parametrize(
+    ("n", "encoded"),
+    [
+        (0, b"\x00"),
+        (127, b"\x7f"),
+        (128, b"\x80\x01"),
+        (16_383, b"\xff\x7f"),
+        (16_384, b"\x80\x80\x01"),
+        (268_435_455, b"\xff\xff\xff\x7f"),
+    ],
+)
 def test_remaining_length_examples_of_the_specification(n: int, encoded: bytes) -> None:
     assert encode_length(n) == encoded
 
@@ -31,14 +39,22 @@ def test_remaining_length_out_of_range() -> None:
 
 def test_connect_clean_session_retained_qos1_will_keepalive_0() -> None:
     pkt = connect_packet("f-a1", "t/w", b"\x01\x02")
-    body = b"\x00\x04MQTT\x04" + bytes([0x2E]) + b"\x00\x00" + b"\x00\x04f-a1" \
-        + b"\x00\x03t/w" + b"\x00\x02\x01\x02"
+    body = (
+        b"\x00\x04MQTT\x04"
+        + bytes([0x2E])
+        + b"\x00\x00"
+        + b"\x00\x04f-a1"
+        + b"\x00\x03t/w"
+        + b"\x00\x02\x01\x02"
+    )
     assert pkt == b"\x10" + bytes([len(body)]) + body
 
 
 def test_subscribe_puback_disconnect() -> None:
-    assert subscribe_packet(7, ["a/b", "c"]) == \
-        b"\x82\x0c\x00\x07" + b"\x00\x03a/b\x01" + b"\x00\x01c\x01"
+    assert (
+        subscribe_packet(7, ["a/b", "c"])
+        == b"\x82\x0c\x00\x07" + b"\x00\x03a/b\x01" + b"\x00\x01c\x01"
+    )
     assert puback_packet(0x1234) == b"\x40\x02\x12\x34"
     assert DISCONNECT_PACKET == b"\xe0\x00"
 
@@ -46,8 +62,7 @@ def test_subscribe_puback_disconnect() -> None:
 @pytest.mark.parametrize(("qos", "retain"), [(0, False), (1, False), (1, True)])
 def test_publish_round_trip(qos: int, retain: bool) -> None:
     payload = bytes(range(256)) * 600  # a multi-byte remaining length
-    pkt = publish_packet("x/y/update", payload, qos=qos, packet_id=513 if qos else 0,
-                         retain=retain)
+    pkt = publish_packet("x/y/update", payload, qos=qos, packet_id=513 if qos else 0, retain=retain)
     assert pkt[0] >> 4 == PUBLISH
     length, shift, pos = 0, 0, 1
     while True:

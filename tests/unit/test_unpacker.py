@@ -18,12 +18,19 @@ from alchimia.broker.unpacker import unpack_views
 
 LIMITS = Limits()
 
-scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-           | st.floats(allow_nan=False) | st.text(max_size=40) | st.binary(max_size=300))
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=40)
+    | st.binary(max_size=300)
+)
 values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=10), inner,
-                                                                 max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=10), inner, max_size=6)
+    ),
     max_leaves=40,
 )
 
@@ -71,20 +78,23 @@ def test_bin_is_a_read_only_view_into_the_payload() -> None:
     assert np.shares_memory(out, np.frombuffer(payload, np.uint8))
 
 
-@pytest.mark.parametrize(("payload", "reason"), [
-    (b"", "truncated"),
-    (b"\xc1", "invalid msgpack type byte 0xc1"),
-    (b"\x92\x01", "truncated"),
-    (b"\xc6\xff\xff\xff\xff", "truncated"),  # a bin claiming 4 GB
-    (b"\xdd\xff\xff\xff\xff", "exceeds the limit"),  # an array claiming 4 billion entries
-    (b"\xdc\x00\x10\x01", "truncated"),  # 16 entries declared, 1 byte left
-    (b"\xd4\x01\x00", "ext types"),
-    (b"\xc7\x01\x01x", "ext types"),
-    (b"\x81\x01\x02", "keys must be strings"),
-    (b"\xa2\xff\xfe", "not valid UTF-8"),
-    (b"\x01\x02", "1 trailing bytes"),
-    (b"\x91" * 40 + b"\x01", "nested deeper than 32"),
-])
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"", "truncated"),
+        (b"\xc1", "invalid msgpack type byte 0xc1"),
+        (b"\x92\x01", "truncated"),
+        (b"\xc6\xff\xff\xff\xff", "truncated"),  # a bin claiming 4 GB
+        (b"\xdd\xff\xff\xff\xff", "exceeds the limit"),  # an array claiming 4 billion entries
+        (b"\xdc\x00\x10\x01", "truncated"),  # 16 entries declared, 1 byte left
+        (b"\xd4\x01\x00", "ext types"),
+        (b"\xc7\x01\x01x", "ext types"),
+        (b"\x81\x01\x02", "keys must be strings"),
+        (b"\xa2\xff\xfe", "not valid UTF-8"),
+        (b"\x01\x02", "1 trailing bytes"),
+        (b"\x91" * 40 + b"\x01", "nested deeper than 32"),
+    ],
+)
 def test_hostile_input_gets_a_reason(payload: bytes, reason: str) -> None:
     with pytest.raises(DecodeError, match=reason):
         unpack_views(payload, LIMITS)
@@ -109,7 +119,7 @@ def test_mutated_payloads_never_escape_decode_error(value: Any, data: st.DataObj
         i = data.draw(st.integers(0, len(payload) - 1))
         payload[i] = data.draw(st.integers(0, 255))
     elif op == "cut":
-        del payload[data.draw(st.integers(0, len(payload) - 1)):]
+        del payload[data.draw(st.integers(0, len(payload) - 1)) :]
     else:
         payload += data.draw(st.binary(min_size=1, max_size=8))
     try:

@@ -15,16 +15,25 @@ SHAPES = {"w": (20, 10), "b": (10,)}
 
 def _sent(out: dict) -> dict[str, np.ndarray]:
     """What the coordinator decodes from the tensors ``encode`` returned."""
-    return {k: decompress(v.wire, int(np.prod(SHAPES[k]))).reshape(SHAPES[k])
-            if isinstance(v, Encoded) else v for k, v in out.items()}
+    return {
+        k: decompress(v.wire, int(np.prod(SHAPES[k]))).reshape(SHAPES[k])
+        if isinstance(v, Encoded)
+        else v
+        for k, v in out.items()
+    }
 
 
 def _deltas(rounds: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Steps with a steady direction and noise, like gradient steps near a slope."""
     rng = np.random.default_rng(seed)
     drift = {k: rng.standard_normal(s) for k, s in SHAPES.items()}
-    return [{k: (0.1 * drift[k] + 0.05 * rng.standard_normal(s)).astype(np.float32)
-             for k, s in SHAPES.items()} for _ in range(rounds)]
+    return [
+        {
+            k: (0.1 * drift[k] + 0.05 * rng.standard_normal(s)).astype(np.float32)
+            for k, s in SHAPES.items()
+        }
+        for _ in range(rounds)
+    ]
 
 
 def _norm(tensors: dict[str, np.ndarray]) -> float:
@@ -75,15 +84,16 @@ def test_raw_sends_the_delta_plus_what_is_still_owed_then_owes_nothing() -> None
 @pytest.mark.parametrize(
     ("version", "parent", "round_id", "kept"),
     [
-        (2, 1, 7, True),        # the aggregation of the version the update was sent on
-        (2, 1, None, False),    # version 2 is an admin rollback: the versions chased are gone
-        (3, 2, 8, False),       # version 2 was missed: it may have been a rollback
+        (2, 1, 7, True),  # the aggregation of the version the update was sent on
+        (2, 1, None, False),  # version 2 is an admin rollback: the versions chased are gone
+        (3, 2, 8, False),  # version 2 was missed: it may have been a rollback
         (0, None, None, False),  # a new federation's initial model
-        (1, 0, 5, False),       # versions went backwards: another coordinator's state
+        (1, 0, 5, False),  # versions went backwards: another coordinator's state
     ],
 )
-def test_the_residual_is_kept_only_along_unbroken_aggregations(version, parent, round_id,
-                                                                kept: bool) -> None:
+def test_the_residual_is_kept_only_along_unbroken_aggregations(
+    version, parent, round_id, kept: bool
+) -> None:
     comp = UpdateCompressor()
     comp.follow(1, 0, 6)
     comp.encode(_deltas(1)[0], "topk", 0.05)

@@ -43,8 +43,9 @@ class PageHinkley:
     began (the argmin of the cumulative sum, the classic change-point estimate).
     """
 
-    def __init__(self, delta: float = 0.5, threshold: float = 20.0,
-                 min_instances: int = 30) -> None:
+    def __init__(
+        self, delta: float = 0.5, threshold: float = 20.0, min_instances: int = 30
+    ) -> None:
         if delta < 0 or threshold <= 0 or min_instances < 2:
             raise ValueError("need delta >= 0, threshold > 0 and min_instances >= 2")
         self.delta, self.threshold, self.min_instances = delta, threshold, min_instances
@@ -96,21 +97,35 @@ class ErrorDriftMonitor:
     target's detector: the caller adapts the model, so all the old baselines are stale.
     """
 
-    def __init__(self, targets: Sequence[str], scale: Sequence[float] | None = None,
-                 make: Callable[[], StreamDetector] = PageHinkley) -> None:
+    def __init__(
+        self,
+        targets: Sequence[str],
+        scale: Sequence[float] | None = None,
+        make: Callable[[], StreamDetector] = PageHinkley,
+    ) -> None:
         self.targets = tuple(targets)
         self.scale = np.ones(len(self.targets)) if scale is None else np.asarray(scale, float)
         if self.scale.shape != (len(self.targets),) or (self.scale <= 0).any():
             raise ValueError("scale needs one positive value per target")
         self.detectors = [make() for _ in self.targets]
 
-    def update(self, pred: Mapping[str, float] | Sequence[float] | np.ndarray,
-               actual: Mapping[str, float] | Sequence[float] | np.ndarray) -> list[str] | None:
-        p, a = (np.array([v[t] for t in self.targets], float) if isinstance(v, Mapping)
-                else np.asarray(v, float).reshape(-1) for v in (pred, actual))
+    def update(
+        self,
+        pred: Mapping[str, float] | Sequence[float] | np.ndarray,
+        actual: Mapping[str, float] | Sequence[float] | np.ndarray,
+    ) -> list[str] | None:
+        p, a = (
+            np.array([v[t] for t in self.targets], float)
+            if isinstance(v, Mapping)
+            else np.asarray(v, float).reshape(-1)
+            for v in (pred, actual)
+        )
         err = np.abs(p - a) / self.scale
-        fired = [t for t, d, e in zip(self.targets, self.detectors, err, strict=True)
-                 if d.update(float(e))]
+        fired = [
+            t
+            for t, d, e in zip(self.targets, self.detectors, err, strict=True)
+            if d.update(float(e))
+        ]
         if not fired:
             return None
         for d in self.detectors:
@@ -119,6 +134,7 @@ class ErrorDriftMonitor:
 
 
 # -- input drift -----------------------------------------------------------------------
+
 
 def psi(reference: np.ndarray, recent: np.ndarray, bins: int = 10) -> float:
     """Population stability index of ``recent`` against ``reference``.
@@ -130,10 +146,8 @@ def psi(reference: np.ndarray, recent: np.ndarray, bins: int = 10) -> float:
     ref, rec = np.asarray(reference, float), np.asarray(recent, float)
     edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
     k = len(edges) + 1
-    p = (np.bincount(np.searchsorted(edges, ref, "left"), minlength=k) + 0.5) / (len(ref)
-                                                                                 + 0.5 * k)
-    q = (np.bincount(np.searchsorted(edges, rec, "left"), minlength=k) + 0.5) / (len(rec)
-                                                                                 + 0.5 * k)
+    p = (np.bincount(np.searchsorted(edges, ref, "left"), minlength=k) + 0.5) / (len(ref) + 0.5 * k)
+    q = (np.bincount(np.searchsorted(edges, rec, "left"), minlength=k) + 0.5) / (len(rec) + 0.5 * k)
     return float(np.sum((q - p) * np.log(q / p)))
 
 
@@ -149,9 +163,15 @@ class InputDriftMonitor:
     so the new regime becomes the baseline.
     """
 
-    def __init__(self, features: Sequence[str], reference_size: int = 500,
-                 window_size: int = 200, threshold: float = 0.25, bins: int = 10,
-                 check_every: int = 1) -> None:
+    def __init__(
+        self,
+        features: Sequence[str],
+        reference_size: int = 500,
+        window_size: int = 200,
+        threshold: float = 0.25,
+        bins: int = 10,
+        check_every: int = 1,
+    ) -> None:
         if reference_size < 2 or window_size < 2 or bins < 2 or check_every < 1:
             raise ValueError("need reference_size, window_size, bins >= 2, check_every >= 1")
         self.features = tuple(features)
@@ -175,8 +195,10 @@ class InputDriftMonitor:
             raise ValueError(f"expected {len(self.features)} values, got shape {row.shape}")
         return row
 
-    def update(self, x_row: Mapping[str, float] | Sequence[float] | np.ndarray,
-               ) -> list[str] | None:
+    def update(
+        self,
+        x_row: Mapping[str, float] | Sequence[float] | np.ndarray,
+    ) -> list[str] | None:
         row = self._row(x_row)
         if self._ref is None:
             self._reference.append(row)
@@ -190,8 +212,7 @@ class InputDriftMonitor:
             return None
         self._since_check = 0
         recent = np.stack(self._recent)
-        scores = [psi(self._ref[:, j], recent[:, j], self.bins)
-                  for j in range(len(self.features))]
+        scores = [psi(self._ref[:, j], recent[:, j], self.bins) for j in range(len(self.features))]
         drifted = [f for f, s in zip(self.features, scores, strict=True) if s > self.threshold]
         self.last_scores = dict(zip(self.features, scores, strict=True))
         if not drifted:

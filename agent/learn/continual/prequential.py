@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 
-def _as_row(values: Mapping[str, float] | Sequence[float] | np.ndarray,
-            targets: tuple[str, ...]) -> np.ndarray:
+def _as_row(
+    values: Mapping[str, float] | Sequence[float] | np.ndarray, targets: tuple[str, ...]
+) -> np.ndarray:
     if isinstance(values, Mapping):
         return np.array([values[t] for t in targets], np.float64)
     row = np.asarray(values, np.float64).reshape(-1)
@@ -35,8 +36,11 @@ class Prequential:
         self._sum = np.zeros(len(self.targets))
         self._recent: deque[np.ndarray] = deque(maxlen=window)
 
-    def update(self, pred: Mapping[str, float] | Sequence[float] | np.ndarray,
-               actual: Mapping[str, float] | Sequence[float] | np.ndarray) -> None:
+    def update(
+        self,
+        pred: Mapping[str, float] | Sequence[float] | np.ndarray,
+        actual: Mapping[str, float] | Sequence[float] | np.ndarray,
+    ) -> None:
         """Score one heat; mappings are read by target name, arrays in target order."""
         err = np.abs(_as_row(pred, self.targets) - _as_row(actual, self.targets))
         if not np.isfinite(err).all():
@@ -52,8 +56,9 @@ class Prequential:
         """
         out: dict[str, float] = {"n": float(self.n)}
         overall = self._sum / self.n if self.n else np.full(len(self.targets), np.nan)
-        recent = (np.mean(self._recent, axis=0) if self._recent
-                  else np.full(len(self.targets), np.nan))
+        recent = (
+            np.mean(self._recent, axis=0) if self._recent else np.full(len(self.targets), np.nan)
+        )
         for t, a, r in zip(self.targets, overall, recent, strict=True):
             out[f"mae_{t}"] = float(a)
             out[f"mae_recent_{t}"] = float(r)

@@ -19,8 +19,9 @@ from alchimia.models.regressor import HeatModel, build_model
 from alchimia.models.spec import ModelSpec
 
 
-def fisher_diagonal(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray,
-                    chunk: int = 256) -> Weights:
+def fisher_diagonal(
+    spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.ndarray, chunk: int = 256
+) -> Weights:
     """Diagonal Fisher of the training loss at ``weights``, averaged over the rows of ``x``.
 
     For the Gaussian likelihood behind the MSE loss it is the Gauss-Newton matrix,
@@ -46,9 +47,9 @@ def fisher_diagonal(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.nd
     total = {k: torch.zeros_like(p) for k, p in params.items()}
     with torch.no_grad():
         for lo in range(0, len(xs), chunk):
-            jac = per_row(params, xs[lo:lo + chunk])  # name -> [rows, targets, *shape]
+            jac = per_row(params, xs[lo : lo + chunk])  # name -> [rows, targets, *shape]
             for k, j in jac.items():
-                total[k] += (j ** 2).sum(dim=(0, 1))
+                total[k] += (j**2).sum(dim=(0, 1))
     scale = 2.0 / (len(spec.targets) * len(xs))
     return {k: (v * scale).numpy().astype(np.float32) for k, v in total.items()}
 
@@ -56,8 +57,9 @@ def fisher_diagonal(spec: ModelSpec, weights: Mapping[str, np.ndarray], x: np.nd
 class EwcPenalty:
     """lambda / 2 * sum F (w - w*)^2 over every trainable tensor."""
 
-    def __init__(self, anchor: Mapping[str, np.ndarray], fisher: Mapping[str, np.ndarray],
-                 lam: float) -> None:
+    def __init__(
+        self, anchor: Mapping[str, np.ndarray], fisher: Mapping[str, np.ndarray], lam: float
+    ) -> None:
         if list(anchor) != list(fisher):
             raise ValueError("anchor and Fisher must name the same tensors in the same order")
         if lam < 0 or not np.isfinite(lam):
@@ -72,14 +74,17 @@ class EwcPenalty:
         """The penalty of plain weights (for checks and metrics)."""
         if list(weights) != list(self.anchor):
             raise ValueError("weights do not match the anchor")
-        total = sum(float((f * (np.asarray(weights[k], np.float64) - a) ** 2).sum())
-                    for (k, a), f in zip(self.anchor.items(), self.fisher.values(),
-                                         strict=True))
+        total = sum(
+            float((f * (np.asarray(weights[k], np.float64) - a) ** 2).sum())
+            for (k, a), f in zip(self.anchor.items(), self.fisher.values(), strict=True)
+        )
         return 0.5 * self.lam * total
 
     def __call__(self, model: HeatModel) -> torch.Tensor:
         """The penalty of a model's parameters, differentiable."""
         params = dict(model.named_parameters())
-        terms = [(f * (params[k] - a) ** 2).sum() for k, a, f in
-                 zip(self.anchor, self._t_anchor, self._t_fisher, strict=True)]
+        terms = [
+            (f * (params[k] - a) ** 2).sum()
+            for k, a, f in zip(self.anchor, self._t_anchor, self._t_fisher, strict=True)
+        ]
         return 0.5 * self.lam * torch.stack(terms).sum()

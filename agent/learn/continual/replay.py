@@ -30,8 +30,11 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return len(self._x)
 
-    def add(self, x_row: Sequence[float] | np.ndarray, y_row: Sequence[float] | np.ndarray,
-            ) -> None:
+    def add(
+        self,
+        x_row: Sequence[float] | np.ndarray,
+        y_row: Sequence[float] | np.ndarray,
+    ) -> None:
         x, y = np.asarray(x_row, np.float32).copy(), np.asarray(y_row, np.float32).copy()
         self.seen += 1
         if len(self._x) < self.capacity:
@@ -91,8 +94,9 @@ class RegimeReplayBuffer:
     def new_regime(self) -> None:
         if len(self.regimes) == self.max_regimes:
             self.regimes.pop(0)
-        self.regimes.append(ReplayBuffer(self.capacity, int(self._seed.spawn(1)[0]
-                                                            .generate_state(1)[0])))
+        self.regimes.append(
+            ReplayBuffer(self.capacity, int(self._seed.spawn(1)[0].generate_state(1)[0]))
+        )
         for r in self.regimes:
             r.shrink(self._share())
 
@@ -103,8 +107,11 @@ class RegimeReplayBuffer:
     def __len__(self) -> int:
         return sum(len(r) for r in self.regimes)
 
-    def add(self, x_row: Sequence[float] | np.ndarray, y_row: Sequence[float] | np.ndarray,
-            ) -> None:
+    def add(
+        self,
+        x_row: Sequence[float] | np.ndarray,
+        y_row: Sequence[float] | np.ndarray,
+    ) -> None:
         self.current.add(x_row, y_row)
 
     def sample(self, n: int, *, past_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
