@@ -39,26 +39,15 @@ from alchimia.agent.requests import INFER, Responder
 from alchimia.agent.settings import AgentSettings
 from alchimia.broker.schemas import InferRequestBody, PlannedHeat, message
 from alchimia.consumer import Consumer, ConsumerSettings
-from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.local import AgentThread
 from alchimia.models.spec import ModelSpec
+from tests.data.models import first_model
+from tests.data.plans import PLANNED_HEAT
 from tests.fixtures.mosquitto import Mosquitto
 from tests.integration.helpers import RawClient, wait_for
 
 TARGET_P99_MS = 5.0
-PLAN = {
-    "charge_E3_t": 40.0,
-    "charge_E8_t": 30.0,
-    "charge_HBI_t": 20.0,
-    "hot_heel_t": 15.0,
-    "lime_t": 7.0,
-    "carbon_kg": 1800.0,
-    "oxygen_nm3": 3800.0,
-    "gas_nm3": 800.0,
-    "power_on_min": 40.0,
-    "power_off_min": 14.0,
-    "tap_temp_aim_c": 1630.0,
-}
+PLAN = PLANNED_HEAT
 
 
 def _stats(samples_s: list[float]) -> tuple[float, float, float]:
@@ -106,15 +95,7 @@ def main() -> int:
             agent.start()
             coordinator.publish(
                 f"alchimia/v1/{fed}/model/current",
-                model_message(
-                    "coordinator",
-                    spec,
-                    initial_weights(spec, 0),
-                    version=0,
-                    parent=None,
-                    round_id=None,
-                    metadata={},
-                ),
+                first_model(spec),
                 retain=True,
             )
             wait_for(lambda: agent.agent.state is not None, 60, "the agent to serve")

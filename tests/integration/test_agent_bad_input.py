@@ -12,10 +12,10 @@ import pytest
 from alchimia.agent.settings import AgentSettings
 from alchimia.broker.schemas import ModelBody, TaskBody, decode, message
 from alchimia.broker.topics import Topics
-from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.local import AgentThread, LocalFederation
 from alchimia.models.spec import ModelSpec
 from alchimia.monitor import Monitor
+from tests.data.models import first_model
 from tests.integration.helpers import RawClient, wait_for
 
 
@@ -90,15 +90,7 @@ def test_a_flood_of_hostile_messages_is_counted_exactly_in_a_bounded_log(
     evil = RawClient(mosquitto.host, mosquitto.port, "agentflood-evil")
     agent = AgentThread(settings).start()
     a = agent.agent
-    good = model_message(
-        "coordinator",
-        spec,
-        initial_weights(spec, 0),
-        version=0,
-        parent=None,
-        round_id=None,
-        metadata={},
-    )
+    good = first_model(spec)
     body = decode(good, ModelBody).body
     forged = message(
         "coordinator",

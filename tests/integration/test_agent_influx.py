@@ -14,10 +14,11 @@ from alchimia.agent.store.spool import Spool
 from alchimia.broker.schemas import StatusBody, decode
 from alchimia.broker.topics import Topics
 from alchimia.consumer import Consumer, ConsumerSettings
-from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.local import AgentThread, LocalFederation
 from alchimia.models.spec import ModelSpec
 from alchimia.monitor import Monitor
+from tests.data.models import first_model
+from tests.data.plans import PLANNED_HEAT
 from tests.fixtures.influxd import InfluxdServer
 from tests.integration.helpers import RawClient, alchimia, wait_for
 
@@ -60,19 +61,7 @@ def test_agent_streams_sensor_data_into_influxdb_and_trains_on_it(
         store.close()
 
 
-PLAN = {
-    "charge_E3_t": 40.0,
-    "charge_E8_t": 30.0,
-    "charge_HBI_t": 20.0,
-    "hot_heel_t": 15.0,
-    "lime_t": 7.0,
-    "carbon_kg": 1800.0,
-    "oxygen_nm3": 3800.0,
-    "gas_nm3": 800.0,
-    "power_on_min": 40.0,
-    "power_off_min": 14.0,
-    "tap_temp_aim_c": 1630.0,
-}
+PLAN = PLANNED_HEAT
 
 
 def test_an_agent_started_while_influxdb_is_down_serves_then_learns_its_history(
@@ -103,15 +92,7 @@ def test_an_agent_started_while_influxdb_is_down_serves_then_learns_its_history(
     try:
         watcher.publish(
             topics.model_current,
-            model_message(
-                "coordinator",
-                spec,
-                initial_weights(spec, 0),
-                version=0,
-                parent=None,
-                round_id=None,
-                metadata={},
-            ),
+            first_model(spec),
             retain=True,
         )
 

@@ -29,10 +29,10 @@ from alchimia.agent.learn.outcomes import (
 from alchimia.agent.settings import AgentSettings
 from alchimia.broker.schemas import PredictionBody, decode
 from alchimia.broker.topics import Topics
-from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.local import AgentThread
 from alchimia.models.schema import TARGETS
 from alchimia.models.spec import ModelSpec
+from tests.data.models import first_model
 from tests.fixtures.influxd import InfluxdServer
 from tests.fixtures.mosquitto import Mosquitto
 from tests.integration.helpers import RawClient, wait_for
@@ -114,15 +114,7 @@ def site(influxd: InfluxdServer, tmp_path_factory: pytest.TempPathFactory) -> It
         spy.subscribe(topics.agent_predictions("plant-1"))
         spy.publish(
             topics.model_current,
-            model_message(
-                "coordinator",
-                spec,
-                initial_weights(spec, 0),
-                version=0,
-                parent=None,
-                round_id=None,
-                metadata={},
-            ),
+            first_model(spec),
             retain=True,
         )
         agent.start()

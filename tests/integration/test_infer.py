@@ -39,6 +39,7 @@ from alchimia.deploy.provision import provision
 from alchimia.local import AgentThread
 from alchimia.models.served import load_served
 from alchimia.models.spec import ModelSpec
+from tests.data.plans import PLANNED_HEAT
 from tests.integration.helpers import RawClient, wait_for
 from tests.integration.test_broker_security import (
     FED,
@@ -52,19 +53,7 @@ pytestmark = pytest.mark.integration
 WAIT = 30.0  # seconds before a wait counts as a failure; never a measured figure
 HISTORY = 150  # 30 held-out heats: enough for a 90 % interval (20)
 SPEC = ModelSpec(architecture="eaf-hybrid-v1")
-PLAN = {
-    "charge_E3_t": 40.0,
-    "charge_E8_t": 30.0,
-    "charge_HBI_t": 20.0,
-    "hot_heel_t": 15.0,
-    "lime_t": 7.0,
-    "carbon_kg": 1800.0,
-    "oxygen_nm3": 3800.0,
-    "gas_nm3": 800.0,
-    "power_on_min": 40.0,
-    "power_off_min": 14.0,
-    "tap_temp_aim_c": 1630.0,
-}
+PLAN = PLANNED_HEAT
 
 
 def _model(signing_key: Path | None = None) -> bytes:

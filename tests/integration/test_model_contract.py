@@ -9,26 +9,14 @@ from pathlib import Path
 from alchimia.agent.settings import AgentSettings
 from alchimia.broker.schemas import MetricsBody, decode
 from alchimia.broker.topics import Topics
-from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.local import AgentThread
 from alchimia.models.schema import FEATURES
 from alchimia.models.spec import ModelSpec
+from tests.data.models import first_model
 from tests.integration.helpers import RawClient, wait_for
 
 GOOD = ModelSpec(architecture="eaf-hybrid-v1")
 RENAMED = ModelSpec(features=(*FEATURES[:-1], "tap_temp_aim_k"))  # unsigned: the default
-
-
-def _model(spec: ModelSpec, version: int) -> bytes:
-    return model_message(
-        "coordinator",
-        spec,
-        initial_weights(spec, version),
-        version=version,
-        parent=version - 1,
-        round_id=None,
-        metadata={},
-    )
 
 
 def test_a_model_with_a_renamed_feature_is_refused_and_no_heat_is_lost(
@@ -51,9 +39,9 @@ def test_a_model_with_a_renamed_feature_is_refused_and_no_heat_is_lost(
     agent = AgentThread(settings).start()
     a = agent.agent
     try:
-        coordinator.publish(topics.model_current, _model(GOOD, 1), retain=True)
+        coordinator.publish(topics.model_current, first_model(GOOD, 1), retain=True)
         wait_for(lambda: a.serving_version == 1, 30, "version 1 served")
-        coordinator.publish(topics.model_current, _model(RENAMED, 2), retain=True)
+        coordinator.publish(topics.model_current, first_model(RENAMED, 2), retain=True)
         wait_for(lambda: a.models_rejected == 1, 30, "the renamed model refused")
         assert a.model_version == 1 and a.serving_version == 1
         assert a.rejections.counts["model_contract"] == 1
@@ -77,7 +65,7 @@ def test_a_model_with_a_renamed_feature_is_refused_and_no_heat_is_lost(
             "a prediction for every live heat",
         )
         assert not a.step_failures.counts
-        coordinator.publish(topics.model_current, _model(GOOD, 3), retain=True)
+        coordinator.publish(topics.model_current, first_model(GOOD, 3), retain=True)
         wait_for(lambda: a.serving_version == 3, 30, "version 3 served")
     finally:
         agent.stop()

@@ -8,24 +8,12 @@ from pathlib import Path
 from alchimia.agent.settings import AgentSettings
 from alchimia.broker.schemas import MetricsBody, ModelBody, decode
 from alchimia.broker.topics import Topics
-from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.local import AgentThread, LocalFederation
 from alchimia.models.spec import ModelSpec
+from tests.data.models import first_model
 from tests.integration.helpers import RawClient, wait_for
 
 SPEC = ModelSpec(architecture="eaf-hybrid-v1")
-
-
-def _model(version: int) -> bytes:
-    return model_message(
-        "coordinator",
-        SPEC,
-        initial_weights(SPEC, version),
-        version=version,
-        parent=version - 1 if version else None,
-        round_id=None,
-        metadata={},
-    )
 
 
 def test_an_older_model_is_not_adopted(mosquitto, tmp_path: Path) -> None:
@@ -44,9 +32,9 @@ def test_an_older_model_is_not_adopted(mosquitto, tmp_path: Path) -> None:
     coordinator.subscribe(topics.agent_metrics("plant-1"))
     agent = AgentThread(settings).start()
     try:
-        coordinator.publish(topics.model_current, _model(3), retain=True)
+        coordinator.publish(topics.model_current, first_model(SPEC, 3), retain=True)
         wait_for(lambda: agent.agent.model_version == 3, 30, "version 3 adopted")
-        old = _model(2)  # a genuine older version, replayed
+        old = first_model(SPEC, 2)  # a genuine older version, replayed
         coordinator.publish(topics.model_current, old, retain=True)
         wait_for(lambda: agent.agent.models_rejected == 1, 30, "the replay refused")
         assert agent.agent.model_version == 3 and agent.agent.serving_version == 3
@@ -59,7 +47,7 @@ def test_an_older_model_is_not_adopted(mosquitto, tmp_path: Path) -> None:
             return any(r.scope == "model_rejected" and r.model_version == 2 for r in reports)
 
         wait_for(reported, 30, "the refusal reported")
-        coordinator.publish(topics.model_current, _model(4), retain=True)
+        coordinator.publish(topics.model_current, first_model(SPEC, 4), retain=True)
         wait_for(lambda: agent.agent.model_version == 4, 30, "version 4 adopted")
     finally:
         agent.stop()

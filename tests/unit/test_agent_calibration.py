@@ -15,24 +15,16 @@ from alchimia.agent.service import Agent
 from alchimia.agent.settings import AgentSettings
 from alchimia.agent.sim import SimulatedPlant, default_plants
 from alchimia.broker.schemas import ModelBody, decode
-from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.models.served import load_served
 from alchimia.models.spec import ModelSpec
+from tests.data.models import first_model
 
 SPEC = ModelSpec(architecture="eaf-hybrid-v1")
 
 
 @pytest.fixture(scope="module")
 def model() -> bytes:
-    return model_message(
-        "coordinator",
-        SPEC,
-        initial_weights(SPEC, 0),
-        version=0,
-        parent=None,
-        round_id=None,
-        metadata={},
-    )
+    return first_model(SPEC)
 
 
 def _agent(tmp_path: Path, model: bytes) -> Agent:

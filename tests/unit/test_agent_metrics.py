@@ -16,9 +16,9 @@ from alchimia.agent.settings import AgentSettings
 from alchimia.agent.sim import SimulatedPlant, default_plants
 from alchimia.broker.embedded import free_port
 from alchimia.broker.schemas import ModelBody, decode
-from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.models.spec import ModelSpec
 from alchimia.status import FederationView
+from tests.data.models import first_model
 from tests.unit.test_coordinator_metrics import scrape
 
 SPEC = ModelSpec(architecture="eaf-hybrid-v1")
@@ -41,15 +41,7 @@ def test_a_scrape_reads_heats_errors_and_the_store(tmp_path: Path) -> None:
         agent._history = agent.source.history()
         agent._on_model(
             decode(
-                model_message(
-                    "coordinator",
-                    SPEC,
-                    initial_weights(SPEC, 0),
-                    version=0,
-                    parent=None,
-                    round_id=None,
-                    metadata={},
-                ),
+                first_model(SPEC),
                 ModelBody,
             )
         )

@@ -23,8 +23,8 @@ from alchimia.agent.service import Agent
 from alchimia.agent.settings import AgentSettings
 from alchimia.agent.store import SQLiteStore, encode_line
 from alchimia.broker.schemas import ModelBody, PredictionBody, decode
-from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.models.spec import ModelSpec
+from tests.data.models import first_model
 
 TAP_NS = 1_767_225_600_123_456_789
 HEAT = Heat(
@@ -169,15 +169,7 @@ def run_agent(tmp_path: Path, live: int, **settings: object) -> tuple[Agent, lis
     agent._history = agent.source.history()
     agent._on_model(
         decode(
-            model_message(
-                "coordinator",
-                SPEC,
-                initial_weights(SPEC, 0),
-                version=0,
-                parent=None,
-                round_id=None,
-                metadata={},
-            ),
+            first_model(SPEC),
             ModelBody,
         )
     )

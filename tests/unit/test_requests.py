@@ -31,6 +31,7 @@ from alchimia.broker.topics import Topics
 from alchimia.models.calibration import Calibration
 from alchimia.models.power_on import PowerOnEstimate
 from alchimia.models.schema import FEATURES, TARGETS
+from tests.data.plans import PLANNED_HEAT
 
 T = Topics("steel")
 REQUEST = T.agent_request("plant-1", "infer")
@@ -54,19 +55,7 @@ class Linear:
 
 def planned(**over: float) -> dict[str, float]:
     """A plausible planned heat: a few grades charged, the process plan, power-on time."""
-    inputs = {
-        "charge_E3_t": 40.0,
-        "charge_E8_t": 30.0,
-        "charge_HBI_t": 20.0,
-        "hot_heel_t": 15.0,
-        "lime_t": 7.0,
-        "carbon_kg": 1800.0,
-        "oxygen_nm3": 3800.0,
-        "gas_nm3": 800.0,
-        "power_on_min": 40.0,
-        "power_off_min": 14.0,
-        "tap_temp_aim_c": 1630.0,
-    }
+    inputs = {**PLANNED_HEAT}
     inputs.update(over)
     return inputs
 

@@ -1,0 +1,18 @@
+"""Model messages as a genuine coordinator sends them, for agents under test."""
+
+from alchimia.coordinator.publishing import initial_weights, model_message
+from alchimia.models.spec import ModelSpec
+
+
+def first_model(spec: ModelSpec, version: int = 0) -> bytes:
+    """The model message of ``version`` (unsigned) carrying the first weights of ``spec``
+    drawn with seed ``version``: different versions, different weights."""
+    return model_message(
+        "coordinator",
+        spec,
+        initial_weights(spec, version),
+        version=version,
+        parent=version - 1 if version else None,
+        round_id=None,
+        metadata={},
+    )
