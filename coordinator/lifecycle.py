@@ -298,6 +298,10 @@ class Lifecycle:
         # a replayed model), or a replay reported: republish.
         self._replay_reported = False
         self._published_at = self._republished = float("-inf")
+        # The online agents on an older version than ours, kept as statuses arrive and
+        # recounted at each publish: next_deadline runs after every message, so it must
+        # not scan every agent.
+        self._behind: set[str] = set()
 
     @property
     def activity(self) -> Literal["running", "paused", "stopping"]:
@@ -382,6 +386,10 @@ class Lifecycle:
         )
         if self.registry.update(info):
             log.info("agent %s is %s", env.sender, body.state)
+        if info.online and info.model_version is not None and info.model_version < self.version:
+            self._behind.add(info.agent_id)
+        else:
+            self._behind.discard(info.agent_id)
         return [SaveAgent(info), Wake()]
 
     def on_metrics(self, env: Envelope, now: float) -> list[Store]:
@@ -478,7 +486,7 @@ class Lifecycle:
             due.append(window.deadline_ts)
         if self._replay_reported:
             due.append(self._republished + REPUBLISH_EVERY_S)
-        elif self._behind():
+        elif self._behind:
             due.append(
                 max(self._published_at + BEHIND_AFTER_S, self._republished + REPUBLISH_EVERY_S)
             )
@@ -769,14 +777,12 @@ class Lifecycle:
         """The current version, and the retained coordinator status that names it (admins
         and consumers read the version there)."""
         self._published_at = now
-        return [PublishModel(self.model_payload), PublishStatus()]
-
-    def _behind(self) -> list[str]:
-        return [
+        self._behind = {
             a.agent_id
             for a in self.registry.all()
             if a.online and a.model_version is not None and a.model_version < self.version
-        ]
+        }
+        return [PublishModel(self.model_payload), PublishStatus()]
 
     def _bring_back_stale_agents(self, now: float, out: list[Command]) -> None:
         """Republish the current model (and the open task) when an agent reported a replay,
@@ -785,7 +791,7 @@ class Lifecycle:
         ``REPUBLISH_EVERY_S``."""
         if now - self._republished < REPUBLISH_EVERY_S:
             return
-        behind = [] if now - self._published_at < BEHIND_AFTER_S else self._behind()
+        behind = [] if now - self._published_at < BEHIND_AFTER_S else sorted(self._behind)
         if not behind and not self._replay_reported:
             return
         log.warning(
