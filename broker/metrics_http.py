@@ -11,10 +11,11 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.registry import Collector
 
+from alchimia.broker.http_thread import ServedInThread
 from alchimia.broker.settings import ServiceSettings
 
 
-class MetricsServer:
+class MetricsServer(ServedInThread):
     """``/metrics`` on ``host:port`` from a thread of its own, until ``close``."""
 
     def __init__(self, collector: Collector, host: str, port: int) -> None:
@@ -22,18 +23,9 @@ class MetricsServer:
         self.registry.register(collector)
         ProcessCollector(registry=self.registry)  # CPU, memory, open files (Linux)
         try:
-            self._server, self._thread = start_http_server(port, host, self.registry)
+            super().__init__(*start_http_server(port, host, self.registry))
         except OSError as exc:  # a settings problem: say which
             raise ValueError(f"cannot serve metrics on {host}:{port}: {exc}") from None
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_port)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
 
 
 def serve_metrics(collector: Collector, settings: ServiceSettings) -> MetricsServer | None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from alchimia.broker.http_thread import ServedInThread
 from alchimia.broker.rejections import escape
 from alchimia.coordinator.dashboard import (
     AgentRow,
@@ -169,7 +170,7 @@ def on_loop(
         future.cancel()
 
 
-class WebServer:
+class WebServer(ServedInThread):
     """The page on ``host:port`` from threads of its own, until ``close``."""
 
     def __init__(
@@ -181,21 +182,13 @@ class WebServer:
             {"take": staticmethod(take), "token": token, "refresh_s": refresh_s},
         )
         try:
-            self._server = ThreadingHTTPServer((host, port), handler)
+            server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:  # a settings problem: say which
             raise ValueError(f"cannot serve the web page on {host}:{port}: {exc}") from None
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="web", daemon=True)
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_port)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, name="web", daemon=True)
+        thread.start()
+        super().__init__(server, thread)
 
 
 class _Handler(BaseHTTPRequestHandler):
