@@ -1,23 +1,36 @@
 """Accepted updates per second of a coordinator process, durability on, over a real
 Mosquitto: N agents' updates of a small model land in one async buffer window
 (``buffer_k = N``), published as fast as one client can; the figure is N over the time
-from the first publish to the version they make. Also the coordinator's peak memory.
+from the first publish to the version they make.
 
     .venv/bin/python bench/bench_coordinator_ingest.py [--updates 4000] [--architecture ...]
+        [--unpacker fast,walk] [--repeat 3] [--breakdown] [--profile coordinator.prof]
+
+``--unpacker walk`` runs the coordinator with ``broker.unpacker``'s fast path for small
+messages turned off (every message through the zero-copy walk), to compare the two in one
+session: ``--unpacker fast,walk --repeat 3`` alternates them, 3 runs each, and prints the
+load average before each run (the machine's other jobs move the figure). ``--profile``
+runs the coordinator under cProfile and writes its statistics (of the event loop's thread)
+to that file, one per run (``.fast.1``, ...), read with ``python -m pstats``.
+``--breakdown`` times a few of the coordinator's functions (handle, decode, unpack,
+on_update, row staging, commit) from its first update handled to its last.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -28,6 +41,74 @@ from alchimia.broker.schemas import ModelBody, StatusBody, TaskBody, UpdateBody,
 from alchimia.broker.topics import Topics
 
 FED = "ingest"
+# The coordinator's command line, run by this bootstrap: the unpacker's fast path off for
+# BENCH_UNPACKER=walk; cProfile around it when BENCH_PROFILE names a file; with
+# BENCH_BREAKDOWN, the time spent in a few functions, written there as JSON at exit;
+# BENCH_GROUP_COMMIT_S (an experiment) replaces the group commit's wait.
+_BOOT = """
+import json, os, sys, time
+import alchimia.broker.unpacker as unpacker
+if os.environ["BENCH_UNPACKER"] == "walk":
+    unpacker.SMALL_MESSAGE_BYTES = -1
+from alchimia.cli import main
+if os.environ.get("BENCH_GROUP_COMMIT_S"):
+    import alchimia.coordinator.group_commit as group_commit
+    group_commit.GROUP_COMMIT_S = float(os.environ["BENCH_GROUP_COMMIT_S"])
+totals = {}
+def timed(owner, name, key):
+    fn = getattr(owner, name)
+    totals[key] = [0, 0.0]
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            entry = totals[key]
+            entry[0] += 1
+            entry[1] += time.perf_counter() - t0
+    setattr(owner, name, wrapper)
+window = {}
+breakdown = os.environ.get("BENCH_BREAKDOWN")
+if breakdown:
+    import alchimia.broker.codec as codec
+    import alchimia.coordinator.lifecycle as lifecycle
+    import alchimia.coordinator.persistence as persistence
+    import alchimia.coordinator.service as service
+    timed(service.Coordinator, "handle", "handle")
+    timed(service, "decode", "decode")
+    timed(codec, "unpack_views", "unpack")
+    timed(lifecycle.Lifecycle, "on_update", "on_update")
+    timed(persistence.CoordinatorDB, "accept_update", "stage_rows")
+    timed(persistence.CoordinatorDB, "commit", "commit")
+    handle = service.Coordinator.handle
+    def first_and_last(self, topic, payload):
+        if topic.endswith("/update"):
+            window.setdefault("first", (time.perf_counter(), time.process_time()))
+        try:
+            return handle(self, topic, payload)
+        finally:
+            if topic.endswith("/update"):
+                window["last"] = (time.perf_counter(), time.process_time())
+    service.Coordinator.handle = first_and_last
+path = os.environ.get("BENCH_PROFILE")
+try:
+    if path:
+        import cProfile
+        profile = cProfile.Profile()
+        try:
+            code = profile.runcall(main, sys.argv[1:])
+        finally:
+            profile.dump_stats(path)
+    else:
+        code = main(sys.argv[1:])
+finally:
+    if breakdown and "first" in window:
+        (w0, c0), (w1, c1) = window["first"], window["last"]
+        out = {"wall_s": w1 - w0, "cpu_s": c1 - c0, "calls": totals}
+        with open(breakdown, "w") as f:
+            json.dump(out, f)
+raise SystemExit(code)
+"""
 
 
 def _start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:
@@ -72,7 +153,14 @@ class Watcher:
                 raise TimeoutError(f"no {what} within {timeout} s")
 
 
-def run(n: int, architecture: str) -> dict[str, float]:
+def run(
+    n: int,
+    architecture: str,
+    unpacker: str = "fast",
+    profile: str = "",
+    breakdown: bool = False,
+    group_commit_s: float | None = None,
+) -> dict[str, Any]:
     topics = Topics(FED)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -80,8 +168,8 @@ def run(n: int, architecture: str) -> dict[str, float]:
         coord = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "alchimia",
+                "-c",
+                _BOOT,
                 "coordinator",
                 "--broker",
                 f"mqtt://127.0.0.1:{port}",
@@ -104,6 +192,14 @@ def run(n: int, architecture: str) -> dict[str, float]:
                 **os.environ,
                 "ALCHIMIA_COORDINATOR_RATE_LIMIT_BURST": "100000",
                 "ALCHIMIA_COORDINATOR_STALENESS": "constant",
+                "BENCH_UNPACKER": unpacker,
+                **({"BENCH_PROFILE": profile} if profile else {}),
+                **({"BENCH_BREAKDOWN": str(work / "breakdown.json")} if breakdown else {}),
+                **(
+                    {"BENCH_GROUP_COMMIT_S": str(group_commit_s)}
+                    if group_commit_s is not None
+                    else {}
+                ),
             },
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -156,26 +252,88 @@ def run(n: int, architecture: str) -> dict[str, float]:
             broker.terminate()
             broker.wait(10)
         size = len(payloads[0])
+        times = work / "breakdown.json"
+        spent = json.loads(times.read_text()) if breakdown and times.exists() else None
     return {
         "updates": n,
         "bytes_per_update": size,
         "publish_s": published,
         "total_s": elapsed,
         "accepted_per_s": n / elapsed,
+        "breakdown": spent,
     }
+
+
+def _breakdown(spent: dict[str, Any]) -> str:
+    """Where the coordinator's time went, from its first update handled to its last."""
+    wall, calls = spent["wall_s"], spent["calls"]
+    per = {k: (c, t) for k, (c, t) in calls.items()}
+    n = per["handle"][0] or 1
+    handle, commit = per["handle"][1], per["commit"][1]
+    parts = [
+        f"{wall:.2f} s from first update handled to last, {spent['cpu_s']:.2f} s of it on a CPU "
+        f"({spent['cpu_s'] / n * 1e6:.0f} us/update)",
+        *(
+            f"{k} {t:.2f} s ({t / n * 1e6:.0f} us/update, {c} calls)"
+            for k, (c, t) in per.items()
+            if c
+        ),
+        f"outside handle and commit (paho/aiomqtt, asyncio, waiting for a core) "
+        f"{wall - handle - commit:.2f} s ({(wall - handle - commit) / n * 1e6:.0f} us/update)",
+    ]
+    return "\n    ".join(parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--updates", type=int, default=4000)
     parser.add_argument("--architecture", default="eaf-hybrid-v1")
-    args = parser.parse_args()
-    r = run(args.updates, args.architecture)
-    print(
-        f"{r['updates']} updates of {r['bytes_per_update']} B ({args.architecture}): "
-        f"published in {r['publish_s']:.2f} s, version made after {r['total_s']:.2f} s: "
-        f"{r['accepted_per_s']:.0f} accepted updates/s (durable, group commit)"
+    parser.add_argument(
+        "--unpacker",
+        default="fast",
+        help="comma-separated: fast (the default path), walk (fast path off)",
     )
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each --unpacker")
+    parser.add_argument("--profile", default="", help="cProfile the coordinator into this file")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="time the coordinator's handle, decode, unpack, on_update, row staging and commit",
+    )
+    parser.add_argument(
+        "--group-commit-s",
+        type=float,
+        default=None,
+        help="experiment: the coordinator's group commit waits this long (default its own)",
+    )
+    args = parser.parse_args()
+    modes = args.unpacker.split(",")
+    if not set(modes) <= {"fast", "walk"}:
+        parser.error("--unpacker takes fast and/or walk")
+    results: dict[str, list[float]] = {m: [] for m in modes}
+    for i in range(1, args.repeat + 1):
+        for mode in modes:
+            load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+            profile = f"{args.profile}.{mode}.{i}" if args.profile else ""
+            r = run(
+                args.updates, args.architecture, mode, profile, args.breakdown, args.group_commit_s
+            )
+            results[mode].append(r["accepted_per_s"])
+            print(
+                f"[{mode}, run {i}, load {load}] {r['updates']} updates of "
+                f"{r['bytes_per_update']} B ({args.architecture}): published in "
+                f"{r['publish_s']:.2f} s, version made after {r['total_s']:.2f} s: "
+                f"{r['accepted_per_s']:.0f} accepted updates/s (durable, group commit)",
+                flush=True,
+            )
+            if r["breakdown"]:
+                print("    " + _breakdown(r["breakdown"]), flush=True)
+    if args.repeat > 1 or len(modes) > 1:
+        for mode, rates in results.items():
+            print(
+                f"{mode}: {', '.join(f'{r:.0f}' for r in rates)} accepted updates/s "
+                f"(median {statistics.median(rates):.0f})"
+            )
 
 
 if __name__ == "__main__":
