@@ -5,14 +5,16 @@ the retained birth and subscribes again, so the broker hands it the retained mod
 task each time. Incoming messages go to a queue that the agent's work loop drains, so
 training never blocks the network thread and vice versa. Requests from consumers
 (``request_topics``) go to a queue of their own, ``requests``, so that a thread answering
-them never waits behind training.
+them never waits behind training. Messages on ``direct`` topics are handed to their
+handler on paho's network thread itself (the secure aggregation exchange, which must go on
+while the work loop trains); a handler that raises is logged, never fatal to the thread.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import paho.mqtt.client as mqtt
 
@@ -33,6 +35,7 @@ class MqttLink:
         birth: Callable[[], tuple[str, bytes]],
         subscriptions: Sequence[str],
         request_topics: Sequence[str] = (),
+        direct: Mapping[str, Callable[[str, bytes | bytearray], None]] | None = None,
     ) -> None:
         # (topic, payload): paho's payloads are typed bytes | bytearray.
         self.inbox: queue.Queue[tuple[str, bytes | bytearray]] = queue.Queue()
@@ -42,7 +45,10 @@ class MqttLink:
         self.dropped = RejectionLog(log)  # requests dropped because too many wait
         self._birth = birth
         self._request_topics = frozenset(request_topics)
-        self._subscriptions = list(subscriptions) + sorted(self._request_topics)
+        self._direct = dict(direct or {})
+        self._subscriptions = (
+            list(subscriptions) + sorted(self._direct) + sorted(self._request_topics)
+        )
         self.settings = settings
         self.host, self.port, _tls = settings.host_port_tls
         self.keepalive = settings.keepalive
@@ -119,6 +125,13 @@ class MqttLink:
         self.connected = False
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+        handler = self._direct.get(msg.topic)
+        if handler is not None:
+            try:
+                handler(msg.topic, msg.payload)
+            except Exception:  # an exception here would stop paho's network thread
+                log.exception("handling a message on %s failed", msg.topic)
+            return
         if msg.topic not in self._request_topics:
             self.inbox.put((msg.topic, msg.payload))
             return

@@ -5,6 +5,11 @@ fills the inboxes. A bad message is logged with its reason and dropped. Requests
 consumers (``agent.requests``) are answered on a thread of their own from an immutable
 snapshot of what the site serves (``ServingState``), replaced by the work loop at every
 change, so a request never waits behind training.
+
+The one exception is a secure round (docs/PROTOCOL.md, "Secure aggregation"): its roster,
+inbox and unmask are answered on paho's network thread as they come, so the exchange of
+shares goes on while the work loop trains; the round's ``SecaggClient`` is shared by both
+threads under ``_secagg_lock``.
 """
 
 from __future__ import annotations
@@ -36,17 +41,22 @@ from alchimia.agent.metrics import AgentCollector
 from alchimia.agent.mqtt_link import MqttLink
 from alchimia.agent.records import Heat
 from alchimia.agent.requests import SERVICES, RequestLimits, Responder, Service, ServingState
+from alchimia.agent.secagg_client import SecaggClient
 from alchimia.agent.settings import AgentSettings
 from alchimia.agent.store import Point
 from alchimia.broker.codec import DecodeError, Limits
 from alchimia.broker.metrics_http import serve_metrics
 from alchimia.broker.rejections import RejectionLog
 from alchimia.broker.schemas import (
+    Body,
     Envelope,
     MetricsBody,
     ModelBody,
     PredictionBody,
     SchemaError,
+    SecaggInboxBody,
+    SecaggRosterBody,
+    SecaggUnmaskBody,
     StatusBody,
     TaskBody,
     UpdateBody,
@@ -54,6 +64,7 @@ from alchimia.broker.schemas import (
     decode,
     message,
 )
+from alchimia.broker.secagg import EncodingError
 from alchimia.broker.signing import SignatureError, load_public_key, verify_model, verify_task
 from alchimia.broker.topics import Topics
 from alchimia.models.onnx_build import build_onnx
@@ -110,6 +121,10 @@ class Agent:
         self.updates_sent = 0
         self.compressor = UpdateCompressor()  # the task's codec, with error feedback
         self.privatizer = UpdatePrivatizer()  # the task's DP clipping and noise, if any
+        # The secure round this agent takes part in, if any: driven by the work loop (keys,
+        # delta) and by paho's thread (roster, inbox, unmask), always under the lock.
+        self.secagg: SecaggClient | None = None
+        self._secagg_lock = threading.Lock()
         self._history: list[Heat] | None = None  # until the source's store answers
         self._history_retry_at = 0.0
         self._waiting: list[Heat] = []
@@ -135,6 +150,10 @@ class Agent:
             birth=lambda: (self.topics.agent_status(self.id), self._status("online")),
             subscriptions=[self.topics.model_current, self.topics.round_current],
             request_topics=self.responder.request_topics,
+            direct={
+                self.topics.round_secagg: self.handle_secagg,
+                self.topics.round_secagg_inbox(self.id): self.handle_secagg,
+            },
         )
 
     def services(self) -> list[Service]:
@@ -235,6 +254,7 @@ class Agent:
         if self._history is None and not self._guarded("history", self._load_history):
             return  # the store does not answer yet: serve what there is
         self._guarded("ingest", self._ingest)
+        self._guarded("secagg_keys", self._join_secure_round)  # before training: keys at once
         self._guarded("train", self._maybe_train)
 
     def _guarded(self, step: str, run: Callable[[], T]) -> T | None:
@@ -301,6 +321,8 @@ class Agent:
                 self._on_model(decode(payload, ModelBody, self.limits))
             elif topic == self.topics.round_current:
                 self._on_task(body_of(decode(payload, TaskBody, self.limits), TaskBody))
+            elif topic in (self.topics.round_secagg, self.topics.round_secagg_inbox(self.id)):
+                self.handle_secagg(topic, payload)  # (the link hands these over directly)
             else:
                 # amqtt (the embedded broker) hands a new session the retained messages of
                 # every other client's subscriptions; Mosquitto never sends these.
@@ -507,6 +529,82 @@ class Agent:
                 f"{self.task.round_id} already seen"
             )
         self.task = task
+        with self._secagg_lock:
+            if self.secagg is not None and (
+                task.round_id != self.secagg.round_id or task.state != "open"
+            ):
+                self.secagg = None  # that round is over: its secrets go with it
+
+    # -- secure aggregation
+    def handle_secagg(self, topic: str, payload: bytes | bytearray) -> None:
+        """A ``secagg_roster`` or ``secagg_unmask`` (``round/secagg``) or this agent's
+        ``secagg_inbox``: handed to this round's client, its answers published at once.
+        Called on paho's thread; a refused message is counted like any other (``invalid``
+        for the client's refusals), undecryptable shares as ``bad_share``."""
+        if not payload:
+            return
+        try:
+            body = self._secagg_body(topic, payload)
+            with self._secagg_lock:
+                client = self.secagg
+                if client is None or body.round_id > client.round_id:
+                    # Not a round this agent takes part in (not selected, or its task is
+                    # still queued for the work loop): for the agents of that round.
+                    log.debug(
+                        "agent %s: %s of round %d ignored (not in that secure round)",
+                        self.id,
+                        body.kind,
+                        body.round_id,
+                    )
+                    return
+                if isinstance(body, SecaggRosterBody):
+                    out = client.on_roster(body)
+                elif isinstance(body, SecaggInboxBody):
+                    bad = client.bad_shares
+                    out = client.on_inbox(body)
+                    for _ in range(client.bad_shares - bad):
+                        self.rejections.reject(
+                            "bad_share",
+                            "agent %s: a share ciphertext of round %d did not decrypt; its "
+                            "sender's shares will not be revealed",
+                            self.id,
+                            body.round_id,
+                        )
+                else:
+                    out = client.on_unmask(body)
+                self._publish_secagg(out)
+        except DecodeError as exc:
+            code = "schema" if isinstance(exc, SchemaError) else "malformed"
+            self.rejections.reject(code, "rejected message on %s: %s", topic, exc)
+        except ValueError as exc:  # SecaggRefused: another round or phase, a bad roster...
+            self.rejections.reject("invalid", "rejected message on %s: %s", topic, exc)
+
+    def _secagg_body(
+        self, topic: str, payload: bytes | bytearray
+    ) -> SecaggRosterBody | SecaggInboxBody | SecaggUnmaskBody:
+        if topic == self.topics.round_secagg_inbox(self.id):
+            return body_of(decode(payload, SecaggInboxBody, self.limits), SecaggInboxBody)
+        body = decode(payload, None, self.limits).body
+        if not isinstance(body, SecaggRosterBody | SecaggUnmaskBody):
+            raise DecodeError(f"expected a secagg_roster or secagg_unmask, got {body.kind!r}")
+        return body
+
+    def _publish_secagg(self, bodies: list[Body]) -> None:
+        for body in bodies:
+            self.link.publish(self.topics.agent_secagg(self.id), message(self.id, body))
+            log.info("agent %s sent %s", self.id, body.kind)
+
+    def _join_secure_round(self) -> None:
+        """On an open secure task this agent will train for: this round's key pairs, and
+        their public keys sent at once (training follows; docs/PROTOCOL.md step 1)."""
+        task = self.task
+        if task is None or not task.secure_aggregation or not self._will_train(task):
+            return
+        with self._secagg_lock:
+            if self.secagg is not None and self.secagg.round_id == task.round_id:
+                return  # joined already (a task delivered again changes nothing)
+            self.secagg = client = SecaggClient(self.id, task)
+            self._publish_secagg([client.keys])
 
     def _report_rejected_model(self, version: int, code: str, reason: str) -> None:
         """Keep serving the current model and tell the coordinator's admins why: logged and
@@ -754,11 +852,11 @@ class Agent:
         self.link.publish(self.topics.agent_metrics(self.id), message(self.id, body))
 
     # -- training
-    def _maybe_train(self) -> None:
-        task = self.task
-        if (
-            task is None
-            or task.state != "open"
+    def _will_train(self, task: TaskBody) -> bool:
+        """Whether this agent trains for ``task``: open, selecting it, not done yet, on
+        the version it holds, with training heats."""
+        return not (
+            task.state != "open"
             or self.id not in task.selected
             or task.round_id in self.rounds_done
             or self.model_version != task.base_version
@@ -766,8 +864,16 @@ class Agent:
             or self.table.n_train == 0
             or self.spec is None
             or self.base_weights is None
-        ):
+        )
+
+    def _maybe_train(self) -> None:
+        task = self.task
+        if task is None or not self._will_train(task):
             return
+        secure = self.secagg if task.secure_aggregation else None
+        if task.secure_aggregation and (secure is None or secure.round_id != task.round_id):
+            return  # its keys are not out yet (_join_secure_round): no delta without them
+        assert self.table is not None and self.spec is not None and self.base_weights is not None
         replay = None
         if self.settings.continual and self.learner is not None:
             # The current regime's newest heats and regime-balanced replay (SiteLearner).
@@ -786,19 +892,12 @@ class Agent:
             self.spec, self.base_weights, x, y, cfg, site=self.site_weights, replay=replay
         )
         heats = len(x) + (len(replay[0]) if replay is not None else 0)
-        # Only the shared delta leaves the site; the site part is kept (and served).
-        body = UpdateBody(
-            round_id=task.round_id,
-            base_version=task.base_version,
-            num_samples=heats,
-            metrics=result.metrics,
-            delta=self.compressor.encode(
-                self.privatizer.apply(result.delta, task.dp_clip_norm, task.dp_noise_multiplier),
-                task.update_codec,
-                task.update_topk_fraction,
-            ),
-        )
-        self.link.publish(self.topics.agent_update(self.id), message(self.id, body))
+        if secure is not None:
+            if not self._send_masked(secure, task, result.delta, heats, result.metrics):
+                self.rounds_done.add(task.round_id)  # nothing can be sent this round
+                return
+        else:
+            self._send_update(task, result.delta, heats, result.metrics)
         self.rounds_done.add(task.round_id)
         self.updates_sent += 1
         self.new_heats = 0
@@ -808,9 +907,56 @@ class Agent:
             self._keep_site_part(result.site, serve=self.serving_version == task.base_version)
         self._publish_status()
         log.info(
-            "agent %s sent update for round %d (%d heats, loss %.4f)",
+            "agent %s sent %s for round %d (%d heats, loss %.4f)",
             self.id,
+            "its delta to the secure round" if secure is not None else "update",
             task.round_id,
             heats,
             result.metrics["train_loss"],
         )
+
+    def _send_update(
+        self, task: TaskBody, delta: Weights, heats: int, metrics: dict[str, float]
+    ) -> None:
+        # Only the shared delta leaves the site; the site part is kept (and served).
+        body = UpdateBody(
+            round_id=task.round_id,
+            base_version=task.base_version,
+            num_samples=heats,
+            metrics=metrics,
+            delta=self.compressor.encode(
+                self.privatizer.apply(delta, task.dp_clip_norm, task.dp_noise_multiplier),
+                task.update_codec,
+                task.update_topk_fraction,
+            ),
+        )
+        self.link.publish(self.topics.agent_update(self.id), message(self.id, body))
+
+    def _send_masked(
+        self,
+        client: SecaggClient,
+        task: TaskBody,
+        delta: Weights,
+        heats: int,
+        metrics: dict[str, float],
+    ) -> bool:
+        """A secure round: the shared delta, in the base model's canonical order, goes to
+        the round's client instead of an ``update`` (no codec, no DP: the coordinator does
+        not combine them with secure aggregation); its masked input leaves now if the inbox
+        is in, else when the inbox comes. False if the delta does not fit the fixed-point
+        input: then this agent sends nothing this round."""
+        assert self.base_weights is not None
+        ordered = [delta[name] for name in self.base_weights]
+        with self._secagg_lock:
+            try:
+                out = client.set_delta(ordered, heats, metrics)
+            except EncodingError as exc:
+                log.warning(
+                    "agent %s skips secure round %d: its delta does not fit (%s)",
+                    self.id,
+                    task.round_id,
+                    exc,
+                )
+                return False
+            self._publish_secagg(out)
+        return True

@@ -79,6 +79,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     demo.add_argument("--mode", choices=["sync", "async"], default="sync")
     demo.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="the coordinator sees only the sum of the plants' updates "
+        "(docs/SECURITY.md, 'Secure aggregation'; sync mode)",
+    )
+    demo.add_argument(
         "--architecture", choices=["eaf-hybrid-v1", "mlp-v1"], default="eaf-hybrid-v1"
     )
     demo.add_argument("--influx", help="store sensor data in this InfluxDB (default: SQLite)")
@@ -335,6 +341,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         federation=args.federation,
         strategy=args.strategy,
         mode=args.mode,
+        secure_aggregation=args.secure_aggregation,
         architecture=args.architecture,
         influx=args.influx,
         out_dir=args.out,

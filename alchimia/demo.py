@@ -48,6 +48,7 @@ def run_demo(
     federation: str | None = None,
     strategy: str = "fedavg",
     mode: str = "sync",
+    secure_aggregation: bool = False,
     architecture: str = "eaf-hybrid-v1",
     influx: str | None = None,
     out_dir: Path = Path("runs"),
@@ -64,7 +65,8 @@ def run_demo(
     console.print(
         f"[bold]federation[/] {federation}  [bold]broker[/] {url}"
         f"{' (embedded)' if embedded else ''}  [bold]agents[/] {agents}  "
-        f"[bold]rounds[/] {rounds}  [bold]strategy[/] {strategy} ({mode})  "
+        f"[bold]rounds[/] {rounds}  [bold]strategy[/] {strategy} ({mode}"
+        f"{', secure aggregation' if secure_aggregation else ''})  "
         f"[bold]model[/] {architecture}"
     )
     fed = LocalFederation(
@@ -78,6 +80,7 @@ def run_demo(
             "strategy": strategy,
             "architecture": architecture,
             "mode": mode,
+            "secure_aggregation": secure_aggregation,
             "buffer_k": agents,
             "round_timeout_s": round_timeout_s,
         },

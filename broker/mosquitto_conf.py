@@ -212,11 +212,14 @@ def agent_rules(topics: Topics, agent_id: str) -> list[tuple[str, str]]:
         ("read", topics.model_current),
         ("read", topics.round_current),
         ("read", topics.coordinator_status),
+        ("read", topics.round_secagg),
+        ("read", topics.round_secagg_inbox(agent_id)),
         *(("read", topics.agent_request(agent_id, s)) for s in SERVICES),
         ("write", topics.agent_status(agent_id)),
         ("write", topics.agent_update(agent_id)),
         ("write", topics.agent_metrics(agent_id)),
         ("write", topics.agent_predictions(agent_id)),
+        ("write", topics.agent_secagg(agent_id)),
         *(("write", topics.agent_responses(agent_id, s)) for s in SERVICES),
     ]
 
@@ -262,11 +265,14 @@ def acl_text(
                 ("read", topics.all_agents("status")),
                 ("read", topics.all_agents("update")),
                 ("read", topics.all_agents("metrics")),
+                ("read", topics.all_agents("secagg")),
                 ("read", topics.coordinator_admin),
                 # readwrite: a restarted coordinator may read back what it retained.
                 ("readwrite", topics.coordinator_status),
                 ("readwrite", topics.model_current),
                 ("readwrite", topics.round_current),
+                ("write", topics.round_secagg),
+                ("write", topics.all_secagg_inboxes),
             ],
         )
     for uid in sorted(admins):

@@ -19,10 +19,12 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     WrapValidator,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -43,6 +45,19 @@ from alchimia.broker.compression import DEFAULT_TOPK_FRACTION, Codec
 from alchimia.broker.topics import ID_PATTERN
 
 PROTOCOL_VERSION: Final = 1
+# Secure aggregation's wire sizes (docs/PROTOCOL.md, "Secure aggregation"), declared here
+# because every client decodes messages; broker.secagg (which needs the cryptography
+# libraries) re-exports them with its other constants.
+#: An X25519 public key.
+KEY_BYTES: Final = 32
+#: One Shamir share of a 32-byte secret (two 16-byte halves).
+SHARE_BYTES: Final = 32
+#: A share ciphertext: 12-byte nonce, ChaCha20-Poly1305 of share_s || share_b, 16-byte tag.
+CIPHERTEXT_BYTES: Final = 12 + 2 * SHARE_BYTES + 16
+#: Most agents in a secure round's roster (16,384 inputs of at most 2^48 cannot wrap 2^63).
+MAX_ROSTER: Final = 16_384
+#: Bytes of ``secagg_masked.masked`` per shared element: two little-endian uint64 words.
+MASKED_BYTES_PER_ELEMENT: Final = 16
 
 Identifier = Annotated[str, Field(pattern=rf"^{ID_PATTERN}$")]
 Name = Annotated[str, Field(min_length=1, max_length=128)]
@@ -148,12 +163,20 @@ class TaskBody(Body):
     dp_noise_multiplier: (
         Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False, strict=True)] | None
     ) = None
+    # A secure round (docs/PROTOCOL.md, "Secure aggregation"): sync mode only.
+    secure_aggregation: Annotated[bool, Field(strict=True)] = False
     signature: Blob | None = None
 
     @model_validator(mode="after")
     def _dp_both_or_neither(self) -> TaskBody:
         if (self.dp_clip_norm is None) != (self.dp_noise_multiplier is None):
             raise ValueError("dp_clip_norm and dp_noise_multiplier are set together")
+        return self
+
+    @model_validator(mode="after")
+    def _secure_rounds_are_sync(self) -> TaskBody:
+        if self.secure_aggregation and self.mode != "sync":
+            raise ValueError("secure aggregation runs in sync mode only")
         return self
 
 
@@ -313,6 +336,147 @@ class OptimizeResponseBody(ResponseBody):
     plan: dict[str, Any] | None = None
 
 
+# -- secure aggregation (docs/PROTOCOL.md, "Secure aggregation (sync rounds)"): agents send
+# on ``agents/{id}/secagg``, the coordinator on ``round/secagg`` and ``round/secagg/{id}``.
+
+
+def _bin(value: Any) -> Any:
+    """A ``bin`` decoded as a view into the message becomes bytes (a copy)."""
+    return bytes(value) if isinstance(value, memoryview) else value
+
+
+# Exactly so many bytes, and a msgpack ``bin``: a str is refused (strict).
+PublicKey = Annotated[
+    bytes, BeforeValidator(_bin), Field(strict=True, min_length=KEY_BYTES, max_length=KEY_BYTES)
+]
+Share = Annotated[
+    bytes,
+    BeforeValidator(_bin),
+    Field(strict=True, min_length=SHARE_BYTES, max_length=SHARE_BYTES),
+]
+Ciphertext = Annotated[
+    bytes,
+    BeforeValidator(_bin),
+    Field(strict=True, min_length=CIPHERTEXT_BYTES, max_length=CIPHERTEXT_BYTES),
+]
+RoundId = Annotated[int, Field(ge=0)]
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RosterEntry(_Entry):
+    """One agent of a secure round's roster and its public keys."""
+
+    id: Identifier
+    c_pk: PublicKey
+    s_pk: PublicKey
+
+
+class OutgoingShare(_Entry):
+    """A share ciphertext an agent addresses to another agent of the roster."""
+
+    to: Identifier
+    ct: Ciphertext
+
+
+class IncomingShare(_Entry):
+    """A share ciphertext relayed to its recipient; ``from`` on the wire (a Python
+    keyword): build one with ``IncomingShare.of(sender, ct)``."""
+
+    sender: Identifier = Field(alias="from")
+    ct: Ciphertext
+
+    @classmethod
+    def of(cls, sender: str, ct: bytes) -> IncomingShare:
+        return cls.model_validate({"from": sender, "ct": ct})
+
+    @model_serializer(mode="wrap")
+    def _wire(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)  # "sender", or "from" when dumped by alias
+        sender = out.pop("sender") if "sender" in out else out.pop("from")
+        return {"from": sender, **out}
+
+
+class RevealedShare(_Entry):
+    """A survivor's share of another agent's self-mask seed (``b``) or ``s`` private key."""
+
+    of: Identifier
+    secret: Literal["b", "s"]
+    share: Share
+
+
+class SecaggKeysBody(Body):
+    """An agent's two X25519 public keys for a secure round."""
+
+    kind: ClassVar[str] = "secagg_keys"
+    round_id: RoundId
+    c_pk: PublicKey
+    s_pk: PublicKey
+
+
+class SecaggRosterBody(Body):
+    """U1, sorted by id, with the share threshold (a majority)."""
+
+    kind: ClassVar[str] = "secagg_roster"
+    round_id: RoundId
+    threshold: Annotated[int, Field(ge=1, le=MAX_ROSTER)]
+    agents: Annotated[list[RosterEntry], Field(max_length=MAX_ROSTER)]
+
+
+class SecaggSharesBody(Body):
+    """An agent's encrypted shares, one per other agent of the roster."""
+
+    kind: ClassVar[str] = "secagg_shares"
+    round_id: RoundId
+    shares: Annotated[list[OutgoingShare], Field(max_length=MAX_ROSTER)]
+
+
+class SecaggInboxBody(Body):
+    """The ciphertexts addressed to one agent by the other agents of U2."""
+
+    kind: ClassVar[str] = "secagg_inbox"
+    round_id: RoundId
+    shares: Annotated[list[IncomingShare], Field(max_length=MAX_ROSTER)]
+
+
+class SecaggMaskedBody(Body):
+    """An agent's masked input y: 2P little-endian uint64 words."""
+
+    kind: ClassVar[str] = "secagg_masked"
+    round_id: RoundId
+    base_version: Annotated[int, Field(ge=0)]
+    num_samples: Annotated[int, Field(ge=1, le=10**9)]
+    masked: Annotated[
+        bytes, BeforeValidator(_bin), Field(strict=True, min_length=MASKED_BYTES_PER_ELEMENT)
+    ]
+    metrics: Annotated[dict[Name, FiniteFloat], Field(max_length=256)] = {}
+
+    @field_validator("masked")
+    @classmethod
+    def _whole_elements(cls, value: bytes) -> bytes:
+        if len(value) % MASKED_BYTES_PER_ELEMENT:
+            raise ValueError(f"masked holds {MASKED_BYTES_PER_ELEMENT} bytes per element")
+        return value
+
+
+class SecaggUnmaskBody(Body):
+    """U3, sorted: the agents whose masked input the coordinator took."""
+
+    kind: ClassVar[str] = "secagg_unmask"
+    round_id: RoundId
+    survivors: Annotated[list[Identifier], Field(max_length=MAX_ROSTER)]
+
+
+class SecaggRevealBody(Body):
+    """A survivor's shares: b of each survivor, s of each agent of U2 that dropped out."""
+
+    kind: ClassVar[str] = "secagg_reveal"
+    round_id: RoundId
+    shares: Annotated[list[RevealedShare], Field(max_length=MAX_ROSTER)]
+
+
 BODIES: dict[str, type[Body]] = {
     b.kind: b
     for b in (
@@ -327,6 +491,13 @@ BODIES: dict[str, type[Body]] = {
         InferResponseBody,
         OptimizeRequestBody,
         OptimizeResponseBody,
+        SecaggKeysBody,
+        SecaggRosterBody,
+        SecaggSharesBody,
+        SecaggInboxBody,
+        SecaggMaskedBody,
+        SecaggUnmaskBody,
+        SecaggRevealBody,
     )
 }
 

@@ -14,7 +14,7 @@ PROTOCOL_PREFIX = "alchimia/v1"
 ID_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
 _ID_RE = re.compile(rf"^{ID_PATTERN}$")
 
-AGENT_LEAVES = ("status", "update", "metrics", "predictions")
+AGENT_LEAVES = ("status", "update", "metrics", "predictions", "secagg")
 # Request/response services an agent answers: ``agents/{id}/{service}/request`` in,
 # ``agents/{id}/{service}/response/{client_id}`` out (docs/PROTOCOL.md).
 SERVICES = ("infer", "optimize")
@@ -66,6 +66,19 @@ class Topics:
     def round_current(self) -> str:
         return f"{self.root}/round/current"
 
+    @property
+    def round_secagg(self) -> str:
+        """Secure aggregation broadcasts to a round's agents (roster, unmask)."""
+        return f"{self.root}/round/secagg"
+
+    def round_secagg_inbox(self, agent_id: str) -> str:
+        """What the coordinator relays to one agent in a secure round (its inbox)."""
+        return f"{self.round_secagg}/{check_id(agent_id, 'agent id')}"
+
+    @property
+    def all_secagg_inboxes(self) -> str:
+        return f"{self.round_secagg}/+"
+
     def agent(self, agent_id: str, leaf: str) -> str:
         check_id(agent_id, "agent id")
         return f"{self.root}/agents/{agent_id}/{leaf}"
@@ -81,6 +94,10 @@ class Topics:
 
     def agent_predictions(self, agent_id: str) -> str:
         return self.agent(agent_id, "predictions")
+
+    def agent_secagg(self, agent_id: str) -> str:
+        """An agent's secure aggregation messages to the coordinator."""
+        return self.agent(agent_id, "secagg")
 
     def agent_request(self, agent_id: str, service: str) -> str:
         """Where consumers send ``service`` requests to one agent (e.g. ``infer``)."""

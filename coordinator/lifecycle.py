@@ -13,6 +13,17 @@ before the message is acknowledged; an accepted update's :class:`SaveUpdate` is 
 answer any command: a :class:`BuildModel` (ONNX export, checked and signed: heavy) is
 answered by ``on_built``, a :class:`LoadVersion` (a rollback's target) by ``on_loaded``.
 ``next_deadline`` says when ``tick`` has something to do without a new event.
+
+Secure rounds (``secure_aggregation``; docs/PROTOCOL.md, "Secure aggregation (sync
+rounds)"): each sync round gets a ``coordinator.secure_round.SecureRound`` and its task says
+``secure_aggregation: true``. ``on_secagg`` hands the agents' ``secagg_*`` messages to it
+(a refusal is a :class:`Reject`); what it publishes comes out of ``tick`` as
+:class:`PublishSecagg`, and its sum is merged into the round's accumulator
+(``coordinator.hierarchical.merge_partial``) and built as any round's. Durability: nothing
+of a secure round but its row is saved. Its masked inputs are not staged as updates are:
+they are useless without the reveals and the session's keys, which live in memory only,
+so a restart cannot finish the round anyway; ``resume`` closes a secure round a restart
+interrupted as failed, and the next round opens as usual.
 """
 
 from __future__ import annotations
@@ -21,13 +32,21 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from alchimia.broker.schemas import (
+    MAX_ROSTER,
     AdminBody,
     Envelope,
     MetricsBody,
     ModelBody,
+    SecaggInboxBody,
+    SecaggKeysBody,
+    SecaggMaskedBody,
+    SecaggRevealBody,
+    SecaggRosterBody,
+    SecaggSharesBody,
+    SecaggUnmaskBody,
     StatusBody,
     TaskBody,
     UpdateBody,
@@ -45,6 +64,9 @@ from alchimia.coordinator.strategies import Accumulator, Strategy, make_strategy
 from alchimia.coordinator.strategy_state import pack_state, unpack_state
 from alchimia.coordinator.trigger import RoundTrigger, ValidationProgress
 from alchimia.models.params import Weights
+
+if TYPE_CHECKING:  # imported when a secure round opens (the cryptography libraries)
+    from alchimia.coordinator.secure_round import SecureCommand, SecureRound
 
 log = logging.getLogger("alchimia.coordinator")
 # Agents left on an older version than ours are looked at this long after a version was
@@ -183,6 +205,16 @@ class PublishTask:
 
 
 @dataclass(frozen=True)
+class PublishSecagg:
+    """A secure round's message to its agents, QoS 1, not retained: on ``round/secagg``
+    (``agent_id`` None: the roster, the unmask) or on ``round/secagg/{agent_id}`` (an
+    inbox, for that agent only)."""
+
+    body: SecaggRosterBody | SecaggInboxBody | SecaggUnmaskBody
+    agent_id: str | None = None
+
+
+@dataclass(frozen=True)
 class BuildModel:
     """Turn weights into the model message (ONNX, checked, signed); then ``on_built``."""
 
@@ -205,7 +237,16 @@ class Stop:
     """Stop serving: the configured rounds are done, or an admin asked."""
 
 
-Command = Store | PublishModel | PublishStatus | PublishTask | BuildModel | LoadVersion | Stop
+Command = (
+    Store
+    | PublishModel
+    | PublishStatus
+    | PublishTask
+    | PublishSecagg
+    | BuildModel
+    | LoadVersion
+    | Stop
+)
 
 
 def strategy_from(settings: CoordinatorSettings) -> Strategy:
@@ -275,14 +316,24 @@ class Lifecycle:
         self.paused = paused
         self.stats = CoordinatorStats()  # for Prometheus (coordinator.metrics)
         self.rounds_completed = 0
+        max_agents = s.max_agents
+        if s.secure_aggregation:  # a roster holds at most MAX_ROSTER agents
+            max_agents = min(max_agents or MAX_ROSTER, MAX_ROSTER)
         self.selection = Selection(
-            fraction=s.fraction, min_agents=s.min_agents, max_agents=s.max_agents
+            fraction=s.fraction, min_agents=s.min_agents, max_agents=max_agents
         )
         self.trigger = RoundTrigger(s.min_new_heats, s.round_schedule_s)
         self.staleness: Callable[[int], float] = make_staleness(s.staleness, **s.staleness_params)
         self.rng = random.Random(s.seed)
         self.window: Window | None = None
         self._accumulator: Accumulator | None = None
+        # The open window's secure session (secure_aggregation), and what its events
+        # answered for the next tick to publish (or finish).
+        self._secure: SecureRound | None = None
+        self._secure_out: list[SecureCommand] = []
+        # A secure round a restart interrupted, failed by ``resume``: ``announce`` closes
+        # its task until the next round opens.
+        self._failed_on_resume: Window | None = None
         self._opened = now  # when the window opened
         self._building: _Building | None = None  # a BuildModel is out
         self._loading = False  # a LoadVersion is out
@@ -313,7 +364,8 @@ class Lifecycle:
 
     # -- start and (re)connection
     def resume(self, left: LeftOpen | None, now: float) -> list[Store]:
-        """Reopen the round a restart interrupted, with the updates it had accepted."""
+        """Reopen the round a restart interrupted, with the updates it had accepted; a
+        secure round is closed as failed instead (its secrets were in memory only)."""
         if left is None:
             return []
         closed = SaveRound(
@@ -328,6 +380,32 @@ class Lifecycle:
         )
         if left.aggregated:
             return [closed]
+        if self.settings.secure_aggregation and left.mode == "sync":
+            # The rounds table does not say whether a round was secure: with secure
+            # aggregation on, every sync round is (rounds opened before it was turned
+            # on included: failing one costs a round, resuming it in the clear could
+            # not be told apart from a secure one).
+            log.warning(
+                "round %d was a secure round: its keys and shares were in memory only, "
+                "so it cannot be resumed; closed as failed",
+                left.round_id,
+            )
+            self._failed_on_resume = self._make_window(
+                left.round_id, left.base_version, left.selected, left.deadline_ts
+            )
+            return [
+                DropPending(left.round_id),
+                SaveRound(
+                    left.round_id,
+                    left.mode,
+                    left.base_version,
+                    "failed",
+                    left.selected,
+                    left.opened_ts,
+                    left.deadline_ts,
+                    now,
+                ),
+            ]
         if left.mode != self.settings.mode or (
             left.mode == "sync" and left.base_version != self.version
         ):
@@ -367,6 +445,8 @@ class Lifecycle:
         out: list[Command] = [PublishStatus(), PublishModel(self.model_payload)]
         if (window := self.open_window) is not None:
             out += self._task(window, "open")
+        elif self._failed_on_resume is not None:  # its agents stop waiting for it
+            out += self._task(self._failed_on_resume, "closed")
         return out
 
     # -- message events
@@ -449,6 +529,15 @@ class Lifecycle:
         window, acc = self.window, self._accumulator
         if window is None or acc is None:
             return [Reject(env.sender, "no_round", "no round is open")]
+        if self._secure is not None and body.round_id == self._secure.round_id:
+            return [
+                Reject(
+                    env.sender,
+                    "secagg_unexpected",
+                    f"round {body.round_id} is a secure round: an update comes as "
+                    "secagg_masked, not in the clear",
+                )
+            ]
         reason = window.check(env.sender, body.round_id, body.base_version)
         weight = window.weight(body.base_version, body.num_samples)
         if reason is None:
@@ -461,6 +550,40 @@ class Lifecycle:
         return [
             SaveUpdate(env.msg_id, env.sender, window.window_id, body.base_version, weight, payload)
         ]
+
+    def on_secagg(self, env: Envelope, now: float) -> list[Store]:
+        """An agent's ``secagg_*`` message (keys, shares, masked input, reveal) for the open
+        secure round's session: a :class:`Reject` if it refuses it (``secagg_unexpected``,
+        ``bad_masked``); what it answers (publications, the sum) waits for ``tick``
+        (``Wake``). A masked input counts the agent's heats as learned, taken or not, as
+        an update does; a taken one counts as the round's update from that agent."""
+        body, sender = env.body, env.sender
+        if isinstance(body, SecaggMaskedBody):
+            self.registry.update_sent(sender, env.ts)
+        session = self._secure
+        if session is None:
+            return [Reject(sender, "secagg_unexpected", f"{env.kind}: no secure round is open")]
+        if isinstance(body, SecaggKeysBody):
+            answer = session.on_keys(sender, body, now)
+        elif isinstance(body, SecaggSharesBody):
+            answer = session.on_shares(sender, body, now)
+        elif isinstance(body, SecaggMaskedBody):
+            answer = session.on_masked(sender, body, now)
+        elif isinstance(body, SecaggRevealBody):
+            answer = session.on_reveal(sender, body, now)
+        else:
+            raise TypeError(f"not an agent's secagg message: {env.kind}")
+        if isinstance(answer, Refusal):
+            return [Reject(sender, answer.code, answer)]
+        if isinstance(body, SecaggMaskedBody) and self.window is not None:
+            # The window shows it (web page, the round's row); the session decides when
+            # the round ends, not the window's state.
+            self.window.accept(sender, env.msg_id, body.base_version)
+            self.stats.update_accepted()
+        if not answer:
+            return []
+        self._secure_out += answer
+        return [Wake()]
 
     def update_saved(self, saved: SaveUpdate) -> list[Store]:
         """The update ``on_update`` accepted is staged: the window counts it."""
@@ -483,7 +606,10 @@ class Lifecycle:
             return None
         due = [t for t in (self._due, self._pause_until) if t is not None]
         if isinstance(window := self.open_window, SyncRound):
-            due.append(window.deadline_ts)
+            if self._secure is None:
+                due.append(window.deadline_ts)
+            elif (secure_due := self._secure.next_deadline()) is not None:
+                due.append(secure_due)  # the masked phase ends at the round's deadline
         if self._replay_reported:
             due.append(self._republished + REPUBLISH_EVERY_S)
         elif self._behind:
@@ -619,8 +745,26 @@ class Lifecycle:
             return False
         self.window, self._opened = window, now
         self._accumulator = self.strategy.open_round(self.weights)
+        self._failed_on_resume = None
+        if self.settings.secure_aggregation:
+            assert isinstance(window, SyncRound)  # the settings allow sync mode only
+            self._secure = self._secure_session(window, now)
         out += self._task(window, "open")
         return True
+
+    def _secure_session(self, window: SyncRound, now: float) -> SecureRound:
+        from alchimia.coordinator.secure_round import SecureRound
+
+        return SecureRound(
+            window.window_id,
+            window.base_version,
+            window.selected,
+            window.quorum,
+            self.weights,  # the shared tensors, in the model's order
+            phase_timeout_s=self.settings.secagg_phase_timeout_s,
+            opened_ts=now,
+            deadline_ts=window.deadline_ts,
+        )
 
     def _drive_window(self, window: Window, now: float, out: list[Command]) -> bool:
         if self._rollback_to is not None:
@@ -632,6 +776,8 @@ class Lifecycle:
             if online and online != window.selected:
                 window.selected = online
                 out += self._task(window, "open")
+        if self._secure is not None:
+            return self._drive_secure(window, self._secure, now, out)
         state = window.state(now)
         if state is RoundState.OPEN:
             return False
@@ -647,21 +793,85 @@ class Lifecycle:
             )
             self._finish_unaggregated(window, "failed", now, out)
             return True
+        self._aggregate(window, now, out, window.contributors, window.missing)
+        return False
+
+    def _aggregate(
+        self,
+        window: Window,
+        now: float,
+        out: list[Command],
+        contributors: list[str],
+        stragglers: list[str],
+        **extra: object,
+    ) -> None:
+        """Finish the closed window's accumulator and ask for the new version's build."""
         assert self._accumulator is not None
         weights = self._accumulator.finish()
         version = self.version + 1
         metadata: dict[str, object] = {
             "strategy": self.strategy.name,
             "mode": self.settings.mode,
-            "contributors": window.contributors,
-            "stragglers": window.missing,
+            "contributors": contributors,
+            "stragglers": stragglers,
+            **extra,
         }
         s = self.settings
         if s.dp_clip_norm is not None and s.dp_noise_multiplier is not None:
-            self.privacy.record(window.contributors, s.dp_noise_multiplier)
+            self.privacy.record(contributors, s.dp_noise_multiplier)
             metadata["dp"] = self.privacy.metadata(s.dp_clip_norm, s.dp_noise_multiplier)
         self._building = _Building(weights, self.strategy, version, window, now)
         out.append(BuildModel(weights, version, self.version, window.window_id, metadata))
+
+    def _drive_secure(
+        self, window: Window, session: SecureRound, now: float, out: list[Command]
+    ) -> bool:
+        """The secure round's publications, due or answered to its events; at its end, its
+        sum built as any round's (or the round failed)."""
+        from alchimia.coordinator.hierarchical import merge_partial
+        from alchimia.coordinator.secure_round import (
+            Failed,
+            Finished,
+            PublishInbox,
+            PublishRoster,
+            PublishUnmask,
+        )
+
+        commands, self._secure_out = [*self._secure_out, *session.tick(now)], []
+        for command in commands:
+            if isinstance(command, PublishRoster | PublishUnmask):
+                out.append(PublishSecagg(command.body))
+            elif isinstance(command, PublishInbox):
+                out.append(PublishSecagg(command.body, command.agent_id))
+            elif isinstance(command, Failed):
+                log.warning(
+                    "round %d failed: secure aggregation could not finish (%s)",
+                    window.window_id,
+                    command.reason,
+                )
+                self._finish_unaggregated(window, "failed", now, out)
+                return True
+            else:
+                assert isinstance(command, Finished)
+                assert self._accumulator is not None
+                try:
+                    merge_partial(self._accumulator, self.weights, command.partial)
+                except ValueError as exc:  # the session checked it: a bug if it happens
+                    log.error(
+                        "round %d failed: its secure sum was refused: %s", window.window_id, exc
+                    )
+                    self._finish_unaggregated(window, "failed", now, out)
+                    return True
+                window.close()
+                self._aggregate(
+                    window,
+                    now,
+                    out,
+                    sorted(command.partial.contributors),
+                    sorted(command.dropped),
+                    secure_aggregation=True,
+                )
+                return False
         return False
 
     def _finish_unaggregated(
@@ -675,6 +885,7 @@ class Lifecycle:
         self._end_window(now)
 
     def _end_window(self, now: float) -> None:
+        self._secure, self._secure_out = None, []  # a secure session ends with its window
         if self.settings.mode == "sync":
             # A drift reported during the round just closed still cuts the pause short;
             # the next round clears the request when it opens (_new_window).
@@ -769,6 +980,8 @@ class Lifecycle:
                 update_topk_fraction=s.update_topk_fraction,
                 dp_clip_norm=s.dp_clip_norm,
                 dp_noise_multiplier=s.dp_noise_multiplier,
+                # every round is secure then (resume fails one left open)
+                secure_aggregation=s.secure_aggregation,
             )
         )
         return [task, PublishStatus()] if state == "open" else [task]

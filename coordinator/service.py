@@ -23,20 +23,27 @@ from typing import ClassVar, Literal
 import aiomqtt
 import paho.mqtt.client as mqtt
 
-from alchimia.broker.codec import DecodeError, Limits
+from alchimia.broker.codec import DecodeError, Limits, unpack
 from alchimia.broker.metrics_http import serve_metrics
 from alchimia.broker.rejections import RejectionLog
 from alchimia.broker.schemas import (
+    MASKED_BYTES_PER_ELEMENT,
     AdminBody,
     Body,
+    Envelope,
     MetricsBody,
     ModelBody,
     SchemaError,
+    SecaggKeysBody,
+    SecaggMaskedBody,
+    SecaggRevealBody,
+    SecaggSharesBody,
     StatusBody,
     UpdateBody,
     body_of,
     decode,
     message,
+    validate,
 )
 from alchimia.broker.signing import load_private_key, sign_task
 from alchimia.broker.topics import Topics
@@ -50,6 +57,7 @@ from alchimia.coordinator.lifecycle import (
     Lifecycle,
     LoadVersion,
     PublishModel,
+    PublishSecagg,
     PublishStatus,
     PublishTask,
     Reject,
@@ -87,6 +95,9 @@ SOFTWARE = "alchimia-coordinator/0.1"
 # challenger figures, the prequential report of the agent's next step), credited on top
 # of its rate limit for that kind: they come as fast as rounds.
 ANSWER_CREDIT = 5
+# Room beside a secure round's masked input (16 bytes per shared element) in its message:
+# the envelope, the other fields and up to 256 train metrics.
+SECAGG_HEADROOM_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -166,6 +177,16 @@ class Coordinator:
         sizes = [math.prod(s) for s in self.spec.parameter_shapes("shared").values()]
         self.limits = Limits(
             max_message_bytes=settings.max_update_bytes,
+            max_tensor_elements=max(sizes),
+            max_total_elements=sum(sizes),
+        )
+        # A secure round's masked input is 16 bytes a shared element, four times a raw
+        # update: its messages may be that much larger (and never less than any other).
+        self.secagg_limits = Limits(
+            max_message_bytes=max(
+                settings.max_update_bytes,
+                MASKED_BYTES_PER_ELEMENT * sum(sizes) + SECAGG_HEADROOM_BYTES,
+            ),
             max_tensor_elements=max(sizes),
             max_total_elements=sum(sizes),
         )
@@ -366,6 +387,8 @@ class Coordinator:
             [
                 (self.topics.all_agents("update"), 1),
                 (self.topics.coordinator_admin, 1),
+                # Secure rounds: kept while away and acknowledged after handling, as updates.
+                (self.topics.all_agents("secagg"), 1),
                 (self.topics.all_agents("status"), 0),
                 (self.topics.all_agents("metrics"), 0),
             ]
@@ -452,8 +475,11 @@ class Coordinator:
             return
         expect = self._EXPECT[leaf]
         try:
-            # NaN/inf in deltas are caught by the accumulator's norm pass: no second scan.
-            env = decode(payload, expect, self.limits, check_finite=False)
+            if isinstance(expect, tuple):
+                env = self._decode_one_of(payload, expect, self.secagg_limits)
+            else:
+                # NaN/inf in deltas are caught by the accumulator's norm pass: no second scan.
+                env = decode(payload, expect, self.limits, check_finite=False)
         except DecodeError as exc:
             self._reject(agent_id, topic, _decode_code(exc), str(exc))
             return
@@ -467,16 +493,34 @@ class Coordinator:
             commands = self.lifecycle.on_status(env, now)
         elif leaf == "metrics":
             commands = self.lifecycle.on_metrics(env, now)
+        elif leaf == "secagg":
+            commands = self.lifecycle.on_secagg(env, now)
         else:
             commands = self.lifecycle.on_update(env, payload, self.db.seen(env.msg_id))
         for command in commands:
             self._store(command, topic)
 
-    _EXPECT: ClassVar[dict[str, type[Body]]] = {
+    # The kinds read on each agent leaf; the leaves are those credited for answers
+    # (ANSWER_CREDIT: a secure round's four secagg messages answer its task).
+    _EXPECT: ClassVar[dict[str, type[Body] | tuple[type[Body], ...]]] = {
         "status": StatusBody,
         "update": UpdateBody,
         "metrics": MetricsBody,
+        "secagg": (SecaggKeysBody, SecaggSharesBody, SecaggMaskedBody, SecaggRevealBody),
     }
+
+    @staticmethod
+    def _decode_one_of(payload: bytes, kinds: tuple[type[Body], ...], limits: Limits) -> Envelope:
+        """``decode`` for a leaf that carries several kinds: the kind is checked before its
+        body is validated."""
+        raw = unpack(payload, limits)
+        kind = raw.get("kind")
+        expect = next((k for k in kinds if k.kind == kind), None)
+        if expect is None:
+            raise DecodeError(
+                f"expected a {', '.join(k.kind for k in kinds)} message, got {kind!r}"
+            )
+        return validate(raw, expect, limits)
 
     def _on_admin(self, topic: str, payload: bytes) -> None:
         try:
@@ -574,6 +618,13 @@ class Coordinator:
                 case PublishStatus():
                     await self._publish(
                         self.topics.coordinator_status, self._status("online"), retain=True
+                    )
+                case PublishSecagg(body, agent_id):
+                    await self._publish(
+                        self.topics.round_secagg
+                        if agent_id is None
+                        else self.topics.round_secagg_inbox(agent_id),
+                        message(self.settings.coordinator_id, body),
                     )
                 case PublishTask(task):
                     if self.signing_key is not None:

@@ -13,6 +13,10 @@ from alchimia.broker.settings import ServiceSettings
 from alchimia.broker.topics import check_id
 from alchimia.models.spec import Architecture
 
+# The strategies built on the weighted mean of the deltas (MeanAccumulator): the only ones
+# that can aggregate from a sum, as secure aggregation and two-level aggregation give it.
+SUM_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+
 
 class CoordinatorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ALCHIMIA_COORDINATOR_", extra="forbid")
@@ -146,6 +150,18 @@ class CoordinatorSettings(ServiceSettings):
         description="differential privacy: the delta at which "
         "epsilon is reported (well below 1 / plants)",
     )
+    secure_aggregation: bool = Field(
+        default=False,
+        description="sync rounds in which the coordinator learns only the sum of "
+        "the agents' deltas (pairwise masks, docs/PROTOCOL.md 'Secure aggregation'); needs "
+        "a mean-based strategy, no clip_norm, update_codec raw",
+    )
+    secagg_phase_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="secure aggregation: how long each exchange of keys, shares "
+        "and reveals waits for missing agents before going on without them",
+    )
     web_port: int | None = Field(
         default=None,
         ge=0,
@@ -172,4 +188,26 @@ class CoordinatorSettings(ServiceSettings):
     def _dp_both_or_neither(self) -> CoordinatorSettings:
         if (self.dp_clip_norm is None) != (self.dp_noise_multiplier is None):
             raise ValueError("dp_clip_norm and dp_noise_multiplier are set together")
+        return self
+
+    @model_validator(mode="after")
+    def _secure_aggregation_fits(self) -> CoordinatorSettings:
+        """Secure aggregation hides each update: only what works on their sum may run."""
+        if not self.secure_aggregation:
+            return self
+        why = []
+        if self.min_agents < 3:
+            why.append("min_agents >= 3 (with two, each would learn the other's update)")
+        if self.mode != "sync":
+            why.append("mode sync (an async window has no cohort to mask within)")
+        if self.strategy not in SUM_STRATEGIES:
+            why.append(f"a strategy that needs only the sum ({', '.join(SUM_STRATEGIES)})")
+        if self.clip_norm is not None:
+            why.append("no clip_norm (it clips each update)")
+        if self.update_codec != "raw":
+            why.append("update_codec raw (masked inputs are their own encoding)")
+        if self.dp_clip_norm is not None:
+            why.append("no dp_clip_norm (not combined with secure aggregation yet)")
+        if why:
+            raise ValueError("secure_aggregation needs " + "; ".join(why))
         return self

@@ -4,26 +4,19 @@ admin pause and stop."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import pytest
 
 from alchimia.broker.schemas import (
     AdminBody,
-    Body,
-    Envelope,
     MetricsBody,
     ModelBody,
-    StatusBody,
     UpdateBody,
     decode,
     message,
 )
 from alchimia.coordinator.lifecycle import (
     BuildModel,
-    Checkpoint,
-    Command,
     DropPending,
     LeftOpen,
     Lifecycle,
@@ -38,70 +31,15 @@ from alchimia.coordinator.lifecycle import (
     SaveVersion,
     Stop,
     Wake,
-    strategy_from,
 )
-from alchimia.coordinator.registry import Registry
-from alchimia.coordinator.settings import CoordinatorSettings
-from alchimia.coordinator.trigger import ValidationProgress
-from alchimia.models.params import Weights
-
-T0 = 1000.0  # the fake clock starts here
-W0: Weights = {"w": np.zeros(4, np.float32), "b": np.ones(2, np.float32)}
-
-
-def _lifecycle(version: int = 0, **settings: object) -> Lifecycle:
-    s = CoordinatorSettings.load(
-        None, federation="t", **{"min_agents": 2, "round_timeout_s": 60.0, **settings}
-    )
-    return Lifecycle(
-        s,
-        Checkpoint(version, W0, b"model", strategy_from(s)),
-        registry=Registry(),
-        progress=ValidationProgress(["y"], [1.0]),
-        next_round_id=1,
-        paused=False,
-        now=T0,
-    )
-
-
-def _env(sender: str, body: Body) -> Envelope:
-    return decode(message(sender, body))
-
-
-def _online(lc: Lifecycle, *agents: str, version: int | None = None) -> None:
-    for agent in agents:
-        lc.on_status(
-            _env(agent, StatusBody(role="agent", state="online", model_version=version)), T0
-        )
-
-
-def _delta(scale: float) -> Weights:
-    return {k: np.full(v.shape, scale, np.float32) for k, v in W0.items()}
-
-
-def _send(
-    lc: Lifecycle, agent: str, scale: float, round_id: int = 1, base: int = 0, samples: int = 10
-) -> list[Command]:
-    """An update through on_update and, if accepted, update_saved (what the service does)."""
-    payload = message(
-        agent,
-        UpdateBody(round_id=round_id, base_version=base, num_samples=samples, delta=_delta(scale)),
-    )
-    out: list[Command] = [*lc.on_update(decode(payload, UpdateBody), payload, replayed=False)]
-    for command in list(out):
-        if isinstance(command, SaveUpdate):
-            out += lc.update_saved(command)
-    return out
-
-
-def _of(kind: type, commands: Sequence[Command]) -> list:
-    return [c for c in commands if isinstance(c, kind)]
-
-
-def _opened(lc: Lifecycle, now: float = T0) -> list[Command]:
-    out = lc.tick(now)
-    assert _of(SaveRound, out)[0].state == "open"
-    return out
+from tests.unit.lifecycle_driver import T0, W0
+from tests.unit.lifecycle_driver import delta as _delta
+from tests.unit.lifecycle_driver import env as _env
+from tests.unit.lifecycle_driver import make_lifecycle as _lifecycle
+from tests.unit.lifecycle_driver import of as _of
+from tests.unit.lifecycle_driver import online as _online
+from tests.unit.lifecycle_driver import opened as _opened
+from tests.unit.lifecycle_driver import send as _send
 
 
 def test_a_round_opens_once_enough_agents_are_online_and_its_task_is_published() -> None:

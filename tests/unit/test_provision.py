@@ -377,10 +377,13 @@ def test_acl_text() -> None:
         f"topic read {p}/agents/+/status",
         f"topic read {p}/agents/+/update",
         f"topic read {p}/agents/+/metrics",
+        f"topic read {p}/agents/+/secagg",
         f"topic read {p}/coordinator/admin",
         f"topic readwrite {p}/coordinator/status",
         f"topic readwrite {p}/model/current",
         f"topic readwrite {p}/round/current",
+        f"topic write {p}/round/secagg",
+        f"topic write {p}/round/secagg/+",
     ]
     # The admin commands the coordinator and reads what it publishes and the agents'
     # statuses and metrics; never their updates or predictions.
@@ -407,12 +410,15 @@ def test_acl_text() -> None:
         f"topic read {p}/model/current",
         f"topic read {p}/round/current",
         f"topic read {p}/coordinator/status",
+        f"topic read {p}/round/secagg",
+        f"topic read {p}/round/secagg/a1",
         f"topic read {p}/agents/a1/infer/request",
         f"topic read {p}/agents/a1/optimize/request",
         f"topic write {p}/agents/a1/status",
         f"topic write {p}/agents/a1/update",
         f"topic write {p}/agents/a1/metrics",
         f"topic write {p}/agents/a1/predictions",
+        f"topic write {p}/agents/a1/secagg",
         f"topic write {p}/agents/a1/infer/response/#",
         f"topic write {p}/agents/a1/optimize/response/#",
     ]
@@ -849,11 +855,13 @@ def test_bridge_config_rules() -> None:
     text = bridge_config("f", **base, cert_file=Path("/x/br.pem"), key_file=Path("/x/br.key"))
     topics = [line.split()[1:3] for line in text.splitlines() if line.startswith("topic ")]
     # What an agent may read comes in, what it may write goes out: the ACL's own rules.
+    # Shared reads: model, task, coordinator status, secure-aggregation broadcasts; each
+    # agent: its inbox, 2 request topics, 7 it writes.
     acl = acl_text("f", agents=["a1", "a2"])
     for name, direction in topics:
         access = "read" if direction == "in" else "write"
         assert f"topic {access} alchimia/v1/f/{name}\n" in acl, name
-    assert len(topics) == len({t for t, _ in topics}) == 3 + 2 * 8
+    assert len(topics) == len({t for t, _ in topics}) == 4 + 2 * 10
     assert ["coordinator/admin"] not in [[t] for t, _ in topics]
     assert "remote_clientid br" in text and "cleansession false" in text
     assert "notification_topic alchimia/v1/f/bridges/br/state" in text
