@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 if TYPE_CHECKING:
     from alchimia.models.characterise import Characterisation
 
@@ -21,6 +19,8 @@ def plot(char: Characterisation, out_png: Path) -> Path:
     """One panel per property: the served value and its interval per grade (the heats'
     own estimate as a cross where it differs); grades absent from the heats in grey, their
     interval is the prior's. Needs matplotlib (the ``train`` extra)."""
+    import numpy as np  # here: `alchimia --help` imports this module
+
     from alchimia import figures
     from alchimia.models.characterise import PROPERTIES, PROPERTY_LABELS
 

@@ -3,8 +3,9 @@
 Tensors travel as little-endian bytes with a codec, dtype and shape. ``raw`` tensors are
 decoded with ``np.frombuffer`` (zero-copy, read-only views into the received message);
 update deltas may also use the lossy codecs of ``broker.compression`` (decoded to
-float32). Nothing here can execute code from the wire: no pickle, no msgpack ext types,
-and every size is bounded before anything is allocated.
+float32; a top-k tensor's ``trained`` bitmap lands in ``TensorMap.trained``). Nothing
+here can execute code from the wire: no pickle, no msgpack ext types, and every size is
+bounded before anything is allocated.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from alchimia.broker.compression import CODEC_DTYPES, CODECS, EXTRA_KEYS, decompress
+from alchimia.broker.compression import (
+    CODEC_DTYPES,
+    CODECS,
+    EXTRA_KEYS,
+    OPTIONAL_KEYS,
+    decompress_trained,
+)
 from alchimia.broker.limits import DEFAULT_LIMITS as DEFAULT_LIMITS  # re-exported ("X as X")
 from alchimia.broker.limits import DecodeError as DecodeError
 from alchimia.broker.limits import Limits as Limits
@@ -50,6 +57,19 @@ WEIGHTS = Accepted(frozenset({RAW}), frozenset({"f4"}))  # model weights on the 
 DELTAS = Accepted(frozenset(CODECS), frozenset({"f4"}))  # update deltas on the bus
 
 
+class TensorMap(dict[str, np.ndarray]):
+    """Decoded tensors by name (what ``decode_tensors`` returns), plus ``trained``: for each
+    tensor whose wire form carried a ``trained`` bitmap (top-k deltas), a boolean array of
+    its shape, True where the sender trained the coordinate. A tensor without one reads as
+    "trained where non-zero" (docs/PROTOCOL.md, ``update``), and so does a plain copy of
+    the map, which drops ``trained``: the mean-based strategies read it
+    (``coordinator.strategies.base.trained_masks``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trained: dict[str, np.ndarray] = {}
+
+
 @dataclass(frozen=True)
 class Encoded:
     """A tensor already in its wire form (``broker.compression.compress``), sent as is."""
@@ -79,9 +99,10 @@ def _header(obj: Any, limits: Limits, accept: Accepted) -> tuple[str, list[int],
         raise DecodeError(
             f"tensor codec {codec!r} is not accepted here; use {', '.join(sorted(accept.codecs))}"
         )
-    keys = (*_BASE_KEYS, *EXTRA_KEYS[codec])
-    if set(obj) != set(keys):
-        raise DecodeError(f"{codec} tensor keys must be {', '.join(keys)}; got {sorted(obj)}")
+    keys, optional = (*_BASE_KEYS, *EXTRA_KEYS[codec]), OPTIONAL_KEYS[codec]
+    if not set(keys) <= set(obj) <= {*keys, *optional}:
+        also = f" (and optionally {', '.join(optional)})" if optional else ""
+        raise DecodeError(f"{codec} tensor keys must be {', '.join(keys)}{also}; got {sorted(obj)}")
     dtype = obj["dtype"]
     if codec == RAW and not (isinstance(dtype, str) and dtype in DTYPES):
         raise DecodeError(f"unknown tensor dtype {dtype!r}")
@@ -103,8 +124,10 @@ def _header(obj: Any, limits: Limits, accept: Accepted) -> tuple[str, list[int],
 
 def _values(
     obj: Mapping[str, Any], codec: str, shape: list[int], count: int, check_finite: bool
-) -> np.ndarray:
-    """The array of a tensor whose header ``_header`` accepted."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The array of a tensor whose header ``_header`` accepted, and its ``trained`` mask
+    (of the same shape) if it carries one."""
+    trained = None
     if codec == RAW:
         dtype = DTYPES[obj["dtype"]]
         data = obj["data"]
@@ -117,10 +140,12 @@ def _values(
             )
         arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     else:
-        arr = decompress(obj, count).reshape(shape)
+        flat, mask = decompress_trained(obj, count)
+        arr = flat.reshape(shape)
+        trained = None if mask is None else mask.reshape(shape)
     if check_finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise DecodeError("tensor holds NaN or infinity")
-    return arr
+    return arr, trained
 
 
 def decode_tensor(
@@ -131,13 +156,14 @@ def decode_tensor(
     accept: Accepted = ANY_RAW,
 ) -> np.ndarray:
     """Array from its wire form; raises DecodeError for anything malformed, non-finite or
-    not in ``accept`` (default: ``raw`` of any dtype).
+    not in ``accept`` (default: ``raw`` of any dtype). A ``trained`` bitmap is checked and
+    left out (``decode_tensors`` keeps it).
 
     ``check_finite=False`` skips the NaN/inf scan (a full pass over the data) for callers
     that validate the values anyway, as the coordinator's accumulators do.
     """
     codec, shape, count = _header(obj, limits, accept)
-    return _values(obj, codec, shape, count, check_finite)
+    return _values(obj, codec, shape, count, check_finite)[0]
 
 
 def encode_tensors(arrays: Mapping[str, np.ndarray | Encoded]) -> dict[str, Any]:
@@ -153,14 +179,15 @@ def decode_tensors(
     *,
     check_finite: bool = True,
     accept: Accepted = ANY_RAW,
-) -> dict[str, np.ndarray]:
+) -> TensorMap:
     """Named arrays in wire order, with the per-message count and element limits (the
-    total is checked before each tensor is decoded: a sparse codec allocates its shape)."""
+    total is checked before each tensor is decoded: a sparse codec allocates its shape);
+    ``trained`` holds the masks of the tensors that carry one."""
     if not isinstance(obj, Mapping):
         raise DecodeError(f"tensor map must be a map, got {type(obj).__name__}")
     if len(obj) > limits.max_tensors:
         raise DecodeError(f"{len(obj)} tensors exceed the limit of {limits.max_tensors}")
-    out: dict[str, np.ndarray] = {}
+    out = TensorMap()
     total = 0
     for name, value in obj.items():
         if not isinstance(name, str):
@@ -170,7 +197,9 @@ def decode_tensors(
             total += count
             if total > limits.max_total_elements:
                 raise DecodeError(f"tensors exceed {limits.max_total_elements} elements in total")
-            out[name] = _values(value, codec, shape, count, check_finite)
+            out[name], trained = _values(value, codec, shape, count, check_finite)
+            if trained is not None:
+                out.trained[name] = trained
         except DecodeError as exc:
             raise DecodeError(f"tensor {name!r}: {exc}") from None
     return out

@@ -4,12 +4,19 @@ Pure functions (no I/O): ``compress`` turns a float array into a tensor's wire m
 codec; ``decompress`` validates such a map and returns float32. Wire formats are in
 docs/PROTOCOL.md ("Tensor codecs"). Every declared size (shape, block, number of kept
 entries, number of scales) is checked against the byte lengths actually received and
-against ``broker.limits.Limits`` before anything is allocated; the only allocation a
-decoder makes is the float32 result (``product(shape)`` elements, which the caller has
-already bounded) and temporaries of the size of the received data.
+against ``broker.limits.Limits`` before anything is allocated; the only allocations a
+decoder makes are the float32 result (``product(shape)`` elements, which the caller has
+already bounded), a top-k tensor's ``trained`` mask (one byte per element) and
+temporaries of the size of the received data.
 
 Error feedback (what a lossy codec drops is added to the sender's next update) lives with
 the sender, in ``agent.learn.compression``: these functions keep no state.
+
+Top-k tensors may carry ``trained``, a bitmap (one bit per element; or ``True``: every
+element) of the coordinates the sender trained, which may be more than those it sends
+(error feedback defers the rest). The mean-based strategies read it instead of "non-zero
+means trained" (submodel averaging, docs/FEDERATION.md "Compressed updates");
+``decompress_trained`` returns it.
 """
 
 from __future__ import annotations
@@ -44,6 +51,11 @@ EXTRA_KEYS: dict[str, tuple[str, ...]] = {
     "topk": ("indices",),
     "topk_int8": ("indices", "block", "scales"),
 }
+# Keys a codec may carry or leave out: the bitmap of the coordinates a top-k update trained.
+OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
+    c: ("trained",) if c in ("topk", "topk_int8") else () for c in CODECS
+}
+MASKED: tuple[str, ...] = tuple(c for c in CODECS if OPTIONAL_KEYS[c])
 BLOCK = 64  # elements per scale (int8, sign), as the reference encoder writes them
 MAX_BLOCK = 65536
 DEFAULT_TOPK_FRACTION = 0.05
@@ -64,6 +76,7 @@ def compress(
     *,
     topk_fraction: float = DEFAULT_TOPK_FRACTION,
     block: int = BLOCK,
+    trained: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The wire map of a finite float array under a lossy ``codec``.
 
@@ -72,9 +85,15 @@ def compress(
     scale. fp16 saturates at +-65504 (error feedback carries the rest); sign sends each
     element's sign (exact zeros stay 0) and, per block, the mean magnitude of its non-zero
     elements (Bernstein et al. 2018; with error feedback, Karimireddy et al. 2019).
+    ``trained`` (top-k codecs only): a boolean array of the array's size, the coordinates
+    the sender trained; the map then carries the ``trained`` bitmap of those and of every
+    sent entry (a sent entry is always one the update speaks for), or ``True`` when that
+    is every element (a dense update: no bitmap to pay for).
     """
     if codec not in LOSSY:
         raise ValueError(f"unknown lossy codec {codec!r}; choose from {', '.join(LOSSY)}")
+    if trained is not None and codec not in MASKED:
+        raise ValueError(f"only {' and '.join(MASKED)} carry a trained bitmap, not {codec}")
     if not 0.0 < topk_fraction <= 1.0:
         raise ValueError(f"topk_fraction must be in (0, 1], got {topk_fraction!r}")
     if not 1 <= block <= MAX_BLOCK:
@@ -89,9 +108,19 @@ def compress(
     if codec == "fp16":
         wire["data"] = np.clip(flat, -_F2_MAX, _F2_MAX).astype(_F2).tobytes()
         return wire
-    if codec in ("topk", "topk_int8"):
+    if codec in MASKED:
         idx = _top_k(flat, topk_fraction)
         wire["indices"] = idx.astype(_U4).tobytes()
+        if trained is not None:
+            mask = np.asarray(trained, dtype=bool).reshape(-1)
+            if mask.size != flat.size:
+                raise ValueError(f"trained has {mask.size} elements, the array {flat.size}")
+            if mask.all():
+                wire["trained"] = True
+            else:
+                mask = mask.copy()
+                mask[idx] = True
+                wire["trained"] = np.packbits(mask, bitorder="little").tobytes()
         flat = flat[idx]
     if codec == "topk":
         wire["data"] = flat.tobytes()
@@ -103,20 +132,30 @@ def compress(
 
 def decompress(obj: Mapping[str, Any], count: int) -> np.ndarray:
     """Flat float32 values (``count`` of them) of a lossy tensor whose codec, dtype and
-    shape the caller has checked; raises DecodeError for anything inconsistent."""
+    shape the caller has checked; raises DecodeError for anything inconsistent (a
+    ``trained`` bitmap included, which is checked and then left out)."""
+    return decompress_trained(obj, count)[0]
+
+
+def decompress_trained(obj: Mapping[str, Any], count: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``decompress``, and the flat boolean mask of the coordinates the sender trained
+    when the tensor carries ``trained`` (None otherwise: read "non-zero")."""
     codec = obj["codec"]
     data = _binary(obj, "data")
     if codec == "fp16":
         _length("data", data, count * _F2.itemsize)
-        return np.frombuffer(data, _F2).astype(_F4)
+        return np.frombuffer(data, _F2).astype(_F4), None
     if codec == "sign":
         _length("data", data, -(-count // 4))
         return _scaled(
             _unpack_signs(np.frombuffer(data, _U1), count), obj["block"], _binary(obj, "scales")
-        )
-    idx = None
-    if codec in ("topk", "topk_int8"):
+        ), None
+    idx, bits, every = None, None, False
+    if codec in MASKED:
         idx = _indices(_binary(obj, "indices"), count)
+        if "trained" in obj:
+            every = obj["trained"] is True
+            bits = None if every else _bitmap(_binary(obj, "trained"), count)
     n = count if idx is None else len(idx)
     if codec == "topk":
         _length("data", data, n * _F4.itemsize)
@@ -127,10 +166,17 @@ def decompress(obj: Mapping[str, Any], count: int) -> np.ndarray:
             np.frombuffer(data, _INT8).astype(_F4), obj["block"], _binary(obj, "scales")
         )
     if idx is None:
-        return values
+        return values, None
+    trained = None  # allocated, like the result, once every size is checked
+    if every:
+        trained = np.ones(count, bool)
+    elif bits is not None:
+        trained = np.unpackbits(bits, count=count, bitorder="little").view(bool)
+        if not trained[idx].all():
+            raise DecodeError("every index top-k sends must be marked in trained")
     out = np.zeros(count, _F4)
     out[idx] = values
-    return out
+    return out, trained
 
 
 def _top_k(flat: np.ndarray, fraction: float) -> np.ndarray:
@@ -211,10 +257,22 @@ def _indices(raw: bytes | memoryview, count: int) -> np.ndarray:
     return idx
 
 
+def _bitmap(raw: bytes | memoryview, count: int) -> np.ndarray:
+    """The bytes (a view, nothing allocated) of a bitmap of ``count`` elements: exactly
+    ``ceil(count / 8)`` of them, element ``i`` in bit ``i mod 8`` of byte ``i div 8``, and
+    the bits after the last element 0."""
+    _length("trained", raw, -(-count // 8))
+    packed = np.frombuffer(raw, _U1)
+    if count % 8 and int(packed[-1]) >> (count % 8):
+        raise DecodeError("trained bits after the last element must be 0")
+    return packed
+
+
 def _binary(obj: Mapping[str, Any], key: str) -> bytes | memoryview:
     value = obj[key]
     if not isinstance(value, bytes | memoryview):
-        raise DecodeError(f"tensor {key} must be binary")
+        also = " or true" if key == "trained" else ""
+        raise DecodeError(f"tensor {key} must be binary{also}")
     return value
 
 

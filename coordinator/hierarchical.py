@@ -55,7 +55,7 @@ class Partial:
     round_id: int
     base_version: int
     sums: dict[str, np.ndarray]  # float64: sum of weight x delta over accepted updates
-    touched: dict[str, np.ndarray]  # float64: weight of the updates with delta != 0 there
+    touched: dict[str, np.ndarray]  # float64: weight of the updates that trained it there
     total_weight: float
     count: int
     contributors: tuple[str, ...]

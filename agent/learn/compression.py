@@ -17,6 +17,13 @@ Rounds the agent is not selected for do not: their versions still descend from i
 update, and error feedback only needs each owed coordinate to be sent eventually. The
 residual lives in memory; a restart loses it, which costs at most what one update had not
 sent yet.
+
+Top-k sends few of the coordinates it owes, so it also sends which ones this update
+trained (the ``trained`` bitmap): those where this round's delta is non-zero, and every
+entry it sends. The coordinator counts them, sent or deferred, in each coordinate's mean
+(submodel averaging); a coordinate the site never trains (a scrap grade it never
+charges) stays out of it, as with any other codec (docs/FEDERATION.md, "Compressed
+updates").
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from alchimia.broker.codec import Encoded
-from alchimia.broker.compression import compress, decompress
+from alchimia.broker.compression import MASKED, compress, decompress
 from alchimia.models.params import Weights
 
 
@@ -63,7 +70,8 @@ class UpdateCompressor:
         out: dict[str, np.ndarray | Encoded] = {}
         residual: Weights = {}
         for name, value in owed.items():
-            wire = compress(value, codec, topk_fraction=topk_fraction)
+            trained = delta[name] != 0 if codec in MASKED else None
+            wire = compress(value, codec, topk_fraction=topk_fraction, trained=trained)
             out[name] = Encoded(wire)
             residual[name] = value - decompress(wire, value.size).reshape(value.shape)
         self.residual = residual

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from alchimia.broker.codec import TensorMap
 from alchimia.coordinator.strategies import kernels
 
 Weights = dict[str, np.ndarray]
@@ -51,6 +52,13 @@ def check_global(global_weights: Mapping[str, np.ndarray]) -> None:
             raise ValueError(f"global weights[{name!r}] must be a floating numpy array")
 
 
+def trained_masks(delta: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """The per-tensor masks of the coordinates an update trained, where its tensors carried
+    one (a decoded top-k delta's ``trained`` bitmap, ``broker.codec.TensorMap``); empty for
+    any other mapping. A tensor without a mask was trained where it is non-zero."""
+    return delta.trained if isinstance(delta, TensorMap) else {}
+
+
 def validate_delta(
     global_weights: Mapping[str, np.ndarray],
     delta: Mapping[str, np.ndarray],
@@ -58,7 +66,8 @@ def validate_delta(
     """Reject a malformed delta before it touches any accumulator; return its squared norm.
 
     Keys must match the global weights exactly (order free), shapes must match, dtypes must
-    be floating and every value finite.
+    be floating and every value finite; a ``trained`` mask (``trained_masks``) must be a
+    boolean array of its tensor's shape.
     """
     if not isinstance(delta, Mapping):
         raise ValueError(
@@ -80,6 +89,12 @@ def validate_delta(
             raise ValueError(
                 f"delta[{name!r}] has shape {arr.shape} but the global weights have {ref.shape}"
             )
+    for name, mask in trained_masks(delta).items():
+        tensor = global_weights.get(name)
+        if tensor is None or not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+            raise ValueError(f"trained[{name!r}] must be a boolean array of a delta tensor")
+        if mask.shape != tensor.shape:
+            raise ValueError(f"trained[{name!r}] has shape {mask.shape}, not {tensor.shape}")
     # One pass over every tensor, on the kernels' threads. Non-finite iff the array holds
     # NaN/inf or float64 squares overflow (float32 ones cannot): the NaN check rides on the
     # norm pass, no P-byte boolean temporary.

@@ -9,7 +9,13 @@ from typing import ClassVar
 import numpy as np
 
 from alchimia.coordinator.strategies import kernels
-from alchimia.coordinator.strategies.base import Accumulator, Strategy, Weights, check_global
+from alchimia.coordinator.strategies.base import (
+    Accumulator,
+    Strategy,
+    Weights,
+    check_global,
+    trained_masks,
+)
 
 
 class MeanAccumulator(Accumulator):
@@ -23,7 +29,10 @@ class MeanAccumulator(Accumulator):
     so that ``sums / total`` is that coordinate's mean over the updates that touched it;
     every rule built on the mean (FedAvg, FedProx, FedAvgM, FedAdam, ...) then uses it.
     Without such zeros the rescale factor is exactly 1 and results are bit-identical to
-    plain FedAvg. A coordinate no update touched keeps its value.
+    plain FedAvg. A coordinate no update touched keeps its value. Where an update says
+    which coordinates it trained (a top-k delta's ``trained`` bitmap: ``trained_masks``),
+    that mask decides instead of ``delta != 0``: a coordinate the site trained but whose
+    value error feedback deferred counts, with a zero contribution, in the mean's weight.
 
     Why float64: with thousands of updates weighted by sample counts in the thousands, the
     rounding of the sum stays ~1e-16 relative, so the result does not depend on arrival
@@ -49,12 +58,14 @@ class MeanAccumulator(Accumulator):
         return self._total
 
     def _accept(self, delta: Weights, weight: float, scale: float) -> None:
+        masks = trained_masks(delta)
         kernels.add_scaled_touched(
             list(self._sums.values()),
             list(self._touched.values()),
             [delta[name] for name in self._sums],
             weight * scale,
             weight,
+            [masks.get(name) for name in self._sums] if masks else None,
         )
         self._total += weight
 

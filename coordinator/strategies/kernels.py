@@ -26,6 +26,14 @@ not numba's own ``parallel=True``: its workqueue layer aborts the process when t
 launch at once, and OpenMP, the other layer shipped, is not fork safe and risks a hang next
 to torch's OpenMP runtime in the demo's and the tests' processes. Compiled on first use per
 argument type and cached on disk (``cache=True``).
+
+Memory (issue 14 §2): numba is imported when a pass first meets an array of ``SMALL``
+elements or more, not with this module. Importing it (LLVM, and scipy, which it imports)
+costs ~80 MB of resident memory and its first call ~60 MB more (the code generator, the
+typing and lowering registries), for nothing on small arrays: below ``SMALL`` elements a
+pass is the numpy expression it replaces (the same bits for the adds and the shift; the
+norm agrees to rounding, and is always the same for the same array), so a coordinator
+whose tensors are all small (the default model's: 500 parameters) never loads numba.
 """
 
 from __future__ import annotations
@@ -35,8 +43,8 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
 
-import numba
 import numpy as np
 
 CHUNK = 1 << 16
@@ -44,6 +52,10 @@ CHUNK = 1 << 16
 split over threads."""
 MIN_SHARE = 1 << 18
 """Fewest elements of an update worth another thread (1 MB of float32; see the module doc)."""
+SMALL = 1 << 12
+"""Arrays under this many elements (16 kB of float32) take numpy's expressions, not the
+compiled loops: there numpy's temporaries cost less than a call, and numba stays unloaded
+(see the module doc)."""
 
 # Reassociation lets LLVM vectorise the sum; no nnan/ninf, so NaN and inf still propagate.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
@@ -52,7 +64,33 @@ Segment = tuple[int, int, int]
 """(array index, first chunk, chunk after the last) of one thread's run."""
 
 
-@numba.njit(nogil=True, cache=True, fastmath=_FASTMATH)
+class _Kernel:
+    """A loop compiled with ``numba.njit(**options)`` on its first call: numba is imported
+    then, not with this module (see the module doc)."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+        self.py_func, self._options = fn, options
+        self._compiled: Callable[..., Any] | None = None
+
+    def __call__(self, *args: Any) -> Any:
+        compiled = self._compiled
+        if compiled is None:
+            with self._lock:
+                if self._compiled is None:
+                    import numba
+
+                    self._compiled = numba.njit(**self._options)(self.py_func)
+                compiled = self._compiled
+        return compiled(*args)
+
+
+def _njit(**options: Any) -> Callable[[Callable[..., Any]], _Kernel]:
+    return lambda fn: _Kernel(fn, options)
+
+
+@_njit(nogil=True, cache=True, fastmath=_FASTMATH)
 def _sum_squares(
     x: np.ndarray, partials: np.ndarray, base: int, c0: int, c1: int
 ) -> None:  # pragma: no cover - compiled
@@ -65,7 +103,7 @@ def _sum_squares(
         partials[base + c] = total
 
 
-@numba.njit(nogil=True, cache=True)
+@_njit(nogil=True, cache=True)
 def _ordered_sum(values: np.ndarray) -> float:  # pragma: no cover - compiled
     total = 0.0  # no fastmath: strictly left to right
     for v in values:
@@ -73,7 +111,7 @@ def _ordered_sum(values: np.ndarray) -> float:  # pragma: no cover - compiled
     return total
 
 
-@numba.njit(nogil=True, cache=True)
+@_njit(nogil=True, cache=True)
 def _add_scaled(
     acc: np.ndarray, x: np.ndarray, factor: float, c0: int, c1: int
 ) -> None:  # pragma: no cover - compiled
@@ -82,7 +120,7 @@ def _add_scaled(
         a[i] += factor * np.float64(d[i])
 
 
-@numba.njit(nogil=True, cache=True)
+@_njit(nogil=True, cache=True)
 def _add_scaled_touched(
     acc: np.ndarray,
     touched: np.ndarray,
@@ -104,7 +142,31 @@ def _add_scaled_touched(
             t[i] += weight
 
 
-@numba.njit(nogil=True, cache=True)
+@_njit(nogil=True, cache=True)
+def _add_scaled_masked(
+    acc: np.ndarray,
+    touched: np.ndarray,
+    x: np.ndarray,
+    mask: np.ndarray,
+    factor: float,
+    weight: float,
+    c0: int,
+    c1: int,
+) -> None:  # pragma: no cover - compiled
+    a, t, d, m = (
+        acc[c0 * CHUNK : c1 * CHUNK],
+        touched[c0 * CHUNK : c1 * CHUNK],
+        x[c0 * CHUNK : c1 * CHUNK],
+        mask[c0 * CHUNK : c1 * CHUNK],
+    )
+    for i in range(d.size):
+        v = np.float64(d[i])
+        a[i] += factor * v
+        if m[i] or v != 0.0:
+            t[i] += weight
+
+
+@_njit(nogil=True, cache=True)
 def _shift_by_mean(
     out: np.ndarray, g: np.ndarray, sums: np.ndarray, total: float, c0: int, c1: int
 ) -> None:  # pragma: no cover - compiled
@@ -186,7 +248,8 @@ def _for_chunks(sizes: Sequence[int], job: Callable[[int, int, int], None]) -> N
     n = min(_threads, sum(sizes) // MIN_SHARE)
     if n <= 1:
         for i, size in enumerate(sizes):
-            job(i, 0, chunks(size))
+            if size:  # an empty array (or one a caller did itself) has no chunk to run
+                job(i, 0, chunks(size))
         return
 
     def run(segments: list[Segment]) -> None:
@@ -210,12 +273,23 @@ def sum_squares_each(xs: Sequence[np.ndarray]) -> list[float]:
     sizes = [x.size for x in flats]
     bases = list(itertools.accumulate(map(chunks, sizes), initial=0))
     partials = np.empty(bases[-1])  # every array's chunk sums, one after the other
-    _for_chunks(sizes, lambda i, c0, c1: _sum_squares(flats[i], partials, bases[i], c0, c1))
+    big = [s if s >= SMALL else 0 for s in sizes]  # the small ones count 0: numpy, below
+    _for_chunks(big, lambda i, c0, c1: _sum_squares(flats[i], partials, bases[i], c0, c1))
     values = partials.tolist()
-    return [
-        values[lo] if hi - lo == 1 else float(_ordered_sum(partials[lo:hi]))
+    out = [
+        values[lo] if hi - lo == 1 else float(_ordered_sum(partials[lo:hi])) if hi > lo else 0.0
         for lo, hi in itertools.pairwise(bases)
     ]
+    small = [i for i, s in enumerate(sizes) if 0 < s < SMALL]
+    if small:  # one buffer for them all: numpy's cost there is per call, not per element
+        squares = np.concatenate([flats[i] for i in small], dtype=np.float64)
+        starts = list(itertools.accumulate((sizes[i] for i in small[:-1]), initial=0))
+        with np.errstate(over="ignore", invalid="ignore"):  # silent, as the compiled loops
+            np.square(squares, out=squares)
+            sums = np.add.reduceat(squares, starts).tolist()
+        for i, value in zip(small, sums, strict=True):
+            out[i] = value
+    return out
 
 
 def sum_squares(x: np.ndarray) -> float:
@@ -233,6 +307,10 @@ def add_scaled(acc: np.ndarray, x: np.ndarray, factor: float) -> None:
         raise ValueError("accumulator must be contiguous")
     flat = acc.reshape(-1)
     flat_x, f = x.reshape(-1), float(factor)
+    if x.size < SMALL:
+        with np.errstate(over="ignore", invalid="ignore"):  # silent, as the compiled loops
+            flat += f * flat_x.astype(np.float64)
+        return
     _for_chunks([x.size], lambda _, c0, c1: _add_scaled(flat, flat_x, f, c0, c1))
 
 
@@ -242,12 +320,19 @@ def add_scaled_touched(
     xs: Sequence[np.ndarray],
     factor: float,
     weight: float,
+    masks: Sequence[np.ndarray | None] | None = None,
 ) -> None:
     """``add_scaled`` plus ``touched += weight`` where ``x != 0``, in the same pass, for each
     (acc, touched, x) in one pass over them all: the weight behind each coordinate's sum,
-    for submodel averaging (``MeanAccumulator``)."""
-    if not len(accs) == len(toucheds) == len(xs):
-        raise ValueError("as many accumulators as arrays are needed")
+    for submodel averaging (``MeanAccumulator``). ``masks``: per array, None or a boolean
+    array of its size; where given, ``touched += weight`` where ``mask | (x != 0)`` (the
+    coordinates the update says it trained, a top-k delta's ``trained`` bitmap)."""
+    ms = [None] * len(xs) if masks is None else list(masks)
+    if not len(accs) == len(toucheds) == len(xs) == len(ms):
+        raise ValueError("as many accumulators (and masks) as arrays are needed")
+    for mask, x in zip(ms, xs, strict=True):
+        if mask is not None and (mask.dtype != np.bool_ or mask.size != x.size):
+            raise ValueError(f"a mask must be boolean of {x.size} elements")
     for acc, touched, x in zip(accs, toucheds, xs, strict=True):
         for arr in (acc, touched):
             if arr.dtype != np.float64 or arr.size != x.size:
@@ -260,10 +345,33 @@ def add_scaled_touched(
     a = [arr.reshape(-1) for arr in accs]
     t = [arr.reshape(-1) for arr in toucheds]
     d = [x.reshape(-1) for x in xs]
+    m = [None if mask is None else np.ascontiguousarray(mask).reshape(-1) for mask in ms]
     f, w = float(factor), float(weight)
-    _for_chunks(
-        [x.size for x in d], lambda i, c0, c1: _add_scaled_touched(a[i], t[i], d[i], f, w, c0, c1)
-    )
+    small = [i for i, x in enumerate(d) if 0 < x.size < SMALL]
+    if small:  # one buffer for them all, as in sum_squares_each
+        scaled = np.concatenate([d[i] for i in small], dtype=np.float64)
+        counts = scaled != 0.0
+        bounds = list(
+            itertools.pairwise(itertools.accumulate((d[i].size for i in small), initial=0))
+        )
+        for i, (lo, hi) in zip(small, bounds, strict=True):
+            if (mi := m[i]) is not None:
+                counts[lo:hi] |= mi
+        adds = counts * w  # w or +0.0: t + 0.0 is t (w is finite, t never -0.0)
+        with np.errstate(over="ignore", invalid="ignore"):  # silent, as the compiled loops
+            scaled *= f
+            for i, (lo, hi) in zip(small, bounds, strict=True):
+                a[i] += scaled[lo:hi]
+                t[i] += adds[lo:hi]
+
+    def job(i: int, c0: int, c1: int) -> None:
+        mi = m[i]
+        if mi is None:
+            _add_scaled_touched(a[i], t[i], d[i], f, w, c0, c1)
+        else:
+            _add_scaled_masked(a[i], t[i], d[i], mi, f, w, c0, c1)
+
+    _for_chunks([x.size if x.size >= SMALL else 0 for x in d], job)  # small ones: done above
 
 
 def shift_by_mean(g: np.ndarray, sums: np.ndarray, total: float) -> np.ndarray:
@@ -275,6 +383,10 @@ def shift_by_mean(g: np.ndarray, sums: np.ndarray, total: float) -> np.ndarray:
         )
     out = np.empty(g.shape, g.dtype)
     flat_out, flat_g, flat_sums, t = out.reshape(-1), g.reshape(-1), sums.reshape(-1), float(total)
+    if out.size < SMALL:
+        with np.errstate(over="ignore", invalid="ignore"):  # silent, as the compiled loops
+            flat_out[...] = flat_g + flat_sums / t
+        return out
     _for_chunks(
         [out.size], lambda _, c0, c1: _shift_by_mean(flat_out, flat_g, flat_sums, t, c0, c1)
     )

@@ -1,7 +1,7 @@
 """Compressed updates over a real Mosquitto (issue 15 §3, issue 16 item 2): the task names
-the codec, agents send top-k int8 deltas with error feedback, rounds complete; an `f8`
-delta is refused with its reason, and a delta in reverse order is accepted (names match,
-not order)."""
+the codec, agents send top-k int8 deltas with error feedback and the bitmap of what they
+trained, rounds complete; an `f8` delta is refused with its reason, and a delta in reverse
+order with a partial `trained` bitmap is accepted (names match, not order)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,10 @@ def test_a_top_k_int8_federation_completes_rounds(mosquitto, tmp_path: Path) -> 
             assert (task.update_codec, task.update_topk_fraction) == ("topk_int8", 0.1)
             sent = msgpack.unpackb(other.received(honest)[-1])["body"]["delta"]
             assert {t["codec"] for t in sent.values()} == {"topk_int8"}
+            # what the agent trained, as a bitmap or true (every element)
+            assert all(
+                t["trained"] is True or isinstance(t["trained"], bytes) for t in sent.values()
+            )
             shapes = {k: tuple(t["shape"]) for k, t in sent.items()}
             rng = np.random.default_rng(round_no)
             mine_delta = {
@@ -82,13 +86,17 @@ def test_a_top_k_int8_federation_completes_rounds(mosquitto, tmp_path: Path) -> 
             other.publish(
                 mine, _update(task, {k: v.astype(np.float64) for k, v in mine_delta.items()})
             )
-            # Reverse order, top-k int8 coded: names match, so it counts.
+            # Reverse order, top-k int8 coded, trained about half: names match, so it counts.
             other.publish(
                 mine,
                 _update(
                     task,
                     {
-                        k: Encoded(compress(mine_delta[k], "topk_int8"))
+                        k: Encoded(
+                            compress(
+                                mine_delta[k], "topk_int8", trained=rng.random(shapes[k]) < 0.5
+                            )
+                        )
                         for k in reversed(list(shapes))
                     },
                 ),

@@ -10,6 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from alchimia.agent.learn.compression import UpdateCompressor
 from alchimia.broker.codec import (
     DEFAULT_LIMITS,
     DELTAS,
@@ -19,7 +20,7 @@ from alchimia.broker.codec import (
     decode_tensors,
     pack,
 )
-from alchimia.broker.compression import LOSSY, compress
+from alchimia.broker.compression import LOSSY, MASKED, compress
 from alchimia.broker.schemas import ModelBody, UpdateBody, decode, message
 from alchimia.coordinator.strategies import make_strategy
 
@@ -116,6 +117,57 @@ def test_topk_int8_quantises_the_kept_entries(shape) -> None:
     assert np.abs(back - exact).max(initial=0) <= np.abs(a).max(initial=0) / 127 / 2 * 1.0001
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("codec", MASKED)
+def test_a_trained_bitmap_round_trips_beside_the_values(shape, codec: str) -> None:
+    a = _array(shape, seed=5)
+    trained = np.random.default_rng(6).random(shape) < 0.5
+    trained.reshape(-1)[:1] = False  # not every element (when there is one): a bitmap
+    wire = compress(a, codec, topk_fraction=0.3, trained=trained)
+    assert wire["trained"] is True if a.size == 0 else len(wire["trained"]) == -(-a.size // 8)
+    got = decode_tensors(_received(wire), accept=DELTAS)
+    plain = _wire_round_trip(compress(a, codec, topk_fraction=0.3))
+    np.testing.assert_array_equal(got["t"], plain)  # the values are those without a bitmap
+    sent = np.zeros(a.size, bool)
+    sent[np.frombuffer(wire["indices"], "<u4")] = True
+    mask = got.trained["t"]
+    assert mask.dtype == np.bool_ and mask.shape == a.shape
+    # what the sender trained, and every entry it sent (the two may differ here)
+    np.testing.assert_array_equal(mask, trained | sent.reshape(shape))
+
+
+@pytest.mark.parametrize("codec", MASKED)
+def test_a_dense_update_says_true_instead_of_a_bitmap(codec: str) -> None:
+    a = _array((3, 7))
+    wire = compress(a, codec, topk_fraction=0.1, trained=np.ones((3, 7), bool))
+    assert wire["trained"] is True
+    got = decode_tensors(_received(wire), accept=DELTAS)
+    np.testing.assert_array_equal(got.trained["t"], np.ones((3, 7), bool))
+    np.testing.assert_array_equal(got["t"], _wire_round_trip(compress(a, codec, topk_fraction=0.1)))
+
+
+def test_the_bitmap_is_little_endian_within_each_byte() -> None:
+    a = np.zeros(11, np.float32)
+    a[[0, 9]] = [1.0, 2.0]
+    wire = compress(a, "topk", topk_fraction=0.1, trained=np.arange(11) % 3 == 0)
+    # elements 0, 3, 6, 9 trained: bits 0, 3, 6 of byte 0, bit 1 of byte 1
+    assert wire["trained"] == bytes([0b01001001, 0b00000010])
+
+
+def test_without_a_bitmap_a_tensor_reads_as_today() -> None:
+    """No ``trained`` key: no mask, the wire map has today's keys."""
+    wire = compress(_array((30,)), "topk", topk_fraction=0.2)
+    assert "trained" not in wire
+    assert decode_tensors(_received(wire), accept=DELTAS).trained == {}
+
+
+def test_compress_takes_a_bitmap_only_for_top_k_and_of_the_array_size() -> None:
+    with pytest.raises(ValueError, match="trained bitmap, not int8"):
+        compress(np.ones(3, np.float32), "int8", trained=np.ones(3, bool))
+    with pytest.raises(ValueError, match="trained has 2 elements"):
+        compress(np.ones(3, np.float32), "topk", trained=np.ones(2, bool))
+
+
 def test_lossy_codecs_shrink_a_large_tensor() -> None:
     a = _array((1000,))
     sizes = {c: len(pack(compress(a, c))) / a.nbytes for c in LOSSY}
@@ -155,6 +207,14 @@ def _topk(**changes) -> dict:
     }
 
 
+def _masked(codec: str = "topk", **changes) -> dict:
+    """10 elements, 3 sent (7, 8, 9), trained 2..9: bitmap bytes 0b11111100, 0b00000011."""
+    a = np.linspace(0, 1, 10, dtype=np.float32)
+    wire = compress(a, codec, topk_fraction=0.3, block=4, trained=np.arange(10) >= 2)
+    assert wire["trained"] == bytes([0b11111100, 0b00000011])
+    return {**wire, **changes}
+
+
 def _f4(values: list[float]) -> bytes:
     return np.array(values, "<f4").tobytes()
 
@@ -192,6 +252,19 @@ def _u4(values: list[int]) -> bytes:
         (_topk(data=_f4([1.0, 2.0])), "data has 8 bytes, expected 12"),
         (_topk(data=_f4([1.0, np.nan, 2.0])), "NaN or infinity"),
         (_topk(dtype="f2"), "topk tensors here carry dtype f4"),
+        (_masked(trained=b"\xfc"), "trained has 1 bytes, expected 2"),
+        (_masked(trained=b"\xfc\x03\x00"), "trained has 3 bytes, expected 2"),
+        (_masked(trained=b""), "trained has 0 bytes, expected 2"),
+        (_masked(trained=b"\xfc\x07"), "after the last element must be 0"),
+        (_masked(trained=b"\xfc\x83"), "after the last element must be 0"),
+        (_masked(trained=b"\xfc\x01"), "every index top-k sends must be marked"),
+        (_masked(trained=b"\x00\x00"), "every index top-k sends must be marked"),
+        (_masked("topk_int8", trained=b"\x7c\x03"), "every index top-k sends must be marked"),
+        (_masked(trained="text"), "trained must be binary or true"),
+        (_masked(trained=False), "trained must be binary or true"),
+        (_masked(trained=1), "trained must be binary or true"),
+        (_int8(trained=b"\xff\x03"), "keys must be"),
+        (_sign(trained=b"\xff\x03"), "keys must be"),
         ({**compress(np.ones(4, np.float32), "fp16"), "data": b"\0\x7c" * 4}, "NaN or infinity"),
         ({**compress(np.ones(4, np.float32), "fp16"), "shape": [5]}, "expected 10"),
         ({**compress(np.ones(4, np.float32), "fp16"), "codec": "zstd"}, "unknown tensor codec"),
@@ -232,6 +305,16 @@ def test_shapes_past_the_limits_are_refused_before_allocating(codec: str) -> Non
             decode_tensors(past_tensor_limit, accept=DELTAS)
         with pytest.raises(DecodeError, match="1000 elements in total"):
             decode_tensors(past_total_limit, Limits(max_total_elements=1000), accept=DELTAS)
+
+
+@pytest.mark.parametrize("codec", MASKED)
+def test_a_bitmap_is_checked_against_the_shape_before_allocating(codec: str) -> None:
+    a = np.ones(16, np.float32)
+    a[0] = 2.0  # top-k sends element 0 alone
+    small = compress(a, codec, trained=np.arange(16) < 8)
+    huge = _received({**small, "shape": [50_000_000]})  # within the limits, 2 bitmap bytes
+    with _allocates_less_than(100_000), pytest.raises(DecodeError, match="trained has 2 bytes"):
+        decode_tensors(huge, accept=DELTAS)
 
 
 def test_the_total_limit_is_checked_before_a_sparse_tensor_is_expanded() -> None:
@@ -293,3 +376,21 @@ def test_a_delta_in_reverse_order_aggregates_as_in_model_order() -> None:
     b = make_strategy("fedavg").aggregate(glob, [(reverse, 3.0)])
     for k in glob:
         np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_a_deferred_coordinate_counts_in_the_mean_through_the_real_message() -> None:
+    """The agent's top-k encoder sends what it trained; the coordinator's FedAvg counts a
+    trained but deferred coordinate with a zero contribution, and leaves out one a plant
+    never trained (issue 15 section 3)."""
+    glob = {"w": np.zeros(8, np.float32)}
+    # Plant A trains 0..5 (never 6, 7) and sends one entry; plant B trains and sends all.
+    a = np.array([9, 1, 1, 1, 1, 1, 0, 0], np.float32)
+    b = np.full(8, 2.0, np.float32)
+    received = []
+    for delta, fraction in ((a, 0.125), (b, 1.0)):
+        wire = UpdateCompressor().encode({"w": delta}, "topk", topk_fraction=fraction)
+        received.append(decode(_update_payload(wire), UpdateBody).body.delta)
+    np.testing.assert_array_equal(received[0]["w"], [9, 0, 0, 0, 0, 0, 0, 0])
+    new = make_strategy("fedavg").aggregate(glob, [(received[0], 1.0), (received[1], 3.0)])
+    # 0: (9 + 3 * 2) / 4; 1..5: (0 + 3 * 2) / 4 (A deferred them); 6, 7: B alone.
+    np.testing.assert_allclose(new["w"], [3.75, *[1.5] * 5, 2.0, 2.0], rtol=1e-6)

@@ -68,3 +68,61 @@ def test_shift_by_mean_is_bit_identical_to_the_numpy_expression(order: str, dtyp
     np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="float64"):
         kernels.shift_by_mean(g, sums.astype(np.float32), 3.7)
+
+
+@pytest.mark.parametrize(
+    "size", [0, 7, kernels.SMALL - 1, kernels.SMALL + 5, 3 * kernels.CHUNK + 1]
+)
+def test_add_scaled_touched_with_a_mask_counts_the_mask_and_the_non_zeros(size: int) -> None:
+    """Both paths (numpy below ``SMALL``, the compiled loop above): the sums are those
+    without a mask, the weight counts where ``mask | (x != 0)``."""
+    rng = np.random.default_rng(size)
+    xs = [rng.standard_normal(size).astype(np.float32) for _ in range(2)]
+    for x in xs:
+        x[rng.random(size) < 0.5] = 0.0
+    mask = rng.random(size) < 0.3
+    accs = [np.zeros(size) for _ in xs]
+    toucheds = [np.full(size, 1.0) for _ in xs]
+    kernels.add_scaled_touched(accs, toucheds, xs, 0.5, 2.0, [mask, None])
+    for acc, x in zip(accs, xs, strict=True):
+        np.testing.assert_array_equal(acc, 0.5 * x.astype(np.float64))
+    np.testing.assert_array_equal(toucheds[0], np.where(mask | (xs[0] != 0), 3.0, 1.0))
+    np.testing.assert_array_equal(toucheds[1], np.where(xs[1] != 0, 3.0, 1.0))
+    with pytest.raises(ValueError, match="boolean"):
+        kernels.add_scaled_touched(accs, toucheds, xs, 1.0, 1.0, [mask.astype(np.uint8), None])
+    with pytest.raises(ValueError, match="masks"):
+        kernels.add_scaled_touched(accs, toucheds, xs, 1.0, 1.0, [mask])
+
+
+@pytest.mark.parametrize("sizes", [[1], [7, 0, 300], [kernels.SMALL - 1, 5, kernels.SMALL + 3]])
+def test_the_numpy_path_for_small_arrays_matches_the_compiled_loops(
+    sizes: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below ``SMALL`` elements the passes are numpy expressions (numba stays unloaded):
+    the same bits for the adds, the weights and the shift, the norm to rounding, and a
+    NaN or inf still found."""
+    rng = np.random.default_rng(len(sizes))
+    xs = [rng.standard_normal(s).astype(np.float32) for s in sizes]
+    for x in xs:
+        x[rng.random(x.size) < 0.3] = 0.0
+    g = [rng.standard_normal(s).astype(np.float32) for s in sizes]
+
+    def run(small: int) -> tuple[list[float], list[np.ndarray], list[np.ndarray]]:
+        monkeypatch.setattr(kernels, "SMALL", small)
+        accs = [np.full(s, 0.25) for s in sizes]
+        toucheds = [np.zeros(s) for s in sizes]
+        kernels.add_scaled_touched(accs, toucheds, xs, 0.37, 3.0)
+        kernels.add_scaled(accs[0], xs[0], -1.5)
+        shifted = [kernels.shift_by_mean(a, acc, 2.9) for a, acc in zip(g, accs, strict=True)]
+        return kernels.sum_squares_each(xs), accs + toucheds, shifted
+
+    numpy_norms, numpy_sums, numpy_shifted = run(1 << 40)
+    norms, sums, shifted = run(0)  # every array through the compiled loops
+    assert numpy_norms == pytest.approx(norms, rel=1e-12, abs=0.0)
+    for got, want in zip(numpy_sums + numpy_shifted, sums + shifted, strict=True):
+        np.testing.assert_array_equal(got, want)
+    for small in (1 << 40, 0):
+        monkeypatch.setattr(kernels, "SMALL", small)
+        bad = [x.copy() for x in xs]
+        bad[-1][-1] = np.nan
+        assert not math.isfinite(kernels.sum_squares_each(bad)[-1])

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from alchimia.broker.codec import TensorMap
 from alchimia.coordinator.strategies import (
     STRATEGIES,
     FedAdagrad,
@@ -89,6 +90,60 @@ def test_a_coordinate_an_update_left_at_zero_is_averaged_over_the_others_only() 
     # Server optimisers see the same per-coordinate mean as their pseudo-gradient.
     momentum = make_strategy("fedavgm", server_lr=1.0, beta=0.0).aggregate(g, ups)
     np.testing.assert_allclose(momentum["w"], [3.5, 5.0, 3.0], rtol=0, atol=1e-6)
+
+
+def _masked(delta: Weights, **trained: object) -> TensorMap:
+    """A decoded update whose tensors in ``trained`` carried a ``trained`` bitmap."""
+    out = TensorMap(delta)
+    out.trained.update({k: np.asarray(v, dtype=bool) for k, v in trained.items()})
+    return out
+
+
+def test_a_trained_mask_counts_a_deferred_coordinate_and_not_an_untrained_one() -> None:
+    """Top-k with error feedback defers most trained coordinates (0 on the wire); its
+    ``trained`` bitmap says which ones the site trained (issue 15 section 3)."""
+    g = W(w=[1.0, 2.0, 3.0, 4.0], b=[0.0])
+    # The first site trained w0 and w1 but deferred them, and never trained w2 or w3.
+    first = _masked(W(w=[0, 0, 0, 0], b=[0]), w=[True, True, False, False])
+    ups = [(first, 1.0), (W(w=[4, 0, 8, 0], b=[2]), 3.0)]
+    for name in ("fedavg", "fedprox"):
+        new = make_strategy(name).aggregate(g, ups)
+        # w0: (1 * 0 + 3 * 4) / 4, the deferred 0 counts; w1: trained by the first site
+        # alone, mean 0; w2: the second site alone (8); w3: untouched; b: no mask, 0 is
+        # "untrained" as before.
+        np.testing.assert_allclose(new["w"], [1 + 3.0, 2.0, 3 + 8.0, 4.0], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(new["b"], [2.0], rtol=0, atol=1e-6)
+    # Without the mask the same values read as today: w0 would be the second site's 4.
+    plain = FedAvg().aggregate(g, [(dict(first), 1.0), ups[1]])
+    np.testing.assert_allclose(plain["w"], [5.0, 2.0, 11.0, 4.0], rtol=0, atol=1e-6)
+
+
+def test_a_mask_that_matches_the_non_zeros_is_bit_identical_to_no_mask() -> None:
+    rng = np.random.default_rng(4)
+    g = {"w": rng.standard_normal((3, 70_001)).astype(np.float32), "b": np.zeros(9, np.float32)}
+    ups = random_round(rng, {"w": (3, 70_001), "b": (9,)}, 3)
+    for delta, _ in ups:
+        delta["w"][:, ::5] = 0.0
+    masked = [(_masked(d, w=d["w"] != 0, b=d["b"] != 0), w) for d, w in ups]
+    a, b = FedAvg().aggregate(g, ups), FedAvg().aggregate(g, masked)
+    for k in g:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_a_mask_is_checked_like_the_delta() -> None:
+    g = W(w=[1.0, 2.0])
+    acc = FedAvg().open_round(g)
+    for bad, reason in [
+        (_masked(W(w=[1, 0]), w=[True]), "has shape"),
+        (_masked(W(w=[1, 0]), v=[True, True]), "boolean array of a delta tensor"),
+    ]:
+        with pytest.raises(ValueError, match=reason):
+            acc.add(bad, 1.0)
+    wrong_dtype = TensorMap(W(w=[1, 0]))
+    wrong_dtype.trained["w"] = np.ones(2, np.float32)
+    with pytest.raises(ValueError, match="boolean array"):
+        acc.add(wrong_dtype, 1.0)
+    assert acc.count == 0
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -8,7 +8,7 @@ import pytest
 
 from alchimia.agent.learn.compression import UpdateCompressor
 from alchimia.broker.codec import Encoded
-from alchimia.broker.compression import LOSSY, decompress
+from alchimia.broker.compression import LOSSY, MASKED, decompress_trained
 
 SHAPES = {"w": (20, 10), "b": (10,)}
 
@@ -16,7 +16,7 @@ SHAPES = {"w": (20, 10), "b": (10,)}
 def _sent(out: dict) -> dict[str, np.ndarray]:
     """What the coordinator decodes from the tensors ``encode`` returned."""
     return {
-        k: decompress(v.wire, int(np.prod(SHAPES[k]))).reshape(SHAPES[k])
+        k: decompress_trained(v.wire, int(np.prod(SHAPES[k])))[0].reshape(SHAPES[k])
         if isinstance(v, Encoded)
         else v
         for k, v in out.items()
@@ -118,3 +118,24 @@ def test_a_residual_of_other_shapes_is_not_added() -> None:
     comp.follow(2, 1, 2)
     other = {"w": np.ones((3, 3), np.float32)}
     np.testing.assert_array_equal(comp.encode(other, "raw", 0.05)["w"], other["w"])
+
+
+@pytest.mark.parametrize("codec", MASKED)
+def test_top_k_marks_what_this_round_trained_and_what_it_sends(codec: str) -> None:
+    """The ``trained`` bitmap: this round's non-zero delta and every sent entry; a
+    coordinate the plant never trains stays unmarked, and one that only a residual from an
+    earlier round holds is marked only when it is sent."""
+    ef = UpdateCompressor()
+    ef.follow(1, None, None)
+    first = np.zeros(16, np.float32)
+    first[:8] = np.arange(1, 9)  # 8..15: never trained
+    ef.encode({"w": first}, codec, 0.125)  # sends 6, 7; owes 0..5
+    ef.follow(2, 1, 2)
+    second = np.zeros(16, np.float32)
+    second[[0, 1]] = [0.5, 20.0]  # 2..5 owed only; 1 is this round's largest
+    wire = ef.encode({"w": second}, codec, 0.125)["w"].wire
+    values, trained = decompress_trained(wire, 16)
+    sent = np.flatnonzero(values)
+    np.testing.assert_array_equal(sent, [1, 5])  # 20.5 (1) and the largest owed, 6.0 (5)
+    assert trained is not None
+    np.testing.assert_array_equal(np.flatnonzero(trained), [0, 1, 5])
