@@ -14,17 +14,29 @@ pairwise masks are added) but their shares are never revealed.
 What keeps a survivor's input hidden: the client answers at most one ``secagg_unmask`` per
 round, and that answer holds, for each agent, either its ``b`` share or its ``s`` share,
 never both.
+
+Distributed differential privacy (a task with ``dp_clip_norm`` C and
+``dp_noise_multiplier`` z; docs/PROTOCOL.md, "Differential privacy in a secure round"):
+``set_delta`` clips the delta to L2 norm C (``agent.learn.privacy.clip``) and sets the
+weight to 1 whatever the heats; when the masked input is built (the roster, hence the
+threshold t, is in by then) the clipped delta gets N(0, (z C)^2 / t) on every coordinate
+(``agent.learn.privacy.privatize`` with ``shares`` t), from an OS-seeded generator, before
+the fixed-point encoding. The coordinator sees only the sum of at least t such inputs:
+noise of std at least z C.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from enum import Enum
 
 import numpy as np
 
+from alchimia.agent.learn.privacy import clip, entropy_rng, privatize
 from alchimia.broker import secagg
 from alchimia.broker.schemas import (
     Body,
@@ -39,6 +51,8 @@ from alchimia.broker.schemas import (
     SecaggUnmaskBody,
     TaskBody,
 )
+
+log = logging.getLogger("alchimia.agent")
 
 
 class SecaggRefused(ValueError):
@@ -59,14 +73,20 @@ class Phase(Enum):
 class SecaggClient:
     """One agent in one secure round. ``randbytes``: the randomness of keys, seeds and
     nonces (``os.urandom``; Shamir's coefficients always come from PyCryptodome's
-    generator, the operating system's)."""
+    generator, the operating system's). ``rng``: the DP noise's generator (default seeded
+    from the operating system's entropy; only experiments and tests pass a seeded one)."""
 
     def __init__(
-        self, agent_id: str, task: TaskBody, *, randbytes: secagg.RandBytes = os.urandom
+        self,
+        agent_id: str,
+        task: TaskBody,
+        *,
+        randbytes: secagg.RandBytes = os.urandom,
+        rng: np.random.Generator | None = None,
     ) -> None:
         if not task.secure_aggregation or task.state != "open":
             raise ValueError(f"task of round {task.round_id} is not an open secure round")
-        if agent_id not in task.selected:
+        if not task.selects(agent_id):
             raise ValueError(f"{agent_id} is not selected for round {task.round_id}")
         self.agent_id = agent_id
         self.round_id, self.base_version = task.round_id, task.base_version
@@ -89,6 +109,14 @@ class SecaggClient:
         self._x: np.ndarray | None = None
         self._num_samples = 0
         self._metrics: dict[str, float] = {}
+        # Distributed DP: (C, z) from the task, the clipped delta waiting for the noise
+        # (noised when the masked input is built), and why the input was not sent, if not.
+        self.dp: tuple[float, float] | None = None
+        if task.dp_clip_norm is not None and task.dp_noise_multiplier is not None:
+            self.dp = (task.dp_clip_norm, task.dp_noise_multiplier)
+        self._rng = rng if rng is not None else entropy_rng()
+        self._clipped: dict[str, np.ndarray] | None = None
+        self.skipped: str | None = None
 
     # -- events
 
@@ -166,16 +194,34 @@ class SecaggClient:
     ) -> list[Body]:
         """The trained shared delta (tensors in the base model's canonical order) and its
         weight; the ``secagg_masked`` if the inbox is in. EncodingError (a ValueError) if it
-        does not fit the fixed-point input: the agent then sends nothing this round."""
-        if self._x is not None or self.phase in (Phase.MASKED_SENT, Phase.REVEALED, Phase.OUT):
+        does not fit the fixed-point input: the agent then sends nothing this round.
+
+        With DP (the task's ``dp_*``) the delta is clipped now and noised when the masked
+        input is built, and the weight is 1, whatever ``num_samples`` says (DP-FedAvg's
+        uniform weighting: one plant moves the sum by at most 2 C)."""
+        if (
+            self._x is not None
+            or self._clipped is not None
+            or self.phase in (Phase.MASKED_SENT, Phase.REVEALED, Phase.OUT)
+        ):
             raise ValueError(f"the delta of round {self.round_id} is already set")
+        if self.dp is not None:
+            num_samples = 1
         try:
-            self._x = secagg.encode_input(delta, num_samples)
+            if self.dp is None:
+                self._x = secagg.encode_input(delta, num_samples)
+            else:
+                clipped = clip({str(k): d for k, d in enumerate(delta)}, self.dp[0])
+                secagg.encode_input(list(clipped.values()), 1)  # refuses what cannot fit
+                self._clipped = clipped
         except secagg.EncodingError:
             self.phase = Phase.OUT
             raise
         self._num_samples, self._metrics = int(num_samples), dict(metrics or {})
-        return self._masked_if_ready()
+        out = self._masked_if_ready()
+        if self.phase is Phase.OUT:  # the noised delta did not fit
+            raise secagg.EncodingError(str(self.skipped))
+        return out
 
     def on_unmask(self, body: SecaggUnmaskBody) -> list[Body]:
         """Check U3 and answer, once: the ``secagg_reveal``."""
@@ -210,8 +256,33 @@ class SecaggClient:
         if self.phase is not phase:
             raise SecaggRefused(f"{what} of round {round_id} in phase {self.phase.value}")
 
+    def _noised_input(self) -> np.ndarray | None:
+        """DP: the clipped delta plus this agent's part of the noise, N(0, (z C)^2 / t),
+        encoded with weight 1; None (and phase OUT) if the noise took it out of the
+        fixed-point range (|value| > 2^24: only for an absurd z C)."""
+        assert self.dp is not None and self._clipped is not None and self.threshold >= 1
+        clip_norm, z = self.dp
+        noised = privatize(self._clipped, clip_norm, z, self._rng, shares=self.threshold)
+        self._clipped = None
+        try:
+            return secagg.encode_input(list(noised.values()), 1)
+        except secagg.EncodingError as exc:
+            self.phase, self.skipped = Phase.OUT, f"the noised delta does not fit: {exc}"
+            log.warning(
+                "agent %s sends nothing to secure round %d: %s (noise std %g)",
+                self.agent_id,
+                self.round_id,
+                self.skipped,
+                z * clip_norm / math.sqrt(self.threshold),
+            )
+            return None
+
     def _masked_if_ready(self) -> list[Body]:
-        if self.phase is not Phase.INBOX or self._x is None:
+        if self.phase is not Phase.INBOX or (self._x is None and self._clipped is None):
+            return []
+        if self._x is None and (x := self._noised_input()) is not None:
+            self._x = x
+        if self._x is None:
             return []
         pairs = [
             (

@@ -857,7 +857,7 @@ class Agent:
         the version it holds, with training heats."""
         return not (
             task.state != "open"
-            or self.id not in task.selected
+            or not task.selects(self.id)
             or task.round_id in self.rounds_done
             or self.model_version != task.base_version
             or self.table is None
@@ -941,10 +941,11 @@ class Agent:
         metrics: dict[str, float],
     ) -> bool:
         """A secure round: the shared delta, in the base model's canonical order, goes to
-        the round's client instead of an ``update`` (no codec, no DP: the coordinator does
-        not combine them with secure aggregation); its masked input leaves now if the inbox
-        is in, else when the inbox comes. False if the delta does not fit the fixed-point
-        input: then this agent sends nothing this round."""
+        the round's client instead of an ``update`` (no codec; with the task's DP, the
+        client clips it, adds this agent's part of the noise and sends weight 1 instead
+        of the heats); its masked input leaves now if the inbox is in, else when the inbox
+        comes. False if the delta does not fit the fixed-point input: then this agent
+        sends nothing this round."""
         assert self.base_weights is not None
         ordered = [delta[name] for name in self.base_weights]
         with self._secagg_lock:

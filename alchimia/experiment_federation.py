@@ -38,7 +38,7 @@ from alchimia.agent.learn.trainer import TrainConfig, train_delta
 from alchimia.agent.sim import SimulatedPlant, default_plants
 from alchimia.broker.compression import CODECS, DEFAULT_TOPK_FRACTION
 from alchimia.broker.schemas import UpdateBody, decode, message
-from alchimia.coordinator.strategies import make_strategy
+from alchimia.coordinator.strategies import Strategy, make_strategy
 from alchimia.models.params import Weights, add, compose, get_weights
 from alchimia.models.regressor import HeatModel, build_model
 from alchimia.models.schema import FEATURES, TARGETS
@@ -221,6 +221,18 @@ class Channel:
         self.raw_bytes.append(len(payload(delta)))
         return decode(wire, UpdateBody, check_finite=False).body.delta  # type: ignore[attr-defined]
 
+    def aggregate(
+        self,
+        strategy: Strategy,
+        shared: Weights,
+        updates: list[tuple[Weights, float]],
+        round_id: int,
+        base_version: int,
+    ) -> Weights:
+        """The round's new shared weights from the updates as received: the strategy's
+        aggregate (a secure round overrides it: ``experiment_privacy.SecureChannel``)."""
+        return strategy.aggregate(shared, updates)
+
 
 def federate(
     spec: ModelSpec, cfg: FederationConfig, plants: list[PlantData], channel: Channel | None = None
@@ -243,7 +255,7 @@ def federate(
             sites[k] = res.site
             delta = channel.send(k, r + 1, r, res.delta, len(p.x_train))
             updates.append((delta, float(len(p.x_train))))
-        shared = strategy.aggregate(shared, updates)
+        shared = channel.aggregate(strategy, shared, updates, r + 1, r)
         channel.adopt(r + 1, r, r + 1)  # version r + 1, aggregated in round r + 1
     return shared, [s or {} for s in sites]
 
@@ -561,7 +573,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=(),
         metavar="E1,E2,...",
         help="instead of the arms: the federated hybrid without DP and at "
-        "each target epsilon (alchimia/experiment_privacy.py)",
+        "each target epsilon, inf: clipping without noise (alchimia/experiment_privacy.py)",
     )
     parser.add_argument(
         "--dp-clip-norm", type=float, default=0.3, help="with --dp-epsilon: the agents' clip norm"
@@ -573,6 +585,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="with --dp-epsilon: seed of the noise (the product never fixes it)",
     )
+    parser.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="with --dp-epsilon: secure rounds (the product's SecureRound and agents' "
+        "clients, in memory), the noise distributed among the plants",
+    )
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -580,6 +598,8 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.secure_aggregation and not args.dp_epsilon:
+        raise SystemExit("--secure-aggregation goes with --dp-epsilon")
     for seed in args.seeds:
         cfg = FederationConfig(
             sizes=tuple(args.sizes),
@@ -599,7 +619,12 @@ def run(args: argparse.Namespace) -> int:
             print(
                 report(
                     run_privacy_experiment(
-                        cfg, args.dp_epsilon, args.dp_clip_norm, args.dp_delta, args.dp_noise_seed
+                        cfg,
+                        args.dp_epsilon,
+                        args.dp_clip_norm,
+                        args.dp_delta,
+                        args.dp_noise_seed,
+                        secure=args.secure_aggregation,
                     )
                 )
             )

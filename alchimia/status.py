@@ -89,7 +89,8 @@ class RoundView:
     mode: str  # sync (a round) or async (a buffer window)
     base_version: int
     deadline_ts: float | None  # sync only
-    selected: list[str]
+    selected: list[str]  # empty when selected_all
+    selected_all: bool = False  # every agent online when it opened (async: every online one)
 
 
 @dataclass
@@ -171,6 +172,7 @@ class FederationView:
                     task.base_version,
                     task.deadline_ts if task.mode == "sync" else None,
                     list(task.selected),
+                    task.selected_all,
                 )
             else:
                 self._on_agent(topic, payload)
@@ -308,7 +310,12 @@ def privacy_line(dp: dict[str, Any]) -> str:
     return (
         f"privacy: {spent} at delta {dp.get('delta')} (worst plant, "
         f"{dp.get('rounds')} updates; noise multiplier {dp.get('noise_multiplier')}, "
-        f"clip norm {dp.get('clip_norm')}, DP at the agents)"
+        f"clip norm {dp.get('clip_norm')}, "
+        + (
+            "noise distributed under secure aggregation)"
+            if dp.get("noise") == "distributed"
+            else "DP at the agents)"
+        )
     )
 
 
@@ -344,7 +351,7 @@ def summary(status: FederationStatus, now: float) -> list[str]:
         what = "round" if r.mode == "sync" else "async window"
         line = (
             f"{what} {r.round_id}: {r.state}, base version {r.base_version}, "
-            f"{len(r.selected)} selected"
+            f"{'every online agent' if r.selected_all else len(r.selected)} selected"
         )
         if r.state == "open" and r.deadline_ts is not None:
             line += f", deadline in {max(0.0, r.deadline_ts - now):.0f} s"

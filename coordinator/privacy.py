@@ -14,6 +14,14 @@ sampling (it prefers plants with new heats, async windows invite everyone). The 
 reported is the worst plant's (the most rounds): ``epsilon`` at the federation's
 ``delta``, from the RDP accountant (``dp_accounting.rdp``).
 
+With secure aggregation the noise is distributed (``agent/secagg_client.py``): each of
+the round's agents adds N(0, (z C)^2 / t) to its clipped delta, weight 1, t the round's
+threshold, and the coordinator sees only the sum of at least t of them, whose noise has
+std at least z C while one plant moves it by at most 2 C: again a Gaussian mechanism of
+multiplier at least z / 2 per round for each contributor, accounted alike (assuming at
+least t of the summed agents added their noise honestly; docs/FEDERATION.md). The
+version's ``dp`` says which (``noise``: ``local`` or ``distributed``).
+
 Sans-I/O: the coordinator records each aggregated version's contributors and rebuilds the
 ledger after a restart from the stored versions' metadata (``replay``).
 """
@@ -94,8 +102,11 @@ class PrivacyLedger:
         rounds = max((sum(c.values()) for c in self.spent.values()), default=0)
         return eps, rounds
 
-    def metadata(self, clip_norm: float, noise_multiplier: float) -> dict[str, Any]:
-        """The ``dp`` entry of a version's metadata (docs/PROTOCOL.md, ``model``)."""
+    def metadata(
+        self, clip_norm: float, noise_multiplier: float, *, distributed: bool = False
+    ) -> dict[str, Any]:
+        """The ``dp`` entry of a version's metadata (docs/PROTOCOL.md, ``model``);
+        ``distributed``: a secure round's, its noise shared among the agents."""
         eps, rounds = self.worst()
         return {
             "epsilon": eps if math.isfinite(eps) else None,
@@ -105,6 +116,7 @@ class PrivacyLedger:
             "rounds": rounds,
             "relation": RELATION,
             "accountant": ACCOUNTANT,
+            "noise": "distributed" if distributed else "local",
         }
 
     @classmethod

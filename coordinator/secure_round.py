@@ -105,7 +105,9 @@ class SecureRound:
     ``shared``: the base model's shared weights in canonical order (only names and shapes
     are read). ``quorum``: fewest survivors for a version (with ``threshold``, the more of
     the two). ``phase_timeout_s``: how long the keys, shares and reveal phases wait for
-    stragglers; the masked phase waits until ``deadline_ts``.
+    stragglers; the masked phase waits until ``deadline_ts``. ``unit_weights``: the round
+    has differential privacy (distributed noise): a masked input must carry
+    ``num_samples`` 1, else one plant's data could move the sum by more than 2 C.
     """
 
     def __init__(
@@ -119,8 +121,10 @@ class SecureRound:
         phase_timeout_s: float,
         opened_ts: float,
         deadline_ts: float,
+        unit_weights: bool = False,
     ) -> None:
         self.round_id, self.base_version = round_id, base_version
+        self.unit_weights = unit_weights
         self.selected = frozenset(selected)
         if not secagg.MIN_ROSTER <= len(self.selected) <= secagg.MAX_ROSTER:
             raise ValueError(
@@ -216,6 +220,12 @@ class SecureRound:
                 BAD_MASKED,
                 f"masked input of {sender}: num_samples {body.num_samples} over "
                 f"{secagg.MAX_WEIGHT} cannot be encoded",
+            )
+        if self.unit_weights and body.num_samples != 1:
+            return Refusal(
+                BAD_MASKED,
+                f"masked input of {sender}: num_samples {body.num_samples} in a round with "
+                "differential privacy, where every weight is 1",
             )
         assert self._sum is not None
         np.add(self._sum, np.frombuffer(body.masked, dtype="<u8"), out=self._sum)

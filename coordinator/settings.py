@@ -154,7 +154,8 @@ class CoordinatorSettings(ServiceSettings):
         default=False,
         description="sync rounds in which the coordinator learns only the sum of "
         "the agents' deltas (pairwise masks, docs/PROTOCOL.md 'Secure aggregation'); needs "
-        "a mean-based strategy, no clip_norm, update_codec raw",
+        "a mean-based strategy, no clip_norm, update_codec raw; with dp_* the noise is "
+        "distributed among the agents (docs/FEDERATION.md, 'Differential privacy')",
     )
     secagg_phase_timeout_s: float = Field(
         default=30.0,
@@ -206,8 +207,6 @@ class CoordinatorSettings(ServiceSettings):
             why.append("no clip_norm (it clips each update)")
         if self.update_codec != "raw":
             why.append("update_codec raw (masked inputs are their own encoding)")
-        if self.dp_clip_norm is not None:
-            why.append("no dp_clip_norm (not combined with secure aggregation yet)")
         if why:
             raise ValueError("secure_aggregation needs " + "; ".join(why))
         return self

@@ -10,10 +10,14 @@ site is already private, and the residual the codec keeps is computed from it
 Local DP: each agent adds the full noise, so the guarantee holds against the coordinator
 and the broker too, without trusting anyone. The price: the coordinator's mean of K
 updates carries noise of std z C / sqrt(K) per coordinate (sample-weighted: more where
-weights are unequal), where central DP (one trusted aggregator, or secure aggregation,
-where each agent could add z C / sqrt(K) so that only the sum carries z C) would carry
-z C / K. With five plants that is sqrt(5) ~ 2.2 times the noise of central DP for the
-same epsilon (docs/FEDERATION.md, "Differential privacy").
+weights are unequal), where central DP (one trusted aggregator) would carry z C / K.
+With five plants that is sqrt(5) ~ 2.2 times the noise of central DP for the same
+epsilon (docs/FEDERATION.md, "Differential privacy").
+
+Distributed DP, in a secure round (``agent/secagg_client.py``): the same clipping, but
+each agent adds only N(0, (z C)^2 / t), t being the round's threshold, with weight 1;
+the coordinator sees only the sum of at least t such updates, which carries at least
+z C (``privatize``'s ``shares``).
 
 Noise goes on every coordinate, also on those this site did not train (an exact 0 would
 say which grades a plant never charges): so with DP every coordinate counts as trained in
@@ -54,12 +58,22 @@ def clip(delta: Weights, clip_norm: float) -> Weights:
 
 
 def privatize(
-    delta: Weights, clip_norm: float, noise_multiplier: float, rng: np.random.Generator
+    delta: Weights,
+    clip_norm: float,
+    noise_multiplier: float,
+    rng: np.random.Generator,
+    shares: int = 1,
 ) -> Weights:
-    """The clipped delta plus N(0, (noise_multiplier * clip_norm)^2) on every coordinate."""
+    """The clipped delta plus N(0, (noise_multiplier * clip_norm)^2 / shares) on every
+    coordinate. ``shares`` > 1: this agent's part of noise distributed under secure
+    aggregation, where the coordinator sees only the sum of at least ``shares`` such
+    updates, whose noise together has std at least noise_multiplier * clip_norm
+    (``agent/secagg_client.py``; docs/FEDERATION.md, "Differential privacy")."""
     if not noise_multiplier > 0:
         raise ValueError(f"noise multiplier must be positive, got {noise_multiplier}")
-    sigma = noise_multiplier * clip_norm
+    if not shares >= 1:
+        raise ValueError(f"the noise is shared among at least 1 agent, not {shares}")
+    sigma = noise_multiplier * clip_norm / math.sqrt(shares)
     return {
         k: (v + sigma * rng.standard_normal(v.shape)).astype(np.float32)
         for k, v in clip(delta, clip_norm).items()

@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from alchimia.agent.learn.privacy import clip
 from alchimia.agent.secagg_client import Phase, SecaggClient
 from alchimia.agent.service import Agent
 from alchimia.broker.schemas import Body, ModelBody, SecaggMaskedBody, body_of, decode
 from alchimia.coordinator.persistence import CoordinatorDB
+from alchimia.coordinator.privacy import epsilon
 from alchimia.coordinator.strategies.fedavg import FedAvg
 from alchimia.demo import run_demo
 from alchimia.local import LocalFederation
@@ -183,6 +185,64 @@ def test_an_agent_that_drops_after_its_masked_input_does_not_stop_the_round(
         "plant-3": Phase.REVEALED,
         "plant-4": Phase.MASKED_SENT,
     }
+
+
+def test_a_secure_round_with_dp_distributes_the_noise_and_reports_epsilon(
+    mosquitto, tmp_path: Path, deltas: Deltas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Distributed DP: each agent clips, sends weight 1 and adds N(0, (z C)^2 / t); the
+    version says so and carries the accountant's epsilon; the new model is the mean of the
+    clipped deltas plus noise of std about z C sqrt(3 / t) / 3 (t = 2 of 3)."""
+    clip_norm, z, dp_delta = 0.05, 2.0, 1e-6
+    masked: list[SecaggMaskedBody] = []
+    publish = Agent._publish_secagg
+
+    def record(self: Agent, bodies: list[Body]) -> None:
+        masked.extend(b for b in bodies if isinstance(b, SecaggMaskedBody))
+        publish(self, bodies)
+
+    monkeypatch.setattr(Agent, "_publish_secagg", record)
+    fed = _federation(
+        mosquitto,
+        tmp_path,
+        "sa-dp",
+        3,
+        rounds=1,
+        dp_clip_norm=clip_norm,
+        dp_noise_multiplier=z,
+        dp_delta=dp_delta,
+    )
+    try:
+        coordinator = fed.start_coordinator()
+        fed.start_agents()
+        wait_for(lambda: coordinator.done, 90, "the secure round with DP")
+        assert coordinator.error is None, coordinator.error
+    finally:
+        fed.stop()
+    versions = _versions(fed.coordinator_settings.state_dir)
+    assert sorted(versions) == [0, 1]
+    round_id, meta, model = versions[1]
+    ids = [s.agent_id for s in fed.agent_settings]
+    assert meta["secure_aggregation"] is True and meta["contributors"] == ids, meta
+    dp = meta["dp"]
+    assert dp["noise"] == "distributed" and dp["rounds"] == 1
+    assert dp["epsilon"] == pytest.approx(epsilon(((z, 1),), dp_delta))
+    assert model.metadata["dp"] == dp  # the published model says it too
+    # weight 1 whatever the heats (which differ between the agents)
+    assert sorted(b.num_samples for b in masked) == [1, 1, 1]
+    given = deltas.of_round(round_id)  # type: ignore[arg-type]
+    assert len({w for _, w in given.values()}) == 3
+    base = versions[0][2].weights
+    clipped = [clip(dict(zip(base, d, strict=True)), clip_norm) for d, _ in given.values()]
+    noise = np.concatenate(
+        [
+            (np.asarray(model.weights[n], np.float64) - base[n]).ravel()
+            - sum(c[n].astype(np.float64) for c in clipped).ravel() / 3
+            for n in base
+        ]
+    )
+    expected = z * clip_norm * np.sqrt(3 / 2) / 3
+    assert noise.size > 300 and 0.8 < noise.std() / expected < 1.2, (noise.std(), expected)
 
 
 @pytest.fixture

@@ -28,6 +28,13 @@ def test_secure_aggregation_runs_with_every_mean_strategy(strategy: str) -> None
     ).secure_aggregation
 
 
+def test_secure_aggregation_runs_with_dp_its_noise_distributed() -> None:
+    s = CoordinatorSettings(
+        secure_aggregation=True, min_agents=3, dp_clip_norm=1.0, dp_noise_multiplier=1.0
+    )
+    assert s.secure_aggregation and s.dp_noise_multiplier == 1.0
+
+
 @pytest.mark.parametrize(
     ("change", "why"),
     [
@@ -37,7 +44,6 @@ def test_secure_aggregation_runs_with_every_mean_strategy(strategy: str) -> None
         ({"strategy": "krum"}, "needs only the sum"),
         ({"clip_norm": 1.0}, "no clip_norm"),
         ({"update_codec": "int8"}, "update_codec raw"),
-        ({"dp_clip_norm": 1.0, "dp_noise_multiplier": 1.0}, "no dp_clip_norm"),
     ],
 )
 def test_secure_aggregation_refuses_what_needs_each_update(
