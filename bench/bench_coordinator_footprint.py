@@ -126,7 +126,7 @@ class Agents:
                 return
             self.answered.add(task.round_id)
             delta = {k: np.full(v.shape, 1e-4, np.float32) for k, v in model.weights.items()}
-        for agent in task.selected:
+        for agent in (a for a in self.ids if task.selects(a)):
             body = UpdateBody(
                 round_id=task.round_id,
                 base_version=task.base_version,

@@ -88,7 +88,7 @@ class Decoded:
 
     def __init__(self) -> None:
         self._model: tuple[bytes, ModelBody] | None = None
-        self._task: tuple[bytes, TaskBody, frozenset[str]] | None = None
+        self._task: tuple[bytes, TaskBody] | None = None
         self.delta: dict[str, np.ndarray | Encoded] | None = None
 
     def model(self, payload: bytes) -> ModelBody:
@@ -102,12 +102,12 @@ class Decoded:
                 }
         return self._model[1]
 
-    def task(self, payload: bytes) -> tuple[TaskBody, frozenset[str]]:
+    def task(self, payload: bytes) -> TaskBody:
         if self._task is None or self._task[0] != payload:
             body = decode(payload, TaskBody).body
             assert isinstance(body, TaskBody)
-            self._task = (payload, body, frozenset(body.selected))
-        return self._task[1], self._task[2]
+            self._task = (payload, body)
+        return self._task[1]
 
 
 async def _agent(
@@ -142,7 +142,6 @@ async def _agent(
         )
     held: int | None = None
     task: TaskBody | None = None
-    selected: frozenset[str] = frozenset()
     answered: set[int] = set()
     try:
         while True:
@@ -161,13 +160,13 @@ async def _agent(
                 held = shared.model(pub.payload).version
                 report.model_last_ts[held] = time.time()
             elif pub.topic == topics.round_current:
-                task, selected = shared.task(pub.payload)
+                task = shared.task(pub.payload)
             if (
                 task is not None
                 and task.state == "open"
                 and held == task.base_version
                 and task.round_id not in answered
-                and agent_id in selected
+                and task.selects(agent_id)
                 and shared.delta is not None
             ):
                 answered.add(task.round_id)

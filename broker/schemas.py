@@ -145,6 +145,9 @@ class TaskBody(Body):
     base_version: Annotated[int, Field(ge=0)]
     deadline_ts: FiniteFloat
     selected: Annotated[list[Identifier], Field(max_length=100_000)]
+    # Every agent online when the round opened (async: every online agent) is selected;
+    # ``selected`` is then empty, so the task does not grow with the federation.
+    selected_all: Annotated[bool, Field(strict=True)] = False
     epochs: Annotated[int, Field(ge=1, le=1000)] = 1
     lr: Annotated[float, Field(gt=0, le=10, allow_inf_nan=False, strict=True)] = 1e-3
     batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = 32
@@ -172,6 +175,16 @@ class TaskBody(Body):
         if (self.dp_clip_norm is None) != (self.dp_noise_multiplier is None):
             raise ValueError("dp_clip_norm and dp_noise_multiplier are set together")
         return self
+
+    @model_validator(mode="after")
+    def _all_or_a_list(self) -> TaskBody:
+        if self.selected_all and self.selected:
+            raise ValueError("selected is empty when selected_all is true")
+        return self
+
+    def selects(self, agent_id: str) -> bool:
+        """Whether this task asks ``agent_id`` to train."""
+        return self.selected_all or agent_id in self.selected
 
     @model_validator(mode="after")
     def _secure_rounds_are_sync(self) -> TaskBody:

@@ -53,7 +53,7 @@ def test_bad_updates_are_rejected_and_the_round_completes(mosquitto, tmp_path: P
         honest_topics = [topics.agent_update("plant-1"), topics.agent_update("plant-2")]
         wait_for(lambda: all(evil.received(t) for t in honest_topics), 60, "honest updates")
         task: TaskBody = decode(evil.received(topics.round_current)[-1], TaskBody).body
-        assert task.state == "open" and "plant-3" in task.selected
+        assert task.state == "open" and task.selects("plant-3")
         honest = decode(evil.received(honest_topics[0])[0], UpdateBody).body
         shapes = {k: v.shape for k, v in honest.delta.items()}
 

@@ -68,7 +68,7 @@ def test_rounds_open_only_on_new_heats(mosquitto, tmp_path: Path) -> None:
         status("p2", 3)
         wait_for(lambda: tasks() and tasks()[-1].state == "open", 30, "round 1")
         task = tasks()[-1]
-        assert task.round_id == 1 and task.selected == list(AGENTS)
+        assert task.round_id == 1 and all(task.selects(a) for a in AGENTS)
         for a in AGENTS:
             delta = {k: np.full(v.shape, 0.01, np.float32) for k, v in base.weights.items()}
             agents[a].publish(

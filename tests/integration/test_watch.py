@@ -68,7 +68,7 @@ def test_status_shows_coordinator_round_and_every_agent(mosquitto, tmp_path: Pat
         doc = json.loads(out[out.index("{") :])
         assert doc["coordinator"]["state"] == "online"
         assert doc["coordinator"]["model_version"] >= 1 and doc["model"]["version"] >= 1
-        assert doc["round"]["mode"] == "sync" and sorted(doc["round"]["selected"]) == sorted(ids)
+        assert doc["round"]["mode"] == "sync" and doc["round"]["selected_all"]
         agents = {a["agent_id"]: a for a in doc["agents"]}
         assert set(agents) == ids
         for a in agents.values():

@@ -49,7 +49,8 @@ def test_a_round_opens_once_enough_agents_are_online_and_its_task_is_published()
     _online(lc, "a2")
     out = _opened(lc)
     task = _of(PublishTask, out)[0].task
-    assert (task.round_id, task.state, task.selected) == (1, "open", ["a1", "a2"])
+    # Every online agent is selected: the task says so instead of listing them.
+    assert (task.round_id, task.state, task.selected_all, task.selected) == (1, "open", True, [])
     assert task.deadline_ts == T0 + 60 and lc.next_deadline() == T0 + 60
     assert isinstance(out[-1], PublishStatus)  # fresh rejection counts beside the task
     assert lc.tick(T0 + 1) == []  # nothing new: nothing to do
@@ -222,14 +223,24 @@ def test_a_drift_report_cuts_the_pause_between_rounds_short() -> None:
     assert _of(SaveRound, _opened(lc, T0 + 4))[0].round_id == 2
 
 
+def test_a_task_lists_the_selected_agents_when_not_every_online_agent_is() -> None:
+    lc = _lifecycle(max_agents=2)
+    _online(lc, "a1", "a2", "a3")
+    task = _of(PublishTask, _opened(lc))[0].task
+    assert not task.selected_all and len(task.selected) == 2
+    [left_out] = {"a1", "a2", "a3"} - set(task.selected)
+    assert [r.code for r in _of(Reject, _send(lc, left_out, 1.0))] == ["not_selected"]
+
+
 def test_an_async_window_invites_agents_that_come_online_later() -> None:
     lc = _lifecycle(mode="async", min_agents=1, buffer_k=2)
     _online(lc, "a1")
-    _opened(lc)
+    task = _of(PublishTask, _opened(lc))[0].task
+    assert task.selected_all and task.selects("a2")  # the retained task invites latecomers
     assert lc.next_deadline() is None  # a window has no deadline
     _online(lc, "a2")
-    [task, _status] = lc.tick(T0 + 1)
-    assert isinstance(task, PublishTask) and task.task.selected == ["a1", "a2"]
+    assert _of(PublishTask, lc.tick(T0 + 1)) == []  # the same task: nothing to republish
+    assert _of(SaveUpdate, _send(lc, "a2", 1.0))
 
 
 @pytest.mark.parametrize("base", [0, 1])
