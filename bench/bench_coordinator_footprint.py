@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from alchimia.broker.embedded import free_port
-from alchimia.broker.mosquitto_conf import plain_config
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from alchimia.broker.schemas import ModelBody, StatusBody, TaskBody, UpdateBody, decode, message
 from alchimia.broker.topics import Topics
+from bench.processes import start_coordinator, start_mosquitto, stop_processes
 
 FED = "footprint"
 # Native libraries worth naming: a substring of the mapped file's path -> what it is.
@@ -60,23 +59,6 @@ def proc_memory(pid: int) -> tuple[float, float]:
 def heavy_libraries(pid: int) -> list[str]:
     maps = Path(f"/proc/{pid}/maps").read_text()
     return [name for key, name in HEAVY.items() if key in maps]
-
-
-def _start_mosquitto(work: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    conf = work / "mosquitto.conf"
-    conf.write_text(plain_config(port, work, persistence=False))
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("mosquitto did not start")
 
 
 class Agents:
@@ -158,30 +140,10 @@ def coordinator_footprint(agents: int, rounds: int, settle: float) -> Footprint:
     topics = Topics(FED)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        broker, port = _start_mosquitto(work)
-        log = (work / "coordinator.log").open("wb")
+        broker, port = start_mosquitto(work)
         started = time.perf_counter()
-        coord = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "alchimia",
-                "coordinator",
-                "--broker",
-                f"mqtt://127.0.0.1:{port}",
-                "--federation",
-                FED,
-                "--state-dir",
-                str(work / "state"),
-                "--mode",
-                "sync",
-                "--min-agents",
-                str(agents),
-                "--min-new-heats",
-                "0",
-            ],
-            stdout=log,
-            stderr=log,
+        coord = start_coordinator(
+            port, work, FED, "--mode", "sync", "--min-agents", str(agents), "--min-new-heats", "0"
         )
         swarm = Agents(port, topics, agents)
         try:
@@ -200,13 +162,7 @@ def coordinator_footprint(agents: int, rounds: int, settle: float) -> Footprint:
             raise
         finally:
             swarm.close()
-            coord.terminate()
-            try:
-                coord.wait(30)
-            except subprocess.TimeoutExpired:
-                coord.kill()
-            broker.terminate()
-            broker.wait(10)
+            stop_processes(coord, broker)
     return out
 
 

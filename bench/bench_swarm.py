@@ -28,9 +28,6 @@ import multiprocessing as mp
 import os
 import queue
 import resource
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,10 +43,10 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alchimia.broker.codec import Encoded
-from alchimia.broker.embedded import free_port
-from alchimia.broker.mosquitto_conf import broker_sizing, plain_config
+from alchimia.broker.mosquitto_conf import broker_sizing
 from alchimia.broker.schemas import ModelBody, StatusBody, TaskBody, UpdateBody, decode, message
 from alchimia.broker.topics import Topics
+from bench.processes import start_coordinator, start_mosquitto, stop_processes
 from bench.swarm_mqtt import PUBACK, PUBLISH, Connection, parse_publish
 
 FED = "swarm"
@@ -277,24 +274,6 @@ class Watcher:
                     self.task_bytes = len(pub.payload)
 
 
-def _start_mosquitto(work: Path, n: int) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    conf = work / "mosquitto.conf"
-    conf.write_text(
-        plain_config(port, work, persistence=False, sizing=broker_sizing(n, MODEL_MESSAGE_BYTES))
-    )
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    log = (work / "mosquitto.log").open("wb")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("mosquitto did not start")
-
-
 async def _drain(out: mp.Queue, want: str, count: int, deadline: float, sink: list[Any]) -> bool:
     """Collect ``count`` items tagged ``want`` from the workers' queue before ``deadline``."""
     while len([m for m in sink if m[0] == want]) < count:
@@ -317,31 +296,19 @@ async def run(
     result: dict[str, Any] = {"agents": n, "rounds": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        broker, port = _start_mosquitto(work, n)
-        coord_log = (work / "coordinator.log").open("wb")
-        coord = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "alchimia",
-                "coordinator",
-                "--broker",
-                f"mqtt://127.0.0.1:{port}",
-                "--federation",
-                FED,
-                "--state-dir",
-                str(work / "state"),
-                "--mode",
-                "sync",
-                "--min-agents",
-                str(n),
-                "--round-timeout",
-                str(round_timeout),
-                "--min-new-heats",
-                "0",
-            ],
-            stdout=coord_log,
-            stderr=coord_log,
+        broker, port = start_mosquitto(work, sizing=broker_sizing(n, MODEL_MESSAGE_BYTES), log=True)
+        coord = start_coordinator(
+            port,
+            work,
+            FED,
+            "--mode",
+            "sync",
+            "--min-agents",
+            str(n),
+            "--round-timeout",
+            str(round_timeout),
+            "--min-new-heats",
+            "0",
         )
         coord_ps, broker_ps = psutil.Process(coord.pid), psutil.Process(broker.pid)
         watcher = Watcher()
@@ -398,13 +365,7 @@ async def run(
             watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await watch_task
-            coord.terminate()
-            try:
-                coord.wait(30)
-            except subprocess.TimeoutExpired:
-                coord.kill()
-            broker.terminate()
-            broker.wait(10)
+            stop_processes(coord, broker)
             result["coordinator_log_tail"] = (
                 (work / "coordinator.log").read_text(errors="replace").splitlines()[-5:]
             )

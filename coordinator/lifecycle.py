@@ -280,6 +280,19 @@ class LeftOpen:
     aggregated: bool  # its version exists: only its row was not closed yet
     pending: list[tuple[str, str, int, float, bytes]]
 
+    def row(self, state: str, closed_ts: float) -> SaveRound:
+        """Its row, left ``state`` at ``closed_ts``."""
+        return SaveRound(
+            self.round_id,
+            self.mode,
+            self.base_version,
+            state,
+            self.selected,
+            self.opened_ts,
+            self.deadline_ts,
+            closed_ts,
+        )
+
 
 @dataclass
 class _Building:
@@ -371,18 +384,8 @@ class Lifecycle:
         secure round is closed as failed instead (its secrets were in memory only)."""
         if left is None:
             return []
-        closed = SaveRound(
-            left.round_id,
-            left.mode,
-            left.base_version,
-            "closed",
-            left.selected,
-            left.opened_ts,
-            left.deadline_ts,
-            now,
-        )
         if left.aggregated:
-            return [closed]
+            return [left.row("closed", now)]
         if self.settings.secure_aggregation and left.mode == "sync":
             # The rounds table does not say whether a round was secure: with secure
             # aggregation on, every sync round is (rounds opened before it was turned
@@ -396,19 +399,7 @@ class Lifecycle:
             self._failed_on_resume = self._make_window(
                 left.round_id, left.base_version, left.selected, left.deadline_ts
             )
-            return [
-                DropPending(left.round_id),
-                SaveRound(
-                    left.round_id,
-                    left.mode,
-                    left.base_version,
-                    "failed",
-                    left.selected,
-                    left.opened_ts,
-                    left.deadline_ts,
-                    now,
-                ),
-            ]
+            return [DropPending(left.round_id), left.row("failed", now)]
         if left.mode != self.settings.mode or (
             left.mode == "sync" and left.base_version != self.version
         ):
@@ -418,19 +409,7 @@ class Lifecycle:
                 left.mode,
                 left.base_version,
             )
-            return [
-                DropPending(left.round_id),
-                SaveRound(
-                    left.round_id,
-                    left.mode,
-                    left.base_version,
-                    "abandoned",
-                    left.selected,
-                    left.opened_ts,
-                    left.deadline_ts,
-                    now,
-                ),
-            ]
+            return [DropPending(left.round_id), left.row("abandoned", now)]
         window = self._make_window(
             left.round_id, left.base_version, left.selected, left.deadline_ts
         )

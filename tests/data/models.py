@@ -1,5 +1,6 @@
 """Model messages as a genuine coordinator sends them, for agents under test."""
 
+from alchimia.broker.schemas import Envelope, ModelBody, decode
 from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.models.spec import ModelSpec
 
@@ -16,3 +17,8 @@ def first_model(spec: ModelSpec, version: int = 0) -> bytes:
         round_id=None,
         metadata={},
     )
+
+
+def first_model_envelope(spec: ModelSpec, version: int = 0) -> Envelope:
+    """``first_model`` decoded, as an agent's ``_on_model`` takes it."""
+    return decode(first_model(spec, version), ModelBody)

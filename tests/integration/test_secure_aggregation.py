@@ -96,13 +96,17 @@ def _assert_fedavg(base: ModelBody, new: ModelBody, given: dict) -> None:
     assert moved, "the secure version is the base model"
 
 
-def _federation(mosquitto, tmp_path: Path, name: str, n: int, **coordinator) -> LocalFederation:
+def _run_rounds(
+    mosquitto, tmp_path: Path, name: str, n: int, what: str, rounds: int, **coordinator
+) -> tuple[LocalFederation, dict[int, tuple[int | None, dict, ModelBody]], list[str]]:
+    """``n`` agents and the coordinator through ``rounds`` secure rounds, to the end: the
+    federation (stopped), its versions (0 to ``rounds``, checked) and the agents' ids."""
     fed = LocalFederation(
         mosquitto.url,
         name,
         n,
         tmp_path / "coord",
-        coordinator={**COORDINATOR, "min_agents": n, **coordinator},
+        coordinator={**COORDINATOR, "min_agents": n, "rounds": rounds, **coordinator},
         agent=AGENT,
     )
     # Histories of different lengths: the agents' weights differ, so a sum that were
@@ -111,23 +115,22 @@ def _federation(mosquitto, tmp_path: Path, name: str, n: int, **coordinator) -> 
         s.model_copy(update={"history_heats": 40 + 15 * k})
         for k, s in enumerate(fed.agent_settings)
     ]
-    return fed
+    try:
+        service = fed.start_coordinator()
+        fed.start_agents()
+        wait_for(lambda: service.done, 90, what)
+        assert service.error is None, service.error
+    finally:
+        fed.stop()
+    versions = _versions(fed.coordinator_settings.state_dir)
+    assert sorted(versions) == list(range(rounds + 1))
+    return fed, versions, [s.agent_id for s in fed.agent_settings]
 
 
 def test_secure_rounds_complete_and_equal_plain_fedavg(
     mosquitto, tmp_path: Path, deltas: Deltas
 ) -> None:
-    fed = _federation(mosquitto, tmp_path, "sa-rounds", 3, rounds=2)
-    try:
-        coordinator = fed.start_coordinator()
-        fed.start_agents()
-        wait_for(lambda: coordinator.done, 90, "two secure rounds")
-        assert coordinator.error is None, coordinator.error
-    finally:
-        fed.stop()
-    versions = _versions(fed.coordinator_settings.state_dir)
-    assert sorted(versions) == [0, 1, 2]
-    ids = [s.agent_id for s in fed.agent_settings]
+    fed, versions, ids = _run_rounds(mosquitto, tmp_path, "sa-rounds", 3, "two secure rounds", 2)
     for version in (1, 2):
         round_id, meta, model = versions[version]
         assert round_id is not None and meta["secure_aggregation"] is True, meta
@@ -160,19 +163,9 @@ def test_an_agent_that_drops_after_its_masked_input_does_not_stop_the_round(
             self.link.client.disconnect()  # after the masked input, which is queued first
 
     monkeypatch.setattr(Agent, "_publish_secagg", then_drop)
-    fed = _federation(mosquitto, tmp_path, "sa-dropout", 4, rounds=1)
-    try:
-        coordinator = fed.start_coordinator()
-        fed.start_agents()
-        wait_for(lambda: coordinator.done, 90, "the secure round")
-        assert coordinator.error is None, coordinator.error
-    finally:
-        fed.stop()
+    _, versions, ids = _run_rounds(mosquitto, tmp_path, "sa-dropout", 4, "the secure round", 1)
     assert dropped.is_set()
-    versions = _versions(fed.coordinator_settings.state_dir)
-    assert sorted(versions) == [0, 1]
     round_id, meta, model = versions[1]
-    ids = [s.agent_id for s in fed.agent_settings]
     assert meta["secure_aggregation"] is True and meta["contributors"] == ids, meta
     given = deltas.of_round(round_id)  # type: ignore[arg-type]
     assert sorted(given) == ids
@@ -202,27 +195,18 @@ def test_a_secure_round_with_dp_distributes_the_noise_and_reports_epsilon(
         publish(self, bodies)
 
     monkeypatch.setattr(Agent, "_publish_secagg", record)
-    fed = _federation(
+    _, versions, ids = _run_rounds(
         mosquitto,
         tmp_path,
         "sa-dp",
         3,
-        rounds=1,
+        "the secure round with DP",
+        1,
         dp_clip_norm=clip_norm,
         dp_noise_multiplier=z,
         dp_delta=dp_delta,
     )
-    try:
-        coordinator = fed.start_coordinator()
-        fed.start_agents()
-        wait_for(lambda: coordinator.done, 90, "the secure round with DP")
-        assert coordinator.error is None, coordinator.error
-    finally:
-        fed.stop()
-    versions = _versions(fed.coordinator_settings.state_dir)
-    assert sorted(versions) == [0, 1]
     round_id, meta, model = versions[1]
-    ids = [s.agent_id for s in fed.agent_settings]
     assert meta["secure_aggregation"] is True and meta["contributors"] == ids, meta
     dp = meta["dp"]
     assert dp["noise"] == "distributed" and dp["rounds"] == 1

@@ -12,8 +12,12 @@ from alchimia.coordinator.lifecycle import (
     Checkpoint,
     Command,
     Lifecycle,
+    PublishModel,
+    PublishStatus,
+    PublishTask,
     SaveRound,
     SaveUpdate,
+    SaveVersion,
     strategy_from,
 )
 from alchimia.coordinator.registry import Registry
@@ -23,6 +27,9 @@ from alchimia.models.params import Weights
 
 T0 = 1000.0  # the fake clock starts here
 W0: Weights = {"w": np.zeros(4, np.float32), "b": np.ones(2, np.float32)}
+# What ``on_built`` answers for a round's new version, in order: the version and the
+# round's row saved, then the model, the status and the closed task (with the next one).
+ROUND_BUILT = [SaveVersion, SaveRound, PublishModel, PublishStatus, PublishTask]
 
 
 def make_lifecycle(version: int = 0, weights: Weights = W0, **settings: object) -> Lifecycle:

@@ -9,33 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alchimia.agent.ingest.sources import build_heat_source
 from alchimia.agent.learn.dataset import HeatTable
 from alchimia.agent.records import STANDARD_CONTRACT, DataContract
 from alchimia.agent.service import Agent
-from alchimia.agent.settings import AgentSettings
 from alchimia.agent.sim import SimulatedPlant, default_plants
-from alchimia.broker.schemas import ModelBody, decode
-from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.models.schema import FEATURES, TARGETS
 from alchimia.models.spec import ModelSpec
+from tests.data.models import first_model_envelope
+from tests.unit.agent_driver import offline_agent
 
 RENAMED = (*FEATURES[:-1], "tap_temp_aim_k")  # one feature renamed, as the fuzzer did
-
-
-def _model(spec: ModelSpec, version: int) -> ModelBody:
-    return decode(
-        model_message(
-            "coordinator",
-            spec,
-            initial_weights(spec, version),
-            version=version,
-            parent=None,
-            round_id=None,
-            metadata={},
-        ),
-        ModelBody,
-    )
 
 
 def test_the_contract_names_what_a_model_asks_for_and_the_site_lacks() -> None:
@@ -56,16 +39,7 @@ def test_the_contract_names_what_a_model_asks_for_and_the_site_lacks() -> None:
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Agent:
-    settings = AgentSettings(
-        agent_id="plant-1",
-        history_heats=30,
-        heat_interval_s=0,
-        store_sensors=False,
-        state_dir=tmp_path,
-    )
-    agent = Agent(settings, build_heat_source(settings))
-    agent._history = agent.source.history()
-    return agent
+    return offline_agent(tmp_path)
 
 
 def _heats(n: int) -> list:
@@ -74,10 +48,10 @@ def _heats(n: int) -> list:
 
 
 def test_a_model_with_a_renamed_feature_is_rejected_and_heats_keep_coming_in(agent: Agent) -> None:
-    agent._on_model(_model(ModelSpec(), 1))
+    agent._on_model(first_model_envelope(ModelSpec(), 1))
     assert agent.model_version == 1 and agent.table is not None
     bad = ModelSpec(features=RENAMED)  # mlp-v1 takes any columns: a valid model otherwise
-    agent._on_model(_model(bad, 2))
+    agent._on_model(first_model_envelope(bad, 2))
     assert agent.model_version == 1 and agent.serving_version == 1 and agent.spec == ModelSpec()
     assert agent.models_rejected == 1
     assert agent.rejections.counts == {"model_contract": 1}
@@ -89,7 +63,7 @@ def test_a_model_with_a_renamed_feature_is_rejected_and_heats_keep_coming_in(age
 
 
 def test_the_first_model_is_checked_too(agent: Agent) -> None:
-    agent._on_model(_model(ModelSpec(features=RENAMED), 1))
+    agent._on_model(first_model_envelope(ModelSpec(features=RENAMED), 1))
     assert agent.model_version is None and agent.table is None
     agent._waiting = _heats(5)
     agent._step()  # the heats wait for a model that fits
@@ -104,7 +78,7 @@ class _Broken:
 
 
 def test_a_failing_step_is_counted_and_loses_no_heat(agent: Agent) -> None:
-    agent._on_model(_model(ModelSpec(), 1))
+    agent._on_model(first_model_envelope(ModelSpec(), 1))
     seen, n_train = agent.table.seen, agent.table.n_train
     agent.serving = _Broken()  # type: ignore[assignment]
     agent._waiting = _heats(10)

@@ -12,16 +12,12 @@ import numpy as np
 import pytest
 
 import alchimia.agent.service as service
-from alchimia.agent.ingest.sources import build_heat_source
 from alchimia.agent.secagg_client import Phase as ClientPhase
 from alchimia.agent.secagg_client import SecaggClient
 from alchimia.agent.service import Agent
-from alchimia.agent.settings import AgentSettings
 from alchimia.broker.schemas import (
     Body,
-    Envelope,
     IncomingShare,
-    ModelBody,
     SecaggInboxBody,
     SecaggKeysBody,
     SecaggMaskedBody,
@@ -35,7 +31,6 @@ from alchimia.broker.schemas import (
     decode,
     message,
 )
-from alchimia.coordinator.publishing import initial_weights, model_message
 from alchimia.coordinator.rounds import Refusal
 from alchimia.coordinator.secure_round import (
     Finished,
@@ -45,24 +40,11 @@ from alchimia.coordinator.secure_round import (
     SecureRound,
 )
 from alchimia.models.spec import ModelSpec
+from tests.data.models import first_model_envelope
+from tests.unit.agent_driver import offline_agent
 
 IDS = ("plant-1", "plant-2", "plant-3")
 ROUND, VERSION = 4, 1
-
-
-def _model(spec: ModelSpec, version: int) -> Envelope:
-    return decode(
-        model_message(
-            "coordinator",
-            spec,
-            initial_weights(spec, version),
-            version=version,
-            parent=None,
-            round_id=None,
-            metadata={},
-        ),
-        ModelBody,
-    )
 
 
 def _task(round_id: int = ROUND, secure: bool = True, **change) -> TaskBody:
@@ -101,17 +83,9 @@ class Recorder:
 
 
 def _agent(tmp_path: Path, agent_id: str) -> tuple[Agent, Recorder]:
-    settings = AgentSettings(
-        agent_id=agent_id,
-        history_heats=30,
-        heat_interval_s=0,
-        store_sensors=False,
-        state_dir=tmp_path,
-    )
-    agent = Agent(settings, build_heat_source(settings))
-    agent._history = agent.source.history()
+    agent = offline_agent(tmp_path, agent_id)
     recorder = Recorder(agent)
-    agent._on_model(_model(ModelSpec(), VERSION))
+    agent._on_model(first_model_envelope(ModelSpec(), VERSION))
     assert agent.table is not None and agent.table.n_train > 0
     recorder.sent.clear()
     return agent, recorder

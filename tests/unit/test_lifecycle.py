@@ -32,7 +32,7 @@ from alchimia.coordinator.lifecycle import (
     Stop,
     Wake,
 )
-from tests.unit.lifecycle_driver import T0, W0
+from tests.unit.lifecycle_driver import ROUND_BUILT, T0, W0
 from tests.unit.lifecycle_driver import delta as _delta
 from tests.unit.lifecycle_driver import env as _env
 from tests.unit.lifecycle_driver import make_lifecycle as _lifecycle
@@ -101,13 +101,7 @@ def test_a_round_aggregates_builds_saves_then_publishes() -> None:
     np.testing.assert_allclose(build.weights["w"], (10 * 1 + 30 * 4) / 40)
     assert lc.tick(T0 + 6) == [] and lc.version == 0  # waits for the build
     out = lc.on_built(build, b"v1", T0 + 7)
-    assert [type(c) for c in out] == [
-        SaveVersion,
-        SaveRound,
-        PublishModel,
-        PublishStatus,
-        PublishTask,
-    ]
+    assert [type(c) for c in out] == ROUND_BUILT
     assert out[0].payload == b"v1" and out[1].state == "closed"
     assert lc.version == 1 and lc.model_payload == b"v1" and lc.rounds_completed == 1
 
