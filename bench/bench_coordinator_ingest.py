@@ -13,7 +13,8 @@ load average before each run (the machine's other jobs move the figure). ``--pro
 runs the coordinator under cProfile and writes its statistics (of the event loop's thread)
 to that file, one per run (``.fast.1``, ...), read with ``python -m pstats``.
 ``--breakdown`` times a few of the coordinator's functions (handle, decode, unpack,
-on_update, row staging, commit) from its first update handled to its last.
+on_update, row staging, a commit on the event loop, the group commit's writer thread)
+from its first update handled to its last.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ if breakdown:
     timed(lifecycle.Lifecycle, "on_update", "on_update")
     timed(persistence.CoordinatorDB, "accept_update", "stage_rows")
     timed(persistence.CoordinatorDB, "commit", "commit")
+    if hasattr(persistence.CoordinatorDB, "_write_batch"):  # the group commit's writer thread
+        timed(persistence.CoordinatorDB, "_write_batch", "writer_thread")
     handle = service.Coordinator.handle
     def first_and_last(self, topic, payload):
         if topic.endswith("/update"):
@@ -210,6 +213,7 @@ def run(
         pub.max_queued_messages_set(0)
         pub.connect("127.0.0.1", port)
         pub.loop_start()
+        made = False  # the version was made: the coordinator is stopping by itself
         try:
             pub.publish(
                 topics.agent_status("a0"),
@@ -242,10 +246,16 @@ def run(
             published = time.perf_counter() - started
             watcher.wait("new version", lambda: any(m.version == 1 for m in watcher.models), 600)
             elapsed = time.perf_counter() - started
+            made = True
         finally:
             pub.loop_stop()
-            coord.terminate()
-            _, err = coord.communicate(timeout=30)
+            try:
+                # Done with its one round, it stops by itself: a SIGTERM while it writes its
+                # profile or breakdown (after its event loop ended) would leave them empty.
+                _, err = coord.communicate(timeout=60 if made else 0.1)
+            except subprocess.TimeoutExpired:
+                coord.terminate()
+                _, err = coord.communicate(timeout=30)
             if coord.returncode not in (0, -15):
                 print(err.decode(errors="replace")[-3000:], file=sys.stderr)
             watcher.client.loop_stop()
@@ -269,16 +279,20 @@ def _breakdown(spent: dict[str, Any]) -> str:
     wall, calls = spent["wall_s"], spent["calls"]
     per = {k: (c, t) for k, (c, t) in calls.items()}
     n = per["handle"][0] or 1
+    # ``commit`` blocks the event loop; ``writer_thread`` (the group commit's inserts and
+    # commit, since it left the event loop) runs beside it.
     handle, commit = per["handle"][1], per["commit"][1]
     parts = [
-        f"{wall:.2f} s from first update handled to last, {spent['cpu_s']:.2f} s of it on a CPU "
-        f"({spent['cpu_s'] / n * 1e6:.0f} us/update)",
+        f"{wall:.2f} s from first update handled to last, {spent['cpu_s']:.2f} s of CPU time "
+        f"meanwhile, all threads ({spent['cpu_s'] / n * 1e6:.0f} us/update)",
         *(
-            f"{k} {t:.2f} s ({t / n * 1e6:.0f} us/update, {c} calls)"
+            f"{k} {t:.2f} s ({t / n * 1e6:.0f} us/update, {c} calls"
+            + (", beside the event loop)" if k == "writer_thread" else ")")
             for k, (c, t) in per.items()
             if c
         ),
-        f"outside handle and commit (paho/aiomqtt, asyncio, waiting for a core) "
+        f"on the event loop outside handle and commit (paho/aiomqtt, asyncio, the group "
+        f"commit's acknowledgements, waiting for a core) "
         f"{wall - handle - commit:.2f} s ({(wall - handle - commit) / n * 1e6:.0f} us/update)",
     ]
     return "\n    ".join(parts)
