@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -126,6 +127,7 @@ class BufferedWriter:
         self._attempts = 0  # delivery attempts begun (under _cond)
         self._failed_attempt = 0  # the latest of them that found the sink unavailable
         self._wakes_at = 0.0  # monotonic time the sleeping sender thread wakes up by itself
+        self._planned_due = math.inf  # the spool's fsync due time it took into account then
         self._thread = threading.Thread(
             target=self._run, name=f"alchimia-store-sender[{sink.describe()}]", daemon=True
         )
@@ -141,16 +143,24 @@ class BufferedWriter:
             raise StoreError("store is closed")
         n = self.batch_size
         with self._write_lock:
-            records = [
-                (self._encoder.encode(points[i : i + n]), len(points[i : i + n]))
-                for i in range(0, len(points), n)
-            ]
+            encode = self._encoder.encode
+            if len(points) <= n:
+                records = [(encode(points), len(points))]
+            else:
+                records = [
+                    (encode(points[i : i + n]), len(points[i : i + n]))
+                    for i in range(0, len(points), n)
+                ]
             self.spool.append(records)
-        # Wake the sender for a full batch, or for an fsync due before it would wake anyway.
-        if (
-            self.spool.pending_points >= n and self._outage_since is None
-        ) or time.monotonic() + self.spool.until_sync() < self._wakes_at:
-            with self._cond:
+        # Wake the sender for a full batch, or for an fsync due before it would wake anyway:
+        # not for one it already waits for (the writes that follow the first one an fsync
+        # waits for leave its due time as it is), and under _cond, where the sender decides
+        # when to wake up, so that a write between its decision and its wait is not missed.
+        with self._cond:
+            if (self.spool.pending_points >= n and self._outage_since is None) or (
+                self.spool.sync_due != self._planned_due
+                and time.monotonic() + self.spool.until_sync() < self._wakes_at
+            ):
                 self._cond.notify_all()
 
     def flush(self, timeout: float | None = None, *, fail_fast: bool = False) -> None:
@@ -238,6 +248,7 @@ class BufferedWriter:
                         or self.spool.pending_points < self.batch_size
                     )
                 ):
+                    self._planned_due = self.spool.sync_due
                     timeout = min(send_at - now, self.spool.until_sync())
                     self._wakes_at = now + timeout
                     self._cond.wait(timeout)
@@ -295,6 +306,10 @@ class BufferedWriter:
                 self.stats.sent_points += batch.points
                 self.stats.sent_batches += 1
                 self.spool.commit(batch)
+                # All sent (at a furnace's pace, one batch a flush interval): a second
+                # read_batch would only find that out, at the cost of another read.
+                if self.spool.committed >= self.spool.end:
+                    return True
             elif result.outcome is Outcome.REJECT:
                 refused = batch.points if result.rejected is None else result.rejected_points or 0
                 self.stats.rejected_points += refused

@@ -2,8 +2,8 @@
 
 Why the 1.x API: InfluxDB 1.x serves it natively and 2.x/3.x serve it as their
 compatibility API, so one client covers every server a plant may run (DESIGN.md). httpx
-does the HTTP for queries and ``http.client`` for writes (:mod:`agent.store.http_post` says
-why); the retry policy is ours because it is tied to the spool (see
+does the HTTP for queries, httptools on a socket for writes (:mod:`agent.store.http_post`
+says why); the retry policy is ours because it is tied to the spool (see
 :mod:`agent.store.buffered`): nothing is retried in memory, everything waits on disk.
 Bodies are gzipped with ISA-L (``isal``): standard gzip that influxd reads, for a quarter of
 the CPU, and gzip was the largest cost after formatting on the agent's write path.

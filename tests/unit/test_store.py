@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import math
 import random
@@ -20,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alchimia.agent.store import Point, SpoolFullError, SpoolLockedError, SQLiteStore, open_store
+from alchimia.agent.store import points as points_module
 from alchimia.agent.store.buffered import SEND_OK, BufferedWriter, FlushTimeout, Outcome, SendResult
 from alchimia.agent.store.influx import InfluxHTTP, gzip_body
 from alchimia.agent.store.points import (
@@ -156,6 +158,8 @@ def test_fast_path_notices_a_mutated_tags_dict() -> None:
 def test_percent_signs_in_names_survive_the_template() -> None:
     p = Point("m%d", {"t%s": "%r"}, {"f%%": 1.0}, 1)
     assert LineEncoder().encode([p]).decode() == encode_line(p) + "\n" == "m%d,t%s=%r f%%=1.0 1\n"
+    run = [Point("m%d", {"t%s": "%r"}, {"f%%": 1.0 + i, "%i": i, "g%": 0.5}, i) for i in range(9)]
+    assert LineEncoder().encode(run) == "".join(encode_line(p) + "\n" for p in run).encode()
 
 
 _names = st.text(
@@ -278,6 +282,76 @@ def test_batches_of_mixed_shapes_match_the_reference_point_by_point(
             assert enc.encode(points) == expected
 
 
+def _floats(rnd: random.Random, n: int) -> list[float]:
+    """Finite floats of every kind a source sends or a bug makes: any bit pattern, sensor
+    values with a few decimals, float32 readings widened to float64, tiny and huge ones."""
+    out: list[float] = []
+    while len(out) < n:
+        kind = rnd.randrange(6)
+        if kind == 0:
+            v = struct.unpack("<d", rnd.getrandbits(64).to_bytes(8, "little"))[0]
+        elif kind == 1:
+            v = round(rnd.uniform(-2e4, 2e4), rnd.randint(0, 7))
+        elif kind == 2:
+            v = struct.unpack("<f", struct.pack("<f", rnd.uniform(-1e6, 1e6)))[0]
+        elif kind == 3:
+            v = rnd.random() * 10.0 ** rnd.randint(-12, 20)
+        elif kind == 4:
+            v = rnd.choice([0.0, -0.0, 1e-4, 9.999e-5, 1e-5, 1e16, 1e15, 2.0**53, 10.00001])
+        else:
+            v = float(rnd.randint(-(10**6), 10**6))
+        if math.isfinite(v):
+            out.append(v)
+    return out
+
+
+def test_the_fast_printer_is_on_and_prints_runs_byte_for_byte_as_repr() -> None:
+    assert points_module._to_json is not None  # the self-test at import passed
+    assert points_module._printed_like_repr([823.456, -0.5, 1500.0, 7]) == b"823.456,-0.5,1500.0,7"
+    rnd = random.Random(14)
+    enc = LineEncoder()
+    keys = [f"c{i}" for i in range(10)]
+    for trial in range(300):
+        n = rnd.choice([8, 20, 100])
+        # Some runs hold only sensor-like values: those take the fast printer.
+        values = (
+            [round(rnd.uniform(-900, 900), 3) for _ in range(n * 10)]
+            if trial % 3 == 0
+            else _floats(rnd, n * 10)
+        )
+        run = [
+            Point("eaf", TAGS, dict(zip(keys, values[i * 10 : i * 10 + 10], strict=True)), T0 + i)
+            for i in range(n)
+        ]
+        expected = "".join(encode_line(p) + "\n" for p in run).encode()
+        assert enc.encode(run) == expected
+
+
+@pytest.mark.parametrize(
+    "odd", [1e-5, -3.5e-7, 5e-324, 10.00001, 1e16, -1.7976931348623157e308, -0.0, 2**53, True]
+)
+def test_values_the_fast_printer_hands_back_are_printed_like_repr(odd: float) -> None:
+    """Negative exponents, values below 1e-4 and look-alikes go through repr; the rest stays
+    on the fast path; a bool or an int among the floats is a different shape."""
+    run = [Point("m", {}, {"a": 1.5, "b": float(i), "i": i}, i) for i in range(20)]
+    run[7] = Point("m", {}, {"a": odd, "b": 7.0, "i": 7}, 7)
+    expected = "".join(encode_line(p) + "\n" for p in run).encode()
+    assert LineEncoder().encode(run) == expected
+
+
+def test_a_printer_that_prints_otherwise_than_repr_is_turned_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def exponent_without_sign(values: object) -> bytes:  # "1e16" where repr has "1e+16"
+        return json.dumps(values).replace("e+", "e").encode()
+
+    monkeypatch.setattr(points_module, "_to_json", exponent_without_sign)
+    points_module._check_printer()
+    assert points_module._to_json is None
+    run = [Point("m", {}, {"f": 1e16 + i * 2.0}, i) for i in range(10)]
+    assert LineEncoder().encode(run) == "".join(encode_line(p) + "\n" for p in run).encode()
+
+
 # -- spool ----------------------------------------------------------------------------------
 
 
@@ -291,6 +365,16 @@ def drain(spool: Spool, max_points: int = 10**9) -> bytes:
         out += batch.payload
         spool.commit(batch)
     return out
+
+
+def test_an_append_of_many_records_is_one_write(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, fsync=False)
+    records = [lines(i, i + 1) for i in range(700)]  # more buffers than one writev takes
+    spool.append(records)
+    spool.append([lines(700, 705)])
+    assert spool.pending_points == 705
+    assert drain(spool) == b"".join(r[0] for r in [*records, lines(700, 705)])
+    spool.close()
 
 
 def test_spool_round_trip_and_batches_respect_the_point_limit(tmp_path: Path) -> None:
@@ -629,6 +713,38 @@ def test_the_sender_fsyncs_what_falls_due_between_writes(tmp_path: Path) -> None
     while spool.syncs < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert spool.syncs == 2 and spool.until_sync() == math.inf
+    w.close()
+
+
+def test_writes_that_leave_the_fsync_due_time_as_it_is_do_not_wake_the_sender(
+    tmp_path: Path,
+) -> None:
+    """A live feed writes five times a second, fsyncs come once a second: only the first
+    write an fsync waits for wakes the sender (to plan it), not the four after it."""
+    now = [0.0]
+    spool = Spool(tmp_path / "spool", fsync_interval=1.0, clock=lambda: now[0])
+    w = BufferedWriter(spool, ScriptedSink(), flush_interval=3600)
+    woken_at: list[float] = []
+    notify = w._cond.notify_all
+
+    def counting() -> None:
+        woken_at.append(now[0])
+        notify()
+
+    w._cond.notify_all = counting  # type: ignore[method-assign]
+    w.write([pt(0)])  # synced at once
+    now[0] = 0.2
+    w.write([pt(1)])  # an fsync falls due at 1.2: the sender, asleep for an hour, is woken
+    deadline = time.monotonic() + 30  # a bound on waiting, not a timing check
+    while w._planned_due != 1.2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for i, t in enumerate((0.4, 0.6, 0.8)):
+        now[0] = t
+        w.write([pt(2 + i)])
+    assert woken_at == [0.2] and spool.syncs == 1
+    now[0] = 1.0
+    w.write([pt(5)])  # a second after the first fsync: this write syncs all five itself
+    assert spool.syncs == 2 and spool.sync_due == math.inf
     w.close()
 
 
