@@ -132,6 +132,12 @@ def _start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("mosquitto did not start")
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Watcher:
     def __init__(self, port: int, topics: Topics) -> None:
         self.topics, self.models, self.tasks = topics, [], []
@@ -240,12 +246,14 @@ def run(
                 )
                 for i in range(n)
             ]
+            cpu_before = _cpu_s(coord.pid)
             started = time.perf_counter()
             for i, payload in enumerate(payloads):
                 pub.publish(topics.agent_update(f"a{i}"), payload, qos=1)
             published = time.perf_counter() - started
             watcher.wait("new version", lambda: any(m.version == 1 for m in watcher.models), 600)
             elapsed = time.perf_counter() - started
+            cpu = _cpu_s(coord.pid) - cpu_before
             made = True
         finally:
             pub.loop_stop()
@@ -270,6 +278,7 @@ def run(
         "publish_s": published,
         "total_s": elapsed,
         "accepted_per_s": n / elapsed,
+        "cpu_s_per_update": cpu / n,
         "breakdown": spent,
     }
 
@@ -325,6 +334,7 @@ def main() -> None:
     if not set(modes) <= {"fast", "walk"}:
         parser.error("--unpacker takes fast and/or walk")
     results: dict[str, list[float]] = {m: [] for m in modes}
+    cpus: dict[str, list[float]] = {m: [] for m in modes}
     for i in range(1, args.repeat + 1):
         for mode in modes:
             load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -333,11 +343,13 @@ def main() -> None:
                 args.updates, args.architecture, mode, profile, args.breakdown, args.group_commit_s
             )
             results[mode].append(r["accepted_per_s"])
+            cpus[mode].append(r["cpu_s_per_update"] * 1e3)
             print(
                 f"[{mode}, run {i}, load {load}] {r['updates']} updates of "
                 f"{r['bytes_per_update']} B ({args.architecture}): published in "
                 f"{r['publish_s']:.2f} s, version made after {r['total_s']:.2f} s: "
-                f"{r['accepted_per_s']:.0f} accepted updates/s (durable, group commit)",
+                f"{r['accepted_per_s']:.0f} accepted updates/s (durable, group commit), "
+                f"coordinator CPU {r['cpu_s_per_update'] * 1e3:.3f} ms/update (all threads)",
                 flush=True,
             )
             if r["breakdown"]:
@@ -346,7 +358,10 @@ def main() -> None:
         for mode, rates in results.items():
             print(
                 f"{mode}: {', '.join(f'{r:.0f}' for r in rates)} accepted updates/s "
-                f"(median {statistics.median(rates):.0f})"
+                f"(min {min(rates):.0f}, median {statistics.median(rates):.0f}, "
+                f"max {max(rates):.0f}); "
+                f"CPU {', '.join(f'{c:.3f}' for c in cpus[mode])} ms/update "
+                f"(median {statistics.median(cpus[mode]):.3f})"
             )
 
 

@@ -87,10 +87,15 @@ def encode_tensor(array: np.ndarray) -> dict[str, Any]:
     return {"codec": RAW, "dtype": name, "shape": list(arr.shape), "data": arr.tobytes()}
 
 
+# Per codec: the keys a tensor's wire map must have, and those it may have.
+_REQUIRED_KEYS = {c: frozenset((*_BASE_KEYS, *EXTRA_KEYS[c])) for c in CODECS}
+_ALLOWED_KEYS = {c: _REQUIRED_KEYS[c] | frozenset(OPTIONAL_KEYS[c]) for c in CODECS}
+
+
 def _header(obj: Any, limits: Limits, accept: Accepted) -> tuple[str, list[int], int]:
     """Codec, shape and element count of a tensor's wire map, checked against ``accept``
     and the per-tensor limits before anything is allocated."""
-    if not isinstance(obj, Mapping):
+    if type(obj) is not dict and not isinstance(obj, Mapping):
         raise DecodeError(f"tensor must be a map, got {type(obj).__name__}")
     codec = obj.get("codec")
     if codec not in CODECS:
@@ -99,27 +104,40 @@ def _header(obj: Any, limits: Limits, accept: Accepted) -> tuple[str, list[int],
         raise DecodeError(
             f"tensor codec {codec!r} is not accepted here; use {', '.join(sorted(accept.codecs))}"
         )
-    keys, optional = (*_BASE_KEYS, *EXTRA_KEYS[codec]), OPTIONAL_KEYS[codec]
-    if not set(keys) <= set(obj) <= {*keys, *optional}:
+    keys = obj.keys()
+    if not _REQUIRED_KEYS[codec] <= keys <= _ALLOWED_KEYS[codec]:
+        optional = OPTIONAL_KEYS[codec]
         also = f" (and optionally {', '.join(optional)})" if optional else ""
-        raise DecodeError(f"{codec} tensor keys must be {', '.join(keys)}{also}; got {sorted(obj)}")
+        raise DecodeError(
+            f"{codec} tensor keys must be {', '.join((*_BASE_KEYS, *EXTRA_KEYS[codec]))}{also}; "
+            f"got {sorted(obj)}"
+        )
     dtype = obj["dtype"]
-    if codec == RAW and not (isinstance(dtype, str) and dtype in DTYPES):
-        raise DecodeError(f"unknown tensor dtype {dtype!r}")
-    allowed = sorted(accept.raw_dtypes) if codec == RAW else [CODEC_DTYPES[codec]]
-    if dtype not in allowed:
-        raise DecodeError(f"{codec} tensors here carry dtype {' or '.join(allowed)}, not {dtype!r}")
+    if codec == RAW:
+        if not (isinstance(dtype, str) and dtype in DTYPES):
+            raise DecodeError(f"unknown tensor dtype {dtype!r}")
+        if dtype not in accept.raw_dtypes:
+            allowed = " or ".join(sorted(accept.raw_dtypes))
+            raise DecodeError(f"{codec} tensors here carry dtype {allowed}, not {dtype!r}")
+    elif dtype != CODEC_DTYPES[codec]:
+        raise DecodeError(f"{codec} tensors here carry dtype {CODEC_DTYPES[codec]}, not {dtype!r}")
     shape = obj["shape"]
     if (
         not isinstance(shape, list | tuple)
         or len(shape) > MAX_DIMS
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        or not all(type(d) is int or _dimension(d) for d in shape)
+        or (shape and min(shape) < 0)
     ):
         raise DecodeError(f"tensor shape must be at most {MAX_DIMS} non-negative ints: {shape!r}")
     count = math.prod(shape)
     if count > limits.max_tensor_elements:
         raise DecodeError(f"tensor of {count} elements exceeds {limits.max_tensor_elements}")
     return codec, list(shape), count
+
+
+def _dimension(d: object) -> bool:
+    """Whether ``d``, not a plain int, is an int all the same (a subclass other than bool)."""
+    return isinstance(d, int) and not isinstance(d, bool)
 
 
 def _values(
@@ -131,7 +149,7 @@ def _values(
     if codec == RAW:
         dtype = DTYPES[obj["dtype"]]
         data = obj["data"]
-        if not isinstance(data, bytes | memoryview):
+        if not isinstance(data, memoryview | bytes):
             raise DecodeError("tensor data must be binary")
         if len(data) != count * dtype.itemsize:
             raise DecodeError(

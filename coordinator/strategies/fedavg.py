@@ -48,8 +48,13 @@ class MeanAccumulator(Accumulator):
         self, global_weights: Weights, apply: Callable[[dict[str, np.ndarray], float], Weights]
     ) -> None:
         super().__init__(global_weights)
-        self._sums = {k: np.zeros(v.shape, np.float64) for k, v in global_weights.items()}
-        self._touched = {k: np.zeros(v.shape, np.float64) for k, v in global_weights.items()}
+        # Sums and weights packed in one buffer each (``kernels.packed``), seen by tensor
+        # through views: a small model's tensors take one numpy add per update, not one each.
+        shapes = [v.shape for v in global_weights.values()]
+        self._packed_sums, sums = kernels.packed(shapes)
+        self._packed_touched, touched = kernels.packed(shapes)
+        self._sums = dict(zip(global_weights, sums, strict=True))
+        self._touched = dict(zip(global_weights, touched, strict=True))
         self._total = 0.0
         self._apply = apply
 
@@ -60,8 +65,8 @@ class MeanAccumulator(Accumulator):
     def _accept(self, delta: Weights, weight: float, scale: float) -> None:
         masks = trained_masks(delta)
         kernels.add_scaled_touched(
-            list(self._sums.values()),
-            list(self._touched.values()),
+            self._packed_sums,
+            self._packed_touched,
             [delta[name] for name in self._sums],
             weight * scale,
             weight,

@@ -39,6 +39,7 @@ whose tensors are all small (the default model's: 500 parameters) never loads nu
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -271,15 +272,18 @@ def sum_squares_each(xs: Sequence[np.ndarray]) -> list[float]:
     the array holds NaN/inf (or float64 overflows). The same for any thread count."""
     flats = [x.reshape(-1) for x in xs]
     sizes = [x.size for x in flats]
-    bases = list(itertools.accumulate(map(chunks, sizes), initial=0))
-    partials = np.empty(bases[-1])  # every array's chunk sums, one after the other
-    big = [s if s >= SMALL else 0 for s in sizes]  # the small ones count 0: numpy, below
-    _for_chunks(big, lambda i, c0, c1: _sum_squares(flats[i], partials, bases[i], c0, c1))
-    values = partials.tolist()
-    out = [
-        values[lo] if hi - lo == 1 else float(_ordered_sum(partials[lo:hi])) if hi > lo else 0.0
-        for lo, hi in itertools.pairwise(bases)
-    ]
+    out = [0.0] * len(flats)
+    big = [i for i, s in enumerate(sizes) if s >= SMALL]
+    if big:  # the compiled pass; the small ones count 0 there: numpy, below
+        bases = list(itertools.accumulate((chunks(sizes[i]) for i in big), initial=0))
+        partials = np.empty(bases[-1])  # the big arrays' chunk sums, one after the other
+        _for_chunks(
+            [sizes[i] for i in big],
+            lambda j, c0, c1: _sum_squares(flats[big[j]], partials, bases[j], c0, c1),
+        )
+        values = partials.tolist()
+        for i, (lo, hi) in zip(big, itertools.pairwise(bases), strict=True):
+            out[i] = values[lo] if hi - lo == 1 else float(_ordered_sum(partials[lo:hi]))
     small = [i for i, s in enumerate(sizes) if 0 < s < SMALL]
     if small:  # one buffer for them all: numpy's cost there is per call, not per element
         squares = np.concatenate([flats[i] for i in small], dtype=np.float64)
@@ -315,63 +319,89 @@ def add_scaled(acc: np.ndarray, x: np.ndarray, factor: float) -> None:
 
 
 def add_scaled_touched(
-    accs: Sequence[np.ndarray],
-    toucheds: Sequence[np.ndarray],
+    acc: np.ndarray,
+    touched: np.ndarray,
     xs: Sequence[np.ndarray],
     factor: float,
     weight: float,
     masks: Sequence[np.ndarray | None] | None = None,
 ) -> None:
-    """``add_scaled`` plus ``touched += weight`` where ``x != 0``, in the same pass, for each
-    (acc, touched, x) in one pass over them all: the weight behind each coordinate's sum,
-    for submodel averaging (``MeanAccumulator``). ``masks``: per array, None or a boolean
-    array of its size; where given, ``touched += weight`` where ``mask | (x != 0)`` (the
-    coordinates the update says it trained, a top-k delta's ``trained`` bitmap)."""
-    ms = [None] * len(xs) if masks is None else list(masks)
-    if not len(accs) == len(toucheds) == len(xs) == len(ms):
-        raise ValueError("as many accumulators (and masks) as arrays are needed")
-    for mask, x in zip(ms, xs, strict=True):
-        if mask is not None and (mask.dtype != np.bool_ or mask.size != x.size):
-            raise ValueError(f"a mask must be boolean of {x.size} elements")
-    for acc, touched, x in zip(accs, toucheds, xs, strict=True):
-        for arr in (acc, touched):
-            if arr.dtype != np.float64 or arr.size != x.size:
-                raise ValueError(
-                    f"accumulators must be float64 of {x.size} elements, "
-                    f"got {arr.dtype} of {arr.size}"
-                )
-            if not arr.flags.c_contiguous:  # else a flat view of it would be a copy
-                raise ValueError("accumulators must be contiguous")
-    a = [arr.reshape(-1) for arr in accs]
-    t = [arr.reshape(-1) for arr in toucheds]
+    """``add_scaled`` plus ``touched += weight`` where ``x != 0``, in the same pass, for
+    every array of ``xs`` in one pass over them all: the weight behind each coordinate's
+    sum, for submodel averaging (``MeanAccumulator``). ``acc`` and ``touched`` are flat
+    float64 buffers holding the arrays' elements one array after the other (``packed``),
+    so that the small arrays, packed together, take one numpy add for all of them.
+    ``masks``: per array, None or a boolean array of its size; where given,
+    ``touched += weight`` where ``mask | (x != 0)`` (the coordinates the update says it
+    trained, a top-k delta's ``trained`` bitmap)."""
     d = [x.reshape(-1) for x in xs]
+    sizes = [x.size for x in d]
+    ms = [None] * len(d) if masks is None else list(masks)
+    if len(ms) != len(d):
+        raise ValueError("as many masks as arrays are needed")
+    for mask, size in zip(ms, sizes, strict=True):
+        if mask is not None and (mask.dtype != np.bool_ or mask.size != size):
+            raise ValueError(f"a mask must be boolean of {size} elements")
+    offsets = list(itertools.accumulate(sizes, initial=0))
+    for arr in (acc, touched):
+        if arr.dtype != np.float64 or arr.ndim != 1 or arr.size != offsets[-1]:
+            raise ValueError(
+                f"accumulators must be flat float64 of {offsets[-1]} elements, "
+                f"got {arr.dtype} of shape {arr.shape}"
+            )
+        if not arr.flags.c_contiguous:
+            raise ValueError("accumulators must be contiguous")
     m = [None if mask is None else np.ascontiguousarray(mask).reshape(-1) for mask in ms]
     f, w = float(factor), float(weight)
-    small = [i for i, x in enumerate(d) if 0 < x.size < SMALL]
+    small = [i for i, size in enumerate(sizes) if 0 < size < SMALL]
     if small:  # one buffer for them all, as in sum_squares_each
         scaled = np.concatenate([d[i] for i in small], dtype=np.float64)
         counts = scaled != 0.0
-        bounds = list(
-            itertools.pairwise(itertools.accumulate((d[i].size for i in small), initial=0))
-        )
-        for i, (lo, hi) in zip(small, bounds, strict=True):
-            if (mi := m[i]) is not None:
-                counts[lo:hi] |= mi
+        if masks is not None:
+            lo = 0
+            for i in small:
+                if (mi := m[i]) is not None:
+                    counts[lo : lo + sizes[i]] |= mi
+                lo += sizes[i]
         adds = counts * w  # w or +0.0: t + 0.0 is t (w is finite, t never -0.0)
         with np.errstate(over="ignore", invalid="ignore"):  # silent, as the compiled loops
             scaled *= f
-            for i, (lo, hi) in zip(small, bounds, strict=True):
-                a[i] += scaled[lo:hi]
-                t[i] += adds[lo:hi]
+            lo = 0
+            for start, end in _runs(small, offsets):  # one add per run of packed arrays
+                acc[start:end] += scaled[lo : lo + end - start]
+                touched[start:end] += adds[lo : lo + end - start]
+                lo += end - start
 
     def job(i: int, c0: int, c1: int) -> None:
-        mi = m[i]
+        a, t, mi = acc[offsets[i] : offsets[i + 1]], touched[offsets[i] : offsets[i + 1]], m[i]
         if mi is None:
-            _add_scaled_touched(a[i], t[i], d[i], f, w, c0, c1)
+            _add_scaled_touched(a, t, d[i], f, w, c0, c1)
         else:
-            _add_scaled_masked(a[i], t[i], d[i], mi, f, w, c0, c1)
+            _add_scaled_masked(a, t, d[i], mi, f, w, c0, c1)
 
-    _for_chunks([x.size if x.size >= SMALL else 0 for x in d], job)  # small ones: done above
+    _for_chunks([size if size >= SMALL else 0 for size in sizes], job)  # small ones: above
+
+
+def _runs(indices: list[int], offsets: list[int]) -> list[tuple[int, int]]:
+    """The (start, end) ranges of a packed buffer that the arrays ``indices`` (ascending)
+    cover, adjacent arrays merged: arrays ``i`` lies at ``offsets[i]:offsets[i + 1]``."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == offsets[i]:
+            runs[-1] = (runs[-1][0], offsets[i + 1])
+        else:
+            runs.append((offsets[i], offsets[i + 1]))
+    return runs
+
+
+def packed(shapes: Sequence[tuple[int, ...]]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A zeroed flat float64 buffer for arrays of ``shapes``, one after the other (as
+    ``add_scaled_touched`` takes them), and a view of each array's part, of its shape."""
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = np.zeros(sum(sizes), np.float64)
+    offsets = itertools.pairwise(itertools.accumulate(sizes, initial=0))
+    views = [flat[lo:hi].reshape(shape) for (lo, hi), shape in zip(offsets, shapes, strict=True)]
+    return flat, views
 
 
 def shift_by_mean(g: np.ndarray, sums: np.ndarray, total: float) -> np.ndarray:

@@ -81,17 +81,20 @@ def test_add_scaled_touched_with_a_mask_counts_the_mask_and_the_non_zeros(size: 
     for x in xs:
         x[rng.random(size) < 0.5] = 0.0
     mask = rng.random(size) < 0.3
-    accs = [np.zeros(size) for _ in xs]
-    toucheds = [np.full(size, 1.0) for _ in xs]
-    kernels.add_scaled_touched(accs, toucheds, xs, 0.5, 2.0, [mask, None])
-    for acc, x in zip(accs, xs, strict=True):
-        np.testing.assert_array_equal(acc, 0.5 * x.astype(np.float64))
+    acc, accs = kernels.packed([x.shape for x in xs])
+    touched, toucheds = kernels.packed([x.shape for x in xs])
+    touched += 1.0
+    kernels.add_scaled_touched(acc, touched, xs, 0.5, 2.0, [mask, None])
+    for a, x in zip(accs, xs, strict=True):
+        np.testing.assert_array_equal(a, 0.5 * x.astype(np.float64))
     np.testing.assert_array_equal(toucheds[0], np.where(mask | (xs[0] != 0), 3.0, 1.0))
     np.testing.assert_array_equal(toucheds[1], np.where(xs[1] != 0, 3.0, 1.0))
     with pytest.raises(ValueError, match="boolean"):
-        kernels.add_scaled_touched(accs, toucheds, xs, 1.0, 1.0, [mask.astype(np.uint8), None])
+        kernels.add_scaled_touched(acc, touched, xs, 1.0, 1.0, [mask.astype(np.uint8), None])
     with pytest.raises(ValueError, match="masks"):
-        kernels.add_scaled_touched(accs, toucheds, xs, 1.0, 1.0, [mask])
+        kernels.add_scaled_touched(acc, touched, xs, 1.0, 1.0, [mask])
+    with pytest.raises(ValueError, match="flat float64"):
+        kernels.add_scaled_touched(np.zeros(acc.size + 1), touched, xs, 1.0, 1.0)
 
 
 @pytest.mark.parametrize("sizes", [[1], [7, 0, 300], [kernels.SMALL - 1, 5, kernels.SMALL + 3]])
@@ -109,9 +112,10 @@ def test_the_numpy_path_for_small_arrays_matches_the_compiled_loops(
 
     def run(small: int) -> tuple[list[float], list[np.ndarray], list[np.ndarray]]:
         monkeypatch.setattr(kernels, "SMALL", small)
-        accs = [np.full(s, 0.25) for s in sizes]
-        toucheds = [np.zeros(s) for s in sizes]
-        kernels.add_scaled_touched(accs, toucheds, xs, 0.37, 3.0)
+        acc, accs = kernels.packed([x.shape for x in xs])
+        acc += 0.25
+        touched, toucheds = kernels.packed([x.shape for x in xs])
+        kernels.add_scaled_touched(acc, touched, xs, 0.37, 3.0)
         kernels.add_scaled(accs[0], xs[0], -1.5)
         shifted = [kernels.shift_by_mean(a, acc, 2.9) for a, acc in zip(g, accs, strict=True)]
         return kernels.sum_squares_each(xs), accs + toucheds, shifted

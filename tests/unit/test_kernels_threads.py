@@ -80,11 +80,12 @@ def test_add_and_shift_are_the_same_bits_for_any_thread_count(split_everything: 
         x[::5] = 0.0  # untouched coordinates
 
     def run() -> list[np.ndarray]:
-        accs = [np.full(s, 0.25) for s in SIZES]
-        touched = [np.zeros(s) for s in SIZES]
+        acc, accs = kernels.packed([x.shape for x in xs])
+        acc += 0.25
+        touched, toucheds = kernels.packed([x.shape for x in xs])
         for factor in (0.3, 1.7, -2.9):
-            kernels.add_scaled_touched(accs, touched, xs, factor, 1.5)
-        return [*accs, *touched, kernels.shift_by_mean(xs[-1], accs[-1], 3.3)]
+            kernels.add_scaled_touched(acc, touched, xs, factor, 1.5)
+        return [*accs, *toucheds, kernels.shift_by_mean(xs[-1], accs[-1], 3.3)]
 
     want = on_threads(1, run)
     got = on_threads(4, run)
