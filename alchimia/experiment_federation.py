@@ -36,7 +36,7 @@ from alchimia import figures
 from alchimia.agent.learn.compression import UpdateCompressor
 from alchimia.agent.learn.trainer import TrainConfig, train_delta
 from alchimia.agent.sim import SimulatedPlant, default_plants
-from alchimia.broker.compression import CODECS, DEFAULT_TOPK_FRACTION
+from alchimia.broker.codec_names import CODECS, DEFAULT_TOPK_FRACTION
 from alchimia.broker.schemas import UpdateBody, decode, message
 from alchimia.coordinator.strategies import Strategy, make_strategy
 from alchimia.models.params import Weights, add, compose, get_weights

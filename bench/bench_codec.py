@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alchimia.agent.learn.compression import UpdateCompressor
 from alchimia.broker.codec import Limits
-from alchimia.broker.compression import CODECS, DEFAULT_TOPK_FRACTION
+from alchimia.broker.codec_names import CODECS, DEFAULT_TOPK_FRACTION
 from alchimia.broker.schemas import UpdateBody, decode, message
 from alchimia.broker.unpacker import SMALL_MESSAGE_BYTES, _unpack_small, _unpack_walk
 from alchimia.models.spec import ModelSpec

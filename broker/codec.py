@@ -18,13 +18,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from alchimia.broker.compression import (
-    CODEC_DTYPES,
-    CODECS,
-    EXTRA_KEYS,
-    OPTIONAL_KEYS,
-    decompress_trained,
-)
+from alchimia.broker.codec_names import CODEC_DTYPES, CODECS, EXTRA_KEYS, OPTIONAL_KEYS
+from alchimia.broker.compression import decompress_trained
 from alchimia.broker.limits import DEFAULT_LIMITS as DEFAULT_LIMITS  # re-exported ("X as X")
 from alchimia.broker.limits import DecodeError as DecodeError
 from alchimia.broker.limits import Limits as Limits
@@ -46,7 +41,7 @@ _BASE_KEYS = ("codec", "dtype", "shape", "data")
 @dataclass(frozen=True)
 class Accepted:
     """The codecs a tensor field takes, and the dtypes its ``raw`` tensors may have (a
-    lossy codec has exactly one dtype, ``broker.compression.CODEC_DTYPES``)."""
+    lossy codec has exactly one dtype, ``broker.codec_names.CODEC_DTYPES``)."""
 
     codecs: frozenset[str]
     raw_dtypes: frozenset[str]

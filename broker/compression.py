@@ -23,42 +23,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 
+from alchimia.broker.codec_names import CODEC_DTYPES, DEFAULT_TOPK_FRACTION, LOSSY, MASKED
 from alchimia.broker.limits import DecodeError
 
-Codec = Literal["raw", "fp16", "int8", "sign", "topk", "topk_int8"]
-CODECS: tuple[str, ...] = get_args(Codec)
-LOSSY: tuple[str, ...] = tuple(c for c in CODECS if c != "raw")
-# The one dtype of ``data`` each codec allows in an update (raw: float32; sign: bytes of
-# four 2-bit codes).
-CODEC_DTYPES: dict[str, str] = {
-    "raw": "f4",
-    "fp16": "f2",
-    "int8": "i1",
-    "sign": "u1",
-    "topk": "f4",
-    "topk_int8": "i1",
-}
-# Keys beyond codec, dtype, shape, data.
-EXTRA_KEYS: dict[str, tuple[str, ...]] = {
-    "raw": (),
-    "fp16": (),
-    "int8": ("block", "scales"),
-    "sign": ("block", "scales"),
-    "topk": ("indices",),
-    "topk_int8": ("indices", "block", "scales"),
-}
-# Keys a codec may carry or leave out: the bitmap of the coordinates a top-k update trained.
-OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
-    c: ("trained",) if c in ("topk", "topk_int8") else () for c in CODECS
-}
-MASKED: tuple[str, ...] = tuple(c for c in CODECS if OPTIONAL_KEYS[c])
 BLOCK = 64  # elements per scale (int8, sign), as the reference encoder writes them
 MAX_BLOCK = 65536
-DEFAULT_TOPK_FRACTION = 0.05
 # Largest scale whose product with any code (|code| <= 128) is a finite float32.
 MAX_SCALE = float(np.finfo(np.float32).max) / 128
 _F2_MAX = float(np.finfo(np.float16).max)

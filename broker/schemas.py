@@ -41,7 +41,7 @@ from alchimia.broker.codec import (
 )
 from alchimia.broker.codec import pack as _pack
 from alchimia.broker.codec import unpack as _unpack
-from alchimia.broker.compression import DEFAULT_TOPK_FRACTION, Codec
+from alchimia.broker.codec_names import DEFAULT_TOPK_FRACTION, Codec
 from alchimia.broker.topics import ID_PATTERN
 
 PROTOCOL_VERSION: Final = 1

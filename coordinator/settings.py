@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from alchimia.broker.compression import DEFAULT_TOPK_FRACTION, Codec
+from alchimia.broker.codec_names import DEFAULT_TOPK_FRACTION, Codec
 from alchimia.broker.settings import ServiceSettings
 from alchimia.broker.topics import check_id
 from alchimia.models.spec import Architecture

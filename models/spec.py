@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from alchimia.models import hybrid_layout
 from alchimia.models.schema import FEATURE_REFERENCE, FEATURES, TARGET_REFERENCE, TARGETS
 
 Architecture = Literal["mlp-v1", "eaf-hybrid-v1"]
@@ -66,6 +65,8 @@ class ModelSpec(BaseModel):
         and updates; ``site`` tensors are trained and kept at one site and never sent.
         """
         if self.architecture == "eaf-hybrid-v1":
+            from alchimia.models import hybrid_layout  # numpy: not for the settings' import
+
             table = hybrid_layout.tensor_shapes(len(self.features), self.hidden)
             return {k: (s, p) for k, (s, p) in table.items()}  # type: ignore[misc]
         sizes = (len(self.features), *self.hidden, len(self.targets))
@@ -78,7 +79,11 @@ class ModelSpec(BaseModel):
     def site_prior_scale(self) -> dict[str, float]:
         """Strength of the site prior per site tensor, relative to the trainer's
         ``site_l2`` (1 where absent)."""
-        return dict(hybrid_layout.SITE_PRIOR_SCALE) if self.architecture == "eaf-hybrid-v1" else {}
+        if self.architecture != "eaf-hybrid-v1":
+            return {}
+        from alchimia.models import hybrid_layout  # numpy: not for the settings' import
+
+        return dict(hybrid_layout.SITE_PRIOR_SCALE)
 
     def parameter_shapes(self, part: Part = "shared") -> dict[str, tuple[int, ...]]:
         """Names and shapes of one part's tensors, in the stable wire order.

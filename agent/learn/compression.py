@@ -31,7 +31,8 @@ from __future__ import annotations
 import numpy as np
 
 from alchimia.broker.codec import Encoded
-from alchimia.broker.compression import MASKED, compress, decompress
+from alchimia.broker.codec_names import MASKED
+from alchimia.broker.compression import compress, decompress
 from alchimia.models.params import Weights
 
 

@@ -20,7 +20,8 @@ from alchimia.broker.codec import (
     decode_tensors,
     pack,
 )
-from alchimia.broker.compression import LOSSY, MASKED, compress
+from alchimia.broker.codec_names import LOSSY, MASKED
+from alchimia.broker.compression import compress
 from alchimia.broker.schemas import ModelBody, UpdateBody, decode, message
 from alchimia.coordinator.strategies import make_strategy
 

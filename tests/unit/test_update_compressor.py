@@ -8,7 +8,8 @@ import pytest
 
 from alchimia.agent.learn.compression import UpdateCompressor
 from alchimia.broker.codec import Encoded
-from alchimia.broker.compression import LOSSY, MASKED, decompress_trained
+from alchimia.broker.codec_names import LOSSY, MASKED
+from alchimia.broker.compression import decompress_trained
 
 SHAPES = {"w": (20, 10), "b": (10,)}
 
