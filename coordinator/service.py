@@ -177,6 +177,7 @@ class Coordinator:
         # interrupted (a publication, a model being built) is executed again first.
         self._outbox: deque[Command] = deque()
         self._driver_waits = False  # the round driver awaits an event or its deadline
+        self._driver_deadline: float | None = None  # the deadline it waits for then
         current = self._restore_or_initialise()
         self.lifecycle = Lifecycle(
             settings,
@@ -485,9 +486,12 @@ class Coordinator:
             return True
         self.changed.clear()
         commands = self.lifecycle.tick(time.time())
-        if not commands:
+        if commands:
+            self._outbox.extend(commands)
+        elif self.lifecycle.next_deadline() == self._driver_deadline:
             return True
-        self._outbox.extend(commands)
+        # Commands to execute, or a deadline other than the one the driver waits for (a
+        # status showed an agent behind, say): the driver must wake and look again.
         self.changed.set()
         return False
 
@@ -732,7 +736,7 @@ class Coordinator:
             if commands or self._outbox:
                 await self._execute(commands)
                 continue
-            deadline = self.lifecycle.next_deadline()
+            deadline = self._driver_deadline = self.lifecycle.next_deadline()
             self._driver_waits = True
             try:
                 with contextlib.suppress(TimeoutError):
