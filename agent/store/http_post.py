@@ -72,19 +72,24 @@ class _Answer:
         self.extra = False  # bytes after the answer, which nothing asked for
 
     def on_message_begin(self) -> None:
-        self.extra = self.complete
+        self.extra = self.complete  # what follows the answer is ignored, then dropped
 
     def on_header(self, name: bytes, _value: bytes) -> None:
-        self.framed |= name.lower() in (b"content-length", b"transfer-encoding")
+        if not self.extra:
+            self.framed |= name.lower() in (b"content-length", b"transfer-encoding")
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        self.framed |= self.status in _NO_BODY
+        if not self.extra:
+            self.status = self.parser.get_status_code()
+            self.framed |= self.status in _NO_BODY
 
     def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)
+        if not self.extra:
+            self.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        if self.extra:
+            return
         if 100 <= self.status < 200:  # interim: the final answer follows
             self.status, self.chunks, self.framed = 0, [], False
         else:

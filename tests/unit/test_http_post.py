@@ -196,6 +196,22 @@ def test_an_answer_until_the_server_closes_and_connection_close_reconnect(
     assert [number for number, _, _ in srv.requests] == [1, 2, 3]
 
 
+def test_bytes_after_an_answer_are_not_taken_for_the_next_one(
+    scripted: Callable[..., _Scripted],
+) -> None:
+    srv = scripted(
+        [
+            b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 500 Stale\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        ]
+    )
+    conn = PostConnection(f"http://127.0.0.1:{srv.port}")
+    assert conn.post("/write", {}, b"a", {}) == (204, b"")
+    assert conn.post("/write", {}, b"b", {}) == (204, b"")  # not the stray 500
+    conn.close()
+    assert [number for number, _, _ in srv.requests] == [1, 2]  # on a new connection
+
+
 @pytest.mark.parametrize(
     "answer",
     [
