@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,10 +34,12 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from alchimia.broker.embedded import free_port
-from alchimia.broker.mosquitto_conf import plain_config
+from alchimia.broker.mosquitto_conf import DEFAULT_MESSAGE_SIZE_LIMIT, BrokerSizing
 from alchimia.broker.schemas import ModelBody, StatusBody, TaskBody, UpdateBody, decode, message
 from alchimia.broker.topics import Topics
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for bench.processes
+from bench.processes import start_mosquitto
 
 FED = "ingest"
 # The coordinator's command line, run by this bootstrap: the unpacker's fast path off for
@@ -114,24 +114,6 @@ raise SystemExit(code)
 """
 
 
-def _start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    # No queue limit towards the coordinator: this measures the coordinator, not drops.
-    conf.write_text(plain_config(port, workdir) + "max_queued_messages 0\n")
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("mosquitto did not start")
-
-
 def _cpu_s(pid: int) -> float:
     """CPU time (user + system, all threads) a process has used so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -173,7 +155,9 @@ def run(
     topics = Topics(FED)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        broker, port = _start_mosquitto(work)
+        # No queue limit towards the coordinator: this measures the coordinator, not drops.
+        unlimited = BrokerSizing(DEFAULT_MESSAGE_SIZE_LIMIT, 0, 0)
+        broker, port = start_mosquitto(work, persistence=True, sizing=unlimited)
         coord = subprocess.Popen(
             [
                 sys.executable,
