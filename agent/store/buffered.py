@@ -143,14 +143,8 @@ class BufferedWriter:
             raise StoreError("store is closed")
         n = self.batch_size
         with self._write_lock:
-            encode = self._encoder.encode
-            if len(points) <= n:
-                records = [(encode(points), len(points))]
-            else:
-                records = [
-                    (encode(points[i : i + n]), len(points[i : i + n]))
-                    for i in range(0, len(points), n)
-                ]
+            chunks = [points[i : i + n] for i in range(0, len(points), n)]
+            records = [(self._encoder.encode(chunk), len(chunk)) for chunk in chunks]
             self.spool.append(records)
         # Wake the sender for a full batch, or for an fsync due before it would wake anyway:
         # not for one it already waits for (the writes that follow the first one an fsync

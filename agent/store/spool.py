@@ -150,10 +150,6 @@ def frame_header(payload: bytes, points: int) -> bytes:
     return _HEADER.pack(length, points, crc32(payload, crc32(_LENGTH_COUNT.pack(length, points))))
 
 
-def frame(payload: bytes, points: int) -> bytes:
-    return frame_header(payload, points) + payload
-
-
 def _marker_crc(seg: int, off: int) -> str:
     return f"{crc32(f'{seg} {off}'.encode()):08x}"
 

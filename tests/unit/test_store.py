@@ -33,7 +33,7 @@ from alchimia.agent.store.points import (
     encode_line,
     normalize_point,
 )
-from alchimia.agent.store.spool import MAGIC, GroupSync, Spool, SpoolCorruptError, frame
+from alchimia.agent.store.spool import MAGIC, GroupSync, Spool, SpoolCorruptError, frame_header
 
 T0 = 1_700_000_000_000_000_000
 TAGS = {"plant": "p1", "furnace": "f1", "heat": "H0001"}
@@ -414,7 +414,8 @@ def test_spool_cuts_a_torn_tail_and_keeps_everything_before(tmp_path: Path) -> N
     spool.append([lines(3, 5)])
     seg = max(tmp_path.glob("*.seg"))
     spool.close()
-    whole = frame(*lines(5, 9))
+    payload, points = lines(5, 9)
+    whole = frame_header(payload, points) + payload
     with seg.open("ab") as f:
         f.write(whole[: len(whole) - 4])  # the crash hit in the middle of a write
     again = Spool(tmp_path)
